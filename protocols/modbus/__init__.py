@@ -1,0 +1,30 @@
+"""Modbus TCP codec (sans-IO): MBAP framing, request parsing, response checking."""
+
+from protocols.modbus.connection import ClientConnection, MbapFramer, ServerConnection, encode_response
+from protocols.modbus.pdu import (
+    ModbusProtocolError,
+    Request,
+    check_response,
+    encode_adu,
+    encode_exception,
+    encode_request_pdu,
+    parse_request,
+)
+from protocols.modbus.spec import DiagnosticSubFunction, ExceptionCode, FunctionCode
+
+__all__ = [
+    "ClientConnection",
+    "DiagnosticSubFunction",
+    "ExceptionCode",
+    "FunctionCode",
+    "MbapFramer",
+    "ModbusProtocolError",
+    "Request",
+    "ServerConnection",
+    "check_response",
+    "encode_adu",
+    "encode_exception",
+    "encode_request_pdu",
+    "encode_response",
+    "parse_request",
+]
