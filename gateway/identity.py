@@ -80,7 +80,8 @@ def _trust_domain_problem(trust_domain: str) -> str | None:
         return f"the trust domain is longer than {MAX_TRUST_DOMAIN_CHARS} characters"
     if "@" in trust_domain:
         return "userinfo (user@) is not allowed in a SPIFFE id"
-    if ":" in trust_domain:
+    host, colon, port = trust_domain.rpartition(":")
+    if colon and host and port.isdigit() and "[" not in host:
         return "a port is not allowed in a SPIFFE id"
     if _TRUST_DOMAIN_RE.fullmatch(trust_domain):
         return None
