@@ -16,10 +16,11 @@ import os
 import re
 import secrets
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import MappingProxyType
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -73,12 +74,18 @@ class Profile:
 
 # Short lifetimes stand in for revocation on small sites (DESIGN §7): a lost laptop's certificate is
 # useless by the end of the shift.
-PROFILES: dict[str, Profile] = {
-    "gateway": Profile(server=True, default_lifetime=timedelta(days=7), max_lifetime=timedelta(days=7)),
-    "user": Profile(server=False, default_lifetime=timedelta(hours=12), max_lifetime=timedelta(hours=12)),
-    "vendor": Profile(server=False, default_lifetime=timedelta(hours=12), max_lifetime=timedelta(hours=12)),
-    "agent": Profile(server=False, default_lifetime=timedelta(hours=24), max_lifetime=timedelta(hours=72)),
-}
+PROFILES: Mapping[str, Profile] = MappingProxyType(
+    {
+        "gateway": Profile(server=True, default_lifetime=timedelta(days=7), max_lifetime=timedelta(days=7)),
+        "user": Profile(server=False, default_lifetime=timedelta(hours=12), max_lifetime=timedelta(hours=12)),
+        "vendor": Profile(
+            server=False, default_lifetime=timedelta(hours=12), max_lifetime=timedelta(hours=12)
+        ),
+        "agent": Profile(
+            server=False, default_lifetime=timedelta(hours=24), max_lifetime=timedelta(hours=72)
+        ),
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -120,12 +127,11 @@ def _common_name(text: str) -> x509.Name:
 
 
 def _format_delta(delta: timedelta) -> str:
-    seconds = int(delta.total_seconds())
-    if seconds % 86400 == 0:
-        return f"{seconds // 86400} d"
-    if seconds % 3600 == 0:
-        return f"{seconds // 3600} h"
-    return f"{seconds / 3600:.2f} h"
+    # In hours, the unit of --hours, with whole days alongside where that reads better.
+    text = f"{delta.total_seconds() / 3600:g} h"
+    if delta >= timedelta(days=2) and delta % timedelta(days=1) == timedelta(0):
+        text += f" ({delta.days} d)"
+    return text
 
 
 def _format_time(moment: datetime) -> str:
@@ -394,8 +400,11 @@ def issue(
     ca = load_ca(ca_dir)
     sid = _resolve_id(spiffe_id, ca.trust_domain, ca.directory)
     profile = PROFILES[sid.kind]
-    valid_from, valid_until = _validity(profile, sid.kind, lifetime, not_before, not_after, datetime.now(UTC))
+    now = datetime.now(UTC)
+    valid_from, valid_until = _validity(profile, sid.kind, lifetime, not_before, not_after, now)
     ca_expiry = ca.certificate.not_valid_after_utc
+    if ca_expiry <= now:
+        raise PkiError(f"the CA in {ca.directory} expired at {_format_time(ca_expiry)}")
     if valid_until > ca_expiry:
         raise PkiError(f"the certificate would outlive the CA, which expires {_format_time(ca_expiry)}")
     alt_names = _subject_alt_names(sid, profile, dns_names, ip_addresses)
@@ -520,8 +529,8 @@ def _cmd_issue(args: argparse.Namespace) -> int:
 
 def configure(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``ztgate ca init`` and ``ztgate ca issue``."""
-    kinds = ", ".join(
-        f"{kind} ({_format_delta(p.default_lifetime)}, max {_format_delta(p.max_lifetime)})"
+    kinds = "; ".join(
+        f"{kind} default {_format_delta(p.default_lifetime)}, max {_format_delta(p.max_lifetime)}"
         for kind, p in PROFILES.items()
     )
     ca = subparsers.add_parser(
@@ -547,7 +556,7 @@ def configure(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
     issue_parser = actions.add_parser(
         "issue",
         help="issue a key and certificate for a SPIFFE id",
-        description=f"Issue an EC P-256 key and certificate. Kinds and lifetimes: {kinds}.",
+        description=f"Issue an EC P-256 key and certificate. Lifetimes by kind: {kinds}.",
     )
     issue_parser.add_argument("--dir", required=True, type=Path, help="the CA directory")
     issue_parser.add_argument("id", metavar="ID", help="spiffe://TD/user/alice, or just user/alice")
