@@ -85,7 +85,7 @@ def _trust_domain_problem(trust_domain: str) -> str | None:
         return "a port is not allowed in a SPIFFE id"
     if _TRUST_DOMAIN_RE.fullmatch(trust_domain):
         return None
-    if _TRUST_DOMAIN_RE.fullmatch(trust_domain.lower()):
+    if trust_domain.isascii() and _TRUST_DOMAIN_RE.fullmatch(trust_domain.lower()):
         return f"the trust domain {_quote(trust_domain)} must be lowercase"
     return _allowed_chars_error("the trust domain", trust_domain, _TRUST_DOMAIN_RE, _TRUST_DOMAIN_CHARS)
 
