@@ -1,0 +1,34 @@
+"""``ztgate sim``: soft PLCs for demos and tests, one sub-command per protocol.
+
+``python -m gateway.sim PROTOCOL ...`` runs the same sub-commands without the rest of the command line,
+for a container that holds only a simulated PLC.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from collections.abc import Sequence
+
+# One module per protocol, each with ``configure(subparsers)``; a new simulator is one more line.
+SIMULATORS = ("gateway.sim.modbus",)
+
+_DESCRIPTION = "Soft PLCs for demos and tests, on loopback by default."
+
+
+def _add_protocols(parser: argparse.ArgumentParser) -> None:
+    protocols = parser.add_subparsers(dest="protocol", metavar="PROTOCOL", required=True)
+    for name in SIMULATORS:
+        importlib.import_module(name).configure(protocols)
+
+
+def configure(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    _add_protocols(subparsers.add_parser("sim", help="run a simulated PLC", description=_DESCRIPTION))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ztgate sim", description=_DESCRIPTION)
+    _add_protocols(parser)
+    args = parser.parse_args(argv)
+    status: int = args.func(args)
+    return status
