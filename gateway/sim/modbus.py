@@ -55,6 +55,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -269,13 +270,15 @@ class ModbusSim:
         except RuntimeError as exc:
             # pymodbus has logged the OSError itself; it raises only this generic error.
             raise OSError(f"cannot listen on {_format_hostport(self.host, self.port)}") from exc
-        listener = server.transport
-        if not isinstance(listener, asyncio.Server) or not listener.sockets:
+        # The listener is the loop's server object: asyncio.Server, or uvloop's look-alike that is no
+        # subclass of it, so only its documented ``sockets`` attribute is relied on.
+        sockets: Sequence[socket.socket] | None = getattr(server.transport, "sockets", None)
+        if not sockets:
             await server.shutdown()  # type: ignore[no-untyped-call]
             raise RuntimeError("pymodbus's listener has no socket")
         # A name such as "localhost" may bind several sockets (each its own port when port is 0);
         # report the first one's real address so host:port always reaches this simulator.
-        self.host, self.port = listener.sockets[0].getsockname()[:2]
+        self.host, self.port = sockets[0].getsockname()[:2]
         self._server = server
         if not self.static:
             self._scanner = asyncio.create_task(self._run_scans(), name="modbus-sim-scans")

@@ -73,9 +73,9 @@ async def _serve(host: str, port: int, units: Sequence[int]) -> int:
     except RuntimeError as exc:
         print(f"modbus_server: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
         return EXIT_CANNOT_LISTEN
-    listener = server.transport
-    assert isinstance(listener, asyncio.Server)
-    print(f"READY {listener.sockets[0].getsockname()[1]}", flush=True)
+    sockets = getattr(server.transport, "sockets", None)  # asyncio.Server or uvloop's equivalent
+    assert sockets, "pymodbus's listener has no socket"
+    print(f"READY {sockets[0].getsockname()[1]}", flush=True)
     await stop.wait()
     await server.shutdown()  # type: ignore[no-untyped-call]
     return 0
@@ -145,17 +145,19 @@ class ServerProcess:
         try:
             async with asyncio.timeout(self.START_TIMEOUT_S):
                 line = await process.stdout.readline()
-        except TimeoutError:
-            process.kill()
+            if not line:
+                return await process.wait()
+            word, _, port_text = line.decode().strip().partition(" ")
+            if word != "READY" or not port_text.isdigit():
+                raise RuntimeError(f"modbus_server: unexpected first line {line!r}")
+        except BaseException as exc:
+            # Also on cancellation: never leave a server behind that nobody will stop.
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
             await process.wait()
-            raise RuntimeError(f"modbus_server printed nothing within {self.START_TIMEOUT_S} s") from None
-        if not line:
-            return await process.wait()
-        word, _, port_text = line.decode().strip().partition(" ")
-        if word != "READY" or not port_text.isdigit():
-            process.kill()
-            await process.wait()
-            raise RuntimeError(f"modbus_server: unexpected first line {line!r}")
+            if isinstance(exc, TimeoutError):
+                raise RuntimeError(f"modbus_server printed nothing within {self.START_TIMEOUT_S} s") from None
+            raise
         self.port = int(port_text)
         self._process = process
         return None
@@ -179,7 +181,8 @@ class ServerProcess:
         if process is None:
             return None
         if process.returncode is None:
-            process.send_signal(signum)
+            with contextlib.suppress(ProcessLookupError):  # it may have exited a moment ago
+                process.send_signal(signum)
             try:
                 async with asyncio.timeout(self.STOP_TIMEOUT_S):
                     await process.wait()
@@ -200,8 +203,7 @@ class ServerProcess:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            await self.stop()
+        await self.stop()
 
 
 async def start_modbus_server(*, units: Sequence[int] = (1,), port: int = 0) -> ServerProcess:

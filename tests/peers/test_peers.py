@@ -179,3 +179,21 @@ def test_patches_fail_loudly_when_the_example_changes() -> None:
     assert "return nb_fail ? 1 : 0;" in patched
     with pytest.raises(PeerUnavailableError, match="LOOP"):
         patched_source(original.replace("#define LOOP             1", "#define LOOP 100"))
+
+
+async def test_start_on_a_taken_port_gives_up_after_retrying() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        server = ServerProcess(units=(1,), port=taken.getsockname()[1])
+        server.BIND_RETRY_S = 0.3
+        with pytest.raises(RuntimeError, match="status 3"):
+            await server.start()
+    assert not server.running
+
+
+async def test_random_test_client_loop_count() -> None:
+    async with ServerProcess(units=(17,)) as server:
+        result = await run_random_test_client("127.0.0.1", server.port, loops=2, timeout_s=60)
+    assert result.passed, result.summary()
+    assert result.stdout.count("Test: SUCCESS") == 2

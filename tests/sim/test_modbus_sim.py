@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import uvloop
 from pymodbus.client import AsyncModbusTcpClient
 
 import gateway.cli
@@ -196,6 +197,20 @@ async def test_port_zero_binds_a_real_port_for_each_sim() -> None:
         await second.stop()
     with pytest.raises(ConnectionRefusedError):
         await asyncio.open_connection(first.host, first.port)
+
+
+def test_runs_on_uvloop() -> None:
+    # The gateway runs on uvloop, whose server object is no asyncio.Server; in-process tests may share it.
+    async def exercise() -> list[int]:
+        async with (
+            ModbusSim(units=(5,), static=True) as running,
+            AsyncModbusTcpClient(running.host, port=running.port, timeout=5, retries=0) as client,
+        ):
+            assert running.port > 0
+            registers: list[int] = (await client.read_input_registers(0, count=10, device_id=5)).registers
+            return registers
+
+    assert uvloop.run(exercise()) == [5 if v is None else v for v in INITIAL_INPUTS]
 
 
 async def test_invalid_arguments_are_refused() -> None:
