@@ -73,12 +73,11 @@ log = logging.getLogger(__name__)
 
 TABLE_SIZE = 10_000
 SETPOINT_REGISTER = 40
-PROCESS_REGISTERS = 10  # input registers 0-9
 PROGRAM_COILS = range(8, 16)
 ALARM_INPUTS = 16  # discrete inputs 0-15
 DEFAULT_LISTEN = "127.0.0.1:5020"
 
-_COIL_PUMP_RUN, _COIL_INLET_OPEN, _COIL_DRAIN_OPEN = 0, 1, 2
+_COMMAND_COILS = 0  # coils 0-2: pump run, inlet open, drain open
 _INITIAL_COMMAND_COILS = (True, True)  # coils 0 and 1; the rest start at 0
 
 # Which of pymodbus's four tables a function code works on (its own mapping is private).
@@ -311,7 +310,7 @@ class ModbusSim:
         timer): tests drive the process this way instead of waiting for it."""
         for _ in range(scans):
             for unit, tables in self._units.items():
-                pump, inlet, drain = tables.coils.read(_COIL_PUMP_RUN, 3)
+                pump, inlet, drain = tables.coils.read(_COMMAND_COILS, 3)
                 setpoint = tables.holding.read(SETPOINT_REGISTER, 1)[0]
                 tables.plant.scan(Commands(pump, inlet, drain, setpoint))
                 self._publish(unit)
