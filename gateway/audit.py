@@ -205,6 +205,11 @@ class AuditLog:
         event["latency_us"] = round(latency_s * 1e6)
         self.emit(event)
 
+    @property
+    def aggregates_reads(self) -> bool:
+        """Whether allowed reads are counted per interval rather than written one by one."""
+        return not self._aggregate_off
+
     # -- counters ------------------------------------------------------------------------------------------
 
     @property

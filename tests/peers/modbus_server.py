@@ -23,7 +23,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 TABLE_SIZE = 10_000
 EXIT_CANNOT_LISTEN = 3
@@ -43,7 +43,8 @@ def expected_bit(address: int) -> int:
 # ------------------------------------------------------------------------------------------ server
 
 
-async def _serve(host: str, port: int, units: Sequence[int]) -> int:
+def build_server(host: str, port: int, units: Sequence[int]) -> Any:
+    """A pymodbus ``ModbusTcpServer`` serving the data model above (not yet listening)."""
     from pymodbus.server import ModbusTcpServer
     from pymodbus.simulator import DataType, SimData, SimDevice
 
@@ -62,22 +63,51 @@ async def _serve(host: str, port: int, units: Sequence[int]) -> int:
             ),
         )
 
+    # pymodbus binds with SO_REUSEADDR, so a restart on the same port is not blocked by TIME_WAIT.
+    return ModbusTcpServer([device(unit) for unit in units], address=(host, port))
+
+
+def listening_port(server: Any) -> int:
+    sockets = getattr(server.transport, "sockets", None)  # asyncio.Server or uvloop's equivalent
+    assert sockets, "pymodbus's listener has no socket"
+    return int(sockets[0].getsockname()[1])
+
+
+class InProcessServer:
+    """The same server in the caller's event loop: quicker to start than a subprocess, for tests that
+    need a device but not a process to kill."""
+
+    def __init__(self, *, units: Sequence[int] = (1,), host: str = "127.0.0.1") -> None:
+        self.units = tuple(units)
+        self.host = host
+        self.port = 0
+        self._server: Any = None
+
+    async def start(self) -> None:
+        self._server = build_server(self.host, self.port, self.units)
+        await self._server.serve_forever(background=True)
+        self.port = listening_port(self._server)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.shutdown()
+            self._server = None
+
+
+async def _serve(host: str, port: int, units: Sequence[int]) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    # pymodbus binds with SO_REUSEADDR, so a restart on the same port is not blocked by TIME_WAIT.
-    server = ModbusTcpServer([device(unit) for unit in units], address=(host, port))
+    server = build_server(host, port, units)
     try:
         await server.serve_forever(background=True)
     except RuntimeError as exc:
         print(f"modbus_server: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
         return EXIT_CANNOT_LISTEN
-    sockets = getattr(server.transport, "sockets", None)  # asyncio.Server or uvloop's equivalent
-    assert sockets, "pymodbus's listener has no socket"
-    print(f"READY {sockets[0].getsockname()[1]}", flush=True)
+    print(f"READY {listening_port(server)}", flush=True)
     await stop.wait()
-    await server.shutdown()  # type: ignore[no-untyped-call]
+    await server.shutdown()
     return 0
 
 

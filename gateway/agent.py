@@ -1,0 +1,245 @@
+"""``ztgate agent``: local plain TCP listeners on an HMI or vendor host, each carried to a gateway
+over its own mutual-TLS overlay connection with SNI = the asset, so ordinary HMI tools work unchanged.
+
+The agent relays bytes; the gateway decides. Each local connection gets one overlay connection, made
+only when the local client connects, and both ends close together. A refusal by the gateway closes the
+local connection and is logged with the clearest reason the agent can tell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import ssl
+import sys
+from pathlib import Path
+from typing import cast
+
+from gateway.config import AgentConfig, AgentListener, ConfigError, load_agent_config
+from gateway.tls import client_context
+
+log = logging.getLogger("ztgate.agent")
+
+# A session the gateway ends this soon after the handshake, with no byte ever received, was refused.
+REFUSAL_WINDOW_S = 2.0
+
+_ALERT_HINTS = {
+    "UNKNOWN_CA": "this agent's certificate is not from the gateway's CA",
+    "CERTIFICATE_EXPIRED": "this agent's certificate has expired: issue a new one",
+    "CERTIFICATE_REVOKED": "this agent's certificate was revoked",
+    "CERTIFICATE_REQUIRED": "the gateway wants a client certificate",
+    "BAD_CERTIFICATE": "the gateway rejected this agent's certificate",
+    "CERTIFICATE_UNKNOWN": "the gateway rejected this agent's certificate",
+}
+
+
+def explain_refusal(asset: str, exc: BaseException | None) -> str:
+    text = f"{exc}" if exc is not None else ""
+    for alert, hint in _ALERT_HINTS.items():
+        if alert in text.upper().replace(" ", "_"):
+            return f"gateway refused the session for asset {asset!r}: {hint} ({text})"
+    return (
+        f"gateway refused the session for asset {asset!r}: the asset is unknown, or this identity has no "
+        "rule for it (the gateway's audit log has the reason)"
+    )
+
+
+class _Overlay(asyncio.Protocol):
+    """The gateway side of one relayed connection."""
+
+    def __init__(self, local: _Local) -> None:
+        self.local = local
+        self.transport: asyncio.Transport | None = None
+        self.received = 0
+        self.connected_at = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+        self.connected_at = asyncio.get_running_loop().time()
+
+    def data_received(self, data: bytes) -> None:
+        self.received += len(data)
+        self.local.send(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        loop_time = asyncio.get_running_loop().time()
+        if self.received == 0 and loop_time - self.connected_at < REFUSAL_WINDOW_S and not self.local.closed:
+            log.warning("%s: %s", self.local.name, explain_refusal(self.local.listener.asset, exc))
+        self.local.close()
+
+    def pause_writing(self) -> None:
+        self.local.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.local.resume_reading()
+
+
+class _Local(asyncio.Protocol):
+    """One local client connection, relayed to the gateway."""
+
+    def __init__(self, agent: Agent, listener: AgentListener) -> None:
+        self.agent = agent
+        self.listener = listener
+        self.transport: asyncio.Transport | None = None
+        self.overlay: _Overlay | None = None
+        self.closed = False
+        self.name = "local"
+        self._task: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+        peer = transport.get_extra_info("peername")
+        self.name = f"{peer[0]}:{peer[1]} -> {self.listener.asset}" if peer else self.listener.asset
+        # Nothing may pile up while the overlay connects.
+        self.transport.pause_reading()
+        self._task = asyncio.get_running_loop().create_task(self._connect())
+
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        host, port = self.listener.gateway
+        try:
+            _, overlay = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: _Overlay(self),
+                    host,
+                    port,
+                    ssl=self.agent.context_for(self.listener),
+                    server_hostname=self.listener.asset,
+                    ssl_handshake_timeout=self.agent.config.connect_timeout_s,
+                ),
+                self.agent.config.connect_timeout_s,
+            )
+        except ssl.SSLError as exc:
+            log.warning("%s: %s", self.name, explain_refusal(self.listener.asset, exc))
+            self.close()
+            return
+        except (TimeoutError, OSError) as exc:
+            log.warning("%s: cannot reach gateway %s:%d: %s", self.name, host, port, exc or "timeout")
+            self.close()
+            return
+        if self.closed:
+            assert overlay.transport is not None
+            overlay.transport.close()
+            return
+        self.overlay = overlay
+        log.info("%s: connected through %s:%d", self.name, host, port)
+        if self.transport is not None:
+            self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self.overlay is not None and self.overlay.transport is not None:
+            self.overlay.transport.write(data)
+
+    def send(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.overlay is not None and self.overlay.transport is not None:
+            self.overlay.transport.close()
+        elif self._task is not None and not self._task.done():
+            self._task.cancel()
+
+    def close(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.closed = True
+            self.transport.close()
+
+    def pause_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        if self.overlay is not None and self.overlay.transport is not None:
+            self.overlay.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.overlay is not None and self.overlay.transport is not None:
+            self.overlay.transport.resume_reading()
+
+
+class Agent:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self._contexts: dict[str | None, ssl.SSLContext] = {}
+        self._servers: list[asyncio.Server] = []
+        self.bound: list[tuple[AgentListener, tuple[str, int]]] = []
+
+    def context_for(self, listener: AgentListener) -> ssl.SSLContext:
+        context = self._contexts.get(listener.protocol)
+        if context is None:
+            tls = self.config.tls
+            context = self._contexts[listener.protocol] = client_context(
+                tls.cert, tls.key, tls.ca, alpn=listener.protocol
+            )
+        return context
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for listener in self.config.listeners:
+            self.context_for(listener)  # fail now on unreadable certificate files, not on first use
+            server = await loop.create_server(lambda li=listener: _Local(self, li), *listener.listen)  # type: ignore[misc]
+            self._servers.append(server)
+            host, port = server.sockets[0].getsockname()[:2]
+            self.bound.append((listener, (host, port)))
+
+    async def stop(self) -> None:
+        for server in self._servers:
+            server.close()
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers.clear()
+
+
+def configure(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "agent",
+        help="run an agent: local ports relayed to a gateway over mutual TLS",
+        description="Expose local plain TCP ports that reach assets through a gateway's mutual-TLS overlay.",
+    )
+    parser.add_argument("--config", required=True, type=Path, help="agent configuration file (TOML)")
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        config = load_agent_config(args.config)
+    except ConfigError as error:
+        print(f"ztgate agent: configuration refused:\n{error}", file=sys.stderr)
+        return 2
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(_serve(config))
+
+
+async def _serve(config: AgentConfig) -> int:
+    agent = Agent(config)
+    try:
+        await agent.start()
+    except (OSError, ssl.SSLError) as error:
+        print(f"ztgate agent: cannot start: {error}", file=sys.stderr)
+        return 1
+    for listener, (host, port) in agent.bound:
+        gw_host, gw_port = listener.gateway
+        log.info("%s:%d -> %s via %s:%d", host, port, listener.asset, gw_host, gw_port)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await agent.stop()
+    return 0

@@ -1,0 +1,268 @@
+"""Configuration files of the gateway and the agent (TOML), checked like policy files: every
+problem is reported at once, with the file, the line and the field path.
+
+Relative paths in a file are relative to the file's own folder, so a lab folder can be moved whole.
+"""
+
+from __future__ import annotations
+
+import socket
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from policies.errors import PolicyError, PolicyIssue, format_path, syntax_issue
+from policies.fields import FieldChecker, expected
+from policies.locator import LineLocator
+
+
+class ConfigError(PolicyError):
+    """A configuration file was refused; ``issues`` lists every problem, in file order."""
+
+
+def parse_hostport(text: str, *, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    """``host:port``, ``[v6]:port`` or ``:port``. Raises ValueError with a message for the user."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ValueError(f"{text!r}: expected host:port")
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{text!r}: port {port} is outside 0..65535")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host or default_host, port
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    cert: Path
+    key: Path
+    ca: Path
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    source: Path
+    name: str
+    listen: tuple[str, int]
+    policy: Path
+    tls: TlsFiles
+    loop: str  # "uvloop" | "asyncio"
+    max_sessions: int
+    client_max_in_flight: int
+    admin_listen: tuple[str, int] | None
+    audit_file: Path | None
+    audit_stdout: bool
+    audit_aggregate_reads_s: float
+    audit_queue_limit: int
+
+
+@dataclass(frozen=True)
+class AgentListener:
+    listen: tuple[str, int]
+    asset: str
+    gateway: tuple[str, int]
+    protocol: str | None
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    source: Path
+    tls: TlsFiles
+    listeners: tuple[AgentListener, ...]
+    connect_timeout_s: float
+
+
+class _Checker(FieldChecker):
+    def __init__(self, base: Path) -> None:
+        super().__init__()
+        self.base = base
+
+    def section(self, doc: dict[str, object], key: str, allowed: tuple[str, ...]) -> dict[str, object]:
+        if key not in doc:
+            return {}
+        table = self.table(doc[key], (key,))
+        if table is None:
+            return {}
+        self.keys(table, (key,), allowed)
+        return table
+
+    def path(
+        self, table: dict[str, object], key: str, where: tuple[str | int, ...], *, required: bool
+    ) -> Path | None:
+        if key not in table:
+            if required:
+                self.error((*where, key), "required: the path of a file")
+            return None
+        text = self.string(table[key], (*where, key))
+        if not text:
+            if text == "":
+                self.error((*where, key), "empty path")
+            return None
+        return (self.base / text).resolve() if not Path(text).is_absolute() else Path(text)
+
+    def address(
+        self, table: dict[str, object], key: str, where: tuple[str | int, ...], default: str | None
+    ) -> tuple[str, int] | None:
+        value = table.get(key, default)
+        if value is None:
+            self.error((*where, key), "required: host:port")
+            return None
+        text = self.string(value, (*where, key))
+        if text is None:
+            return None
+        try:
+            return parse_hostport(text)
+        except ValueError as exc:
+            self.error((*where, key), str(exc))
+            return None
+
+    def boolean(self, value: object, path: tuple[str | int, ...]) -> bool | None:
+        if isinstance(value, bool):
+            return value
+        self.error(path, expected(value, "true or false"))
+        return None
+
+    def number(self, value: object, path: tuple[str | int, ...], low: float, high: float) -> float | None:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+            self.error(path, expected(value, f"a number in {low:g}..{high:g}"))
+            return None
+        return float(value)
+
+    def tls(self, doc: dict[str, object]) -> TlsFiles | None:
+        table = self.section(doc, "tls", ("cert", "key", "ca"))
+        if "tls" not in doc:
+            self.error(("tls",), "required: a [tls] table with cert, key and ca")
+            return None
+        cert = self.path(table, "cert", ("tls",), required=True)
+        key = self.path(table, "key", ("tls",), required=True)
+        ca = self.path(table, "ca", ("tls",), required=True)
+        if cert is None or key is None or ca is None:
+            return None
+        return TlsFiles(cert, key, ca)
+
+
+def _read(path: Path) -> tuple[str, dict[str, object]]:
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            [PolicyIssue(source, None, None, "", f"cannot read the file: {exc.strerror}")]
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([PolicyIssue(source, None, None, "", f"not UTF-8 text: {exc.reason}")]) from None
+    try:
+        return text, tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([syntax_issue(source, text, exc)]) from None
+
+
+def _raise_problems(path: Path, text: str, checker: _Checker) -> None:
+    if not checker.problems:
+        return
+    locator = LineLocator(text)
+    raise ConfigError(
+        PolicyIssue(str(path), locator.line_of(field), None, format_path(field), message)
+        for field, message in checker.problems
+    )
+
+
+def load_gateway_config(path: Path) -> GatewayConfig:
+    text, doc = _read(path)
+    check = _Checker(path.parent)
+    check.keys(doc, (), ("gateway", "tls", "admin", "audit"))
+    gw = check.section(
+        doc, "gateway", ("name", "listen", "policy", "loop", "max_sessions", "client_max_in_flight")
+    )
+    name = check.optional(gw, "name", ("gateway",), check.string, socket.gethostname())
+    listen = check.address(gw, "listen", ("gateway",), "127.0.0.1:8443")
+    policy = check.path(gw, "policy", ("gateway",), required=True)
+    loop = check.optional(
+        gw, "loop", ("gateway",), lambda v, p: check.choice(v, p, ("uvloop", "asyncio")), "uvloop"
+    )
+    max_sessions = check.optional(
+        gw, "max_sessions", ("gateway",), lambda v, p: check.integer(v, p, 1, 1_000_000), 20_000
+    )
+    max_in_flight = check.optional(
+        gw, "client_max_in_flight", ("gateway",), lambda v, p: check.integer(v, p, 1, 1024), 16
+    )
+    tls = check.tls(doc)
+
+    admin = check.section(doc, "admin", ("listen",))
+    admin_listen: tuple[str, int] | None = None
+    if admin.get("listen", "127.0.0.1:9100") != "":
+        admin_listen = check.address(admin, "listen", ("admin",), "127.0.0.1:9100")
+
+    audit = check.section(doc, "audit", ("file", "stdout", "aggregate_reads_s", "queue_limit"))
+    audit_file = check.path(audit, "file", ("audit",), required=False)
+    audit_stdout = check.optional(audit, "stdout", ("audit",), check.boolean, False)
+    aggregate = check.optional(
+        audit, "aggregate_reads_s", ("audit",), lambda v, p: check.number(v, p, 0, 3600), 1.0
+    )
+    queue_limit = check.optional(
+        audit, "queue_limit", ("audit",), lambda v, p: check.integer(v, p, 1, 10_000_000), 100_000
+    )
+    _raise_problems(path, text, check)
+    assert (
+        name is not None
+        and listen is not None
+        and policy is not None
+        and loop is not None
+        and tls is not None
+    )
+    assert max_sessions is not None and max_in_flight is not None and audit_stdout is not None
+    assert aggregate is not None and queue_limit is not None
+    return GatewayConfig(
+        source=path,
+        name=name,
+        listen=listen,
+        policy=policy,
+        tls=tls,
+        loop=loop,
+        max_sessions=max_sessions,
+        client_max_in_flight=max_in_flight,
+        admin_listen=admin_listen,
+        audit_file=audit_file,
+        audit_stdout=audit_stdout,
+        audit_aggregate_reads_s=aggregate,
+        audit_queue_limit=queue_limit,
+    )
+
+
+def load_agent_config(path: Path) -> AgentConfig:
+    text, doc = _read(path)
+    check = _Checker(path.parent)
+    check.keys(doc, (), ("agent", "tls", "listeners"))
+    agent = check.section(doc, "agent", ("gateway", "connect_timeout_s"))
+    default_gateway = agent.get("gateway")
+    connect_timeout = check.optional(
+        agent, "connect_timeout_s", ("agent",), lambda v, p: check.number(v, p, 0.1, 120), 5.0
+    )
+    tls = check.tls(doc)
+    listeners: list[AgentListener] = []
+    raw = doc.get("listeners")
+    if not isinstance(raw, list) or not raw:
+        check.error(("listeners",), "required: at least one [[listeners]] table with listen and asset")
+        raw = []
+    for index, item in enumerate(raw):
+        where: tuple[str | int, ...] = ("listeners", index)
+        table = check.table(item, where)
+        if table is None:
+            continue
+        check.keys(table, where, ("listen", "asset", "gateway", "protocol"))
+        listen = check.address(table, "listen", where, None)
+        asset = check.string(table.get("asset"), (*where, "asset")) if "asset" in table else None
+        if "asset" not in table:
+            check.error((*where, "asset"), "required: the asset this port reaches")
+        gateway = check.address(
+            table, "gateway", where, default_gateway if isinstance(default_gateway, str) else None
+        )
+        protocol = check.optional(
+            table, "protocol", where, lambda v, p: check.choice(v, p, ("modbus", "enip", "opcua")), None
+        )
+        if listen is not None and asset is not None and gateway is not None:
+            listeners.append(AgentListener(listen, asset, gateway, protocol))
+    _raise_problems(path, text, check)
+    assert tls is not None and connect_timeout is not None
+    return AgentConfig(source=path, tls=tls, listeners=tuple(listeners), connect_timeout_s=connect_timeout)

@@ -1,0 +1,1 @@
+"""Modbus TCP: the session engine facing clients and the upstream pool facing devices."""

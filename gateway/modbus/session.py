@@ -1,0 +1,273 @@
+"""The Modbus TCP session engine: one per overlay connection to a Modbus asset.
+
+Pipeline per request: decode (sans-IO codec) → decide (the compiled policy view) → forward on the
+asset's shared upstream pool, or refuse in Modbus terms → audit and metrics. Replies gathered while
+one batch of client bytes (or of device bytes) is processed leave in one write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from time import monotonic
+from typing import Any, ClassVar
+
+from gateway.modbus.upstream import ModbusUpstreamPool, PendingRequest
+from gateway.runtime import Runtime
+from gateway.session import Session, SessionInfo
+from policies import Decision, SubjectView
+from protocols.modbus import ModbusProtocolError, Request, ServerConnection, encode_exception
+
+MAX_AUDITED_VALUES = 32  # a 123-register write is recorded by its first values and its count
+
+_READ_ONLY_FUNCTION_CODES = frozenset((1, 2, 3, 4))
+
+
+def _span(address: int, count: int) -> list[int]:
+    return [address, address + count - 1]
+
+
+def request_fields(request: Request) -> dict[str, Any]:
+    """The audit fields that say what a Modbus request touches."""
+    fields: dict[str, Any] = {
+        "unit": request.unit_id,
+        "fc": request.function_code,
+        "tid": request.transaction_id,
+    }
+    if request.sub_function >= 0:
+        fields["sub_function"] = request.sub_function
+    if request.read_address >= 0:
+        fields["read"] = _span(request.read_address, request.read_count)
+    if request.write_address >= 0:
+        fields["write"] = _span(request.write_address, request.write_count)
+    if request.file_records:
+        fields["files"] = [list(record) for record in request.file_records]
+    if request.values:
+        values = request.values
+        fields["values"] = list(values[:MAX_AUDITED_VALUES])
+        if len(values) > MAX_AUDITED_VALUES:
+            fields["values_count"] = len(values)
+    return fields
+
+
+class ModbusSession(Session):
+    protocol_name: ClassVar[str] = "modbus"
+
+    def __init__(self, runtime: Runtime, info: SessionInfo, view: SubjectView) -> None:
+        super().__init__(runtime, info, view)
+        self._codec = ServerConnection()
+        self._out: list[bytes] = []
+        self._in_flight = 0
+        self._max_in_flight = runtime.limits.max_in_flight
+        self._close_after_flush: str | None = None
+        self._bind_view()
+
+    def _bind_view(self) -> None:
+        """Everything derived from the current view, so the per-request path does no look-ups."""
+        asset = self.view.asset
+        pool = self.runtime.upstreams.pool_for(asset)
+        assert isinstance(pool, ModbusUpstreamPool)
+        self._pool = pool
+        self._decide = self.view.decide_modbus
+        self._unit_map = asset.unit_map
+        self._histogram = self.runtime.metrics.histogram("modbus", asset.name)
+        self._aggregated: dict[tuple[int, int, str | None], tuple[tuple[Any, ...], dict[str, Any]]] = {}
+
+    def _view_changed(self) -> None:
+        self._bind_view()
+
+    def _release(self) -> None:
+        self._out.clear()
+
+    # ---------------------------------------------------------------------------- client side
+
+    def data_received(self, data: bytes) -> None:
+        self._codec.receive_data(data)
+        self._process()
+
+    def _process(self) -> None:
+        codec = self._codec
+        decide = self._decide
+        pool = self._pool
+        unit_map = self._unit_map
+        now = self.runtime.clock()
+        started = monotonic()
+        limit = self._max_in_flight
+        while self._in_flight < limit and not self.closing:
+            try:
+                request = codec.next_request()
+            except ModbusProtocolError as exc:
+                if self._malformed(exc):
+                    return
+                continue
+            if request is None:
+                break
+            self.requests += 1
+            decision = decide(request, now)
+            if decision.allowed:
+                self._in_flight += 1
+                pool.submit(
+                    PendingRequest(
+                        self, request, decision, unit_map.get(request.unit_id, request.unit_id), started
+                    )
+                )
+            else:
+                self._refuse(request, decision)
+        else:
+            if not self.closing and codec.buffered_bytes:
+                self.pause_requests("in-flight limit")
+        pool.flush()
+        self.flush()
+
+    def _refuse(self, request: Request, decision: Decision) -> None:
+        self.denied += 1
+        action = decision.action
+        if action == "exception":
+            self._out.append(
+                encode_exception(
+                    request.transaction_id, request.unit_id, request.function_code, decision.exception_code
+                )
+            )
+        elif action == "close":
+            self._close_after_flush = f"refused by rule {decision.rule_id}"
+        self._count(request.function_code, "deny")
+        self._audit(request, decision, "refused", None)
+
+    def _malformed(self, exc: ModbusProtocolError) -> bool:
+        """Answer a malformed request (or end the session); True if the session is over."""
+        self.runtime.metrics.count_protocol_error("modbus", "client")
+        event = self._base_event()
+        event.update(event="protocol_error", side="client", reason=str(exc))
+        if exc.close:
+            self.runtime.audit.emit(event)
+            self.close(f"malformed request framing: {exc}")
+            return True
+        event.update(
+            unit=exc.unit_id, fc=exc.function_code, tid=exc.transaction_id, exception=exc.exception_code
+        )
+        self.runtime.audit.emit(event)
+        assert exc.exception_code is not None
+        self._out.append(
+            encode_exception(exc.transaction_id, exc.unit_id, exc.function_code, exc.exception_code)
+        )
+        return False
+
+    def flush(self) -> None:
+        out = self._out
+        if out:
+            if self.transport is not None and not self.closing:
+                self.transport.write(b"".join(out) if len(out) > 1 else out[0])
+            out.clear()
+        if self._close_after_flush is not None and not self.closing and self.transport is not None:
+            self.closing = True
+            self.close_reason = self._close_after_flush
+            self.transport.close()
+
+    # -------------------------------------------------------------------------- upstream side
+
+    def deliver(self, pending: PendingRequest, reply: bytes, device_exception: int, now: float) -> bool:
+        """The device answered. Returns True when this session has a batch to flush."""
+        first = not self._out
+        self._out.append(reply)
+        self._finished(pending, now, "ok" if not device_exception else f"device exception {device_exception}")
+        return first and not self.closing
+
+    def fail(self, pending: PendingRequest, code: int, reason: str, now: float) -> bool:
+        """The request cannot be answered by the device; the client gets exception ``code``."""
+        first = not self._out
+        request = pending.request
+        self._out.append(
+            encode_exception(request.transaction_id, request.unit_id, request.function_code, code)
+        )
+        self._finished(pending, now, reason, code)
+        return first and not self.closing
+
+    def _finished(
+        self, pending: PendingRequest, now: float, outcome: str, gateway_exception: int = 0
+    ) -> None:
+        self._in_flight -= 1
+        if self._paused_by and self._in_flight < self._max_in_flight and "in-flight limit" in self._paused_by:
+            # Resume outside the pool's batch: parsing here would re-enter the pool mid-iteration.
+            self._paused_by.discard("in-flight limit")
+            asyncio.get_running_loop().call_soon(self._resume_after_in_flight)
+        latency_s = now - pending.started
+        self._histogram.observe(latency_s)
+        request = pending.request
+        decision = pending.decision
+        fc = request.function_code
+        self._count(fc, decision.verdict)
+        if (
+            outcome == "ok"
+            and decision.verdict == "allow"
+            and fc in _READ_ONLY_FUNCTION_CODES
+            and self.runtime.audit.aggregates_reads
+        ):
+            key = (request.unit_id, fc, decision.rule_id)
+            cached = self._aggregated.get(key)
+            if cached is None:
+                fields = self._base_event()
+                fields.update(
+                    event="decision", unit=request.unit_id, fc=fc, decision="allow", rule=decision.rule_id
+                )
+                cached = self._aggregated[key] = ((self.id, *key), fields)
+            self.runtime.audit.aggregate_read(
+                cached[0],
+                cached[1],
+                (request.read_address, request.read_address + request.read_count - 1),
+                latency_s,
+            )
+            return
+        self._audit(request, decision, outcome, latency_s, gateway_exception)
+
+    def _resume_after_in_flight(self) -> None:
+        if self.closing:
+            return
+        self._process()
+        if not self._paused_by and self.transport is not None:
+            self.transport.resume_reading()
+
+    # ------------------------------------------------------------------------- audit, metrics
+
+    def _count(self, fc: int, verdict: str) -> None:
+        key = ("modbus", self.info.asset, fc, verdict)
+        requests = self.runtime.metrics.requests
+        requests[key] = requests.get(key, 0) + 1
+
+    def _base_event(self) -> dict[str, Any]:
+        return {
+            "session": self.id,
+            "identity": self.info.identity,
+            "asset": self.info.asset,
+            "protocol": "modbus",
+            "policy_revision": self.view.policy_revision,
+        }
+
+    def _audit(
+        self,
+        request: Request,
+        decision: Decision,
+        outcome: str,
+        latency_s: float | None,
+        gateway_exception: int = 0,
+    ) -> None:
+        event = self._base_event()
+        event["event"] = "decision"
+        event.update(request_fields(request))
+        event["decision"] = decision.verdict
+        event["rule"] = decision.rule_id
+        if decision.verdict != "allow":
+            event["reason"] = decision.reason
+            event["exception"] = decision.exception_code
+            event["action"] = decision.action
+        if decision.monitor_rule_id is not None:
+            event["monitor_rule"] = decision.monitor_rule_id
+        event["outcome"] = outcome
+        if gateway_exception:
+            event["exception"] = gateway_exception
+        if latency_s is not None:
+            event["latency_us"] = int(latency_s * 1e6)
+        self.runtime.audit.emit(event)
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        info["in_flight"] = self._in_flight
+        return info

@@ -1,0 +1,140 @@
+"""What every session and listener of one gateway process shares: policy, audit, metrics, the live
+session registry and the upstream pools. Built once by the server and handed down, so sessions never
+reach for globals and tests can build a runtime of their own."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from gateway.audit import AuditLog
+from gateway.metrics import Metrics, UpstreamState
+
+if TYPE_CHECKING:
+    from gateway.policy_store import PolicyStore
+    from policies import Asset, Policy
+
+
+@dataclass(frozen=True)
+class SessionLimits:
+    """Per-client bounds on the data path."""
+
+    max_in_flight: int = 16  # requests a client may have unanswered before the gateway stops reading it
+    idle_timeout_s: float = 0.0  # 0 = sessions may stay idle (HMIs poll, but vendors' tools sit idle)
+
+
+class LiveSession(Protocol):
+    """What the registry needs from a session, whatever its protocol."""
+
+    id: str
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def revalidate(self, policy: Policy) -> None: ...
+
+    def close(self, reason: str) -> None: ...
+
+
+class SessionRegistry:
+    """Live sessions by id; ids are unique per process and sortable by start."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[str, LiveSession] = {}
+        self._prefix = os.urandom(3).hex()
+        self._counter = itertools.count(1)
+
+    def new_id(self) -> str:
+        return f"{self._prefix}-{next(self._counter):06x}"
+
+    def add(self, session: LiveSession) -> None:
+        self._sessions[session.id] = session
+
+    def remove(self, session: LiveSession) -> None:
+        self._sessions.pop(session.id, None)
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def __iter__(self) -> Iterator[LiveSession]:
+        return iter(list(self._sessions.values()))
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [session.describe() for session in self]
+
+    def revalidate(self, policy: Policy) -> None:
+        for session in self:
+            session.revalidate(policy)
+
+    def close_all(self, reason: str) -> None:
+        for session in self:
+            session.close(reason)
+
+
+class UpstreamPool(Protocol):
+    """An asset's connections to its device, whatever the protocol."""
+
+    asset: Asset
+
+    def start(self) -> None: ...
+
+    def retire(self) -> None: ...
+
+    def state(self) -> UpstreamState: ...
+
+
+PoolFactory = Callable[["Asset", "Runtime"], UpstreamPool]
+
+
+class UpstreamRegistry:
+    """One pool per asset; a pool is replaced when its asset's upstream settings change."""
+
+    def __init__(self, runtime: Runtime, factories: dict[str, PoolFactory]) -> None:
+        self._runtime = runtime
+        self._factories = factories
+        self._pools: dict[str, UpstreamPool] = {}
+
+    def pool_for(self, asset: Asset) -> UpstreamPool:
+        pool = self._pools.get(asset.name)
+        if pool is None or pool.asset != asset:
+            if pool is not None:
+                pool.retire()
+            pool = self._pools[asset.name] = self._factories[asset.protocol](asset, self._runtime)
+            pool.start()
+        return pool
+
+    def sync(self, policy: Policy) -> None:
+        """Open pools for the policy's assets; retire those of assets it no longer names."""
+        for name in list(self._pools):
+            if name not in policy.assets:
+                self._pools.pop(name).retire()
+        for asset in policy.assets.values():
+            if asset.protocol in self._factories:
+                self.pool_for(asset)
+
+    def states(self) -> list[UpstreamState]:
+        return [pool.state() for pool in self._pools.values()]
+
+    def close(self) -> None:
+        for pool in self._pools.values():
+            pool.retire()
+        self._pools.clear()
+
+
+@dataclass
+class Runtime:
+    name: str
+    policies: PolicyStore
+    audit: AuditLog
+    metrics: Metrics
+    limits: SessionLimits = field(default_factory=SessionLimits)
+    sessions: SessionRegistry = field(default_factory=SessionRegistry)
+    clock: Callable[[], float] = time.time  # wall clock for policy windows and audit; tests inject one
+    upstreams: UpstreamRegistry = field(init=False)
+
+    def attach_upstreams(self, factories: dict[str, PoolFactory]) -> None:
+        self.upstreams = UpstreamRegistry(self, factories)
+        self.metrics.upstream_sources.append(self.upstreams.states)

@@ -1,0 +1,230 @@
+"""``ztgate gateway``: assemble and run one gateway process.
+
+The :class:`Gateway` object is what the CLI, the demo and the end-to-end tests start; it owns the
+runtime (policy store, audit, metrics, sessions, upstream pools), the overlay listener and the admin
+HTTP server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from gateway.admin import start_admin
+from gateway.audit import AuditLog
+from gateway.config import ConfigError, GatewayConfig, TlsFiles, load_gateway_config
+from gateway.metrics import Metrics
+from gateway.modbus.session import ModbusSession
+from gateway.modbus.upstream import ModbusUpstreamPool
+from gateway.overlay import OverlayListener, SessionFactory
+from gateway.policy_store import PolicyStore
+from gateway.runtime import PoolFactory, Runtime, SessionLimits
+from gateway.tls import server_context
+from policies import Policy, PolicyError
+
+log = logging.getLogger("ztgate.gateway")
+
+# One entry per protocol: the session engine facing clients and the pool facing devices.
+SESSION_FACTORIES: dict[str, SessionFactory] = {"modbus": ModbusSession}
+POOL_FACTORIES: dict[str, PoolFactory] = {"modbus": ModbusUpstreamPool}
+
+
+class Gateway:
+    def __init__(
+        self,
+        *,
+        name: str,
+        policy: Path,
+        tls: TlsFiles,
+        listen: tuple[str, int] = ("127.0.0.1", 0),
+        admin_listen: tuple[str, int] | None = ("127.0.0.1", 0),
+        audit: AuditLog | None = None,
+        limits: SessionLimits | None = None,
+        clock: Callable[[], float] = time.time,
+        max_sessions: int = 20_000,
+        watch_policy_s: float | None = 1.0,
+    ) -> None:
+        self.audit = audit if audit is not None else AuditLog(gateway=name)
+        policies = PolicyStore(policy, self.audit)
+        self.runtime = Runtime(
+            name=name,
+            policies=policies,
+            audit=self.audit,
+            metrics=Metrics(),
+            limits=limits or SessionLimits(),
+            clock=clock,
+        )
+        self.runtime.attach_upstreams(POOL_FACTORIES)
+        self._tls = tls
+        self._listen = listen
+        self._admin_listen = admin_listen
+        self._max_sessions = max_sessions
+        self._watch_policy_s = watch_policy_s
+        self.listener: OverlayListener | None = None
+        self.addresses: list[tuple[str, int]] = []
+        self.admin_port: int | None = None
+        self._admin: web.AppRunner | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self.stopped = asyncio.Event()
+
+        metrics = self.runtime.metrics
+        metrics.gauges["ztgate_sessions_live"] = lambda: float(len(self.runtime.sessions))
+        metrics.gauges["ztgate_audit_queued"] = lambda: float(self.audit.queued)
+        metrics.counters["ztgate_audit_dropped"] = lambda: float(self.audit.dropped)
+        metrics.counters["ztgate_policy_reloads"] = lambda: float(self.runtime.policies.reloads)
+        metrics.counters["ztgate_policy_reloads_failed"] = lambda: float(self.runtime.policies.failed_reloads)
+
+    @property
+    def port(self) -> int:
+        return self.addresses[0][1]
+
+    @property
+    def policy(self) -> Policy:
+        return self.runtime.policies.current
+
+    async def start(self) -> None:
+        runtime = self.runtime
+        self.audit.start()
+        runtime.policies.subscribe(runtime.upstreams.sync)
+        runtime.policies.subscribe(runtime.sessions.revalidate)
+        runtime.upstreams.sync(runtime.policies.current)
+        context = server_context(self._tls.cert, self._tls.key, self._tls.ca)
+        self.listener = OverlayListener(runtime, context, SESSION_FACTORIES, max_sessions=self._max_sessions)
+        self.addresses = await self.listener.start(*self._listen)
+        if self._admin_listen is not None:
+            self._admin, self.admin_port = await start_admin(runtime, *self._admin_listen)
+        if self._watch_policy_s:
+            self._watcher = asyncio.get_running_loop().create_task(
+                runtime.policies.watch(self._watch_policy_s)
+            )
+        self.audit.emit(
+            {
+                "event": "gateway_start",
+                "listen": [f"{host}:{port}" for host, port in self.addresses],
+                "policy_revision": runtime.policies.current.revision,
+                "assets": sorted(runtime.policies.current.assets),
+            }
+        )
+
+    async def reload_policy(self, trigger: str = "request") -> bool:
+        return await self.runtime.policies.reload(trigger)
+
+    async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        if self.listener is not None:
+            await self.listener.close()
+        self.runtime.sessions.close_all("gateway stopping")
+        self.runtime.upstreams.close()
+        if self._admin is not None:
+            await self._admin.cleanup()
+        self.audit.emit({"event": "gateway_stop"})
+        # Let transports deliver their connection_lost callbacks (session_end events) before the audit closes.
+        await asyncio.sleep(0)
+        self.audit.close()
+        self.stopped.set()
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+
+def configure(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "gateway",
+        help="run a gateway (policy enforcement point)",
+        description="Run a gateway: terminate overlay sessions, enforce the policy, re-originate to devices. "
+        "SIGHUP reloads the policy and reopens the audit file.",
+    )
+    parser.add_argument("--config", required=True, type=Path, help="gateway configuration file (TOML)")
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        config = load_gateway_config(args.config)
+    except ConfigError as error:
+        print(f"ztgate gateway: configuration refused:\n{error}", file=sys.stderr)
+        return 2
+    loop_factory = None
+    if config.loop == "uvloop":
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(_serve(config))
+
+
+async def _serve(config: GatewayConfig) -> int:
+    audit = AuditLog(
+        gateway=config.name,
+        file=config.audit_file,
+        stdout=config.audit_stdout,
+        aggregate_reads_s=config.audit_aggregate_reads_s,
+        queue_limit=config.audit_queue_limit,
+    )
+    try:
+        gateway = Gateway(
+            name=config.name,
+            policy=config.policy,
+            tls=config.tls,
+            listen=config.listen,
+            admin_listen=config.admin_listen,
+            audit=audit,
+            limits=SessionLimits(max_in_flight=config.client_max_in_flight),
+            max_sessions=config.max_sessions,
+        )
+    except PolicyError as error:
+        print(f"ztgate gateway: policy refused:\n{error}", file=sys.stderr)
+        return 2
+    try:
+        await gateway.start()
+    except (OSError, ValueError) as error:
+        print(f"ztgate gateway: cannot start: {error}", file=sys.stderr)
+        return 1
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def on_hup() -> None:
+        audit.reopen()
+        task = loop.create_task(gateway.reload_policy("SIGHUP"))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    policy = gateway.policy
+    listen = ", ".join(f"{host}:{port}" for host, port in gateway.addresses)
+    log.info(
+        "gateway %s: overlay on %s, policy %s revision %s (%d assets, %d rules), admin %s",
+        config.name,
+        listen,
+        config.policy,
+        policy.revision,
+        len(policy.assets),
+        len(policy.rules),
+        f"http://{config.admin_listen[0]}:{gateway.admin_port}" if config.admin_listen else "off",
+    )
+    await stop.wait()
+    log.info("stopping")
+    await gateway.stop()
+    return 0

@@ -1,0 +1,243 @@
+"""End-to-end lab for tests: a PKI, real Modbus peers (pymodbus server and clients), the gateway and
+agents, all on loopback, all on ports chosen by the kernel."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from pymodbus.client import AsyncModbusTcpClient, AsyncModbusTlsClient
+
+from gateway import pki as pki_module
+from gateway.agent import Agent
+from gateway.audit import AuditLog
+from gateway.config import AgentConfig, AgentListener, TlsFiles
+from gateway.runtime import SessionLimits
+from gateway.server import Gateway
+from gateway.tls import client_context
+from tests.peers.modbus_server import InProcessServer, ServerProcess
+
+TD = "plant1.example"
+ALICE = f"spiffe://{TD}/user/alice"
+BOB = f"spiffe://{TD}/user/bob"
+VENDOR = f"spiffe://{TD}/vendor/acme/eve"
+HMI = f"spiffe://{TD}/agent/site1/hmi-3"
+
+
+@dataclass(frozen=True)
+class Pki:
+    """Every certificate the tests need, made once per run."""
+
+    ca: Path
+    gateway: pki_module.IssuedFiles
+    clients: dict[str, pki_module.IssuedFiles]  # by name: alice, bob, vendor, hmi, and the bad ones
+
+    def tls(self, who: str) -> TlsFiles:
+        files = self.clients[who]
+        return TlsFiles(files.cert, files.key, self.ca)
+
+
+def _issue_raw(ca_dir: Path, out: Path, name: str, uris: list[str]) -> pki_module.IssuedFiles:
+    """A client certificate signed by our CA but with whatever URI SANs the test wants (none, say)."""
+    ca = pki_module.load_ca(ca_dir)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(hours=2))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+    )
+    if uris:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(u) for u in uris]), critical=False
+        )
+    cert = builder.sign(ca.key, hashes.SHA256())
+    files = pki_module.IssuedFiles(out / f"{name}.pem", out / f"{name}.key")
+    files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    files.key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    files.key.chmod(0o600)
+    return files
+
+
+def make_pki(root: Path) -> Pki:
+    ca = root / "ca"
+    pki_module.init_ca(ca, TD)
+    gateway = pki_module.issue(ca, f"spiffe://{TD}/gateway/site1/gw-1", dns_names=["localhost"])
+    clients = {
+        "alice": pki_module.issue(ca, ALICE),
+        "bob": pki_module.issue(ca, BOB),
+        "vendor": pki_module.issue(ca, VENDOR),
+        "hmi": pki_module.issue(ca, HMI),
+    }
+    now = datetime.now(UTC)
+    clients["expired"] = pki_module.issue(
+        ca, ALICE, name="alice-expired", not_before=now - timedelta(days=2), not_after=now - timedelta(days=1)
+    )
+    clients["no-spiffe"] = _issue_raw(ca, ca, "no-spiffe", [])
+    other = root / "other-ca"
+    pki_module.init_ca(other, TD)
+    clients["other-ca"] = pki_module.issue(other, ALICE, name="alice-other-ca")
+    foreign = root / "foreign-ca"
+    pki_module.init_ca(foreign, "other.example")
+    clients["other-td"] = pki_module.issue(foreign, "spiffe://other.example/user/alice")
+    return Pki(ca / "ca.pem", gateway, clients)
+
+
+def policy_text(device_port: int, rules: str, *, asset: str = "plc-1", asset_extra: str = "") -> str:
+    """A policy with one Modbus asset on the test's device, the usual groups, and the given rules."""
+    return f"""
+trust_domain = "{TD}"
+
+[assets.{asset}]
+protocol = "modbus"
+upstream = "127.0.0.1:{device_port}"
+unit_ids = [1]
+{asset_extra}
+
+[groups]
+operators = ["{ALICE}", "{BOB}"]
+vendors = ["spiffe://{TD}/vendor/*"]
+
+{rules}
+"""
+
+
+class Lab:
+    """A gateway in this process plus the peers around it; closed by the fixture."""
+
+    def __init__(self, pki: Pki, tmp_path: Path) -> None:
+        self.pki = pki
+        self.dir = tmp_path
+        self.policy_path = tmp_path / "policy.toml"
+        self.audit_path = tmp_path / "audit.jsonl"
+        self.gateway: Gateway | None = None
+        self.device: InProcessServer | ServerProcess | None = None
+        self._clients: list[Any] = []
+        self._agents: list[Agent] = []
+
+    # ------------------------------------------------------------------------------- peers
+
+    async def start_device(self, *, units: tuple[int, ...] = (1,), subprocess: bool = False) -> int:
+        self.device = ServerProcess(units=units) if subprocess else InProcessServer(units=units)
+        await self.device.start()
+        return self.device.port
+
+    async def start_gateway(
+        self,
+        policy: str,
+        *,
+        clock: Any = None,
+        aggregate_reads_s: float = 0.0,
+        limits: SessionLimits | None = None,
+        watch_policy_s: float | None = None,
+    ) -> Gateway:
+        self.policy_path.write_text(policy)
+        audit = AuditLog(
+            gateway="gw-test",
+            file=self.audit_path,
+            aggregate_reads_s=aggregate_reads_s,
+            flush_interval_s=0.01,
+        )
+        kwargs: dict[str, Any] = {} if clock is None else {"clock": clock}
+        self.gateway = Gateway(
+            name="gw-test",
+            policy=self.policy_path,
+            tls=TlsFiles(self.pki.gateway.cert, self.pki.gateway.key, self.pki.ca),
+            audit=audit,
+            limits=limits,
+            watch_policy_s=watch_policy_s,
+            **kwargs,
+        )
+        await self.gateway.start()
+        return self.gateway
+
+    async def client(
+        self, who: str = "alice", asset: str = "plc-1", *, timeout_s: float = 3.0
+    ) -> AsyncModbusTlsClient:
+        """A pymodbus client with mutual TLS straight to the gateway, connected."""
+        assert self.gateway is not None
+        files = self.pki.clients[who]
+        context = client_context(files.cert, files.key, self.pki.ca, server_name=asset)
+        client = AsyncModbusTlsClient(
+            "127.0.0.1",
+            port=self.gateway.port,
+            sslctx=context,
+            timeout=timeout_s,
+            retries=0,
+            reconnect_delay=0,
+        )
+        self._clients.append(client)
+        assert await client.connect(), "client could not connect"
+        return client
+
+    async def start_agent(self, who: str = "alice", asset: str = "plc-1") -> int:
+        """An agent with this identity exposing ``asset`` on a local port; returns the port."""
+        assert self.gateway is not None
+        config = AgentConfig(
+            source=self.dir / "agent.toml",
+            tls=self.pki.tls(who),
+            listeners=(AgentListener(("127.0.0.1", 0), asset, ("127.0.0.1", self.gateway.port), "modbus"),),
+            connect_timeout_s=5.0,
+        )
+        agent = Agent(config)
+        await agent.start()
+        self._agents.append(agent)
+        return agent.bound[0][1][1]
+
+    async def plain_client(self, port: int, *, timeout_s: float = 3.0) -> AsyncModbusTcpClient:
+        client = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=timeout_s, retries=0, reconnect_delay=0)
+        self._clients.append(client)
+        assert await client.connect(), "client could not connect"
+        return client
+
+    # ------------------------------------------------------------------------------- audit
+
+    def audit_events(self, **match: Any) -> list[dict[str, Any]]:
+        """Audit events written so far (flushed first), optionally filtered by field values."""
+        assert self.gateway is not None
+        self.gateway.audit.flush()
+        if not self.audit_path.exists():
+            return []
+        events = [orjson.loads(line) for line in self.audit_path.read_bytes().splitlines() if line]
+        return [e for e in events if all(e.get(k) == v for k, v in match.items())]
+
+    async def wait_for_event(self, timeout_s: float = 5.0, **match: Any) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            found = self.audit_events(**match)
+            if found:
+                return found[-1]
+            if loop.time() > deadline:
+                raise AssertionError(f"no audit event matching {match} within {timeout_s} s")
+            await asyncio.sleep(0.02)
+
+    # ------------------------------------------------------------------------------- close
+
+    async def close(self) -> None:
+        for client in self._clients:
+            client.close()
+        for agent in self._agents:
+            await agent.stop()
+        if self.gateway is not None:
+            await self.gateway.stop()
+        if self.device is not None:
+            await self.device.stop()
