@@ -85,6 +85,7 @@ class _Local(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.overlay: _Overlay | None = None
         self.closed = False
+        self.early: list[bytes] = []  # what the client sent before the overlay was up
         self.name = "local"
         self._task: asyncio.Task[None] | None = None
 
@@ -92,7 +93,8 @@ class _Local(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
         peer = transport.get_extra_info("peername")
         self.name = f"{peer[0]}:{peer[1]} -> {self.listener.asset}" if peer else self.listener.asset
-        # Nothing may pile up while the overlay connects.
+        # Nothing may pile up while the overlay connects. (uvloop may still deliver a first read after
+        # this; data_received keeps it until the overlay is up.)
         self.transport.pause_reading()
         self._task = asyncio.get_running_loop().create_task(self._connect())
 
@@ -125,12 +127,19 @@ class _Local(asyncio.Protocol):
             return
         self.overlay = overlay
         log.info("%s: connected through %s:%d", self.name, host, port)
+        if self.early and overlay.transport is not None:
+            overlay.transport.write(b"".join(self.early))
+            self.early.clear()
         if self.transport is not None:
             self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         if self.overlay is not None and self.overlay.transport is not None:
             self.overlay.transport.write(data)
+        else:
+            self.early.append(data)
+            if self.transport is not None:
+                self.transport.pause_reading()
 
     def send(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:

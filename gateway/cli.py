@@ -18,7 +18,7 @@ COMMANDS = (
     "gateway.policy_cmd",  # ztgate policy check|explain
     "gateway.sim",  # ztgate sim modbus
     "gateway.client",  # ztgate client modbus read|write
-    # "gateway.demo",  # ztgate demo (next)
+    "gateway.demo",  # ztgate demo
 )
 
 
