@@ -550,7 +550,7 @@ _RESPONSE_CHECKS: dict[int, _ResponseCheck] = {
 def check_response(request: Request, pdu: bytes) -> int:
     """Check a device's response PDU against the request it answers.
 
-    Returns 0 for a normal response or the exception code of an exception response; raises
+    Returns 0 for a normal response or the (non-zero) exception code of an exception response; raises
     :class:`ModbusProtocolError` (carrying exception 0x0B for the client) when the response is
     malformed or does not answer this request. Responses to opaque function codes are checked only
     for their function code.
@@ -561,6 +561,9 @@ def check_response(request: Request, pdu: bytes) -> int:
     if pdu[0] == fc | spec.EXCEPTION_FLAG:
         if len(pdu) != 2:
             raise _bad(request, f"exception response of {len(pdu)} bytes")
+        if not pdu[1]:
+            # 0 is no exception code, and returning it would pass the reply off as a normal one.
+            raise _bad(request, "exception response with exception code 0")
         return pdu[1]
     if pdu[0] != fc:
         raise _bad(request, f"answers function code {pdu[0]}")
