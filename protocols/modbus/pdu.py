@@ -128,9 +128,12 @@ def _fail(tid: int, unit: int, fc: int, code: int, message: str) -> ModbusProtoc
     )
 
 
-def _check_span(tid: int, unit: int, fc: int, address: int, count: int, limit: int, what: str) -> None:
+def _check_quantity(tid: int, unit: int, fc: int, count: int, limit: int, what: str) -> None:
     if not 1 <= count <= limit:
         raise _fail(tid, unit, fc, ILLEGAL_DATA_VALUE, f"FC {fc}: {what} quantity {count} outside 1..{limit}")
+
+
+def _check_address(tid: int, unit: int, fc: int, address: int, count: int) -> None:
     if address + count > spec.ADDRESS_SPACE:
         raise _fail(
             tid, unit, fc, ILLEGAL_DATA_ADDRESS, f"FC {fc}: span {address}+{count} leaves the address space"
@@ -164,7 +167,8 @@ def _parse_read(limit: int) -> _RequestParser:
         fc = pdu[0]
         _expect_length(tid, unit, fc, pdu, 5)
         _, address, count = _FC_U16_U16.unpack(pdu)
-        _check_span(tid, unit, fc, address, count, limit, "read")
+        _check_quantity(tid, unit, fc, count, limit, "read")
+        _check_address(tid, unit, fc, address, count)
         return Request(tid, unit, fc, pdu, read_address=address, read_count=count)
 
     return parse
@@ -217,10 +221,12 @@ def _parse_write_multiple_coils(tid: int, unit: int, pdu: bytes) -> Request:
     if len(pdu) < 6:
         raise _fail(tid, unit, 15, ILLEGAL_DATA_VALUE, "FC 15: PDU too short")
     _, address, count, byte_count = _FC_U16_U16_U8.unpack_from(pdu)
-    _check_span(tid, unit, 15, address, count, spec.MAX_WRITE_BITS, "write")
+    # As in every state diagram of the spec: quantity and byte count (0x03) before the address (0x02).
+    _check_quantity(tid, unit, 15, count, spec.MAX_WRITE_BITS, "write")
     if byte_count != (count + 7) >> 3:
         raise _fail(tid, unit, 15, ILLEGAL_DATA_VALUE, f"FC 15: byte count {byte_count} for {count} coils")
     _expect_length(tid, unit, 15, pdu, 6 + byte_count)
+    _check_address(tid, unit, 15, address, count)
     values = unpack_bits(pdu, 6, count)
     if count & 7 and pdu[-1] >> (count & 7):
         # Canonical form zero-fills the unused bits of the last byte (spec §6.11).
@@ -232,12 +238,13 @@ def _parse_write_multiple_registers(tid: int, unit: int, pdu: bytes) -> Request:
     if len(pdu) < 6:
         raise _fail(tid, unit, 16, ILLEGAL_DATA_VALUE, "FC 16: PDU too short")
     _, address, count, byte_count = _FC_U16_U16_U8.unpack_from(pdu)
-    _check_span(tid, unit, 16, address, count, spec.MAX_WRITE_REGISTERS, "write")
+    _check_quantity(tid, unit, 16, count, spec.MAX_WRITE_REGISTERS, "write")
     if byte_count != 2 * count:
         raise _fail(
             tid, unit, 16, ILLEGAL_DATA_VALUE, f"FC 16: byte count {byte_count} for {count} registers"
         )
     _expect_length(tid, unit, 16, pdu, 6 + byte_count)
+    _check_address(tid, unit, 16, address, count)
     values = struct.unpack_from(f">{count}H", pdu, 6)
     return Request(tid, unit, 16, pdu, write_address=address, write_count=count, values=values)
 
@@ -303,11 +310,14 @@ def _parse_read_write_multiple_registers(tid: int, unit: int, pdu: bytes) -> Req
     if len(pdu) < 10:
         raise _fail(tid, unit, 23, ILLEGAL_DATA_VALUE, "FC 23: PDU too short")
     _, read_address, read_count, write_address, write_count, byte_count = _FC_23.unpack_from(pdu)
-    _check_span(tid, unit, 23, read_address, read_count, spec.MAX_READ_REGISTERS, "read")
-    _check_span(tid, unit, 23, write_address, write_count, spec.MAX_READ_WRITE_WRITE_REGISTERS, "write")
+    # Quantities and byte count (0x03) before addresses (0x02): spec Figure 27.
+    _check_quantity(tid, unit, 23, read_count, spec.MAX_READ_REGISTERS, "read")
+    _check_quantity(tid, unit, 23, write_count, spec.MAX_READ_WRITE_WRITE_REGISTERS, "write")
     if byte_count != 2 * write_count:
         raise _fail(tid, unit, 23, ILLEGAL_DATA_VALUE, f"FC 23: byte count {byte_count} for {write_count}")
     _expect_length(tid, unit, 23, pdu, 10 + byte_count)
+    _check_address(tid, unit, 23, read_address, read_count)
+    _check_address(tid, unit, 23, write_address, write_count)
     values = struct.unpack_from(f">{write_count}H", pdu, 10)
     return Request(
         tid,
