@@ -89,6 +89,7 @@ class ModbusSession(Session):
         decide = self._decide
         pool = self._pool
         unit_map = self._unit_map
+        revision = self.view.policy_revision
         now = self.runtime.clock()
         started = monotonic()
         limit = self._max_in_flight
@@ -107,7 +108,12 @@ class ModbusSession(Session):
                 self._in_flight += 1
                 pool.submit(
                     PendingRequest(
-                        self, request, decision, unit_map.get(request.unit_id, request.unit_id), started
+                        self,
+                        request,
+                        decision,
+                        revision,
+                        unit_map.get(request.unit_id, request.unit_id),
+                        started,
                     )
                 )
             else:
@@ -130,12 +136,12 @@ class ModbusSession(Session):
         elif action == "close":
             self._close_after_flush = f"refused by rule {decision.rule_id}"
         self._count(request.function_code, "deny")
-        self._audit(request, decision, "refused", None)
+        self._audit(request, decision, self.view.policy_revision, "refused", None)
 
     def _malformed(self, exc: ModbusProtocolError) -> bool:
         """Answer a malformed request (or end the session); True if the session is over."""
         self.runtime.metrics.count_protocol_error("modbus", "client")
-        event = self._base_event()
+        event = self._base_event(self.view.policy_revision)
         event.update(event="protocol_error", side="client", reason=str(exc))
         if exc.close:
             self.runtime.audit.emit(event)
@@ -201,10 +207,10 @@ class ModbusSession(Session):
             and fc in _READ_ONLY_FUNCTION_CODES
             and self.runtime.audit.aggregates_reads
         ):
-            key = (request.unit_id, fc, decision.rule_id)
+            key = (request.unit_id, fc, decision.rule_id, pending.revision)
             cached = self._aggregated.get(key)
             if cached is None:
-                fields = self._base_event()
+                fields = self._base_event(pending.revision)
                 fields.update(
                     event="decision", unit=request.unit_id, fc=fc, decision="allow", rule=decision.rule_id
                 )
@@ -216,7 +222,7 @@ class ModbusSession(Session):
                 latency_s,
             )
             return
-        self._audit(request, decision, outcome, latency_s, gateway_exception)
+        self._audit(request, decision, pending.revision, outcome, latency_s, gateway_exception)
 
     def _resume_after_in_flight(self) -> None:
         if self.closing:
@@ -232,32 +238,39 @@ class ModbusSession(Session):
         requests = self.runtime.metrics.requests
         requests[key] = requests.get(key, 0) + 1
 
-    def _base_event(self) -> dict[str, Any]:
+    def _base_event(self, revision: str) -> dict[str, Any]:
         return {
             "session": self.id,
             "identity": self.info.identity,
             "asset": self.info.asset,
             "protocol": "modbus",
-            "policy_revision": self.view.policy_revision,
+            "policy_revision": revision,
         }
 
     def _audit(
         self,
         request: Request,
         decision: Decision,
+        revision: str,
         outcome: str,
         latency_s: float | None,
         gateway_exception: int = 0,
     ) -> None:
-        event = self._base_event()
+        """One decision record. ``exception`` is what the client got from the gateway itself: the
+        refusal, or 0x0A/0x0B when the device could not answer; a would-deny carries the code it
+        would have got as ``would_exception``."""
+        event = self._base_event(revision)
         event["event"] = "decision"
         event.update(request_fields(request))
         event["decision"] = decision.verdict
         event["rule"] = decision.rule_id
         if decision.verdict != "allow":
             event["reason"] = decision.reason
-            event["exception"] = decision.exception_code
-            event["action"] = decision.action
+            if decision.allowed:
+                event["would_exception"] = decision.exception_code
+            else:
+                event["exception"] = decision.exception_code
+                event["action"] = decision.action
         if decision.monitor_rule_id is not None:
             event["monitor_rule"] = decision.monitor_rule_id
         event["outcome"] = outcome

@@ -43,14 +43,30 @@ BACKOFF_MAX_S = 2.0
 class PendingRequest:
     """A client request on its way to the device and back."""
 
-    __slots__ = ("deadline", "decision", "device_unit", "request", "session", "started", "upstream_tid")
+    __slots__ = (
+        "deadline",
+        "decision",
+        "device_unit",
+        "request",
+        "revision",
+        "session",
+        "started",
+        "upstream_tid",
+    )
 
     def __init__(
-        self, session: ModbusSession, request: Request, decision: Decision, device_unit: int, started: float
+        self,
+        session: ModbusSession,
+        request: Request,
+        decision: Decision,
+        revision: str,
+        device_unit: int,
+        started: float,
     ) -> None:
         self.session = session
         self.request = request
         self.decision = decision
+        self.revision = revision  # of the policy that decided: the audit names it, not a later one
         self.device_unit = device_unit
         self.started = started  # monotonic() when the request was decoded
         self.deadline = 0.0

@@ -60,6 +60,10 @@ def _issue_raw(ca_dir: Path, out: Path, name: str, uris: list[str]) -> pki_modul
         .not_valid_after(now + timedelta(hours=2))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     )
     if uris:
         builder = builder.add_extension(
@@ -187,6 +191,19 @@ class Lab:
         self._clients.append(client)
         assert await client.connect(), "client could not connect"
         return client
+
+    async def raw_connection(
+        self, who: str = "alice", asset: str = "plc-1"
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A mutual-TLS byte stream to the gateway, for frames no well-behaved client would send."""
+        assert self.gateway is not None
+        files = self.pki.clients[who]
+        context = client_context(files.cert, files.key, self.pki.ca)
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", self.gateway.port, ssl=context, server_hostname=asset
+        )
+        self._clients.append(writer)
+        return reader, writer
 
     async def start_agent(self, who: str = "alice", asset: str = "plc-1") -> int:
         """An agent with this identity exposing ``asset`` on a local port; returns the port."""

@@ -1,0 +1,124 @@
+"""The overlay: who gets a session, and how everybody else is refused without learning anything."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+
+import pytest
+
+from gateway.tls import client_context
+from tests.e2e.harness import ALICE, BOB, Lab, policy_text
+
+RULES = """
+[[rules]]
+id = "alice-reads"
+subjects = ["spiffe://plant1.example/user/alice"]
+assets = ["plc-1"]
+modbus = [{ fc = [3], address = "0-99" }]
+"""
+
+
+async def _attempt(lab: Lab, who: str, asset: str | None) -> tuple[str, bytes]:
+    """Connect, send one valid read, and report what the client saw: the exception class, and data."""
+    assert lab.gateway is not None
+    files = lab.pki.clients[who]
+    context = client_context(files.cert, files.key, lab.pki.ca)
+    try:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", lab.gateway.port, ssl=context, server_hostname=asset
+        )
+    except (ssl.SSLError, OSError) as exc:
+        return type(exc).__name__, b""
+    writer.write(bytes.fromhex("0001 0000 0006 01 03 0000 0001"))
+    try:
+        data = await asyncio.wait_for(reader.read(100), 5)
+        outcome = "eof"
+    except (ssl.SSLError, OSError) as exc:
+        data, outcome = b"", type(exc).__name__
+    writer.close()
+    return outcome, data
+
+
+@pytest.mark.parametrize(
+    ("who", "asset", "category", "reason"),
+    [
+        ("other-ca", "plc-1", "certificate", "unable to get local issuer certificate"),
+        ("expired", "plc-1", "certificate", "certificate has expired"),
+        ("other-td", "plc-1", "certificate", "unable to get local issuer certificate"),
+        ("no-spiffe", "plc-1", "identity", "no SPIFFE id"),
+        ("alice", "plc-9", "unknown_asset", "unknown asset 'plc-9'"),
+        ("bob", "plc-1", "no_access", f"no rule grants {BOB} access to plc-1"),
+        ("alice", None, "no_sni", "no SNI"),
+    ],
+)
+async def test_refused_sessions_learn_nothing(
+    lab: Lab, who: str, asset: str | None, category: str, reason: str
+) -> None:
+    port = await lab.start_device()
+    await lab.start_gateway(policy_text(port, RULES))
+    outcome, data = await _attempt(lab, who, asset)
+    assert data == b"", "a refused client must not get a single application byte"
+    assert outcome in ("eof", "SSLError", "ConnectionResetError", "SSLCertVerificationError"), outcome
+    event = await lab.wait_for_event(event="session_refused", category=category)
+    assert reason in event["reason"]
+    assert not lab.audit_events(event="session_start")
+    # The device never saw anything either.
+    assert lab.gateway is not None and lab.gateway.runtime.metrics.requests == {}
+
+
+async def test_unknown_asset_and_no_access_look_the_same(lab: Lab) -> None:
+    """Cloaking: an asset that exists but is not yours is indistinguishable from one that does not."""
+    port = await lab.start_device()
+    await lab.start_gateway(policy_text(port, RULES))
+    assert await _attempt(lab, "bob", "plc-1") == await _attempt(lab, "bob", "no-such-plc")
+
+
+async def test_allowed_identity_gets_a_session(lab: Lab) -> None:
+    port = await lab.start_device()
+    await lab.start_gateway(policy_text(port, RULES))
+    outcome, data = await _attempt(lab, "alice", "plc-1")
+    assert data[:9] == bytes.fromhex("0001 0000 0005 01 03 02")
+    start = lab.audit_events(event="session_start")[0]
+    assert start["identity"] == ALICE and start["asset"] == "plc-1"
+    _ = outcome
+
+
+async def test_agent_logs_a_clear_reason_when_refused(lab: Lab, caplog: pytest.LogCaptureFixture) -> None:
+    port = await lab.start_device()
+    await lab.start_gateway(policy_text(port, RULES))
+    caplog.set_level(logging.WARNING, logger="ztgate.agent")
+    local = await lab.start_agent("bob")
+    reader, writer = await asyncio.open_connection("127.0.0.1", local)
+    writer.write(bytes.fromhex("0001 0000 0006 01 03 0000 0001"))
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # the local connection is closed
+    writer.close()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 3
+    while not any("refused the session" in r.getMessage() for r in caplog.records):
+        assert loop.time() < deadline, [r.getMessage() for r in caplog.records]
+        await asyncio.sleep(0.02)
+
+
+async def test_policy_change_closes_sessions_that_lost_access(lab: Lab) -> None:
+    port = await lab.start_device()
+    gateway = await lab.start_gateway(policy_text(port, RULES))
+    client = await lab.client("alice")
+    assert not (await client.read_holding_registers(0, count=1, device_id=1)).isError()
+    lab.policy_path.write_text(policy_text(port, RULES.replace("user/alice", "user/carol")))
+    assert await gateway.reload_policy("test")
+    end = await lab.wait_for_event(event="session_end", identity=ALICE)
+    assert "no longer grants access" in end["reason"]
+
+
+async def test_session_ends_when_the_client_certificate_expires(lab: Lab) -> None:
+    port = await lab.start_device()
+    # A clock one second before the certificate's notAfter.
+    files = lab.pki.clients["alice"]
+    cert = ssl._ssl._test_decode_cert(str(files.cert))  # type: ignore[attr-defined]
+    not_after = ssl.cert_time_to_seconds(cert["notAfter"])
+    await lab.start_gateway(policy_text(port, RULES), clock=lambda: not_after - 0.2)
+    await lab.client("alice")
+    end = await lab.wait_for_event(event="session_end", identity=ALICE)
+    assert end["reason"] == "client certificate expired"
