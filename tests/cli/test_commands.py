@@ -1,0 +1,126 @@
+"""The ``ztgate`` command as a user runs it: policy check and explain, the demo's walkthrough, and
+start-up refusals of the gateway."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import main
+
+POLICY = """
+trust_domain = "plant1.example"
+
+[assets.plc-1]
+protocol = "modbus"
+upstream = "127.0.0.1:5020"
+
+[[rules]]
+id = "setpoint"
+subjects = ["spiffe://plant1.example/user/alice"]
+assets = ["plc-1"]
+modbus = [{ fc = 6, address = "40", value = "0-1500" }, { fc = [3], address = "0-99" }]
+"""
+ALICE = "spiffe://plant1.example/user/alice"
+
+
+@pytest.fixture
+def policy(tmp_path: Path) -> Path:
+    path = tmp_path / "policy.toml"
+    path.write_text(POLICY)
+    return path
+
+
+def test_policy_check_ok(policy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["policy", "check", str(policy)]) == 0
+    out = capsys.readouterr().out
+    assert "OK" in out and "1 asset(s)" in out and "1 rule(s)" in out
+
+
+def test_policy_check_lists_every_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(
+        POLICY.replace('value = "0-1500"', 'value = "1500-0"').replace(
+            'protocol = "modbus"', 'protocol = "mqtt"'
+        )
+    )
+    assert main(["policy", "check", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert f"{path}:5: assets.plc-1.protocol:" in err
+    assert f"{path}:12: rules[0].modbus[0].value:" in err
+    assert "2 error(s)" in err
+
+
+def test_policy_explain_allow_and_deny(policy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = [
+        "policy",
+        "explain",
+        str(policy),
+        "--subject",
+        ALICE,
+        "--asset",
+        "plc-1",
+        "--fc",
+        "6",
+        "--address",
+        "40",
+    ]
+    assert main([*args, "--value", "1200"]) == 0
+    assert "setpoint" in capsys.readouterr().out
+    assert main([*args, "--value", "2000"]) == 1
+    out = capsys.readouterr().out
+    assert "0x03" in out and "setpoint" in out and "2000" in out
+
+
+def test_policy_explain_reports_what_the_codec_refuses(
+    policy: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [
+        "policy",
+        "explain",
+        str(policy),
+        "--subject",
+        ALICE,
+        "--asset",
+        "plc-1",
+        "--fc",
+        "3",
+        "--count",
+        "200",
+    ]
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    assert "codec refuses" in out and "exception 3" in out
+
+
+def test_policy_explain_at_a_time(policy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["policy", "explain", str(policy), "--subject", ALICE, "--asset", "plc-1", "--fc", "3"]
+    assert main([*args, "--at", "2026-11-26T07:30:00"]) == 2
+    assert "UTC offset" in capsys.readouterr().err
+    assert main([*args, "--at", "2026-11-26T07:30:00+01:00"]) == 0
+
+
+def test_gateway_refuses_a_broken_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "gw.toml"
+    config.write_text("[gateway]\nlisten = 8443\n")
+    assert main(["gateway", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "configuration refused" in err and f"{config}:2: gateway.listen" in err
+
+
+def test_demo_walkthrough(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "demo", "--walkthrough", "--dir", str(tmp_path / "demo")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "11 of 11 outcomes as the policy says." in result.stdout
+    assert "exception 0x03" in result.stdout and "certificate rejected" in result.stdout
+    audit = (tmp_path / "demo" / "audit.jsonl").read_text()
+    assert '"decision":"deny"' in audit and '"rule":"operators-setpoint"' in audit

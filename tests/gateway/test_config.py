@@ -1,0 +1,101 @@
+"""Gateway and agent configuration files: defaults, relative paths, and every error with its line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config import ConfigError, load_agent_config, load_gateway_config, parse_hostport
+
+
+def test_gateway_config_defaults_and_relative_paths(tmp_path: Path) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text(
+        '[gateway]\npolicy = "p.toml"\n[tls]\ncert = "c.pem"\nkey = "c.key"\nca = "/etc/ca.pem"\n'
+    )
+    config = load_gateway_config(path)
+    assert config.policy == tmp_path / "p.toml"
+    assert config.tls.cert == tmp_path / "c.pem" and config.tls.ca == Path("/etc/ca.pem")
+    assert config.listen == ("127.0.0.1", 8443)
+    assert config.admin_listen == ("127.0.0.1", 9100)
+    assert config.loop == "uvloop" and config.audit_file is None and config.audit_aggregate_reads_s == 1.0
+
+
+def test_admin_can_be_disabled(tmp_path: Path) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text(
+        '[gateway]\npolicy = "p.toml"\nlisten = "[::1]:0"\n[admin]\nlisten = ""\n'
+        '[tls]\ncert = "c"\nkey = "k"\nca = "a"\n'
+    )
+    config = load_gateway_config(path)
+    assert config.admin_listen is None and config.listen == ("::1", 0)
+
+
+def test_gateway_config_reports_every_error_with_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text(
+        "[gateway]\n"
+        'listen = "127.0.0.1:99999"\n'  # line 2
+        'loop = "trio"\n'  # line 3
+        "polcy = 1\n"  # line 4: typo, and policy is missing
+        "[audit]\n"
+        "aggregate_reads_s = -1\n"  # line 6
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_gateway_config(path)
+    text = str(caught.value)
+    assert f"{path}:2: gateway.listen: '127.0.0.1:99999': port 99999 is outside 0..65535" in text
+    assert f"{path}:3: gateway.loop:" in text and '"trio" is not one of: uvloop, asyncio' in text
+    assert f'{path}:4: gateway.polcy: unknown key "polcy"; did you mean "policy"?' in text
+    assert "gateway.policy: required" in text
+    assert f"{path}:6: audit.aggregate_reads_s:" in text
+    assert "tls: required" in text
+
+
+def test_syntax_error_names_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text("[gateway]\npolicy = \n")
+    with pytest.raises(ConfigError) as caught:
+        load_gateway_config(path)
+    assert str(caught.value).startswith(f"{path}:2:") and "TOML syntax" in str(caught.value)
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the file"):
+        load_gateway_config(tmp_path / "missing.toml")
+
+
+def test_agent_config(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        '[agent]\ngateway = "gw.example:8443"\n[tls]\ncert = "c"\nkey = "k"\nca = "a"\n'
+        '[[listeners]]\nlisten = "127.0.0.1:1502"\nasset = "plc-1"\nprotocol = "modbus"\n'
+        '[[listeners]]\nlisten = "127.0.0.1:1503"\nasset = "plc-2"\ngateway = "other:9443"\n'
+    )
+    config = load_agent_config(path)
+    first, second = config.listeners
+    assert first.gateway == ("gw.example", 8443) and first.protocol == "modbus"
+    assert second.gateway == ("other", 9443) and second.asset == "plc-2" and second.protocol is None
+
+
+def test_agent_config_errors(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        '[tls]\ncert = "c"\nkey = "k"\nca = "a"\n[[listeners]]\nlisten = "1502"\nprotocol = "http"\n'
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_agent_config(path)
+    text = str(caught.value)
+    assert "listeners[0].listen: '1502': expected host:port" in text
+    assert "listeners[0].asset: required" in text
+    assert "listeners[0].gateway: required" in text
+    assert '"http" is not one of: modbus, enip, opcua' in text
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("10.0.0.5:502", ("10.0.0.5", 502)), (":502", ("127.0.0.1", 502)), ("[fe80::1]:502", ("fe80::1", 502))],
+)
+def test_parse_hostport(text: str, expected: tuple[str, int]) -> None:
+    assert parse_hostport(text) == expected
