@@ -473,8 +473,8 @@ def _check_exception_status(request: Request, pdu: bytes) -> None:
 def _check_diagnostics(request: Request, pdu: bytes) -> None:
     if len(pdu) < 3 or pdu[1:3] != request.pdu[1:3]:
         raise _bad(request, "does not echo the sub-function")
-    if request.sub_function == spec.DiagnosticSubFunction.RETURN_QUERY_DATA and pdu != request.pdu:
-        raise _bad(request, "Return Query Data does not echo the data")
+    if request.sub_function in spec.DIAGNOSTIC_ECHO_SUB_FUNCTIONS and pdu != request.pdu:
+        raise _bad(request, f"sub-function {request.sub_function} does not echo the request data")
     if request.sub_function in _DIAGNOSTIC_SUB_FUNCTIONS and request.sub_function and len(pdu) != 5:
         raise _bad(request, f"{len(pdu)} bytes, expected 5")
 

@@ -40,3 +40,22 @@ def test_value_checks_come_before_address_checks(pdu_hex: str, code: int) -> Non
     with pytest.raises(ModbusProtocolError) as caught:
         parse_request(1, 1, bytes.fromhex(pdu_hex))
     assert caught.value.exception_code == code
+
+
+@pytest.mark.parametrize(
+    ("request_hex", "response_hex"),
+    [
+        pytest.param("0800010000", "080001FF00", id="fc8/01 keep-log answered as clear-log"),
+        pytest.param("080001FF00", "0800010000", id="fc8/01 clear-log answered as keep-log"),
+        pytest.param("0800030D00", "0800030A00", id="fc8/03 another delimiter"),
+        pytest.param("08000A0000", "08000A0001", id="fc8/0A data not echoed"),
+        pytest.param("0800140000", "0800140100", id="fc8/14 data not echoed"),
+    ],
+)
+def test_diagnostic_echo_sub_functions_must_echo_the_data(request_hex: str, response_hex: str) -> None:
+    # Spec §6.8.1: the response to sub-functions 00, 01, 03, 0A and 14 is "Echo Request Data".
+    request = parse_request(1, 1, bytes.fromhex(request_hex))
+    assert check_response(request, bytes.fromhex(request_hex)) == 0
+    with pytest.raises(ModbusProtocolError) as caught:
+        check_response(request, bytes.fromhex(response_hex))
+    assert caught.value.exception_code == GATEWAY_TARGET_FAILED
