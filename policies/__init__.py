@@ -1,0 +1,26 @@
+"""Pure policy: load a TOML policy, validate it, compile per-identity decision tables, decide, explain.
+
+The reference for the file format and the decision procedure is ``docs/policy.md``. Nothing here does
+I/O (except reading the file in :func:`load_policy`), logs, or reads a clock: time is an argument.
+Imports only :mod:`protocols`.
+"""
+
+from policies.decision import Decision
+from policies.errors import PolicyError, PolicyIssue
+from policies.evaluate import SubjectView
+from policies.explain import Explanation
+from policies.model import Asset, DenyAction
+from policies.policy import Policy, load_policy, parse_policy
+
+__all__ = [
+    "Asset",
+    "Decision",
+    "DenyAction",
+    "Explanation",
+    "Policy",
+    "PolicyError",
+    "PolicyIssue",
+    "SubjectView",
+    "load_policy",
+    "parse_policy",
+]

@@ -1,0 +1,80 @@
+"""The answer to one request: forward it or refuse it, which rule said so, and why.
+
+Decisions are immutable because allow decisions are built once per rule and shared by every request
+the rule allows; a session that could modify one would change the answer for everybody else.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+__all__ = [
+    "ACTION_FORWARD",
+    "VERDICT_ALLOW",
+    "VERDICT_DENY",
+    "VERDICT_WOULD_DENY",
+    "Decision",
+]
+
+VERDICT_ALLOW = "allow"
+VERDICT_DENY = "deny"
+VERDICT_WOULD_DENY = "would-deny"  # a deny on an asset in monitor mode: audited, then forwarded
+ACTION_FORWARD = "forward"
+
+_FIELDS = ("verdict", "allowed", "rule_id", "exception_code", "action", "reason", "monitor_rule_id")
+
+
+class Decision:
+    """``allowed`` says whether to forward the request (true for ``allow`` and ``would-deny``).
+
+    ``exception_code`` is the Modbus exception for a deny or would-deny (0 for allow); ``action`` is
+    ``forward`` or the asset's deny action (``exception``, ``drop``, ``close``). ``monitor_rule_id``
+    names a monitor-mode rule that, enforced, would have changed whether the request is allowed.
+    """
+
+    __slots__ = _FIELDS
+
+    verdict: str
+    allowed: bool
+    rule_id: str | None
+    exception_code: int
+    action: str
+    reason: str
+    monitor_rule_id: str | None
+
+    def __init__(
+        self,
+        verdict: str,
+        rule_id: str | None,
+        exception_code: int,
+        action: str,
+        reason: str,
+        monitor_rule_id: str | None = None,
+    ) -> None:
+        init = object.__setattr__
+        init(self, "verdict", verdict)
+        init(self, "allowed", verdict != VERDICT_DENY)
+        init(self, "rule_id", rule_id)
+        init(self, "exception_code", exception_code)
+        init(self, "action", action)
+        init(self, "reason", reason)
+        init(self, "monitor_rule_id", monitor_rule_id)
+
+    def __setattr__(self, name: str, value: Any) -> NoReturn:
+        raise AttributeError(f"Decision is immutable (tried to set {name})")
+
+    def __delattr__(self, name: str) -> NoReturn:
+        raise AttributeError(f"Decision is immutable (tried to delete {name})")
+
+    def _key(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in _FIELDS)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Decision) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in _FIELDS)
+        return f"Decision({fields})"

@@ -1,0 +1,429 @@
+"""Deciding Modbus requests on a compiled view (docs/policy.md, "How a decision is made").
+
+A :class:`SubjectView` holds, for one identity on one asset, a table per function code (per
+sub-function for FC 8 and 43). Each table keeps its candidates - one per rule entry naming the code -
+split by effect and mode, in file order. A request is decided by:
+
+1. the unit check;
+2. enforce deny candidates that touch it (usually none: a tuple test);
+3. enforce allow candidates: for a request with one address span, the candidates whose address
+   intervals contain the span's first address come from one bisect, and only their end bound, unit
+   set, value bounds and time window are checked; the first that allows wins and its pre-built
+   decision is returned;
+4. otherwise the closest miss among the enforce allow candidates (default deny);
+5. monitor candidates, only when the table has any, to see whether enforcing them would flip
+   allow/deny.
+
+Nothing here loops over the rules of the file; the work per request depends on how many entries of
+this identity's rules name the request's function code and address, not on the size of the policy.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Sequence
+
+from policies.decision import ACTION_FORWARD, VERDICT_ALLOW, VERDICT_DENY, VERDICT_WOULD_DENY, Decision
+from policies.model import Asset, ModbusEntry, Rule
+from policies.ranges import IntervalSet, SegmentIndex
+from policies.timewindow import TimeWindow
+from protocols.modbus.pdu import Request
+
+__all__ = ["Candidate", "KeyTable", "SubFunctionTable", "SubjectView", "covers", "span_text", "touches"]
+
+# An entry without an address field covers every span, however long.
+_NO_LIMIT = 1 << 40
+
+
+class Candidate:
+    """One rule entry, specialised for one function code."""
+
+    __slots__ = ("addresses", "decision", "entry", "files", "rule", "rule_id", "units", "values", "window")
+
+    def __init__(self, rule: Rule, entry: ModbusEntry, decision: Decision) -> None:
+        self.rule = rule
+        self.rule_id = rule.id
+        self.entry = entry
+        self.window: TimeWindow | None = rule.window
+        self.units: frozenset[int] | None = (
+            None
+            if entry.units is None
+            else frozenset(u for low, high in entry.units.ranges for u in range(low, high + 1))
+        )
+        self.addresses: IntervalSet | None = entry.addresses
+        self.files: IntervalSet | None = entry.files
+        self.values: IntervalSet | None = entry.values
+        self.decision = decision
+
+
+class _Slot:
+    """A candidate at one of its address intervals: what the single-span fast path checks."""
+
+    __slots__ = ("candidate", "decision", "high", "units", "values", "window")
+
+    def __init__(self, high: int, candidate: Candidate) -> None:
+        self.high = high
+        self.candidate = candidate
+        self.units = candidate.units
+        self.values = candidate.values
+        self.window = candidate.window
+        self.decision = candidate.decision
+
+
+def unit_and_addresses_cover(c: Candidate, request: Request) -> bool:
+    """Whether the entry allows the request's unit, every span it touches, and every file."""
+    if c.units is not None and request.unit_id not in c.units:
+        return False
+    addresses = c.addresses
+    if addresses is not None:
+        if request.read_address >= 0 and not addresses.contains_span(
+            request.read_address, request.read_address + request.read_count - 1
+        ):
+            return False
+        if request.write_address >= 0 and not addresses.contains_span(
+            request.write_address, request.write_address + request.write_count - 1
+        ):
+            return False
+        for _, record, length in request.file_records:
+            if not addresses.contains_span(record, record + length - 1):
+                return False
+    if c.files is not None:
+        for file_number, _, _ in request.file_records:
+            if file_number not in c.files:
+                return False
+    return True
+
+
+def covers(c: Candidate, request: Request, now: float) -> bool:
+    """Allow-entry semantics: every field the entry names covers the request, in an open window."""
+    if c.window is not None and not c.window.is_open(now):
+        return False
+    if not unit_and_addresses_cover(c, request):
+        return False
+    return (
+        c.values is None
+        or not request.values
+        or c.values.covers_values(request.values, request.function_code)
+    )
+
+
+def touches(c: Candidate, request: Request, now: float) -> bool:
+    """Deny-entry semantics: every field the entry names touches the request, in an open window."""
+    if c.window is not None and not c.window.is_open(now):
+        return False
+    if c.units is not None and request.unit_id not in c.units:
+        return False
+    addresses = c.addresses
+    if addresses is not None and not (
+        (
+            request.read_address >= 0
+            and addresses.overlaps(request.read_address, request.read_address + request.read_count - 1)
+        )
+        or (
+            request.write_address >= 0
+            and addresses.overlaps(request.write_address, request.write_address + request.write_count - 1)
+        )
+        or any(addresses.overlaps(record, record + length - 1) for _, record, length in request.file_records)
+    ):
+        return False
+    if c.files is not None and not any(file_number in c.files for file_number, _, _ in request.file_records):
+        return False
+    return c.values is None or (
+        bool(request.values) and c.values.touches_values(request.values, request.function_code)
+    )
+
+
+def span_text(low: int, count: int) -> str:
+    return f"{low}" if count == 1 else f"{low}-{low + count - 1}"
+
+
+def function_text(request: Request) -> str:
+    if request.sub_function >= 0:
+        return f"FC {request.function_code} sub-function {request.sub_function}"
+    return f"FC {request.function_code}"
+
+
+def _address_miss(c: Candidate, request: Request) -> str:
+    """Why an entry that names the function does not allow the unit or an address."""
+    rule = c.rule_id
+    if c.units is not None and request.unit_id not in c.units:
+        return f"unit {request.unit_id} not allowed by rule {rule} (unit {c.entry.units})"
+    addresses = c.addresses
+    if addresses is not None:
+        spans = (
+            ("read span", request.read_address, request.read_count),
+            ("write span", request.write_address, request.write_count),
+        )
+        both = request.read_address >= 0 and request.write_address >= 0
+        for label, low, count in spans:
+            if low >= 0 and not addresses.contains_span(low, low + count - 1):
+                what = label if both else "address span"
+                return f"{what} {span_text(low, count)} outside rule {rule} ({addresses})"
+        for file_number, record, length in request.file_records:
+            if not addresses.contains_span(record, record + length - 1):
+                records = span_text(record, length)
+                return f"records {records} of file {file_number} outside rule {rule} ({addresses})"
+    if c.files is not None:
+        for file_number, _, _ in request.file_records:
+            if file_number not in c.files:
+                return f"file {file_number} outside rule {rule} (file {c.files})"
+    return f"rule {rule} does not allow the unit or addresses"
+
+
+def _value_miss(c: Candidate, request: Request) -> str:
+    values = c.values
+    assert values is not None
+    if request.function_code == 22:
+        low, high = request.values[0], request.values[1]
+        return f"mask write may set values {low}-{high}, outside rule {c.rule_id} ({values})"
+    bad = next((value for value in request.values if value not in values), request.values[0])
+    return f"value {bad} outside rule {c.rule_id} ({values})"
+
+
+def _touch_text(c: Candidate, request: Request) -> str:
+    parts = [function_text(request)]
+    if c.units is not None:
+        parts.append(f"unit {request.unit_id}")
+    if c.addresses is not None:
+        parts.append(f"touches addresses {c.addresses}")
+    if c.files is not None:
+        parts.append(f"touches file {c.files}")
+    if c.values is not None:
+        parts.append(f"writes a value in {c.values}")
+    return ", ".join(parts)
+
+
+class KeyTable:
+    """Candidates for one function code (and, for FC 8/43, one segment of sub-functions)."""
+
+    __slots__ = (
+        "allow",
+        "deny",
+        "function_code",
+        "monitor_allow",
+        "monitor_deny",
+        "segments",
+        "starts",
+        "view",
+        "with_monitor",
+    )
+
+    def __init__(self, view: SubjectView, function_code: int, candidates: Sequence[Candidate]) -> None:
+        self.view = view
+        self.function_code = function_code
+        self.deny = self._pick(candidates, "deny", "enforce")
+        self.allow = self._pick(candidates, "allow", "enforce")
+        self.monitor_deny = self._pick(candidates, "deny", "monitor")
+        self.monitor_allow = self._pick(candidates, "allow", "monitor")
+        covered: list[tuple[int, int, _Slot]] = []
+        for c in self.allow:
+            if c.addresses is None:
+                covered.append((0, _NO_LIMIT, _Slot(_NO_LIMIT, c)))
+            else:
+                covered.extend((low, high, _Slot(high, c)) for low, high in c.addresses.ranges)
+        segments = SegmentIndex(covered).segments()
+        # Two plain lists, so the hot path is one bisect and one index.
+        self.starts = [start for start, _ in segments]
+        self.segments = [slots for _, slots in segments]
+        self.with_monitor: dict[tuple[str, str], Decision] = {}
+
+    @staticmethod
+    def _pick(candidates: Sequence[Candidate], effect: str, mode: str) -> tuple[Candidate, ...]:
+        return tuple(c for c in candidates if c.rule.effect == effect and c.rule.mode == mode)
+
+    def decide(self, request: Request, now: float) -> Decision:
+        if self.deny:
+            for c in self.deny:
+                if touches(c, request, now):
+                    return self.view.deny(
+                        c.rule_id, _deny_code(c), f"denied by rule {c.rule_id}: {_touch_text(c, request)}"
+                    )
+        allowed = self.first_allow(request, now)
+        if allowed is None:
+            return self.default_deny(request, now)
+        if self.monitor_deny:
+            for m in self.monitor_deny:
+                if touches(m, request, now):
+                    return self._allow_with_monitor(allowed, m)
+        return allowed.decision
+
+    def first_allow(self, request: Request, now: float) -> Candidate | None:
+        """The first enforce allow candidate, in file order, that allows the request."""
+        if not request.file_records:
+            address = request.read_address
+            if address >= 0:
+                count = request.read_count
+                single = request.write_address < 0
+            else:
+                address = request.write_address
+                count = request.write_count
+                single = address >= 0
+            if single:
+                end = address + count - 1
+                unit = request.unit_id
+                values = request.values
+                for s in self.segments[bisect_right(self.starts, address) - 1]:
+                    if (
+                        end <= s.high
+                        and (s.units is None or unit in s.units)
+                        and (
+                            s.values is None
+                            or not values
+                            or s.values.covers_values(values, request.function_code)
+                        )
+                        and (s.window is None or s.window.is_open(now))
+                    ):
+                        return s.candidate
+                return None
+        for c in self.allow:
+            if covers(c, request, now):
+                return c
+        return None
+
+    def _allow_with_monitor(self, allowed: Candidate, monitor: Candidate) -> Decision:
+        key = (allowed.rule_id, monitor.rule_id)
+        decision = self.with_monitor.get(key)
+        if decision is None:
+            reason = f"allowed by rule {allowed.rule_id}; monitor rule {monitor.rule_id} would deny"
+            decision = Decision(VERDICT_ALLOW, allowed.rule_id, 0, ACTION_FORWARD, reason, monitor.rule_id)
+            if len(self.with_monitor) < 1024:
+                self.with_monitor[key] = decision
+        return decision
+
+    def monitor_would_allow(self, request: Request, now: float) -> Candidate | None:
+        """The monitor allow rule that would allow a default-denied request, unless a monitor deny
+        would deny it anyway."""
+        if not self.monitor_allow:
+            return None
+        for m in self.monitor_deny:
+            if touches(m, request, now):
+                return None
+        for m in self.monitor_allow:
+            if covers(m, request, now):
+                return m
+        return None
+
+    def default_deny(self, request: Request, now: float) -> Decision:
+        best: Candidate | None = None
+        best_level = 0  # 1: names the function; 2: also allows unit and addresses
+        closed: Candidate | None = None
+        for c in self.allow:
+            if c.window is not None and not c.window.is_open(now):
+                closed = closed or c
+                continue
+            level = 2 if unit_and_addresses_cover(c, request) else 1
+            if level > best_level:
+                best, best_level = c, level
+        monitor = self.monitor_would_allow(request, now)
+        monitor_id = None if monitor is None else monitor.rule_id
+        suffix = "" if monitor is None else f"; monitor rule {monitor.rule_id} would allow"
+        view = self.view
+        if best is None:
+            if closed is not None:
+                reason = (
+                    f"{function_text(request)} is allowed only by rule {closed.rule_id},"
+                    f" whose window is closed ({closed.window})"
+                )
+            else:
+                reason = f"no rule allows {function_text(request)}"
+            return view.deny(None, "function", reason + suffix, monitor_id)
+        if best_level == 2:
+            return view.deny(best.rule_id, "value", _value_miss(best, request) + suffix, monitor_id)
+        return view.deny(best.rule_id, "address", _address_miss(best, request) + suffix, monitor_id)
+
+
+def _deny_code(c: Candidate) -> str:
+    """Which exception a matching deny entry answers with: the most specific field it names."""
+    if c.values is not None:
+        return "value"
+    if c.addresses is not None or c.units is not None or c.files is not None:
+        return "address"
+    return "function"
+
+
+class SubFunctionTable:
+    """FC 8 / FC 43: a :class:`KeyTable` per segment of sub-functions (MEI types)."""
+
+    __slots__ = ("starts", "tables", "view")
+
+    def __init__(self, view: SubjectView, starts: list[int], tables: list[KeyTable | None]) -> None:
+        self.view = view
+        self.starts = starts
+        self.tables = tables
+
+    def decide(self, request: Request, now: float) -> Decision:
+        table = self.tables[bisect_right(self.starts, request.sub_function) - 1]
+        if table is None:
+            return self.view.no_rule(request)
+        return table.decide(request, now)
+
+
+class SubjectView:
+    """What one identity may do on one asset, compiled. Build it with :meth:`policies.Policy.view`."""
+
+    __slots__ = (
+        "_codes",
+        "_deny_action",
+        "_monitor_asset",
+        "_tables",
+        "_unit_ids",
+        "asset",
+        "policy_revision",
+        "rules",
+        "subject",
+    )
+
+    def __init__(self, subject: str, asset: Asset, policy_revision: str, rules: tuple[Rule, ...]) -> None:
+        self.subject = subject
+        self.asset = asset
+        self.policy_revision = policy_revision
+        self.rules = rules  # every rule naming this asset for this subject, in file order
+        self._unit_ids = asset.unit_ids
+        self._monitor_asset = asset.mode == "monitor"
+        self._deny_action = asset.deny.action
+        self._codes = {
+            "function": asset.deny.function,
+            "address": asset.deny.address,
+            "value": asset.deny.value,
+        }
+        self._tables: dict[int, KeyTable | SubFunctionTable] = {}
+
+    def install(self, tables: dict[int, KeyTable | SubFunctionTable]) -> None:
+        """Called once by the compiler (tables refer back to the view, so they come after it)."""
+        self._tables = tables
+
+    def table(self, request: Request) -> KeyTable | None:
+        """The table deciding this request's function code and sub-function (for explanations)."""
+        table = self._tables.get(request.function_code)
+        if isinstance(table, SubFunctionTable):
+            return table.tables[bisect_right(table.starts, request.sub_function) - 1]
+        return table
+
+    def decide_modbus(self, request: Request, now: float) -> Decision:
+        """Decide one parsed Modbus request at time ``now`` (epoch seconds)."""
+        if request.unit_id not in self._unit_ids:
+            return self.unit_refused(request)
+        table = self._tables.get(request.function_code)
+        if table is None:
+            return self.no_rule(request)
+        return table.decide(request, now)
+
+    def deny(
+        self, rule_id: str | None, kind: str, reason: str, monitor_rule_id: str | None = None
+    ) -> Decision:
+        """A refusal with the asset's exception code for ``kind`` (function, address or value)."""
+        code = self._codes[kind]
+        if self._monitor_asset:
+            return Decision(VERDICT_WOULD_DENY, rule_id, code, ACTION_FORWARD, reason, monitor_rule_id)
+        return Decision(VERDICT_DENY, rule_id, code, self._deny_action, reason, monitor_rule_id)
+
+    def no_rule(self, request: Request) -> Decision:
+        return self.deny(None, "function", f"no rule allows {function_text(request)}")
+
+    def unit_refused(self, request: Request) -> Decision:
+        units = ", ".join(str(u) for u in sorted(self._unit_ids))
+        return self.deny(
+            None,
+            "address",
+            f"unit {request.unit_id} is not configured for asset {self.asset.name} (unit_ids {units})",
+        )

@@ -1,0 +1,152 @@
+"""``ztgate policy explain``: a decision with the reasons a person needs to trust or fix it.
+
+The decision itself always comes from the compiled view, the same code the gateway runs; this module
+only adds context around it: the request in words, the deciding rule or the closest miss, the monitor
+rule that would change the outcome, the state of every relevant time window, and the policy revision.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from policies.decision import VERDICT_DENY, Decision
+from policies.evaluate import SubjectView, function_text, span_text
+from policies.model import SUBFUNCTION_CODES, Asset, Rule
+from protocols.modbus.pdu import Request
+
+__all__ = ["Explanation", "cloaked_explanation", "describe_request", "explain_view"]
+
+_CODE_NAMES = {1: "illegal function", 2: "illegal data address", 3: "illegal data value"}
+
+
+class Explanation:
+    """A decision and the lines that explain it (``str()`` gives the text to print)."""
+
+    __slots__ = ("decision", "lines")
+
+    def __init__(self, decision: Decision, lines: list[str]) -> None:
+        self.decision = decision
+        self.lines = lines
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines)
+
+    def __repr__(self) -> str:
+        return f"Explanation({self.decision!r})"
+
+
+def describe_request(request: Request) -> str:
+    parts = [f"{function_text(request)}, unit {request.unit_id}"]
+    if request.read_address >= 0:
+        parts.append(f"read {span_text(request.read_address, request.read_count)}")
+    if request.write_address >= 0:
+        parts.append(f"write {span_text(request.write_address, request.write_count)}")
+    for file_number, record, length in request.file_records:
+        parts.append(f"file {file_number} records {span_text(record, length)}")
+    if request.values:
+        if request.function_code == 22:
+            parts.append(f"resulting values {request.values[0]}-{request.values[1]}")
+        else:
+            shown = ", ".join(str(value) for value in request.values[:8])
+            more = f", ... ({len(request.values)} values)" if len(request.values) > 8 else ""
+            parts.append(f"values {shown}{more}")
+    return ", ".join(parts)
+
+
+def _at(now: float) -> str:
+    return datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _decision_line(decision: Decision) -> str:
+    if decision.verdict == "allow":
+        return "decision: allow (forward to the device)"
+    code = decision.exception_code
+    name = _CODE_NAMES.get(code, "configured code")
+    text = f"{decision.verdict}: exception 0x{code:02X} ({name}), action {decision.action}"
+    if decision.verdict != VERDICT_DENY:
+        text += " (asset in monitor mode: forwarded and audited)"
+    return f"decision: {text}"
+
+
+def _names_function(rule: Rule, request: Request) -> bool:
+    code = request.function_code
+    for entry in rule.modbus:
+        if code in entry.function_codes:
+            if code not in SUBFUNCTION_CODES:
+                return True
+            if entry.subfunctions is not None and request.sub_function in entry.subfunctions:
+                return True
+    return False
+
+
+def _rule_line(decision: Decision, rules: tuple[Rule, ...]) -> str:
+    if decision.rule_id is None:
+        return "rule: none"
+    rule = next((r for r in rules if r.id == decision.rule_id), None)
+    if decision.verdict == "allow":
+        role = "allows"
+    elif rule is not None and rule.effect == "deny":
+        role = "deny rule that matches"
+    else:
+        role = "closest miss"
+    return f"rule: {decision.rule_id} ({role})"
+
+
+def explain_view(view: SubjectView, request: Request, now: float, source: str) -> Explanation:
+    decision = view.decide_modbus(request, now)
+    asset = view.asset
+    lines = [
+        _decision_line(decision),
+        _rule_line(decision, view.rules),
+        f"reason: {decision.reason}",
+    ]
+    if decision.monitor_rule_id is not None:
+        flip = "deny" if decision.verdict == "allow" else "allow"
+        lines.append(f"monitor: rule {decision.monitor_rule_id} (monitor mode) would {flip} this request")
+    lines.append(f"subject: {view.subject}")
+    lines.append(_asset_line(asset, request.unit_id))
+    lines.append(f"request: {describe_request(request)}")
+    lines.append(f"time: {_at(now)}")
+    relevant = [rule for rule in view.rules if _names_function(rule, request)]
+    if relevant:
+        lines.append(f"rules naming {function_text(request)}:")
+        for rule in relevant:
+            if rule.window is None:
+                state = "no time window"
+            else:
+                state = f"window {'open' if rule.window.open_at(now) else 'closed'} ({rule.window})"
+            lines.append(f"  {rule.id}: {rule.effect}, {rule.mode}, {state}")
+    else:
+        lines.append(f"rules naming {function_text(request)}: none for this subject on this asset")
+    lines.append(f"policy: {source} revision {view.policy_revision}")
+    return Explanation(decision, lines)
+
+
+def _asset_line(asset: Asset, unit: int) -> str:
+    mapped = asset.device_unit(unit)
+    unit_text = f"unit {unit}" if mapped == unit else f"unit {unit} -> device unit {mapped}"
+    return (
+        f"asset: {asset.name} ({asset.protocol}, upstream {asset.upstream_host}:{asset.upstream_port},"
+        f" mode {asset.mode}, {unit_text})"
+    )
+
+
+def cloaked_explanation(
+    subject: str, asset_name: str, known_asset: bool, request: Request, now: float, source: str, revision: str
+) -> Explanation:
+    """The asset is unknown, or no rule names it for the subject: the session would be refused."""
+    if known_asset:
+        reason = f"no rule names asset {asset_name} for this subject: the asset is cloaked"
+    else:
+        reason = f"asset {asset_name} is not defined in this policy"
+    decision = Decision(VERDICT_DENY, None, 0, "close", reason + "; the connection is refused")
+    lines = [
+        "decision: deny: the connection is refused at the handshake (the asset is cloaked)",
+        "rule: none",
+        f"reason: {decision.reason}",
+        f"subject: {subject}",
+        f"request: {describe_request(request)}",
+        f"time: {_at(now)}",
+        f"policy: {source} revision {revision}",
+    ]
+    return Explanation(decision, lines)

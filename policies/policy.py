@@ -1,0 +1,118 @@
+"""A loaded policy: its revision, assets and rules, and the per-identity views the gateway asks for.
+
+Subject and asset indexes are built when the file is loaded (cheap, linear in the rules); views are
+compiled when first asked for and kept in a bounded LRU cache, so a file with many identities loads
+fast and memory stays bounded however many identities connect.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import OrderedDict
+from collections.abc import Mapping
+
+from policies.compiler import compile_view
+from policies.errors import PolicyError, PolicyIssue
+from policies.evaluate import SubjectView
+from policies.explain import Explanation, cloaked_explanation, explain_view
+from policies.loader import parse_model
+from policies.model import Asset, PolicyModel, Rule
+from policies.subjects import SubjectIndex, expand
+from protocols.modbus.pdu import Request
+
+__all__ = ["VIEW_CACHE_SIZE", "Policy", "load_policy", "parse_policy"]
+
+VIEW_CACHE_SIZE = 4096
+
+
+class Policy:
+    """A validated, indexed policy. Immutable once built; safe to swap atomically on reload."""
+
+    def __init__(self, model: PolicyModel, revision: str, source: str) -> None:
+        self.revision = revision
+        self.source = source
+        self.trust_domain = model.trust_domain
+        self.assets: Mapping[str, Asset] = model.assets
+        self.groups: Mapping[str, tuple[str, ...]] = model.groups
+        self.rules: tuple[Rule, ...] = model.rules
+        self._subjects = SubjectIndex()
+        self._by_asset: dict[str, set[int]] = {name: set() for name in model.assets}
+        every_asset: set[int] = set()
+        groups = dict(model.groups)
+        for rule in model.rules:
+            for subject in expand(rule.subjects, groups):
+                self._subjects.add(subject, rule.index)
+            if "*" in rule.assets:
+                every_asset.add(rule.index)
+            else:
+                for name in rule.assets:
+                    self._by_asset[name].add(rule.index)
+        for named in self._by_asset.values():
+            named.update(every_asset)
+        self._views: OrderedDict[tuple[str, str], SubjectView | None] = OrderedDict()
+
+    def view(self, subject: str, asset: str) -> SubjectView | None:
+        """The compiled view of ``asset`` for ``subject``, or None when the asset must stay cloaked:
+        it is unknown, or no rule (of any effect or mode, in or out of its window) names it for them."""
+        key = (subject, asset)
+        views = self._views
+        if key in views:
+            views.move_to_end(key)
+            return views[key]
+        view = self._compile(subject, asset)
+        views[key] = view
+        if len(views) > VIEW_CACHE_SIZE:
+            views.popitem(last=False)
+        return view
+
+    def _compile(self, subject: str, asset: str) -> SubjectView | None:
+        on_asset = self._by_asset.get(asset)
+        if not on_asset:
+            return None
+        indices = sorted(self._subjects.rules_for(subject) & on_asset)
+        if not indices:
+            return None
+        return compile_view(subject, self.assets[asset], [self.rules[i] for i in indices], self.revision)
+
+    def explain_modbus(self, subject: str, asset: str, request: Request, now: float) -> Explanation:
+        """Decide ``request`` as the gateway would and say why, for ``ztgate policy explain``."""
+        view = self.view(subject, asset)
+        if view is None:
+            return cloaked_explanation(
+                subject, asset, asset in self.assets, request, now, self.source, self.revision
+            )
+        return explain_view(view, request, now, self.source)
+
+    def __repr__(self) -> str:
+        return f"Policy({self.source!r}, revision={self.revision}, rules={len(self.rules)})"
+
+
+def _revision(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:12]
+
+
+def parse_policy(text: str, source: str = "<policy>") -> Policy:
+    """Load a policy from text. Raises :class:`PolicyError` listing every problem."""
+    model = parse_model(text, source)
+    return Policy(model, _revision(text.encode("utf-8", "surrogatepass")), source)
+
+
+def load_policy(path: str | os.PathLike[str]) -> Policy:
+    """Load a policy file. Raises :class:`PolicyError` listing every problem (or why it cannot be read)."""
+    source = os.fspath(path)
+    try:
+        with open(source, "rb") as file:
+            data = file.read()
+    except OSError as error:
+        raise PolicyError(
+            [PolicyIssue(source, None, None, "", f"cannot read the file: {error.strerror}")]
+        ) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise PolicyError(
+            [PolicyIssue(source, line, None, "", "not UTF-8 text (TOML files are UTF-8)")]
+        ) from None
+    return Policy(parse_model(text, source), _revision(data), source)

@@ -1,0 +1,102 @@
+"""Generate large, valid policy files for benchmarks and scale tests.
+
+``generate_policy(n)`` returns the text of an ``n``-rule policy. The first three rules give
+:func:`bench_subject` a typical view of the asset - a read/bounded-write allow rule, a group rule with a
+working-hours window, and a deny rule for every identity of the domain - so a benchmark deciding for
+that identity measures a realistic table, the same whatever ``n`` is. Every further rule is for some
+other identity (ids, ``vendor/...*`` patterns), with a mix of effects, modes, windows and entries, so
+the file is large but the benchmark identity's view does not grow with it.
+
+    from tests.policies.gen_policy import bench_subject, generate_policy
+"""
+
+from __future__ import annotations
+
+__all__ = ["bench_subject", "generate_policy"]
+
+
+def bench_subject(trust_domain: str = "plant1.example") -> str:
+    """The identity whose view of the asset is the same in every generated policy."""
+    return f"spiffe://{trust_domain}/user/bench"
+
+
+def _head(trust_domain: str, asset: str, upstream: str) -> list[str]:
+    return [
+        f'trust_domain = "{trust_domain}"',
+        "",
+        f"[assets.{asset}]",
+        'protocol = "modbus"',
+        f'upstream = "{upstream}"',
+        "unit_ids = [1]",
+        "",
+        "[groups]",
+        f'operators = ["{bench_subject(trust_domain)}", "spiffe://{trust_domain}/user/op-1"]',
+        f'vendor-acme = ["spiffe://{trust_domain}/vendor/acme/*"]',
+        "",
+    ]
+
+
+def _bench_rules(trust_domain: str, asset: str) -> list[list[str]]:
+    return [
+        [
+            'id = "bench-operator"',
+            f'subjects = ["{bench_subject(trust_domain)}"]',
+            f'assets = ["{asset}"]',
+            'modbus = [{ fc = [1, 2, 3, 4], address = "0-999" },'
+            ' { fc = 6, address = "40", value = "0-1500" }, { fc = 16, address = "100-199" }]',
+        ],
+        [
+            'id = "operators-day-shift"',
+            'subjects = ["group:operators"]',
+            f'assets = ["{asset}"]',
+            'modbus = [{ fc = [5, 15], address = "0-99" }]',
+            'when = { days = "mon-fri", hours = "06:00-18:00", tz = "Europe/Berlin" }',
+        ],
+        [
+            'id = "no-one-reads-recipes"',
+            'effect = "deny"',
+            f'subjects = ["spiffe://{trust_domain}/*"]',
+            f'assets = ["{asset}"]',
+            'modbus = [{ fc = [3, 4], address = "5000-5999" }]',
+        ],
+    ]
+
+
+def _filler_rule(index: int, trust_domain: str, asset: str) -> list[str]:
+    if index % 5 == 0:
+        subject = f"spiffe://{trust_domain}/vendor/v{index}/*"
+    else:
+        subject = f"spiffe://{trust_domain}/user/u{index:05d}"
+    low = (index * 10) % 60_000
+    lines = [f'id = "rule-{index:05d}"', f'subjects = ["{subject}"]', f'assets = ["{asset}"]']
+    if index % 7 == 0:
+        lines.append('effect = "deny"')
+        lines.append(f'modbus = [{{ fc = [6, 16], address = "{low}-{low + 9}", value = "1000-65535" }}]')
+    else:
+        lines.append(
+            f'modbus = [{{ preset = "read-only", address = "{low}-{low + 99}" }},'
+            f' {{ fc = 6, address = "{low}", value = "0-{index % 1000 + 1}" }}]'
+        )
+    if index % 11 == 0:
+        lines.append('mode = "monitor"')
+    if index % 3 == 0:
+        lines.append('when = { days = "mon-sat", hours = "22:00-06:00", tz = "America/New_York" }')
+    return lines
+
+
+def generate_policy(
+    n_rules: int,
+    *,
+    trust_domain: str = "plant1.example",
+    asset: str = "plc-1",
+    upstream: str = "127.0.0.1:5020",
+) -> str:
+    """The text of a valid policy with ``n_rules`` rules (see the module docstring)."""
+    lines = _head(trust_domain, asset, upstream)
+    bench = _bench_rules(trust_domain, asset)
+    for index in range(n_rules):
+        rule = bench[index] if index < len(bench) else _filler_rule(index, trust_domain, asset)
+        lines.append("[[rules]]")
+        lines.extend(rule)
+        lines.append("")
+    return "\n".join(lines)
