@@ -99,7 +99,8 @@ class _Checker(FieldChecker):
             if text == "":
                 self.error((*where, key), "empty path")
             return None
-        return (self.base / text).resolve() if not Path(text).is_absolute() else Path(text)
+        # No resolve(): a symlinked file (a Kubernetes ConfigMap) must be re-read through its link on reload.
+        return Path(text) if Path(text).is_absolute() else self.base / text
 
     def address(
         self, table: dict[str, object], key: str, where: tuple[str | int, ...], default: str | None
@@ -170,7 +171,7 @@ def _raise_problems(path: Path, text: str, checker: _Checker) -> None:
 
 def load_gateway_config(path: Path) -> GatewayConfig:
     text, doc = _read(path)
-    check = _Checker(path.parent)
+    check = _Checker(path.absolute().parent)
     check.keys(doc, (), ("gateway", "tls", "admin", "audit"))
     gw = check.section(
         doc, "gateway", ("name", "listen", "policy", "loop", "max_sessions", "client_max_in_flight")
@@ -196,7 +197,8 @@ def load_gateway_config(path: Path) -> GatewayConfig:
 
     audit = check.section(doc, "audit", ("file", "stdout", "aggregate_reads_s", "queue_limit"))
     audit_file = check.path(audit, "file", ("audit",), required=False)
-    audit_stdout = check.optional(audit, "stdout", ("audit",), check.boolean, False)
+    # Without a file the audit trail goes to stdout: denies are always recorded somewhere.
+    audit_stdout = check.optional(audit, "stdout", ("audit",), check.boolean, audit_file is None)
     aggregate = check.optional(
         audit, "aggregate_reads_s", ("audit",), lambda v, p: check.number(v, p, 0, 3600), 1.0
     )
@@ -232,7 +234,7 @@ def load_gateway_config(path: Path) -> GatewayConfig:
 
 def load_agent_config(path: Path) -> AgentConfig:
     text, doc = _read(path)
-    check = _Checker(path.parent)
+    check = _Checker(path.absolute().parent)
     check.keys(doc, (), ("agent", "tls", "listeners"))
     agent = check.section(doc, "agent", ("gateway", "connect_timeout_s"))
     default_gateway = agent.get("gateway")

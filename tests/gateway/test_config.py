@@ -20,6 +20,7 @@ def test_gateway_config_defaults_and_relative_paths(tmp_path: Path) -> None:
     assert config.listen == ("127.0.0.1", 8443)
     assert config.admin_listen == ("127.0.0.1", 9100)
     assert config.loop == "uvloop" and config.audit_file is None and config.audit_aggregate_reads_s == 1.0
+    assert config.audit_stdout, "without a file the audit trail must go somewhere"
 
 
 def test_admin_can_be_disabled(tmp_path: Path) -> None:
