@@ -95,6 +95,8 @@ def _show(value: object) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_show(item) for item in value[:10]) + (", ...]" if len(value) > 10 else "]")
     if isinstance(value, dict):
+        if not value:
+            return "{}"
         items = list(value.items())[:6]
         body = ", ".join(f"{key} = {_show(item)}" for key, item in items)
         return "{ " + body + (", ... }" if len(value) > 6 else " }")

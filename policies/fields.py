@@ -33,7 +33,7 @@ class FieldChecker:
 
     def __init__(self) -> None:
         self.problems: list[tuple[FieldPath, str]] = []
-        self._ranges_memo: dict[tuple[tuple[int, int], str], IntervalSet] = {}
+        self._ranges_memo: dict[tuple[tuple[int, int], object], IntervalSet] = {}
 
     def error(self, path: FieldPath, message: str) -> None:
         self.problems.append((path, message))
@@ -105,16 +105,20 @@ class FieldChecker:
                 self.error((*path, index), expected(item, f"a string ({what})"))
         return out
 
-    def ranges(self, value: object, path: FieldPath, bounds: tuple[int, int]) -> IntervalSet | None:
-        key = (bounds, repr(value))
-        known = self._ranges_memo.get(key)
+    def ranges(
+        self, value: object, parent: FieldPath, key: str | int, bounds: tuple[int, int]
+    ) -> IntervalSet | None:
+        """The range field ``parent.key``; the path is only built when there is a problem to report."""
+        memo_key = (bounds, value if type(value) is str else repr(value))
+        known = self._ranges_memo.get(memo_key)
         if known is not None:
             return known
         parsed, problems = parse_ranges(value, *bounds)
         for problem in problems:
+            path = (*parent, key)
             self.error(path if problem.index is None else (*path, problem.index), problem.message)
         if parsed is not None:
-            self._ranges_memo[key] = parsed
+            self._ranges_memo[memo_key] = parsed
         return parsed
 
     def optional(

@@ -15,6 +15,7 @@ import ipaddress
 import re
 import tomllib
 from types import MappingProxyType
+from typing import cast
 
 from policies.errors import FieldPath, PolicyError, PolicyIssue, format_path, quote, syntax_issue
 from policies.fields import FieldChecker, expected
@@ -78,6 +79,13 @@ _FILE_BOUNDS = (0, 0xFFFF)
 _VALUE_BOUNDS = (0, 0xFFFF)
 _SUBFUNCTION_BOUNDS = (0, 0xFFFF)
 _FC_BOUNDS = (1, 127)  # 128..255 are exception responses, never requests
+_RANGE_FIELDS = (
+    ("subfunction", _SUBFUNCTION_BOUNDS),
+    ("unit", _UNIT_BOUNDS),
+    ("address", _ADDRESS_BOUNDS),
+    ("file", _FILE_BOUNDS),
+    ("value", _VALUE_BOUNDS),
+)
 
 
 def parse_model(text: str, source: str) -> PolicyModel:
@@ -166,8 +174,10 @@ class _Loader(FieldChecker):
             self.choice(table["protocol"], (*path, "protocol"), PROTOCOLS) if "protocol" in table else None
         )
         upstream = self.upstream(table["upstream"], (*path, "upstream")) if "upstream" in table else None
-        unit_set = self.optional(
-            table, "unit_ids", path, lambda v, p: self.ranges(v, p, _UNIT_BOUNDS), IntervalSet([(1, 1)])
+        unit_set = (
+            self.ranges(table["unit_ids"], path, "unit_ids", _UNIT_BOUNDS)
+            if "unit_ids" in table
+            else IntervalSet([(1, 1)])
         )
         unit_ids = (
             frozenset(u for low, high in unit_set.ranges for u in range(low, high + 1))
@@ -481,7 +491,7 @@ class _Loader(FieldChecker):
             self.keys(table, path, _ENTRY_KEYS)
         codes: set[int] = set()
         if "fc" in table:
-            codes.update(self.function_codes(table["fc"], (*path, "fc")))
+            codes.update(self.function_codes(table["fc"], path))
         if "preset" in table:
             preset = self.choice(table["preset"], (*path, "preset"), PRESETS)
             if preset is not None:
@@ -492,15 +502,10 @@ class _Loader(FieldChecker):
                 'names no function code: give "fc" (e.g. fc = [3, 6])'
                 ' or "preset" ("read-only", "read-write")',
             )
-        fields: dict[str, IntervalSet | None] = {}
-        for name, bounds in (
-            ("subfunction", _SUBFUNCTION_BOUNDS),
-            ("unit", _UNIT_BOUNDS),
-            ("address", _ADDRESS_BOUNDS),
-            ("file", _FILE_BOUNDS),
-            ("value", _VALUE_BOUNDS),
-        ):
-            fields[name] = self.ranges(table[name], (*path, name), bounds) if name in table else None
+        fields = [
+            self.ranges(table[name], path, name, bounds) if name in table else None
+            for name, bounds in _RANGE_FIELDS
+        ]
         per_subfunction = codes & SUBFUNCTION_CODES
         if per_subfunction and "subfunction" not in table:
             named = " and ".join(f"FC {fc}" for fc in sorted(per_subfunction))
@@ -511,18 +516,18 @@ class _Loader(FieldChecker):
             )
         if len(self.problems) > before:
             return None
-        entry = self._entry_memo[key] = ModbusEntry(
-            function_codes=frozenset(codes),
-            subfunctions=fields["subfunction"],
-            units=fields["unit"],
-            addresses=fields["address"],
-            files=fields["file"],
-            values=fields["value"],
-        )
+        subfunctions, units, addresses, files, values = fields
+        entry = ModbusEntry(frozenset(codes), subfunctions, units, addresses, files, values)
+        self._entry_memo[key] = entry
         return entry
 
-    def function_codes(self, value: object, path: FieldPath) -> list[int]:
+    def function_codes(self, value: object, entry_path: FieldPath) -> list[int]:
         items = value if isinstance(value, list) else [value]
+        # Nearly every file spells codes correctly: check that in one pass before the careful one
+        # (``type(...) is int`` keeps booleans out, which ``isinstance`` would let in).
+        if items and all(type(item) is int and 1 <= item <= 127 for item in items):
+            return cast(list[int], items)
+        path = (*entry_path, "fc")
         if isinstance(value, list) and not value:
             self.error(path, "the array is empty: name at least one function code")
         codes: list[int] = []

@@ -9,8 +9,9 @@ from generated PDUs, so they look exactly like what the gateway decides on.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 from hypothesis import HealthCheck, given, settings
@@ -75,25 +76,50 @@ def ranges(low: int, high: int) -> st.SearchStrategy[Any]:
     return st.one_of(single, st.lists(single, min_size=1, max_size=3))
 
 
+# Strategies are built once: hypothesis validates every new strategy object on its first draw.
+# Half the codes come from a small common set, so that several rules name the same code.
+FC_LISTS = st.lists(
+    st.one_of(st.sampled_from(COMMON_CODES), st.sampled_from(FUNCTION_CODES)),
+    min_size=1,
+    max_size=3,
+    unique=True,
+)
+SUBFUNCTIONS = ranges(0, 15)
+RANGE_FIELDS = [
+    ("unit", ranges(0, 3)),
+    ("address", ranges(0, 30)),
+    ("file", ranges(1, 4)),
+    ("value", ranges(0, 20)),
+]
+
+
 @st.composite
 def entries(draw: st.DrawFn) -> dict[str, Any]:
     entry: dict[str, Any] = {}
     use_preset = draw(st.integers(0, 5)) == 0
     codes: set[int] = set()
     if use_preset:
-        entry["preset"] = draw(st.sampled_from(["read-only", "read-write"]))
+        entry["preset"] = draw(st.sampled_from(("read-only", "read-write")))
     if not use_preset or draw(st.booleans()):
-        # Half the codes from a small common set, so that several rules name the same code.
-        code = st.one_of(st.sampled_from(COMMON_CODES), st.sampled_from(FUNCTION_CODES))
-        fcs = draw(st.lists(code, min_size=1, max_size=3, unique=True))
+        fcs = draw(FC_LISTS)
         entry["fc"] = fcs[0] if len(fcs) == 1 and draw(st.booleans()) else fcs
         codes.update(fcs)
     if codes & {8, 43}:
-        entry["subfunction"] = draw(ranges(0, 15))
-    for key, low, high in (("unit", 0, 3), ("address", 0, 30), ("file", 1, 4), ("value", 0, 20)):
+        entry["subfunction"] = draw(SUBFUNCTIONS)
+    for key, strategy in RANGE_FIELDS:
         if draw(st.integers(0, 2)) == 0:
-            entry[key] = draw(ranges(low, high))
+            entry[key] = draw(strategy)
     return entry
+
+
+ENTRY_LISTS = (st.lists(entries(), max_size=3), st.lists(entries(), min_size=1, max_size=3))
+SUBJECT_LISTS = st.lists(
+    st.sampled_from(IDS + PATTERNS + [f"group:{name}" for name in GROUPS]),
+    min_size=1,
+    max_size=3,
+    unique=True,
+)
+ASSET_LISTS = st.sampled_from((("plc-1",), ("plc-2",), ("*",), ("plc-1", "plc-2")))
 
 
 @st.composite
@@ -110,7 +136,7 @@ def policies(draw: st.DrawFn) -> str:
         if draw(st.integers(0, 3)) == 0:
             lines.append('mode = "monitor"')
         if draw(st.integers(0, 3)) == 0:
-            action = draw(st.sampled_from(["exception", "drop", "close"]))
+            action = pick(draw, ("exception", "drop", "close"))
             codes = draw(st.lists(st.integers(1, 255), min_size=3, max_size=3))
             lines.append(
                 f'deny = {{ action = "{action}", function = {codes[0]}, address = {codes[1]},'
@@ -120,25 +146,22 @@ def policies(draw: st.DrawFn) -> str:
     lines.append("[groups]")
     lines += [f"{name} = {toml_value(members)}" for name, members in GROUPS.items()]
     lines.append("")
-    subject_choices = IDS + PATTERNS + [f"group:{name}" for name in GROUPS]
     for index in range(draw(st.integers(2, 8))):
         rule = {
             "id": f"r{index}",
-            "subjects": draw(st.lists(st.sampled_from(subject_choices), min_size=1, max_size=3, unique=True)),
-            "assets": draw(st.sampled_from([["plc-1"], ["plc-2"], ["*"], ["plc-1", "plc-2"]])),
+            "subjects": draw(SUBJECT_LISTS),
+            "assets": list(draw(ASSET_LISTS)),
         }
         if draw(st.integers(0, 2)) == 0:
             rule["effect"] = "deny"
         if draw(st.integers(0, 3)) == 0:
             rule["mode"] = "monitor"
         lines += ["[[rules]]"] + [f"{k} = {toml_value(v)}" for k, v in rule.items()]
-        lines.append(f"modbus = {toml_value(draw(st.lists(entries(), min_size=int(index > 0), max_size=3)))}")
+        lines.append(f"modbus = {toml_value(draw(ENTRY_LISTS[index > 0]))}")
         if draw(st.integers(0, 2)) == 0:
-            days = draw(st.sampled_from(["mon-fri", "sat,sun", "fri-mon", "sun", "mon,wed-fri", "mon-sun"]))
-            hours = draw(
-                st.sampled_from(["06:00-18:00", "22:00-06:00", "00:00-24:00", "01:30-02:30", "02:00-03:00"])
-            )
-            tz = draw(st.sampled_from(TIME_ZONES))
+            days = pick(draw, ("mon-fri", "sat,sun", "fri-mon", "sun", "mon,wed-fri", "mon-sun"))
+            hours = pick(draw, ("06:00-18:00", "22:00-06:00", "00:00-24:00", "01:30-02:30", "02:00-03:00"))
+            tz = pick(draw, TIME_ZONES)
             lines.append(f'when = {{ days = "{days}", hours = "{hours}", tz = "{tz}" }}')
         lines.append("")
     return "\n".join(lines)
@@ -147,12 +170,20 @@ def policies(draw: st.DrawFn) -> str:
 Ranges = tuple[tuple[int, int], ...] | None
 
 
+T = TypeVar("T")
+
+
+def pick(draw: st.DrawFn, options: Sequence[T]) -> T:
+    """``draw(st.sampled_from(options))`` without building a new strategy for every draw."""
+    return options[draw(st.integers(0, len(options) - 1))]
+
+
 def near(draw: st.DrawFn, ranges: Ranges, low: int, high: int) -> int:
     """A number in low..high, usually on or next to an edge of one of ``ranges`` (off-by-one bait)."""
     if not ranges or draw(st.integers(0, 3)) == 0:
         return draw(st.integers(low, high))
-    a, b = draw(st.sampled_from(ranges))
-    return min(high, max(low, draw(st.sampled_from([a - 1, a, a + 1, b - 1, b, b + 1]))))
+    a, b = pick(draw, ranges)
+    return min(high, max(low, pick(draw, (a - 1, a, a + 1, b - 1, b, b + 1))))
 
 
 def span_length(draw: st.DrawFn, start: int, ranges: Ranges, longest: int) -> int:
@@ -161,7 +192,7 @@ def span_length(draw: st.DrawFn, start: int, ranges: Ranges, longest: int) -> in
     for a, b in ranges or ():
         if a <= start <= b:
             choices += [b - start + 1, b - start + 2]
-    return min(longest, max(1, draw(st.sampled_from(choices))))
+    return min(longest, max(1, pick(draw, choices)))
 
 
 def ranges_of(entry: ModbusEntry | None, name: str) -> Ranges:
@@ -173,11 +204,11 @@ def ranges_of(entry: ModbusEntry | None, name: str) -> Ranges:
 def requests(draw: st.DrawFn, named: tuple[int, ...] = (), hint: ModbusEntry | None = None) -> Request:
     """A parsed request; with ``hint``, one aimed at the edges of that entry's fields."""
     if hint is not None:
-        fc = draw(st.sampled_from(sorted(hint.function_codes)))
+        fc = pick(draw, sorted(hint.function_codes))
     else:
         # Mostly function codes the policy names, so that requests reach the interesting steps.
         pick_named = named and draw(st.integers(0, 4)) > 0
-        fc = draw(st.sampled_from(named if pick_named else FUNCTION_CODES))
+        fc = pick(draw, named if pick_named else FUNCTION_CODES)
     addresses, values = ranges_of(hint, "addresses"), ranges_of(hint, "values")
     address = near(draw, addresses, 0, 45)
 
@@ -188,7 +219,7 @@ def requests(draw: st.DrawFn, named: tuple[int, ...] = (), hint: ModbusEntry | N
     if fc in (1, 2, 3, 4):
         pdu = struct.pack(">BHH", fc, address, span_length(draw, address, addresses, 6))
     elif fc == 5:
-        pdu = struct.pack(">BHH", 5, address, draw(st.sampled_from([0, 0xFF00])))
+        pdu = struct.pack(">BHH", 5, address, pick(draw, (0, 0xFF00)))
     elif fc == 6:
         pdu = struct.pack(">BHH", 6, address, value())
     elif fc == 15:
@@ -232,7 +263,7 @@ def requests(draw: st.DrawFn, named: tuple[int, ...] = (), hint: ModbusEntry | N
     elif fc == 8:
         pdu = struct.pack(">BHH", 8, near(draw, ranges_of(hint, "subfunctions"), 0, 17), 0)
     elif fc == 43:
-        mei = draw(st.sampled_from([13, 14]))
+        mei = pick(draw, (13, 14))
         pdu = bytes((43, mei, draw(st.integers(1, 4)), 0)) if mei == 14 else bytes((43, 13, 1, 2))
     else:
         pdu = bytes((fc,)) + (b"\x00\x01" if fc == 90 else b"")
@@ -261,11 +292,11 @@ def instant_near(draw: st.DrawFn, window: TimeWindow | None) -> float:
     """An instant, often within a minute of one of the window's edges (on a DST-change day, too)."""
     if window is None or draw(st.integers(0, 2)) == 0:
         return draw(instants)
-    first, last = draw(st.sampled_from(INSTANT_RANGES))
+    first, last = pick(draw, INSTANT_RANGES)
     day = first + timedelta(days=draw(st.integers(0, (last - first).days)))
-    minute = draw(st.sampled_from([window.start, window.end % 1440]))
+    minute = pick(draw, (window.start, window.end % 1440))
     local = datetime(day.year, day.month, day.day, minute // 60, minute % 60, tzinfo=ZoneInfo(window.tz_name))
-    return local.timestamp() + draw(st.sampled_from([-61, -1, 0, 1, 60])) + draw(st.integers(0, 7)) / 8
+    return local.timestamp() + pick(draw, (-61, -1, 0, 1, 60)) + draw(st.integers(0, 7)) / 8
 
 
 @st.composite
@@ -274,10 +305,10 @@ def aimed_query(draw: st.DrawFn, policy: Policy) -> tuple[str, str, Request, flo
     pairs = [(rule, entry) for rule in policy.rules for entry in rule.modbus]
     if not pairs or draw(st.integers(0, 4)) == 0:
         return draw(st.tuples(subjects, assets, requests(named_codes(policy)), instants))
-    rule, entry = draw(st.sampled_from(pairs))
+    rule, entry = pick(draw, pairs)
     matching = [i for i in IDS if subject_matches(policy, rule, i)]
-    subject = draw(st.sampled_from(matching)) if matching else draw(subjects)
-    asset = draw(st.sampled_from([name for name in rule.assets if name != "*"] or ["plc-1", "plc-2"]))
+    subject = pick(draw, matching) if matching else draw(subjects)
+    asset = pick(draw, [name for name in rule.assets if name != "*"] or ["plc-1", "plc-2"])
     return subject, asset, draw(requests(hint=entry)), draw(instant_near(rule.window))
 
 

@@ -1,0 +1,66 @@
+"""Large policies: the generator makes valid files, a decision's work does not depend on the size of
+the file, and loading stays linear. (Figures: ``python tests/policies/bench_policy.py``.)"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from types import FrameType
+
+import pytest
+
+from policies import parse_policy
+from policies.evaluate import KeyTable
+from tests.policies.gen_policy import bench_subject, generate_policy
+from tests.policies.policy_helpers import NOON, read, write_register, write_registers
+
+POLICIES_DIR = str(Path(__file__).resolve().parents[2] / "policies")
+REQUESTS = [
+    read(3, 0, 10),
+    read(3, 5000, 10),
+    write_register(40, 1200),
+    write_register(40, 2000),
+    write_registers(100, [1, 2]),
+]
+
+
+@pytest.mark.parametrize("n", [0, 1, 3, 10, 1000])
+def test_generated_policies_load(n: int) -> None:
+    policy = parse_policy(generate_policy(n))
+    assert len(policy.rules) == n
+    assert len({rule.id for rule in policy.rules}) == n
+
+
+def test_the_benchmark_subjects_view_is_the_same_at_any_size() -> None:
+    small = parse_policy(generate_policy(10)).view(bench_subject(), "plc-1")
+    large = parse_policy(generate_policy(3000)).view(bench_subject(), "plc-1")
+    assert small is not None and large is not None
+    assert [rule.id for rule in large.rules] == [rule.id for rule in small.rules]
+    for request in REQUESTS:
+        assert large.decide_modbus(request, NOON) == small.decide_modbus(request, NOON)
+    table = large.table(read(3, 0))
+    assert isinstance(table, KeyTable)
+    assert (len(table.allow), len(table.deny)) == (1, 1)
+
+
+def python_calls_in_policies(text: str) -> int:
+    """Python function calls made by policies/ code while loading ``text`` (tomllib not counted)."""
+    calls = 0
+
+    def count(frame: FrameType, event: str, _: object) -> None:
+        nonlocal calls
+        if event == "call" and POLICIES_DIR in frame.f_code.co_filename:
+            calls += 1
+
+    sys.setprofile(count)
+    try:
+        parse_policy(text)
+    finally:
+        sys.setprofile(None)
+    return calls
+
+
+def test_loading_is_linear_in_the_number_of_rules() -> None:
+    # Counted, not timed: a timing ratio would flake on a shared machine; a count is exact.
+    small, large = (python_calls_in_policies(generate_policy(n)) for n in (300, 3000))
+    assert 8 * small < large < 12 * small, (small, large)
