@@ -1,0 +1,1 @@
+"""ztgate's benchmark harness: ``python -m bench`` (see bench/README.md and docs/performance.md)."""

@@ -1,0 +1,357 @@
+"""``python -m bench`` (or ``./run bench``): ztgate side by side with direct, HAProxy, stunnel and
+modbus-proxy, on loopback, in one interleaved run; then the scale figures and a profile of the gateway.
+
+    python -m bench                      # the full run (~12 min): updates docs/performance.md + .png
+    python -m bench --quick              # ~1 min smoke check; results under bench/results/raw/
+    python -m bench --only ztgate,stunnel --repeat 5 --duration 10
+    python -m bench scale                # only the scale figures
+    python -m bench report bench/results/latest.json   # re-render the doc from a JSON result
+
+See docs/performance.md for how to read the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.chart import write_chart
+from bench.lab import Pool, make_lab
+from bench.loadgen import REPO, WORKLOADS, find_modbus_load, start_server
+from bench.machine import describe_machine
+from bench.paths import PATHS, PLANNED, PathContext, PathUnavailableError, RunningPath, start_path
+from bench.procs import ProcessError, Supervisor, raise_fd_limit
+from bench.profiling import find_py_spy, profile_gateway
+from bench.report import evaluate_targets, render_markdown, summarize_samples, update_doc
+from bench.runner import run_matrix
+from bench.scale import ScaleSettings, run_scale
+
+RESULTS_DIR = REPO / "bench" / "results"
+RAW_DIR = RESULTS_DIR / "raw"
+DOC = REPO / "docs" / "performance.md"
+CHART = REPO / "docs" / "performance.png"
+LATEST = RESULTS_DIR / "latest.json"
+
+SHORT = {"direct": "direct", "haproxy": "HAProxy", "stunnel": "stunnel", "ztgate": "ztgate"}
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Benchmark ztgate against direct, HAProxy, stunnel and modbus-proxy on loopback.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+    )
+    parser.add_argument("command", nargs="?", default="run", choices=("run", "scale", "report"))
+    parser.add_argument("file", nargs="?", type=Path, help="for `report`: a results JSON")
+    parser.add_argument("--quick", action="store_true", help="a short smoke run (~1 minute)")
+    parser.add_argument("--repeat", type=int, help="interleaved repetitions (default 3; quick 1)")
+    parser.add_argument("--duration", type=float, help="measured seconds per run (default 8; quick 2)")
+    parser.add_argument(
+        "--warmup", type=float, help="unmeasured seconds before each run (default 2; quick 0.5)"
+    )
+    parser.add_argument(
+        "--only", help=f"comma-separated paths to run (default: all of {', '.join(PATHS)})", default=None
+    )
+    parser.add_argument(
+        "--workloads", default=",".join(WORKLOADS), help=f"comma-separated, of {', '.join(WORKLOADS)}"
+    )
+    parser.add_argument("--skip-scale", action="store_true", help="no scale figures")
+    parser.add_argument("--no-profile", action="store_true", help="no py-spy profile of the gateway")
+    parser.add_argument("--no-modbus-proxy", action="store_true", help="leave modbus-proxy out")
+    parser.add_argument("--rules", type=int, default=1000, help="rules in the ztgate path's policy")
+    parser.add_argument(
+        "--pool",
+        default="1:64",
+        help="the ztgate asset's upstream pool as MAX_CONNECTIONS:MAX_IN_FLIGHT (default 1:64)",
+    )
+    parser.add_argument("--out", type=Path, help="write JSON, Markdown and chart into this directory")
+    docs = parser.add_mutually_exclusive_group()
+    docs.add_argument("--docs", dest="docs", action="store_true", default=None, help="update docs/ too")
+    docs.add_argument("--no-docs", dest="docs", action="store_false", help="never touch docs/")
+    parser.add_argument(
+        "--modbus-load", help="path of modbus_load.py (default ../shared/bench/modbus_load.py)"
+    )
+    args = parser.parse_args(argv)
+    quick = args.quick
+    args.repeat = args.repeat or (1 if quick else 3)
+    args.duration = args.duration or (2.0 if quick else 8.0)
+    args.warmup = args.warmup if args.warmup is not None else (0.5 if quick else 2.0)
+    if args.repeat < 1 or args.duration <= 0 or args.warmup < 0:
+        parser.error("--repeat must be >= 1, --duration > 0, --warmup >= 0")
+    if args.command == "report" and args.file is None:
+        parser.error("report needs a results JSON file")
+    selected = [p.strip() for p in (args.only or ",".join(PATHS)).split(",") if p.strip()]
+    unknown = [p for p in selected if p not in PATHS]
+    if unknown:
+        parser.error(f"unknown path(s) {', '.join(unknown)}; choose from {', '.join(PATHS)}")
+    if args.no_modbus_proxy or (quick and args.only is None):
+        selected = [p for p in selected if p != "modbus-proxy"]
+    args.paths = selected
+    args.workload_list = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    if any(w not in WORKLOADS for w in args.workload_list):
+        parser.error(f"--workloads: choose from {', '.join(WORKLOADS)}")
+    try:
+        connections, in_flight = (int(x) for x in args.pool.split(":"))
+    except ValueError:
+        parser.error("--pool must be MAX_CONNECTIONS:MAX_IN_FLIGHT, e.g. 1:64")
+    args.pool_values = (connections, in_flight)
+    # Only a complete run may replace the published figures.
+    complete = (
+        not quick and args.only is None and args.command == "run" and args.workloads == ",".join(WORKLOADS)
+    )
+    if args.docs is None:
+        args.docs = complete and args.out is None
+    return args
+
+
+def _scrape(admin_port: int) -> dict[str, float]:
+    """Totals per metric name from the gateway's Prometheus text (labels summed)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name_labels, _, value = line.rpartition(" ")
+        name = name_labels.split("{", 1)[0]
+        try:
+            totals[name] = totals.get(name, 0.0) + float(value)
+        except ValueError:
+            continue
+    return totals
+
+
+def _gateway_health(path: RunningPath) -> dict[str, Any]:
+    """What the gateway itself says after the run: metrics and the audit trail it wrote."""
+    out: dict[str, Any] = {}
+    if path.admin_port is not None:
+        try:
+            metrics = _scrape(path.admin_port)
+            keep = (
+                "ztgate_requests_total",
+                "ztgate_audit_dropped_total",
+                "ztgate_upstream_timeouts_total",
+                "ztgate_upstream_late_replies_total",
+                "ztgate_protocol_errors_total",
+                "ztgate_upstream_connections",
+                "ztgate_sessions_refused_total",
+            )
+            out["metrics"] = {k: metrics[k] for k in keep if k in metrics}
+        except OSError as exc:
+            out["metrics_error"] = str(exc)
+    if path.audit_file is not None and path.audit_file.exists():
+        lines = 0
+        dropped = 0
+        with open(path.audit_file, "rb") as file:
+            for line in file:
+                lines += 1
+                if b'"audit_dropped"' in line:
+                    dropped += 1
+        out["audit"] = {"lines": lines, "bytes": path.audit_file.stat().st_size, "dropped_events": dropped}
+    return out
+
+
+def _paths_meta(running: list[RunningPath]) -> dict[str, Any]:
+    return {
+        p.name: {
+            "label": p.label,
+            "short": SHORT.get(p.name, p.name),
+            "version": p.version,
+            "upstream": p.upstream,
+            "tls": p.tls,
+        }
+        for p in running
+    }
+
+
+def run(args: argparse.Namespace, argv: list[str]) -> int:
+    modbus_load = find_modbus_load(args.modbus_load)
+    raise_fd_limit(25_000)
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    raw = RAW_DIR / stamp
+    raw.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    workloads = [WORKLOADS[w] for w in args.workload_list]
+    pool = Pool(max_connections=args.pool_values[0], max_in_flight=args.pool_values[1], queue_limit=128)
+    results: dict[str, Any] = {
+        "meta": {
+            "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "command": shlex.join(["python", "-m", "bench", *argv]),
+            "machine": describe_machine(REPO),
+            "raw_dir": str(raw.relative_to(REPO)),
+            "settings": {
+                "repeat": args.repeat,
+                "warmup_s": args.warmup,
+                "duration_s": args.duration,
+                "rules": args.rules,
+                "pool": pool.describe(),
+                "aggregate_reads_s": 1.0,
+                "workloads": args.workload_list,
+                "quick": args.quick,
+                "modbus_load": str(modbus_load),
+            },
+        },
+        "workloads": {
+            w.name: {
+                "label": w.label,
+                "connections": w.connections,
+                "depth": w.depth,
+                "mix": w.mix,
+                "address": w.address,
+                "count": w.count,
+            }
+            for w in workloads
+        },
+        "paths": {},
+        "unavailable": {},
+        "samples": [],
+        "planned": PLANNED,
+    }
+    log(f"bench: raw output, logs and lab files in {raw.relative_to(REPO)}")
+    try:
+        with Supervisor(raw / "logs") as sup:
+            lab = make_lab(raw / "lab")
+            server, server_port = start_server(sup, modbus_load)
+            log(f"bench: fast Modbus server on 127.0.0.1:{server_port} (pid {server.pid})")
+            ctx = PathContext(
+                sup=sup,
+                lab=lab,
+                server_port=server_port,
+                work=raw / "lab",
+                pool=pool,
+                rules=args.rules,
+                workloads=tuple(workloads),
+                allow_install=not args.quick,
+            )
+            running: list[RunningPath] = []
+            if args.command == "run":
+                for name in args.paths:
+                    try:
+                        path = start_path(name, ctx)
+                    except PathUnavailableError as exc:
+                        results["unavailable"][name] = str(exc)
+                        log(f"bench: {name} skipped: {exc}")
+                        continue
+                    running.append(path)
+                    pid = f"pid {path.proc.pid}" if path.proc else "no process"
+                    log(f"bench: {name} on 127.0.0.1:{path.port} ({pid}) - {path.label}")
+                results["paths"] = _paths_meta(running)
+                results["samples"] = run_matrix(
+                    modbus_load,
+                    running,
+                    server,
+                    workloads,
+                    repeat=args.repeat,
+                    warmup_s=args.warmup,
+                    duration_s=args.duration,
+                    log=log,
+                )
+                gateway = next((p for p in running if p.name == "ztgate"), None)
+                if gateway is not None:
+                    results["ztgate_after_run"] = _gateway_health(gateway)
+                    log(f"bench: ztgate after the run: {json.dumps(results['ztgate_after_run'])}")
+                    py_spy = find_py_spy()
+                    if not args.no_profile and not args.quick and py_spy is not None:
+                        results["profiles"] = {}
+                        for name in ("8x4", "1x1"):
+                            log(f"bench: profiling the gateway under the {name} workload (py-spy, own run)")
+                            results["profiles"][name] = profile_gateway(
+                                py_spy, modbus_load, gateway, WORKLOADS[name], raw, duration_s=10
+                            )
+                    elif not args.no_profile and not args.quick:
+                        error = {"error": "py-spy is not installed (pip install -e '.[bench]')"}
+                        results["profiles"] = {"8x4": error}
+                for path in running:
+                    if path.proc is not None:
+                        sup.stop(path.proc)
+            if args.command == "scale" or not args.skip_scale:
+                settings = ScaleSettings(
+                    quick=args.quick, warmup_s=args.warmup, duration_s=min(args.duration, 5.0)
+                )
+                results["scale"] = run_scale(ctx, server, modbus_load, settings, log)
+    except KeyboardInterrupt:
+        log("\nbench: interrupted; every process it started has been stopped")
+        return 130
+    except ProcessError as exc:
+        log(f"bench: a process failed: {exc}")
+        return 2
+    except (RuntimeError, OSError) as exc:  # set-up: a policy that refuses the workload, a missing file
+        log(f"bench: cannot run: {exc}")
+        return 2
+    results["meta"]["elapsed_s"] = round(time.monotonic() - started, 1)
+    if results["samples"]:
+        results["summary"] = summarize_samples(results["samples"])
+    else:
+        results["summary"] = {}
+    results["targets"] = evaluate_targets(results)
+    return write_outputs(results, args, raw)
+
+
+def write_outputs(results: dict[str, Any], args: argparse.Namespace, raw: Path) -> int:
+    out_dir: Path = args.out or raw
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = out_dir / "results.json"
+    json_path.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    chart_path = out_dir / "performance.png"
+    chart_error = write_chart(results, chart_path) if results["samples"] else "no samples"
+    if chart_error:
+        log(f"bench: no chart: {chart_error}")
+    (out_dir / "performance-section.md").write_text(
+        render_markdown(results, chart_path.name if not chart_error else None)
+    )
+    log(f"bench: results in {json_path}")
+    if args.docs:
+        LATEST.write_text(json.dumps(results, indent=1, default=str) + "\n")
+        if not chart_error:
+            write_chart(results, CHART)
+        update_doc(DOC, render_markdown(results, CHART.name if not chart_error else None))
+        log(
+            f"bench: updated {LATEST.relative_to(REPO)}, {DOC.relative_to(REPO)} "
+            f"and {CHART.relative_to(REPO)}"
+        )
+    log("")
+    for target in results["targets"]:
+        verdict = {True: "pass", False: "MISSED", None: "not measured"}[target["pass"]]
+        log(f"  {verdict:<12} {target['target']}: {target['shown']} (limit {target['limit']})")
+    bad = [t for t in results["targets"] if t["target"].startswith("no errors") and t["pass"] is False]
+    return 1 if bad else 0
+
+
+def report(args: argparse.Namespace) -> int:
+    results = json.loads(args.file.read_text())
+    results["targets"] = evaluate_targets(results)
+    out_dir: Path = args.out or args.file.parent
+    chart_path = CHART if args.docs else out_dir / "performance.png"
+    chart_error = write_chart(results, chart_path)
+    section = render_markdown(results, chart_path.name if not chart_error else None)
+    if args.docs:
+        update_doc(DOC, section)
+        log(f"bench: updated {DOC.relative_to(REPO)} and {CHART.relative_to(REPO)}")
+    else:
+        (out_dir / "performance-section.md").write_text(section)
+        log(f"bench: wrote {out_dir / 'performance-section.md'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if args.command == "report":
+        return report(args)
+    return run(args, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""The PNG chart of a run: throughput, proxy CPU per request and latency per path (matplotlib, from the
+``bench`` extra; without it the run still writes its JSON and tables)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__all__ = ["write_chart"]
+
+COLORS = {
+    "direct": "#9e9e9e",
+    "haproxy": "#4c78a8",
+    "stunnel": "#f58518",
+    "ztgate": "#54a24b",
+    "modbus-proxy": "#b279a2",
+}
+
+
+def write_chart(results: dict[str, Any], path: Path) -> str | None:
+    """Write the chart; returns None, or why it could not be drawn."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed (pip install -e '.[bench]')"
+
+    summary = results["summary"]
+    paths = [p for p in results["paths"] if p in summary]
+    labels = {p: results["paths"][p]["short"] for p in paths}
+
+    def stat(path: str, workload: str, metric: str) -> tuple[float, float, float] | None:
+        value = summary.get(path, {}).get(workload, {}).get(metric)
+        if value is None:
+            return None
+        return value["median"], value["median"] - value["min"], value["max"] - value["median"]
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+    panels: list[tuple[Any, str, list[tuple[str, str, str]], bool]] = [
+        (
+            axes[0][0],
+            "throughput, req/s (higher is better)",
+            [("8x4", "req_per_s", "8x4"), ("mix", "req_per_s", "mix")],
+            True,
+        ),
+        (
+            axes[0][1],
+            "proxy CPU µs per request (lower is better)",
+            [("8x4", "proxy_cpu_us_per_req", "8x4"), ("mix", "proxy_cpu_us_per_req", "mix")],
+            False,
+        ),
+        (
+            axes[1][0],
+            "latency µs at 1 x 1 (lower is better)",
+            [("1x1", "p50_us", "p50"), ("1x1", "p99_us", "p99")],
+            False,
+        ),
+        (
+            axes[1][1],
+            "latency µs at 8 x 4 (lower is better)",
+            [("8x4", "p50_us", "p50"), ("8x4", "p99_us", "p99")],
+            False,
+        ),
+    ]
+    for ax, title, series, _ in panels:
+        width = 0.8 / len(series)
+        for index, (workload, metric, series_label) in enumerate(series):
+            xs, heights, errs_low, errs_high, colors = [], [], [], [], []
+            for position, name in enumerate(paths):
+                value = stat(name, workload, metric)
+                if value is None:
+                    continue
+                xs.append(position + (index - (len(series) - 1) / 2) * width)
+                heights.append(value[0])
+                errs_low.append(value[1])
+                errs_high.append(value[2])
+                colors.append(COLORS.get(name, "#333333"))
+            bars = ax.bar(
+                xs,
+                heights,
+                width * 0.95,
+                yerr=[errs_low, errs_high],
+                capsize=3,
+                color=colors,
+                alpha=1.0 if index == 0 else 0.55,
+                edgecolor="black",
+                linewidth=0.4,
+                label=series_label,
+            )
+            ax.bar_label(bars, labels=[_short(h) for h in heights], fontsize=7, padding=2)
+        ax.set_title(title, fontsize=10)
+        ax.set_xticks(range(len(paths)))
+        ax.set_xticklabels([labels[p] for p in paths], fontsize=8)
+        ax.margins(y=0.15)
+        if len(series) > 1:
+            ax.legend(fontsize=8, title="solid / light", title_fontsize=7)
+        ax.grid(axis="y", alpha=0.3)
+    meta = results["meta"]
+    fig.suptitle(
+        f"ztgate benchmark, Modbus TCP FC 3 reads of 10 registers - {meta['date']} - "
+        f"medians of {meta['settings']['repeat']} interleaved repetitions, bars = min-max",
+        fontsize=10,
+    )
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
+def _short(value: float) -> str:
+    if value >= 10_000:
+        return f"{value / 1000:.0f}k"
+    if value >= 100:
+        return f"{value:.0f}"
+    return f"{value:.1f}"

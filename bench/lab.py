@@ -1,0 +1,176 @@
+"""The files of a benchmark lab: one CA (ztgate's own PKI) for every TLS path, the policies and the
+gateway configuration.
+
+The gateway certificate names the asset (``plc-1``) as a DNS name, so the load generator can verify the
+server's chain *and* name with SNI = the asset, against stunnel and ztgate alike; the client
+certificate is the bench identity of ``tests/policies/gen_policy.py``.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway import pki
+from policies import load_policy
+from protocols.modbus import parse_request
+from tests.policies.gen_policy import bench_subject, generate_policy
+
+__all__ = [
+    "ASSET",
+    "TRUST_DOMAIN",
+    "Lab",
+    "Pool",
+    "check_policy_allows",
+    "make_lab",
+    "policy_text",
+    "workload_requests",
+    "write_gateway_config",
+]
+
+TRUST_DOMAIN = "plant1.example"
+ASSET = "plc-1"
+GATEWAY_ID = f"spiffe://{TRUST_DOMAIN}/gateway/bench/gw-1"
+
+
+@dataclass(frozen=True)
+class Pool:
+    """The asset's upstream pool in the policy (see docs/policy.md, Assets)."""
+
+    max_connections: int
+    max_in_flight: int
+    queue_limit: int = 64
+
+    def describe(self) -> str:
+        return (
+            f"max_connections = {self.max_connections}, max_in_flight = {self.max_in_flight}, "
+            f"queue_limit = {self.queue_limit}"
+        )
+
+
+@dataclass(frozen=True)
+class Lab:
+    directory: Path
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    subject: str
+
+    def client_tls_args(self) -> list[str]:
+        """modbus_load.py options for a mutual-TLS connection as the bench identity to the asset."""
+        return [
+            "--tls",
+            "--cafile",
+            str(self.ca),
+            "--cert",
+            str(self.client_cert),
+            "--key",
+            str(self.client_key),
+            "--sni",
+            ASSET,
+        ]
+
+
+def make_lab(directory: Path) -> Lab:
+    """A CA for the trust domain, the gateway's (also stunnel's) certificate and the bench client's."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_dir = directory / "ca"
+    ca = pki.init_ca(ca_dir, TRUST_DOMAIN, force=True)
+    server = pki.issue(ca_dir, GATEWAY_ID, out_dir=directory, name="server", dns_names=[ASSET, "localhost"])
+    client = pki.issue(ca_dir, bench_subject(TRUST_DOMAIN), out_dir=directory, name="client")
+    return Lab(
+        directory, ca.cert, server.cert, server.key, client.cert, client.key, bench_subject(TRUST_DOMAIN)
+    )
+
+
+def policy_text(n_rules: int, upstream_port: int, pool: Pool) -> str:
+    """``gen_policy``'s n-rule policy for the asset on ``upstream_port``, with the given upstream pool."""
+    text = generate_policy(
+        n_rules, trust_domain=TRUST_DOMAIN, asset=ASSET, upstream=f"127.0.0.1:{upstream_port}"
+    )
+    header = f"[assets.{ASSET}]\n"
+    if header not in text:
+        raise RuntimeError(f"generate_policy() wrote no {header.strip()} table; bench/lab.py needs updating")
+    settings = (
+        f"max_connections = {pool.max_connections}\n"
+        f"max_in_flight = {pool.max_in_flight}\n"
+        f"queue_limit = {pool.queue_limit}\n"
+    )
+    return text.replace(header, header + settings, 1)
+
+
+def write_gateway_config(
+    lab: Lab,
+    name: str,
+    policy: Path,
+    *,
+    audit_file: Path,
+    aggregate_reads_s: float = 1.0,
+    client_max_in_flight: int = 16,
+) -> Path:
+    """A gateway config: overlay and admin/metrics on kernel-chosen loopback ports, audit to a file."""
+    path = lab.directory / f"{name}.toml"
+    path.write_text(
+        f"""[gateway]
+name = "{name}"
+listen = "127.0.0.1:0"
+policy = "{policy}"
+loop = "uvloop"
+client_max_in_flight = {client_max_in_flight}
+
+[tls]
+cert = "{lab.server_cert}"
+key = "{lab.server_key}"
+ca = "{lab.ca}"
+
+[admin]
+listen = "127.0.0.1:0"
+
+[audit]
+file = "{audit_file}"
+aggregate_reads_s = {aggregate_reads_s}
+"""
+    )
+    return path
+
+
+def workload_requests(mix: str, address: int, count: int, unit: int = 1) -> list[tuple[int, bytes]]:
+    """The (function code, PDU) of every request kind modbus_load.py sends for ``mix``, built as it does."""
+    out: list[tuple[int, bytes]] = []
+    for part in mix.split(","):
+        fc = int(part.partition(":")[0])
+        if fc in (1, 2, 3, 4):
+            pdu = struct.pack(">BHH", fc, address, count)
+        elif fc == 5:
+            pdu = struct.pack(">BHH", fc, address, 0xFF00 if address & 1 else 0)
+        elif fc == 6:
+            pdu = struct.pack(">BHH", fc, address, address & 0xFFFF)
+        elif fc == 16:
+            data = struct.pack(f">{count}H", *((address + i) & 0xFFFF for i in range(count)))
+            pdu = struct.pack(">BHHB", fc, address, count, len(data)) + data
+        else:
+            raise ValueError(f"bench/lab.py: no request builder for FC {fc}")
+        out.append((fc, pdu))
+    return out
+
+
+def check_policy_allows(policy: Path, mixes: list[tuple[str, int, int]], unit: int = 1) -> None:
+    """Fail early, with a clear message, when the policy would refuse any request a workload sends:
+    a benchmark of refusals would measure the wrong thing."""
+    loaded = load_policy(policy)
+    view = loaded.view(bench_subject(TRUST_DOMAIN), ASSET)
+    if view is None:
+        raise RuntimeError(f"{policy}: the bench identity cannot see asset {ASSET}")
+    now = time.time()
+    for mix, address, count in mixes:
+        for fc, pdu in workload_requests(mix, address, count, unit):
+            decision = view.decide_modbus(parse_request(1, unit, pdu), now)
+            if not decision.allowed:
+                raise RuntimeError(
+                    f"{policy}: FC {fc} at address {address} (count {count}) is refused for the bench "
+                    f"identity ({decision.reason}); the workload would measure refusals"
+                )

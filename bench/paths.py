@@ -1,0 +1,352 @@
+"""The paths a request can take to the fast Modbus server, each started as its own process on loopback:
+
+- ``direct``: no proxy; the floor.
+- ``haproxy``: Debian's HAProxy in tcp mode (``-db``, foreground): a plain TCP relay, no TLS, no parsing.
+- ``stunnel``: Debian's stunnel4 with mutual TLS 1.3 (client certificate required and verified against
+  the same CA as ztgate's): the "stunnel in front of a firewall" answer, without the firewall.
+- ``ztgate``: the gateway, ``python -m gateway gateway --config ...``: mutual TLS 1.3, a 1,000-rule
+  policy, every request parsed, decided, re-encoded on a shared upstream pool, audited (allowed reads
+  aggregated per second) and counted in metrics.
+- ``modbus-proxy``: the PyPI package (optional): a plain Python Modbus TCP proxy without TLS or policy.
+
+HAProxy and stunnel open one upstream connection per client connection; ztgate and modbus-proxy share
+upstream connections between clients (ztgate: the asset's pool from the policy).
+
+Rows for EtherNet/IP and OPC UA go in :data:`PLANNED` until those proxies exist.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.lab import Lab, Pool, check_policy_allows, policy_text, write_gateway_config
+from bench.loadgen import REPO, Workload
+from bench.procs import Proc, ProcessError, Supervisor, free_port, wait_listening
+
+__all__ = [
+    "PATHS",
+    "PLANNED",
+    "PathContext",
+    "PathUnavailableError",
+    "RunningPath",
+    "start_path",
+    "start_ztgate",
+]
+
+MODBUS_PROXY_VERSION = "0.8.0"
+VENDOR_DIR = REPO / ".cache" / "bench" / "modbus-proxy"  # git-ignored
+
+# Protocols whose ztgate proxies do not exist yet: the report shows these rows as "not yet measured".
+PLANNED: dict[str, str] = {
+    "EtherNet/IP (CIP)": "ztgate's EtherNet/IP proxy is not built yet; the row will compare direct, stunnel "
+    "and ztgate on a Read Tag workload against the simulator",
+    "OPC UA": "ztgate's OPC UA proxy is not built yet; the row will compare direct, stunnel and ztgate "
+    "on a 10-node Read",
+}
+
+
+class PathUnavailableError(RuntimeError):
+    """The path cannot run on this machine (a program is missing); the run goes on without it."""
+
+
+@dataclass(frozen=True)
+class PathContext:
+    sup: Supervisor
+    lab: Lab
+    server_port: int
+    work: Path
+    pool: Pool
+    rules: int
+    workloads: tuple[Workload, ...]
+    allow_install: bool = True  # may pip-install modbus-proxy into .cache/bench/modbus-proxy
+
+
+@dataclass
+class RunningPath:
+    name: str
+    label: str
+    port: int
+    proc: Proc | None
+    version: str
+    upstream: str  # how the path reaches the server
+    tls_args: list[str] = field(default_factory=list)
+    admin_port: int | None = None
+    audit_file: Path | None = None
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_args)
+
+
+def _version(argv: list[str], pattern: str) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    match = re.search(pattern, done.stdout + done.stderr)
+    return match.group(1) if match else "unknown"
+
+
+def _start_on_free_port(
+    ctx: PathContext,
+    name: str,
+    argv_for_port: Callable[[int], list[str]],
+    *,
+    env: dict[str, str] | None = None,
+    attempts: int = 3,
+) -> tuple[Proc, int]:
+    """For programs that cannot listen on port 0: probe a free port, start, retry if it was taken."""
+    last: ProcessError | None = None
+    for _ in range(attempts):
+        port = free_port()
+        proc = ctx.sup.spawn(name, argv_for_port(port), env=env)
+        try:
+            wait_listening(proc, port=port, timeout_s=10)
+            return proc, port
+        except ProcessError as exc:
+            last = exc
+            ctx.sup.stop(proc)
+    assert last is not None
+    raise last
+
+
+# ------------------------------------------------------------------------------------------- paths
+
+
+def start_direct(ctx: PathContext) -> RunningPath:
+    return RunningPath("direct", "direct to the server", ctx.server_port, None, "-", "-")
+
+
+def start_haproxy(ctx: PathContext) -> RunningPath:
+    exe = shutil.which("haproxy") or ("/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None)
+    if exe is None:
+        raise PathUnavailableError("haproxy is not installed (apt-get install haproxy)")
+
+    def config(port: int) -> list[str]:
+        path = ctx.work / "haproxy.cfg"
+        path.write_text(
+            f"""global
+    maxconn 4096
+
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 120s
+    timeout server 120s
+
+frontend modbus
+    bind 127.0.0.1:{port}
+    default_backend server
+
+backend server
+    server s1 127.0.0.1:{ctx.server_port}
+"""
+        )
+        return [exe, "-db", "-f", str(path)]
+
+    proc, port = _start_on_free_port(ctx, "haproxy", config)
+    version = _version([exe, "-v"], r"HAProxy version (\S+)")
+    return RunningPath(
+        "haproxy", "HAProxy, tcp mode", port, proc, version, "1 upstream connection per client connection"
+    )
+
+
+def start_stunnel(ctx: PathContext) -> RunningPath:
+    exe = shutil.which("stunnel4") or shutil.which("stunnel")
+    if exe is None:
+        raise PathUnavailableError("stunnel is not installed (apt-get install stunnel4)")
+    lab = ctx.lab
+
+    def config(port: int) -> list[str]:
+        path = ctx.work / "stunnel.conf"
+        # Same TLS terms as the gateway: TLS 1.3 only, client certificate required and its chain
+        # verified against the ztgate CA, no session tickets, no Nagle on either side.
+        path.write_text(
+            f"""foreground = yes
+pid =
+syslog = no
+debug = 4
+
+[modbus]
+accept = 127.0.0.1:{port}
+connect = 127.0.0.1:{ctx.server_port}
+cert = {lab.server_cert}
+key = {lab.server_key}
+CAfile = {lab.ca}
+verifyChain = yes
+requireCert = yes
+sslVersionMin = TLSv1.3
+options = NO_TICKET
+socket = l:TCP_NODELAY=1
+socket = r:TCP_NODELAY=1
+"""
+        )
+        return [exe, str(path)]
+
+    proc, port = _start_on_free_port(ctx, "stunnel", config)
+    version = _version([exe, "-version"], r"stunnel (\S+)")
+    return RunningPath(
+        "stunnel",
+        "stunnel, mutual TLS 1.3",
+        port,
+        proc,
+        version,
+        "1 upstream connection per client connection",
+        tls_args=lab.client_tls_args(),
+    )
+
+
+def _get_json(url: str, timeout_s: float = 2.0) -> dict[str, object]:
+    with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        body: dict[str, object] = json.loads(response.read())
+        return body
+
+
+def start_ztgate(
+    ctx: PathContext,
+    *,
+    name: str = "ztgate",
+    pool: Pool | None = None,
+    rules: int | None = None,
+    aggregate_reads_s: float = 1.0,
+) -> RunningPath:
+    """A gateway process with a generated policy and config (see the module docstring)."""
+    pool = pool or ctx.pool
+    rules = rules or ctx.rules
+    lab = ctx.lab
+    policy = ctx.work / f"{name}-policy.toml"
+    policy.write_text(policy_text(rules, ctx.server_port, pool))
+    check_policy_allows(policy, [(w.mix, w.address, w.count) for w in ctx.workloads])
+    audit = ctx.work / f"{name}-audit.jsonl"
+    config = write_gateway_config(lab, name, policy, audit_file=audit, aggregate_reads_s=aggregate_reads_s)
+    proc = ctx.sup.spawn(
+        name, [sys.executable, "-m", "gateway", "gateway", "--config", str(config)], cwd=REPO
+    )
+    ports = wait_listening(proc, count=2, timeout_s=30)
+    overlay: int | None = None
+    deadline = time.monotonic() + 10
+    while overlay is None:
+        match = re.search(r"overlay on 127\.0\.0\.1:(\d+)", proc.log_tail(40))
+        if match and int(match.group(1)) in ports:
+            overlay = int(match.group(1))
+        elif time.monotonic() > deadline:
+            raise ProcessError(
+                f"{name}: cannot tell the overlay port among {sorted(ports)}:\n{proc.log_tail()}"
+            )
+        else:
+            time.sleep(0.05)
+    admin = next(iter(ports - {overlay}))
+    # Ready = the upstream pool is connected to the server.
+    deadline = time.monotonic() + 15
+    while True:
+        proc.check_alive()
+        try:
+            if _get_json(f"http://127.0.0.1:{admin}/readyz").get("ready") is True:
+                break
+        except (OSError, urllib.error.URLError, ValueError):
+            pass
+        if time.monotonic() > deadline:
+            raise ProcessError(f"{name}: /readyz never said ready:\n{proc.log_tail()}")
+        time.sleep(0.1)
+    return RunningPath(
+        "ztgate",
+        f"ztgate, mutual TLS 1.3, {rules:,}-rule policy, audit + metrics",
+        overlay,
+        proc,
+        _ztgate_version(),
+        f"shared pool: {pool.describe()}",
+        tls_args=lab.client_tls_args(),
+        admin_port=admin,
+        audit_file=audit,
+    )
+
+
+def _ztgate_version() -> str:
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(REPO), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return done.stdout.strip() or "unknown"
+
+
+def _modbus_proxy_path(install: bool) -> str | None:
+    """A PYTHONPATH entry under which ``modbus_proxy`` imports, installing it privately if allowed."""
+    if importlib.util.find_spec("modbus_proxy") is not None:
+        return ""
+    if (VENDOR_DIR / "modbus_proxy.py").exists():
+        return str(VENDOR_DIR)
+    if not install:
+        return None
+    print(f"  installing modbus-proxy {MODBUS_PROXY_VERSION} into {VENDOR_DIR} (pip) ...", flush=True)
+    try:
+        done = subprocess.run(
+            [
+                *(sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"),
+                *("--no-deps", "--target", str(VENDOR_DIR), f"modbus-proxy=={MODBUS_PROXY_VERSION}"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if done.returncode != 0 or not (VENDOR_DIR / "modbus_proxy.py").exists():
+        return None
+    return str(VENDOR_DIR)
+
+
+def start_modbus_proxy(ctx: PathContext) -> RunningPath:
+    extra_path = _modbus_proxy_path(ctx.allow_install)
+    if extra_path is None:
+        raise PathUnavailableError(
+            f"modbus-proxy {MODBUS_PROXY_VERSION} is not installed and could not be installed"
+        )
+    env = dict(os.environ)
+    if extra_path:
+        env["PYTHONPATH"] = extra_path + os.pathsep + env.get("PYTHONPATH", "")
+
+    def argv(port: int) -> list[str]:
+        upstream = f"tcp://127.0.0.1:{ctx.server_port}"
+        return [sys.executable, "-m", "modbus_proxy", "-b", f"127.0.0.1:{port}", "--modbus", upstream]
+
+    proc, port = _start_on_free_port(ctx, "modbus-proxy", argv, env=env)
+    return RunningPath(
+        "modbus-proxy",
+        f"modbus-proxy {MODBUS_PROXY_VERSION} (PyPI)",
+        port,
+        proc,
+        MODBUS_PROXY_VERSION,
+        "1 shared upstream connection, one request at a time",
+    )
+
+
+PATHS: dict[str, Callable[[PathContext], RunningPath]] = {
+    "direct": start_direct,
+    "haproxy": start_haproxy,
+    "stunnel": start_stunnel,
+    "ztgate": start_ztgate,
+    "modbus-proxy": start_modbus_proxy,
+}
+
+
+def start_path(name: str, ctx: PathContext) -> RunningPath:
+    return PATHS[name](ctx)
