@@ -151,6 +151,8 @@ class UpstreamConnection(asyncio.Protocol):
                 if session.fail(pending, TARGET_FAILED_TO_RESPOND, f"malformed reply: {exc}", now):
                     touched.append(session)
                 continue
+            if request.received_pdu is not request.pdu and pdu == request.pdu:
+                pdu = request.received_pdu  # the device echoed our canonical rewrite: echo the client's own
             reply = encode_response(request.transaction_id, request.unit_id, pdu)
             if session.deliver(pending, reply, device_exception, now):
                 touched.append(session)

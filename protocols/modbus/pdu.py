@@ -68,6 +68,7 @@ class Request:
         "pdu",
         "read_address",
         "read_count",
+        "received_pdu",
         "sub_function",
         "transaction_id",
         "unit_id",
@@ -90,6 +91,7 @@ class Request:
         write_count: int = 0,
         values: tuple[int, ...] = (),
         file_records: tuple[FileRecord, ...] = (),
+        received_pdu: bytes | None = None,
     ) -> None:
         self.transaction_id = transaction_id
         self.unit_id = unit_id
@@ -102,6 +104,9 @@ class Request:
         self.write_count = write_count
         self.values = values
         self.file_records = file_records
+        # The PDU as the client sent it, when ``pdu`` is its canonical rewrite (FC 15 padding bits,
+        # FC 22 OR bits under the AND mask): an echo back to the client must echo what it sent.
+        self.received_pdu = pdu if received_pdu is None else received_pdu
 
     @property
     def is_write(self) -> bool:
@@ -228,10 +233,13 @@ def _parse_write_multiple_coils(tid: int, unit: int, pdu: bytes) -> Request:
     _expect_length(tid, unit, 15, pdu, 6 + byte_count)
     _check_address(tid, unit, 15, address, count)
     values = unpack_bits(pdu, 6, count)
+    received = pdu
     if count & 7 and pdu[-1] >> (count & 7):
         # Canonical form zero-fills the unused bits of the last byte (spec §6.11).
         pdu = pdu[:-1] + bytes((pdu[-1] & ((1 << (count & 7)) - 1),))
-    return Request(tid, unit, 15, pdu, write_address=address, write_count=count, values=values)
+    return Request(
+        tid, unit, 15, pdu, write_address=address, write_count=count, values=values, received_pdu=received
+    )
 
 
 def _parse_write_multiple_registers(tid: int, unit: int, pdu: bytes) -> Request:
@@ -300,10 +308,21 @@ def _parse_mask_write_register(tid: int, unit: int, pdu: bytes) -> Request:
     # Result = (current AND and_mask) OR (or_mask AND NOT and_mask): the bits kept from the current
     # value are unknown, so the result lies between these two.
     fixed = or_mask & ~and_mask & 0xFFFF
+    received = pdu
     if fixed != or_mask:
-        # OR bits under the AND mask have no effect; the canonical form clears them.
+        # OR bits under the AND mask have no effect by the spec's formula; clearing them makes a device
+        # that computes (current AND and_mask) OR or_mask end up inside the same bounds.
         pdu = _FC_U16_U16_U16.pack(22, address, and_mask, fixed)
-    return Request(tid, unit, 22, pdu, write_address=address, write_count=1, values=(fixed, fixed | and_mask))
+    return Request(
+        tid,
+        unit,
+        22,
+        pdu,
+        write_address=address,
+        write_count=1,
+        values=(fixed, fixed | and_mask),
+        received_pdu=received,
+    )
 
 
 def _parse_read_write_multiple_registers(tid: int, unit: int, pdu: bytes) -> Request:

@@ -261,3 +261,17 @@ async def test_malformed_pdu_gets_an_exception_and_the_session_goes_on(lab: Lab)
     assert second[:9] == bytes.fromhex("0002 0000 0005 01 03 02") and struct.unpack(">H", second[9:])[
         0
     ] == expected_register(5)
+
+
+async def test_mask_write_is_sent_canonical_and_echoed_as_the_client_sent_it(lab: Lab) -> None:
+    device = ScriptedDevice(lambda _count, _tid, frame: frame)  # FC 22's answer is an echo
+    await device.start()
+    lab.device = device  # type: ignore[assignment]
+    rules = RULES.replace('{ fc = [6, 16], address = "100-199"', '{ fc = [6, 16, 22], address = "100-199"')
+    await lab.start_gateway(policy_text(device.port, rules))
+    reader, writer = await lab.raw_connection("alice")
+    # AND 0x00F2, OR 0x0025: OR bit 0x0020 lies under the AND mask and has no effect (spec §6.16).
+    writer.write(bytes.fromhex("0009 0000 0008 01 16 0064 00f2 0025"))
+    reply = await asyncio.wait_for(reader.readexactly(14), 3)
+    assert reply == bytes.fromhex("0009 0000 0008 01 16 0064 00f2 0025")
+    assert device.requests[0][7:] == bytes.fromhex("16 0064 00f2 0005")
