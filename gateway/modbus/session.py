@@ -70,7 +70,7 @@ class ModbusSession(Session):
         self._decide = self.view.decide_modbus
         self._unit_map = asset.unit_map
         self._histogram = self.runtime.metrics.histogram("modbus", asset.name)
-        self._aggregated: dict[tuple[int, int, str | None], tuple[tuple[Any, ...], dict[str, Any]]] = {}
+        self._aggregated: dict[tuple[int, int, str | None, str], tuple[tuple[Any, ...], dict[str, Any]]] = {}
 
     def _view_changed(self) -> None:
         self._bind_view()
