@@ -59,15 +59,22 @@ class Candidate:
 class _Slot:
     """A candidate at one of its address intervals: what the single-span fast path checks."""
 
-    __slots__ = ("candidate", "decision", "high", "units", "values", "window")
+    __slots__ = ("candidate", "checks_values", "high", "units", "value_high", "value_low", "values", "window")
 
     def __init__(self, high: int, candidate: Candidate) -> None:
         self.high = high
         self.candidate = candidate
         self.units = candidate.units
-        self.values = candidate.values
         self.window = candidate.window
-        self.decision = candidate.decision
+        # One value interval (the usual "0-1500") is checked inline against min and max; a list of
+        # intervals goes through the set.
+        values = candidate.values
+        self.checks_values = values is not None
+        single = values is not None and len(values.ranges) == 1
+        self.values = None if single else values
+        self.value_low, self.value_high = (
+            values.ranges[0] if values is not None and single else (0, _NO_LIMIT)
+        )
 
 
 def unit_and_addresses_cover(c: Candidate, request: Request) -> bool:
@@ -107,14 +114,9 @@ def covers(c: Candidate, request: Request, now: float) -> bool:
     )
 
 
-def touches(c: Candidate, request: Request, now: float) -> bool:
-    """Deny-entry semantics: every field the entry names touches the request, in an open window."""
-    if c.window is not None and not c.window.is_open(now):
-        return False
-    if c.units is not None and request.unit_id not in c.units:
-        return False
-    addresses = c.addresses
-    if addresses is not None and not (
+def touches_addresses(addresses: IntervalSet, request: Request) -> bool:
+    """Whether any address the request touches (read, write or file record span) is in ``addresses``."""
+    return (
         (
             request.read_address >= 0
             and addresses.overlaps(request.read_address, request.read_address + request.read_count - 1)
@@ -124,7 +126,26 @@ def touches(c: Candidate, request: Request, now: float) -> bool:
             and addresses.overlaps(request.write_address, request.write_address + request.write_count - 1)
         )
         or any(addresses.overlaps(record, record + length - 1) for _, record, length in request.file_records)
-    ):
+    )
+
+
+def _address_union(candidates: Sequence[Candidate]) -> IntervalSet | None:
+    """Every address the candidates name, or None if one names none (and so may match any request)."""
+    ranges: list[tuple[int, int]] = []
+    for c in candidates:
+        if c.addresses is None:
+            return None
+        ranges.extend(c.addresses.ranges)
+    return IntervalSet(ranges)
+
+
+def touches(c: Candidate, request: Request, now: float) -> bool:
+    """Deny-entry semantics: every field the entry names touches the request, in an open window."""
+    if c.window is not None and not c.window.is_open(now):
+        return False
+    if c.units is not None and request.unit_id not in c.units:
+        return False
+    if c.addresses is not None and not touches_addresses(c.addresses, request):
         return False
     if c.files is not None and not any(file_number in c.files for file_number, _, _ in request.file_records):
         return False
@@ -199,9 +220,11 @@ class KeyTable:
     __slots__ = (
         "allow",
         "deny",
+        "deny_addresses",
         "function_code",
         "monitor_allow",
         "monitor_deny",
+        "monitor_deny_addresses",
         "segments",
         "starts",
         "view",
@@ -215,6 +238,10 @@ class KeyTable:
         self.allow = self._pick(candidates, "allow", "enforce")
         self.monitor_deny = self._pick(candidates, "deny", "monitor")
         self.monitor_allow = self._pick(candidates, "allow", "monitor")
+        # Deny entries usually guard a few address blocks: one bisect on their union rules out every
+        # request that stays clear of them, however many deny entries there are.
+        self.deny_addresses = _address_union(self.deny)
+        self.monitor_deny_addresses = _address_union(self.monitor_deny)
         covered: list[tuple[int, int, _Slot]] = []
         for c in self.allow:
             if c.addresses is None:
@@ -232,53 +259,74 @@ class KeyTable:
         return tuple(c for c in candidates if c.rule.effect == effect and c.rule.mode == mode)
 
     def decide(self, request: Request, now: float) -> Decision:
+        # The common request touches one span of addresses (FC 1-6, 15, 16, 22, 24); it is decided here
+        # with two bisects and no further calls. FC 23, file records and address-less requests take
+        # the general path.
+        address = request.read_address
+        if address >= 0:
+            if request.write_address >= 0:
+                return self.decide_general(request, now)
+            end = address + request.read_count - 1
+        else:
+            address = request.write_address
+            if address < 0 or request.file_records:
+                return self.decide_general(request, now)
+            end = address + request.write_count - 1
         if self.deny:
-            for c in self.deny:
-                if touches(c, request, now):
-                    return self.view.deny(
-                        c.rule_id, _deny_code(c), f"denied by rule {c.rule_id}: {_touch_text(c, request)}"
+            union = self.deny_addresses
+            if union is None or union.overlaps(address, end):
+                denied = _first_touching(self.deny, None, request, now)
+                if denied is not None:
+                    return self._denied_by(denied, request)
+        unit = request.unit_id
+        values = request.values
+        for s in self.segments[bisect_right(self.starts, address) - 1]:
+            if (
+                end <= s.high
+                and (s.units is None or unit in s.units)
+                and (
+                    not values
+                    or not s.checks_values
+                    or (
+                        s.value_low <= min(values)
+                        and max(values) <= s.value_high
+                        and (s.values is None or s.values.covers_values(values, request.function_code))
                     )
-        allowed = self.first_allow(request, now)
-        if allowed is None:
+                )
+                and (s.window is None or s.window.is_open(now))
+            ):
+                allowed = s.candidate
+                break
+        else:
             return self.default_deny(request, now)
         if self.monitor_deny:
-            for m in self.monitor_deny:
-                if touches(m, request, now):
-                    return self._allow_with_monitor(allowed, m)
+            monitor = _first_touching(self.monitor_deny, self.monitor_deny_addresses, request, now)
+            if monitor is not None:
+                return self._allow_with_monitor(allowed, monitor)
         return allowed.decision
 
-    def first_allow(self, request: Request, now: float) -> Candidate | None:
-        """The first enforce allow candidate, in file order, that allows the request."""
-        if not request.file_records:
-            address = request.read_address
-            if address >= 0:
-                count = request.read_count
-                single = request.write_address < 0
-            else:
-                address = request.write_address
-                count = request.write_count
-                single = address >= 0
-            if single:
-                end = address + count - 1
-                unit = request.unit_id
-                values = request.values
-                for s in self.segments[bisect_right(self.starts, address) - 1]:
-                    if (
-                        end <= s.high
-                        and (s.units is None or unit in s.units)
-                        and (
-                            s.values is None
-                            or not values
-                            or s.values.covers_values(values, request.function_code)
-                        )
-                        and (s.window is None or s.window.is_open(now))
-                    ):
-                        return s.candidate
-                return None
+    def decide_general(self, request: Request, now: float) -> Decision:
+        """Any request: the same steps as :meth:`decide` without the single-span shortcuts."""
+        if self.deny:
+            denied = _first_touching(self.deny, self.deny_addresses, request, now)
+            if denied is not None:
+                return self._denied_by(denied, request)
         for c in self.allow:
             if covers(c, request, now):
-                return c
-        return None
+                allowed = c
+                break
+        else:
+            return self.default_deny(request, now)
+        if self.monitor_deny:
+            monitor = _first_touching(self.monitor_deny, self.monitor_deny_addresses, request, now)
+            if monitor is not None:
+                return self._allow_with_monitor(allowed, monitor)
+        return allowed.decision
+
+    def _denied_by(self, c: Candidate, request: Request) -> Decision:
+        return self.view.deny(
+            c.rule_id, _deny_code(c), f"denied by rule {c.rule_id}: {_touch_text(c, request)}"
+        )
 
     def _allow_with_monitor(self, allowed: Candidate, monitor: Candidate) -> Decision:
         key = (allowed.rule_id, monitor.rule_id)
@@ -295,9 +343,8 @@ class KeyTable:
         would deny it anyway."""
         if not self.monitor_allow:
             return None
-        for m in self.monitor_deny:
-            if touches(m, request, now):
-                return None
+        if _first_touching(self.monitor_deny, self.monitor_deny_addresses, request, now) is not None:
+            return None
         for m in self.monitor_allow:
             if covers(m, request, now):
                 return m
@@ -332,6 +379,18 @@ class KeyTable:
         return view.deny(best.rule_id, "address", _address_miss(best, request) + suffix, monitor_id)
 
 
+def _first_touching(
+    candidates: tuple[Candidate, ...], union: IntervalSet | None, request: Request, now: float
+) -> Candidate | None:
+    """The first deny candidate, in file order, matching the request; ``union`` is their addresses."""
+    if union is not None and not touches_addresses(union, request):
+        return None
+    for c in candidates:
+        if touches(c, request, now):
+            return c
+    return None
+
+
 def _deny_code(c: Candidate) -> str:
     """Which exception a matching deny entry answers with: the most specific field it names."""
     if c.values is not None:
@@ -363,6 +422,7 @@ class SubjectView:
 
     __slots__ = (
         "_codes",
+        "_constant_denials",
         "_deny_action",
         "_monitor_asset",
         "_tables",
@@ -387,6 +447,9 @@ class SubjectView:
             "value": asset.deny.value,
         }
         self._tables: dict[int, KeyTable | SubFunctionTable] = {}
+        # Refusals that depend only on the unit or the function code (what a scanner triggers in bulk)
+        # are built once; bounded, since a client picks the codes.
+        self._constant_denials: dict[tuple[int, int, int], Decision] = {}
 
     def install(self, tables: dict[int, KeyTable | SubFunctionTable]) -> None:
         """Called once by the compiler (tables refer back to the view, so they come after it)."""
@@ -418,12 +481,25 @@ class SubjectView:
         return Decision(VERDICT_DENY, rule_id, code, self._deny_action, reason, monitor_rule_id)
 
     def no_rule(self, request: Request) -> Decision:
-        return self.deny(None, "function", f"no rule allows {function_text(request)}")
+        key = (0, request.function_code, request.sub_function)
+        decision = self._constant_denials.get(key)
+        if decision is None:
+            decision = self.deny(None, "function", f"no rule allows {function_text(request)}")
+            self._remember(key, decision)
+        return decision
 
     def unit_refused(self, request: Request) -> Decision:
-        units = ", ".join(str(u) for u in sorted(self._unit_ids))
-        return self.deny(
-            None,
-            "address",
-            f"unit {request.unit_id} is not configured for asset {self.asset.name} (unit_ids {units})",
-        )
+        key = (1, request.unit_id, 0)
+        decision = self._constant_denials.get(key)
+        if decision is None:
+            units = ", ".join(str(u) for u in sorted(self._unit_ids))
+            reason = (
+                f"unit {request.unit_id} is not configured for asset {self.asset.name} (unit_ids {units})"
+            )
+            decision = self.deny(None, "address", reason)
+            self._remember(key, decision)
+        return decision
+
+    def _remember(self, key: tuple[int, int, int], decision: Decision) -> None:
+        if len(self._constant_denials) < 1024:
+            self._constant_denials[key] = decision

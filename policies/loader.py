@@ -79,13 +79,13 @@ _FILE_BOUNDS = (0, 0xFFFF)
 _VALUE_BOUNDS = (0, 0xFFFF)
 _SUBFUNCTION_BOUNDS = (0, 0xFFFF)
 _FC_BOUNDS = (1, 127)  # 128..255 are exception responses, never requests
-_RANGE_FIELDS = (
-    ("subfunction", _SUBFUNCTION_BOUNDS),
-    ("unit", _UNIT_BOUNDS),
-    ("address", _ADDRESS_BOUNDS),
-    ("file", _FILE_BOUNDS),
-    ("value", _VALUE_BOUNDS),
-)
+_RANGE_BOUNDS = {
+    "subfunction": _SUBFUNCTION_BOUNDS,
+    "unit": _UNIT_BOUNDS,
+    "address": _ADDRESS_BOUNDS,
+    "file": _FILE_BOUNDS,
+    "value": _VALUE_BOUNDS,
+}
 
 
 def parse_model(text: str, source: str) -> PolicyModel:
@@ -110,6 +110,7 @@ class _Loader(FieldChecker):
     def __init__(self) -> None:
         super().__init__()
         self._subject_memo: dict[str, str | None] = {}
+        self._subjects_ok: set[str] = set()  # ids, patterns and group references already checked
         self._entry_memo: dict[str, ModbusEntry] = {}
         self._window_memo: dict[str, TimeWindow] = {}
 
@@ -331,6 +332,7 @@ class _Loader(FieldChecker):
         if problem is not None:
             self.error(path, problem)
             return False
+        self._subjects_ok.add(text)
         return True
 
     # ------------------------------------------------------------------------------------- rules
@@ -358,6 +360,8 @@ class _Loader(FieldChecker):
         groups: dict[str, tuple[str, ...]],
         first_use: dict[str, int],
     ) -> Rule | None:
+        # Written for the common case of a valid rule: plain checks first, and a field's path is only
+        # built when there is a problem to report under it.
         path: FieldPath = ("rules", index)
         table = self.table(value, path)
         if table is None:
@@ -369,48 +373,31 @@ class _Loader(FieldChecker):
             if required not in table:
                 self.error(path, f'missing required key "{required}"')
         rule_id = self.rule_id(table["id"], (*path, "id"), index, first_use) if "id" in table else None
-        description = self.optional(table, "description", path, self.string, "")
-        effect = self.optional(table, "effect", path, lambda v, p: self.choice(v, p, EFFECTS), "allow")
-        mode = self.optional(table, "mode", path, lambda v, p: self.choice(v, p, MODES), "enforce")
-        subjects: list[str] = []
-        if "subjects" in table:
-            subjects_path = (*path, "subjects")
-            for item, text in self.string_list(
-                table["subjects"], subjects_path, "ids, patterns and group: references"
-            ):
-                if text.startswith(GROUP_PREFIX):
-                    group = text[len(GROUP_PREFIX) :]
-                    if group in groups:
-                        subjects.append(text)
-                    else:
-                        known = ", ".join(sorted(groups)) or "none defined"
-                        self.error((*subjects_path, item), f"{quote(text)}: no such group (groups: {known})")
-                elif self.subject(text, (*subjects_path, item), trust_domain):
-                    subjects.append(text)
-        asset_names: list[str] = []
-        if "assets" in table:
-            assets_path = (*path, "assets")
-            for item, name in self.string_list(table["assets"], assets_path, 'asset names or "*"'):
-                if name == "*" or name in assets:
-                    asset_names.append(name)
-                else:
-                    known = ", ".join(sorted(assets)) or "none defined"
-                    self.error(
-                        (*assets_path, item), f'{quote(name)}: no such asset (assets: {known}; "*" means all)'
-                    )
+        description = table.get("description", "")
+        if type(description) is not str:
+            description = self.string(description, (*path, "description"))
+        effect = table.get("effect", "allow")
+        if effect != "allow" and effect != "deny":  # noqa: PLR1714 (the value may be unhashable)
+            effect = self.choice(effect, (*path, "effect"), EFFECTS)
+        mode = table.get("mode", "enforce")
+        if mode != "enforce" and mode != "monitor":  # noqa: PLR1714
+            mode = self.choice(mode, (*path, "mode"), MODES)
+        subjects = (
+            self.rule_subjects(table["subjects"], path, trust_domain, groups) if "subjects" in table else []
+        )
+        asset_names = self.rule_assets(table["assets"], path, assets) if "assets" in table else []
         window = self.when(table["when"], (*path, "when")) if "when" in table else None
         entries: list[ModbusEntry] = []
         if "modbus" in table:
-            modbus_path = (*path, "modbus")
             entries_value = table["modbus"]
             if isinstance(entries_value, list):
                 for item, entry_value in enumerate(entries_value):
-                    entry = self.entry(entry_value, (*modbus_path, item))
+                    entry = self.entry(entry_value, (*path, "modbus", item))
                     if entry is not None:
                         entries.append(entry)
             else:
                 self.error(
-                    modbus_path,
+                    (*path, "modbus"),
                     expected(
                         entries_value, 'an array of inline tables such as [{ fc = 3, address = "0-99" }]'
                     ),
@@ -419,16 +406,60 @@ class _Loader(FieldChecker):
             return None
         assert rule_id is not None and description is not None and effect is not None and mode is not None
         return Rule(
-            index=index,
-            id=rule_id,
-            subjects=tuple(subjects),
-            assets=tuple(asset_names),
-            effect=effect,
-            mode=mode,
-            description=description,
-            window=window,
-            modbus=tuple(entries),
+            index,
+            rule_id,
+            tuple(subjects),
+            tuple(asset_names),
+            effect,
+            mode,
+            description,
+            window,
+            tuple(entries),
         )
+
+    def rule_subjects(
+        self,
+        value: object,
+        rule_path: FieldPath,
+        trust_domain: str | None,
+        groups: dict[str, tuple[str, ...]],
+    ) -> list[str]:
+        if (
+            type(value) is list
+            and value
+            and all(type(item) is str and item in self._subjects_ok for item in value)
+        ):
+            return value
+        path = (*rule_path, "subjects")
+        subjects: list[str] = []
+        for item, text in self.string_list(value, path, "ids, patterns and group: references"):
+            if text.startswith(GROUP_PREFIX):
+                if text[len(GROUP_PREFIX) :] in groups:
+                    subjects.append(text)
+                    self._subjects_ok.add(text)
+                else:
+                    known = ", ".join(sorted(groups)) or "none defined"
+                    self.error((*path, item), f"{quote(text)}: no such group (groups: {known})")
+            elif self.subject(text, (*path, item), trust_domain):
+                subjects.append(text)
+        return subjects
+
+    def rule_assets(self, value: object, rule_path: FieldPath, assets: set[str]) -> list[str]:
+        if (
+            type(value) is list
+            and value
+            and all(type(name) is str and (name in assets or name == "*") for name in value)
+        ):
+            return value
+        path = (*rule_path, "assets")
+        names: list[str] = []
+        for item, name in self.string_list(value, path, 'asset names or "*"'):
+            if name == "*" or name in assets:
+                names.append(name)
+            else:
+                known = ", ".join(sorted(assets)) or "none defined"
+                self.error((*path, item), f'{quote(name)}: no such asset (assets: {known}; "*" means all)')
+        return names
 
     def rule_id(self, value: object, path: FieldPath, index: int, first_use: dict[str, int]) -> str | None:
         text = self.string(value, path)
@@ -489,23 +520,29 @@ class _Loader(FieldChecker):
         before = len(self.problems)
         if not table.keys() <= _ENTRY_KEY_SET:
             self.keys(table, path, _ENTRY_KEYS)
-        codes: set[int] = set()
+        codes: frozenset[int] = frozenset()
         if "fc" in table:
-            codes.update(self.function_codes(table["fc"], path))
+            codes = frozenset(self.function_codes(table["fc"], path))
         if "preset" in table:
-            preset = self.choice(table["preset"], (*path, "preset"), PRESETS)
+            given = table["preset"]
+            preset = (
+                given
+                if isinstance(given, str) and given in PRESETS
+                else self.choice(given, (*path, "preset"), PRESETS)
+            )
             if preset is not None:
-                codes.update(PRESETS[preset])
-        if "fc" not in table and "preset" not in table:
+                codes = codes | PRESETS[preset] if codes else PRESETS[preset]
+        elif "fc" not in table:
             self.error(
                 path,
                 'names no function code: give "fc" (e.g. fc = [3, 6])'
                 ' or "preset" ("read-only", "read-write")',
             )
-        fields = [
-            self.ranges(table[name], path, name, bounds) if name in table else None
-            for name, bounds in _RANGE_FIELDS
-        ]
+        fields: dict[str, IntervalSet | None] = {}
+        for name, field_value in table.items():
+            bounds = _RANGE_BOUNDS.get(name)
+            if bounds is not None:
+                fields[name] = self.ranges(field_value, path, name, bounds)
         per_subfunction = codes & SUBFUNCTION_CODES
         if per_subfunction and "subfunction" not in table:
             named = " and ".join(f"FC {fc}" for fc in sorted(per_subfunction))
@@ -516,12 +553,14 @@ class _Loader(FieldChecker):
             )
         if len(self.problems) > before:
             return None
-        subfunctions, units, addresses, files, values = fields
-        entry = ModbusEntry(frozenset(codes), subfunctions, units, addresses, files, values)
+        get = fields.get
+        entry = ModbusEntry(codes, get("subfunction"), get("unit"), get("address"), get("file"), get("value"))
         self._entry_memo[key] = entry
         return entry
 
     def function_codes(self, value: object, entry_path: FieldPath) -> list[int]:
+        if type(value) is int and 1 <= value <= 127:
+            return [value]
         items = value if isinstance(value, list) else [value]
         # Nearly every file spells codes correctly: check that in one pass before the careful one
         # (``type(...) is int`` keeps booleans out, which ``isinstance`` would let in).

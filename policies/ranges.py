@@ -46,6 +46,15 @@ class IntervalSet:
         self._starts = [low for low, _ in merged]
         self._ends = [high for _, high in merged]
 
+    @classmethod
+    def single(cls, low: int, high: int) -> IntervalSet:
+        """The set ``low..high`` (the most common field value), built without merging."""
+        new = cls.__new__(cls)
+        new.ranges = ((low, high),)
+        new._starts = [low]
+        new._ends = [high]
+        return new
+
     def __contains__(self, point: int) -> bool:
         index = bisect_right(self._starts, point) - 1
         return index >= 0 and point <= self._ends[index]
@@ -132,6 +141,16 @@ def _one_range(item: object, low: int, high: int, out: list[tuple[int, int]]) ->
 
 def parse_ranges(value: object, low: int, high: int) -> tuple[IntervalSet | None, list[RangeProblem]]:
     """Parse ``7``, ``"0-999"`` or a list of these, each bound inside ``low..high``."""
+    if type(value) is str:
+        # Most fields are one well-formed range: parse it straight, leave the rest to the careful path.
+        match = _RANGE.fullmatch(value)
+        if match is not None:
+            start = int(match[1])
+            end = start if match[2] is None else int(match[2])
+            if low <= start <= end <= high:
+                return IntervalSet.single(start, end), []
+    elif type(value) is int and low <= value <= high:
+        return IntervalSet.single(value, value), []
     ranges: list[tuple[int, int]] = []
     problems: list[RangeProblem] = []
     if isinstance(value, list):

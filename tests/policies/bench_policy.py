@@ -1,0 +1,77 @@
+"""Policy figures: decision cost at 10 / 1,000 / 10,000 rules and the load time of 10,000 rules.
+
+    python tests/policies/bench_policy.py
+
+Not a test: timings on shared machines drift, so read them as ratios within one run. Each figure is the
+best of several repeats (the least disturbed), in nanoseconds per decision.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+import timeit
+import tomllib
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from policies import SubjectView, parse_policy  # noqa: E402
+from protocols.modbus.pdu import Request, parse_request  # noqa: E402
+from tests.policies.gen_policy import bench_subject, generate_policy  # noqa: E402
+
+NOW = 1_795_000_000.0  # a Friday, 2026-11-20 06:13 UTC: inside the generated day-shift window
+CASES: list[tuple[str, Request]] = [
+    ("allow FC 3 read 0+10", parse_request(1, 1, bytes((3, 0, 0, 0, 10)))),
+    ("allow FC 6 write 40=1200", parse_request(1, 1, bytes((6, 0, 40, 0x04, 0xB0)))),
+    ("allow FC 16 write 100+2", parse_request(1, 1, bytes((16, 0, 100, 0, 2, 4, 0, 1, 0, 2)))),
+    ("allow FC 5 coil 3 (window)", parse_request(1, 1, bytes((5, 0, 3, 0xFF, 0)))),
+    ("deny FC 3 read 5000+10", parse_request(1, 1, bytes((3, 0x13, 0x88, 0, 10)))),
+    ("deny FC 6 40=2000 (value)", parse_request(1, 1, bytes((6, 0, 40, 0x07, 0xD0)))),
+    ("deny FC 90 (no rule)", parse_request(1, 1, bytes((90, 0, 1)))),
+]
+
+
+def decide_ns(view: SubjectView, request: Request, number: int = 200_000) -> float:
+    decide = view.decide_modbus
+    best = min(timeit.repeat(lambda: decide(request, NOW), number=number, repeat=5))
+    return best / number * 1e9
+
+
+def main() -> None:
+    sizes = (10, 1_000, 10_000)
+    views: dict[int, SubjectView] = {}
+    for n in sizes:
+        view = parse_policy(generate_policy(n)).view(bench_subject(), "plc-1")
+        assert view is not None
+        views[n] = view
+    print(f"load average {os.getloadavg()[0]:.2f}, python {sys.version.split()[0]}")
+    print(f"{'ns per decision':<30}" + "".join(f"{n:>10,} rules" for n in sizes))
+    for name, request in CASES:
+        verdicts = {views[n].decide_modbus(request, NOW).verdict for n in sizes}
+        assert len(verdicts) == 1, (name, verdicts)
+        print(f"{name:<30}" + "".join(f"{decide_ns(views[n], request):>16.0f}" for n in sizes))
+
+    text = generate_policy(10_000)
+    loads, parses = [], []
+    for _ in range(5):
+        start = time.perf_counter()
+        policy = parse_policy(text)
+        loads.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        tomllib.loads(text)
+        parses.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    policy.view(bench_subject(), "plc-1")
+    compile_ms = (time.perf_counter() - start) * 1e3
+    print(
+        f"load 10,000 rules ({len(text) / 1e6:.1f} MB): median {statistics.median(loads):.3f} s,"
+        f" best {min(loads):.3f} s (tomllib alone: median {statistics.median(parses):.3f} s);"
+        f" first view compiled in {compile_ms:.2f} ms"
+    )
+
+
+if __name__ == "__main__":
+    main()
