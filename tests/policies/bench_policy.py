@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from policies import SubjectView, parse_policy  # noqa: E402
-from protocols.modbus.pdu import Request, parse_request  # noqa: E402
-from tests.policies.gen_policy import bench_subject, generate_policy  # noqa: E402
+from policies import SubjectView, parse_policy
+from protocols.modbus.pdu import Request, parse_request
+from tests.policies.gen_policy import bench_subject, generate_policy
 
 NOW = 1_795_000_000.0  # a Friday, 2026-11-20 06:13 UTC: inside the generated day-shift window
 CASES: list[tuple[str, Request]] = [
