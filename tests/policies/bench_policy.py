@@ -22,7 +22,7 @@ from policies import SubjectView, parse_policy
 from protocols.modbus.pdu import Request, parse_request
 from tests.policies.gen_policy import bench_subject, generate_policy
 
-NOW = 1_795_000_000.0  # a Friday, 2026-11-20 06:13 UTC: inside the generated day-shift window
+NOW = 1_795_000_000.0  # Wednesday 2026-11-18 11:06 UTC: inside the generated day-shift window
 CASES: list[tuple[str, Request]] = [
     ("allow FC 3 read 0+10", parse_request(1, 1, bytes((3, 0, 0, 0, 10)))),
     ("allow FC 6 write 40=1200", parse_request(1, 1, bytes((6, 0, 40, 0x04, 0xB0)))),
