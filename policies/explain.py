@@ -7,10 +7,19 @@ rule that would change the outcome, the state of every relevant time window, and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from policies.decision import VERDICT_DENY, Decision
-from policies.evaluate import SubjectView, function_text, span_text
+from policies.evaluate import (
+    Candidate,
+    SubjectView,
+    covers,
+    function_text,
+    span_text,
+    touches,
+    unit_and_addresses_cover,
+)
 from policies.model import SUBFUNCTION_CODES, Asset, Rule
 from protocols.modbus.pdu import Request
 
@@ -92,6 +101,26 @@ def _rule_line(decision: Decision, rules: tuple[Rule, ...]) -> str:
     return f"rule: {decision.rule_id} ({role})"
 
 
+def _deciding_entry(view: SubjectView, decision: Decision, request: Request, now: float) -> str | None:
+    """The entry of the deciding (or closest) rule that the decision rests on, in policy notation."""
+    table = view.table(request)
+    if table is None or decision.rule_id is None:
+        return None
+    # In the order the evaluator looks: a matching deny entry, an allowing entry, then the closest miss
+    # (an entry allowing unit and addresses before one that does not).
+    passes: tuple[tuple[tuple[Candidate, ...], Callable[[Candidate], bool]], ...] = (
+        (table.deny, lambda c: touches(c, request, now)),
+        (table.allow, lambda c: covers(c, request, now)),
+        (table.allow, lambda c: unit_and_addresses_cover(c, request)),
+        (table.allow, lambda c: True),
+    )
+    for candidates, matches in passes:
+        for c in candidates:
+            if c.rule_id == decision.rule_id and matches(c):
+                return c.entry.describe()
+    return None
+
+
 def explain_view(view: SubjectView, request: Request, now: float, source: str) -> Explanation:
     decision = view.decide_modbus(request, now)
     asset = view.asset
@@ -100,6 +129,9 @@ def explain_view(view: SubjectView, request: Request, now: float, source: str) -
         _rule_line(decision, view.rules),
         f"reason: {decision.reason}",
     ]
+    entry = _deciding_entry(view, decision, request, now)
+    if entry is not None:
+        lines.append(f"entry: {entry}")
     if decision.monitor_rule_id is not None:
         flip = "deny" if decision.verdict == "allow" else "allow"
         lines.append(f"monitor: rule {decision.monitor_rule_id} (monitor mode) would {flip} this request")

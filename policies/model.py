@@ -87,7 +87,7 @@ class ModbusEntry:
 
     def describe(self) -> str:
         """The entry in policy-like notation, for explanations."""
-        parts = ["fc " + ",".join(str(fc) for fc in sorted(self.function_codes))]
+        parts = ["fc " + ", ".join(str(fc) for fc in sorted(self.function_codes))]
         for name, ranges in (
             ("subfunction", self.subfunctions),
             ("unit", self.units),
@@ -97,7 +97,7 @@ class ModbusEntry:
         ):
             if ranges is not None:
                 parts.append(f"{name} {ranges}")
-        return ", ".join(parts)
+        return "; ".join(parts)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -113,9 +113,6 @@ class Rule:
     description: str = ""
     window: TimeWindow | None = None
     modbus: tuple[ModbusEntry, ...] = ()
-
-    def names_asset(self, asset: str) -> bool:
-        return "*" in self.assets or asset in self.assets
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -84,14 +84,6 @@ class IntervalSet:
             return self.overlaps(values[0], values[1])
         return any(value in self for value in set(values))
 
-    @property
-    def low(self) -> int:
-        return self.ranges[0][0]
-
-    @property
-    def high(self) -> int:
-        return self.ranges[-1][1]
-
     def __eq__(self, other: object) -> bool:
         return isinstance(other, IntervalSet) and self.ranges == other.ranges
 

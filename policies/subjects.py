@@ -151,13 +151,6 @@ class SubjectIndex:
         return found
 
 
-def matches(pattern: str, subject: str) -> bool:
-    """Whether one validated id or pattern matches ``subject`` (for explanations)."""
-    if pattern.endswith("*"):
-        return subject.startswith(pattern[:-1])
-    return subject == pattern
-
-
 def expand(subjects: Iterable[str], groups: dict[str, tuple[str, ...]]) -> list[str]:
     """A rule's subjects with every ``group:`` reference replaced by the group's members."""
     out: list[str] = []

@@ -39,6 +39,7 @@ def test_explains_an_allow_with_window_status_and_revision() -> None:
     assert explanation.decision.verdict == "allow"
     assert explanation.lines[0] == "decision: allow (forward to the device)"
     assert "rule: day-shift (allows)" in explanation.lines
+    assert "entry: fc 3, 6; address 0-99; value 0-1500" in explanation.lines
     assert "request: FC 3, unit 1, read 0-9" in explanation.lines
     assert "  day-shift: allow, enforce, window open (mon-fri 06:00-18:00 Europe/Berlin)" in explanation.lines
     assert "  no-recipes: deny, enforce, no time window" in explanation.lines
@@ -52,12 +53,14 @@ def test_explains_a_closest_miss_with_its_code() -> None:
     assert explanation.lines[0] == "decision: deny: exception 0x03 (illegal data value), action exception"
     assert "rule: day-shift (closest miss)" in explanation.lines
     assert "reason: value 1600 outside rule day-shift (0-1500)" in explanation.lines
+    assert "entry: fc 3, 6; address 0-99; value 0-1500" in explanation.lines
 
 
 def test_explains_a_matching_deny_rule() -> None:
     explanation = policy(RULES).explain_modbus(ALICE, "plc-1", read(3, 55), THURSDAY_MORNING)
     assert explanation.lines[0].startswith("decision: deny: exception 0x02 (illegal data address)")
     assert "rule: no-recipes (deny rule that matches)" in explanation.lines
+    assert "entry: fc 3; address 50-59" in explanation.lines
 
 
 def test_explains_a_closed_window() -> None:
