@@ -61,14 +61,22 @@ class PolicyError(Exception):
         return "\n".join(str(issue) for issue in self.issues)
 
 
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
 def format_path(path: Sequence[str | int]) -> str:
-    """``("rules", 1, "modbus", 0, "address")`` -> ``rules[1].modbus[0].address``."""
+    """``("rules", 1, "modbus", 0, "address")`` -> ``rules[1].modbus[0].address``.
+
+    Keys that are not bare TOML keys are quoted as TOML would (``assets."line1.press-3"``), which also
+    keeps long or hostile keys from reaching a terminal as they are.
+    """
     out: list[str] = []
     for part in path:
         if isinstance(part, int):
             out.append(f"[{part}]")
         else:
-            out.append(f".{part}" if out else part)
+            key = part if _BARE_KEY.fullmatch(part) else quote(part, 40)
+            out.append(f".{key}" if out else key)
     return "".join(out)
 
 

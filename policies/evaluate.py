@@ -5,7 +5,8 @@ sub-function for FC 8 and 43). Each table keeps its candidates - one per rule en
 split by effect and mode, in file order. A request is decided by:
 
 1. the unit check;
-2. enforce deny candidates that touch it (usually none: a tuple test);
+2. enforce deny candidates that touch it: usually there are none, and otherwise one bisect on the
+   union of their addresses rules out a request that stays clear of all of them;
 3. enforce allow candidates: for a request with one address span, the candidates whose address
    intervals contain the span's first address come from one bisect, and only their end bound, unit
    set, value bounds and time window are checked; the first that allows wins and its pre-built
@@ -29,7 +30,18 @@ from policies.ranges import IntervalSet, SegmentIndex
 from policies.timewindow import TimeWindow
 from protocols.modbus.pdu import Request
 
-__all__ = ["Candidate", "KeyTable", "SubFunctionTable", "SubjectView", "covers", "span_text", "touches"]
+__all__ = [
+    "Candidate",
+    "KeyTable",
+    "SubFunctionTable",
+    "SubjectView",
+    "covers",
+    "function_text",
+    "span_text",
+    "touches",
+    "touches_addresses",
+    "unit_and_addresses_cover",
+]
 
 # An entry without an address field covers every span, however long.
 _NO_LIMIT = 1 << 40
@@ -53,7 +65,7 @@ class Candidate:
         self.addresses: IntervalSet | None = entry.addresses
         self.files: IntervalSet | None = entry.files
         self.values: IntervalSet | None = entry.values
-        self.decision = decision
+        self.decision = decision  # the rule's shared allow decision
 
 
 class _Slot:

@@ -94,6 +94,9 @@ def parse_model(text: str, source: str) -> PolicyModel:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise PolicyError([syntax_issue(source, text, error)]) from None
+    except ValueError as error:
+        # tomllib lets int()'s own refusal of numbers with thousands of digits escape as it is.
+        raise PolicyError([PolicyIssue(source, None, None, "", f"TOML syntax: {error}")]) from None
     loader = _Loader()
     model = loader.load(data)
     if loader.problems:
@@ -249,7 +252,12 @@ class _Loader(FieldChecker):
                 except ValueError:
                     self.error(path, f"{quote(text)}: {quote(host)} is not an IPv4 address")
                     return None
-        if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        # isascii: str.isdigit (and int) also accept other scripts' digits, which no one means here.
+        if (
+            not sep
+            or not (port.isascii() and port.isdigit() and len(port) <= 5)
+            or not 1 <= int(port) <= 65535
+        ):
             self.error(path, f"{quote(text)}: the port must be a number in 1..65535; {expected}")
             return None
         return host, int(port)
@@ -261,7 +269,7 @@ class _Loader(FieldChecker):
         out: dict[int, int] = {}
         for key, device in table.items():
             key_path = (*path, key)
-            if not key.isdigit() or not 0 <= int(key) <= 255:
+            if not (key.isascii() and key.isdigit() and len(key) <= 3) or not 0 <= int(key) <= 255:
                 self.error(
                     key_path, f'{quote(key)}: expected a client unit id in 0..255, as in {{ "1" = 17 }}'
                 )

@@ -27,7 +27,9 @@ VIEW_CACHE_SIZE = 4096
 
 
 class Policy:
-    """A validated, indexed policy. Immutable once built; safe to swap atomically on reload."""
+    """A validated, indexed policy. Its rules never change once built, so a reload swaps in a new
+    object; the view cache is its only mutable state, so use a policy from one thread at a time (the
+    gateway's event loop)."""
 
     def __init__(self, model: PolicyModel, revision: str, source: str) -> None:
         self.revision = revision
@@ -38,18 +40,16 @@ class Policy:
         self.rules: tuple[Rule, ...] = model.rules
         self._subjects = SubjectIndex()
         self._by_asset: dict[str, set[int]] = {name: set() for name in model.assets}
-        every_asset: set[int] = set()
+        self._every_asset: set[int] = set()  # rules with assets = ["*"], kept apart: no assets x rules
         groups = dict(model.groups)
         for rule in model.rules:
             for subject in expand(rule.subjects, groups):
                 self._subjects.add(subject, rule.index)
             if "*" in rule.assets:
-                every_asset.add(rule.index)
+                self._every_asset.add(rule.index)
             else:
                 for name in rule.assets:
                     self._by_asset[name].add(rule.index)
-        for named in self._by_asset.values():
-            named.update(every_asset)
         self._views: OrderedDict[tuple[str, str], SubjectView | None] = OrderedDict()
 
     def view(self, subject: str, asset: str) -> SubjectView | None:
@@ -68,9 +68,10 @@ class Policy:
 
     def _compile(self, subject: str, asset: str) -> SubjectView | None:
         on_asset = self._by_asset.get(asset)
-        if not on_asset:
+        if on_asset is None:
             return None
-        indices = sorted(self._subjects.rules_for(subject) & on_asset)
+        for_subject = self._subjects.rules_for(subject)
+        indices = sorted((for_subject & on_asset) | (for_subject & self._every_asset))
         if not indices:
             return None
         return compile_view(subject, self.assets[asset], [self.rules[i] for i in indices], self.revision)

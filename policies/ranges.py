@@ -17,7 +17,8 @@ from policies.errors import show
 
 __all__ = ["IntervalSet", "RangeProblem", "SegmentIndex", "parse_ranges"]
 
-_RANGE = re.compile(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?")
+# ASCII digits only, and few of them: int() of a few thousand digits raises rather than fails neatly.
+_RANGE = re.compile(r"\s*(\d{1,9})\s*(?:-\s*(\d{1,9})\s*)?", re.ASCII)
 
 T = TypeVar("T")
 

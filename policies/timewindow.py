@@ -20,7 +20,7 @@ __all__ = ["DAY_NAMES", "TimeWindow", "parse_days", "parse_hours", "parse_time_z
 
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _DAY_INDEX = {name: index for index, name in enumerate(DAY_NAMES)}
-_HOURS = re.compile(r"(\d\d):(\d\d)-(\d\d):(\d\d)")
+_HOURS = re.compile(r"(\d\d):(\d\d)-(\d\d):(\d\d)", re.ASCII)
 _DAY_SECONDS = 86_400
 _ALL_DAYS = frozenset(range(7))
 

@@ -203,7 +203,7 @@ EXPECTED = [
     (14, "assets.PLC_2", 'asset name "PLC_2": expected DNS labels'),
     (19, "groups.operators[1]", '"group:admins": a group may not name another group'),
     (19, "groups.operators[2]", 'belongs to trust domain "other.example", not "plant1.example"'),
-    (20, "groups.bad name", 'group name "bad name" may hold only'),
+    (20, 'groups."bad name"', 'group name "bad name" may hold only'),
     (24, "rules[0].subjects[1]", '"group:nobody": no such group'),
     (24, "rules[0].subjects[2]", '"." and ".." path segments are not allowed'),
     (24, "rules[0].subjects[3]", '"*" is allowed only at the end of a pattern'),
@@ -338,3 +338,25 @@ RULE = '[[rules]]\nid = "a"\nsubjects = ["spiffe://plant1.example/user/x"]\nasse
 def test_single_mistakes(text: str, path: str, message: str) -> None:
     found = issues(text)
     assert any(p == path and message in m for _, p, m in found), found
+
+
+def test_hostile_keys_and_numbers_are_reported_not_crashed_on() -> None:
+    line, path, _ = only_issue(head(asset_extra='unit_map = { "\\u001b[31m" = 1 }'))
+    assert (line, path) == (7, 'assets.plc-1.unit_map."\\u001b[31m"')
+    found = issues(head(asset_extra='unit_map = { "' + "1" * 5000 + '" = 1 }'))
+    assert len(found[0][1]) < 80
+    huge = "1" * 5000
+    assert issues(head().replace('"10.0.0.6:502"', f'"h:{huge}"'))[0][1] == "assets.plc-2.upstream"
+    assert (
+        issues(head() + RULE + f'modbus = [{{ fc = 3, address = "{huge}" }}]')[0][1]
+        == "rules[0].modbus[0].address"
+    )
+    assert issues(head() + RULE + f"modbus = [{{ fc = 3, address = {huge} }}]")[0][2].startswith(
+        "TOML syntax: "
+    )
+    # Digits of other scripts are digits to Python, not to a policy.
+    assert (
+        issues(head() + RULE + 'modbus = [{ fc = 3, address = "\u0663-\u0665" }]')[0][1]
+        == "rules[0].modbus[0].address"
+    )
+    assert issues(head() + RULE + 'when = { hours = "\u0660\u0666:00-18:00" }')[0][1] == "rules[0].when.hours"
