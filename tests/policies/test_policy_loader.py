@@ -4,10 +4,15 @@ field path, the offending value and what was expected - all of them, in one run.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from policies import DenyAction, PolicyError, PolicyIssue, load_policy, parse_policy
 from tests.policies.policy_helpers import head
@@ -360,3 +365,62 @@ def test_hostile_keys_and_numbers_are_reported_not_crashed_on() -> None:
         == "rules[0].modbus[0].address"
     )
     assert issues(head() + RULE + 'when = { hours = "\u0660\u0666:00-18:00" }')[0][1] == "rules[0].when.hours"
+
+
+# ------------------------------------------------------------------------------------- fuzzing
+
+toml_scalars = st.one_of(
+    st.integers(-(2**63), 2**63 - 1),
+    st.booleans(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+    st.sampled_from(
+        ["modbus", "0-999", "10-5", "*", "group:operators", "spiffe://plant1.example/x", "06:00-18:00"]
+    ),
+)
+toml_values = st.recursive(
+    toml_scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(min_size=1, max_size=8), inner, max_size=4)
+    ),
+    max_leaves=8,
+)
+
+
+def toml_text(value: object) -> str:
+    """Any value as TOML, on one line (inline tables and arrays)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return {"nan": "nan", "inf": "inf", "-inf": "-inf"}.get(str(value), repr(value))
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_text(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {toml_text(v)}" for k, v in value.items()) + " }"
+    return str(value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_random_damage_is_reported_never_crashed_on(data: st.DataObject) -> None:
+    document = tomllib.loads(doc_blocks()[0])
+    for _ in range(data.draw(st.integers(1, 3))):
+        # Walk down a random path of the valid document and replace what is there.
+        node: Any = document
+        while True:
+            keys = list(node) if isinstance(node, dict) else list(range(len(node)))
+            key = data.draw(st.sampled_from(keys))
+            child = node[key]
+            if isinstance(child, dict | list) and child and data.draw(st.booleans()):
+                node = child
+                continue
+            node[key] = data.draw(toml_values)
+            break
+    text = "\n".join(f"{json.dumps(key)} = {toml_text(value)}" for key, value in document.items())
+    try:
+        parse_policy(text, "fuzz.toml")
+    except PolicyError as error:
+        assert error.issues
+        assert all(issue.source == "fuzz.toml" and issue.message for issue in error.issues)
