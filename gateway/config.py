@@ -7,10 +7,10 @@ Relative paths in a file are relative to the file's own folder, so a lab folder 
 from __future__ import annotations
 
 import socket
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from policies import toml
 from policies.errors import PolicyError, PolicyIssue, format_path, syntax_issue
 from policies.fields import FieldChecker, expected
 from policies.locator import LineLocator
@@ -154,8 +154,8 @@ def _read(path: Path) -> tuple[str, dict[str, object]]:
     except UnicodeDecodeError as exc:
         raise ConfigError([PolicyIssue(source, None, None, "", f"not UTF-8 text: {exc.reason}")]) from None
     try:
-        return text, tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+        return text, toml.loads(text)
+    except toml.TOMLDecodeError as exc:
         raise ConfigError([syntax_issue(source, text, exc)]) from None
 
 

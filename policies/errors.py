@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import math
 import re
-import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+
+from policies import toml
 
 __all__ = [
     "FieldPath",
@@ -115,8 +116,8 @@ _TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
 _TOML_END = re.compile(r"\s*\(at end of document\)$")
 
 
-def syntax_issue(source: str, text: str, error: tomllib.TOMLDecodeError) -> PolicyIssue:
-    """Turn tomllib's message (which carries the position only in its text) into an issue."""
+def syntax_issue(source: str, text: str, error: toml.TOMLDecodeError) -> PolicyIssue:
+    """Turn the TOML parser's message (which carries the position only in its text) into an issue."""
     message = str(error)
     line: int | None = None
     column: int | None = None

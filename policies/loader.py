@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import tomllib
 from types import MappingProxyType
 from typing import cast
 
+from policies import toml
 from policies.errors import FieldPath, PolicyError, PolicyIssue, format_path, quote, syntax_issue
 from policies.fields import FieldChecker, expected
 from policies.locator import LineLocator
@@ -91,11 +91,11 @@ _RANGE_BOUNDS = {
 def parse_model(text: str, source: str) -> PolicyModel:
     """Parse and validate policy text. Raises :class:`PolicyError` listing every problem."""
     try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
+        data = toml.loads(text)
+    except toml.TOMLDecodeError as error:
         raise PolicyError([syntax_issue(source, text, error)]) from None
     except ValueError as error:
-        # tomllib lets int()'s own refusal of numbers with thousands of digits escape as it is.
+        # The parser lets int()'s own refusal of numbers with thousands of digits escape as it is.
         raise PolicyError([PolicyIssue(source, None, None, "", f"TOML syntax: {error}")]) from None
     loader = _Loader()
     model = loader.load(data)
