@@ -56,10 +56,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("command", nargs="?", default="run", choices=("run", "scale", "report"))
     parser.add_argument("file", nargs="?", type=Path, help="for `report`: a results JSON")
     parser.add_argument("--quick", action="store_true", help="a short smoke run (~1 minute)")
-    parser.add_argument("--repeat", type=int, help="interleaved repetitions (default 3; quick 1)")
-    parser.add_argument("--duration", type=float, help="measured seconds per run (default 8; quick 2)")
+    parser.add_argument("--repeat", type=int, help="interleaved repetitions (default 5; quick 1)")
+    parser.add_argument("--duration", type=float, help="measured seconds per run (default 5; quick 2)")
     parser.add_argument(
-        "--warmup", type=float, help="unmeasured seconds before each run (default 2; quick 0.5)"
+        "--warmup", type=float, help="unmeasured seconds before each run (default 1.5; quick 0.5)"
     )
     parser.add_argument(
         "--only", help=f"comma-separated paths to run (default: all of {', '.join(PATHS)})", default=None
@@ -85,9 +85,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     quick = args.quick
-    args.repeat = args.repeat or (1 if quick else 3)
-    args.duration = args.duration or (2.0 if quick else 8.0)
-    args.warmup = args.warmup if args.warmup is not None else (0.5 if quick else 2.0)
+    args.repeat = args.repeat or (1 if quick else 5)
+    args.duration = args.duration or (2.0 if quick else 5.0)
+    args.warmup = args.warmup if args.warmup is not None else (0.5 if quick else 1.5)
     if args.repeat < 1 or args.duration <= 0 or args.warmup < 0:
         parser.error("--repeat must be >= 1, --duration > 0, --warmup >= 0")
     if args.command == "report" and args.file is None:

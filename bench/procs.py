@@ -20,7 +20,7 @@ __all__ = [
     "Proc",
     "ProcessError",
     "Supervisor",
-    "cpu_seconds",
+    "cpu_times",
     "established_to",
     "free_port",
     "io_syscalls",
@@ -240,12 +240,15 @@ def rss_bytes(pid: int) -> int:
     raise ProcessError(f"no VmRSS for pid {pid}")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of the process (all its threads), from /proc/PID/stat."""
-    with open(f"/proc/{pid}/stat", "rb") as file:
-        raw = file.read()
+def cpu_times(pid: int) -> tuple[float, float] | None:
+    """(user, system) CPU seconds of the process (all its threads), from /proc/PID/stat."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            raw = file.read()
+    except OSError:
+        return None
     fields = raw[raw.rindex(b")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
 
 def io_syscalls(pid: int) -> tuple[int, int] | None:

@@ -31,6 +31,8 @@ METRICS = (
     "p99_us",
     "proxy_cpu_us_per_req",
     "proxy_cpu_util_pct",
+    "proxy_user_us_per_req",
+    "proxy_sys_us_per_req",
     "proxy_reads_per_req",
     "proxy_writes_per_req",
     "server_cpu_us_per_req",
@@ -435,11 +437,36 @@ def _scale_section(results: Results) -> list[str]:
     return out
 
 
-def _profile_section(results: Results) -> list[str]:
-    profiles: dict[str, Any] = results.get("profiles") or {}
-    if not profiles:
+def _cpu_split_table(results: Results) -> list[str]:
+    summary = results["summary"]
+    workloads = [w for w in ("1x1", "8x4", "mix") if w in results["workloads"]]
+    rows = []
+    for path, per_workload in summary.items():
+        cells = []
+        for w in workloads:
+            cell = per_workload.get(w) or {}
+            user, system = cell.get("proxy_user_us_per_req"), cell.get("proxy_sys_us_per_req")
+            cells.append(
+                "-" if user is None or system is None else f"{user['median']:.2f} / {system['median']:.2f}"
+            )
+        if any(c != "-" for c in cells):
+            rows.append(f"| {results['paths'][path]['label']} | " + " | ".join(cells) + " |")
+    if not rows:
         return []
-    out = ["### Where the gateway's time goes", ""]
+    return [
+        "**CPU µs per request in user space / in the kernel** of each proxy process (from `/proc/PID/stat`, "
+        "over the whole load run, medians):",
+        "",
+        "| path | " + " | ".join(workloads) + " |",
+        "|---|" + "---:|" * len(workloads),
+        *rows,
+        "",
+    ]
+
+
+def _profile_section(results: Results) -> list[str]:
+    out = ["### Where the gateway's time goes", "", *_cpu_split_table(results)]
+    profiles: dict[str, Any] = results.get("profiles") or {}
     usable = {name: p for name, p in profiles.items() if "error" not in p}
     for name, profile in profiles.items():
         if "error" in profile:
@@ -448,32 +475,46 @@ def _profile_section(results: Results) -> list[str]:
         return out
     first = next(iter(usable.values()))
     described = "; ".join(
-        f"{name}: {p['samples']:,} busy samples ({p.get('idle_samples_dropped', 0):,} idle ones dropped), "
-        f"load at {_num(p.get('load_while_profiled', {}).get('req_per_s'))} req/s while sampled"
+        f"{name}: {p['samples']:,} user-space samples, load at "
+        f"{_num(p.get('load_while_profiled', {}).get('req_per_s'))} req/s while sampled"
         for name, p in usable.items()
     )
     out += [
-        f"`py-spy record --native` at {first['rate_hz']} Hz for {first['duration_s']:g} s on the gateway "
-        f"under each workload, in runs of their own ({described}). Shares are of the samples in which a "
-        "gateway thread was busy (threads waiting in epoll or on a lock are left out). Raw stacks: "
-        "`profile-ztgate-<workload>.txt` in the run's raw directory.",
+        f"**The gateway's user-space time**, split by `py-spy record --native` ({first['rate_hz']} Hz, "
+        f"{first['duration_s']:g} s, in runs of their own: {described}). The µs column multiplies each "
+        "share by the gateway's median user-space CPU per request above. Samples inside system calls are "
+        "set aside (py-spy over-samples them; the kernel's share is the /proc figure above), and so are idle "
+        "threads. "
+        "Raw stacks: `profile-ztgate-<workload>.txt` in the run's raw directory.",
         "",
     ]
     names = list(usable)
+    user_us = {
+        name: ((results["summary"].get("ztgate", {}).get(name) or {}).get("proxy_user_us_per_req") or {}).get(
+            "median"
+        )
+        for name in names
+    }
     categories: dict[str, dict[str, float]] = {}
     for name, profile in usable.items():
         for row in profile["categories"]:
             categories.setdefault(row["name"], {})[name] = row["pct"]
     order = sorted(categories, key=lambda c: -categories[c].get(names[0], 0.0))
-    out += ["| where the busy samples are | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    header = " | ".join(f"{n} share | {n} µs/req" for n in names)
+    out += [f"| user-space time in | {header} |", "|---|" + "---:|" * (2 * len(names))]
     for category in order:
-        cells = [f"{categories[category][n]:.1f}%" if n in categories[category] else "-" for n in names]
+        cells = []
+        for n in names:
+            pct = categories[category].get(n)
+            cells.append("-" if pct is None else f"{pct:.1f}%")
+            us = user_us[n]
+            cells.append("-" if pct is None or us is None else f"{pct * us / 100:.2f}")
         out.append(f"| {category} | " + " | ".join(cells) + " |")
     out.append("")
     for name, profile in usable.items():
         out += [
-            f"<details><summary>Top functions at {name}: self (leaf) and inclusive (Python, anywhere on the "
-            "stack)</summary>",
+            f"<details><summary>Top functions at {name} (user space): self (leaf) and inclusive (Python, "
+            "anywhere on the stack)</summary>",
             "",
             "| self | share |",
             "|---|---:|",

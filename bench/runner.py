@@ -11,7 +11,7 @@ from typing import Any
 
 from bench.loadgen import LoadError, Workload, proc_cpu, run_load
 from bench.paths import RunningPath
-from bench.procs import Proc, ProcessError, io_syscalls
+from bench.procs import Proc, ProcessError, cpu_times, io_syscalls
 
 __all__ = ["measure", "run_matrix", "sample_line"]
 
@@ -30,6 +30,7 @@ def measure(
     """One bounded load run on one path; the figures of the measured window, and every error seen."""
     watch_tree = [path.proc.pid] if path.proc is not None else []
     io_before = io_syscalls(path.proc.pid) if path.proc is not None else None
+    times_before = cpu_times(path.proc.pid) if path.proc is not None else None
     report = run_load(
         modbus_load,
         path.port,
@@ -41,6 +42,7 @@ def measure(
         watch_pid=[server.pid],
     )
     io_after = io_syscalls(path.proc.pid) if path.proc is not None else None
+    times_after = cpu_times(path.proc.pid) if path.proc is not None else None
     latency = report.get("latency_us", {})
     warm = report.get("warmup", {})
     after = report.get("after_window", {})
@@ -52,6 +54,10 @@ def measure(
     if io_before is not None and io_after is not None and all_requests:
         reads_per_req = round((io_after[0] - io_before[0]) / all_requests, 3)
         writes_per_req = round((io_after[1] - io_before[1]) / all_requests, 3)
+    user_us = sys_us = None
+    if times_before is not None and times_after is not None and all_requests:
+        user_us = round((times_after[0] - times_before[0]) * 1e6 / all_requests, 2)
+        sys_us = round((times_after[1] - times_before[1]) * 1e6 / all_requests, 2)
     proxy_util = None
     if path.proc is not None:
         proxy_util = report.get("processes", {}).get(f"tree:{path.proc.pid}", {}).get("cpu_util_pct")
@@ -74,6 +80,9 @@ def measure(
         "max_us": latency.get("max"),
         "proxy_cpu_us_per_req": proc_cpu(report, "tree", path.proc.pid) if path.proc is not None else None,
         "proxy_cpu_util_pct": proxy_util,
+        # User / kernel split of the proxy's CPU per request, over the whole load run (from /proc/PID/stat).
+        "proxy_user_us_per_req": user_us,
+        "proxy_sys_us_per_req": sys_us,
         "proxy_reads_per_req": reads_per_req,
         "proxy_writes_per_req": writes_per_req,
         "server_cpu_us_per_req": proc_cpu(report, "pid", server.pid),
