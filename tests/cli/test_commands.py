@@ -3,6 +3,7 @@ start-up refusals of the gateway."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -124,3 +125,27 @@ def test_demo_walkthrough(tmp_path: Path) -> None:
     assert "exception 0x03" in result.stdout and "certificate rejected" in result.stdout
     audit = (tmp_path / "demo" / "audit.jsonl").read_text()
     assert '"decision":"deny"' in audit and '"rule":"operators-setpoint"' in audit
+
+
+def test_demo_runs_until_interrupted(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "demo", "--dir", str(tmp_path / "demo")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert process.stdout is not None
+    try:
+        lines = []
+        for line in process.stdout:  # the banner ends with how to stop the lab
+            lines.append(line)
+            if "Ctrl-C stops everything." in line:
+                break
+        banner = "".join(lines)
+        assert "ztgate demo lab is running" in banner and "client modbus --port" in banner
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert '"event":"gateway_stop"' in (tmp_path / "demo" / "audit.jsonl").read_text()

@@ -7,6 +7,7 @@ import asyncio
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+import orjson
 import pytest
 from pymodbus.exceptions import ModbusIOException
 
@@ -234,3 +235,23 @@ async def test_unit_id_mapping(lab: Lab) -> None:
     assert (await direct.read_holding_registers(41, count=1, device_id=17)).registers == [777]
     result = await client.read_holding_registers(41, count=1, device_id=1)
     assert result.registers == [777] and result.dev_id == 1
+
+
+async def test_allowed_reads_are_aggregated_denies_are_not(lab: Lab) -> None:
+    port = await lab.start_device()
+    gateway = await lab.start_gateway(policy_text(port, RULES), aggregate_reads_s=1.0)
+    client = await lab.client("alice")
+    for address in (0, 10, 20):
+        for _ in range(5):
+            assert not (await client.read_holding_registers(address, count=5, device_id=1)).isError()
+    for _ in range(3):
+        assert (await client.write_coil(0, True, device_id=1)).isError()
+    await gateway.stop()  # a clean stop writes the interval's aggregates
+    lab.gateway = None
+    events = [orjson.loads(line) for line in lab.audit_path.read_bytes().splitlines()]
+    reads = [e for e in events if e.get("event") == "decision" and e.get("fc") == 3]
+    assert len(reads) == 1
+    assert reads[0]["aggregated"] is True and reads[0]["count"] == 15 and reads[0]["span"] == [0, 24]
+    assert reads[0]["rule"] == "operators-read" and reads[0]["identity"] == ALICE
+    denies = [e for e in events if e.get("decision") == "deny"]
+    assert len(denies) == 3 and all(e["fc"] == 5 and e["exception"] == 1 for e in denies)
