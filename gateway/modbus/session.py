@@ -20,6 +20,7 @@ from protocols.modbus import ModbusProtocolError, Request, ServerConnection, enc
 MAX_AUDITED_VALUES = 32  # a 123-register write is recorded by its first values and its count
 
 _READ_ONLY_FUNCTION_CODES = frozenset((1, 2, 3, 4))
+IN_FLIGHT_LIMIT = "in-flight limit"  # why a session stopped reading its client
 
 
 def _span(address: int, count: int) -> list[int]:
@@ -59,6 +60,7 @@ class ModbusSession(Session):
         self._in_flight = 0
         self._max_in_flight = runtime.limits.max_in_flight
         self._close_after_flush: str | None = None
+        self._resume_scheduled = False
         self._bind_view()
 
     def _bind_view(self) -> None:
@@ -120,7 +122,7 @@ class ModbusSession(Session):
                 self._refuse(request, decision)
         else:
             if not self.closing and codec.buffered_bytes:
-                self.pause_requests("in-flight limit")
+                self.pause_requests(IN_FLIGHT_LIMIT)
         pool.flush()
         self.flush()
 
@@ -191,9 +193,9 @@ class ModbusSession(Session):
         self, pending: PendingRequest, now: float, outcome: str, gateway_exception: int = 0
     ) -> None:
         self._in_flight -= 1
-        if self._paused_by and self._in_flight < self._max_in_flight and "in-flight limit" in self._paused_by:
+        if IN_FLIGHT_LIMIT in self._paused_by and not self._resume_scheduled:
             # Resume outside the pool's batch: parsing here would re-enter the pool mid-iteration.
-            self._paused_by.discard("in-flight limit")
+            self._resume_scheduled = True
             asyncio.get_running_loop().call_soon(self._resume_after_in_flight)
         latency_s = now - pending.started
         self._histogram.observe(latency_s)
@@ -225,11 +227,14 @@ class ModbusSession(Session):
         self._audit(request, decision, pending.revision, outcome, latency_s, gateway_exception)
 
     def _resume_after_in_flight(self) -> None:
+        self._resume_scheduled = False
         if self.closing:
             return
+        # Parse what is buffered first; _process pauses again if the limit is hit before it is all done.
+        self._paused_by.discard(IN_FLIGHT_LIMIT)
         self._process()
-        if not self._paused_by and self.transport is not None:
-            self.transport.resume_reading()
+        if IN_FLIGHT_LIMIT not in self._paused_by:
+            self.resume_requests(IN_FLIGHT_LIMIT)
 
     # ------------------------------------------------------------------------- audit, metrics
 

@@ -275,3 +275,32 @@ async def test_mask_write_is_sent_canonical_and_echoed_as_the_client_sent_it(lab
     reply = await asyncio.wait_for(reader.readexactly(14), 3)
     assert reply == bytes.fromhex("0009 0000 0008 01 16 0064 00f2 0025")
     assert device.requests[0][7:] == bytes.fromhex("16 0064 00f2 0005")
+
+
+async def test_a_client_pipelining_beyond_its_in_flight_cap_gets_every_answer(lab: Lab) -> None:
+    from gateway.runtime import SessionLimits
+
+    port = await lab.start_device()
+    rules = RULES.replace('address = "100-199", value', 'address = "0-999", value')
+    await lab.start_gateway(policy_text(port, rules), limits=SessionLimits(max_in_flight=3))
+    reader, writer = await lab.raw_connection("alice")
+    # 40 requests in one write: reads and writes interleaved, every one with its own transaction id.
+    frames = []
+    for i in range(40):
+        if i % 4 == 3:
+            frames.append(struct.pack(">HHHBBHH", i, 0, 6, 1, 6, 500 + i, i))
+        else:
+            frames.append(struct.pack(">HHHBBHH", i, 0, 6, 1, 3, i, 2))
+    writer.write(b"".join(frames))
+    seen: dict[int, bytes] = {}
+    while len(seen) < 40:
+        header = await asyncio.wait_for(reader.readexactly(7), 5)
+        tid, _, length, _ = struct.unpack(">HHHB", header)
+        seen[tid] = await reader.readexactly(length - 1)
+    for i in range(40):
+        if i % 4 == 3:
+            assert seen[i] == struct.pack(">BHH", 6, 500 + i, i)
+        else:
+            assert seen[i] == bytes((3, 4)) + struct.pack(
+                ">HH", expected_register(i), expected_register(i + 1)
+            )
