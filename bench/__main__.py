@@ -338,7 +338,11 @@ def report(args: argparse.Namespace) -> int:
     section = render_markdown(results, chart_path.name if not chart_error else None)
     if args.docs:
         update_doc(DOC, section)
-        log(f"bench: updated {DOC.relative_to(REPO)} and {CHART.relative_to(REPO)}")
+        LATEST.write_text(json.dumps(results, indent=1, default=str) + "\n")
+        log(
+            f"bench: updated {DOC.relative_to(REPO)}, {CHART.relative_to(REPO)} "
+            f"and {LATEST.relative_to(REPO)}"
+        )
     else:
         (out_dir / "performance-section.md").write_text(section)
         log(f"bench: wrote {out_dir / 'performance-section.md'}")

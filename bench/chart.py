@@ -24,6 +24,8 @@ def write_chart(results: dict[str, Any], path: Path) -> str | None:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.patches import Patch
+        from matplotlib.ticker import FuncFormatter
     except ImportError:
         return "matplotlib is not installed (pip install -e '.[bench]')"
 
@@ -95,7 +97,12 @@ def write_chart(results: dict[str, Any], path: Path) -> str | None:
         ax.set_xticklabels([labels[p] for p in paths], fontsize=8)
         ax.margins(y=0.15)
         if len(series) > 1:
-            ax.legend(fontsize=8, title="solid / light", title_fontsize=7)
+            handles = [
+                Patch(facecolor="#666666", alpha=1.0 if i == 0 else 0.55, edgecolor="black", label=s[2])
+                for i, s in enumerate(series)
+            ]
+            ax.legend(handles=handles, fontsize=8)
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
         ax.grid(axis="y", alpha=0.3)
     meta = results["meta"]
     fig.suptitle(

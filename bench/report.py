@@ -121,13 +121,16 @@ def evaluate_targets(results: Results) -> list[dict[str, Any]]:
         ok = ratio >= limit if higher_is_better else ratio <= limit
         paired = paired_ratios(samples, workload, metric)
         spread = f"; per repetition {min(paired):.2f}-{max(paired):.2f}" if paired else ""
+        # For latency the difference is shown too: it stays put when a common wake-up cost (idle vCPUs
+        # on a VM) moves every path's latency, and the ratio with it.
+        delta = f", {z - s:+,.1f} µs" if metric.endswith("_us") else ""
         targets.append(
             _target(
                 name,
                 f"{sign} {limit} x stunnel",
                 round(ratio, 3),
                 ok,
-                f"{ratio:.2f} x ({z:,.2f} vs {s:,.2f}{spread})",
+                f"{ratio:.2f} x ({z:,.2f} vs {s:,.2f}{delta}{spread})",
             )
         )
 
