@@ -132,10 +132,6 @@ class ChunkReader:
             raise OpcUaProtocolError(
                 Status.BAD_DECODING_ERROR, f"message size {size} is below the header's 8"
             )
-        if len(buffer) < size:
-            return None
-        data = bytes(buffer[:size])
-        del buffer[:size]
         allowed = _CHUNK_TYPES.get(message_type, (FINAL,))
         if chunk_type not in allowed:
             raise OpcUaProtocolError(
@@ -143,6 +139,10 @@ class ChunkReader:
                 f"chunk type {chunk_type!r} on {message_type.decode()} "
                 f"(allowed: {b''.join(allowed).decode()})",
             )
+        if len(buffer) < size:
+            return None
+        data = bytes(buffer[:size])
+        del buffer[:size]
         return Chunk(message_type, chunk_type, data)
 
     def _check_type(self, message_type: bytes) -> None:

@@ -82,7 +82,10 @@ def decode_request(body: bytes) -> tuple[Service, Any]:
     Raises :class:`RequestDecodeError`: BadServiceUnsupported for a type id that is no service request
     this endpoint takes inside a MSG, BadDecodingError for a body that does not decode or has bytes left.
     """
-    type_id, length = type_id_span(body)
+    try:
+        type_id, length = type_id_span(body)
+    except OpcUaProtocolError as error:
+        raise RequestDecodeError(error.status, error.reason, request_handle=0, type_id=None) from None
     service = SERVICES_BY_TYPE_ID.get(type_id) if type_id is not None else None
     if service is None or not service.in_secure_message:
         raise RequestDecodeError(
