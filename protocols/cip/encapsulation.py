@@ -1,0 +1,290 @@
+"""EtherNet/IP encapsulation over TCP (Vol 2 chapter 2), sans-IO in the style of h11.
+
+Feed received bytes with ``receive_data`` and pull whole messages with ``next_message`` until it returns
+``None`` (need more data). The 24-byte header is command, length, session handle, status, sender context
+(8 bytes) and options, little-endian. A length above the cap loses the framing: :class:`CipProtocolError`
+with ``close=True``. An unknown command or a nonzero options field is consumed first, so the error can be
+answered (or the frame dropped) and the next message read.
+
+The command bodies the gateway handles are parsed and built here too: RegisterSession, SendRRData and
+SendUnitData (interface handle, timeout, CPF items), and the ListIdentity / ListServices /
+ListInterfaces replies the gateway answers from its configuration.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, replace
+
+from protocols.cip.cpf import (
+    ConnectedAddressItem,
+    ConnectedDataItem,
+    CpfItem,
+    IdentityItem,
+    NullAddressItem,
+    ServiceItem,
+    SockaddrItem,
+    UnconnectedDataItem,
+    encode_cpf,
+    parse_cpf,
+)
+from protocols.cip.errors import CipProtocolError
+from protocols.cip.spec import (
+    CAPABILITY_CIP_OVER_TCP,
+    CIP_INTERFACE_HANDLE,
+    DEFAULT_LIMITS,
+    ENCAPSULATION_HEADER_BYTES,
+    ENCAPSULATION_PROTOCOL_VERSION,
+    MAX_ENCAPSULATION_DATA_BYTES,
+    SENDER_CONTEXT_BYTES,
+    CipLimits,
+    EncapsulationCommand,
+    EncapsulationStatus,
+)
+
+_Status = EncapsulationStatus
+
+HEADER = struct.Struct("<HHII8sI")
+_REGISTER_SESSION = struct.Struct("<HH")
+_SEND_DATA = struct.Struct("<IH")
+_COMMANDS = frozenset(EncapsulationCommand)
+# Commands whose request carries no data at all (Vol 2 §2-4).
+_EMPTY_REQUESTS = frozenset(
+    (
+        EncapsulationCommand.LIST_IDENTITY,
+        EncapsulationCommand.LIST_SERVICES,
+        EncapsulationCommand.LIST_INTERFACES,
+    )
+)
+
+
+@dataclass(frozen=True, slots=True)
+class EncapsulationMessage:
+    command: int
+    session_handle: int = 0
+    status: int = _Status.SUCCESS
+    sender_context: bytes = bytes(SENDER_CONTEXT_BYTES)
+    options: int = 0
+    data: bytes = b""
+
+    @property
+    def length(self) -> int:
+        return len(self.data)
+
+    def encode(self) -> bytes:
+        if len(self.data) > MAX_ENCAPSULATION_DATA_BYTES or len(self.sender_context) != SENDER_CONTEXT_BYTES:
+            raise ValueError("encapsulation data above 65511 bytes or a sender context not of 8 bytes")
+        header = HEADER.pack(
+            self.command, len(self.data), self.session_handle, self.status, self.sender_context, self.options
+        )
+        return header + self.data
+
+    def reply(
+        self,
+        data: bytes = b"",
+        *,
+        status: int = _Status.SUCCESS,
+        session_handle: int | None = None,
+    ) -> EncapsulationMessage:
+        """The reply to this message: same command and sender context, which the client matches on."""
+        handle = self.session_handle if session_handle is None else session_handle
+        return EncapsulationMessage(self.command, handle, status, self.sender_context, 0, data)
+
+
+def encapsulation_error(message: EncapsulationMessage, status: int, text: str) -> CipProtocolError:
+    """An error to answer with an encapsulation reply carrying ``status``."""
+    return CipProtocolError(
+        text,
+        encapsulation_status=status,
+        command=message.command,
+        session_handle=message.session_handle,
+        sender_context=message.sender_context,
+    )
+
+
+class EncapsulationConnection:
+    """Splits a TCP byte stream into encapsulation messages and encodes the ones we send. The same class
+    serves both sides: the gateway towards its clients and towards a device."""
+
+    __slots__ = ("_buffer", "_limits", "_offset")
+
+    def __init__(self, *, limits: CipLimits = DEFAULT_LIMITS) -> None:
+        self._limits = limits
+        self._buffer = b""
+        self._offset = 0
+
+    @property
+    def buffered_bytes(self) -> int:
+        return len(self._buffer) - self._offset
+
+    def receive_data(self, data: bytes) -> None:
+        if self._offset < len(self._buffer):
+            self._buffer = self._buffer[self._offset :] + data
+        else:
+            self._buffer = bytes(data)
+        self._offset = 0
+
+    def next_message(self) -> EncapsulationMessage | None:
+        buffer, offset = self._buffer, self._offset
+        if len(buffer) - offset < ENCAPSULATION_HEADER_BYTES:
+            return None
+        command, length, session, status, context, options = HEADER.unpack_from(buffer, offset)
+        if length > self._limits.max_data_bytes:
+            raise CipProtocolError(
+                f"encapsulation length {length} exceeds the cap of {self._limits.max_data_bytes}",
+                close=True,
+                encapsulation_status=_Status.INVALID_LENGTH,
+                command=command,
+                session_handle=session,
+                sender_context=context,
+            )
+        end = offset + ENCAPSULATION_HEADER_BYTES + length
+        if end > len(buffer):
+            return None
+        self._offset = end
+        message = EncapsulationMessage(
+            command, session, status, context, options, buffer[offset + ENCAPSULATION_HEADER_BYTES : end]
+        )
+        if options:
+            # Vol 2 §2-3.1: a receiver discards an encapsulation message whose options field is not zero.
+            raise CipProtocolError(f"options field 0x{options:08X} is not zero: frame discarded")
+        if command not in _COMMANDS:
+            raise encapsulation_error(message, _Status.INVALID_COMMAND, f"command 0x{command:04X}")
+        return message
+
+    @staticmethod
+    def send(message: EncapsulationMessage) -> bytes:
+        return message.encode()
+
+
+# ---------------------------------------------------------------------------------- command bodies
+
+
+def parse_register_session(message: EncapsulationMessage) -> int:
+    """The protocol version of a RegisterSession request or reply (always 1; options 0)."""
+    if len(message.data) != _REGISTER_SESSION.size:
+        raise encapsulation_error(message, _Status.INVALID_LENGTH, "RegisterSession data is not 4 bytes")
+    version, options = _REGISTER_SESSION.unpack(message.data)
+    if version != ENCAPSULATION_PROTOCOL_VERSION:
+        raise encapsulation_error(
+            message, _Status.UNSUPPORTED_PROTOCOL_VERSION, f"protocol version {version}"
+        )
+    if options:
+        raise encapsulation_error(message, _Status.INCORRECT_DATA, f"options flags 0x{options:04X}")
+    return int(version)
+
+
+def register_session_data(version: int = ENCAPSULATION_PROTOCOL_VERSION) -> bytes:
+    return _REGISTER_SESSION.pack(version, 0)
+
+
+def check_empty_request(message: EncapsulationMessage) -> None:
+    """ListIdentity, ListServices and ListInterfaces requests carry no data."""
+    if message.command in _EMPTY_REQUESTS and message.data:
+        raise encapsulation_error(message, _Status.INVALID_LENGTH, "request carries data")
+
+
+@dataclass(frozen=True, slots=True)
+class SendData:
+    """The body of SendRRData and SendUnitData: interface handle (0 for CIP), timeout, CPF items."""
+
+    items: tuple[CpfItem, ...]
+    timeout: int = 0
+    interface_handle: int = CIP_INTERFACE_HANDLE
+
+    def encode(self) -> bytes:
+        return _SEND_DATA.pack(self.interface_handle, self.timeout) + encode_cpf(self.items)
+
+
+def parse_send_data(message: EncapsulationMessage, *, limits: CipLimits = DEFAULT_LIMITS) -> SendData:
+    if len(message.data) < _SEND_DATA.size:
+        raise encapsulation_error(message, _Status.INCORRECT_DATA, "SendRRData/SendUnitData too short")
+    handle, timeout = _SEND_DATA.unpack_from(message.data)
+    if handle != CIP_INTERFACE_HANDLE:
+        raise encapsulation_error(message, _Status.INCORRECT_DATA, f"interface handle {handle}")
+    try:
+        items = parse_cpf(message.data[_SEND_DATA.size :], limits=limits)
+    except CipProtocolError as error:
+        raise encapsulation_error(message, _Status.INCORRECT_DATA, str(error)) from None
+    return SendData(items, timeout, handle)
+
+
+def unconnected_message(message: EncapsulationMessage, send: SendData) -> bytes:
+    """The message router request or reply of a SendRRData: a null address item, an unconnected data item,
+    and at most the sockaddr items a Forward Open may carry."""
+    items = send.items
+    if (
+        len(items) < 2
+        or not isinstance(items[0], NullAddressItem)
+        or not isinstance(items[1], UnconnectedDataItem)
+        or not all(isinstance(item, SockaddrItem) for item in items[2:])
+    ):
+        raise encapsulation_error(
+            message,
+            _Status.INCORRECT_DATA,
+            "SendRRData items are not null address, unconnected data",
+        )
+    return items[1].message
+
+
+def connected_message(message: EncapsulationMessage, send: SendData) -> tuple[int, int, bytes]:
+    """Connection id, sequence count and message router request or reply of a SendUnitData."""
+    items = send.items
+    if (
+        len(items) != 2
+        or not isinstance(items[0], ConnectedAddressItem)
+        or not isinstance(items[1], ConnectedDataItem)
+    ):
+        raise encapsulation_error(
+            message, _Status.INCORRECT_DATA, "SendUnitData items are not connected address + data"
+        )
+    return items[0].connection_id, items[1].sequence, items[1].message
+
+
+def send_rr_data(message: bytes, *, timeout: int = 0, sockaddrs: tuple[SockaddrItem, ...] = ()) -> bytes:
+    """SendRRData data for one unconnected message router request or reply."""
+    return SendData((NullAddressItem(), UnconnectedDataItem(message), *sockaddrs), timeout).encode()
+
+
+def send_unit_data(connection_id: int, sequence: int, message: bytes) -> bytes:
+    """SendUnitData data for one connected (class 3) message router request or reply."""
+    return SendData((ConnectedAddressItem(connection_id), ConnectedDataItem(sequence, message))).encode()
+
+
+def list_identity_data(identity: IdentityItem) -> bytes:
+    return encode_cpf((identity,))
+
+
+def list_services_data(capability_flags: int = CAPABILITY_CIP_OVER_TCP) -> bytes:
+    """A ListServices reply offering CIP over TCP only: the gateway carries no UDP I/O."""
+    return encode_cpf((ServiceItem(capability_flags),))
+
+
+def list_interfaces_data() -> bytes:
+    return encode_cpf(())
+
+
+def with_session(message: EncapsulationMessage, session_handle: int) -> EncapsulationMessage:
+    """The same message under another session handle (re-origination towards the device)."""
+    return replace(message, session_handle=session_handle)
+
+
+__all__ = [
+    "HEADER",
+    "EncapsulationConnection",
+    "EncapsulationMessage",
+    "SendData",
+    "check_empty_request",
+    "connected_message",
+    "encapsulation_error",
+    "list_identity_data",
+    "list_interfaces_data",
+    "list_services_data",
+    "parse_register_session",
+    "parse_send_data",
+    "register_session_data",
+    "send_rr_data",
+    "send_unit_data",
+    "unconnected_message",
+    "with_session",
+]
