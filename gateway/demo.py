@@ -377,11 +377,11 @@ async def _main(args: argparse.Namespace) -> int:
     try:
         if args.walkthrough:
             return await walkthrough(lab)
-        print_banner(lab)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
+        print_banner(lab)  # only now: it tells the reader Ctrl-C is safe
         await stop.wait()
         print("\nstopping the lab", flush=True)
         return 0

@@ -8,7 +8,7 @@ request's metrics cost at a dict update and a bisect, with no locks and no label
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -62,9 +62,11 @@ class Metrics:
     """All counters of one gateway process."""
 
     def __init__(self) -> None:
-        # (protocol, asset, operation, decision) -> count; operation is e.g. the Modbus function code,
-        # kept as the session has it and turned into a label only at scrape time.
+        # (protocol, asset, operation, decision) -> count of requests of sessions that have ended;
+        # live sessions count in their own dicts (no shared key to build per request) and are added in
+        # at scrape time through ``live_requests``. Operation is e.g. the Modbus function code.
         self.requests: dict[tuple[str, str, int | str, str], int] = {}
+        self.live_requests: Callable[[], Iterable[tuple[tuple[str, str, int | str, str], int]]] = list
         self.latency: dict[tuple[str, str], LatencyHistogram] = {}
         self.refused_sessions: dict[str, int] = {}
         self.protocol_errors: dict[tuple[str, str], int] = {}
@@ -73,6 +75,17 @@ class Metrics:
         self.counters: dict[str, Callable[[], float]] = {}
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(_Collector(self))
+
+    def add_requests(self, counts: Iterable[tuple[tuple[str, str, int | str, str], int]]) -> None:
+        requests = self.requests
+        for key, count in counts:
+            requests[key] = requests.get(key, 0) + count
+
+    def request_totals(self) -> dict[tuple[str, str, int | str, str], int]:
+        totals = dict(self.requests)
+        for key, count in self.live_requests():
+            totals[key] = totals.get(key, 0) + count
+        return totals
 
     def histogram(self, protocol: str, asset: str) -> LatencyHistogram:
         key = (protocol, asset)
@@ -103,7 +116,7 @@ class _Collector(Collector):
             "Requests decided, by protocol, asset, operation and decision",
             labels=("protocol", "asset", "operation", "decision"),
         )
-        for (protocol, asset, operation, decision), count in list(m.requests.items()):
+        for (protocol, asset, operation, decision), count in m.request_totals().items():
             requests.add_metric((protocol, asset, str(operation), decision), count)
         yield requests
 

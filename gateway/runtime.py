@@ -4,6 +4,7 @@ reach for globals and tests can build a runtime of their own."""
 
 from __future__ import annotations
 
+import gc
 import itertools
 import os
 import time
@@ -36,6 +37,8 @@ class LiveSession(Protocol):
 
     def revalidate(self, policy: Policy) -> None: ...
 
+    def request_counts(self) -> list[tuple[tuple[str, str, int | str, str], int]]: ...
+
     def close(self, reason: str) -> None: ...
 
 
@@ -64,6 +67,9 @@ class SessionRegistry:
 
     def describe(self) -> list[dict[str, Any]]:
         return [session.describe() for session in self]
+
+    def request_counts(self) -> list[tuple[tuple[str, str, int | str, str], int]]:
+        return [item for session in self for item in session.request_counts()]
 
     def revalidate(self, policy: Policy) -> None:
         for session in self:
@@ -135,6 +141,23 @@ class Runtime:
     clock: Callable[[], float] = time.time  # wall clock for policy windows and audit; tests inject one
     upstreams: UpstreamRegistry = field(init=False)
 
+    def __post_init__(self) -> None:
+        self.metrics.live_requests = self.sessions.request_counts
+
     def attach_upstreams(self, factories: dict[str, PoolFactory]) -> None:
         self.upstreams = UpstreamRegistry(self, factories)
         self.metrics.upstream_sources.append(self.upstreams.states)
+
+
+def tune_garbage_collector() -> None:
+    """Keep the cyclic garbage collector off the data path.
+
+    The data path allocates short-lived, acyclic objects (requests, decisions' events, reply bytes) by
+    the hundred thousand per second; reference counting frees them, yet every 700 allocations CPython
+    runs a generation-0 collection that finds nothing to free (14% of the gateway's CPU at load).
+    Start-up objects are frozen out of the collector's reach and collections run 100 times less
+    often; cycles are still collected, only later.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(70_000, 20, 20)

@@ -27,7 +27,7 @@ from gateway.modbus.session import ModbusSession
 from gateway.modbus.upstream import ModbusUpstreamPool
 from gateway.overlay import OverlayListener, SessionFactory
 from gateway.policy_store import PolicyStore
-from gateway.runtime import PoolFactory, Runtime, SessionLimits
+from gateway.runtime import PoolFactory, Runtime, SessionLimits, tune_garbage_collector
 from gateway.tls import server_context
 from policies import Policy, PolicyError
 
@@ -212,6 +212,7 @@ async def _serve(config: GatewayConfig) -> int:
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
+    tune_garbage_collector()
     policy = gateway.policy
     listen = ", ".join(f"{host}:{port}" for host, port in gateway.addresses)
     log.info(

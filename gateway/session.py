@@ -42,6 +42,9 @@ class Session(asyncio.Protocol):
         self.close_reason = "client closed the connection"
         self.requests = 0
         self.denied = 0
+        # Requests by operation and decision, for the metrics: an allowed one under its bare operation
+        # (the hot path's key: no tuple to build), others under (operation, verdict).
+        self.counts: dict[int | str | tuple[int | str, str], int] = {}
         self._paused_by: set[str] = set()
         self._expiry: asyncio.TimerHandle | None = None
 
@@ -74,6 +77,8 @@ class Session(asyncio.Protocol):
         if self._expiry is not None:
             self._expiry.cancel()
         self.runtime.sessions.remove(self)
+        self.runtime.metrics.add_requests(self.request_counts())
+        self.counts.clear()
         self._release()
         self.runtime.audit.emit(
             {
@@ -116,6 +121,21 @@ class Session(asyncio.Protocol):
 
     def _view_changed(self) -> None:
         """The policy changed under a live session; subclasses refresh what they derived from the view."""
+
+    # ------------------------------------------------------------------------------- metrics
+
+    def _count(self, operation: int | str, verdict: str) -> None:
+        key: int | str | tuple[int | str, str] = operation if verdict == "allow" else (operation, verdict)
+        counts = self.counts
+        counts[key] = counts.get(key, 0) + 1
+
+    def request_counts(self) -> list[tuple[tuple[str, str, int | str, str], int]]:
+        """This session's counts under the metrics' (protocol, asset, operation, decision) labels."""
+        protocol, asset = self.protocol_name, self.info.asset
+        return [
+            ((protocol, asset, *key) if isinstance(key, tuple) else (protocol, asset, key, "allow"), count)
+            for key, count in list(self.counts.items())
+        ]
 
     # ------------------------------------------------------------------------- backpressure
 

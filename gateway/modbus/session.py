@@ -8,6 +8,7 @@ one batch of client bytes (or of device bytes) is processed leave in one write.
 from __future__ import annotations
 
 import asyncio
+from bisect import bisect_left
 from time import monotonic
 from typing import Any, ClassVar
 
@@ -72,7 +73,13 @@ class ModbusSession(Session):
         self._decide = self.view.decide_modbus
         self._unit_map = asset.unit_map
         self._histogram = self.runtime.metrics.histogram("modbus", asset.name)
-        self._aggregated: dict[tuple[int, int, str | None, str], tuple[tuple[Any, ...], dict[str, Any]]] = {}
+        self._aggregates = self.runtime.audit.aggregates_reads
+        self._aggregate_read = self.runtime.audit.aggregate_read
+        # The fast path of deliver(): the last aggregated read's decision, kind and audit key.
+        self._last_decision: Decision | None = None
+        self._last_fc = -1
+        self._last_unit = -1
+        self._last_aggregate: tuple[tuple[Any, ...], dict[str, Any]] | None = None
 
     def _view_changed(self) -> None:
         self._bind_view()
@@ -173,10 +180,40 @@ class ModbusSession(Session):
     # -------------------------------------------------------------------------- upstream side
 
     def deliver(self, pending: PendingRequest, reply: bytes, device_exception: int, now: float) -> bool:
-        """The device answered. Returns True when this session has a batch to flush."""
-        first = not self._out
-        self._out.append(reply)
-        self._finished(pending, now, "ok" if not device_exception else f"device exception {device_exception}")
+        """The device answered. Returns True when this session has a batch to flush.
+
+        The common case — an allowed read answered normally, audited by aggregation — is written out
+        here without calls: it runs once per request at full load."""
+        out = self._out
+        first = not out
+        out.append(reply)
+        self._in_flight -= 1
+        if self._paused_by:
+            self._maybe_resume()
+        latency_s = now - pending.started
+        histogram = self._histogram
+        histogram.counts[bisect_left(histogram.bounds, latency_s)] += 1
+        histogram.total_s += latency_s
+        request = pending.request
+        decision = pending.decision
+        fc = request.function_code
+        if device_exception or decision is not self._last_decision:
+            self._account(
+                pending, latency_s, f"device exception {device_exception}" if device_exception else "ok"
+            )
+        else:
+            counts = self.counts  # the allow key of Session._count, inlined
+            counts[fc] = counts.get(fc, 0) + 1
+            if self._last_aggregate is None or fc != self._last_fc or request.unit_id != self._last_unit:
+                self._account(pending, latency_s, "ok", counted=True)
+            else:
+                lo = request.read_address
+                self._aggregate_read(
+                    self._last_aggregate[0],
+                    self._last_aggregate[1],
+                    (lo, lo + request.read_count - 1),
+                    latency_s,
+                )
         return first and not self.closing
 
     def fail(self, pending: PendingRequest, code: int, reason: str, now: float) -> bool:
@@ -186,43 +223,53 @@ class ModbusSession(Session):
         self._out.append(
             encode_exception(request.transaction_id, request.unit_id, request.function_code, code)
         )
-        self._finished(pending, now, reason, code)
+        self._in_flight -= 1
+        if self._paused_by:
+            self._maybe_resume()
+        latency_s = now - pending.started
+        self._histogram.observe(latency_s)
+        self._account(pending, latency_s, reason, gateway_exception=code)
         return first and not self.closing
 
-    def _finished(
-        self, pending: PendingRequest, now: float, outcome: str, gateway_exception: int = 0
-    ) -> None:
-        self._in_flight -= 1
+    def _maybe_resume(self) -> None:
         if IN_FLIGHT_LIMIT in self._paused_by and not self._resume_scheduled:
             # Resume outside the pool's batch: parsing here would re-enter the pool mid-iteration.
             self._resume_scheduled = True
             asyncio.get_running_loop().call_soon(self._resume_after_in_flight)
-        latency_s = now - pending.started
-        self._histogram.observe(latency_s)
+
+    def _account(
+        self,
+        pending: PendingRequest,
+        latency_s: float,
+        outcome: str,
+        *,
+        gateway_exception: int = 0,
+        counted: bool = False,
+    ) -> None:
+        """Count and audit a finished request (every case but the fast path in :meth:`deliver`)."""
         request = pending.request
         decision = pending.decision
         fc = request.function_code
-        self._count(fc, decision.verdict)
+        if not counted:
+            self._count(fc, decision.verdict)
         if (
             outcome == "ok"
+            and self._aggregates
             and decision.verdict == "allow"
             and fc in _READ_ONLY_FUNCTION_CODES
-            and self.runtime.audit.aggregates_reads
         ):
-            key = (request.unit_id, fc, decision.rule_id, pending.revision)
-            cached = self._aggregated.get(key)
-            if cached is None:
-                fields = self._base_event(pending.revision)
-                fields.update(
-                    event="decision", unit=request.unit_id, fc=fc, decision="allow", rule=decision.rule_id
-                )
-                cached = self._aggregated[key] = ((self.id, *key), fields)
-            self.runtime.audit.aggregate_read(
-                cached[0],
-                cached[1],
-                (request.read_address, request.read_address + request.read_count - 1),
-                latency_s,
+            fields = self._base_event(pending.revision)
+            fields.update(
+                event="decision", unit=request.unit_id, fc=fc, decision="allow", rule=decision.rule_id
             )
+            key = (self.id, request.unit_id, fc, decision.rule_id, pending.revision)
+            # Remember it: the next read of the same kind under the same decision takes the fast path.
+            self._last_decision = decision
+            self._last_fc = fc
+            self._last_unit = request.unit_id
+            self._last_aggregate = (key, fields)
+            lo = request.read_address
+            self._aggregate_read(key, fields, (lo, lo + request.read_count - 1), latency_s)
             return
         self._audit(request, decision, pending.revision, outcome, latency_s, gateway_exception)
 
@@ -237,11 +284,6 @@ class ModbusSession(Session):
             self.resume_requests(IN_FLIGHT_LIMIT)
 
     # ------------------------------------------------------------------------- audit, metrics
-
-    def _count(self, fc: int, verdict: str) -> None:
-        key = ("modbus", self.info.asset, fc, verdict)
-        requests = self.runtime.metrics.requests
-        requests[key] = requests.get(key, 0) + 1
 
     def _base_event(self, revision: str) -> dict[str, Any]:
         return {

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, cast
 from gateway.metrics import UpstreamState
 from gateway.runtime import Runtime
 from policies import Asset, Decision
-from protocols.modbus import ClientConnection, ModbusProtocolError, Request, check_response, encode_response
+from protocols.modbus import ClientConnection, ModbusProtocolError, Request, check_response
+from protocols.modbus.pdu import MBAP_HEADER
 from protocols.modbus.spec import ExceptionCode
 
 if TYPE_CHECKING:
@@ -35,6 +36,9 @@ log = logging.getLogger("ztgate.modbus.upstream")
 
 GATEWAY_PATH_UNAVAILABLE = ExceptionCode.GATEWAY_PATH_UNAVAILABLE.value
 TARGET_FAILED_TO_RESPOND = ExceptionCode.GATEWAY_TARGET_DEVICE_FAILED_TO_RESPOND.value
+
+NOT_IN_FLIGHT = -1  # PendingRequest.upstream_tid while queued, and once answered, failed or expired
+_MBAP_PACK = MBAP_HEADER.pack
 
 BACKOFF_INITIAL_S = 0.05
 BACKOFF_MAX_S = 2.0
@@ -70,7 +74,7 @@ class PendingRequest:
         self.device_unit = device_unit
         self.started = started  # monotonic() when the request was decoded
         self.deadline = 0.0
-        self.upstream_tid = -1
+        self.upstream_tid = NOT_IN_FLIGHT
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -103,7 +107,8 @@ class UpstreamConnection(asyncio.Protocol):
             self._timer = asyncio.get_running_loop().call_at(pending.deadline, self._expire)
         if not self._out:
             self.pool.dirty.append(self)
-        self._out.append(ClientConnection.send_request(pending.request, tid, pending.device_unit))
+        pdu = pending.request.pdu
+        self._out.append(_MBAP_PACK(tid, 0, len(pdu) + 1, pending.device_unit) + pdu)
 
     def flush(self) -> None:
         if self._out and self.transport is not None:
@@ -137,6 +142,7 @@ class UpstreamConnection(asyncio.Protocol):
             if pending is None:
                 pool.late_replies += 1
                 continue
+            pending.upstream_tid = NOT_IN_FLIGHT
             session = pending.session
             request = pending.request
             if unit != pending.device_unit:
@@ -153,9 +159,14 @@ class UpstreamConnection(asyncio.Protocol):
                 continue
             if request.received_pdu is not request.pdu and pdu == request.pdu:
                 pdu = request.received_pdu  # the device echoed our canonical rewrite: echo the client's own
-            reply = encode_response(request.transaction_id, request.unit_id, pdu)
+            reply = _MBAP_PACK(request.transaction_id, 0, len(pdu) + 1, request.unit_id) + pdu
             if session.deliver(pending, reply, device_exception, now):
                 touched.append(session)
+        # Drop answered requests from the front of the deadline queue now, not when the timer fires:
+        # held for a whole response timeout, they would pile up by the hundred thousand under load.
+        deadlines = self._deadlines
+        while deadlines and deadlines[0].upstream_tid == NOT_IN_FLIGHT:
+            deadlines.popleft()
         pool.refill(self)
         pool.flush()
 
@@ -176,6 +187,7 @@ class UpstreamConnection(asyncio.Protocol):
         now = monotonic()
         touched = self.pool.touched
         for pending in self.in_flight.values():
+            pending.upstream_tid = NOT_IN_FLIGHT
             if pending.session.fail(pending, TARGET_FAILED_TO_RESPOND, reason, now):
                 touched.append(pending.session)
         self.in_flight.clear()
@@ -191,13 +203,14 @@ class UpstreamConnection(asyncio.Protocol):
         touched = self.pool.touched
         while deadlines:
             pending = deadlines[0]
-            if in_flight.get(pending.upstream_tid) is not pending:
-                deadlines.popleft()  # answered already
+            if pending.upstream_tid == NOT_IN_FLIGHT:
+                deadlines.popleft()
                 continue
             if pending.deadline > now:
                 break
             deadlines.popleft()
             del in_flight[pending.upstream_tid]
+            pending.upstream_tid = NOT_IN_FLIGHT
             self.pool.timeouts += 1
             if pending.session.fail(pending, TARGET_FAILED_TO_RESPOND, "device did not answer in time", now):
                 touched.append(pending.session)

@@ -10,11 +10,19 @@ with the following one.
 from __future__ import annotations
 
 from protocols.modbus import spec
-from protocols.modbus.pdu import MBAP_HEADER, ModbusProtocolError, Request, parse_request
+from protocols.modbus.pdu import (
+    MBAP_HEADER,
+    REQUEST_PARSERS,
+    ModbusProtocolError,
+    Request,
+    parse_opaque,
+    parse_request,
+)
 
 _MBAP_UNPACK = MBAP_HEADER.unpack_from
 _MBAP_PACK = MBAP_HEADER.pack
 _HEADER = spec.MBAP_HEADER_BYTES
+_PARSERS_GET = REQUEST_PARSERS.get
 
 Frame = tuple[int, int, bytes]  # transaction id, unit id, PDU
 
@@ -57,50 +65,37 @@ class MbapFramer:
         return transaction_id, unit_id, buffer[offset + _HEADER : end]
 
 
-class ServerConnection:
+class ServerConnection(MbapFramer):
     """The side that receives requests and sends responses (the gateway towards its clients)."""
 
-    __slots__ = ("_framer",)
-
-    def __init__(self) -> None:
-        self._framer = MbapFramer()
-
-    def receive_data(self, data: bytes) -> None:
-        self._framer.receive_data(data)
+    __slots__ = ()
 
     def next_request(self) -> Request | None:
-        frame = self._framer.next_frame()
+        frame = self.next_frame()
         if frame is None:
             return None
-        return parse_request(*frame)
+        transaction_id, unit_id, pdu = frame
+        if pdu[0] & spec.EXCEPTION_FLAG:
+            return parse_request(transaction_id, unit_id, pdu)  # refused there, with the right message
+        return _PARSERS_GET(pdu[0], parse_opaque)(transaction_id, unit_id, pdu)
 
-    @property
-    def buffered_bytes(self) -> int:
-        return self._framer.buffered_bytes
 
-
-class ClientConnection:
+class ClientConnection(MbapFramer):
     """The side that sends requests and receives responses (the gateway towards a device).
 
     Responses are returned as frames; the caller matches the transaction id to its request and
     checks the PDU with :func:`protocols.modbus.pdu.check_response`.
     """
 
-    __slots__ = ("_framer",)
-
-    def __init__(self) -> None:
-        self._framer = MbapFramer()
+    __slots__ = ()
 
     @staticmethod
     def send_request(request: Request, transaction_id: int, unit_id: int) -> bytes:
         pdu = request.pdu
         return _MBAP_PACK(transaction_id, 0, len(pdu) + 1, unit_id) + pdu
 
-    def receive_data(self, data: bytes) -> None:
-        self._framer.receive_data(data)
-
     def next_response(self) -> Frame | None:
-        return self._framer.next_frame()
+        return self.next_frame()
 
 
 def encode_response(transaction_id: int, unit_id: int, pdu: bytes) -> bytes:

@@ -83,7 +83,6 @@ class Request:
         unit_id: int,
         function_code: int,
         pdu: bytes,
-        *,
         sub_function: int = -1,
         read_address: int = -1,
         read_count: int = 0,
@@ -168,13 +167,16 @@ _RequestParser = Callable[[int, int, bytes], Request]
 
 
 def _parse_read(limit: int) -> _RequestParser:
+    # The most frequent requests of all: checks inline, arguments positional (this runs per request).
     def parse(tid: int, unit: int, pdu: bytes) -> Request:
-        fc = pdu[0]
-        _expect_length(tid, unit, fc, pdu, 5)
-        _, address, count = _FC_U16_U16.unpack(pdu)
-        _check_quantity(tid, unit, fc, count, limit, "read")
-        _check_address(tid, unit, fc, address, count)
-        return Request(tid, unit, fc, pdu, read_address=address, read_count=count)
+        if len(pdu) != 5:
+            _expect_length(tid, unit, pdu[0], pdu, 5)
+        fc, address, count = _FC_U16_U16.unpack(pdu)
+        if not 1 <= count <= limit:
+            _check_quantity(tid, unit, fc, count, limit, "read")
+        if address + count > spec.ADDRESS_SPACE:
+            _check_address(tid, unit, fc, address, count)
+        return Request(tid, unit, fc, pdu, -1, address, count)
 
     return parse
 
@@ -369,11 +371,11 @@ def _parse_encapsulated_interface_transport(tid: int, unit: int, pdu: bytes) -> 
     return Request(tid, unit, 43, pdu, sub_function=mei_type)
 
 
-def _parse_opaque(tid: int, unit: int, pdu: bytes) -> Request:
+def parse_opaque(tid: int, unit: int, pdu: bytes) -> Request:
     return Request(tid, unit, pdu[0], pdu)
 
 
-_REQUEST_PARSERS: dict[int, _RequestParser] = {
+REQUEST_PARSERS: dict[int, _RequestParser] = {
     1: _parse_read(spec.MAX_READ_BITS),
     2: _parse_read(spec.MAX_READ_BITS),
     3: _parse_read(spec.MAX_READ_REGISTERS),
@@ -395,7 +397,7 @@ _REQUEST_PARSERS: dict[int, _RequestParser] = {
     43: _parse_encapsulated_interface_transport,
 }
 
-PARSED_FUNCTION_CODES = frozenset(_REQUEST_PARSERS)
+PARSED_FUNCTION_CODES = frozenset(REQUEST_PARSERS)
 
 
 def parse_request(transaction_id: int, unit_id: int, pdu: bytes) -> Request:
@@ -405,7 +407,7 @@ def parse_request(transaction_id: int, unit_id: int, pdu: bytes) -> Request:
     fc = pdu[0]
     if fc & spec.EXCEPTION_FLAG:
         raise _fail(transaction_id, unit_id, fc & 0x7F, ILLEGAL_FUNCTION, f"function code {fc} is reserved")
-    return _REQUEST_PARSERS.get(fc, _parse_opaque)(transaction_id, unit_id, pdu)
+    return REQUEST_PARSERS.get(fc, parse_opaque)(transaction_id, unit_id, pdu)
 
 
 def encode_request_pdu(request: Request) -> bytes:

@@ -65,7 +65,7 @@ async def test_refused_sessions_learn_nothing(
     assert reason in event["reason"]
     assert not lab.audit_events(event="session_start")
     # The device never saw anything either.
-    assert lab.gateway is not None and lab.gateway.runtime.metrics.requests == {}
+    assert lab.gateway is not None and lab.gateway.runtime.metrics.request_totals() == {}
 
 
 async def test_unknown_asset_and_no_access_look_the_same(lab: Lab) -> None:
