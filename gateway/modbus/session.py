@@ -130,7 +130,7 @@ class ModbusSession(Session):
         else:
             if not self.closing and codec.buffered_bytes:
                 self.pause_requests(IN_FLIGHT_LIMIT)
-        pool.flush()
+        # Requests for the device leave with the pool's end-of-turn flush (UpstreamPool.mark_dirty).
         self.flush()
 
     def _refuse(self, request: Request, decision: Decision) -> None:

@@ -106,7 +106,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self._timer is None:
             self._timer = asyncio.get_running_loop().call_at(pending.deadline, self._expire)
         if not self._out:
-            self.pool.dirty.append(self)
+            self.pool.mark_dirty(self)
         pdu = pending.request.pdu
         self._out.append(_MBAP_PACK(tid, 0, len(pdu) + 1, pending.device_unit) + pdu)
 
@@ -232,6 +232,7 @@ class ModbusUpstreamPool:
         self.queue: deque[PendingRequest] = deque()
         # Per batch: connections with unsent output, sessions with unsent replies.
         self.dirty: list[UpstreamConnection] = []
+        self._flush_scheduled = False
         self.touched: list[ModbusSession] = []
         self.late_replies = 0
         self.timeouts = 0
@@ -317,8 +318,17 @@ class ModbusUpstreamPool:
         while queue and len(connection.in_flight) < self.max_in_flight:
             connection.send(queue.popleft(), now)
 
+    def mark_dirty(self, connection: UpstreamConnection) -> None:
+        """``connection`` has requests to write. They leave at the end of this turn of the event loop,
+        so the requests of every client read in the same turn share one write."""
+        self.dirty.append(connection)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
     def flush(self) -> None:
         """End of a batch: one write per connection, one per client session."""
+        self._flush_scheduled = False
         dirty = self.dirty
         if dirty:
             for connection in dirty:
