@@ -17,10 +17,9 @@ import datetime
 from dataclasses import dataclass
 
 from asyncua import ua
-from asyncua.common.utils import Buffer
 from asyncua.ua.object_ids import ObjectIds
-from asyncua.ua.ua_binary import struct_from_binary
 
+from protocols.opcua.binary import decode
 from protocols.opcua.spec import SECURITY_POLICY_NONE, OpcUaProtocolError, Status
 
 ISSUE = ua.SecurityTokenRequestType.Issue
@@ -54,9 +53,8 @@ class SecurityToken:
 
 def decode_open_request(body: bytes) -> ua.OpenSecureChannelRequest:
     """The OpenSecureChannelRequest in an OPN body, checked to be exactly that and nothing more."""
-    buffer = Buffer(body)
     try:
-        request = struct_from_binary(ua.OpenSecureChannelRequest, buffer)
+        request, left = decode(ua.OpenSecureChannelRequest, body)
     except Exception as exc:  # asyncua raises whatever its decoders hit on bad bytes
         raise OpcUaProtocolError(Status.BAD_DECODING_ERROR, f"OpenSecureChannel request: {exc!r}") from None
     type_id = request.TypeId
@@ -64,9 +62,9 @@ def decode_open_request(body: bytes) -> ua.OpenSecureChannelRequest:
         raise OpcUaProtocolError(
             Status.BAD_DECODING_ERROR, f"OPN carries {request.TypeId}, not OpenSecureChannel"
         )
-    if len(buffer):
+    if left:
         raise OpcUaProtocolError(
-            Status.BAD_DECODING_ERROR, f"OpenSecureChannel request has {len(buffer)} extra bytes"
+            Status.BAD_DECODING_ERROR, f"OpenSecureChannel request has {left} extra bytes"
         )
     return request
 

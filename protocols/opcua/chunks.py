@@ -16,9 +16,9 @@ from __future__ import annotations
 from typing import Final, NamedTuple
 
 from asyncua import ua
-from asyncua.common.utils import Buffer
-from asyncua.ua.ua_binary import struct_from_binary, struct_to_binary
+from asyncua.ua.ua_binary import struct_to_binary
 
+from protocols.opcua.binary import decode
 from protocols.opcua.spec import (
     ABORT,
     ACK,
@@ -179,13 +179,12 @@ def parse_open_chunk(chunk: Chunk) -> OpenChunk:
     if len(data) < SECURE_HEADER_BYTES:
         raise OpcUaProtocolError(Status.BAD_DECODING_ERROR, "OPN chunk shorter than its 12-byte header")
     channel_id: int = _SECURE_UNPACK(data)[3]
-    buffer = Buffer(data, SECURE_HEADER_BYTES)
     try:
-        header = struct_from_binary(ua.AsymmetricAlgorithmHeader, buffer)
+        header, left = decode(ua.AsymmetricAlgorithmHeader, data, SECURE_HEADER_BYTES)
     except Exception as exc:  # asyncua raises whatever its decoders hit on bad bytes
         raise OpcUaProtocolError(Status.BAD_DECODING_ERROR, f"OPN security header: {exc!r}") from None
-    position = len(data) - len(buffer)
-    if len(buffer) < SEQUENCE_HEADER.size:
+    position = len(data) - left
+    if left < SEQUENCE_HEADER.size:
         raise OpcUaProtocolError(Status.BAD_DECODING_ERROR, "OPN chunk ends before its sequence header")
     sequence_number, request_id = _SEQUENCE_UNPACK(data, position)
     policy = header.SecurityPolicyURI
@@ -340,19 +339,19 @@ def encode_acknowledge(
 
 def encode_error(status: int, reason: str) -> bytes:
     """An Error message (Part 6, 7.1.2.5); the reason is cut to the 4096 bytes a client reads."""
-    text = reason.encode("utf-8")[:MAX_REASON_BYTES].decode("utf-8", "ignore")
+    # surrogateescape both ways, as asyncua encodes: peer strings may hold bytes that are not UTF-8.
+    text = reason.encode("utf-8", "surrogateescape")[:MAX_REASON_BYTES].decode("utf-8", "surrogateescape")
     body = struct_to_binary(ua.ErrorMessage(Error=ua.StatusCode(ua.UInt32(status)), Reason=ua.String(text)))
     return MESSAGE_HEADER.pack(ERR, FINAL, MESSAGE_HEADER_BYTES + len(body)) + body
 
 
 def decode_hello(chunk: Chunk) -> ua.Hello:
-    buffer = Buffer(chunk.data, MESSAGE_HEADER_BYTES)
     try:
-        hello = struct_from_binary(ua.Hello, buffer)
+        hello, left = decode(ua.Hello, chunk.data, MESSAGE_HEADER_BYTES)
     except Exception as exc:  # asyncua raises whatever its decoders hit on bad bytes
         raise OpcUaProtocolError(Status.BAD_DECODING_ERROR, f"Hello: {exc!r}") from None
-    if len(buffer):
-        raise OpcUaProtocolError(Status.BAD_DECODING_ERROR, f"Hello has {len(buffer)} bytes after its fields")
+    if left:
+        raise OpcUaProtocolError(Status.BAD_DECODING_ERROR, f"Hello has {left} bytes after its fields")
     return hello
 
 

@@ -217,7 +217,8 @@ class OpcUaServerConnection:
     def _hello(self, chunk: Chunk) -> Hello:
         hello = decode_hello(chunk)
         url = hello.EndpointUrl if isinstance(hello.EndpointUrl, str) else ""
-        if len(url.encode("utf-8")) > MAX_ENDPOINT_URL_BYTES:
+        # asyncua decodes strings with surrogateescape: count the bytes the same way.
+        if len(url.encode("utf-8", "surrogateescape")) > MAX_ENDPOINT_URL_BYTES:
             raise OpcUaProtocolError(
                 Status.BAD_TCP_ENDPOINT_URL_INVALID, "EndpointUrl longer than 4096 bytes"
             )

@@ -2,10 +2,11 @@
 response, build a ServiceFault, and re-label a response body without decoding it.
 
 A MSG body is the NodeId of the message's DefaultBinary encoding followed by the structure; the request
-classes come from the service table, the decoding from asyncua (``struct_from_binary``). The response
-side has a cheap path: a response the gateway does not change is relayed as the bytes the device sent,
-with only the RequestHandle rewritten to the client's. The handle sits at a fixed place: after the type
-id, the ResponseHeader starts with Timestamp (8 bytes) and then RequestHandle (UInt32) (Part 4, 7.33).
+classes come from the service table, the decoding from asyncua (through :mod:`protocols.opcua.binary`).
+The response side has a cheap path: a response the gateway does not change is relayed as the bytes the
+device sent, with only the RequestHandle rewritten to the client's. The handle sits at a fixed place:
+after the type id, the ResponseHeader starts with Timestamp (8 bytes) and then RequestHandle (UInt32)
+(Part 4, 7.33).
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ import struct
 from typing import Any, Final
 
 from asyncua import ua
-from asyncua.common.utils import Buffer
 from asyncua.ua.object_ids import ObjectIds
-from asyncua.ua.ua_binary import nodeid_from_binary, struct_from_binary, struct_to_binary
+from asyncua.ua.ua_binary import nodeid_from_binary, struct_to_binary
 
+from protocols.opcua.binary import StrictBuffer, decode
 from protocols.opcua.channel import utc_datetime
 from protocols.opcua.services import SERVICES_BY_TYPE_ID, Service
 from protocols.opcua.spec import OpcUaProtocolError, Status
@@ -54,7 +55,7 @@ def type_id_span(body: bytes) -> tuple[int | None, int]:
     if len(body) >= 7 and body[0] == 0x02:  # Numeric: ns and id of any size
         namespace, identifier = _NS_U32.unpack_from(body, 1)
         return (identifier if namespace == 0 else None), 7
-    buffer = Buffer(body)
+    buffer = StrictBuffer(body)
     try:
         nodeid_from_binary(buffer)
     except Exception as exc:  # asyncua raises whatever its decoders hit on bad bytes
@@ -66,7 +67,7 @@ def _request_handle(body: bytes, offset: int) -> int:
     """Best effort: the RequestHandle of a request whose body failed to decode (0 if it is not there).
 
     RequestHeader: AuthenticationToken (a NodeId), Timestamp (8 bytes), RequestHandle (UInt32)."""
-    buffer = Buffer(body, offset)
+    buffer = StrictBuffer(body, offset)
     try:
         nodeid_from_binary(buffer)
         position = len(body) - len(buffer) + _TIMESTAMP_BYTES
@@ -94,9 +95,8 @@ def decode_request(body: bytes) -> tuple[Service, Any]:
             request_handle=_request_handle(body, length),
             type_id=type_id,
         )
-    buffer = Buffer(body)
     try:
-        request = struct_from_binary(service.request_type, buffer)
+        request, left = decode(service.request_type, body)
     except Exception as exc:  # asyncua raises whatever its decoders hit on bad bytes
         raise RequestDecodeError(
             Status.BAD_DECODING_ERROR,
@@ -104,10 +104,10 @@ def decode_request(body: bytes) -> tuple[Service, Any]:
             request_handle=_request_handle(body, length),
             type_id=type_id,
         ) from None
-    if len(buffer):
+    if left:
         raise RequestDecodeError(
             Status.BAD_DECODING_ERROR,
-            f"{service.name} request has {len(buffer)} bytes after its fields",
+            f"{service.name} request has {left} bytes after its fields",
             request_handle=request.RequestHeader.RequestHandle,
             type_id=type_id,
         )

@@ -556,3 +556,32 @@ def test_constructor_limits_are_checked() -> None:
             OpcUaServerConnection(CHANNEL, **kwargs)
     with pytest.raises(ValueError):
         OpcUaServerConnection(0)
+
+
+def test_negative_lengths_are_decoding_errors_not_loops() -> None:
+    """asyncua's Buffer takes read(-4) as a step back: a String of length -4 in a list re-reads itself as
+    often as the count says (3,000,000 times: 8 s of CPU in plain asyncua). Refused at once here."""
+    import time
+
+    from protocols.opcua.binary import StrictBuffer
+
+    request = ua.ActivateSessionRequest()
+    request.Parameters.LocaleIds = ["MARK"]
+    body = struct_to_binary(request)
+    mark = struct.pack("<ii", 1, 4) + b"MARK"
+    position = body.index(mark)
+    evil = body[:position] + struct.pack("<ii", 3_000_000, -4) + body[position + len(mark) :]
+    peer = opened()
+    started = time.perf_counter()
+    (event,) = feed(peer.conn, peer.msg_bytes(evil, 2))
+    assert time.perf_counter() - started < 0.5
+    assert isinstance(event, RejectedRequest) and event.status == S.BadDecodingError
+    assert "negative length" in event.reason
+    buffer = StrictBuffer(b"abcdef", 2)
+    with pytest.raises(ValueError):
+        buffer.read(-1)
+    with pytest.raises(ValueError):
+        buffer.skip(-2)
+    copy = buffer.copy(3)
+    assert isinstance(copy, StrictBuffer) and copy.read(3) == b"cde"
+    assert buffer.copy().read(4) == b"cdef"
