@@ -360,10 +360,16 @@ class _Plan:
 
 
 def rebuild(
-    request: MessageRouterRequest, local_replies: _LocalReplies, *, limits: CipLimits = DEFAULT_LIMITS
+    request: MessageRouterRequest,
+    local_replies: _LocalReplies,
+    *,
+    max_depth: int | None = None,
+    max_services: int | None = None,
+    limits: CipLimits = DEFAULT_LIMITS,
 ) -> MessageRouterRequest | None:
-    """``request`` with only the embedded requests whose local reply is ``None`` (and that parsed)."""
-    plan = _Plan(request, local_replies, limits)
+    """``request`` with only the embedded requests whose local reply is ``None`` (and that parsed).
+    The caps must be those :func:`flatten` was given, so that both see the same requests."""
+    plan = _Plan(request, local_replies, _limits(limits, max_depth, max_services))
 
     def build(node: _Node) -> MessageRouterRequest | None:
         if isinstance(node, _Leaf):
@@ -389,6 +395,8 @@ def join_replies(
     local_replies: _LocalReplies,
     upstream: MessageRouterResponse | None,
     *,
+    max_depth: int | None = None,
+    max_services: int | None = None,
     limits: CipLimits = DEFAULT_LIMITS,
 ) -> MessageRouterResponse:
     """The reply to the client's ``request``: the device's reply ``upstream`` to :func:`rebuild`'s request
@@ -400,7 +408,7 @@ def join_replies(
     Send that could not be routed) stands for the whole wrapper. A packet's general status is the device's
     when everything in it was forwarded, else 0x1E (embedded service error) when any reply failed.
     """
-    plan = _Plan(request, local_replies, limits)
+    plan = _Plan(request, local_replies, _limits(limits, max_depth, max_services))
 
     def join(node: _Node, reply: MessageRouterResponse | None) -> MessageRouterResponse:
         if isinstance(node, _Leaf):
