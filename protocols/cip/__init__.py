@@ -82,7 +82,15 @@ from protocols.cip.message_router import (
     parse_response,
     reply_to,
 )
-from protocols.cip.requests import CipRequest, error_reply, flatten, join_replies, rebuild, refusal
+from protocols.cip.requests import (
+    CipRequest,
+    error_reply,
+    flatten,
+    join_replies,
+    rebuild,
+    refusal,
+    reply_for_error,
+)
 from protocols.cip.services import (
     ConnectionParameters,
     ForwardClose,
@@ -197,6 +205,7 @@ __all__ = [
     "rebuild",
     "refusal",
     "register_session_data",
+    "reply_for_error",
     "reply_to",
     "send_rr_data",
     "send_unit_data",

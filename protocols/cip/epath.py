@@ -167,21 +167,20 @@ class EPath:
     def tag(self) -> str | None:
         """The tag as Logix writes it: ``Program:Main.Recipe[3,1].Temp``. Logix compares tag names
         without regard to case; the text keeps the client's case."""
-        if not self.symbolic:
+        return _tag_text(self.segments) if self.symbolic else None
+
+    def tag_with(self, base: str) -> str | None:
+        """For a tag addressed by symbol instance (class 0x6B, instance, members...), its text with
+        ``base`` (the name the instance stands for, from a tag list) in the instance's place."""
+        segments = self.segments
+        if (
+            len(segments) < 2
+            or self.class_id != ClassCode.SYMBOL
+            or not _is_logical(segments[0], LogicalType.CLASS_ID)
+            or not _is_logical(segments[1], LogicalType.INSTANCE_ID)
+        ):
             return None
-        out: list[str] = []
-        in_index = False  # consecutive member ids are one multi-dimensional index: [3,1]
-        for segment in self.segments:
-            if isinstance(segment, SymbolicSegment):
-                out.append(f".{segment.name}" if out else segment.name)
-                in_index = False
-            elif isinstance(segment, LogicalSegment):
-                if in_index:
-                    out[-1] = f"{out[-1][:-1]},{segment.value}]"
-                else:
-                    out.append(f"[{segment.value}]")
-                in_index = True
-        return "".join(out)
+        return _tag_text((SymbolicSegment(base), *segments[2:]))
 
     @property
     def tag_index(self) -> tuple[int, ...]:
@@ -199,6 +198,22 @@ class EPath:
 
     def __str__(self) -> str:
         return self.tag or " ".join(_describe(s) for s in self.segments)
+
+
+def _tag_text(segments: Iterable[Segment]) -> str:
+    out: list[str] = []
+    in_index = False  # consecutive member ids are one multi-dimensional index: [3,1]
+    for segment in segments:
+        if isinstance(segment, SymbolicSegment):
+            out.append(f".{segment.name}" if out else segment.name)
+            in_index = False
+        elif isinstance(segment, LogicalSegment):
+            if in_index:
+                out[-1] = f"{out[-1][:-1]},{segment.value}]"
+            else:
+                out.append(f"[{segment.value}]")
+            in_index = True
+    return "".join(out)
 
 
 def _describe(segment: Segment) -> str:

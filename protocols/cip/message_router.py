@@ -63,7 +63,10 @@ def parse_request(data: bytes, *, limits: CipLimits = DEFAULT_LIMITS) -> Message
     """Parse one request. A path that does not parse or has no clear target raises
     :class:`CipProtocolError` with a path general status and the request's service."""
     if len(data) < 2:
-        raise cip_error(_Status.NOT_ENOUGH_DATA, "message router request shorter than 2 bytes")
+        service = data[0] & ~REPLY_FLAG if data else None
+        raise cip_error(
+            _Status.NOT_ENOUGH_DATA, "message router request shorter than 2 bytes", service=service
+        )
     service, words = data[0], data[1]
     if service & REPLY_FLAG:
         raise cip_error(_Status.SERVICE_NOT_SUPPORTED, f"request service 0x{service:02X} has the reply bit")

@@ -78,6 +78,10 @@ class CipRequest:
     ``depth`` counts the wrappers around it and ``position`` is its index in each (the embedded request of
     an Unconnected Send is index 0).
 
+    ``writes`` marks the services that write a value (Write Tag, Write Tag Fragmented, Read-Modify-Write,
+    Set_Attribute_*); the other services that change a device (Reset, Start, Stop, the File object's, a
+    Forward Open) are told apart by ``name``.
+
     ``error`` is set for an embedded request of a Multiple Service Packet that does not parse: it is never
     forwarded, and its reply carries ``error.general_status``.
     """
@@ -125,16 +129,18 @@ def refusal(
     return reply_to(request.service, general_status, extended_status)
 
 
+def reply_for_error(error: CipProtocolError, service: int) -> MessageRouterResponse:
+    """The reply to a request that raised ``error``: to the service the error names (an embedded
+    request's, a wrapper's) or else to ``service``, the request the client sent."""
+    status = _Status.INVALID_PARAMETER_VALUE if error.general_status is None else error.general_status
+    return reply_to(service if error.service is None else error.service, status, error.extended_status)
+
+
 def error_reply(request: CipRequest) -> MessageRouterResponse | None:
     """The reply an embedded request that did not parse gets (``None`` for a parsed request)."""
     if request.error is None:
         return None
-    status = request.error.general_status
-    return reply_to(
-        request.service,
-        _Status.INVALID_PARAMETER_VALUE if status is None else status,
-        request.error.extended_status,
-    )
+    return reply_for_error(request.error, request.service)
 
 
 # ---------------------------------------------------------------------------------------------- tree
@@ -465,4 +471,4 @@ def _multiple_reply(
     return reply_to(node.request.service, status, extended, join_responses(replies))
 
 
-__all__ = ["CipRequest", "error_reply", "flatten", "join_replies", "rebuild", "refusal"]
+__all__ = ["CipRequest", "error_reply", "flatten", "join_replies", "rebuild", "refusal", "reply_for_error"]

@@ -296,7 +296,7 @@ def test_route_and_connection_path_shapes() -> None:
             check_connection_path(EPath(bad))  # type: ignore[arg-type]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(paths, st.booleans())
 def test_generated_paths_round_trip(path: EPath, padded: bool) -> None:
     data = path.encode(padded=padded)
@@ -326,3 +326,26 @@ def test_arbitrary_bytes_parse_or_refuse(data: bytes, padded: bool) -> None:
         assert error.general_status == 0x04 and not error.close
         return
     assert path.encode(padded=padded) == data
+
+
+def test_a_symbol_instance_path_reads_as_a_tag_once_its_name_is_known() -> None:
+    # pycomm3 addresses controller tags by symbol instance on Logix v21 and later.
+    path = EPath(
+        (
+            LogicalSegment(CLASS, 0x6B),
+            LogicalSegment(INSTANCE, 0x1A),
+            SymbolicSegment("Temp"),
+            LogicalSegment(MEMBER, 2),
+        )
+    )
+    assert path.tag is None
+    assert path.tag_with("Recipe") == "Recipe.Temp[2]"
+    assert EPath((LogicalSegment(CLASS, 0x6B), LogicalSegment(INSTANCE, 9))).tag_with("Count") == "Count"
+    assert (
+        EPath((LogicalSegment(CLASS, 0x6B), LogicalSegment(INSTANCE, 9), LogicalSegment(MEMBER, 4))).tag_with(
+            "Log"
+        )
+        == "Log[4]"
+    )
+    assert EPath((LogicalSegment(CLASS, 1), LogicalSegment(INSTANCE, 1))).tag_with("X") is None
+    assert EPath((SymbolicSegment("Temp"),)).tag_with("X") is None

@@ -257,7 +257,7 @@ def test_everything_allowed_gives_the_device_reply_unchanged() -> None:
     assert join_replies(client, local, upstream).encode() == upstream.encode()
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(nested_requests(), st.data())
 def test_every_reply_lands_where_its_request_was(client: MessageRouterRequest, data: st.DataObject) -> None:
     leaves = flatten(client, max_depth=8)
@@ -303,3 +303,14 @@ def _replies_by_position(
 
         return _replies_by_position(parse_unconnected_send(request.data).request, reply, (*position, 0))
     return {position: reply}
+
+
+def test_reply_for_an_error_answers_the_request_at_fault() -> None:
+    from protocols.cip import reply_for_error
+
+    with pytest.raises(CipProtocolError) as caught:
+        flatten(unconnected_send(MessageRouterRequest(0x4D, tag_path("X"), b"\xc4\x00\x01\x00")))
+    assert reply_for_error(caught.value, 0x52) == reply_to(0x4D, 0x13)
+    with pytest.raises(CipProtocolError) as caught:
+        parse_request(b"")
+    assert reply_for_error(caught.value, 0x4C) == reply_to(0x4C, 0x13)

@@ -31,7 +31,7 @@ from protocols.cip import (
 )
 from tests.protocols.cip.cip_samples import captured_frames, check_error, decide_all, frame, nested_requests
 
-FUZZ = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 CAPTURED_REQUESTS = [data for _, direction, data in captured_frames() if direction == "request"]
 CAPTURED_REPLIES = [data for _, direction, data in captured_frames() if direction == "reply"]
@@ -140,7 +140,7 @@ def test_damaged_captured_streams(data: bytes) -> None:
     decide_all(data)
 
 
-@FUZZ
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(nested_requests(), st.booleans(), st.data())
 def test_damaged_nested_packets_and_routes(
     request: MessageRouterRequest, connected: bool, data: st.DataObject
@@ -168,7 +168,7 @@ def test_any_cuts_give_the_same_result(data: bytes, cuts: list[int]) -> None:
 # ------------------------------------------------------------------------------ replies from a device
 
 
-@FUZZ
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(nested_requests(), st.binary(max_size=80), st.data())
 def test_arbitrary_device_replies_join_or_refuse(
     request: MessageRouterRequest, junk: bytes, data: st.DataObject
@@ -195,7 +195,7 @@ def test_arbitrary_device_replies_join_or_refuse(
 # ------------------------------------------------------------------------------------------ round trips
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(nested_requests())
 def test_generated_requests_round_trip_through_every_layer(request: MessageRouterRequest) -> None:
     encoded = request.encode()
