@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from asyncua.common.utils import Buffer
+from asyncua.common.utils import Buffer, NotEnoughData
 from asyncua.ua.ua_binary import struct_from_binary
 
 T = TypeVar("T")
@@ -23,9 +23,15 @@ class StrictBuffer(Buffer):
     """asyncua's Buffer without negative reads; copies (ExtensionObject bodies) stay strict."""
 
     def read(self, size: int) -> bytes:
+        # Buffer.read inlined (it runs for every field): the same bookkeeping, plus the sign check.
         if size < 0:
             raise ValueError(f"negative length {size} (only -1, null, is allowed and handled before this)")
-        return super().read(size)
+        if size > self._size:
+            raise NotEnoughData(f"{size} bytes wanted, {self._size} left")
+        self._size -= size
+        start = self._cur_pos
+        self._cur_pos = end = start + size
+        return self._data[start:end]
 
     def skip(self, size: int) -> None:
         if size < 0:

@@ -146,3 +146,10 @@ def test_relayed_bodies_must_answer_the_request() -> None:
     with pytest.raises(OpcUaProtocolError) as caught:
         check_response_type(struct_to_binary(ua.WriteResponse()), read)
     assert caught.value.status == ua.StatusCodes.BadUnknownResponse
+
+
+def test_the_relay_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.protocols.opcua.bench_opcua_relay import main
+
+    main(["--seconds", "0.002"])
+    assert "patch RequestHandle + relay bytes" in capsys.readouterr().out
