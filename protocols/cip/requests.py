@@ -17,7 +17,7 @@ request goes to the device, the reply to give where it does not.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from protocols.cip.epath import LogicalSegment, LogicalType, PortSegment
 from protocols.cip.errors import CipProtocolError, cip_error
@@ -311,13 +311,10 @@ def _build(request: MessageRouterRequest, limits: CipLimits) -> tuple[_Node, lis
 
 
 def _limits(limits: CipLimits, max_depth: int | None, max_services: int | None) -> CipLimits:
-    return CipLimits(
-        limits.max_data_bytes,
-        limits.max_cpf_items,
-        limits.max_path_segments,
-        limits.max_path_bytes,
-        limits.max_depth if max_depth is None else max_depth,
-        limits.max_services if max_services is None else max_services,
+    return replace(
+        limits,
+        max_depth=limits.max_depth if max_depth is None else max_depth,
+        max_services=limits.max_services if max_services is None else max_services,
     )
 
 
