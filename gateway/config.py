@@ -50,6 +50,7 @@ class GatewayConfig:
     loop: str  # "uvloop" | "asyncio"
     max_sessions: int
     client_max_in_flight: int
+    client_idle_timeout_s: float
     admin_listen: tuple[str, int] | None
     audit_file: Path | None
     audit_stdout: bool
@@ -174,7 +175,9 @@ def load_gateway_config(path: Path) -> GatewayConfig:
     check = _Checker(path.absolute().parent)
     check.keys(doc, (), ("gateway", "tls", "admin", "audit"))
     gw = check.section(
-        doc, "gateway", ("name", "listen", "policy", "loop", "max_sessions", "client_max_in_flight")
+        doc,
+        "gateway",
+        ("name", "listen", "policy", "loop", "max_sessions", "client_max_in_flight", "client_idle_timeout_s"),
     )
     name = check.optional(gw, "name", ("gateway",), check.string, socket.gethostname())
     listen = check.address(gw, "listen", ("gateway",), "127.0.0.1:8443")
@@ -187,6 +190,9 @@ def load_gateway_config(path: Path) -> GatewayConfig:
     )
     max_in_flight = check.optional(
         gw, "client_max_in_flight", ("gateway",), lambda v, p: check.integer(v, p, 1, 1024), 16
+    )
+    idle_timeout = check.optional(
+        gw, "client_idle_timeout_s", ("gateway",), lambda v, p: check.number(v, p, 0, 86400), 0.0
     )
     tls = check.tls(doc)
 
@@ -214,6 +220,7 @@ def load_gateway_config(path: Path) -> GatewayConfig:
         and tls is not None
     )
     assert max_sessions is not None and max_in_flight is not None and audit_stdout is not None
+    assert idle_timeout is not None
     assert aggregate is not None and queue_limit is not None
     return GatewayConfig(
         source=path,
@@ -224,6 +231,7 @@ def load_gateway_config(path: Path) -> GatewayConfig:
         loop=loop,
         max_sessions=max_sessions,
         client_max_in_flight=max_in_flight,
+        client_idle_timeout_s=idle_timeout,
         admin_listen=admin_listen,
         audit_file=audit_file,
         audit_stdout=audit_stdout,

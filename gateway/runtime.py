@@ -25,7 +25,7 @@ class SessionLimits:
     """Per-client bounds on the data path."""
 
     max_in_flight: int = 16  # requests a client may have unanswered before the gateway stops reading it
-    idle_timeout_s: float = 0.0  # 0 = sessions may stay idle (HMIs poll, but vendors' tools sit idle)
+    idle_timeout_s: float = 0.0  # 0: sessions may stay idle (HMIs poll; an engineer's tool may sit idle)
 
 
 class LiveSession(Protocol):

@@ -187,7 +187,9 @@ async def _serve(config: GatewayConfig) -> int:
             listen=config.listen,
             admin_listen=config.admin_listen,
             audit=audit,
-            limits=SessionLimits(max_in_flight=config.client_max_in_flight),
+            limits=SessionLimits(
+                max_in_flight=config.client_max_in_flight, idle_timeout_s=config.client_idle_timeout_s
+            ),
             max_sessions=config.max_sessions,
         )
     except PolicyError as error:

@@ -47,6 +47,8 @@ class Session(asyncio.Protocol):
         self.counts: dict[int | str | tuple[int | str, str], int] = {}
         self._paused_by: set[str] = set()
         self._expiry: asyncio.TimerHandle | None = None
+        self._idle_check: asyncio.TimerHandle | None = None
+        self._requests_at_idle_check = 0
 
     # ------------------------------------------------------------------------------- lifecycle
 
@@ -64,18 +66,22 @@ class Session(asyncio.Protocol):
                 "policy_revision": self.view.policy_revision,
             }
         )
+        loop = asyncio.get_running_loop()
         not_after = self.info.certificate_not_after
         if not_after is not None:
-            loop = asyncio.get_running_loop()
             delay_s = max(0.0, not_after - self.runtime.clock())
             self._expiry = loop.call_later(delay_s, self.close, "client certificate expired")
+        idle_s = self.runtime.limits.idle_timeout_s
+        if idle_s > 0:
+            self._idle_check = loop.call_later(idle_s, self._check_idle)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if exc is not None and not self.closing:
             self.close_reason = f"connection lost: {exc}"
         self.closing = True
-        if self._expiry is not None:
-            self._expiry.cancel()
+        for timer in (self._expiry, self._idle_check):
+            if timer is not None:
+                timer.cancel()
         self.runtime.sessions.remove(self)
         self.runtime.metrics.add_requests(self.request_counts())
         self.counts.clear()
@@ -104,6 +110,21 @@ class Session(asyncio.Protocol):
 
     def _release(self) -> None:
         """Drop references to shared resources; subclasses extend."""
+
+    def _check_idle(self) -> None:
+        # Compare request counts between checks instead of stamping a clock on every read: the data
+        # path pays nothing, and a session idle for at least idle_timeout_s (at most twice that) ends.
+        if self.requests == self._requests_at_idle_check and not self.busy():
+            self.close(f"idle for {self.runtime.limits.idle_timeout_s:g} s")
+            return
+        self._requests_at_idle_check = self.requests
+        self._idle_check = asyncio.get_running_loop().call_later(
+            self.runtime.limits.idle_timeout_s, self._check_idle
+        )
+
+    def busy(self) -> bool:
+        """Whether requests of this session are still on their way; subclasses say."""
+        return False
 
     # ------------------------------------------------------------------- continuous validation
 

@@ -327,6 +327,9 @@ class ModbusSession(Session):
             event["latency_us"] = int(latency_s * 1e6)
         self.runtime.audit.emit(event)
 
+    def busy(self) -> bool:
+        return self._in_flight > 0
+
     def describe(self) -> dict[str, Any]:
         info = super().describe()
         info["in_flight"] = self._in_flight

@@ -122,3 +122,22 @@ async def test_session_ends_when_the_client_certificate_expires(lab: Lab) -> Non
     await lab.client("alice")
     end = await lab.wait_for_event(event="session_end", identity=ALICE)
     assert end["reason"] == "client certificate expired"
+
+
+async def test_idle_sessions_end(lab: Lab) -> None:
+    from gateway.runtime import SessionLimits
+
+    port = await lab.start_device()
+    await lab.start_gateway(policy_text(port, RULES), limits=SessionLimits(idle_timeout_s=0.1))
+    busy = await lab.client("alice")
+    reader, _ = await lab.raw_connection("alice")
+    idle_closed = asyncio.ensure_future(reader.read())
+    reads = 0
+    while not idle_closed.done():  # one keeps asking while the other says nothing
+        assert not (await busy.read_holding_registers(0, count=1, device_id=1)).isError()
+        reads += 1
+        assert reads < 100_000, "the idle session was never closed"
+    assert idle_closed.result() == b""
+    assert not (await busy.read_holding_registers(0, count=1, device_id=1)).isError()
+    ends = lab.audit_events(event="session_end")
+    assert [e["reason"] for e in ends] == ["idle for 0.1 s"]
