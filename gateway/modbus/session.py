@@ -15,9 +15,13 @@ from typing import Any, ClassVar
 from gateway.modbus.upstream import ModbusUpstreamPool, PendingRequest
 from gateway.runtime import Runtime
 from gateway.session import Session, SessionInfo
+from gateway.upstream import Failure
 from policies import Decision, SubjectView
 from protocols.modbus import ModbusProtocolError, Request, ServerConnection, encode_exception
+from protocols.modbus.spec import ExceptionCode
 
+GATEWAY_PATH_UNAVAILABLE = ExceptionCode.GATEWAY_PATH_UNAVAILABLE.value
+TARGET_FAILED_TO_RESPOND = ExceptionCode.GATEWAY_TARGET_DEVICE_FAILED_TO_RESPOND.value
 MAX_AUDITED_VALUES = 32  # a 123-register write is recorded by its first values and its count
 
 _READ_ONLY_FUNCTION_CODES = frozenset((1, 2, 3, 4))
@@ -216,8 +220,11 @@ class ModbusSession(Session):
                 )
         return first and not self.closing
 
-    def fail(self, pending: PendingRequest, code: int, reason: str, now: float) -> bool:
-        """The request cannot be answered by the device; the client gets exception ``code``."""
+    def fail(self, pending: PendingRequest, failure: Failure, reason: str, now: float) -> bool:
+        """The device cannot answer the request: exception 0x0A when the gateway could not take it
+        (queue full, asset reconfigured), 0x0B when the device did not (timeout, lost, unreachable,
+        malformed reply)."""
+        code = GATEWAY_PATH_UNAVAILABLE if failure.overload else TARGET_FAILED_TO_RESPOND
         first = not self._out
         request = pending.request
         self._out.append(
