@@ -77,6 +77,8 @@ def _category(frames: list[tuple[str, str]]) -> str:
             return "kernel: socket reads (read/recv syscalls)"
         if func.startswith(("epoll_ctl", "close", "futex", "syscall", "accept", "getsockopt", "setsockopt")):
             return "kernel: other system calls"
+        if func == "getpid":  # CPython's asyncio.get_running_loop() checks the pid: a system call each time
+            return "kernel: other system calls"
     if any(w.startswith(("libssl", "libcrypto", "_ssl")) for _, w in frames):
         return "TLS (OpenSSL, _ssl)"
     if any(f.startswith("gc_collect") for f, _ in frames):
