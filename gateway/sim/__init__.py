@@ -11,7 +11,7 @@ import importlib
 from collections.abc import Sequence
 
 # One module per protocol, each with ``configure(subparsers)``; a new simulator is one more line.
-SIMULATORS = ("gateway.sim.modbus", "gateway.sim.enip")
+SIMULATORS = ("gateway.sim.modbus", "gateway.sim.opcua", "gateway.sim.enip")
 
 _DESCRIPTION = "Soft PLCs for demos and tests, on loopback by default."
 

@@ -308,7 +308,7 @@ async def test_cli_reports_a_port_in_use() -> None:
         ["modbus", "--unit", "0"],
         ["modbus", "--unit", "x"],
         ["modbus", "--interval-s", "0"],
-        ["opcua"],
+        ["bacnet"],  # no such simulator
     ],
 )
 def test_cli_rejects_bad_arguments(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
