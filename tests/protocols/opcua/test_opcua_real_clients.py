@@ -213,3 +213,27 @@ async def test_python_opcua_client_renews_its_channel() -> None:
     assert reads > 5
     assert log.errors == []
     assert [event.renew for event in log.events if isinstance(event, OpenChannel)][:2] == [False, True]
+
+
+def python_opcua_big_reads(url: str) -> tuple[int, list[float]]:
+    client = opcua.Client(url, timeout=5)
+    client.connect()
+    try:
+        big = client.get_node(opcua.ua.NodeId("big", 2)).get_value()
+        nodes = [client.get_node(opcua.ua.NodeId(i, 2)) for i in range(1, 11)] * 100
+        values = client.get_values(nodes)  # one Read of 1,000 nodes: about 10 KB, two chunks
+    finally:
+        client.disconnect()
+    return len(big), values
+
+
+async def test_python_opcua_with_small_buffers() -> None:
+    async with canned_server(receive_buffer_size=8192, send_buffer_size=8192) as server:
+        big, values = await asyncio.to_thread(python_opcua_big_reads, server.url)
+        log = server.log
+    assert big == 100_000
+    assert values == [100.5 + i for i in range(10)] * 100
+    assert log.errors == []
+    reads = [event for event in log.events if isinstance(event, ServiceRequest) and event.name == "Read"]
+    assert len(reads[-1].request.Parameters.NodesToRead) == 1000
+    assert all(size <= 8192 for _kind, size in chunk_sizes(max(log.sent, key=len)))
