@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import sys
@@ -65,7 +66,7 @@ from protocols.cip import DEFAULT_LIMITS, CipLimits
 log = logging.getLogger(__name__)
 
 DEFAULT_LISTEN = "127.0.0.1:44818"
-DEFAULT_REVISION = (20, 11)
+DEFAULT_REVISION = Identity().revision  # 20.11: pycomm3 reads tags by name below v21
 TREND_LENGTH = 200
 ENERGY_PER_SCAN_WH = 15
 
@@ -125,7 +126,7 @@ class EnipSim:
         *,
         static: bool = False,
         interval_s: float = 1.0,
-        revision: tuple[int, int] | str = DEFAULT_REVISION,
+        revision: tuple[int, int] | str | None = None,
         identity: Identity | None = None,
         caps: Caps = DEFAULT_CAPS,
         limits: CipLimits = DEFAULT_LIMITS,
@@ -133,9 +134,11 @@ class EnipSim:
     ) -> None:
         if not interval_s > 0:
             raise ValueError("interval_s must be positive")
-        if isinstance(revision, str):
-            revision = parse_revision(revision)
-        self.identity = Identity(revision=revision) if identity is None else identity
+        identity = Identity() if identity is None else identity
+        if revision is not None:
+            revision = parse_revision(revision) if isinstance(revision, str) else revision
+            identity = dataclasses.replace(identity, revision=revision)
+        self.identity = identity
         self.host = host
         self.port = port
         self.static = static
@@ -243,9 +246,7 @@ class EnipSim:
             if self.plant.pump_running:
                 self.set_tag("Pump_Runtime", self._int("Pump_Runtime") + 1)
                 self.set_tag("Energy_Wh", self._int("Energy_Wh") + ENERGY_PER_SCAN_WH)
-            flow = self.tag("Total_Flow")
-            assert isinstance(flow, float)
-            self.set_tag("Total_Flow", flow + self.plant.flow / 10)
+            self.set_tag("Total_Flow", self._float("Total_Flow") + self.plant.flow / 10)
             self._publish()
             self.scans += 1
         self._scanned.set()
@@ -260,7 +261,14 @@ class EnipSim:
 
     def _int(self, name: str) -> int:
         value = self.tag(name)
-        assert isinstance(value, int)
+        if not isinstance(value, int):
+            raise TypeError(f"{name} is not an integer tag")
+        return value
+
+    def _float(self, name: str) -> float:
+        value = self.tag(name)
+        if not isinstance(value, float):
+            raise TypeError(f"{name} is not a REAL or LREAL tag")
         return value
 
     def _publish(self) -> None:
@@ -329,7 +337,7 @@ async def start_enip_sim(
     *,
     static: bool = False,
     interval_s: float = 1.0,
-    revision: tuple[int, int] | str = DEFAULT_REVISION,
+    revision: tuple[int, int] | str | None = None,
 ) -> EnipSim:
     """Start a simulator; with port 0 the system picks a free port, read back from ``EnipSim.port``."""
     sim = EnipSim(host, port, static=static, interval_s=interval_s, revision=revision)
@@ -418,3 +426,18 @@ async def _serve(host: str, port: int, static: bool, interval_s: float, revision
     finally:
         await sim.stop()
     return 0
+
+
+__all__ = [
+    "DEFAULT_LISTEN",
+    "DEFAULT_REVISION",
+    "TAGS",
+    "Caps",
+    "EnipSim",
+    "Identity",
+    "Received",
+    "configure",
+    "parse_revision",
+    "run",
+    "start_enip_sim",
+]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from gateway.sim.enip_tags import (
     BASE_TAG_BIT,
@@ -32,11 +33,13 @@ from gateway.sim.enip_tags import (
     Symbol,
     TagError,
     TagTable,
+    logical_value,
     path_error,
 )
 from protocols.cip import (
     AttributeList,
     CipProtocolError,
+    LogicalType,
     MessageRouterRequest,
     MessageRouterResponse,
     ReadModifyWrite,
@@ -48,6 +51,7 @@ from protocols.cip import (
 from protocols.cip.spec import ClassCode, GeneralStatus, Service
 
 _Status = GeneralStatus
+_P = TypeVar("_P", ReadTag, WriteTag, ReadModifyWrite, AttributeList)
 _U16 = struct.Struct("<H")
 _U16_U16 = struct.Struct("<HH")
 _U32 = struct.Struct("<I")
@@ -71,14 +75,16 @@ def _general(extended: int, text: str) -> TagError:
     return TagError(GENERAL_ERROR, (extended,), text)
 
 
-def _payload(service: int, data: bytes) -> object:
+def _payload(service: int, data: bytes, kind: type[_P]) -> _P:
     """The codec's reading of ``data``; its refusal becomes the controller's (same general status)."""
     try:
-        return parse_payload(ClassCode.SYMBOL, service, data)
+        payload = parse_payload(ClassCode.SYMBOL, service, data)
     except CipProtocolError as error:
-        raise TagError(
-            error.general_status or _Status.INVALID_PARAMETER_VALUE, error.extended_status
-        ) from None
+        status = error.general_status or _Status.INVALID_PARAMETER_VALUE
+        raise TagError(status, error.extended_status, str(error)) from None
+    if not isinstance(payload, kind):
+        raise TypeError(f"the codec read service 0x{service:02X} as {type(payload).__name__}")
+    return payload
 
 
 def _need(data: bytes, length: int) -> None:
@@ -108,8 +114,7 @@ def _fit(data: bytes, size: int, space: int) -> tuple[int, bytes]:
 
 def read_tag(table: TagTable, request: MessageRouterRequest, room: int) -> TagReply:
     ref = table.resolve(request.path)
-    payload = _payload(request.service, request.data[:2])
-    assert isinstance(payload, ReadTag)
+    payload = _payload(request.service, request.data[:2], ReadTag)
     tag, count = ref.tag, payload.element_count
     _check_range(ref, count)
     data = bytes(tag.data[ref.start * tag.size : (ref.start + count) * tag.size])
@@ -120,13 +125,14 @@ def read_tag(table: TagTable, request: MessageRouterRequest, room: int) -> TagRe
 
 def read_tag_fragmented(table: TagTable, request: MessageRouterRequest, room: int) -> TagReply:
     ref = table.resolve(request.path)
-    payload = _payload(request.service, request.data[:6])
-    assert isinstance(payload, ReadTag) and payload.byte_offset is not None
-    tag, count, offset = ref.tag, payload.element_count, payload.byte_offset
+    payload = _payload(request.service, request.data[:6], ReadTag)
+    tag, count, offset = ref.tag, payload.element_count, payload.byte_offset or 0
     _check_range(ref, count)
     first, total = ref.start * tag.size, count * tag.size
-    if offset >= total or offset % tag.size:
+    if offset >= total:
         raise _general(OFFSET_BEYOND_END, f"byte offset {offset} of {total}")
+    if offset % tag.size:
+        raise TagError(_Status.INVALID_PARAMETER_VALUE, (), f"byte offset {offset} splits a {tag.type_name}")
     data = bytes(tag.data[first + offset : first + total])
     status, data = _fit(data, tag.size, room - _REPLY_HEADER_BYTES - _TYPE_BYTES)
     reply = reply_to(request.service, status, (), _U16.pack(tag.data_type) + data)
@@ -150,10 +156,9 @@ def write_tag(table: TagTable, request: MessageRouterRequest, room: int) -> TagR
     _need(data, 4)
     tag = ref.tag
     (count,) = _U16.unpack_from(data, 2)
-    length = 4 + count * tag.size
-    payload = _payload(request.service, data[:length])
-    assert isinstance(payload, WriteTag)
     _check_range(ref, count)
+    length = 4 + count * tag.size
+    payload = _payload(request.service, data[:length], WriteTag)
     tag.write_bytes(ref.start * tag.size, payload.data)
     return TagReply(reply_to(request.service, _Status.SUCCESS), max(0, len(data) - length))
 
@@ -172,8 +177,7 @@ def write_tag_fragmented(table: TagTable, request: MessageRouterRequest, room: i
     if offset + len(data) - 8 > total:
         raise _general(BEYOND_END_OF_OBJECT, "the fragment runs past the elements of the transfer")
     _check_range(ref, count)
-    payload = _payload(request.service, data)
-    assert isinstance(payload, WriteTag)
+    payload = _payload(request.service, data, WriteTag)
     tag.write_bytes(ref.start * tag.size + offset, payload.data)
     return TagReply(reply_to(request.service, _Status.SUCCESS))
 
@@ -183,8 +187,7 @@ def read_modify_write(table: TagTable, request: MessageRouterRequest, room: int)
     data = request.data
     _need(data, 2)
     (size,) = _U16.unpack_from(data)
-    payload = _payload(request.service, data[: 2 + 2 * size])
-    assert isinstance(payload, ReadModifyWrite)
+    payload = _payload(request.service, data[: 2 + 2 * size], ReadModifyWrite)
     tag = ref.tag
     if size > tag.size:
         raise TagError(_Status.INVALID_PARAMETER_VALUE, (), f"{size}-byte masks on a {tag.type_name}")
@@ -225,13 +228,11 @@ SYMBOL_ATTRIBUTES: dict[int, Callable[[Symbol], bytes]] = {
 def _listing_start(table: TagTable, request: MessageRouterRequest) -> tuple[Scope, int]:
     """``[Program:Name] class 0x6B, instance N``: the scope and the first instance to list."""
     scope, segments = table.scope_of(request.path)
-    path = [getattr(segment, "logical_type", None) for segment in segments]
-    values = [getattr(segment, "value", None) for segment in segments]
-    if path[:2] != [0, 1] or values[0] != ClassCode.SYMBOL or len(segments) != 2:  # class, instance
-        raise path_error("Get Instance Attribute List takes class 0x6B and a start instance")
-    start = values[1]
-    assert isinstance(start, int)
-    return scope, start
+    if len(segments) == 2 and logical_value(segments[0], LogicalType.CLASS_ID) == ClassCode.SYMBOL:
+        start = logical_value(segments[1], LogicalType.INSTANCE_ID)
+        if start is not None:
+            return scope, start
+    raise path_error("Get Instance Attribute List takes class 0x6B and a start instance")
 
 
 def get_instance_attribute_list(table: TagTable, request: MessageRouterRequest, room: int) -> TagReply:
@@ -239,8 +240,7 @@ def get_instance_attribute_list(table: TagTable, request: MessageRouterRequest, 
     data = request.data
     _need(data, 2)
     (count,) = _U16.unpack_from(data)
-    payload = _payload(request.service, data[: 2 + 2 * count])
-    assert isinstance(payload, AttributeList)
+    payload = _payload(request.service, data[: 2 + 2 * count], AttributeList)
     encoders = []
     for attribute in payload.attribute_ids:
         encoder = SYMBOL_ATTRIBUTES.get(attribute)

@@ -25,7 +25,6 @@ from protocols.cip import (
     LogicalType,
     MessageRouterRequest,
     MessageRouterResponse,
-    PortSegment,
     reply_to,
 )
 from protocols.cip.spec import ClassCode, ConnectionManagerStatus, GeneralStatus, Service
@@ -39,6 +38,7 @@ _U64 = struct.Struct("<Q")
 UNCONNECTED_ROOM = 504  # bytes of message router reply a Logix controller sends unconnected
 MIN_LARGE_FORWARD_OPEN_REVISION = 20  # Large Forward Open came with Logix v20
 MAX_CONNECTION_SIZE = 511  # a Forward Open's 9-bit size field
+MIN_CONNECTION_SIZE = 2 + 6  # a sequence count and a reply header with one extended status word
 MAX_LARGE_CONNECTION_SIZE = 4002  # what a Logix controller accepts (pylogix asks exactly this)
 
 
@@ -111,24 +111,24 @@ class Connection:
         return self.t_o_size - 2
 
 
-def _failure(service: int, status: int, request: ForwardOpen | ForwardClose) -> MessageRouterResponse:
+def _failure(
+    service: int, extended: tuple[int, ...], request: ForwardOpen | ForwardClose
+) -> MessageRouterResponse:
+    """Connection failure (0x01) with the Connection Manager's extended status and the triad."""
     serial, vendor, originator = request.triad
     data = ForwardOpenFailure(serial, vendor, originator).encode()
-    return reply_to(service, _Status.CONNECTION_FAILURE, (status,), data)
+    return reply_to(service, _Status.CONNECTION_FAILURE, tuple(map(int, extended)), data)
 
 
 def _check_connection_path(path: EPath) -> int | None:
     """A connection to this controller's message router: ``[1/0] class 0x02 instance 1``. The extended
     status for anything else (None when the path is good)."""
-    segments = list(path.segments)
-    while segments and isinstance(segments[0], PortSegment):
-        port = segments.pop(0)
-        assert isinstance(port, PortSegment)
+    for port in path.route:
         if port.port != 1:
             return _CM.INVALID_PORT
         if port.link != b"\x00":
             return _CM.INVALID_LINK_ADDRESS
-    logical = [(s.logical_type, s.value) for s in segments if isinstance(s, LogicalSegment)]
+    logical = [(s.logical_type, s.value) for s in path.segments if isinstance(s, LogicalSegment)]
     if logical != [(LogicalType.CLASS_ID, ClassCode.MESSAGE_ROUTER), (LogicalType.INSTANCE_ID, 1)]:
         return _CM.INVALID_SEGMENT_IN_CONNECTION_PATH
     return None
@@ -152,21 +152,19 @@ class ConnectionManager:
     def forward_open(self, request: ForwardOpen, session: int) -> MessageRouterResponse:
         service = request.service
         if request.transport_class != 3:
-            return _failure(service, _CM.TRANSPORT_CLASS_NOT_SUPPORTED, request)
+            return _failure(service, (_CM.TRANSPORT_CLASS_NOT_SUPPORTED,), request)
         path_status = _check_connection_path(request.connection_path)
         if path_status is not None:
-            return _failure(service, path_status, request)
+            return _failure(service, (path_status,), request)
         limit = MAX_LARGE_CONNECTION_SIZE if request.large else MAX_CONNECTION_SIZE
         for size in (request.o_t.size, request.t_o.size):
-            if not 8 <= size <= limit:
-                serial, vendor, originator = request.triad
-                data = ForwardOpenFailure(serial, vendor, originator).encode()
-                extended = (_CM.INVALID_CONNECTION_SIZE, limit)  # the second word: the size supported
-                return reply_to(service, _Status.CONNECTION_FAILURE, extended, data)
+            # At least a sequence count and a reply header; the second word tells the size supported.
+            if not MIN_CONNECTION_SIZE <= size <= limit:
+                return _failure(service, (_CM.INVALID_CONNECTION_SIZE, limit), request)
         if any(connection.triad == request.triad for connection in self._by_id.values()):
-            return _failure(service, _CM.CONNECTION_IN_USE, request)
+            return _failure(service, (_CM.CONNECTION_IN_USE,), request)
         if len(self._by_id) >= self.max_connections:
-            return _failure(service, _CM.OUT_OF_CONNECTIONS, request)
+            return _failure(service, (_CM.OUT_OF_CONNECTIONS,), request)
         o_t_id = next(self._ids)
         self._by_id[o_t_id] = Connection(
             o_t_id, request.t_o_connection_id, request.triad, session, request.o_t.size, request.t_o.size
@@ -183,7 +181,7 @@ class ConnectionManager:
                 del self._by_id[o_t_id]
                 reply = ForwardCloseReply(*request.triad)
                 return reply_to(Service.FORWARD_CLOSE, _Status.SUCCESS, (), reply.encode())
-        return _failure(Service.FORWARD_CLOSE, _CM.CONNECTION_NOT_FOUND, request)
+        return _failure(Service.FORWARD_CLOSE, (_CM.CONNECTION_NOT_FOUND,), request)
 
     def drop_session(self, session: int) -> None:
         """A session's connections end with it."""
@@ -244,6 +242,9 @@ class AttributeObject:
         if setter is None:
             known = (instance, attribute) in self.attributes
             return _Status.ATTRIBUTE_NOT_SETTABLE if known else _Status.ATTRIBUTE_NOT_SUPPORTED
+        size = len(self.attributes[instance, attribute]())  # the settable attributes have fixed sizes
+        if len(data) != size:
+            return _Status.NOT_ENOUGH_DATA if len(data) < size else _Status.TOO_MUCH_DATA
         try:
             setter(data)
         except ValueError:

@@ -50,6 +50,7 @@ _Status = GeneralStatus
 _CM = ConnectionManagerStatus
 _U16_ONE = b"\x01\x00"
 
+BACKPLANE_SLOT_0 = PortSegment(1, b"\x00")  # where the controller sits: the route "1/0"
 MAX_WRAPPERS = 2  # Unconnected Send around a Multiple Service Packet, as the codec's default depth
 _ERROR_REPLY_BYTES = 6  # a reply header with one extended status word
 
@@ -174,8 +175,11 @@ class MessageRouter:
         if _is_tag_request(path):
             answer = tag_service(self.tags, request, context.room)
             reply, ignored = answer.reply, answer.ignored_bytes
-        elif path.class_id == ClassCode.MESSAGE_ROUTER and service == Service.MULTIPLE_SERVICE_PACKET:
-            reply = self._multiple(request, context)
+        elif path.class_id == ClassCode.MESSAGE_ROUTER:
+            if service == Service.MULTIPLE_SERVICE_PACKET:
+                reply = self._multiple(request, context)
+            else:
+                reply = reply_to(service, _Status.SERVICE_NOT_SUPPORTED)
         elif path.class_id == ClassCode.CONNECTION_MANAGER:
             reply = self._connection_manager(request, context)
         elif path.class_id == ClassCode.IDENTITY and service == Service.RESET:
@@ -247,12 +251,14 @@ class MessageRouter:
         if len(context.within) >= MAX_WRAPPERS:
             return reply_to(service, _Status.RESOURCE_UNAVAILABLE)
         send = parse_unconnected_send(request.data, limits=self.limits)
-        route = send.route.segments
-        if route and route != (PortSegment(1, b"\x00"),):
-            port = route[0]
-            bad_port = not isinstance(port, PortSegment) or port.port != 1
-            extended = _CM.INVALID_PORT if bad_port else _CM.INVALID_LINK_ADDRESS
-            remaining = len(send.route.encode()) // 2  # the route words not consumed
+        route = send.route.route
+        for hop, port in enumerate(route):
+            if hop == 0 and port == BACKPLANE_SLOT_0:
+                continue
+            # This controller is the end of every route: a hop past it (or to another slot) fails there,
+            # and the reply tells how many words of the route were left.
+            extended = _CM.INVALID_PORT if port.port != BACKPLANE_SLOT_0.port else _CM.INVALID_LINK_ADDRESS
+            remaining = len(EPath(route[hop:]).encode()) // 2
             return reply_to(service, _Status.CONNECTION_FAILURE, (extended,), bytes((remaining,)))
         # The reply is the embedded request's own, as if it had come without the wrapper.
         inner = replace(context, within=(*context.within, service))

@@ -22,6 +22,7 @@ import itertools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 from gateway.sim.enip_objects import UNCONNECTED_ROOM
 from gateway.sim.enip_router import Context, MessageRouter
@@ -135,11 +136,10 @@ class _EnipProtocol(asyncio.Protocol):
     # ---------------------------------------------------------------------------------- transport
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # create_server makes stream transports
         if len(self.server.clients) >= self.server.caps.max_clients:
             log.warning("TCP client refused: %d clients already", len(self.server.clients))
-            transport.abort()
+            self.transport.abort()
             return
         self.server.clients.add(self)
 

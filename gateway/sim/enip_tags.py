@@ -15,7 +15,7 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from protocols.cip import DataType, EPath, LogicalSegment, LogicalType, SymbolicSegment
+from protocols.cip import DataType, EPath, LogicalSegment, LogicalType, Segment, SymbolicSegment
 from protocols.cip.spec import ATOMIC_TYPES, ClassCode, GeneralStatus
 
 Value = bool | int | float
@@ -32,9 +32,9 @@ _FLOATS = frozenset((DataType.REAL, DataType.LREAL))
 # dimensions, 12 a system symbol (programs, tasks, routines), 15 a structure.
 SYSTEM_SYMBOL = 0x1000
 DIMENSION_SHIFT = 13
-PROGRAM_SYMBOL_TYPE = 0x1068
-ROUTINE_SYMBOL_TYPE = 0x106D
-TASK_SYMBOL_TYPE = 0x1070
+PROGRAM_SYMBOL_TYPE = SYSTEM_SYMBOL | 0x68  # the values a ControlLogix lists for these
+ROUTINE_SYMBOL_TYPE = SYSTEM_SYMBOL | 0x6D
+TASK_SYMBOL_TYPE = SYSTEM_SYMBOL | 0x70
 # Software control attribute (6): set for a base tag, clear for an alias (pycomm3 reads it so).
 BASE_TAG_BIT = 1 << 26
 EXTERNAL_READ_WRITE = 0
@@ -255,11 +255,6 @@ class TagTable:
         tag.store(0, list(initial) if isinstance(initial, Sequence) else [initial] * count)
         return tag
 
-    @property
-    def tags(self) -> list[Tag]:
-        scopes = [self.controller, *self.programs.values()]
-        return [symbol.tag for scope in scopes for symbol in scope.symbols if symbol.tag is not None]
-
     # ----------------------------------------------------------------------------------- by text
 
     def lookup(self, text: str) -> tuple[Tag, int | None]:
@@ -287,9 +282,9 @@ class TagTable:
 
     # ----------------------------------------------------------------------------------- by path
 
-    def scope_of(self, path: EPath) -> tuple[Scope, tuple[object, ...]]:
+    def scope_of(self, path: EPath) -> tuple[Scope, tuple[Segment, ...]]:
         """The scope a path starts in and the segments after the program's name, if any."""
-        segments: tuple[object, ...] = path.segments
+        segments = path.segments
         first = segments[0] if segments else None
         if isinstance(first, SymbolicSegment) and first.name.lower().startswith(_PROGRAM_PREFIX):
             scope = self.programs.get(first.name[len(_PROGRAM_PREFIX) :].lower())
@@ -309,8 +304,8 @@ class TagTable:
             symbol = scope.by_name(first.name)
             if symbol is None:
                 raise path_error(f"no tag {first.name!r}")
-        elif _logical(first, LogicalType.CLASS_ID) == ClassCode.SYMBOL and rest:
-            instance = _logical(rest.pop(0), LogicalType.INSTANCE_ID)
+        elif logical_value(first, LogicalType.CLASS_ID) == ClassCode.SYMBOL and rest:
+            instance = logical_value(rest.pop(0), LogicalType.INSTANCE_ID)
             if instance is None:
                 raise path_error("class 0x6B without an instance")
             symbol = scope.by_instance(instance)
@@ -323,7 +318,7 @@ class TagTable:
             raise path_error(f"{symbol.name} is not a data tag")
         index: list[int] = []
         for segment in rest:
-            value = _logical(segment, LogicalType.MEMBER_ID)
+            value = logical_value(segment, LogicalType.MEMBER_ID)
             if value is None:
                 # A member of an atomic tag (Logix has no bit members in paths) or a stray segment.
                 raise path_error(f"{tag.full_name} has no members")
@@ -333,7 +328,8 @@ class TagTable:
         return Ref(tag, _element(tag, tuple(index)), indexed=True)
 
 
-def _logical(segment: object, kind: LogicalType) -> int | None:
+def logical_value(segment: Segment, kind: LogicalType) -> int | None:
+    """The value of a logical segment of ``kind`` (None for any other segment)."""
     if isinstance(segment, LogicalSegment) and segment.logical_type == kind:
         return segment.value
     return None
@@ -365,5 +361,6 @@ __all__ = [
     "TagSpec",
     "TagTable",
     "destination_unknown",
+    "logical_value",
     "path_error",
 ]

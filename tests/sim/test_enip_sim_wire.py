@@ -384,7 +384,8 @@ async def test_unconnected_send_routes(wire: Wire) -> None:
     assert status(await wire.rr(unconnected_send((PortSegment(1, b"\x02"),)))) == (0x01, (0x0312,))
     assert status(await wire.rr(unconnected_send((PortSegment(3, b"\x00"),)))) == (0x01, (0x0311,))
     too_far = (PortSegment(1, b"\x00"), PortSegment(2, b"10.0.0.9"))
-    assert status(await wire.rr(unconnected_send(too_far)))[0] == 0x01
+    routed_on = await wire.rr(unconnected_send(too_far))  # the controller is the end of every route
+    assert status(routed_on) == (0x01, (0x0311,)) and routed_on.data == b"\x05"  # 5 words left
 
 
 # --------------------------------------------------------------------------------- Logix statuses
