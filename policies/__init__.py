@@ -7,15 +7,16 @@ Imports only :mod:`protocols`.
 
 from policies.decision import Decision
 from policies.errors import PolicyError, PolicyIssue
-from policies.evaluate import SubjectView
 from policies.explain import Explanation
-from policies.model import Asset, DenyAction
+from policies.model import Asset, DenyAction, EnipIdentity
 from policies.policy import Policy, load_policy, parse_policy
+from policies.view import SubjectView
 
 __all__ = [
     "Asset",
     "Decision",
     "DenyAction",
+    "EnipIdentity",
     "Explanation",
     "Policy",
     "PolicyError",

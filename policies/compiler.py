@@ -11,24 +11,33 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from policies.decision import ACTION_FORWARD, VERDICT_ALLOW, Decision
-from policies.evaluate import Candidate, KeyTable, SubFunctionTable, SubjectView
+from policies.evaluate import Candidate, KeyTable, SubFunctionTable
+from policies.evaluate_enip import EnipCandidate, EnipTable
 from policies.model import SUBFUNCTION_CODES, Asset, Rule
 from policies.ranges import SegmentIndex
+from policies.view import SubjectView
+from protocols.cip.spec import FIRST_CLASS_SPECIFIC_SERVICE
 
 __all__ = ["compile_view"]
 
 
 def compile_view(subject: str, asset: Asset, rules: Sequence[Rule], revision: str) -> SubjectView:
     """Compile ``rules``: those whose subjects match ``subject`` and whose assets name ``asset``, in file
-    order."""
+    order. Only the entries of the asset's protocol are compiled."""
     view = SubjectView(subject, asset, revision, tuple(rules))
+    # One shared decision per rule: allowing a request allocates nothing.
+    allowed = {
+        rule.id: Decision(VERDICT_ALLOW, rule.id, 0, ACTION_FORWARD, f"allowed by rule {rule.id}")
+        for rule in rules
+    }
+    if asset.protocol == "enip":
+        _compile_enip(view, rules, allowed)
+        return view
     by_code: dict[int, list[Candidate]] = {}
     for rule in rules:
-        # One shared decision per rule: allowing a request allocates nothing.
-        allowed = Decision(VERDICT_ALLOW, rule.id, 0, ACTION_FORWARD, f"allowed by rule {rule.id}")
         for entry in rule.modbus:
             for code in sorted(entry.function_codes):
-                by_code.setdefault(code, []).append(Candidate(rule, entry, allowed))
+                by_code.setdefault(code, []).append(Candidate(rule, entry, allowed[rule.id]))
     tables: dict[int, KeyTable | SubFunctionTable] = {}
     for code, candidates in by_code.items():
         if code in SUBFUNCTION_CODES:
@@ -37,6 +46,34 @@ def compile_view(subject: str, asset: Asset, rules: Sequence[Rule], revision: st
             tables[code] = KeyTable(view, code, candidates)
     view.install(tables)
     return view
+
+
+def _compile_enip(view: SubjectView, rules: Sequence[Rule], allowed: dict[str, Decision]) -> None:
+    pairs: dict[tuple[int, int], list[EnipCandidate]] = {}
+    common: dict[int, list[EnipCandidate]] = {}
+    order = 0
+    for rule in rules:
+        for entry in rule.enip:
+            candidate = EnipCandidate(rule, entry, order, allowed[rule.id])
+            order += 1
+            for class_id, service in entry.services:
+                if class_id is None:
+                    common.setdefault(service, []).append(candidate)
+                elif entry.classes is None or class_id in entry.classes:
+                    pairs.setdefault((class_id, service), []).append(candidate)
+    pair_tables: dict[tuple[int | None, int], EnipTable] = {}
+    for (class_id, service), named in pairs.items():
+        candidates = named
+        if service < FIRST_CLASS_SPECIFIC_SERVICE and service in common:
+            # A common service named for one class and for any class: one table, in file order.
+            candidates = sorted({id(c): c for c in (*named, *common[service])}.values(), key=_order)
+        pair_tables[(class_id, service)] = EnipTable(view, class_id, candidates)
+    common_tables = {service: EnipTable(view, None, candidates) for service, candidates in common.items()}
+    view.install_enip(pair_tables, common_tables)
+
+
+def _order(candidate: EnipCandidate) -> int:
+    return candidate.order
 
 
 def _sub_function_table(view: SubjectView, code: int, candidates: list[Candidate]) -> SubFunctionTable:

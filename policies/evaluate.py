@@ -1,7 +1,7 @@
 """Deciding Modbus requests on a compiled view (docs/policy.md, "How a decision is made").
 
-A :class:`SubjectView` holds, for one identity on one asset, a table per function code (per
-sub-function for FC 8 and 43). Each table keeps its candidates - one per rule entry naming the code -
+A :class:`~policies.view.SubjectView` holds, for one identity on one asset, a table per function code
+(per sub-function for FC 8 and 43). Each table keeps its candidates - one per rule entry naming the code -
 split by effect and mode, in file order. A request is decided by:
 
 1. the unit check;
@@ -23,18 +23,21 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from policies.decision import ACTION_FORWARD, VERDICT_ALLOW, VERDICT_DENY, VERDICT_WOULD_DENY, Decision
-from policies.model import Asset, ModbusEntry, Rule
+from policies.decision import ACTION_FORWARD, VERDICT_ALLOW, Decision
+from policies.model import ModbusEntry, Rule
 from policies.ranges import IntervalSet, SegmentIndex
 from policies.timewindow import TimeWindow
 from protocols.modbus.pdu import Request
+
+if TYPE_CHECKING:
+    from policies.view import SubjectView
 
 __all__ = [
     "Candidate",
     "KeyTable",
     "SubFunctionTable",
-    "SubjectView",
     "covers",
     "function_text",
     "span_text",
@@ -427,91 +430,3 @@ class SubFunctionTable:
         if table is None:
             return self.view.no_rule(request)
         return table.decide(request, now)
-
-
-class SubjectView:
-    """What one identity may do on one asset, compiled. Build it with :meth:`policies.Policy.view`."""
-
-    __slots__ = (
-        "_codes",
-        "_constant_denials",
-        "_deny_action",
-        "_monitor_asset",
-        "_tables",
-        "_unit_ids",
-        "asset",
-        "policy_revision",
-        "rules",
-        "subject",
-    )
-
-    def __init__(self, subject: str, asset: Asset, policy_revision: str, rules: tuple[Rule, ...]) -> None:
-        self.subject = subject
-        self.asset = asset
-        self.policy_revision = policy_revision
-        self.rules = rules  # every rule naming this asset for this subject, in file order
-        self._unit_ids = asset.unit_ids
-        self._monitor_asset = asset.mode == "monitor"
-        self._deny_action = asset.deny.action
-        self._codes = {
-            "function": asset.deny.function,
-            "address": asset.deny.address,
-            "value": asset.deny.value,
-        }
-        self._tables: dict[int, KeyTable | SubFunctionTable] = {}
-        # Refusals that depend only on the unit or the function code (what a scanner triggers in bulk)
-        # are built once; bounded, since a client picks the codes.
-        self._constant_denials: dict[tuple[int, int, int], Decision] = {}
-
-    def install(self, tables: dict[int, KeyTable | SubFunctionTable]) -> None:
-        """Called once by the compiler (tables refer back to the view, so they come after it)."""
-        self._tables = tables
-
-    def table(self, request: Request) -> KeyTable | None:
-        """The table deciding this request's function code and sub-function (for explanations)."""
-        table = self._tables.get(request.function_code)
-        if isinstance(table, SubFunctionTable):
-            return table.tables[bisect_right(table.starts, request.sub_function) - 1]
-        return table
-
-    def decide_modbus(self, request: Request, now: float) -> Decision:
-        """Decide one parsed Modbus request at time ``now`` (epoch seconds)."""
-        if request.unit_id not in self._unit_ids:
-            return self.unit_refused(request)
-        table = self._tables.get(request.function_code)
-        if table is None:
-            return self.no_rule(request)
-        return table.decide(request, now)
-
-    def deny(
-        self, rule_id: str | None, kind: str, reason: str, monitor_rule_id: str | None = None
-    ) -> Decision:
-        """A refusal with the asset's exception code for ``kind`` (function, address or value)."""
-        code = self._codes[kind]
-        if self._monitor_asset:
-            return Decision(VERDICT_WOULD_DENY, rule_id, code, ACTION_FORWARD, reason, monitor_rule_id)
-        return Decision(VERDICT_DENY, rule_id, code, self._deny_action, reason, monitor_rule_id)
-
-    def no_rule(self, request: Request) -> Decision:
-        key = (0, request.function_code, request.sub_function)
-        decision = self._constant_denials.get(key)
-        if decision is None:
-            decision = self.deny(None, "function", f"no rule allows {function_text(request)}")
-            self._remember(key, decision)
-        return decision
-
-    def unit_refused(self, request: Request) -> Decision:
-        key = (1, request.unit_id, 0)
-        decision = self._constant_denials.get(key)
-        if decision is None:
-            units = ", ".join(str(u) for u in sorted(self._unit_ids))
-            reason = (
-                f"unit {request.unit_id} is not configured for asset {self.asset.name} (unit_ids {units})"
-            )
-            decision = self.deny(None, "address", reason)
-            self._remember(key, decision)
-        return decision
-
-    def _remember(self, key: tuple[int, int, int], decision: Decision) -> None:
-        if len(self._constant_denials) < 1024:
-            self._constant_denials[key] = decision

@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 from policies.decision import VERDICT_DENY, Decision
 from policies.evaluate import (
     Candidate,
-    SubjectView,
     covers,
     function_text,
     span_text,
@@ -21,9 +20,19 @@ from policies.evaluate import (
     unit_and_addresses_cover,
 )
 from policies.model import SUBFUNCTION_CODES, Asset, Rule
+from policies.view import SubjectView
 from protocols.modbus.pdu import Request
 
-__all__ = ["Explanation", "cloaked_explanation", "describe_request", "explain_view"]
+__all__ = [
+    "Explanation",
+    "at_text",
+    "cloaked_explanation",
+    "decision_line",
+    "describe_request",
+    "explain_view",
+    "rule_line",
+    "window_lines",
+]
 
 _CODE_NAMES = {1: "illegal function", 2: "illegal data address", 3: "illegal data value"}
 
@@ -62,16 +71,17 @@ def describe_request(request: Request) -> str:
     return ", ".join(parts)
 
 
-def _at(now: float) -> str:
+def at_text(now: float) -> str:
     return datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def _decision_line(decision: Decision) -> str:
+def decision_line(decision: Decision, what: str = "exception", names: dict[int, str] = _CODE_NAMES) -> str:
+    """``what`` names the code (a Modbus exception, a CIP general status) and ``names`` its values."""
     if decision.verdict == "allow":
         return "decision: allow (forward to the device)"
     code = decision.exception_code
-    name = _CODE_NAMES.get(code, "configured code")
-    text = f"{decision.verdict}: exception 0x{code:02X} ({name}), action {decision.action}"
+    name = names.get(code, "configured code")
+    text = f"{decision.verdict}: {what} 0x{code:02X} ({name}), action {decision.action}"
     if decision.verdict != VERDICT_DENY:
         text += " (asset in monitor mode: forwarded and audited)"
     return f"decision: {text}"
@@ -88,7 +98,7 @@ def _names_function(rule: Rule, request: Request) -> bool:
     return False
 
 
-def _rule_line(decision: Decision, rules: tuple[Rule, ...]) -> str:
+def rule_line(decision: Decision, rules: tuple[Rule, ...]) -> str:
     if decision.rule_id is None:
         return "rule: none"
     rule = next((r for r in rules if r.id == decision.rule_id), None)
@@ -125,8 +135,8 @@ def explain_view(view: SubjectView, request: Request, now: float, source: str) -
     decision = view.decide_modbus(request, now)
     asset = view.asset
     lines = [
-        _decision_line(decision),
-        _rule_line(decision, view.rules),
+        decision_line(decision),
+        rule_line(decision, view.rules),
         f"reason: {decision.reason}",
     ]
     entry = _deciding_entry(view, decision, request, now)
@@ -138,20 +148,25 @@ def explain_view(view: SubjectView, request: Request, now: float, source: str) -
     lines.append(f"subject: {view.subject}")
     lines.append(_asset_line(asset, request.unit_id))
     lines.append(f"request: {describe_request(request)}")
-    lines.append(f"time: {_at(now)}")
+    lines.append(f"time: {at_text(now)}")
     relevant = [rule for rule in view.rules if _names_function(rule, request)]
-    if relevant:
-        lines.append(f"rules naming {function_text(request)}:")
-        for rule in relevant:
-            if rule.window is None:
-                state = "no time window"
-            else:
-                state = f"window {'open' if rule.window.open_at(now) else 'closed'} ({rule.window})"
-            lines.append(f"  {rule.id}: {rule.effect}, {rule.mode}, {state}")
-    else:
-        lines.append(f"rules naming {function_text(request)}: none for this subject on this asset")
+    lines.extend(window_lines(function_text(request), relevant, now))
     lines.append(f"policy: {source} revision {view.policy_revision}")
     return Explanation(decision, lines)
+
+
+def window_lines(service: str, relevant: list[Rule], now: float) -> list[str]:
+    """The rules that name the request's function or service, with the state of their windows."""
+    if not relevant:
+        return [f"rules naming {service}: none for this subject on this asset"]
+    lines = [f"rules naming {service}:"]
+    for rule in relevant:
+        if rule.window is None:
+            state = "no time window"
+        else:
+            state = f"window {'open' if rule.window.open_at(now) else 'closed'} ({rule.window})"
+        lines.append(f"  {rule.id}: {rule.effect}, {rule.mode}, {state}")
+    return lines
 
 
 def _asset_line(asset: Asset, unit: int) -> str:
@@ -164,7 +179,7 @@ def _asset_line(asset: Asset, unit: int) -> str:
 
 
 def cloaked_explanation(
-    subject: str, asset_name: str, known_asset: bool, request: Request, now: float, source: str, revision: str
+    subject: str, asset_name: str, known_asset: bool, request: str, now: float, source: str, revision: str
 ) -> Explanation:
     """The asset is unknown, or no rule names it for the subject: the session would be refused."""
     if known_asset:
@@ -177,8 +192,8 @@ def cloaked_explanation(
         "rule: none",
         f"reason: {decision.reason}",
         f"subject: {subject}",
-        f"request: {describe_request(request)}",
-        f"time: {_at(now)}",
+        f"request: {request}",
+        f"time: {at_text(now)}",
         f"policy: {source} revision {revision}",
     ]
     return Explanation(decision, lines)

@@ -11,27 +11,18 @@ results are memoised by their source text: a 10,000-rule file validates each dis
 
 from __future__ import annotations
 
-import ipaddress
 import re
+from collections.abc import Callable
 from types import MappingProxyType
-from typing import cast
+from typing import TypeVar, cast
 
 from policies import toml
+from policies.assets import UNIT_BOUNDS, AssetChecks
+from policies.enip_entries import EnipEntryChecks
 from policies.errors import FieldPath, PolicyError, PolicyIssue, format_path, quote, syntax_issue
-from policies.fields import FieldChecker, expected
+from policies.fields import expected
 from policies.locator import LineLocator
-from policies.model import (
-    DENY_ACTIONS,
-    EFFECTS,
-    MODES,
-    PROTOCOLS,
-    SUBFUNCTION_CODES,
-    Asset,
-    DenyAction,
-    ModbusEntry,
-    PolicyModel,
-    Rule,
-)
+from policies.model import EFFECTS, MODES, SUBFUNCTION_CODES, EnipEntry, ModbusEntry, PolicyModel, Rule
 from policies.ranges import IntervalSet
 from policies.subjects import GROUP_PREFIX, check_group_name, check_subject, check_trust_domain
 from policies.timewindow import TimeWindow, parse_days, parse_hours, parse_time_zone
@@ -39,41 +30,23 @@ from protocols.modbus import spec
 
 __all__ = ["PRESETS", "parse_model"]
 
+T = TypeVar("T")
+
 PRESETS: dict[str, frozenset[int]] = {
     "read-only": frozenset(spec.PRESET_READ_ONLY),
     "read-write": frozenset(spec.PRESET_READ_WRITE),
 }
 
 _TOP_KEYS = ("trust_domain", "assets", "groups", "rules")
-_ASSET_KEYS = (
-    "protocol",
-    "upstream",
-    "unit_ids",
-    "unit_map",
-    "mode",
-    "deny",
-    "max_connections",
-    "max_in_flight",
-    "queue_limit",
-    "connect_timeout_s",
-    "response_timeout_s",
-)
-_DENY_KEYS = ("action", "function", "address", "value")
-_RULE_KEYS = ("id", "description", "effect", "mode", "subjects", "assets", "when", "modbus")
+_RULE_KEYS = ("id", "description", "effect", "mode", "subjects", "assets", "when", "modbus", "enip")
 _RULE_KEY_SET = frozenset(_RULE_KEYS)
 _WHEN_KEYS = ("days", "hours", "tz")
 _ENTRY_KEYS = ("fc", "preset", "subfunction", "unit", "address", "file", "value")
 _ENTRY_KEY_SET = frozenset(_ENTRY_KEYS)
 
-_DNS_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-_ASSET_NAME = re.compile(rf"{_DNS_LABEL}(?:\.{_DNS_LABEL})*")
-_HOST_NAME = re.compile(
-    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
-)
 _RULE_ID = re.compile(r"[!-~]+")  # printable ASCII without spaces: ids end up in audit records and logs
 
 # Field bounds: (low, high) of every number a range field may hold.
-_UNIT_BOUNDS = (0, 255)
 _ADDRESS_BOUNDS = (0, spec.ADDRESS_SPACE - 1)
 _FILE_BOUNDS = (0, 0xFFFF)
 _VALUE_BOUNDS = (0, 0xFFFF)
@@ -81,7 +54,7 @@ _SUBFUNCTION_BOUNDS = (0, 0xFFFF)
 _FC_BOUNDS = (1, 127)  # 128..255 are exception responses, never requests
 _RANGE_BOUNDS = {
     "subfunction": _SUBFUNCTION_BOUNDS,
-    "unit": _UNIT_BOUNDS,
+    "unit": UNIT_BOUNDS,
     "address": _ADDRESS_BOUNDS,
     "file": _FILE_BOUNDS,
     "value": _VALUE_BOUNDS,
@@ -109,13 +82,14 @@ def parse_model(text: str, source: str) -> PolicyModel:
     return model
 
 
-class _Loader(FieldChecker):
+class _Loader(AssetChecks, EnipEntryChecks):
     def __init__(self) -> None:
         super().__init__()
         self._subject_memo: dict[str, str | None] = {}
         self._subjects_ok: set[str] = set()  # ids, patterns and group references already checked
         self._entry_memo: dict[str, ModbusEntry] = {}
         self._window_memo: dict[str, TimeWindow] = {}
+        self._protocols: dict[str, str] = {}
 
     # --------------------------------------------------------------------------------- top level
 
@@ -134,6 +108,7 @@ class _Loader(FieldChecker):
                     self.error(("trust_domain",), problem)
                     trust_domain = None
         declared_assets, assets = self.assets(data.get("assets", {}))
+        self._protocols = {name: asset.protocol for name, asset in assets.items()}
         groups = self.groups(data.get("groups", {}), trust_domain)
         rules = self.rules(data.get("rules", []), trust_domain, declared_assets, groups)
         if self.problems or trust_domain is None:
@@ -144,165 +119,6 @@ class _Loader(FieldChecker):
             groups=MappingProxyType(groups),
             rules=tuple(rules),
         )
-
-    # ------------------------------------------------------------------------------------ assets
-
-    def assets(self, value: object) -> tuple[set[str], dict[str, Asset]]:
-        table = self.table(value, ("assets",))
-        assets: dict[str, Asset] = {}
-        if table is None:
-            return set(), assets
-        for name, body in table.items():
-            asset = self.asset(name, body)
-            if asset is not None:
-                assets[name] = asset
-        return set(table), assets
-
-    def asset(self, name: str, value: object) -> Asset | None:
-        path: FieldPath = ("assets", name)
-        before = len(self.problems)
-        if _ASSET_NAME.fullmatch(name) is None or len(name) > 253:
-            self.error(
-                path,
-                f"asset name {quote(name)}: expected DNS labels of lower-case letters, digits and"
-                f' "-" joined by "." (e.g. "plc-1", "line1.press-3")',
-            )
-        table = self.table(value, path)
-        if table is None:
-            return None
-        self.keys(table, path, _ASSET_KEYS)
-        for required in ("protocol", "upstream"):
-            if required not in table:
-                self.error(path, f'missing required key "{required}"')
-        protocol = (
-            self.choice(table["protocol"], (*path, "protocol"), PROTOCOLS) if "protocol" in table else None
-        )
-        upstream = self.upstream(table["upstream"], (*path, "upstream")) if "upstream" in table else None
-        unit_set = (
-            self.ranges(table["unit_ids"], path, "unit_ids", _UNIT_BOUNDS)
-            if "unit_ids" in table
-            else IntervalSet([(1, 1)])
-        )
-        unit_ids = (
-            frozenset(u for low, high in unit_set.ranges for u in range(low, high + 1))
-            if unit_set
-            else frozenset()
-        )
-        unit_map = (
-            self.unit_map(table["unit_map"], (*path, "unit_map"), unit_ids) if "unit_map" in table else {}
-        )
-        mode = self.optional(table, "mode", path, lambda v, p: self.choice(v, p, MODES), "enforce")
-        deny = self.optional(table, "deny", path, self.deny_action, DenyAction())
-
-        def count(key: str, low: int, high: int, default: int) -> int | None:
-            return self.optional(table, key, path, lambda v, p: self.integer(v, p, low, high), default)
-
-        def seconds(key: str, default: float) -> float | None:
-            return self.optional(table, key, path, lambda v, p: self.seconds(v, p, 3600.0), default)
-
-        max_connections = count("max_connections", 1, 1000, 1)
-        max_in_flight = count("max_in_flight", 1, 1000, 1)
-        queue_limit = count("queue_limit", 0, 100_000, 64)
-        connect_timeout = seconds("connect_timeout_s", 3.0)
-        response_timeout = seconds("response_timeout_s", 2.0)
-        if len(self.problems) > before:
-            return None
-        assert protocol is not None and upstream is not None and unit_map is not None and mode is not None
-        assert deny is not None and max_connections is not None and max_in_flight is not None
-        assert queue_limit is not None and connect_timeout is not None and response_timeout is not None
-        return Asset(
-            name=name,
-            protocol=protocol,
-            upstream_host=upstream[0],
-            upstream_port=upstream[1],
-            unit_ids=unit_ids,
-            unit_map=MappingProxyType(unit_map),
-            mode=mode,
-            deny=deny,
-            max_connections=max_connections,
-            max_in_flight=max_in_flight,
-            queue_limit=queue_limit,
-            connect_timeout_s=connect_timeout,
-            response_timeout_s=response_timeout,
-        )
-
-    def upstream(self, value: object, path: FieldPath) -> tuple[str, int] | None:
-        text = self.string(value, path)
-        if text is None:
-            return None
-        expected = 'expected "host:port" (or "[v6addr]:port" for IPv6)'
-        if text.startswith("["):
-            host, sep, port = text[1:].partition("]:")
-            try:
-                ipaddress.IPv6Address(host)
-            except ValueError:
-                self.error(path, f"{quote(text)}: {quote(host)} is not an IPv6 address; {expected}")
-                return None
-        else:
-            host, sep, port = text.rpartition(":")
-            if ":" in host:
-                self.error(path, f'{quote(text)}: write an IPv6 address in brackets, as "[{host}]:{port}"')
-                return None
-            if not sep or _HOST_NAME.fullmatch(host) is None:
-                self.error(path, f"{quote(text)}: {expected}")
-                return None
-            if host.replace(".", "").isdigit():
-                try:
-                    ipaddress.IPv4Address(host)
-                except ValueError:
-                    self.error(path, f"{quote(text)}: {quote(host)} is not an IPv4 address")
-                    return None
-        # isascii: str.isdigit (and int) also accept other scripts' digits, which no one means here.
-        if (
-            not sep
-            or not (port.isascii() and port.isdigit() and len(port) <= 5)
-            or not 1 <= int(port) <= 65535
-        ):
-            self.error(path, f"{quote(text)}: the port must be a number in 1..65535; {expected}")
-            return None
-        return host, int(port)
-
-    def unit_map(self, value: object, path: FieldPath, unit_ids: frozenset[int]) -> dict[int, int] | None:
-        table = self.table(value, path)
-        if table is None:
-            return None
-        out: dict[int, int] = {}
-        for key, device in table.items():
-            key_path = (*path, key)
-            if not (key.isascii() and key.isdigit() and len(key) <= 3) or not 0 <= int(key) <= 255:
-                self.error(
-                    key_path, f'{quote(key)}: expected a client unit id in 0..255, as in {{ "1" = 17 }}'
-                )
-                continue
-            if unit_ids and int(key) not in unit_ids:
-                self.error(
-                    key_path,
-                    f"client unit {int(key)} is not in unit_ids ({', '.join(map(str, sorted(unit_ids)))})",
-                )
-                continue
-            mapped = self.integer(device, key_path, *_UNIT_BOUNDS)
-            if mapped is not None:
-                out[int(key)] = mapped
-        return out
-
-    def deny_action(self, value: object, path: FieldPath) -> DenyAction | None:
-        table = self.table(value, path)
-        if table is None:
-            return None
-        before = len(self.problems)
-        self.keys(table, path, _DENY_KEYS)
-        action = self.optional(
-            table, "action", path, lambda v, p: self.choice(v, p, DENY_ACTIONS), "exception"
-        )
-
-        def code(key: str, default: int) -> int | None:
-            return self.optional(table, key, path, lambda v, p: self.integer(v, p, 1, 255), default)
-
-        function, address, value_code = code("function", 1), code("address", 2), code("value", 3)
-        if len(self.problems) > before:
-            return None
-        assert action is not None and function is not None and address is not None and value_code is not None
-        return DenyAction(action, function, address, value_code)
 
     # ------------------------------------------------------------------------------------ groups
 
@@ -395,21 +211,11 @@ class _Loader(FieldChecker):
         )
         asset_names = self.rule_assets(table["assets"], path, assets) if "assets" in table else []
         window = self.when(table["when"], (*path, "when")) if "when" in table else None
-        entries: list[ModbusEntry] = []
-        if "modbus" in table:
-            entries_value = table["modbus"]
-            if isinstance(entries_value, list):
-                for item, entry_value in enumerate(entries_value):
-                    entry = self.entry(entry_value, (*path, "modbus", item))
-                    if entry is not None:
-                        entries.append(entry)
-            else:
-                self.error(
-                    (*path, "modbus"),
-                    expected(
-                        entries_value, 'an array of inline tables such as [{ fc = 3, address = "0-99" }]'
-                    ),
-                )
+        modbus = self.entry_list(table, path, "modbus", self.entry, '[{ fc = 3, address = "0-99" }]')
+        enip = self.entry_list(
+            table, path, "enip", self.enip_entry, '[{ service = "read_tag", tag = "Line1.*" }]'
+        )
+        self.check_protocols(path, asset_names, modbus, enip)
         if len(self.problems) > before:
             return None
         assert rule_id is not None and description is not None and effect is not None and mode is not None
@@ -422,8 +228,44 @@ class _Loader(FieldChecker):
             mode,
             description,
             window,
-            tuple(entries),
+            tuple(modbus),
+            tuple(enip),
         )
+
+    def entry_list(
+        self,
+        table: dict[str, object],
+        rule_path: FieldPath,
+        key: str,
+        check: Callable[[object, FieldPath], T | None],
+        example: str,
+    ) -> list[T]:
+        if key not in table:
+            return []
+        value = table[key]
+        if not isinstance(value, list):
+            self.error((*rule_path, key), expected(value, f"an array of inline tables such as {example}"))
+            return []
+        entries: list[T] = []
+        for item, entry_value in enumerate(value):
+            entry = check(entry_value, (*rule_path, key, item))
+            if entry is not None:
+                entries.append(entry)
+        return entries
+
+    def check_protocols(
+        self, rule_path: FieldPath, asset_names: list[str], modbus: list[ModbusEntry], enip: list[EnipEntry]
+    ) -> None:
+        """Entries for a protocol none of the rule's assets speaks would never apply: say so."""
+        if not asset_names or "*" in asset_names:
+            return
+        protocols = {self._protocols.get(name) for name in asset_names}
+        if None in protocols:
+            return  # an asset with errors of its own: its protocol is unknown
+        for key, entries in (("modbus", modbus), ("enip", enip)):
+            if entries and key not in protocols:
+                speaks = ", ".join(sorted(f"{name} is {self._protocols[name]}" for name in asset_names))
+                self.error((*rule_path, key), f"none of the rule's assets speaks {key} ({speaks})")
 
     def rule_subjects(
         self,

@@ -3,7 +3,8 @@
 The loader builds these only from input it has checked, so everything downstream (compiler,
 evaluator, explanations, the reference evaluator in the tests) can rely on their invariants: ids are
 in the trust domain, group references resolve, rule ids are unique, FC 8/43 entries list their
-sub-functions, every range is inside its field's bounds.
+sub-functions, EtherNet/IP entries name services with their class, every range is inside its field's
+bounds.
 """
 
 from __future__ import annotations
@@ -12,23 +13,31 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from policies.cip_services import ServiceKey, describe_keys, hex_ranges
 from policies.ranges import IntervalSet
+from policies.tags import TagPattern
 from policies.timewindow import TimeWindow
+from policies.values import ValueBounds
+from protocols.cip.epath import PortSegment
 
 __all__ = [
     "DENY_ACTIONS",
     "EFFECTS",
+    "ENIP_DENY",
+    "MODBUS_DENY",
     "MODES",
     "PROTOCOLS",
     "SUBFUNCTION_CODES",
     "Asset",
     "DenyAction",
+    "EnipEntry",
+    "EnipIdentity",
     "ModbusEntry",
     "PolicyModel",
     "Rule",
 ]
 
-PROTOCOLS = ("modbus",)
+PROTOCOLS = ("modbus", "enip")
 MODES = ("enforce", "monitor")
 EFFECTS = ("allow", "deny")
 DENY_ACTIONS = ("exception", "drop", "close")
@@ -39,12 +48,42 @@ SUBFUNCTION_CODES = frozenset((8, 43))
 
 @dataclass(frozen=True, slots=True)
 class DenyAction:
-    """How a refusal looks on the wire, and the exception codes for each kind of refusal."""
+    """How a refusal looks on the wire, and the code answered for each kind of refusal: a Modbus
+    exception code, or a CIP general status on an EtherNet/IP asset. ``function`` is for a refused
+    function code or service, ``address`` for a refused target (unit, addresses; tag, class, instance,
+    attribute, route), ``value`` for a written value out of bounds, and ``unsupported`` (EtherNet/IP
+    only) for a service the gateway does not know."""
 
     action: str = "exception"
     function: int = 1
     address: int = 2
     value: int = 3
+    unsupported: int = 1
+
+
+MODBUS_DENY = DenyAction()
+# CIP general status 0x0F "privilege violation" for every refusal, 0x08 "service not supported" for a
+# (class, service) pair the gateway has no name for.
+ENIP_DENY = DenyAction("exception", 0x0F, 0x0F, 0x0F, 0x08)
+
+
+@dataclass(frozen=True, slots=True)
+class EnipIdentity:
+    """What the gateway answers a ListIdentity with, in the device's place (the device stays cloaked).
+    The defaults describe no product in particular: a keyable generic device."""
+
+    vendor_id: int = 1
+    device_type: int = 0x2B  # "Generic Device (keyable)"
+    product_code: int = 1
+    revision_major: int = 1
+    revision_minor: int = 1
+    serial: int = 0
+    product_name: str = "EtherNet/IP Device"
+
+    @property
+    def revision(self) -> str:
+        """As the policy spells it: ``"20.11"``."""
+        return f"{self.revision_major}.{self.revision_minor}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,15 +95,21 @@ class Asset:
     protocol: str
     upstream_host: str
     upstream_port: int
-    unit_ids: frozenset[int] = frozenset((1,))
-    unit_map: Mapping[int, int] = field(default_factory=lambda: MappingProxyType({}))
+    unit_ids: frozenset[int] = frozenset((1,))  # Modbus
+    unit_map: Mapping[int, int] = field(default_factory=lambda: MappingProxyType({}))  # Modbus
     mode: str = "enforce"
-    deny: DenyAction = DenyAction()
-    max_connections: int = 1
-    max_in_flight: int = 1
+    deny: DenyAction = MODBUS_DENY  # ENIP_DENY for an EtherNet/IP asset
+    max_connections: int = 1  # Modbus: TCP connections; EtherNet/IP: CIP class-3 connections
+    max_in_flight: int = 1  # Modbus
     queue_limit: int = 64
     connect_timeout_s: float = 3.0
     response_timeout_s: float = 2.0
+    # EtherNet/IP only.
+    max_sessions: int = 1  # encapsulation sessions (TCP connections) to the device
+    connection_size: int = 500  # bytes per class-3 connection the gateway opens
+    large_forward_open: bool = False
+    route: tuple[PortSegment, ...] = ()  # the route from the device's address to the CPU, e.g. 1/0
+    identity: EnipIdentity = EnipIdentity()
 
     def __hash__(self) -> int:
         return hash(self.name)
@@ -100,6 +145,39 @@ class ModbusEntry:
         return "; ".join(parts)
 
 
+@dataclass(frozen=True, slots=True)
+class EnipEntry:
+    """One ``enip = [...]`` entry. ``services`` are (class or None for any class, service) keys;
+    ``None`` fields are not named by the entry. ``preset`` is kept for explanations."""
+
+    services: frozenset[ServiceKey]
+    classes: IntervalSet | None = None
+    instances: IntervalSet | None = None
+    attributes: IntervalSet | None = None
+    tags: tuple[TagPattern, ...] | None = None
+    values: ValueBounds | None = None
+    preset: str | None = None
+    named_services: frozenset[ServiceKey] = frozenset()  # those given in ``service``, not by the preset
+
+    def describe(self) -> str:
+        """The entry in policy-like notation, for explanations."""
+        parts = []
+        if self.preset is not None:
+            parts.append(f"preset {self.preset}")
+        if self.named_services or self.preset is None:
+            parts.append("service " + describe_keys(self.named_services or self.services))
+        for name, field_value in (
+            ("class", None if self.classes is None else hex_ranges(self.classes)),
+            ("instance", self.instances),
+            ("attribute", self.attributes),
+            ("tag", None if self.tags is None else ", ".join(str(tag) for tag in self.tags)),
+            ("value", self.values),
+        ):
+            if field_value is not None:
+                parts.append(f"{name} {field_value}")
+        return "; ".join(parts)
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class Rule:
     """One ``[[rules]]`` table. ``index`` is its position in the file (0-based)."""
@@ -113,6 +191,7 @@ class Rule:
     description: str = ""
     window: TimeWindow | None = None
     modbus: tuple[ModbusEntry, ...] = ()
+    enip: tuple[EnipEntry, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -14,11 +14,13 @@ from collections.abc import Mapping
 
 from policies.compiler import compile_view
 from policies.errors import PolicyError, PolicyIssue
-from policies.evaluate import SubjectView
-from policies.explain import Explanation, cloaked_explanation, explain_view
+from policies.explain import Explanation, cloaked_explanation, describe_request, explain_view
+from policies.explain_enip import describe_enip_request, explain_enip_view
 from policies.loader import parse_model
 from policies.model import Asset, PolicyModel, Rule
 from policies.subjects import SubjectIndex, expand
+from policies.view import SubjectView
+from protocols.cip.requests import CipRequest
 from protocols.modbus.pdu import Request
 
 __all__ = ["VIEW_CACHE_SIZE", "Policy", "load_policy", "parse_policy"]
@@ -81,9 +83,30 @@ class Policy:
         view = self.view(subject, asset)
         if view is None:
             return cloaked_explanation(
-                subject, asset, asset in self.assets, request, now, self.source, self.revision
+                subject,
+                asset,
+                asset in self.assets,
+                describe_request(request),
+                now,
+                self.source,
+                self.revision,
             )
         return explain_view(view, request, now, self.source)
+
+    def explain_enip(self, subject: str, asset: str, request: CipRequest, now: float) -> Explanation:
+        """Decide one EtherNet/IP request (as :func:`protocols.cip.flatten` yields it) as the gateway
+        would and say why, for ``ztgate policy explain``."""
+        view = self.view(subject, asset)
+        if view is None:
+            text = describe_enip_request(request)
+            return cloaked_explanation(
+                subject, asset, asset in self.assets, text, now, self.source, self.revision
+            )
+        return explain_enip_view(view, request, now, self.source)
+
+    def _cloaked(self, subject: str, asset: str, request: str, now: float) -> Explanation:
+        known = asset in self.assets
+        return cloaked_explanation(subject, asset, known, request, now, self.source, self.revision)
 
     def __repr__(self) -> str:
         return f"Policy({self.source!r}, revision={self.revision}, rules={len(self.rules)})"

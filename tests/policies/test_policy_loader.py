@@ -195,7 +195,7 @@ mode = "audit"
 
 EXPECTED = [
     (2, "colour", 'unknown key "colour" (expected one of: trust_domain, assets, groups, rules)'),
-    (5, "assets.plc-1.protocol", '"modbus-tcp" is not one of: modbus'),
+    (5, "assets.plc-1.protocol", '"modbus-tcp" is not one of: modbus, enip'),
     (6, "assets.plc-1.upstream", '"10.0.0.5": expected "host:port" (or "[v6addr]:port" for IPv6)'),
     (7, "assets.plc-1.unit_ids[1]", "300 is outside 0..255"),
     (8, "assets.plc-1.unit_map.x", '"x": expected a client unit id in 0..255'),
@@ -251,7 +251,7 @@ def test_issues_print_as_the_reference_shows() -> None:
     with pytest.raises(PolicyError) as caught:
         parse_policy(MANY_MISTAKES, "policy.toml")
     lines = str(caught.value).splitlines()
-    assert lines[1] == 'policy.toml:5: assets.plc-1.protocol: "modbus-tcp" is not one of: modbus'
+    assert lines[1] == 'policy.toml:5: assets.plc-1.protocol: "modbus-tcp" is not one of: modbus, enip'
     assert 'policy.toml:28: rules[0].modbus[0].address: "10-5": range start 10 is above its end 5' in lines
 
 

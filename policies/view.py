@@ -1,0 +1,224 @@
+"""What one identity may do on one asset, compiled: the object the gateway asks for every decision.
+
+A view holds the decision tables of the asset's protocol (Modbus tables by function code, EtherNet/IP
+tables by (class, service)), the asset's refusal codes, and the refusals that depend on nothing but
+the request's key (built once: a scanner triggers them in bulk). Decisions that need a rule's entries
+are taken by the tables (:mod:`policies.evaluate`, :mod:`policies.evaluate_enip`).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+
+from policies.cip_services import known_pair, service_text
+from policies.decision import ACTION_FORWARD, VERDICT_DENY, VERDICT_WOULD_DENY, Decision
+from policies.evaluate import KeyTable, SubFunctionTable, function_text
+from policies.evaluate_enip import EnipTable
+from policies.model import Asset, Rule
+from policies.tags import RequestTag, parse_request_tag
+from protocols.cip.epath import PortSegment
+from protocols.cip.requests import CipRequest
+from protocols.cip.services import ForwardClose, ForwardOpen
+from protocols.cip.spec import FIRST_CLASS_SPECIFIC_SERVICE, GeneralStatus
+from protocols.modbus.pdu import Request
+
+__all__ = ["TAG_CACHE_SIZE", "SubjectView", "route_of"]
+
+TAG_CACHE_SIZE = 4096
+_CONSTANT_DENIALS = 1024
+_CONNECTION_PAYLOADS = (ForwardOpen, ForwardClose)
+
+
+def route_of(request: CipRequest) -> tuple[PortSegment, ...]:
+    """Every hop a request travels past the device's address: the Unconnected Send routes around it
+    and, for a Forward Open or Close, the route at the head of its connection path."""
+    payload = request.payload
+    if isinstance(payload, _CONNECTION_PAYLOADS):
+        return request.route + payload.connection_path.route
+    return request.route
+
+
+def _route_text(route: tuple[PortSegment, ...]) -> str:
+    return "/".join(str(hop) for hop in route) or "none"
+
+
+class SubjectView:
+    """What one identity may do on one asset, compiled. Build it with :meth:`policies.Policy.view`."""
+
+    __slots__ = (
+        "_codes",
+        "_constant_denials",
+        "_deny_action",
+        "_enip_common",
+        "_enip_pairs",
+        "_monitor_asset",
+        "_route",
+        "_tables",
+        "_tags",
+        "_unit_ids",
+        "asset",
+        "policy_revision",
+        "rules",
+        "subject",
+    )
+
+    def __init__(self, subject: str, asset: Asset, policy_revision: str, rules: tuple[Rule, ...]) -> None:
+        self.subject = subject
+        self.asset = asset
+        self.policy_revision = policy_revision
+        self.rules = rules  # every rule naming this asset for this subject, in file order
+        self._unit_ids = asset.unit_ids
+        self._route = asset.route
+        self._monitor_asset = asset.mode == "monitor"
+        self._deny_action = asset.deny.action
+        self._codes = {
+            "function": asset.deny.function,
+            "address": asset.deny.address,
+            "value": asset.deny.value,
+            "unsupported": asset.deny.unsupported,
+        }
+        self._tables: dict[int, KeyTable | SubFunctionTable] = {}
+        self._enip_pairs: dict[tuple[int | None, int], EnipTable] = {}
+        self._enip_common: dict[int, EnipTable] = {}
+        # Refusals that depend only on the unit, function code, service or route (what a scanner
+        # triggers in bulk) are built once; bounded, since a client picks the codes.
+        self._constant_denials: dict[tuple[object, ...], Decision] = {}
+        # Tags as parsed parts, by the request's text: a session reads the same tags over and over.
+        self._tags: dict[str, RequestTag] = {}
+
+    def install(self, tables: dict[int, KeyTable | SubFunctionTable]) -> None:
+        """Called once by the compiler (tables refer back to the view, so they come after it)."""
+        self._tables = tables
+
+    def install_enip(
+        self, pairs: dict[tuple[int | None, int], EnipTable], common: dict[int, EnipTable]
+    ) -> None:
+        """``pairs``: tables by (class, service); ``common``: common services named for any class."""
+        self._enip_pairs = pairs
+        self._enip_common = common
+
+    # ------------------------------------------------------------------------------------ modbus
+
+    def table(self, request: Request) -> KeyTable | None:
+        """The table deciding this request's function code and sub-function (for explanations)."""
+        table = self._tables.get(request.function_code)
+        if isinstance(table, SubFunctionTable):
+            return table.tables[bisect_right(table.starts, request.sub_function) - 1]
+        return table
+
+    def decide_modbus(self, request: Request, now: float) -> Decision:
+        """Decide one parsed Modbus request at time ``now`` (epoch seconds)."""
+        if request.unit_id not in self._unit_ids:
+            return self.unit_refused(request)
+        table = self._tables.get(request.function_code)
+        if table is None:
+            return self.no_rule(request)
+        return table.decide(request, now)
+
+    def no_rule(self, request: Request) -> Decision:
+        key = (0, request.function_code, request.sub_function)
+        decision = self._constant_denials.get(key)
+        if decision is None:
+            decision = self.deny(None, "function", f"no rule allows {function_text(request)}")
+            self._remember(key, decision)
+        return decision
+
+    def unit_refused(self, request: Request) -> Decision:
+        key = (1, request.unit_id)
+        decision = self._constant_denials.get(key)
+        if decision is None:
+            units = ", ".join(str(u) for u in sorted(self._unit_ids))
+            reason = (
+                f"unit {request.unit_id} is not configured for asset {self.asset.name} (unit_ids {units})"
+            )
+            decision = self.deny(None, "address", reason)
+            self._remember(key, decision)
+        return decision
+
+    # -------------------------------------------------------------------------------------- enip
+
+    def enip_table(self, request: CipRequest) -> EnipTable | None:
+        """The table deciding this request's (class, service) pair."""
+        service = request.service
+        table = self._enip_pairs.get((request.class_id, service))
+        if table is None and service < FIRST_CLASS_SPECIFIC_SERVICE:
+            table = self._enip_common.get(service)
+        return table
+
+    def request_tag(self, request: CipRequest) -> RequestTag | None:
+        """The parts of the tag a request names by name, parsed once per tag text and view."""
+        text = request.tag
+        if text is None:
+            return None
+        tag = self._tags.get(text)
+        if tag is None:
+            if len(self._tags) >= TAG_CACHE_SIZE:
+                self._tags.clear()  # bounded: a client may name any number of tags
+            tag = self._tags[text] = parse_request_tag(text)
+        return tag
+
+    def decide_enip(self, request: CipRequest, now: float) -> Decision:
+        """Decide one request a client's message carries (after unwrapping, see
+        :func:`protocols.cip.flatten`) at time ``now`` (epoch seconds)."""
+        if request.error is not None:
+            return self.unparsed(request)
+        route = request.route
+        if isinstance(request.payload, _CONNECTION_PAYLOADS):
+            route = route_of(request)
+        if route and route != self._route:
+            return self.route_refused(route)
+        table = self._enip_pairs.get((request.class_id, request.service))
+        if table is None:
+            if request.service < FIRST_CLASS_SPECIFIC_SERVICE:
+                table = self._enip_common.get(request.service)
+            if table is None:
+                return self.no_enip_rule(request)
+        return table.decide(request, self.request_tag(request), now)
+
+    def no_enip_rule(self, request: CipRequest) -> Decision:
+        key = (2, request.class_id, request.service)
+        decision = self._constant_denials.get(key)
+        if decision is None:
+            service = service_text(request.class_id, request.service, request.name)
+            if known_pair(request.class_id, request.service):
+                decision = self.deny(None, "function", f"no rule allows {service}")
+            else:
+                decision = self.deny(None, "unsupported", f"{service} is not a service the gateway knows")
+            self._remember(key, decision)
+        return decision
+
+    def route_refused(self, route: tuple[PortSegment, ...]) -> Decision:
+        key = (3, route)
+        decision = self._constant_denials.get(key)
+        if decision is None:
+            reason = (
+                f"route {_route_text(route)} leads elsewhere than asset {self.asset.name}"
+                f" (route {_route_text(self._route)})"
+            )
+            decision = self.deny(None, "address", reason)
+            self._remember(key, decision)
+        return decision
+
+    def unparsed(self, request: CipRequest) -> Decision:
+        """An embedded request that did not parse is never forwarded, whatever the asset's mode: the
+        code is the codec's general status for it."""
+        error = request.error
+        assert error is not None
+        status = error.general_status or GeneralStatus.INVALID_PARAMETER_VALUE
+        # Always answered (never dropped or closed on): its siblings in a Multiple Service Packet run.
+        return Decision(VERDICT_DENY, None, status, "exception", f"the request does not parse: {error}")
+
+    # ------------------------------------------------------------------------------------ shared
+
+    def deny(
+        self, rule_id: str | None, kind: str, reason: str, monitor_rule_id: str | None = None
+    ) -> Decision:
+        """A refusal with the asset's code for ``kind`` (function, address, value or unsupported)."""
+        code = self._codes[kind]
+        if self._monitor_asset:
+            return Decision(VERDICT_WOULD_DENY, rule_id, code, ACTION_FORWARD, reason, monitor_rule_id)
+        return Decision(VERDICT_DENY, rule_id, code, self._deny_action, reason, monitor_rule_id)
+
+    def _remember(self, key: tuple[object, ...], decision: Decision) -> None:
+        if len(self._constant_denials) < _CONSTANT_DENIALS:
+            self._constant_denials[key] = decision
