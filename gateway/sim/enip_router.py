@@ -121,6 +121,13 @@ def _is_tag_request(path: EPath) -> bool:
     return path.symbolic or (isinstance(first, LogicalSegment) and path.class_id == ClassCode.SYMBOL)
 
 
+def _within(reply: MessageRouterResponse, room: int) -> MessageRouterResponse:
+    """Only reads know how to send part of their data; any other reply too long is refused whole."""
+    if len(reply.encode()) <= room:
+        return reply
+    return reply_to(reply.request_service, _Status.REPLY_DATA_TOO_LARGE)
+
+
 class MessageRouter:
     """Dispatches message router requests by class, unwraps Multiple Service Packets and Unconnected
     Sends, keeps every reply within the room the transport gives it, and logs every request answered."""
@@ -164,7 +171,7 @@ class MessageRouter:
             request = parse_tag_request(raw, self.limits)
         except CipProtocolError as error:
             service = raw[0] & 0x7F if raw else 0
-            reply = reply_for_error(error, service)
+            reply = _within(reply_for_error(error, service), context.room)
             self._log(context, service, None, raw[2:], reply)
             return reply
         return self.dispatch(request, context)
@@ -194,9 +201,7 @@ class MessageRouter:
             reply = self._objects[path.class_id].handle(request)
         else:
             reply = reply_to(service, _Status.PATH_DESTINATION_UNKNOWN)
-        if len(reply.encode()) > context.room:
-            # Only reads know how to send part of their data; anything else too long is refused whole.
-            reply = reply_to(service, _Status.REPLY_DATA_TOO_LARGE)
+        reply = _within(reply, context.room)
         self._log(context, service, request, request.data, reply, ignored)
         return reply
 
