@@ -44,6 +44,7 @@ from protocols.cip import (
     MessageRouterResponse,
     ReadModifyWrite,
     ReadTag,
+    ReadTagReply,
     WriteTag,
     parse_payload,
     reply_to,
@@ -119,7 +120,7 @@ def read_tag(table: TagTable, request: MessageRouterRequest, room: int) -> TagRe
     _check_range(ref, count)
     data = bytes(tag.data[ref.start * tag.size : (ref.start + count) * tag.size])
     status, data = _fit(data, tag.size, room - _REPLY_HEADER_BYTES - _TYPE_BYTES)
-    reply = reply_to(request.service, status, (), _U16.pack(tag.data_type) + data)
+    reply = reply_to(request.service, status, (), ReadTagReply(tag.data_type, data).encode())
     return TagReply(reply, max(0, len(request.data) - 2))
 
 
@@ -135,7 +136,7 @@ def read_tag_fragmented(table: TagTable, request: MessageRouterRequest, room: in
         raise TagError(_Status.INVALID_PARAMETER_VALUE, (), f"byte offset {offset} splits a {tag.type_name}")
     data = bytes(tag.data[first + offset : first + total])
     status, data = _fit(data, tag.size, room - _REPLY_HEADER_BYTES - _TYPE_BYTES)
-    reply = reply_to(request.service, status, (), _U16.pack(tag.data_type) + data)
+    reply = reply_to(request.service, status, (), ReadTagReply(tag.data_type, data).encode())
     return TagReply(reply, max(0, len(request.data) - 6))
 
 

@@ -364,15 +364,27 @@ async def test_pylogix_small_connection_fragments_reads_and_writes(sim: EnipSim)
     assert [r.name for r in sim.received if r.name == "forward_open"] == ["forward_open"]
 
 
-async def test_pylogix_clock_and_device_properties(sim: EnipSim) -> None:
-    def run() -> tuple[Any, Any]:
+async def test_clock_and_module_properties(sim: EnipSim) -> None:
+    def run() -> tuple[Any, ...]:
+        with logix(sim) as plc:
+            plc.set_plc_time(1_900_000_000_000_000)
+            pycomm3_time, module = plc.get_plc_time(), plc.get_module_info(0)
         with PLC("127.0.0.1", port=sim.port) as comm:
-            return comm.GetPLCTime(raw=True), comm.GetDeviceProperties()
+            return (
+                pycomm3_time,
+                module,
+                comm.GetPLCTime(raw=True),
+                comm.GetDeviceProperties(),
+                comm.GetModuleProperties(2),
+            )
 
-    clock, device = await in_thread(run)
-    assert clock.Status == "Success" and clock.Value > 1_600_000_000_000_000
-    assert device.Value.Revision == "20.11"
-    assert device.Value.ProductName == "1756-L71/B ztgate sim"
+    pycomm3_time, module, clock, device, slot_2 = await in_thread(run)
+    assert 1_900_000_000_000_000 <= pycomm3_time.value["microseconds"] < 1_900_000_060_000_000
+    assert module["product_name"] == "1756-L71/B ztgate sim"
+    # pylogix reads the clock pycomm3 set (the controller keeps the offset to its host's clock).
+    assert clock.Status == "Success" and 1_900_000_000_000_000 <= clock.Value < 1_900_000_060_000_000
+    assert device.Value.Revision == "20.11" and device.Value.ProductName == "1756-L71/B ztgate sim"
+    assert slot_2.Status == "Connection failure"  # nothing in slot 2: the controller is the whole rack
 
 
 # ---------------------------------------------------------------------------------- values over time
