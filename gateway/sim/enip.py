@@ -146,7 +146,6 @@ class EnipSim:
         self.scans = 0
         self.plant = Plant()
         self.tags = TagTable(TAGS)
-        self._trend_next = 0
         self.router = MessageRouter(
             self.tags,
             self.identity,
