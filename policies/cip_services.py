@@ -99,10 +99,15 @@ _READ_WRITE = _READ_ONLY | {
 }
 PRESETS: dict[str, frozenset[ServiceKey]] = {"read-only": _READ_ONLY, "read-write": _READ_WRITE}
 
-_NUMBER = r"(0[xX][0-9A-Fa-f]{1,4}|\d{1,5})"
+_NUMBER = r"(0[xX][0-9A-Fa-f]{1,8}|\d{1,10})"
 _PAIR = re.compile(rf"\s*{_NUMBER}\s*/\s*{_NUMBER}\s*", re.ASCII)
 _BARE_CODE = re.compile(rf"\s*{_NUMBER}\s*", re.ASCII)
 _EXAMPLE = 'name it (service = "read_tag") or give its class as "class/service" ("0x6B/0x4C")'
+
+
+def _number(text: str) -> int:
+    # Not int(text, 0): it refuses decimal numbers with leading zeros ("076").
+    return int(text[2:], 16) if text[:2].lower() == "0x" else int(text)
 
 
 def _bare_code_problem(code: int) -> str:
@@ -133,13 +138,13 @@ def parse_service(value: object) -> tuple[ServiceKey | None, str | None]:
     if key is None:
         pair = _PAIR.fullmatch(value)
         if pair is not None:
-            key = (int(pair[1], 0), int(pair[2], 0))
+            key = (_number(pair[1]), _number(pair[2]))
             if not CLASS_BOUNDS[0] <= key[0] <= CLASS_BOUNDS[1]:
                 return None, f"class {pair[1]} is outside 0..0xFFFF"
             if not _SERVICE_BOUNDS[0] <= key[1] <= _SERVICE_BOUNDS[1]:
                 return None, f"service {pair[2]} is outside 0..0x7F (0x80 and up are replies)"
         elif _BARE_CODE.fullmatch(value) is not None:
-            return None, _bare_code_problem(int(value.strip(), 0))
+            return None, _bare_code_problem(_number(value.strip()))
         else:
             close = difflib.get_close_matches(value, [*_NAMES, *_ALIASES], n=1)
             hint = f'; did you mean "{close[0]}"?' if close else f"; {_EXAMPLE}"
