@@ -28,13 +28,10 @@ from protocols.cip import (
     CipLimits,
     CipProtocolError,
     EPath,
-    LogicalSegment,
     MessageRouterRequest,
     MessageRouterResponse,
     PortSegment,
-    SymbolicSegment,
     join_responses,
-    parse_epath,
     parse_forward_close,
     parse_forward_open,
     parse_request,
@@ -93,32 +90,13 @@ _PROGRAM_PREFIX = "program:"
 
 
 def parse_tag_request(raw: bytes, limits: CipLimits) -> MessageRouterRequest:
-    """A message router request. Besides the shapes the codec takes, a Logix controller takes a program's
-    symbol table by ``Program:Name, class 0x6B, instance N`` (pycomm3 lists program tags so): the codec's
-    request parser refuses a logical segment after a symbolic one, so that shape is read here with the
-    codec's EPATH parser."""
-    try:
-        return parse_request(raw, limits=limits)
-    except CipProtocolError as error:
-        if error.general_status != _Status.PATH_SEGMENT_ERROR:
-            raise
-        end = 2 + 2 * raw[1]
-        path = parse_epath(raw[2:end], limits=limits)
-        segments = path.segments
-        if not (
-            len(segments) >= 3
-            and isinstance(segments[0], SymbolicSegment)
-            and segments[0].name.lower().startswith(_PROGRAM_PREFIX)
-            and EPath(segments[1:]).class_id == ClassCode.SYMBOL
-            and all(isinstance(s, LogicalSegment) for s in segments[1:])
-        ):
-            raise
-        return MessageRouterRequest(raw[0], path, raw[end:])
+    """A message router request, in any of the shapes the codec takes, including a program's symbol
+    table by ``Program:Name, class 0x6B, instance N`` (how pycomm3 and pylogix list program tags)."""
+    return parse_request(raw, limits=limits)
 
 
 def _is_tag_request(path: EPath) -> bool:
-    first = path.segments[0] if path.segments else None
-    return path.symbolic or (isinstance(first, LogicalSegment) and path.class_id == ClassCode.SYMBOL)
+    return path.symbolic or path.class_id == ClassCode.SYMBOL
 
 
 def _within(reply: MessageRouterResponse, room: int) -> MessageRouterResponse:

@@ -161,7 +161,24 @@ class EPath:
     @property
     def symbolic(self) -> bool:
         """The path names a Logix tag by its name (and so addresses the Symbol object, class 0x6B)."""
-        return bool(self.segments) and isinstance(self.segments[0], SymbolicSegment)
+        return (
+            bool(self.segments)
+            and isinstance(self.segments[0], SymbolicSegment)
+            and not any(_is_logical(s, LogicalType.CLASS_ID) for s in self.segments)
+        )
+
+    @property
+    def scope(self) -> str | None:
+        """``Program:Main`` for a path into a program's own Symbol object (``Program:Main``, class 0x6B,
+        instance...): how clients list a program's tags (0x55) or reach one by symbol instance."""
+        segments = self.segments
+        if (
+            len(segments) >= 2
+            and isinstance(segments[0], SymbolicSegment)
+            and _is_logical(segments[1], LogicalType.CLASS_ID)
+        ):
+            return segments[0].name
+        return None
 
     @property
     def tag(self) -> str | None:
@@ -173,6 +190,9 @@ class EPath:
         """For a tag addressed by symbol instance (class 0x6B, instance, members...), its text with
         ``base`` (the name the instance stands for, from a tag list) in the instance's place."""
         segments = self.segments
+        scope = self.scope
+        if scope is not None:
+            segments = segments[1:]
         if (
             len(segments) < 2
             or self.class_id != ClassCode.SYMBOL
@@ -180,7 +200,8 @@ class EPath:
             or not _is_logical(segments[1], LogicalType.INSTANCE_ID)
         ):
             return None
-        return _tag_text((SymbolicSegment(base), *segments[2:]))
+        name = base if scope is None else f"{scope}.{base}"
+        return _tag_text((SymbolicSegment(name), *segments[2:]))
 
     @property
     def tag_index(self) -> tuple[int, ...]:
@@ -408,7 +429,9 @@ def check_request_path(path: EPath) -> None:
     and tag cannot be read two ways:
 
     - a tag by name: symbolic, then symbolic members and array indices (member ids);
-    - a tag by symbol instance: class 0x6B, instance, then symbolic members and array indices;
+    - a tag by symbol instance: class 0x6B, instance, then symbolic members and array indices — also
+      inside a program's scope: ``Program:Main``, class 0x6B, instance... (how pycomm3 and pylogix list
+      a program's tags);
     - an object: class [instance [attribute | connection point]] [member ids].
     """
     segments = path.segments
@@ -417,6 +440,11 @@ def check_request_path(path: EPath) -> None:
     if path.symbolic:
         _check_tag_members(segments)
         return
+    scope = path.scope
+    if scope is not None:
+        if not scope.lower().startswith("program:") or path.class_id != ClassCode.SYMBOL:
+            raise _bad("only a program's Symbol object may follow a symbol in a path")
+        segments = segments[1:]
     first = segments[0]
     if not _is_logical(first, LogicalType.CLASS_ID):
         raise _bad("request path starts with neither a class nor a symbol")

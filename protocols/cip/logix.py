@@ -175,6 +175,11 @@ def _write_tag_parser(fragmented: bool) -> Callable[[bytes], Payload]:
             raise cip_error(_Status.INVALID_PARAMETER_VALUE, f"{what} of no elements", service=service)
         atomic = ATOMIC_TYPES.get(data_type)
         if atomic is not None:
+            if byte_offset is None and len(body) > atomic.size * count:
+                # Bytes after the declared elements: Logix controllers ignore them, and pycomm3 1.2.16
+                # sends them with every single-tag write. The request is decided on what it declares,
+                # and only its canonical encoding (without them) is ever forwarded.
+                body = body[: atomic.size * count]
             _check_atomic_write(what, service, atomic.size, count, byte_offset, len(body))
         values = decode_values(data_type, body)
         return WriteTag(data_type, count, body, handle, byte_offset, values)
@@ -210,9 +215,12 @@ def _parse_read_modify_write(data: bytes) -> Payload:
         raise cip_error(
             _Status.INVALID_PARAMETER_VALUE, f"Read-Modify-Write mask size {size}", service=service
         )
-    _exact(data, 2 + 2 * size, "Read-Modify-Write", service)
+    if len(data) < 2 + 2 * size:
+        _exact(data, 2 + 2 * size, "Read-Modify-Write", service)
+    # Longer masks than the declared size are cut, as a controller reads them: pycomm3 1.2.16 sends an
+    # 8-byte AND mask whatever the size. Only the canonical encoding is forwarded.
     or_mask = int.from_bytes(data[2 : 2 + size], "little")
-    and_mask = int.from_bytes(data[2 + size :], "little")
+    and_mask = int.from_bytes(data[2 + size : 2 + 2 * size], "little")
     return ReadModifyWrite(size, or_mask, and_mask)
 
 

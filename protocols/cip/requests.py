@@ -24,6 +24,7 @@ from protocols.cip.errors import CipProtocolError, cip_error
 from protocols.cip.logix import (
     WRITING_SERVICES,
     AttributeList,
+    Opaque,
     Payload,
     ReadModifyWrite,
     ReadTag,
@@ -287,6 +288,11 @@ def _describe(
         fields = {"attribute_ids": payload.attribute_ids}
     elif writes:
         fields = {"opaque_values": True}
+    if not isinstance(payload, Opaque):
+        # What is forwarded is the canonical encoding of what was decided, never the client's bytes.
+        canonical = payload.encode()
+        if canonical != request.data:
+            request = replace(request, data=canonical)
     return CipRequest(
         service,
         name=service_name(class_id, service),

@@ -303,7 +303,9 @@ def test_written_atomic_values(data_type: int, fmt: str, values: tuple[float, ..
     payload = parse_payload(0x6B, 0x4D, data)
     assert isinstance(payload, WriteTag) and payload.values == values and payload.encode() == data
     refused(NOT_ENOUGH_DATA, parse_payload, 0x6B, 0x4D, data[:-1])
-    refused(TOO_MUCH_DATA, parse_payload, 0x6B, 0x4D, data + b"\x00")
+    # Bytes after the declared elements are ignored, as by a Logix controller, and not re-encoded.
+    longer = parse_payload(0x6B, 0x4D, data + b"\x00\x01")
+    assert isinstance(longer, WriteTag) and longer.values == values and longer.encode() == data
 
 
 def test_bool_values_read_as_zero_or_one_and_floats_as_they_are() -> None:
@@ -338,7 +340,6 @@ def test_structures_and_strings_stay_opaque() -> None:
         (0x53, "c4000100", NOT_ENOUGH_DATA),
         (0x4E, "04", NOT_ENOUGH_DATA),
         (0x4E, "0300000000ffffff", INVALID_PARAMETER_VALUE),  # mask size 3
-        (0x4E, "040008000000ffffffffffffffff", TOO_MUCH_DATA),  # pycomm3 1.2.16's AND mask
         (0x55, "0000", INVALID_PARAMETER_VALUE),
         (0x55, "02000100", NOT_ENOUGH_DATA),
     ],
@@ -493,3 +494,11 @@ def test_decode_values_never_fails(data_type: int, data: bytes) -> None:
     values = decode_values(data_type, data)
     size = spec.ATOMIC_TYPES[data_type].size
     assert (values is None) == bool(len(data) % size)
+
+
+def test_read_modify_write_masks_longer_than_their_size_are_cut() -> None:
+    # pycomm3 1.2.16 sends an 8-byte AND mask for a 4-byte mask size; a controller reads 4 of them.
+    payload = parse_payload(0x6B, 0x4E, bytes.fromhex("040008000000ffffffffffffffff"))
+    assert isinstance(payload, ReadModifyWrite)
+    assert (payload.mask_size, payload.or_mask, payload.and_mask) == (4, 8, 0xFFFFFFFF)
+    assert payload.encode() == bytes.fromhex("040008000000ffffffff")
