@@ -26,7 +26,15 @@ from bench.chart import write_chart
 from bench.lab import Pool, make_lab
 from bench.loadgen import REPO, WORKLOADS, find_modbus_load, start_server
 from bench.machine import describe_machine
-from bench.paths import PATHS, PLANNED, PathContext, PathUnavailableError, RunningPath, start_path
+from bench.paths import (
+    PATHS,
+    PLANNED,
+    PathContext,
+    PathUnavailableError,
+    RunningPath,
+    start_path,
+    start_ztgate_ref,
+)
 from bench.procs import ProcessError, Supervisor, raise_fd_limit
 from bench.profiling import find_py_spy, profile_gateway
 from bench.report import evaluate_targets, render_markdown, summarize_samples, update_doc
@@ -76,6 +84,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default="1:64",
         help="the ztgate asset's upstream pool as MAX_CONNECTIONS:MAX_IN_FLIGHT (default 1:64)",
     )
+    parser.add_argument(
+        "--ref", help="also run the gateway as it was at this git ref (exported), same settings: an A/B"
+    )
     parser.add_argument("--out", type=Path, help="write JSON, Markdown and chart into this directory")
     docs = parser.add_mutually_exclusive_group()
     docs.add_argument("--docs", dest="docs", action="store_true", default=None, help="update docs/ too")
@@ -108,7 +119,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error("--pool must be MAX_CONNECTIONS:MAX_IN_FLIGHT, e.g. 1:64")
     args.pool_values = (connections, in_flight)
     # Only a complete run may replace the published figures.
-    complete = (
+    complete = args.ref is None and (
         not quick and args.only is None and args.command == "run" and args.workloads == ",".join(WORKLOADS)
     )
     if args.docs is None:
@@ -247,6 +258,15 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
                     running.append(path)
                     pid = f"pid {path.proc.pid}" if path.proc else "no process"
                     log(f"bench: {name} on 127.0.0.1:{path.port} ({pid}) - {path.label}")
+                if args.ref:
+                    try:
+                        path = start_ztgate_ref(ctx, args.ref)
+                    except PathUnavailableError as exc:
+                        results["unavailable"][f"ztgate@{args.ref}"] = str(exc)
+                        log(f"bench: ztgate@{args.ref} skipped: {exc}")
+                    else:
+                        running.append(path)
+                        log(f"bench: {path.name} on 127.0.0.1:{path.port}: the gateway at {path.version}")
                 results["paths"] = _paths_meta(running)
                 results["samples"] = run_matrix(
                     modbus_load,

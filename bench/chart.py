@@ -78,7 +78,7 @@ def write_chart(results: dict[str, Any], path: Path) -> str | None:
                 heights.append(value[0])
                 errs_low.append(value[1])
                 errs_high.append(value[2])
-                colors.append(COLORS.get(name, "#333333"))
+                colors.append(COLORS.get(name, "#a1d99b" if name.startswith("ztgate@") else "#333333"))
             bars = ax.bar(
                 xs,
                 heights,

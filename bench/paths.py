@@ -221,8 +221,12 @@ def start_ztgate(
     pool: Pool | None = None,
     rules: int | None = None,
     aggregate_reads_s: float = 1.0,
+    src: Path = REPO,
+    path_name: str = "ztgate",
+    version: str | None = None,
 ) -> RunningPath:
-    """A gateway process with a generated policy and config (see the module docstring)."""
+    """A gateway process with a generated policy and config (see the module docstring), running the
+    code in ``src`` (the working tree, or an exported git ref)."""
     pool = pool or ctx.pool
     rules = rules or ctx.rules
     lab = ctx.lab
@@ -231,9 +235,7 @@ def start_ztgate(
     check_policy_allows(policy, [(w.mix, w.address, w.count) for w in ctx.workloads])
     audit = ctx.work / f"{name}-audit.jsonl"
     config = write_gateway_config(lab, name, policy, audit_file=audit, aggregate_reads_s=aggregate_reads_s)
-    proc = ctx.sup.spawn(
-        name, [sys.executable, "-m", "gateway", "gateway", "--config", str(config)], cwd=REPO
-    )
+    proc = ctx.sup.spawn(name, [sys.executable, "-m", "gateway", "gateway", "--config", str(config)], cwd=src)
     ports = wait_listening(proc, count=2, timeout_s=30)
     overlay: int | None = None
     deadline = time.monotonic() + 10
@@ -260,17 +262,45 @@ def start_ztgate(
         if time.monotonic() > deadline:
             raise ProcessError(f"{name}: /readyz never said ready:\n{proc.log_tail()}")
         time.sleep(0.1)
+    label = f"ztgate, mutual TLS 1.3, {rules:,}-rule policy, audit + metrics"
     return RunningPath(
-        "ztgate",
-        f"ztgate, mutual TLS 1.3, {rules:,}-rule policy, audit + metrics",
+        path_name,
+        label if path_name == "ztgate" else f"{path_name}: {label}",
         overlay,
         proc,
-        _ztgate_version(),
+        version or _ztgate_version(),
         f"shared pool: {pool.describe()}",
         tls_args=lab.client_tls_args(),
         admin_port=admin,
         audit_file=audit,
     )
+
+
+def start_ztgate_ref(ctx: PathContext, ref: str) -> RunningPath:
+    """The gateway as it was at git ``ref``, exported (``git archive``) into .cache/bench/ and run
+    from there with the same policy and settings: an A/B against the working tree in one run."""
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short=12", f"{ref}^{{commit}}"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise PathUnavailableError(f"git ref {ref!r} not found: {exc}") from None
+    # Outside the bench package (tools that walk bench/ would find a second copy of everything).
+    export = REPO / ".cache" / "bench" / f"ztgate-{sha}"
+    if not (export / "gateway" / "__main__.py").exists():
+        export.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(
+            ["git", "-C", str(REPO), "archive", "--format=tar", sha],
+            capture_output=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(export)], input=archive, timeout=60, check=True)
+    return start_ztgate(ctx, name=f"ztgate-{sha}", src=export, path_name=f"ztgate@{sha[:8]}", version=sha)
 
 
 def _ztgate_version() -> str:
