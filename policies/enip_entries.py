@@ -161,10 +161,6 @@ class EnipEntryChecks(FieldChecker):
                     "tag and instance exclude each other: a tag is addressed by name or by instance number,"
                     " never both (to allow tags by number, name class = 0x6B and instance without tag)",
                 )
-            if "attribute" in table:
-                self.error(
-                    (*path, "tag"), "tag and attribute exclude each other: a tag by name has no attribute"
-                )
             if not any(_on_class(k, classes, _SYMBOL) for k in services):
                 self.error(
                     (*path, "tag"),

@@ -16,7 +16,14 @@ from policies import Policy
 from policies.model import ModbusEntry, Rule
 from protocols.modbus.pdu import Request
 
-__all__ = ["RefDecision", "reference_decide", "reference_sees_asset", "subject_matches"]
+__all__ = [
+    "RefDecision",
+    "names_asset",
+    "reference_decide",
+    "reference_sees_asset",
+    "subject_matches",
+    "window_open",
+]
 
 
 @dataclass(frozen=True)
@@ -45,11 +52,11 @@ def subject_matches(policy: Policy, rule: Rule, subject: str) -> bool:
     return False
 
 
-def _names_asset(rule: Rule, asset: str) -> bool:
+def names_asset(rule: Rule, asset: str) -> bool:
     return any(name in ("*", asset) for name in rule.assets)
 
 
-def _window_open(rule: Rule, now: float) -> bool:
+def window_open(rule: Rule, now: float) -> bool:
     window = rule.window
     if window is None:
         return True
@@ -140,7 +147,7 @@ def _evaluate(
     rules: list[Rule], request: Request, now: float, with_monitor: bool
 ) -> tuple[bool, str | None, str]:
     """Steps 2-5: (allowed, rule id, exception kind) with the given rules, windows applied."""
-    applicable = [r for r in rules if (with_monitor or r.mode == "enforce") and _window_open(r, now)]
+    applicable = [r for r in rules if (with_monitor or r.mode == "enforce") and window_open(r, now)]
     for rule in applicable:
         if rule.effect == "deny":
             for entry in rule.modbus:
@@ -165,7 +172,7 @@ def _evaluate(
 
 def reference_sees_asset(policy: Policy, subject: str, asset: str) -> bool:
     return asset in policy.assets and any(
-        subject_matches(policy, r, subject) and _names_asset(r, asset) for r in policy.rules
+        subject_matches(policy, r, subject) and names_asset(r, asset) for r in policy.rules
     )
 
 
@@ -176,7 +183,7 @@ def reference_decide(
     if not reference_sees_asset(policy, subject, asset_name):
         return None
     asset = policy.assets[asset_name]
-    rules = [r for r in policy.rules if subject_matches(policy, r, subject) and _names_asset(r, asset_name)]
+    rules = [r for r in policy.rules if subject_matches(policy, r, subject) and names_asset(r, asset_name)]
     codes = {"function": asset.deny.function, "address": asset.deny.address, "value": asset.deny.value}
     monitor_rule_id = None
     if request.unit_id not in asset.unit_ids:
