@@ -105,7 +105,11 @@ class Link(asyncio.Protocol, Generic[P]):
         self.in_flight[key] = pending
         self._deadlines.append(pending)
         if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_at(pending.deadline, self._expire)
+            self._timer = self.pool.loop.call_at(pending.deadline, self._expire)
+        if not self._out and len(self.in_flight) == 1 and self.transport is not None:
+            # Alone on its way to the device: there is no batch to wait for, only latency to lose.
+            self.transport.write(data)
+            return
         self.write(data)
 
     def write(self, data: bytes) -> None:
@@ -149,6 +153,11 @@ class Link(asyncio.Protocol, Generic[P]):
             self._timer = None
         self.pool.connection_lost(self, exc)
 
+    def close_gracefully(self) -> None:
+        """Close when the pool retires (protocols that say goodbye to the device override this)."""
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+
     def abort(self, reason: str) -> None:
         if self.transport is not None and not self.closed:
             log.warning("%s: closing upstream connection: %s", self.pool.asset.name, reason)
@@ -185,7 +194,7 @@ class Link(asyncio.Protocol, Generic[P]):
             if pending.session.fail(pending, Failure.TIMEOUT, Failure.TIMEOUT.value, now):
                 touched.append(pending.session)
         if deadlines:
-            self._timer = asyncio.get_running_loop().call_at(deadlines[0].deadline, self._expire)
+            self._timer = self.pool.loop.call_at(deadlines[0].deadline, self._expire)
         self.pool.refill(self)
         self.pool.flush()
 
@@ -218,6 +227,9 @@ class UpstreamPool:
         self._retired = False
         self.ever_connected = False
         self.last_error: str | None = None
+        self.link_ready = asyncio.Event()  # set while at least one link takes requests
+        # Pools are made inside the running loop; asking for it per call costs a getpid() system call.
+        self.loop = asyncio.get_running_loop()
 
     # ------------------------------------------------------------------------------ lifecycle
 
@@ -234,9 +246,9 @@ class UpstreamPool:
         while self.queue:
             self._fail(self.queue.popleft(), Failure.RECONFIGURED, Failure.RECONFIGURED.value, now)
         self.flush()
-        for link in self.connections:
-            if not link.in_flight and link.transport is not None:
-                link.transport.close()
+        for link in list(self.connections):
+            if not link.in_flight:
+                link.close_gracefully()
 
     def state(self) -> UpstreamState:
         return UpstreamState(
@@ -270,7 +282,7 @@ class UpstreamPool:
         pending.deadline = now + self.response_timeout_s
         self.queue.append(pending)
         if self._queue_timer is None:
-            self._queue_timer = asyncio.get_running_loop().call_at(pending.deadline, self._expire_queue)
+            self._queue_timer = self.loop.call_at(pending.deadline, self._expire_queue)
         if len(self.connections) + self._connecting < self.max_connections and self._reconnect is None:
             self._open()
 
@@ -293,7 +305,7 @@ class UpstreamPool:
         self.dirty.append(link)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
+            self.loop.call_soon(self.flush)
 
     def flush(self) -> None:
         """End of a batch: one write per link, one per client session."""
@@ -317,7 +329,7 @@ class UpstreamPool:
             self.timeouts += 1
             self._fail(queue.popleft(), Failure.QUEUE_TIMEOUT, Failure.QUEUE_TIMEOUT.value, now)
         if queue:
-            self._queue_timer = asyncio.get_running_loop().call_at(queue[0].deadline, self._expire_queue)
+            self._queue_timer = self.loop.call_at(queue[0].deadline, self._expire_queue)
         self.flush()
 
     # ---------------------------------------------------------------------------- connecting
@@ -327,7 +339,7 @@ class UpstreamPool:
         if self._retired:
             return
         self._connecting += 1
-        asyncio.get_running_loop().create_task(self._connect())
+        self.loop.create_task(self._connect())
 
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
@@ -353,6 +365,7 @@ class UpstreamPool:
                 self._connect_failed("connection closed during the handshake")
             return
         self.connections.append(link)
+        self.link_ready.set()
         self._backoff_s = BACKOFF_INITIAL_S
         if not self.ever_connected or self.last_error is not None:
             self._event("connected", None)
@@ -381,11 +394,13 @@ class UpstreamPool:
             return
         delay_s = self._backoff_s * (0.5 + random.random() / 2)
         self._backoff_s = min(self._backoff_s * 2, BACKOFF_MAX_S)
-        self._reconnect = asyncio.get_running_loop().call_later(delay_s, self._open)
+        self._reconnect = self.loop.call_later(delay_s, self._open)
 
     def connection_lost(self, link: Link[Any], exc: Exception | None) -> None:
         if link in self.connections:
             self.connections.remove(link)
+            if not self.connections:
+                self.link_ready.clear()
         reason = f"upstream connection lost: {exc}" if exc else "upstream connection closed"
         if link.in_flight:
             link.fail_in_flight(reason)
