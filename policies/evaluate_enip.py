@@ -6,9 +6,10 @@ service - split by effect and mode, in file order, the same steps as Modbus's
 :class:`~policies.evaluate.KeyTable`: enforce deny entries that touch the request, then the first enforce
 allow entry that covers it and its pre-built decision, else the closest miss, then monitor rules.
 
-A request for a tag by name (the usual read or write) takes a shortcut: the allow candidates that can
-cover a tag are indexed by the first part of their patterns, so only the entries that name the same
-tag (or any tag) are looked at, and their checks are inlined.
+A request for a tag by name (the usual read or write) takes a shortcut: per tag text, each table keeps
+the candidates whose class, instance and tag fields match that tag, so a decision only checks their
+windows and written values. The first time a tag is seen, only the allow entries that name the same
+first part (or any tag) are compared with it.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from policies.view import SubjectView
 
 __all__ = [
+    "TAG_LISTS_SIZE",
     "EnipCandidate",
     "EnipTable",
     "attributes_of",
@@ -42,6 +44,10 @@ __all__ = [
 
 _SYMBOL = int(ClassCode.SYMBOL)
 _LIST_TAGS = Service.GET_INSTANCE_ATTRIBUTE_LIST
+TAG_LISTS_SIZE = 1024  # tag texts (with element counts) remembered per table
+
+# (deny, allow, monitor deny) candidates whose tag-only fields match a tag: see EnipTable.tag_lists.
+_TagLists = tuple[tuple["EnipCandidate", ...], tuple["EnipCandidate", ...], tuple["EnipCandidate", ...]]
 
 
 class EnipCandidate:
@@ -232,6 +238,7 @@ class EnipTable:
         "for_tags",
         "monitor_allow",
         "monitor_deny",
+        "tag_lists",
         "view",
         "with_monitor",
     )
@@ -243,55 +250,85 @@ class EnipTable:
         self.monitor_deny = self._pick(candidates, "deny", "monitor")
         self.monitor_allow = self._pick(candidates, "allow", "monitor")
         self.with_monitor: dict[tuple[str, str], Decision] = {}
-        # The tag shortcut: allow candidates that can cover a tag by name (on class 0x6B, naming no
-        # instance), by the first part of their patterns; entries naming no tag, or "*", cover any name.
-        for_tags = [
-            c
-            for c in self.allow
-            if c.instances is None
-            and (class_id is None or class_id == _SYMBOL)
-            and (c.classes is None or _SYMBOL in c.classes)
-        ]
+        # Allow candidates that can cover a tag by name (on class 0x6B, naming no instance), by the
+        # first part of their patterns; entries naming no tag, or "*", cover any name.
+        for_tags = [c for c in self.allow if _may_address_tags(c, class_id)]
         names = {p.first for c in for_tags if c.tags is not None for p in c.tags if p.first is not None}
         self.for_tags = tuple(c for c in for_tags if _any_name(c.tags))
         self.by_name: dict[str, tuple[EnipCandidate, ...]] = {
             name: tuple(c for c in for_tags if _any_name(c.tags) or _names(c.tags, name)) for name in names
         }
+        # By (tag text, element count): the deny, allow and monitor deny candidates whose class,
+        # instance and tag fields already match that tag, so that a session reading the same tags
+        # over and over compares its tag with the patterns once. Bounded: a client picks the tags.
+        self.tag_lists: dict[tuple[str, int], _TagLists] = {}
 
     @staticmethod
     def _pick(candidates: Sequence[EnipCandidate], effect: str, mode: str) -> tuple[EnipCandidate, ...]:
         return tuple(c for c in candidates if c.rule.effect == effect and c.rule.mode == mode)
 
-    def decide(self, request: CipRequest, tag: RequestTag | None, now: float) -> Decision:
+    def _lists_for(self, request: CipRequest, key: tuple[str, int]) -> _TagLists:
+        tag = self.view.request_tag(request)
+        assert tag is not None
+        count = key[1]
+        covering = self.by_name.get(tag[0][0], self.for_tags)
+        lists = (
+            tuple(c for c in self.deny if _tag_touches(c, tag, count)),
+            tuple(c for c in covering if c.tags is None or any(p.covers(tag, count) for p in c.tags)),
+            tuple(c for c in self.monitor_deny if _tag_touches(c, tag, count)),
+        )
+        if len(self.tag_lists) >= TAG_LISTS_SIZE:
+            self.tag_lists.clear()
+        self.tag_lists[key] = lists
+        return lists
+
+    def decide(self, request: CipRequest, now: float) -> Decision:
+        text = request.tag
+        if text is None:
+            return self.decide_general(request, now)
+        key = (text, request.element_count or 1)
+        lists = self.tag_lists.get(key)
+        if lists is None:
+            lists = self._lists_for(request, key)
+        deny, allow, monitor_deny = lists
+        for c in deny:
+            if _rest_touches(c, request, now):
+                return self._denied_by(c, request)
+        writes = request.writes
+        for c in allow:
+            if (
+                (c.window is None or c.window.is_open(now))
+                and (c.attributes is None or _attributes_covered(c, request))
+                and (
+                    not writes
+                    or c.values is None
+                    or (not request.opaque_values and c.values.covers(request.values))
+                )
+            ):
+                break
+        else:
+            return self.default_deny(request, self.view.request_tag(request), now)
+        for m in monitor_deny:
+            if _rest_touches(m, request, now):
+                return self._allow_with_monitor(c, m)
+        return c.decision
+
+    def decide_general(self, request: CipRequest, now: float) -> Decision:
+        """A request that names no tag: the same steps, without the per-tag lists."""
         if self.deny:
-            denied = _first_touching(self.deny, request, tag, now)
+            denied = _first_touching(self.deny, request, None, now)
             if denied is not None:
                 return self._denied_by(denied, request)
-        allowed: EnipCandidate | None = None
-        if tag is not None:
-            count = request.element_count or 1
-            writes = request.writes
-            for c in self.by_name.get(tag[0][0], self.for_tags):
-                if (
-                    (c.window is None or c.window.is_open(now))
-                    and (c.tags is None or any(pattern.covers(tag, count) for pattern in c.tags))
-                    and (c.attributes is None or covers_target(c, request, tag))
-                    and (not writes or c.values is None or covers_values(c, request))
-                ):
-                    allowed = c
-                    break
+        for c in self.allow:
+            if enip_covers(c, request, None, now):
+                break
         else:
-            for c in self.allow:
-                if enip_covers(c, request, tag, now):
-                    allowed = c
-                    break
-        if allowed is None:
-            return self.default_deny(request, tag, now)
+            return self.default_deny(request, None, now)
         if self.monitor_deny:
-            monitor = _first_touching(self.monitor_deny, request, tag, now)
+            monitor = _first_touching(self.monitor_deny, request, None, now)
             if monitor is not None:
-                return self._allow_with_monitor(allowed, monitor)
-        return allowed.decision
+                return self._allow_with_monitor(c, monitor)
+        return c.decision
 
     def _denied_by(self, c: EnipCandidate, request: CipRequest) -> Decision:
         return self.view.deny(
@@ -328,12 +365,14 @@ class EnipTable:
             level = 2 if covers_target(c, request, tag) else 1
             if level > best_level:
                 best, best_level = c, level
+                if level == 2:
+                    break  # nothing is closer; a closed window no longer matters
         monitor = self.monitor_would_allow(request, tag, now)
         monitor_id = None if monitor is None else monitor.rule_id
         suffix = "" if monitor is None else f"; monitor rule {monitor.rule_id} would allow"
         view = self.view
-        service = service_text(request.class_id, request.service, request.name)
         if best is None:
+            service = service_text(request.class_id, request.service, request.name)
             if closed is not None:
                 reason = (
                     f"{service} is allowed only by rule {closed.rule_id},"
@@ -345,6 +384,40 @@ class EnipTable:
         if best_level == 2:
             return view.deny(best.rule_id, "value", _value_miss(best, request) + suffix, monitor_id)
         return view.deny(best.rule_id, "address", _target_miss(best, request, tag) + suffix, monitor_id)
+
+
+def _may_address_tags(c: EnipCandidate, class_id: int | None) -> bool:
+    """Whether the entry can allow or deny a tag by name in a table of ``class_id`` (a tag by name
+    is on class 0x6B and has no instance)."""
+    return (
+        c.instances is None
+        and (class_id is None or class_id == _SYMBOL)
+        and (c.classes is None or _SYMBOL in c.classes)
+    )
+
+
+def _tag_touches(c: EnipCandidate, tag: RequestTag, count: int) -> bool:
+    """The fields of a deny entry that depend on the tag alone (class, instance, tag) touch it."""
+    return _may_address_tags(c, None) and (c.tags is None or any(p.touches(tag, count) for p in c.tags))
+
+
+def _rest_touches(c: EnipCandidate, request: CipRequest, now: float) -> bool:
+    """The other fields of a deny entry (window, attribute, value) touch a tag request."""
+    if c.window is not None and not c.window.is_open(now):
+        return False
+    if c.attributes is not None:
+        attributes = attributes_of(request)
+        if attributes and not any(a in c.attributes for a in attributes):
+            return False
+    if c.values is not None:
+        return request.writes and (request.opaque_values or c.values.touches(request.values))
+    return True
+
+
+def _attributes_covered(c: EnipCandidate, request: CipRequest) -> bool:
+    assert c.attributes is not None
+    attributes = attributes_of(request)
+    return bool(attributes) and all(a in c.attributes for a in attributes)
 
 
 def _any_name(tags: tuple[TagPattern, ...] | None) -> bool:

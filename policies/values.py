@@ -51,8 +51,12 @@ class ValueBounds:
         """Whether every value is inside."""
         if self.single:
             low, high = self.low, self.high
-            # Not min()/max(): with a NaN among the values their answer depends on its position.
-            return all(low <= value <= high for value in values)
+            # Not min()/max(): with a NaN among the values their answer depends on its position. A
+            # plain loop: this runs for every bounded write.
+            for value in values:  # noqa: SIM110
+                if not low <= value <= high:
+                    return False
+            return True
         return all(value in self for value in values)
 
     def touches(self, values: Sequence[Number]) -> bool:

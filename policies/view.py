@@ -19,7 +19,7 @@ from policies.tags import RequestTag, parse_request_tag
 from protocols.cip.epath import PortSegment
 from protocols.cip.requests import CipRequest
 from protocols.cip.services import ForwardClose, ForwardOpen
-from protocols.cip.spec import FIRST_CLASS_SPECIFIC_SERVICE, GeneralStatus
+from protocols.cip.spec import FIRST_CLASS_SPECIFIC_SERVICE, ClassCode, GeneralStatus
 from protocols.modbus.pdu import Request
 
 __all__ = ["TAG_CACHE_SIZE", "SubjectView", "route_of"]
@@ -27,6 +27,7 @@ __all__ = ["TAG_CACHE_SIZE", "SubjectView", "route_of"]
 TAG_CACHE_SIZE = 4096
 _CONSTANT_DENIALS = 1024
 _CONNECTION_PAYLOADS = (ForwardOpen, ForwardClose)
+_CONNECTION_MANAGER = int(ClassCode.CONNECTION_MANAGER)
 
 
 def route_of(request: CipRequest) -> tuple[PortSegment, ...]:
@@ -163,8 +164,8 @@ class SubjectView:
         if request.error is not None:
             return self.unparsed(request)
         route = request.route
-        if isinstance(request.payload, _CONNECTION_PAYLOADS):
-            route = route_of(request)
+        if request.class_id == _CONNECTION_MANAGER:
+            route = route_of(request)  # a Forward Open's connection path starts with its route
         if route and route != self._route:
             return self.route_refused(route)
         table = self._enip_pairs.get((request.class_id, request.service))
@@ -173,7 +174,7 @@ class SubjectView:
                 table = self._enip_common.get(request.service)
             if table is None:
                 return self.no_enip_rule(request)
-        return table.decide(request, self.request_tag(request), now)
+        return table.decide(request, now)
 
     def no_enip_rule(self, request: CipRequest) -> Decision:
         key = (2, request.class_id, request.service)

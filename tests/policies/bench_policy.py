@@ -1,4 +1,5 @@
-"""Policy figures: decision cost at 10 / 1,000 / 10,000 rules and the load time of 10,000 rules.
+"""Policy figures: decision cost at 10 / 1,000 / 10,000 rules (Modbus and EtherNet/IP) and the load
+time of 10,000 rules.
 
     python tests/policies/bench_policy.py
 
@@ -20,8 +21,11 @@ from policies import toml
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from policies import SubjectView, parse_policy
+from protocols.cip import CipRequest
+from protocols.cip.spec import DataType
 from protocols.modbus.pdu import Request, parse_request
-from tests.policies.gen_policy import bench_subject, generate_policy
+from tests.policies.enip_helpers import attribute_request, by_instance, read_tag, write_tag
+from tests.policies.gen_policy import bench_subject, generate_enip_policy, generate_policy
 
 NOW = 1_795_000_000.0  # Wednesday 2026-11-18 11:06 UTC: inside the generated day-shift window
 CASES: list[tuple[str, Request]] = [
@@ -35,9 +39,27 @@ CASES: list[tuple[str, Request]] = [
 ]
 
 
-def decide_ns(view: SubjectView, request: Request, number: int = 200_000) -> float:
-    decide = view.decide_modbus
-    best = min(timeit.repeat(lambda: decide(request, NOW), number=number, repeat=5))
+ENIP_CASES: list[tuple[str, CipRequest]] = [
+    ("allow read_tag Line1.Speed", read_tag("Line1.Speed")),
+    ("allow read_tag Recipe[0] x10", read_tag("Recipe[0]", 10)),
+    ("allow write_tag Speed=1200 DINT", write_tag("Line1.Speed", [1200])),
+    ("allow write_tag Speed=1200.5 REAL", write_tag("Line1.Speed", [1200.5], DataType.REAL)),
+    ("allow get_attributes_all Identity", attribute_request(0x01, 0x01, 1)),
+    ("deny write_tag Speed=2000 (value)", write_tag("Line1.Speed", [2000])),
+    ("deny write_tag Recipe[0] (rule)", write_tag("Recipe[0]", [1])),
+    ("deny read_tag Secret (tag)", read_tag("Secret")),
+    ("deny read_tag by instance", by_instance(0x4C, 7)),
+    ("deny reset Identity (no rule)", attribute_request(0x05, 0x01, 1)),
+]
+
+
+def decide_ns(view: SubjectView, request: Request | CipRequest, number: int = 200_000) -> float:
+    if isinstance(request, CipRequest):
+        decide_enip = view.decide_enip
+        best = min(timeit.repeat(lambda: decide_enip(request, NOW), number=number, repeat=5))
+    else:
+        decide = view.decide_modbus
+        best = min(timeit.repeat(lambda: decide(request, NOW), number=number, repeat=5))
     return best / number * 1e9
 
 
@@ -49,11 +71,20 @@ def main() -> None:
         assert view is not None
         views[n] = view
     print(f"load average {os.getloadavg()[0]:.2f}, python {sys.version.split()[0]}")
-    print(f"{'ns per decision':<30}" + "".join(f"{n:>10,} rules" for n in sizes))
+    print(f"{'ns per decision':<36}" + "".join(f"{n:>10,} rules" for n in sizes))
     for name, request in CASES:
         verdicts = {views[n].decide_modbus(request, NOW).verdict for n in sizes}
         assert len(verdicts) == 1, (name, verdicts)
-        print(f"{name:<30}" + "".join(f"{decide_ns(views[n], request):>16.0f}" for n in sizes))
+        print(f"{name:<36}" + "".join(f"{decide_ns(views[n], request):>16.0f}" for n in sizes))
+    enip_views: dict[int, SubjectView] = {}
+    for n in sizes:
+        view = parse_policy(generate_enip_policy(n)).view(bench_subject(), "logix-1")
+        assert view is not None
+        enip_views[n] = view
+    for name, cip in ENIP_CASES:
+        verdicts = {enip_views[n].decide_enip(cip, NOW).verdict for n in sizes}
+        assert len(verdicts) == 1 and name.startswith(verdicts.pop()), name
+        print(f"{name:<36}" + "".join(f"{decide_ns(enip_views[n], cip):>16.0f}" for n in sizes))
 
     text = generate_policy(10_000)
     loads, parses = [], []

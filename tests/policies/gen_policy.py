@@ -1,6 +1,7 @@
 """Generate large, valid policy files for benchmarks and scale tests.
 
-``generate_policy(n)`` returns the text of an ``n``-rule policy. The first three rules give
+``generate_policy(n)`` returns the text of an ``n``-rule policy (``generate_enip_policy(n)`` the same for
+an EtherNet/IP asset, with tag patterns and value bounds). The first three rules give
 :func:`bench_subject` a typical view of the asset - a read/bounded-write allow rule, a group rule with a
 working-hours window, and a deny rule for every identity of the domain - so a benchmark deciding for
 that identity measures a realistic table, the same whatever ``n`` is. Every further rule is for some
@@ -12,7 +13,7 @@ the file is large but the benchmark identity's view does not grow with it.
 
 from __future__ import annotations
 
-__all__ = ["bench_subject", "generate_policy"]
+__all__ = ["bench_subject", "generate_enip_policy", "generate_policy"]
 
 
 def bench_subject(trust_domain: str = "plant1.example") -> str:
@@ -96,6 +97,75 @@ def generate_policy(
     bench = _bench_rules(trust_domain, asset)
     for index in range(n_rules):
         rule = bench[index] if index < len(bench) else _filler_rule(index, trust_domain, asset)
+        lines.append("[[rules]]")
+        lines.extend(rule)
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _enip_bench_rules(trust_domain: str, asset: str) -> list[list[str]]:
+    return [
+        [
+            'id = "bench-operator"',
+            f'subjects = ["{bench_subject(trust_domain)}"]',
+            f'assets = ["{asset}"]',
+            'enip = [{ preset = "read-only", tag = ["Line1.*", "Recipe[0..9]", "Program:Main.*"] },'
+            ' { service = "write_tag", tag = "Line1.Speed", value = "0..1500" }]',
+        ],
+        [
+            'id = "operators-day-shift"',
+            'subjects = ["group:operators"]',
+            f'assets = ["{asset}"]',
+            'enip = [{ service = ["write_tag", "read_modify_write"], tag = "Line1.Mode" }]',
+            'when = { days = "mon-fri", hours = "06:00-18:00", tz = "Europe/Berlin" }',
+        ],
+        [
+            'id = "no-one-writes-recipe-0"',
+            'effect = "deny"',
+            f'subjects = ["spiffe://{trust_domain}/*"]',
+            f'assets = ["{asset}"]',
+            'enip = [{ service = ["write_tag", "write_tag_fragmented"], tag = "Recipe[0]" }]',
+        ],
+    ]
+
+
+def _enip_filler_rule(index: int, trust_domain: str, asset: str) -> list[str]:
+    if index % 5 == 0:
+        subject = f"spiffe://{trust_domain}/vendor/v{index}/*"
+    else:
+        subject = f"spiffe://{trust_domain}/user/u{index:05d}"
+    lines = [f'id = "rule-{index:05d}"', f'subjects = ["{subject}"]', f'assets = ["{asset}"]']
+    if index % 7 == 0:
+        lines.append('effect = "deny"')
+        lines.append(
+            f'enip = [{{ service = "write_tag", tag = "Area{index % 50}.*", value = "1000..65535" }}]'
+        )
+    else:
+        area, table = f"Area{index % 50}", f"Table{index % 9}[0..{index % 100}]"
+        lines.append(
+            f'enip = [{{ preset = "read-only", tag = ["{area}.*", "{table}"] }},'
+            f' {{ service = "write_tag", tag = "{area}.Setpoint", value = "0..{index % 1000 + 1}" }}]'
+        )
+    if index % 11 == 0:
+        lines.append('mode = "monitor"')
+    if index % 3 == 0:
+        lines.append('when = { days = "mon-sat", hours = "22:00-06:00", tz = "America/New_York" }')
+    return lines
+
+
+def generate_enip_policy(
+    n_rules: int,
+    *,
+    trust_domain: str = "plant1.example",
+    asset: str = "logix-1",
+    upstream: str = "127.0.0.1:44818",
+) -> str:
+    """The text of a valid policy with ``n_rules`` rules on one EtherNet/IP asset (route 1/0)."""
+    lines = _head(trust_domain, asset, upstream)
+    lines[3:6] = ['protocol = "enip"', f'upstream = "{upstream}"', 'route = "1/0"']
+    bench = _enip_bench_rules(trust_domain, asset)
+    for index in range(n_rules):
+        rule = bench[index] if index < len(bench) else _enip_filler_rule(index, trust_domain, asset)
         lines.append("[[rules]]")
         lines.extend(rule)
         lines.append("")

@@ -573,3 +573,26 @@ def test_tag_texts_are_cached_per_view_and_bounded(monkeypatch: pytest.MonkeyPat
     for index in range(20):
         assert view.decide_enip(read_tag(f"T[{index}]"), 0).allowed is (index <= 9)
         assert len(view._tags) <= 3
+
+
+def test_per_tag_candidate_lists_are_bounded_and_invisible(monkeypatch: pytest.MonkeyPatch) -> None:
+    import policies.evaluate_enip
+
+    monkeypatch.setattr(policies.evaluate_enip, "TAG_LISTS_SIZE", 2)
+    p = enip_policy(
+        rule('{ service = "write_tag", tag = "T[0..9]", value = "0..5" }')
+        + deny_rule('{ service = "write_tag", tag = "T[3]", value = "4..5" }')
+    )
+    view = p.view(ALICE, "logix-1")
+    assert view is not None
+    table = view.enip_table(write_tag("T[0]", [1]))
+    assert table is not None
+    for _ in range(2):
+        for index in range(12):
+            for value in (1, 4, 6):
+                decision = view.decide_enip(write_tag(f"T[{index}]", [value]), 0)
+                # Rule r allows, or is the closest miss of, everything rule d does not deny.
+                expected = "d" if index == 3 and value == 4 else "r"
+                assert decision.rule_id == expected, (index, value, decision.reason)
+                assert decision.allowed is (index <= 9 and value <= 5 and not (index == 3 and value == 4))
+                assert len(table.tag_lists) <= 2

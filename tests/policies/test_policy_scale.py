@@ -11,7 +11,8 @@ import pytest
 
 from policies import parse_policy
 from policies.evaluate import KeyTable
-from tests.policies.gen_policy import bench_subject, generate_policy
+from tests.policies.enip_helpers import attribute_request, read_tag, write_tag
+from tests.policies.gen_policy import bench_subject, generate_enip_policy, generate_policy
 from tests.policies.policy_helpers import NOON, read, write_register, write_registers
 
 POLICIES_DIR = str(Path(__file__).resolve().parents[2] / "policies")
@@ -64,3 +65,31 @@ def test_loading_is_linear_in_the_number_of_rules() -> None:
     # Counted, not timed: a timing ratio would flake on a shared machine; a count is exact.
     small, large = (python_calls_in_policies(generate_policy(n)) for n in (300, 3000))
     assert 8 * small < large < 12 * small, (small, large)
+
+
+ENIP_REQUESTS = [
+    read_tag("Line1.Speed"),
+    read_tag("Recipe[0]", 10),
+    read_tag("Area3.Setpoint"),
+    write_tag("Line1.Speed", [1200]),
+    write_tag("Line1.Speed", [2000]),
+    write_tag("Recipe[0]", [1]),
+    attribute_request(0x05, 1, 1),
+]
+
+
+def test_the_benchmark_subjects_enip_view_is_the_same_at_any_size() -> None:
+    small = parse_policy(generate_enip_policy(10)).view(bench_subject(), "logix-1")
+    large = parse_policy(generate_enip_policy(3000)).view(bench_subject(), "logix-1")
+    assert small is not None and large is not None
+    assert [rule.id for rule in large.rules] == [rule.id for rule in small.rules]
+    for request in ENIP_REQUESTS:
+        assert large.decide_enip(request, NOON) == small.decide_enip(request, NOON)
+    table = large.enip_table(read_tag("A"))
+    assert table is not None and (len(table.allow), len(table.deny)) == (1, 0)
+
+
+def test_loading_enip_rules_is_at_most_linear_in_their_number() -> None:
+    # Less than linear here: the generated entries repeat, and each distinct one is checked once.
+    small, large = (python_calls_in_policies(generate_enip_policy(n)) for n in (300, 3000))
+    assert large < 12 * small, (small, large)
