@@ -44,7 +44,7 @@ __all__ = [
 
 _SYMBOL = int(ClassCode.SYMBOL)
 _LIST_TAGS = Service.GET_INSTANCE_ATTRIBUTE_LIST
-TAG_LISTS_SIZE = 1024  # tag texts (with element counts) remembered per table
+TAG_LISTS_SIZE = 512  # tag texts (with element counts) remembered per table
 
 # (deny, allow, monitor deny) candidates whose tag-only fields match a tag: see EnipTable.tag_lists.
 _TagLists = tuple[tuple["EnipCandidate", ...], tuple["EnipCandidate", ...], tuple["EnipCandidate", ...]]

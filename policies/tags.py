@@ -19,13 +19,22 @@ from that (a multi-element request on a multi-dimensional array covers no index 
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 from policies.errors import quote
 from policies.ranges import IntervalSet
 
-__all__ = ["MAX_INDEX", "RequestTag", "TagPattern", "parse_request_tag", "parse_tag_pattern"]
+__all__ = [
+    "MAX_INDEX",
+    "REQUEST_TAG_CACHE",
+    "RequestTag",
+    "TagPattern",
+    "parse_request_tag",
+    "parse_tag_pattern",
+]
 
 MAX_INDEX = 0xFFFF_FFFF  # member ids (array indices) are at most 32 bits on the wire
+REQUEST_TAG_CACHE = 4096
 _MAX_DIMENSIONS = 3  # Logix arrays have one to three dimensions
 # The names the codec accepts in a symbolic segment: letters, digits, "_" and ":" (program scope
 # "Program:Main", module tags "Local:1:I").
@@ -37,9 +46,11 @@ RequestTag = tuple[tuple[str, tuple[int, ...] | None], ...]
 _Dims = tuple[IntervalSet, ...]
 
 
+@lru_cache(maxsize=REQUEST_TAG_CACHE)
 def parse_request_tag(text: str) -> RequestTag:
     """The parts of a tag as the codec writes it (``A.B[1,2].C``); names in lower case, because
-    Logix compares tag names without regard to case."""
+    Logix compares tag names without regard to case. Cached (bounded, shared by every view): sessions
+    name the same tags over and over."""
     parts: list[tuple[str, tuple[int, ...] | None]] = []
     for part in text.lower().split("."):
         name, bracket, rest = part.partition("[")

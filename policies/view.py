@@ -22,9 +22,8 @@ from protocols.cip.services import ForwardClose, ForwardOpen
 from protocols.cip.spec import FIRST_CLASS_SPECIFIC_SERVICE, ClassCode, GeneralStatus
 from protocols.modbus.pdu import Request
 
-__all__ = ["TAG_CACHE_SIZE", "SubjectView", "route_of"]
+__all__ = ["SubjectView", "route_of"]
 
-TAG_CACHE_SIZE = 4096
 _CONSTANT_DENIALS = 1024
 _CONNECTION_PAYLOADS = (ForwardOpen, ForwardClose)
 _CONNECTION_MANAGER = int(ClassCode.CONNECTION_MANAGER)
@@ -55,7 +54,6 @@ class SubjectView:
         "_monitor_asset",
         "_route",
         "_tables",
-        "_tags",
         "_unit_ids",
         "asset",
         "policy_revision",
@@ -84,8 +82,6 @@ class SubjectView:
         # Refusals that depend only on the unit, function code, service or route (what a scanner
         # triggers in bulk) are built once; bounded, since a client picks the codes.
         self._constant_denials: dict[tuple[object, ...], Decision] = {}
-        # Tags as parsed parts, by the request's text: a session reads the same tags over and over.
-        self._tags: dict[str, RequestTag] = {}
 
     def install(self, tables: dict[int, KeyTable | SubFunctionTable]) -> None:
         """Called once by the compiler (tables refer back to the view, so they come after it)."""
@@ -146,17 +142,10 @@ class SubjectView:
             table = self._enip_common.get(service)
         return table
 
-    def request_tag(self, request: CipRequest) -> RequestTag | None:
-        """The parts of the tag a request names by name, parsed once per tag text and view."""
-        text = request.tag
-        if text is None:
-            return None
-        tag = self._tags.get(text)
-        if tag is None:
-            if len(self._tags) >= TAG_CACHE_SIZE:
-                self._tags.clear()  # bounded: a client may name any number of tags
-            tag = self._tags[text] = parse_request_tag(text)
-        return tag
+    @staticmethod
+    def request_tag(request: CipRequest) -> RequestTag | None:
+        """The parts of the tag a request names by name (None for anything else)."""
+        return None if request.tag is None else parse_request_tag(request.tag)
 
     def decide_enip(self, request: CipRequest, now: float) -> Decision:
         """Decide one request a client's message carries (after unwrapping, see

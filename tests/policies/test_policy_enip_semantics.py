@@ -563,18 +563,6 @@ def test_modbus_entries_do_not_apply_to_an_enip_asset_and_back() -> None:
     assert decide(p, read_tag("A")).verdict == "allow"
 
 
-def test_tag_texts_are_cached_per_view_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    import policies.view
-
-    monkeypatch.setattr(policies.view, "TAG_CACHE_SIZE", 3)
-    p = enip_policy(rule('{ service = "read_tag", tag = "T[0..9]" }'))
-    view = p.view(ALICE, "logix-1")
-    assert view is not None
-    for index in range(20):
-        assert view.decide_enip(read_tag(f"T[{index}]"), 0).allowed is (index <= 9)
-        assert len(view._tags) <= 3
-
-
 def test_per_tag_candidate_lists_are_bounded_and_invisible(monkeypatch: pytest.MonkeyPatch) -> None:
     import policies.evaluate_enip
 
