@@ -22,6 +22,8 @@ from aiohttp import web
 from gateway.admin import start_admin
 from gateway.audit import AuditLog
 from gateway.config import ConfigError, GatewayConfig, TlsFiles, load_gateway_config
+from gateway.enip.session import EnipSession
+from gateway.enip.upstream import EnipUpstreamPool
 from gateway.metrics import Metrics
 from gateway.modbus.session import ModbusSession
 from gateway.modbus.upstream import ModbusUpstreamPool
@@ -34,8 +36,8 @@ from policies import Policy, PolicyError
 log = logging.getLogger("ztgate.gateway")
 
 # One entry per protocol: the session engine facing clients and the pool facing devices.
-SESSION_FACTORIES: dict[str, SessionFactory] = {"modbus": ModbusSession}
-POOL_FACTORIES: dict[str, PoolFactory] = {"modbus": ModbusUpstreamPool}
+SESSION_FACTORIES: dict[str, SessionFactory] = {"modbus": ModbusSession, "enip": EnipSession}
+POOL_FACTORIES: dict[str, PoolFactory] = {"modbus": ModbusUpstreamPool, "enip": EnipUpstreamPool}
 
 
 class Gateway:

@@ -87,6 +87,7 @@ class Link(asyncio.Protocol, Generic[P]):
         self._out: list[bytes] = []
         self._timer: asyncio.TimerHandle | None = None
         self.closed = False
+        self.ready = False  # the handshake is done and the pool hands it requests
 
     # ---------------------------------------------------------------------- protocol hooks
 
@@ -293,7 +294,7 @@ class UpstreamPool:
     def refill(self, link: Link[Any]) -> None:
         """A slot freed up on ``link``: move queued requests onto it."""
         queue = self.queue
-        if not queue or link.closed:
+        if not queue or link.closed or not link.ready:
             return
         now = monotonic()
         while queue and len(link.in_flight) < self.max_in_flight:
@@ -364,6 +365,7 @@ class UpstreamPool:
             if not self._retired:
                 self._connect_failed("connection closed during the handshake")
             return
+        link.ready = True
         self.connections.append(link)
         self.link_ready.set()
         self._backoff_s = BACKOFF_INITIAL_S

@@ -105,6 +105,26 @@ def make_pki(root: Path) -> Pki:
     return Pki(ca / "ca.pem", gateway, clients)
 
 
+def enip_policy_text(device_port: int, rules: str, *, asset: str = "plc-2", asset_extra: str = "") -> str:
+    """A policy with one EtherNet/IP asset (a Logix controller in slot 0) and the given rules."""
+    return f"""
+trust_domain = "{TD}"
+
+[assets.{asset}]
+protocol = "enip"
+upstream = "127.0.0.1:{device_port}"
+route = "1/0"
+identity = {{ device_type = 0x0E, product_code = 55, revision = "20.11", product_name = "Line 1 PLC" }}
+{asset_extra}
+
+[groups]
+operators = ["{ALICE}", "{BOB}"]
+vendors = ["spiffe://{TD}/vendor/*"]
+
+{rules}
+"""
+
+
 def policy_text(device_port: int, rules: str, *, asset: str = "plc-1", asset_extra: str = "") -> str:
     """A policy with one Modbus asset on the test's device, the usual groups, and the given rules."""
     return f"""
@@ -205,13 +225,13 @@ class Lab:
         self._clients.append(writer)
         return reader, writer
 
-    async def start_agent(self, who: str = "alice", asset: str = "plc-1") -> int:
+    async def start_agent(self, who: str = "alice", asset: str = "plc-1", protocol: str = "modbus") -> int:
         """An agent with this identity exposing ``asset`` on a local port; returns the port."""
         assert self.gateway is not None
         config = AgentConfig(
             source=self.dir / "agent.toml",
             tls=self.pki.tls(who),
-            listeners=(AgentListener(("127.0.0.1", 0), asset, ("127.0.0.1", self.gateway.port), "modbus"),),
+            listeners=(AgentListener(("127.0.0.1", 0), asset, ("127.0.0.1", self.gateway.port), protocol),),
             connect_timeout_s=5.0,
         )
         agent = Agent(config)

@@ -1,0 +1,1 @@
+"""EtherNet/IP + CIP: the session engine facing clients and the upstream pool facing devices."""

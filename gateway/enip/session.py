@@ -1,0 +1,542 @@
+"""The EtherNet/IP session engine: one per overlay connection to an EtherNet/IP asset.
+
+The gateway is the client's EtherNet/IP target: it registers the client's encapsulation session under
+a handle of its own, answers ListIdentity/ListServices/ListInterfaces from configuration (the device
+stays cloaked), and answers the client's Forward Open and Forward Close itself once the asset's pool
+holds a connection of the gateway's own. Every message router request is unwrapped (Unconnected Send,
+Multiple Service Packet), each embedded request decided on its own, the allowed ones rebuilt inside the
+same wrappers and forwarded on the pool, and the device's replies joined with the gateway's refusals
+(general status 0x0F) back into the client's order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass
+from time import monotonic
+from typing import Any, ClassVar
+
+from gateway.enip.upstream import EnipPending, EnipUpstreamPool
+from gateway.runtime import Runtime
+from gateway.session import Session, SessionInfo
+from gateway.upstream import Failure
+from policies import Decision, SubjectView
+from protocols.cip import (
+    CipProtocolError,
+    CipRequest,
+    EncapsulationConnection,
+    EncapsulationMessage,
+    IdentityItem,
+    MessageRouterRequest,
+    MessageRouterResponse,
+    connected_message,
+    flatten,
+    join_replies,
+    list_identity_data,
+    list_interfaces_data,
+    list_services_data,
+    parse_register_session,
+    parse_send_data,
+    rebuild,
+    refusal,
+    register_session_data,
+    send_rr_data,
+    send_unit_data,
+    unconnected_message,
+)
+from protocols.cip.message_router import parse_request, reply_to
+from protocols.cip.requests import error_reply, reply_for_error
+from protocols.cip.services import (
+    ForwardCloseReply,
+    ForwardOpenFailure,
+    ForwardOpenReply,
+    parse_forward_close,
+    parse_forward_open,
+)
+from protocols.cip.spec import ClassCode, EncapsulationCommand, EncapsulationStatus, GeneralStatus, Service
+
+_Command = EncapsulationCommand
+_Status = GeneralStatus
+MAX_CLIENT_CONNECTIONS = 8  # class-3 connections one client session may hold at the gateway
+MAX_AUDITED_VALUES = 32
+READ_SERVICES = frozenset(
+    ("read_tag", "read_tag_fragmented", "get_attribute_single", "get_attribute_list", "get_attributes_all")
+)
+# Connection Manager services the gateway answers itself; inside a wrapper they are not supported.
+_LOCAL = {Service.FORWARD_OPEN: "forward_open", Service.LARGE_FORWARD_OPEN: "large_forward_open",
+          Service.FORWARD_CLOSE: "forward_close"}  # fmt: skip
+
+
+@dataclass(slots=True)
+class _Answer:
+    """How to wrap the reply to one client message: SendRRData (by sender context) or SendUnitData."""
+
+    context: bytes
+    connection_id: int | None = None  # the client's T->O id for a connected reply
+    sequence: int = 0
+
+
+@dataclass(slots=True)
+class _Forwarded:
+    """What deliver() needs to answer a forwarded request: the client's request and the local replies."""
+
+    answer: _Answer
+    request: MessageRouterRequest
+    leaves: list[CipRequest]
+    local: list[MessageRouterResponse | None]
+    decisions: list[Decision | None]
+    revision: str
+
+
+@dataclass(slots=True)
+class _ClientConnection:
+    t_o_connection_id: int
+    triad: tuple[int, int, int]
+
+
+def leaf_fields(leaf: CipRequest) -> dict[str, Any]:
+    """The audit fields that say what an EtherNet/IP request touches."""
+    fields: dict[str, Any] = {"service": leaf.name or f"0x{leaf.service:02X}", "service_code": leaf.service}
+    if leaf.tag is not None:
+        fields["tag"] = leaf.tag
+    else:
+        for key, value in (
+            ("class", leaf.class_id),
+            ("instance", leaf.instance_id),
+            ("attribute", leaf.attribute_id),
+        ):
+            if value is not None:
+                fields[key] = value
+    if leaf.element_count is not None:
+        fields["elements"] = leaf.element_count
+    if leaf.values:
+        fields["values"] = list(leaf.values[:MAX_AUDITED_VALUES])
+        if len(leaf.values) > MAX_AUDITED_VALUES:
+            fields["values_count"] = len(leaf.values)
+    elif leaf.opaque_values:
+        fields["values"] = "opaque"
+    if leaf.route:
+        fields["route"] = "/".join(str(hop) for hop in leaf.route)
+    return fields
+
+
+class EnipSession(Session):
+    protocol_name: ClassVar[str] = "enip"
+
+    def __init__(self, runtime: Runtime, info: SessionInfo, view: SubjectView) -> None:
+        super().__init__(runtime, info, view)
+        self._codec = EncapsulationConnection()
+        self._handle = 0
+        self._connections: dict[int, _ClientConnection] = {}
+        self._out: list[bytes] = []
+        self._in_flight = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._bind_view()
+
+    def _bind_view(self) -> None:
+        pool = self.runtime.upstreams.pool_for(self.view.asset)
+        assert isinstance(pool, EnipUpstreamPool)
+        self._pool = pool
+        self._histogram = self.runtime.metrics.histogram("enip", self.view.asset.name)
+
+    def _view_changed(self) -> None:
+        self._bind_view()
+
+    def _release(self) -> None:
+        self._out.clear()
+        for task in self._tasks:
+            task.cancel()
+
+    def busy(self) -> bool:
+        return self._in_flight > 0
+
+    # ---------------------------------------------------------------------- encapsulation
+
+    def data_received(self, data: bytes) -> None:
+        codec = self._codec
+        codec.receive_data(data)
+        while not self.closing:
+            try:
+                message = codec.next_message()
+            except CipProtocolError as error:
+                if self._malformed(error):
+                    return
+                continue
+            if message is None:
+                break
+            handler = self._HANDLERS.get(message.command)
+            if handler is None:
+                self._reply(message.reply(status=EncapsulationStatus.INVALID_COMMAND))
+                continue
+            try:
+                handler(self, message)
+            except CipProtocolError as error:
+                if self._malformed(error):
+                    return
+        self.flush()
+
+    def _malformed(self, error: CipProtocolError) -> bool:
+        """Answer a malformed message (or end the session); True when the session is over."""
+        self.runtime.metrics.count_protocol_error("enip", "client")
+        event = self._event("protocol_error")
+        event.update(side="client", reason=str(error))
+        self.runtime.audit.emit(event)
+        if error.close:
+            self.close(f"malformed encapsulation: {error}")
+            return True
+        if error.encapsulation_status is not None and error.command is not None:
+            self._reply(
+                EncapsulationMessage(
+                    error.command, error.session_handle, error.encapsulation_status, error.sender_context
+                )
+            )
+        return False
+
+    def _reply(self, message: EncapsulationMessage) -> None:
+        self._out.append(message.encode())
+
+    def flush(self) -> None:
+        out = self._out
+        if out:
+            if self.transport is not None and not self.closing:
+                self.transport.write(b"".join(out) if len(out) > 1 else out[0])
+            out.clear()
+
+    def _registered(self, message: EncapsulationMessage) -> bool:
+        if self._handle and message.session_handle == self._handle:
+            return True
+        self._reply(message.reply(status=EncapsulationStatus.INVALID_SESSION_HANDLE))
+        return False
+
+    def _register_session(self, message: EncapsulationMessage) -> None:
+        if self._handle:  # one encapsulation session per TCP connection (Vol 2 §2-4.4)
+            self._reply(message.reply(status=EncapsulationStatus.INVALID_COMMAND))
+            return
+        parse_register_session(message)
+        self._handle = random.randrange(1, 1 << 32)
+        self._reply(message.reply(register_session_data(), session_handle=self._handle))
+
+    def _unregister_session(self, message: EncapsulationMessage) -> None:
+        if message.session_handle == self._handle and self.transport is not None:
+            self.flush()
+            self.closing = True
+            self.close_reason = "client unregistered its session"
+            self.transport.close()
+
+    def _list_identity(self, message: EncapsulationMessage) -> None:
+        self._reply(message.reply(list_identity_data(self._identity())))
+
+    def _list_services(self, message: EncapsulationMessage) -> None:
+        self._reply(message.reply(list_services_data()))
+
+    def _list_interfaces(self, message: EncapsulationMessage) -> None:
+        self._reply(message.reply(list_interfaces_data()))
+
+    def _nop(self, message: EncapsulationMessage) -> None:
+        pass  # NOP gets no reply (Vol 2 §2-4.1)
+
+    def _identity(self) -> IdentityItem:
+        """What the gateway says the device is: configuration, never the device's own answer."""
+        identity = self.view.asset.identity
+        return IdentityItem(
+            vendor_id=identity.vendor_id,
+            device_type=identity.device_type,
+            product_code=identity.product_code,
+            revision_major=identity.revision_major,
+            revision_minor=identity.revision_minor,
+            status=0,
+            serial_number=identity.serial,
+            product_name=identity.product_name,
+        )
+
+    def _send_rr_data(self, message: EncapsulationMessage) -> None:
+        if not self._registered(message):
+            return
+        body = unconnected_message(message, parse_send_data(message))
+        self._request(body, _Answer(message.sender_context))
+
+    def _send_unit_data(self, message: EncapsulationMessage) -> None:
+        if not self._registered(message):
+            return
+        connection_id, sequence, body = connected_message(message, parse_send_data(message))
+        connection = self._connections.get(connection_id)
+        if connection is None:
+            # Data on a connection that does not exist is dropped, as a target does (Vol 2 §2-6).
+            event = self._event("protocol_error")
+            event.update(side="client", reason=f"connected data for unknown connection 0x{connection_id:08X}")
+            self.runtime.audit.emit(event)
+            return
+        self._request(body, _Answer(message.sender_context, connection.t_o_connection_id, sequence))
+
+    _HANDLERS: ClassVar[dict[int, Any]] = {
+        _Command.NOP: _nop,
+        _Command.LIST_SERVICES: _list_services,
+        _Command.LIST_IDENTITY: _list_identity,
+        _Command.LIST_INTERFACES: _list_interfaces,
+        _Command.REGISTER_SESSION: _register_session,
+        _Command.UNREGISTER_SESSION: _unregister_session,
+        _Command.SEND_RR_DATA: _send_rr_data,
+        _Command.SEND_UNIT_DATA: _send_unit_data,
+    }
+
+    def _answer(self, answer: _Answer, response: MessageRouterResponse) -> None:
+        body = response.encode()
+        if answer.connection_id is None:
+            data = send_rr_data(body)
+            message = EncapsulationMessage(_Command.SEND_RR_DATA, self._handle, 0, answer.context, 0, data)
+        else:
+            data = send_unit_data(answer.connection_id, answer.sequence, body)
+            message = EncapsulationMessage(_Command.SEND_UNIT_DATA, self._handle, 0, answer.context, 0, data)
+        self._reply(message)
+
+    # ---------------------------------------------------------------------- message router
+
+    def _request(self, body: bytes, answer: _Answer) -> None:
+        started = monotonic()
+        try:
+            request = parse_request(body)
+        except CipProtocolError as error:
+            self._answer(answer, reply_for_error(error, body[0] & 0x7F if body else 0))
+            self._protocol_error(str(error))
+            return
+        if request.service in _LOCAL and request.path.class_id == ClassCode.CONNECTION_MANAGER:
+            self._connection_manager(request, answer)
+            return
+        try:
+            leaves = flatten(request)
+        except CipProtocolError as error:
+            self._answer(answer, reply_for_error(error, request.service))
+            self._protocol_error(str(error))
+            return
+        now = self.runtime.clock()
+        revision = self.view.policy_revision
+        decide = self.view.decide_enip
+        local: list[MessageRouterResponse | None] = []
+        decisions: list[Decision | None] = []
+        drop = close = False
+        for leaf in leaves:
+            self.requests += 1
+            reply = error_reply(leaf)
+            if reply is not None:
+                local.append(reply)
+                decisions.append(None)
+                self._protocol_error(f"embedded request: {leaf.error}")
+                continue
+            if leaf.class_id == ClassCode.CONNECTION_MANAGER and leaf.service in _LOCAL:
+                local.append(refusal(leaf, _Status.SERVICE_NOT_SUPPORTED))
+                decisions.append(None)
+                continue
+            decision = decide(leaf, now)
+            decisions.append(decision)
+            if decision.allowed:
+                local.append(None)
+                continue
+            self.denied += 1
+            drop |= decision.action == "drop"
+            close |= decision.action == "close"
+            local.append(refusal(leaf, decision.exception_code))
+            self._count(leaf.name or leaf.service, "deny")
+            self._audit(leaf, decision, revision, "refused", None, decision.exception_code)
+        if close:
+            self.close(f"refused by rule {next(d.rule_id for d in decisions if d and not d.allowed)}")
+            return
+        if drop:
+            return  # a refusal the client must not hear about: no reply for the whole message
+        upstream = rebuild(request, local)
+        if upstream is None:
+            self._answer(answer, join_replies(request, local, None))
+            return
+        self._in_flight += 1
+        record = _Forwarded(answer, request, leaves, local, decisions, revision)
+        self._pool.submit(
+            EnipPending(self, upstream.encode(), answer.connection_id is not None, record, started)
+        )
+
+    def deliver(self, pending: EnipPending, response: MessageRouterResponse, now: float) -> bool:
+        """The device answered the forwarded part of a request. True when this session has to flush."""
+        first = not self._out
+        self._in_flight -= 1
+        record: _Forwarded = pending.reply
+        try:
+            final = join_replies(record.request, record.local, response)
+        except CipProtocolError as error:
+            final = reply_to(record.request.service, error.general_status or _Status.INVALID_REPLY_RECEIVED)
+            self._pool.upstream_fault(f"reply does not fit the request: {error}")
+        self._answer(record.answer, final)
+        outcome = "ok" if response.ok else f"device status 0x{response.general_status:02X}"
+        self._finish(pending, record, outcome, now, 0)
+        return first and not self.closing
+
+    def fail(self, pending: EnipPending, failure: Failure, reason: str, now: float) -> bool:
+        """The device cannot answer: each forwarded request gets 0x01 (connection failure), or 0x02
+        (resource unavailable) when the gateway could not take it."""
+        first = not self._out
+        self._in_flight -= 1
+        record: _Forwarded = pending.reply
+        status = _Status.RESOURCE_UNAVAILABLE if failure.overload else _Status.CONNECTION_FAILURE
+        local = [
+            reply if reply is not None else reply_to(leaf.service, status)
+            for leaf, reply in zip(record.leaves, record.local, strict=True)
+        ]
+        self._answer(record.answer, join_replies(record.request, local, None))
+        self._finish(pending, record, reason, now, status)
+        return first and not self.closing
+
+    def _finish(
+        self, pending: EnipPending, record: _Forwarded, outcome: str, now: float, status: int
+    ) -> None:
+        latency_s = now - pending.started
+        self._histogram.observe(latency_s)
+        for leaf, reply, decision in zip(record.leaves, record.local, record.decisions, strict=True):
+            if reply is not None or decision is None:
+                continue  # refused or malformed: counted and audited when decided
+            self._count(leaf.name or leaf.service, decision.verdict)
+            if (
+                not status
+                and outcome == "ok"
+                and decision.verdict == "allow"
+                and leaf.name in READ_SERVICES
+                and self.runtime.audit.aggregates_reads
+            ):
+                fields = self._event("decision", record.revision)
+                fields.update(leaf_fields(leaf), decision="allow", rule=decision.rule_id)
+                fields.pop("values", None)
+                key = (
+                    self.id,
+                    leaf.name,
+                    leaf.tag,
+                    leaf.class_id,
+                    leaf.instance_id,
+                    decision.rule_id,
+                    record.revision,
+                )
+                self.runtime.audit.aggregate_read(key, fields, None, latency_s)
+                continue
+            self._audit(leaf, decision, record.revision, outcome, latency_s, status)
+
+    # -------------------------------------------------------------- Connection Manager (local)
+
+    def _connection_manager(self, request: MessageRouterRequest, answer: _Answer) -> None:
+        leaf = flatten(request)[0]
+        self.requests += 1
+        decision = self.view.decide_enip(leaf, self.runtime.clock())
+        if not decision.allowed:
+            self.denied += 1
+            self._count(leaf.name or leaf.service, "deny")
+            self._audit(leaf, decision, self.view.policy_revision, "refused", None, decision.exception_code)
+            if decision.action == "close":
+                self.close(f"refused by rule {decision.rule_id}")
+            elif decision.action == "exception":
+                self._answer(answer, refusal(leaf, decision.exception_code))
+            return
+        self._count(leaf.name or leaf.service, decision.verdict)
+        if request.service == Service.FORWARD_CLOSE:
+            self._forward_close(request, answer, leaf, decision)
+            return
+        task = asyncio.get_running_loop().create_task(self._forward_open(request, answer, leaf, decision))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _forward_open(
+        self, request: MessageRouterRequest, answer: _Answer, leaf: CipRequest, decision: Decision
+    ) -> None:
+        forward_open = parse_forward_open(request.data, large=request.service == Service.LARGE_FORWARD_OPEN)
+        failure = ForwardOpenFailure(*forward_open.triad).encode()
+        if forward_open.transport_class != 3 or len(self._connections) >= MAX_CLIENT_CONNECTIONS:
+            # Only explicit messaging is relayed: no I/O connections, and a few connections per client.
+            extended = (0x0103,) if forward_open.transport_class != 3 else (0x0113,)
+            self._answer(answer, reply_to(request.service, _Status.CONNECTION_FAILURE, extended, failure))
+            self._audit(leaf, decision, self.view.policy_revision, "refused by the gateway", None, 1)
+            self.flush()
+            return
+        # Answer only once the gateway holds a connection of its own to the device.
+        try:
+            await asyncio.wait_for(self._pool.link_ready.wait(), self.view.asset.connect_timeout_s)
+        except TimeoutError:
+            self._answer(answer, reply_to(request.service, _Status.CONNECTION_FAILURE, (0x0204,), failure))
+            self._audit(leaf, decision, self.view.policy_revision, "device unreachable", None, 1)
+            self.flush()
+            return
+        o_t_connection_id = random.randrange(1, 1 << 32)
+        while o_t_connection_id in self._connections:
+            o_t_connection_id = random.randrange(1, 1 << 32)
+        self._connections[o_t_connection_id] = _ClientConnection(
+            forward_open.t_o_connection_id, forward_open.triad
+        )
+        reply = ForwardOpenReply(
+            o_t_connection_id,
+            forward_open.t_o_connection_id,
+            *forward_open.triad,
+            forward_open.o_t_rpi,
+            forward_open.t_o_rpi,
+        )
+        self._answer(answer, reply_to(request.service, _Status.SUCCESS, (), reply.encode()))
+        self._audit(leaf, decision, self.view.policy_revision, "ok", None, 0)
+        self.flush()
+
+    def _forward_close(
+        self, request: MessageRouterRequest, answer: _Answer, leaf: CipRequest, decision: Decision
+    ) -> None:
+        forward_close = parse_forward_close(request.data)
+        for connection_id, connection in list(self._connections.items()):
+            if connection.triad == forward_close.triad:
+                del self._connections[connection_id]
+                reply = ForwardCloseReply(*forward_close.triad).encode()
+                self._answer(answer, reply_to(request.service, _Status.SUCCESS, (), reply))
+                self._audit(leaf, decision, self.view.policy_revision, "ok", None, 0)
+                return
+        failure = ForwardOpenFailure(*forward_close.triad).encode()
+        self._answer(answer, reply_to(request.service, _Status.CONNECTION_FAILURE, (0x0107,), failure))
+
+    # --------------------------------------------------------------------------------- audit
+
+    def _event(self, kind: str, revision: str | None = None) -> dict[str, Any]:
+        return {
+            "event": kind,
+            "session": self.id,
+            "identity": self.info.identity,
+            "asset": self.info.asset,
+            "protocol": "enip",
+            "policy_revision": revision or self.view.policy_revision,
+        }
+
+    def _protocol_error(self, reason: str) -> None:
+        self.runtime.metrics.count_protocol_error("enip", "client")
+        event = self._event("protocol_error")
+        event.update(side="client", reason=reason)
+        self.runtime.audit.emit(event)
+
+    def _audit(
+        self,
+        leaf: CipRequest,
+        decision: Decision,
+        revision: str,
+        outcome: str,
+        latency_s: float | None,
+        status: int,
+    ) -> None:
+        event = self._event("decision", revision)
+        event.update(leaf_fields(leaf))
+        event["decision"] = decision.verdict
+        event["rule"] = decision.rule_id
+        if decision.verdict != "allow":
+            event["reason"] = decision.reason
+            if decision.allowed:
+                event["would_status"] = decision.exception_code
+            else:
+                event["action"] = decision.action
+        if decision.monitor_rule_id is not None:
+            event["monitor_rule"] = decision.monitor_rule_id
+        if status:
+            event["status"] = status
+        event["outcome"] = outcome
+        if latency_s is not None:
+            event["latency_us"] = int(latency_s * 1e6)
+        self.runtime.audit.emit(event)
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        info["in_flight"] = self._in_flight
+        info["connections"] = len(self._connections)
+        return info

@@ -1,0 +1,249 @@
+"""EtherNet/IP end to end: pycomm3 and pylogix (real, independently written Logix clients) through
+agent -> gateway -> ``ztgate sim enip``; values, CIP statuses and audit records asserted. The clients
+are blocking, so each runs in a thread while the gateway and the simulator serve on the test's loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+import pytest
+from pycomm3 import CIPDriver, LogixDriver, Services
+from pylogix import PLC  # type: ignore[import-untyped]
+
+from gateway.sim.enip import EnipSim
+from tests.e2e.harness import ALICE, Lab, enip_policy_text
+
+T = TypeVar("T")
+
+RULES = """
+[[rules]]
+id = "operators-read"
+subjects = ["group:operators"]
+assets = ["plc-2"]
+enip = [{ preset = "read-only" }]
+
+[[rules]]
+id = "operators-setpoint"
+subjects = ["group:operators"]
+assets = ["plc-2"]
+enip = [
+  { service = ["write_tag", "read_modify_write"], tag = ["Setpoint", "Recipe[0..4]"], value = "0..1500" },
+]
+
+[[rules]]
+id = "no-secrets"
+effect = "deny"
+subjects = ["group:operators"]
+assets = ["plc-2"]
+enip = [{ service = ["read_tag", "read_tag_fragmented"], tag = "Batch_ID" }]
+
+[[rules]]
+id = "nobody-resets"
+effect = "deny"
+subjects = ["spiffe://plant1.example/*"]
+assets = ["plc-2"]
+enip = [{ service = "reset" }]
+"""
+
+
+@pytest.fixture(autouse=True)
+def quiet_clients(caplog: pytest.LogCaptureFixture) -> None:
+    # pycomm3 logs refused requests with tracebacks; the tests assert on the results instead.
+    caplog.set_level(logging.CRITICAL, logger="pycomm3")
+
+
+@pytest.fixture
+async def plc() -> AsyncIterator[EnipSim]:
+    async with EnipSim(static=True) as running:
+        yield running
+
+
+def privileged(error: object) -> bool:
+    """pycomm3's text for CIP general status 0x0F (privilege violation)."""
+    return "Permission denied" in str(error)
+
+
+async def in_thread(function: Callable[[], T]) -> T:
+    async with asyncio.timeout(60):
+        return await asyncio.to_thread(function)
+
+
+async def _lab(lab: Lab, plc: EnipSim, rules: str = RULES, who: str = "alice") -> int:
+    await lab.start_gateway(enip_policy_text(plc.port, rules))
+    return await lab.start_agent(who, "plc-2", "enip")
+
+
+async def test_pycomm3_logix_driver_default_startup_reads_and_writes(lab: Lab, plc: EnipSim) -> None:
+    port = await _lab(lab, plc)
+
+    def run() -> dict[str, Any]:
+        with LogixDriver(f"127.0.0.1:{port}") as driver:  # default start-up: identity, tag list, programs
+            out: dict[str, Any] = {"tags": sorted(driver.tags)}
+            out["setpoint"] = driver.read("Setpoint").value
+            out["recipe"] = driver.read("Recipe{10}").value
+            out["multi"] = [
+                (t.tag, t.value, t.error) for t in driver.read("Setpoint", "Recipe[2]", "Program:Main.Step")
+            ]
+            out["write"] = driver.write("Setpoint", 1200).error
+            out["multi_write"] = [t.error for t in driver.write(("Recipe[0]", 7), ("Recipe[1]", 8))]
+            out["after"] = driver.read("Setpoint").value
+            return out
+
+    out = await in_thread(run)
+    assert "Setpoint" in out["tags"] and "Recipe" in out["tags"]
+    assert out["setpoint"] == 1000
+    assert out["recipe"] == [100 * (i + 1) for i in range(10)]
+    assert out["multi"] == [
+        ("Setpoint", 1000, None),
+        ("Recipe[2]", 300, None),
+        ("Program:Main.Step", 10, None),
+    ]
+    assert out["write"] is None and out["multi_write"] == [None, None] and out["after"] == 1200
+    assert plc.tag("Setpoint") == 1200 and plc.tag("Recipe")[:2] == [7, 8]
+    decisions = lab.audit_events(event="decision", identity=ALICE)
+    write = next(e for e in decisions if e["service"] == "write_tag" and e.get("tag") == "Setpoint")
+    assert (
+        write["decision"] == "allow" and write["rule"] == "operators-setpoint" and write["values"] == [1200]
+    )
+
+
+async def test_one_refused_request_in_a_multiple_service_packet(lab: Lab, plc: EnipSim) -> None:
+    port = await _lab(lab, plc)
+
+    def run() -> tuple[list[Any], list[Any]]:
+        with LogixDriver(f"127.0.0.1:{port}") as driver:
+            # pycomm3 packs each call's tags into one Multiple Service Packet.
+            reads = [(t.tag, t.value, t.error) for t in driver.read("Setpoint", "Batch_ID", "Recipe[3]")]
+            writes = [
+                (t.tag, t.error) for t in driver.write(("Recipe[2]", 9), ("Recipe[7]", 9), ("Setpoint", 99))
+            ]
+            return reads, writes
+
+    reads, writes = await in_thread(run)
+    assert reads[0] == ("Setpoint", 1000, None) and reads[2] == ("Recipe[3]", 400, None)
+    assert reads[1][1] is None and privileged(reads[1][2])
+    assert writes[0] == ("Recipe[2]", None) and writes[2] == ("Setpoint", None)
+    assert privileged(writes[1][1])
+    # The device never saw the refused write; the allowed ones in the same packet ran.
+    assert [w.tag for w in plc.writes()] == ["Recipe[2]", "Setpoint"]
+    assert plc.tag("Recipe")[7] == 800
+    refused = lab.audit_events(event="decision", decision="deny")
+    assert {(e["service"], e.get("tag"), e["rule"]) for e in refused} == {
+        ("read_tag", "Batch_ID", "no-secrets"),
+        ("write_tag", "Recipe[7]", "operators-setpoint"),
+    }
+
+
+async def test_generic_messages_identity_allowed_reset_refused(lab: Lab, plc: EnipSim) -> None:
+    port = await _lab(lab, plc)
+
+    def run() -> tuple[Any, Any, Any]:
+        with CIPDriver(f"127.0.0.1:{port}") as driver:
+            identity = driver.generic_message(
+                service=Services.get_attributes_all, class_code=0x01, instance=1, connected=False
+            )
+            reset = driver.generic_message(
+                service=Services.reset, class_code=0x01, instance=1, connected=False
+            )
+            tcpip = driver.generic_message(
+                service=Services.set_attribute_single,
+                class_code=0xF5,
+                instance=1,
+                attribute=3,
+                request_data=b"\x02\x00\x00\x00",
+                connected=False,
+            )
+            return identity, reset, tcpip
+
+    identity, reset, tcpip = await in_thread(run)
+    assert identity.error is None and identity.value
+    assert reset.error and privileged(reset.error)
+    assert tcpip.error and privileged(tcpip.error)
+    assert plc.resets == 0 and not [r for r in plc.received if r.class_id == 0xF5]
+    refused = {e["service"]: e for e in lab.audit_events(event="decision", decision="deny")}
+    assert refused["reset"]["rule"] == "nobody-resets" and refused["reset"]["class"] == 1
+    assert (
+        refused["set_attribute_single"]["class"] == 0xF5 and refused["set_attribute_single"]["attribute"] == 3
+    )
+
+
+async def test_writes_outside_patterns_and_out_of_bounds_are_refused(lab: Lab, plc: EnipSim) -> None:
+    port = await _lab(lab, plc)
+
+    def run() -> tuple[Any, Any, Any]:
+        with LogixDriver(f"127.0.0.1:{port}") as driver:
+            return (
+                driver.write("Mode", 2).error,  # no rule names Mode
+                driver.write("Setpoint", 2000).error,  # out of 0..1500
+                driver.write("Recipe[5]", 1).error,  # outside Recipe[0..4]
+            )
+
+    errors = await in_thread(run)
+    assert all(error and privileged(error) for error in errors)
+    assert plc.writes() == [] and plc.tag("Setpoint") == 1000
+    reasons = [e["reason"] for e in lab.audit_events(event="decision", decision="deny")]
+    assert len(reasons) == 3 and any("2000" in reason for reason in reasons)
+
+
+async def test_a_tag_by_numeric_instance_is_refused(lab: Lab) -> None:
+    async with EnipSim(static=True, revision="32.11") as plc:  # pycomm3 reads by instance from v21
+        port = await _lab(lab, plc)
+
+        def run() -> Any:
+            with LogixDriver(f"127.0.0.1:{port}") as driver:
+                return driver.read("Setpoint")
+
+        result = await in_thread(run)
+    assert result.value is None and privileged(result.error)
+    refused = lab.audit_events(event="decision", decision="deny", service="read_tag")
+    assert refused and refused[-1]["class"] == 0x6B and "instance" in refused[-1]
+
+
+async def test_pylogix_reads_writes_and_arrays(lab: Lab, plc: EnipSim) -> None:
+    port = await _lab(lab, plc)
+
+    def run() -> dict[str, Any]:
+        with PLC("127.0.0.1", port=port) as comm:
+            return {
+                "read": comm.Read("Setpoint").Value,
+                "array": comm.Read("Recipe[0]", 5).Value,
+                "write": comm.Write("Recipe[4]", 55).Status,
+                "refused": comm.Write("Recipe[9]", 55).Status,
+                "after": comm.Read("Recipe[4]").Value,
+            }
+
+    out = await in_thread(run)
+    assert out["read"] == 1000 and out["array"] == [100, 200, 300, 400, 500]
+    assert out["write"] == "Success" and out["after"] == 55
+    assert out["refused"] != "Success"
+    assert plc.tag("Recipe")[9] == 1000
+
+
+async def test_many_clients_share_one_upstream_session(lab: Lab, plc: EnipSim) -> None:
+    port = await _lab(lab, plc)
+
+    def client(index: int) -> list[int]:
+        seen = []
+        with PLC("127.0.0.1", port=port) as comm:
+            for round_ in range(5):
+                assert comm.Write(f"Recipe[{index}]", index * 100 + round_).Status == "Success"
+                seen.append(comm.Read(f"Recipe[{index}]").Value)
+        return seen
+
+    results = await asyncio.gather(*(in_thread(lambda i=i: client(i)) for i in range(5)))
+    assert results == [[i * 100 + r for r in range(5)] for i in range(5)]
+    assert lab.gateway is not None
+    state = lab.gateway.runtime.upstreams.pool_for(lab.gateway.policy.assets["plc-2"]).state()
+    assert state.connected == 1 and state.max_connections == 1
+    assert len({r.session for r in plc.received}) == 1  # the device saw one encapsulation session
+
+
+async def test_list_identity_is_answered_by_the_gateway(lab: Lab, plc: EnipSim) -> None:
+    port = await _lab(lab, plc)
+
+    identity = await in_thread(lambda: CIPDriver.list_identity(f"127.0.0.1:{port}"))
+    assert identity["product_name"] == "Line 1 PLC" and identity["product_code"] == 55
+    assert not any(r.service == 0x63 for r in plc.received)
