@@ -265,6 +265,11 @@ def test_entry_errors_carry_their_line() -> None:
     line, path, _ = only_issue(text)
     assert path == "rules[0].enip[1].service"
     assert text.splitlines()[line - 1] == "  { service = 0x4C },"
+    with pytest.raises(PolicyError) as caught:
+        parse_policy(text, "plant.toml")
+    assert str(caught.value).startswith(
+        f"plant.toml:{line}: rules[0].enip[1].service: 76 (0x4C): a service code"
+    )
 
 
 def test_entries_must_fit_the_protocols_of_the_rules_assets() -> None:
