@@ -14,6 +14,12 @@ from datetime import datetime
 from pathlib import Path
 
 from policies import PolicyError, load_policy
+from policies.cip_services import parse_service
+from protocols.cip import CipProtocolError, CipRequest, EPath, LogicalSegment, LogicalType, flatten
+from protocols.cip.epath import tag_path
+from protocols.cip.logix import ReadTag, WriteTag
+from protocols.cip.message_router import MessageRouterRequest
+from protocols.cip.spec import ATOMIC_TYPES, ClassCode, DataType, Service
 from protocols.modbus import ModbusProtocolError, Request, encode_request_pdu, parse_request
 
 _READS = frozenset((1, 2, 3, 4))
@@ -66,6 +72,44 @@ def build_request(args: argparse.Namespace) -> Request:
     return parse_request(0, unit, pdu)
 
 
+def build_cip_request(args: argparse.Namespace) -> CipRequest:
+    """An EtherNet/IP request from ``explain``'s arguments, through the same codec the gateway runs."""
+    key, problem = parse_service(args.service)
+    if key is None:
+        raise ValueError(f"--service {args.service!r}: {problem}")
+    class_id, service = key
+    if args.tag is not None:
+        path = tag_path(args.tag)
+    else:
+        klass = args.cip_class if args.cip_class is not None else class_id
+        if klass is None:
+            raise ValueError("name a --tag, or a --class for an object service")
+        segments = [LogicalSegment(LogicalType.CLASS_ID, klass)]
+        if args.instance is not None:
+            segments.append(LogicalSegment(LogicalType.INSTANCE_ID, args.instance))
+        if args.attribute is not None:
+            segments.append(LogicalSegment(LogicalType.ATTRIBUTE_ID, args.attribute))
+        path = EPath(tuple(segments))
+    data = b""
+    on_tags = args.tag is not None or class_id == ClassCode.SYMBOL
+    if on_tags and service in (Service.READ_TAG, Service.READ_TAG_FRAGMENTED):
+        offset = 0 if service == Service.READ_TAG_FRAGMENTED else None
+        data = ReadTag(args.count, offset).encode()
+    elif on_tags and service in (Service.WRITE_TAG, Service.WRITE_TAG_FRAGMENTED):
+        data_type = DataType[args.type.upper()]
+        values = [
+            float(v) if data_type in (DataType.REAL, DataType.LREAL) else int(v)
+            for v in args.cip_value or [0]
+        ]
+        if len(values) == 1:
+            values *= args.count
+        packed = b"".join(ATOMIC_TYPES[data_type].unpack.pack(v) for v in values)
+        offset = 0 if service == Service.WRITE_TAG_FRAGMENTED else None
+        data = WriteTag(data_type, len(values), packed, None, offset).encode()
+    (leaf,) = flatten(MessageRouterRequest(service, path, data))
+    return leaf
+
+
 def _check(args: argparse.Namespace) -> int:
     try:
         policy = load_policy(args.file)
@@ -100,16 +144,27 @@ def _explain(args: argparse.Namespace) -> int:
             )
             return 2
         now = moment.timestamp()
+    asset = policy.assets.get(args.asset)
     try:
-        request = build_request(args)
+        if asset is not None and asset.protocol == "enip":
+            if args.service is None:
+                raise ValueError(f"{args.asset} is an EtherNet/IP asset: name a --service")
+            explanation = policy.explain_enip(args.subject, args.asset, build_cip_request(args), now)
+        else:
+            if args.fc is None:
+                raise ValueError("name a --fc (function code) for a Modbus asset")
+            explanation = policy.explain_modbus(args.subject, args.asset, build_request(args), now)
     except ModbusProtocolError as exc:
         print(f"the gateway's codec refuses this request before any policy: {exc}")
         print(f"a client would get exception {exc.exception_code}")
         return 1
-    except (ValueError, OverflowError) as exc:
+    except CipProtocolError as exc:
+        print(f"the gateway's codec refuses this request before any policy: {exc}")
+        print(f"a client would get general status 0x{exc.general_status or 0:02X}")
+        return 1
+    except (ValueError, OverflowError, KeyError) as exc:
         print(f"ztgate policy explain: {exc}", file=sys.stderr)
         return 2
-    explanation = policy.explain_modbus(args.subject, args.asset, request, now)
     print(explanation)
     return 0 if explanation.decision.allowed else 1
 
@@ -127,20 +182,29 @@ def configure(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
     explain = commands.add_parser(
         "explain",
         help="decide one request and say which rule decided",
-        description="Decide one Modbus request as the gateway would and explain the decision. "
-        "Exit status: 0 allowed, 1 refused, 2 usage or policy error.",
+        description="Decide one Modbus or EtherNet/IP request as the gateway would and explain the "
+        "decision. Exit status: 0 allowed, 1 refused, 2 usage or policy error.",
     )
     explain.add_argument("file", type=Path)
     explain.add_argument("--subject", required=True, help="SPIFFE id of the client")
     explain.add_argument("--asset", required=True)
-    explain.add_argument("--fc", required=True, type=int, help="function code")
-    explain.add_argument("--unit", type=int, default=1, help="unit id (default 1)")
-    explain.add_argument("--address", type=int, default=0, help="first wire address (0-based)")
-    explain.add_argument("--count", type=int, default=1, help="registers or coils (default 1)")
-    explain.add_argument("--value", type=int, action="append", help="written value(s); repeat for several")
-    explain.add_argument("--sub", type=int, help="FC 8 sub-function or FC 43 MEI type")
-    explain.add_argument("--file", dest="file_number", type=int, default=1, help="FC 20/21 file number")
-    explain.add_argument("--write-address", type=int, help="FC 23 write address (default: --address)")
-    explain.add_argument("--write-count", type=int, help="FC 23 write count (default: --count)")
     explain.add_argument("--at", help="decide at this time (ISO 8601 with offset); default now")
+    modbus = explain.add_argument_group("Modbus")
+    modbus.add_argument("--fc", type=int, help="function code")
+    modbus.add_argument("--unit", type=int, default=1, help="unit id (default 1)")
+    modbus.add_argument("--address", type=int, default=0, help="first wire address (0-based)")
+    modbus.add_argument("--count", type=int, default=1, help="registers, coils or tag elements (default 1)")
+    modbus.add_argument("--value", type=int, action="append", help="written value(s); repeat for several")
+    modbus.add_argument("--sub", type=int, help="FC 8 sub-function or FC 43 MEI type")
+    modbus.add_argument("--file", dest="file_number", type=int, default=1, help="FC 20/21 file number")
+    modbus.add_argument("--write-address", type=int, help="FC 23 write address (default: --address)")
+    modbus.add_argument("--write-count", type=int, help="FC 23 write count (default: --count)")
+    enip = explain.add_argument_group("EtherNet/IP")
+    enip.add_argument("--service", help='service name ("write_tag") or "class/service" pair ("0x01/0x05")')
+    enip.add_argument("--tag", help="tag, as Logix writes it: Recipe[3], Program:Main.Step")
+    enip.add_argument("--class", dest="cip_class", type=lambda t: int(t, 0), help="class id, e.g. 0xF5")
+    enip.add_argument("--instance", type=lambda t: int(t, 0))
+    enip.add_argument("--attribute", type=lambda t: int(t, 0))
+    enip.add_argument("--type", default="DINT", help="data type of written values (default DINT)")
+    enip.add_argument("--tag-value", dest="cip_value", action="append", help="written tag value(s)")
     explain.set_defaults(func=_explain)

@@ -237,6 +237,23 @@ def _tag_text(segments: Iterable[Segment]) -> str:
     return "".join(out)
 
 
+_TAG_PART = re.compile(r"([A-Za-z_][A-Za-z0-9_:]*)(?:\[(\d+(?:,\d+)*)\])?")
+
+
+def tag_path(text: str) -> EPath:
+    """The path of a tag written as Logix writes it (``Program:Main.Recipe[3,1].Temp``): the inverse of
+    :attr:`EPath.tag`. Raises ValueError for text that is no tag."""
+    segments: list[Segment] = []
+    for part in text.split("."):
+        match = _TAG_PART.fullmatch(part)
+        if match is None:
+            raise ValueError(f"{text!r} is not a Logix tag name")
+        segments.append(SymbolicSegment(match[1]))
+        if match[2]:
+            segments.extend(LogicalSegment(LogicalType.MEMBER_ID, int(i)) for i in match[2].split(","))
+    return EPath(tuple(segments))
+
+
 def _describe(segment: Segment) -> str:
     if isinstance(segment, LogicalSegment):
         return f"{segment.logical_type.name.lower()}=0x{segment.value:X}"
@@ -507,4 +524,5 @@ __all__ = [
     "check_route_path",
     "encode_epath",
     "parse_epath",
+    "tag_path",
 ]

@@ -149,3 +149,44 @@ def test_demo_runs_until_interrupted(tmp_path: Path) -> None:
         if process.poll() is None:
             process.kill()
     assert '"event":"gateway_stop"' in (tmp_path / "demo" / "audit.jsonl").read_text()
+
+
+ENIP_POLICY = """
+trust_domain = "plant1.example"
+
+[assets.plc-2]
+protocol = "enip"
+upstream = "127.0.0.1:44818"
+route = "1/0"
+
+[[rules]]
+id = "ops"
+subjects = ["spiffe://plant1.example/user/alice"]
+assets = ["plc-2"]
+enip = [{ preset = "read-only" }, { service = "write_tag", tag = "Setpoint", value = "0..1500" }]
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "status", "text"),
+    [
+        (["--service", "write_tag", "--tag", "Setpoint", "--tag-value", "1200"], 0, "allowed by rule ops"),
+        (
+            ["--service", "write_tag", "--tag", "Setpoint", "--tag-value", "2000"],
+            1,
+            "value 2000 outside rule ops",
+        ),
+        (["--service", "reset", "--class", "1", "--instance", "1"], 1, "no rule allows reset (0x01/0x05)"),
+        (["--service", "read_tag", "--tag", "Program:Main.Step"], 0, "tag Program:Main.Step"),
+        (["--service", "0x4C"], 2, "a service code alone is ambiguous"),
+    ],
+)
+def test_policy_explain_enip(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], status: int, text: str
+) -> None:
+    path = tmp_path / "policy.toml"
+    path.write_text(ENIP_POLICY)
+    base = ["policy", "explain", str(path), "--subject", ALICE, "--asset", "plc-2"]
+    assert main([*base, *args]) == status
+    captured = capsys.readouterr()
+    assert text in captured.out + captured.err

@@ -20,7 +20,7 @@ from protocols.cip import (
     SymbolicSegment,
     parse_epath,
 )
-from protocols.cip.epath import check_connection_path, check_request_path, check_route_path
+from protocols.cip.epath import check_connection_path, check_request_path, check_route_path, tag_path
 from tests.protocols.cip.cip_samples import object_paths, paths, tag_paths
 
 CLASS, INSTANCE, MEMBER, POINT, ATTRIBUTE = (
@@ -349,3 +349,19 @@ def test_a_symbol_instance_path_reads_as_a_tag_once_its_name_is_known() -> None:
     )
     assert EPath((LogicalSegment(CLASS, 1), LogicalSegment(INSTANCE, 1))).tag_with("X") is None
     assert EPath((SymbolicSegment("Temp"),)).tag_with("X") is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["Setpoint", "Recipe[3]", "Program:Main.Step", "Grid[2,5].Temp", "Line1.Motor.Amps", "A_1[0].b[12]"],
+)
+def test_tag_path_is_the_inverse_of_tag(text: str) -> None:
+    path = tag_path(text)
+    assert path.tag == text
+    assert parse_epath(path.encode()) == path
+
+
+@pytest.mark.parametrize("text", ["", "1abc", "Recipe[", "a..b", "Recipe[x]"])
+def test_tag_path_refuses_what_is_no_tag(text: str) -> None:
+    with pytest.raises(ValueError, match="not a Logix tag name"):
+        tag_path(text)
