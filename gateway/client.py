@@ -1,7 +1,8 @@
-"""``ztgate client modbus``: a small Modbus client for trying a lab by hand (built on pymodbus).
+"""``ztgate client modbus|enip``: small clients for trying a lab by hand, built on pymodbus and pycomm3.
 
-It connects to an agent's local port (plain TCP), or straight to a gateway with ``--tls`` and a
-certificate, and prints values or the Modbus exception the gateway answered with.
+``modbus`` connects to an agent's local port (plain TCP), or straight to a gateway with ``--tls`` and a
+certificate, and prints values or the Modbus exception the gateway answered with. ``enip`` reads and
+writes Logix tags through an agent's local port and prints values or the CIP error.
 """
 
 from __future__ import annotations
@@ -85,8 +86,36 @@ async def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_enip(args: argparse.Namespace) -> int:
+    import logging
+
+    from pycomm3 import LogixDriver
+    from pycomm3.exceptions import CommError, ResponseError
+
+    logging.getLogger("pycomm3").setLevel(logging.CRITICAL)  # we print what happened, once
+    try:
+        with LogixDriver(f"{args.host}:{args.port}") as driver:
+            if args.action == "read":
+                tag = f"{args.tag}{{{args.count}}}" if args.count > 1 else args.tag
+                result = driver.read(tag)
+            else:
+                value: int | float = float(args.value) if "." in args.value else int(args.value, 0)
+                result = driver.write(args.tag, value)
+    except (CommError, ResponseError) as exc:
+        print(f"ztgate client: {exc}", file=sys.stderr)
+        return 1
+    if result.error is not None:
+        print(f"{args.tag}: refused: {result.error}")
+        return 1
+    if args.action == "read":
+        print(f"{args.tag} = {result.value}")
+    else:
+        print(f"{args.tag}: wrote {args.value}")
+    return 0
+
+
 def configure(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser("client", help="try a lab by hand with a small Modbus client")
+    parser = subparsers.add_parser("client", help="try a lab by hand with a small Modbus or Logix client")
     protocols = parser.add_subparsers(dest="client_protocol", metavar="PROTOCOL", required=True)
     modbus = protocols.add_parser(
         "modbus",
@@ -112,3 +141,19 @@ def configure(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
     write.add_argument("address", type=int, help="0-based wire address")
     write.add_argument("values", type=int, nargs="+")
     modbus.set_defaults(func=lambda args: asyncio.run(_run(args)))
+
+    enip = protocols.add_parser(
+        "enip",
+        help="read or write Logix tags over EtherNet/IP (pycomm3)",
+        description="Read or write Logix tags through an agent's local EtherNet/IP port.",
+    )
+    enip.add_argument("--host", default="127.0.0.1")
+    enip.add_argument("--port", type=int, required=True)
+    tag_actions = enip.add_subparsers(dest="action", metavar="ACTION", required=True)
+    read_tag = tag_actions.add_parser("read", help="read a tag (or --count elements of an array)")
+    read_tag.add_argument("tag", help="tag as Logix writes it: Setpoint, Recipe[2], Program:Main.Step")
+    read_tag.add_argument("--count", type=int, default=1)
+    write_tag = tag_actions.add_parser("write", help="write one value to a tag")
+    write_tag.add_argument("tag")
+    write_tag.add_argument("value", help="a number: 1200, 21.5, 0x10")
+    enip.set_defaults(func=_run_enip)

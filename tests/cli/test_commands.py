@@ -121,7 +121,7 @@ def test_demo_walkthrough(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "11 of 11 outcomes as the policy says." in result.stdout
+    assert "17 of 17 outcomes as the policy says." in result.stdout
     assert "exception 0x03" in result.stdout and "certificate rejected" in result.stdout
     audit = (tmp_path / "demo" / "audit.jsonl").read_text()
     assert '"decision":"deny"' in audit and '"rule":"operators-setpoint"' in audit
@@ -190,3 +190,28 @@ def test_policy_explain_enip(
     assert main([*base, *args]) == status
     captured = capsys.readouterr()
     assert text in captured.out + captured.err
+
+
+def test_client_enip_reads_and_writes_tags() -> None:
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "sim", "enip", "--listen", "127.0.0.1:0", "--static"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert sim.stdout is not None
+    try:
+        port = sim.stdout.readline().split("127.0.0.1:")[1].split(",")[0]
+
+        def client(*args: str) -> subprocess.CompletedProcess[str]:
+            command = [sys.executable, "-m", "gateway", "client", "enip", "--port", port, *args]
+            return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+        assert client("write", "Setpoint", "1234").returncode == 0
+        read = client("read", "Setpoint")
+        assert read.returncode == 0 and read.stdout.strip() == "Setpoint = 1234"
+        assert client("read", "Recipe", "--count", "3").stdout.strip() == "Recipe = [100, 200, 300]"
+        missing = client("read", "NoSuchTag")
+        assert missing.returncode == 1 and "refused" in missing.stdout
+    finally:
+        sim.terminate()
+        sim.wait(10)
