@@ -369,12 +369,18 @@ class EnipSession(Session):
         return first and not self.closing
 
     def fail(self, pending: EnipPending, failure: Failure, reason: str, now: float) -> bool:
-        """The device cannot answer: each forwarded request gets 0x01 (connection failure), or 0x02
-        (resource unavailable) when the gateway could not take it."""
+        """The device cannot answer: each forwarded request gets 0x01 (connection failure), 0x02
+        (resource unavailable) when the gateway could not take it, 0x22 (invalid reply received) when
+        the device's reply was malformed."""
         first = not self._out
         self._in_flight -= 1
         record: _Forwarded = pending.reply
-        status = _Status.RESOURCE_UNAVAILABLE if failure.overload else _Status.CONNECTION_FAILURE
+        if failure.overload:
+            status = _Status.RESOURCE_UNAVAILABLE
+        elif failure is Failure.MALFORMED_REPLY:
+            status = _Status.INVALID_REPLY_RECEIVED
+        else:
+            status = _Status.CONNECTION_FAILURE
         local = [
             reply if reply is not None else reply_to(leaf.service, status)
             for leaf, reply in zip(record.leaves, record.local, strict=True)
