@@ -8,20 +8,26 @@ Imports only :mod:`protocols`.
 from policies.decision import Decision
 from policies.errors import PolicyError, PolicyIssue
 from policies.explain import Explanation
-from policies.model import Asset, DenyAction, EnipIdentity
+from policies.model import Asset, DenyAction, EnipIdentity, OpcUaUser
+from policies.opcua_nodes import UA_NAMESPACE
+from policies.opcua_paths import browse_name, browse_path_of
 from policies.policy import Policy, load_policy, parse_policy
 from policies.view import SubjectView
 
 __all__ = [
+    "UA_NAMESPACE",
     "Asset",
     "Decision",
     "DenyAction",
     "EnipIdentity",
     "Explanation",
+    "OpcUaUser",
     "Policy",
     "PolicyError",
     "PolicyIssue",
     "SubjectView",
+    "browse_name",
+    "browse_path_of",
     "load_policy",
     "parse_policy",
 ]

@@ -1,7 +1,8 @@
 """Checking ``[assets.<name>]`` tables: the settings every asset has, and those of its protocol.
 
-Keys of the other protocol are reported as such ("applies to enip assets only") rather than as unknown,
-so that a Modbus habit on an EtherNet/IP asset gets a message that says what is wrong.
+Keys of another protocol are reported as such ("applies to enip assets only") rather than as unknown,
+so that a Modbus habit on an EtherNet/IP asset gets a message that says what is wrong. OPC UA's own
+settings are checked in :mod:`policies.opcua_assets`.
 """
 
 from __future__ import annotations
@@ -11,17 +12,18 @@ import re
 from types import MappingProxyType
 
 from policies.errors import FieldPath, quote
-from policies.fields import FieldChecker
 from policies.model import (
     DENY_ACTIONS,
     ENIP_DENY,
     MODBUS_DENY,
     MODES,
+    OPCUA_DENY,
     PROTOCOLS,
     Asset,
     DenyAction,
     EnipIdentity,
 )
+from policies.opcua_assets import OPCUA_KEYS, OpcuaAssetChecks
 from policies.ranges import IntervalSet
 from protocols.cip.epath import PortSegment
 
@@ -34,16 +36,17 @@ _COMMON_KEYS = (
     "upstream",
     "mode",
     "deny",
-    "max_connections",
     "queue_limit",
     "connect_timeout_s",
     "response_timeout_s",
 )
 _PROTOCOL_KEYS = {
-    "modbus": ("unit_ids", "unit_map", "max_in_flight"),
-    "enip": ("max_sessions", "connection_size", "large_forward_open", "route", "identity"),
+    "modbus": ("max_connections", "unit_ids", "unit_map", "max_in_flight"),
+    "enip": ("max_connections", "max_sessions", "connection_size", "large_forward_open", "route", "identity"),
+    "opcua": OPCUA_KEYS,
 }
-_ALL_KEYS = _COMMON_KEYS + tuple(key for keys in _PROTOCOL_KEYS.values() for key in keys)
+_ALL_KEYS = tuple(dict.fromkeys(_COMMON_KEYS + tuple(k for keys in _PROTOCOL_KEYS.values() for k in keys)))
+_DEFAULT_DENY = {"modbus": MODBUS_DENY, "enip": ENIP_DENY, "opcua": OPCUA_DENY}
 _DENY_KEYS = ("action", "function", "address", "value", "unsupported")
 _IDENTITY_KEYS = ("vendor_id", "device_type", "product_code", "revision", "serial", "product_name")
 
@@ -59,7 +62,7 @@ _SMALL_CONNECTION = (64, 511)
 _LARGE_CONNECTION = (64, 4002)
 
 
-class AssetChecks(FieldChecker):
+class AssetChecks(OpcuaAssetChecks):
     def assets(self, value: object) -> tuple[set[str], dict[str, Asset]]:
         table = self.table(value, ("assets",))
         assets: dict[str, Asset] = {}
@@ -91,19 +94,24 @@ class AssetChecks(FieldChecker):
             self.choice(table["protocol"], (*path, "protocol"), PROTOCOLS) if "protocol" in table else None
         )
         if protocol is not None:
-            for other, keys in _PROTOCOL_KEYS.items():
-                for key in keys:
-                    if other != protocol and key in table:
-                        self.error((*path, key), f"applies to {other} assets only")
+            for key in table:
+                speakers = [name for name, keys in _PROTOCOL_KEYS.items() if key in keys]
+                if speakers and protocol not in speakers:
+                    self.error((*path, key), f"applies to {' and '.join(speakers)} assets only")
         enip = protocol == "enip"
-        upstream = (
-            self.upstream(table["upstream"], (*path, "upstream"), ENIP_PORT if enip else None)
-            if "upstream" in table
-            else None
-        )
+        endpoint_path = ""
+        upstream: tuple[str, int] | None = None
+        if "upstream" in table and protocol == "opcua":
+            found = self.opcua_upstream(table["upstream"], (*path, "upstream"))
+            if found is not None:
+                upstream, endpoint_path = (found[0], found[1]), found[2]
+        elif "upstream" in table:
+            upstream = self.upstream(table["upstream"], (*path, "upstream"), ENIP_PORT if enip else None)
         mode = self.optional(table, "mode", path, lambda v, p: self.choice(v, p, MODES), "enforce")
-        default_deny = ENIP_DENY if enip else MODBUS_DENY
-        deny = self.optional(table, "deny", path, lambda v, p: self.deny_action(v, p, enip), default_deny)
+        kind = protocol or "modbus"
+        deny = self.optional(
+            table, "deny", path, lambda v, p: self.deny_action(v, p, kind), _DEFAULT_DENY[kind]
+        )
 
         def count(key: str, low: int, high: int, default: int) -> int | None:
             return self.optional(table, key, path, lambda v, p: self.integer(v, p, low, high), default)
@@ -112,19 +120,23 @@ class AssetChecks(FieldChecker):
             return self.optional(table, key, path, lambda v, p: self.seconds(v, p, 3600.0), default)
 
         settings: dict[str, object] = {
-            "max_connections": count("max_connections", 1, 1000, 1),
             "queue_limit": count("queue_limit", 0, 100_000, 64),
             "connect_timeout_s": seconds("connect_timeout_s", 3.0),
             "response_timeout_s": seconds("response_timeout_s", 2.0),
         }
-        if enip:
-            settings.update(self.enip_settings(table, path))
+        if protocol == "opcua":
+            settings.update(self.opcua_settings(table, path))
+            settings["endpoint_path"] = endpoint_path
         else:
-            settings.update(self.modbus_settings(table, path))
+            settings["max_connections"] = count("max_connections", 1, 1000, 1)
+            if enip:
+                settings.update(self.enip_settings(table, path))
+            else:
+                settings.update(self.modbus_settings(table, path))
         if len(self.problems) > before:
             return None
         assert protocol is not None and upstream is not None and mode is not None and deny is not None
-        assert None not in settings.values()
+        assert all(settings[key] is not None for key in settings if not key.startswith("application_"))
         return Asset(
             name=name,
             protocol=protocol,
@@ -337,23 +349,26 @@ class AssetChecks(FieldChecker):
             return None
         return host, int(port)
 
-    def deny_action(self, value: object, path: FieldPath, enip: bool) -> DenyAction | None:
+    def deny_action(self, value: object, path: FieldPath, protocol: str) -> DenyAction | None:
         table = self.table(value, path)
         if table is None:
             return None
         before = len(self.problems)
         self.keys(table, path, _DENY_KEYS)
-        if not enip and "unsupported" in table:
+        if protocol == "modbus" and "unsupported" in table:
             self.error(
                 (*path, "unsupported"),
-                "applies to enip assets only (Modbus refuses unknown function codes with the function code)",
+                "applies to enip and opcua assets only (Modbus refuses unknown function codes with the"
+                " function code)",
             )
-        default = ENIP_DENY if enip else MODBUS_DENY
+        default = _DEFAULT_DENY[protocol]
         action = self.optional(
             table, "action", path, lambda v, p: self.choice(v, p, DENY_ACTIONS), default.action
         )
 
         def code(key: str, fallback: int) -> int | None:
+            if protocol == "opcua":
+                return self.optional(table, key, path, self.opcua_code, fallback)
             return self.optional(table, key, path, lambda v, p: self.integer(v, p, 1, 255), fallback)
 
         function, address = code("function", default.function), code("address", default.address)

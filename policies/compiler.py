@@ -13,7 +13,9 @@ from collections.abc import Sequence
 from policies.decision import ACTION_FORWARD, VERDICT_ALLOW, Decision
 from policies.evaluate import Candidate, KeyTable, SubFunctionTable
 from policies.evaluate_enip import EnipCandidate, EnipTable
+from policies.evaluate_opcua import OpcuaTable
 from policies.model import SUBFUNCTION_CODES, Asset, Rule
+from policies.opcua_match import OpcuaCandidate
 from policies.ranges import SegmentIndex
 from policies.view import SubjectView
 from protocols.cip.spec import FIRST_CLASS_SPECIFIC_SERVICE
@@ -32,6 +34,9 @@ def compile_view(subject: str, asset: Asset, rules: Sequence[Rule], revision: st
     }
     if asset.protocol == "enip":
         _compile_enip(view, rules, allowed)
+        return view
+    if asset.protocol == "opcua":
+        _compile_opcua(view, rules, allowed)
         return view
     by_code: dict[int, list[Candidate]] = {}
     for rule in rules:
@@ -70,6 +75,18 @@ def _compile_enip(view: SubjectView, rules: Sequence[Rule], allowed: dict[str, D
         pair_tables[(class_id, service)] = EnipTable(view, class_id, candidates)
     common_tables = {service: EnipTable(view, None, candidates) for service, candidates in common.items()}
     view.install_enip(pair_tables, common_tables)
+
+
+def _compile_opcua(view: SubjectView, rules: Sequence[Rule], allowed: dict[str, Decision]) -> None:
+    by_service: dict[str, list[OpcuaCandidate]] = {}
+    order = 0
+    for rule in rules:
+        for entry in rule.opcua:
+            candidate = OpcuaCandidate(rule, entry, order, allowed[rule.id])
+            order += 1
+            for service in sorted(entry.services):
+                by_service.setdefault(service, []).append(candidate)
+    view.install_opcua({service: OpcuaTable(view, service, found) for service, found in by_service.items()})
 
 
 def _order(candidate: EnipCandidate) -> int:

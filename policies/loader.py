@@ -12,7 +12,7 @@ results are memoised by their source text: a 10,000-rule file validates each dis
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import TypeVar, cast
 
@@ -22,7 +22,8 @@ from policies.enip_entries import EnipEntryChecks
 from policies.errors import FieldPath, PolicyError, PolicyIssue, format_path, quote, syntax_issue
 from policies.fields import expected
 from policies.locator import LineLocator
-from policies.model import EFFECTS, MODES, SUBFUNCTION_CODES, EnipEntry, ModbusEntry, PolicyModel, Rule
+from policies.model import EFFECTS, MODES, SUBFUNCTION_CODES, ModbusEntry, PolicyModel, Rule
+from policies.opcua_entries import OpcuaEntryChecks
 from policies.ranges import IntervalSet
 from policies.subjects import GROUP_PREFIX, check_group_name, check_subject, check_trust_domain
 from policies.timewindow import TimeWindow, parse_days, parse_hours, parse_time_zone
@@ -38,7 +39,7 @@ PRESETS: dict[str, frozenset[int]] = {
 }
 
 _TOP_KEYS = ("trust_domain", "assets", "groups", "rules")
-_RULE_KEYS = ("id", "description", "effect", "mode", "subjects", "assets", "when", "modbus", "enip")
+_RULE_KEYS = ("id", "description", "effect", "mode", "subjects", "assets", "when", "modbus", "enip", "opcua")
 _RULE_KEY_SET = frozenset(_RULE_KEYS)
 _WHEN_KEYS = ("days", "hours", "tz")
 _ENTRY_KEYS = ("fc", "preset", "subfunction", "unit", "address", "file", "value")
@@ -82,7 +83,7 @@ def parse_model(text: str, source: str) -> PolicyModel:
     return model
 
 
-class _Loader(AssetChecks, EnipEntryChecks):
+class _Loader(AssetChecks, EnipEntryChecks, OpcuaEntryChecks):
     def __init__(self) -> None:
         super().__init__()
         self._subject_memo: dict[str, str | None] = {}
@@ -215,7 +216,10 @@ class _Loader(AssetChecks, EnipEntryChecks):
         enip = self.entry_list(
             table, path, "enip", self.enip_entry, '[{ service = "read_tag", tag = "Line1.*" }]'
         )
-        self.check_protocols(path, asset_names, modbus, enip)
+        opcua = self.entry_list(
+            table, path, "opcua", self.opcua_entry, '[{ preset = "read-only", node = "Plant.Line1.*" }]'
+        )
+        self.check_protocols(path, asset_names, {"modbus": modbus, "enip": enip, "opcua": opcua})
         if len(self.problems) > before:
             return None
         assert rule_id is not None and description is not None and effect is not None and mode is not None
@@ -230,6 +234,7 @@ class _Loader(AssetChecks, EnipEntryChecks):
             window,
             tuple(modbus),
             tuple(enip),
+            tuple(opcua),
         )
 
     def entry_list(
@@ -254,7 +259,7 @@ class _Loader(AssetChecks, EnipEntryChecks):
         return entries
 
     def check_protocols(
-        self, rule_path: FieldPath, asset_names: list[str], modbus: list[ModbusEntry], enip: list[EnipEntry]
+        self, rule_path: FieldPath, asset_names: list[str], entries: Mapping[str, Sequence[object]]
     ) -> None:
         """Entries for a protocol none of the rule's assets speaks would never apply: say so."""
         if not asset_names or "*" in asset_names:
@@ -262,8 +267,8 @@ class _Loader(AssetChecks, EnipEntryChecks):
         protocols = {self._protocols.get(name) for name in asset_names}
         if None in protocols:
             return  # an asset with errors of its own: its protocol is unknown
-        for key, entries in (("modbus", modbus), ("enip", enip)):
-            if entries and key not in protocols:
+        for key, found in entries.items():
+            if found and key not in protocols:
                 speaks = ", ".join(sorted(f"{name} is {self._protocols[name]}" for name in asset_names))
                 self.error((*rule_path, key), f"none of the rule's assets speaks {key} ({speaks})")
 

@@ -3,8 +3,8 @@
 The loader builds these only from input it has checked, so everything downstream (compiler,
 evaluator, explanations, the reference evaluator in the tests) can rely on their invariants: ids are
 in the trust domain, group references resolve, rule ids are unique, FC 8/43 entries list their
-sub-functions, EtherNet/IP entries name services with their class, every range is inside its field's
-bounds.
+sub-functions, EtherNet/IP entries name services with their class, OPC UA entries name nodes by namespace
+URI, every range is inside its field's bounds.
 """
 
 from __future__ import annotations
@@ -14,11 +14,15 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from policies.cip_services import ServiceKey, describe_keys, hex_ranges
+from policies.opcua_nodes import MethodPair, NodePattern
+from policies.opcua_paths import BrowsePathPrefix
+from policies.opcua_services import attribute_text
 from policies.ranges import IntervalSet
 from policies.tags import TagPattern
 from policies.timewindow import TimeWindow
 from policies.values import ValueBounds
 from protocols.cip.epath import PortSegment
+from protocols.opcua.spec import Status
 
 __all__ = [
     "DENY_ACTIONS",
@@ -26,6 +30,8 @@ __all__ = [
     "ENIP_DENY",
     "MODBUS_DENY",
     "MODES",
+    "OPCUA_DENY",
+    "OPCUA_PORT",
     "PROTOCOLS",
     "SUBFUNCTION_CODES",
     "Asset",
@@ -33,11 +39,13 @@ __all__ = [
     "EnipEntry",
     "EnipIdentity",
     "ModbusEntry",
+    "OpcUaUser",
+    "OpcuaEntry",
     "PolicyModel",
     "Rule",
 ]
 
-PROTOCOLS = ("modbus", "enip")
+PROTOCOLS = ("modbus", "enip", "opcua")
 MODES = ("enforce", "monitor")
 EFFECTS = ("allow", "deny")
 DENY_ACTIONS = ("exception", "drop", "close")
@@ -49,10 +57,11 @@ SUBFUNCTION_CODES = frozenset((8, 43))
 @dataclass(frozen=True, slots=True)
 class DenyAction:
     """How a refusal looks on the wire, and the code answered for each kind of refusal: a Modbus
-    exception code, or a CIP general status on an EtherNet/IP asset. ``function`` is for a refused
-    function code or service, ``address`` for a refused target (unit, addresses; tag, class, instance,
-    attribute, route), ``value`` for a written value out of bounds, and ``unsupported`` (EtherNet/IP
-    only) for a service the gateway does not know."""
+    exception code, a CIP general status on an EtherNet/IP asset, an OPC UA StatusCode (uint32) on an
+    OPC UA asset. ``function`` is for a refused function code or service, ``address`` for a refused
+    target (unit, addresses; tag, class, instance, attribute, route; node, attribute, method), ``value``
+    for a written value out of bounds, and ``unsupported`` (EtherNet/IP, OPC UA) for a service the
+    gateway does not know."""
 
     action: str = "exception"
     function: int = 1
@@ -65,6 +74,32 @@ MODBUS_DENY = DenyAction()
 # CIP general status 0x0F "privilege violation" for every refusal, 0x08 "service not supported" for a
 # (class, service) pair the gateway has no name for.
 ENIP_DENY = DenyAction("exception", 0x0F, 0x0F, 0x0F, 0x08)
+# BadUserAccessDenied (0x801F0000) per refused operation or service, BadServiceUnsupported (0x800B0000)
+# for a service the gateway does not know.
+OPCUA_DENY = DenyAction(
+    "exception",
+    Status.BAD_USER_ACCESS_DENIED,
+    Status.BAD_USER_ACCESS_DENIED,
+    Status.BAD_USER_ACCESS_DENIED,
+    Status.BAD_SERVICE_UNSUPPORTED,
+)
+OPCUA_PORT = 4840
+
+
+@dataclass(frozen=True, slots=True)
+class OpcUaUser:
+    """The user token the gateway activates its upstream sessions with: ``anonymous``, ``username``
+    (with the file holding the password, read by the gateway) or ``certificate`` (the gateway's
+    application certificate as an X509 user token)."""
+
+    kind: str = "anonymous"
+    username: str | None = None
+    password_file: str | None = None
+
+    def __str__(self) -> str:
+        if self.kind == "username":
+            return f"username {self.username}"
+        return self.kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +145,19 @@ class Asset:
     large_forward_open: bool = False
     route: tuple[PortSegment, ...] = ()  # the route from the device's address to the CPU, e.g. 1/0
     identity: EnipIdentity = EnipIdentity()
+    # OPC UA only (max_sessions: upstream sessions at once, one per client session).
+    endpoint_path: str = ""  # what follows host:port in the device's endpoint URL, e.g. "/plant"
+    security_policy: str = "None"  # "None" or "Basic256Sha256"
+    security_mode: str = "None"  # "None", "Sign" or "SignAndEncrypt"
+    user: OpcUaUser = OpcUaUser()
+    application_cert: str | None = None  # the gateway's upstream application certificate (a file)
+    application_key: str | None = None
+
+    @property
+    def endpoint_url(self) -> str:
+        """OPC UA: the device's endpoint, ``opc.tcp://host:port/path``."""
+        host = f"[{self.upstream_host}]" if ":" in self.upstream_host else self.upstream_host
+        return f"opc.tcp://{host}:{self.upstream_port}{self.endpoint_path}"
 
     def __hash__(self) -> int:
         return hash(self.name)
@@ -178,6 +226,57 @@ class EnipEntry:
         return "; ".join(parts)
 
 
+@dataclass(frozen=True, slots=True)
+class OpcuaEntry:
+    """One ``opcua = [...]`` entry. ``services`` are Part 4 service names, from ``service``,
+    ``service_set`` and ``preset`` together; ``None`` fields are not named by the entry."""
+
+    services: frozenset[str]
+    nodes: tuple[NodePattern, ...] | None = None
+    browse_paths: tuple[BrowsePathPrefix, ...] | None = None
+    attributes: frozenset[int] | None = None
+    methods: tuple[MethodPair, ...] | None = None
+    values: ValueBounds | None = None
+    preset: str | None = None
+    service_sets: tuple[str, ...] = ()
+    named_services: frozenset[str] = frozenset()  # those given in ``service``
+
+    @property
+    def per_operation(self) -> bool:
+        """Whether the entry names a field decided per operation (so it says nothing about a whole
+        request)."""
+        return not (
+            self.nodes is None
+            and self.browse_paths is None
+            and self.attributes is None
+            and self.methods is None
+            and self.values is None
+        )
+
+    def describe(self) -> str:
+        """The entry in policy-like notation, for explanations."""
+        parts = []
+        if self.preset is not None:
+            parts.append(f"preset {self.preset}")
+        if self.service_sets:
+            parts.append("service_set " + ", ".join(self.service_sets))
+        if self.named_services or (self.preset is None and not self.service_sets):
+            parts.append("service " + ", ".join(sorted(self.named_services or self.services)))
+        for name, field_value in (
+            ("node", None if self.nodes is None else ", ".join(str(p) for p in self.nodes)),
+            ("browse_path", None if self.browse_paths is None else ", ".join(map(str, self.browse_paths))),
+            (
+                "attribute",
+                None if self.attributes is None else ", ".join(map(attribute_text, sorted(self.attributes))),
+            ),
+            ("method", None if self.methods is None else "; ".join(str(m) for m in self.methods)),
+            ("value", self.values),
+        ):
+            if field_value is not None:
+                parts.append(f"{name} {field_value}")
+        return "; ".join(parts)
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class Rule:
     """One ``[[rules]]`` table. ``index`` is its position in the file (0-based)."""
@@ -192,6 +291,7 @@ class Rule:
     window: TimeWindow | None = None
     modbus: tuple[ModbusEntry, ...] = ()
     enip: tuple[EnipEntry, ...] = ()
+    opcua: tuple[OpcuaEntry, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, eq=False)

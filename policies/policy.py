@@ -10,18 +10,20 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from policies.compiler import compile_view
 from policies.errors import PolicyError, PolicyIssue
 from policies.explain import Explanation, cloaked_explanation, describe_request, explain_view
 from policies.explain_enip import describe_enip_request, explain_enip_view
+from policies.explain_opcua import describe_opcua_request, explain_opcua_view
 from policies.loader import parse_model
 from policies.model import Asset, PolicyModel, Rule
 from policies.subjects import SubjectIndex, expand
 from policies.view import SubjectView
 from protocols.cip.requests import CipRequest
 from protocols.modbus.pdu import Request
+from protocols.opcua.operations import Operation
 
 __all__ = ["VIEW_CACHE_SIZE", "Policy", "load_policy", "parse_policy"]
 
@@ -103,6 +105,27 @@ class Policy:
                 subject, asset, asset in self.assets, text, now, self.source, self.revision
             )
         return explain_enip_view(view, request, now, self.source)
+
+    def explain_opcua(
+        self,
+        subject: str,
+        asset: str,
+        service: str,
+        operation: Operation | None,
+        namespaces: Sequence[str],
+        now: float,
+        browse_path: Sequence[str] | None = None,
+    ) -> Explanation:
+        """Decide one OPC UA operation (or, with ``operation`` None, a request of ``service`` as a whole)
+        as the gateway would and say why, for ``ztgate policy explain``. ``namespaces`` is the device's
+        namespace array; ``browse_path`` the node's path, as the gateway would pass it."""
+        if operation is not None and operation.service != service:
+            raise ValueError(f"the operation is a {operation.service} operation, not {service}")
+        view = self.view(subject, asset)
+        if view is None:
+            text = describe_opcua_request(service, operation, namespaces, browse_path)
+            return self._cloaked(subject, asset, text, now)
+        return explain_opcua_view(view, service, operation, namespaces, now, self.source, browse_path)
 
     def _cloaked(self, subject: str, asset: str, request: str, now: float) -> Explanation:
         known = asset in self.assets

@@ -1,4 +1,5 @@
-"""Bounds for values written to CIP atomic types: integers and floats, negative ones too.
+"""Bounds for written values - CIP atomic types, OPC UA numeric built-in types: integers and floats,
+negative ones too.
 
 Spelled ``7``, ``-2.5``, ``"0..1500"``, ``"-40.5..120"``, ``"0x00..0xFF"`` or a list of these. Ranges use
 ``..`` (not Modbus's ``-``) because CIP values may be negative. Bounds are finite numbers, so NaN and
@@ -96,19 +97,19 @@ def _number(text: str) -> Number:
     return sign * int(body)
 
 
-def _check(value: Number, item: object) -> str | None:
+def _check(value: Number, item: object, holds: str) -> str | None:
     if isinstance(value, float) and not math.isfinite(value):
         return f"{show(item)}: bounds must be finite numbers (NaN and infinities are never inside)"
     if not _LOWEST <= value <= _HIGHEST:
-        return f"{show(item)}: {_text(value)} is outside what any CIP atomic type holds"
+        return f"{show(item)}: {_text(value)} is outside what {holds} holds"
     return None
 
 
-def _one(item: object, out: list[tuple[Number, Number]]) -> str | None:
+def _one(item: object, out: list[tuple[Number, Number]], holds: str) -> str | None:
     if isinstance(item, bool):
         return f"{show(item)}: {_HELP}"
     if isinstance(item, int | float):
-        problem = _check(item, item)
+        problem = _check(item, item, holds)
         if problem is None:
             out.append((item, item))
         return problem
@@ -121,7 +122,7 @@ def _one(item: object, out: list[tuple[Number, Number]]) -> str | None:
     low = _number(match[1])
     high = low if match[2] is None else _number(match[2])
     for value in (low, high):
-        problem = _check(value, item)
+        problem = _check(value, item, holds)
         if problem is not None:
             return problem
     if low > high:
@@ -130,19 +131,22 @@ def _one(item: object, out: list[tuple[Number, Number]]) -> str | None:
     return None
 
 
-def parse_value_bounds(value: object) -> tuple[ValueBounds | None, list[tuple[int | None, str]]]:
-    """Bounds from a number, a range string or a list of these; problems as (list index, message)."""
+def parse_value_bounds(
+    value: object, holds: str = "any CIP atomic type"
+) -> tuple[ValueBounds | None, list[tuple[int | None, str]]]:
+    """Bounds from a number, a range string or a list of these; problems as (list index, message).
+    ``holds`` names the types the bounds are for, in the message for a number none of them holds."""
     ranges: list[tuple[Number, Number]] = []
     problems: list[tuple[int | None, str]] = []
     if isinstance(value, list):
         if not value:
             return None, [(None, "the list is empty: name at least one number or range")]
         for index, item in enumerate(value):
-            message = _one(item, ranges)
+            message = _one(item, ranges, holds)
             if message is not None:
                 problems.append((index, message))
     else:
-        message = _one(value, ranges)
+        message = _one(value, ranges, holds)
         if message is not None:
             problems.append((None, message))
     if problems:

@@ -1,26 +1,32 @@
 """What one identity may do on one asset, compiled: the object the gateway asks for every decision.
 
 A view holds the decision tables of the asset's protocol (Modbus tables by function code, EtherNet/IP
-tables by (class, service)), the asset's refusal codes, and the refusals that depend on nothing but
-the request's key (built once: a scanner triggers them in bulk). Decisions that need a rule's entries
-are taken by the tables (:mod:`policies.evaluate`, :mod:`policies.evaluate_enip`).
+tables by (class, service), OPC UA tables by service), the asset's refusal codes, and the refusals that
+depend on nothing but the request's key (built once: a scanner triggers them in bulk). Decisions that
+need a rule's entries are taken by the tables (:mod:`policies.evaluate`, :mod:`policies.evaluate_enip`,
+:mod:`policies.evaluate_opcua`).
 """
 
 from __future__ import annotations
 
 from bisect import bisect_right
+from collections.abc import Sequence
 
 from policies.cip_services import known_pair, service_text
 from policies.decision import ACTION_FORWARD, VERDICT_DENY, VERDICT_WOULD_DENY, Decision
 from policies.evaluate import KeyTable, SubFunctionTable, function_text
 from policies.evaluate_enip import EnipTable
+from policies.evaluate_opcua import OpcuaTable, couple
 from policies.model import Asset, Rule
+from policies.opcua_services import GATEWAY_SERVICES
 from policies.tags import RequestTag, parse_request_tag
 from protocols.cip.epath import PortSegment
 from protocols.cip.requests import CipRequest
 from protocols.cip.services import ForwardClose, ForwardOpen
 from protocols.cip.spec import FIRST_CLASS_SPECIFIC_SERVICE, ClassCode, GeneralStatus
 from protocols.modbus.pdu import Request
+from protocols.opcua.operations import Operation
+from protocols.opcua.services import SERVICES_BY_NAME
 
 __all__ = ["SubjectView", "route_of"]
 
@@ -52,6 +58,9 @@ class SubjectView:
         "_enip_common",
         "_enip_pairs",
         "_monitor_asset",
+        "_opcua",
+        "_opcua_paths",
+        "_opcua_read",
         "_route",
         "_tables",
         "_unit_ids",
@@ -79,6 +88,9 @@ class SubjectView:
         self._tables: dict[int, KeyTable | SubFunctionTable] = {}
         self._enip_pairs: dict[tuple[int | None, int], EnipTable] = {}
         self._enip_common: dict[int, EnipTable] = {}
+        self._opcua: dict[str, OpcuaTable] = {}
+        self._opcua_read: OpcuaTable | None = None
+        self._opcua_paths: frozenset[str] = frozenset()
         # Refusals that depend only on the unit, function code, service or route (what a scanner
         # triggers in bulk) are built once; bounded, since a client picks the codes.
         self._constant_denials: dict[tuple[object, ...], Decision] = {}
@@ -93,6 +105,16 @@ class SubjectView:
         """``pairs``: tables by (class, service); ``common``: common services named for any class."""
         self._enip_pairs = pairs
         self._enip_common = common
+
+    def install_opcua(self, tables: dict[str, OpcuaTable]) -> None:
+        """``tables``: by service name (Part 4's spelling)."""
+        self._opcua = tables
+        read = self._opcua_read = tables.get("Read")
+        paths = {service for service, table in tables.items() if table.has_paths}
+        if read is not None and read.has_paths:
+            # Monitored items and history reads are decided as Reads too.
+            paths.update(service for service in tables if tables[service].coupled)
+        self._opcua_paths = frozenset(paths)
 
     # ------------------------------------------------------------------------------------ modbus
 
@@ -197,6 +219,67 @@ class SubjectView:
         status = error.general_status or GeneralStatus.INVALID_PARAMETER_VALUE
         # Always answered (never dropped or closed on): its siblings in a Multiple Service Packet run.
         return Decision(VERDICT_DENY, None, status, "exception", f"the request does not parse: {error}")
+
+    # ------------------------------------------------------------------------------------- opcua
+
+    def opcua_table(self, service: str) -> OpcuaTable | None:
+        """The table deciding a service (for explanations)."""
+        return self._opcua.get(service)
+
+    def needs_browse_paths(self, service: str) -> bool:
+        """Whether an entry that decides ``service`` names browse paths: only then is it worth the
+        gateway's while to resolve an operation's path."""
+        return service in self._opcua_paths
+
+    def decide_opcua_service(self, service: str, now: float) -> Decision:
+        """Decide a request as a whole at time ``now``: a service without operations (CreateSubscription,
+        Publish, DeleteSubscriptions, AddNodes, ...), or, for one with operations, whether any of them
+        can be allowed (a refusal here is answered with a ServiceFault)."""
+        table = self._opcua.get(service)
+        if table is None:
+            return self.no_opcua_rule(service)
+        return table.decide_service(now)
+
+    def decide_opcua(
+        self,
+        operation: Operation,
+        namespaces: Sequence[str],
+        now: float,
+        browse_path: Sequence[str] | None = None,
+    ) -> Decision:
+        """Decide one operation of a request at time ``now``. ``namespaces`` is the device's namespace
+        array (index -> URI); ``browse_path`` the browse names from below the Root down to the node the
+        operation reaches (see :func:`policies.browse_path_of`), when :meth:`needs_browse_paths` says
+        an entry uses them and the gateway could resolve it."""
+        table = self._opcua.get(operation.service)
+        if table is None:
+            return self.no_opcua_rule(operation.service)
+        decision = table.decide(operation, namespaces, now, browse_path)
+        if not table.coupled:
+            return decision
+        read = self._opcua_read
+        as_read = (
+            self.no_opcua_rule("Read")
+            if read is None
+            else read.decide(operation, namespaces, now, browse_path)
+        )
+        return couple(decision, as_read, operation.service)
+
+    def no_opcua_rule(self, service: str) -> Decision:
+        key = (4, service)
+        decision = self._constant_denials.get(key)
+        if decision is None:
+            shown = service if service.isprintable() and len(service) <= 64 else repr(service[:64])
+            if service not in SERVICES_BY_NAME:
+                decision = self.deny(None, "unsupported", f"{shown} is not a service the gateway knows")
+            elif service in GATEWAY_SERVICES:
+                decision = self.deny(
+                    None, "function", f"{shown} is answered by the gateway itself, never forwarded"
+                )
+            else:
+                decision = self.deny(None, "function", f"no rule allows {shown}")
+            self._remember(key, decision)
+        return decision
 
     # ------------------------------------------------------------------------------------ shared
 

@@ -138,7 +138,8 @@ def test_keys_of_the_other_protocol_on_a_modbus_asset() -> None:
         (
             6,
             "assets.plc-1.deny.unsupported",
-            "applies to enip assets only (Modbus refuses unknown function codes with the function code)",
+            "applies to enip and opcua assets only (Modbus refuses unknown function codes with the"
+            " function code)",
         ),
     ]
 

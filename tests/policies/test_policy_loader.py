@@ -255,7 +255,7 @@ def test_issues_print_as_the_reference_shows() -> None:
     with pytest.raises(PolicyError) as caught:
         parse_policy(MANY_MISTAKES, "policy.toml")
     lines = str(caught.value).splitlines()
-    assert lines[1] == 'policy.toml:5: assets.plc-1.protocol: "modbus-tcp" is not one of: modbus, enip'
+    assert lines[1] == 'policy.toml:5: assets.plc-1.protocol: "modbus-tcp" is not one of: modbus, enip, opcua'
     assert 'policy.toml:28: rules[0].modbus[0].address: "10-5": range start 10 is above its end 5' in lines
 
 
