@@ -335,6 +335,7 @@ class OpcuaEntryChecks(FieldChecker):
                 f" {', '.join(fields)} only applies to operations (Read, Write, Call, Browse, ...):"
                 " give it an entry of its own",
             )
+            return
         needs = (
             ("node", NODE_SERVICES, "services whose operations reach nodes (Read, Write, Call, Browse, ...)"),
             (
