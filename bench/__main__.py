@@ -17,27 +17,33 @@ import json
 import shlex
 import sys
 import time
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.chart import write_chart
+from bench.chart import write_chart, write_protocol_chart
 from bench.lab import Pool, make_lab
 from bench.loadgen import REPO, WORKLOADS, find_modbus_load, start_server
 from bench.machine import describe_machine
 from bench.paths import (
     PATHS,
-    PLANNED,
     PathContext,
     PathUnavailableError,
     RunningPath,
+    gateway_health,
     start_path,
     start_ztgate_ref,
 )
-from bench.procs import ProcessError, Supervisor, raise_fd_limit
+from bench.procs import Proc, ProcessError, Supervisor, raise_fd_limit
 from bench.profiling import find_py_spy, profile_gateway
-from bench.report import evaluate_targets, render_markdown, summarize_samples, update_doc
+from bench.proto_rows import PROTO_PATHS, PROTO_WORKLOADS, PROTOCOLS, ProtoWorkload, run_protocol
+from bench.report import (
+    evaluate_targets,
+    render_markdown,
+    summarize_protocols,
+    summarize_samples,
+    update_doc,
+)
 from bench.runner import run_matrix
 from bench.scale import ScaleSettings, run_scale
 
@@ -45,6 +51,7 @@ RESULTS_DIR = REPO / "bench" / "results"
 RAW_DIR = RESULTS_DIR / "raw"
 DOC = REPO / "docs" / "performance.md"
 CHART = REPO / "docs" / "performance.png"
+PROTO_CHART = REPO / "docs" / "performance-protocols.png"
 LATEST = RESULTS_DIR / "latest.json"
 
 SHORT = {"direct": "direct", "haproxy": "HAProxy", "stunnel": "stunnel", "ztgate": "ztgate"}
@@ -54,31 +61,55 @@ def log(message: str) -> None:
     print(message, flush=True)
 
 
+ALL_PROTOCOLS = ("modbus", *PROTOCOLS)
+
+
+def _all_workloads() -> dict[str, str]:
+    """Every workload name, with its protocol."""
+    return {**{w: "modbus" for w in WORKLOADS}, **{w.name: w.protocol for w in PROTO_WORKLOADS.values()}}
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
-        description="Benchmark ztgate against direct, HAProxy, stunnel and modbus-proxy on loopback.",
+        description="Benchmark ztgate against direct, HAProxy, stunnel and modbus-proxy on loopback; "
+        "and EtherNet/IP and OPC UA clients direct against agent -> ztgate.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n\n", 1)[1] if __doc__ else None,
     )
+    workloads = _all_workloads()
     parser.add_argument("command", nargs="?", default="run", choices=("run", "scale", "report"))
     parser.add_argument("file", nargs="?", type=Path, help="for `report`: a results JSON")
     parser.add_argument("--quick", action="store_true", help="a short smoke run (~1 minute)")
     parser.add_argument("--repeat", type=int, help="interleaved repetitions (default 5; quick 1)")
-    parser.add_argument("--duration", type=float, help="measured seconds per run (default 5; quick 2)")
     parser.add_argument(
-        "--warmup", type=float, help="unmeasured seconds before each run (default 1.5; quick 0.5)"
+        "--duration",
+        type=float,
+        help="measured seconds per run (default 5, EtherNet/IP and OPC UA rows 3; quick 2)",
     )
     parser.add_argument(
-        "--only", help=f"comma-separated paths to run (default: all of {', '.join(PATHS)})", default=None
+        "--warmup",
+        type=float,
+        help="unmeasured seconds before each run (default 1.5, EtherNet/IP and OPC UA rows 1; quick 0.5)",
     )
     parser.add_argument(
-        "--workloads", default=",".join(WORKLOADS), help=f"comma-separated, of {', '.join(WORKLOADS)}"
+        "--protocols",
+        default=",".join(ALL_PROTOCOLS),
+        help=f"comma-separated, of {', '.join(ALL_PROTOCOLS)} (default: all)",
+    )
+    parser.add_argument(
+        "--only",
+        help=f"comma-separated paths to run (default: all of {', '.join(PATHS)}; "
+        f"EtherNet/IP and OPC UA have {' and '.join(PROTO_PATHS)})",
+        default=None,
+    )
+    parser.add_argument(
+        "--workloads", default=",".join(workloads), help=f"comma-separated, of {', '.join(workloads)}"
     )
     parser.add_argument("--skip-scale", action="store_true", help="no scale figures")
     parser.add_argument("--no-profile", action="store_true", help="no py-spy profile of the gateway")
     parser.add_argument("--no-modbus-proxy", action="store_true", help="leave modbus-proxy out")
-    parser.add_argument("--rules", type=int, default=1000, help="rules in the ztgate path's policy")
+    parser.add_argument("--rules", type=int, default=1000, help="rules in the ztgate paths' policies")
     parser.add_argument(
         "--pool",
         default="1:64",
@@ -87,7 +118,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--ref", help="also run the gateway as it was at this git ref (exported), same settings: an A/B"
     )
-    parser.add_argument("--out", type=Path, help="write JSON, Markdown and chart into this directory")
+    parser.add_argument("--out", type=Path, help="write JSON, Markdown and charts into this directory")
     docs = parser.add_mutually_exclusive_group()
     docs.add_argument("--docs", dest="docs", action="store_true", default=None, help="update docs/ too")
     docs.add_argument("--no-docs", dest="docs", action="store_false", help="never touch docs/")
@@ -97,6 +128,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     quick = args.quick
     args.repeat = args.repeat or (1 if quick else 5)
+    # The EtherNet/IP and OPC UA rows run shorter by default (4 workloads x 2 paths more per repetition):
+    # a few thousand requests per run are plenty for their medians and p99.
+    args.proto_duration = args.duration or (2.0 if quick else 3.0)
+    args.proto_warmup = args.warmup if args.warmup is not None else (0.5 if quick else 1.0)
     args.duration = args.duration or (2.0 if quick else 5.0)
     args.warmup = args.warmup if args.warmup is not None else (0.5 if quick else 1.5)
     if args.repeat < 1 or args.duration <= 0 or args.warmup < 0:
@@ -110,9 +145,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.no_modbus_proxy or (quick and args.only is None):
         selected = [p for p in selected if p != "modbus-proxy"]
     args.paths = selected
-    args.workload_list = [w.strip() for w in args.workloads.split(",") if w.strip()]
-    if any(w not in WORKLOADS for w in args.workload_list):
-        parser.error(f"--workloads: choose from {', '.join(WORKLOADS)}")
+    args.proto_paths = [p for p in PROTO_PATHS if p in selected]
+    protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
+    if any(p not in ALL_PROTOCOLS for p in protocols):
+        parser.error(f"--protocols: choose from {', '.join(ALL_PROTOCOLS)}")
+    chosen = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    if any(w not in workloads for w in chosen):
+        parser.error(f"--workloads: choose from {', '.join(workloads)}")
+    # A protocol runs the chosen workloads that are its own; with none, it does not run.
+    args.workload_list = [w for w in chosen if workloads[w] == "modbus" and "modbus" in protocols]
+    args.proto_workloads = {
+        p: [PROTO_WORKLOADS[w] for w in chosen if workloads[w] == p] for p in PROTOCOLS if p in protocols
+    }
+    args.proto_workloads = {p: w for p, w in args.proto_workloads.items() if w and args.proto_paths}
+    args.modbus = bool(args.workload_list)
+    if args.command == "run" and not args.modbus and not args.proto_workloads:
+        parser.error("nothing to run: no workload of the chosen protocols and paths")
     try:
         connections, in_flight = (int(x) for x in args.pool.split(":"))
     except ValueError:
@@ -120,58 +168,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.pool_values = (connections, in_flight)
     # Only a complete run may replace the published figures.
     complete = args.ref is None and (
-        not quick and args.only is None and args.command == "run" and args.workloads == ",".join(WORKLOADS)
+        not quick
+        and args.only is None
+        and args.command == "run"
+        and set(chosen) == set(workloads)
+        and set(protocols) == set(ALL_PROTOCOLS)
     )
     if args.docs is None:
         args.docs = complete and args.out is None
     return args
 
 
-def _scrape(admin_port: int) -> dict[str, float]:
-    """Totals per metric name from the gateway's Prometheus text (labels summed)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    totals: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        name_labels, _, value = line.rpartition(" ")
-        name = name_labels.split("{", 1)[0]
-        try:
-            totals[name] = totals.get(name, 0.0) + float(value)
-        except ValueError:
-            continue
-    return totals
-
-
 def _gateway_health(path: RunningPath) -> dict[str, Any]:
     """What the gateway itself says after the run: metrics and the audit trail it wrote."""
-    out: dict[str, Any] = {}
-    if path.admin_port is not None:
-        try:
-            metrics = _scrape(path.admin_port)
-            keep = (
-                "ztgate_requests_total",
-                "ztgate_audit_dropped_total",
-                "ztgate_upstream_timeouts_total",
-                "ztgate_upstream_late_replies_total",
-                "ztgate_protocol_errors_total",
-                "ztgate_upstream_connections",
-                "ztgate_sessions_refused_total",
-            )
-            out["metrics"] = {k: metrics[k] for k in keep if k in metrics}
-        except OSError as exc:
-            out["metrics_error"] = str(exc)
-    if path.audit_file is not None and path.audit_file.exists():
-        lines = 0
-        dropped = 0
-        with open(path.audit_file, "rb") as file:
-            for line in file:
-                lines += 1
-                if b'"audit_dropped"' in line:
-                    dropped += 1
-        out["audit"] = {"lines": lines, "bytes": path.audit_file.stat().st_size, "dropped_events": dropped}
-    return out
+    return gateway_health(path.admin_port, path.audit_file)
 
 
 def _paths_meta(running: list[RunningPath]) -> dict[str, Any]:
@@ -187,14 +197,77 @@ def _paths_meta(running: list[RunningPath]) -> dict[str, Any]:
     }
 
 
+def _run_modbus(
+    args: argparse.Namespace,
+    ctx: PathContext,
+    server: Proc,
+    modbus_load: Path,
+    results: dict[str, Any],
+    raw: Path,
+) -> None:
+    """The Modbus rows: every path, interleaved repetitions, then py-spy on the gateway."""
+    sup = ctx.sup
+    running: list[RunningPath] = []
+    for name in args.paths:
+        try:
+            path = start_path(name, ctx)
+        except PathUnavailableError as exc:
+            results["unavailable"][name] = str(exc)
+            log(f"bench: {name} skipped: {exc}")
+            continue
+        running.append(path)
+        pid = f"pid {path.proc.pid}" if path.proc else "no process"
+        log(f"bench: {name} on 127.0.0.1:{path.port} ({pid}) - {path.label}")
+    if args.ref:
+        try:
+            path = start_ztgate_ref(ctx, args.ref)
+        except PathUnavailableError as exc:
+            results["unavailable"][f"ztgate@{args.ref}"] = str(exc)
+            log(f"bench: ztgate@{args.ref} skipped: {exc}")
+        else:
+            running.append(path)
+            log(f"bench: {path.name} on 127.0.0.1:{path.port}: the gateway at {path.version}")
+    results["paths"] = _paths_meta(running)
+    results["samples"] = run_matrix(
+        modbus_load,
+        running,
+        server,
+        list(ctx.workloads),
+        repeat=args.repeat,
+        warmup_s=args.warmup,
+        duration_s=args.duration,
+        log=log,
+    )
+    gateway = next((p for p in running if p.name == "ztgate"), None)
+    if gateway is not None:
+        results["ztgate_after_run"] = _gateway_health(gateway)
+        log(f"bench: ztgate after the run: {json.dumps(results['ztgate_after_run'])}")
+        py_spy = find_py_spy()
+        if not args.no_profile and not args.quick and py_spy is not None:
+            results["profiles"] = {}
+            for name in ("8x4", "1x1"):
+                log(f"bench: profiling the gateway under the {name} workload (py-spy, own run)")
+                results["profiles"][name] = profile_gateway(
+                    py_spy, modbus_load, gateway, WORKLOADS[name], raw, duration_s=10
+                )
+        elif not args.no_profile and not args.quick:
+            error = {"error": "py-spy is not installed (pip install -e '.[bench]')"}
+            results["profiles"] = {"8x4": error}
+    for path in running:
+        if path.proc is not None:
+            sup.stop(path.proc)
+
+
 def run(args: argparse.Namespace, argv: list[str]) -> int:
-    modbus_load = find_modbus_load(args.modbus_load)
+    need_modbus = args.command == "scale" or args.modbus
+    modbus_load = find_modbus_load(args.modbus_load) if need_modbus else None
     raise_fd_limit(25_000)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     raw = RAW_DIR / stamp
     raw.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    workloads = [WORKLOADS[w] for w in args.workload_list]
+    workloads = [WORKLOADS[w] for w in args.workload_list] if args.command == "run" else []
+    proto_workloads: dict[str, list[ProtoWorkload]] = args.proto_workloads if args.command == "run" else {}
     pool = Pool(max_connections=args.pool_values[0], max_in_flight=args.pool_values[1], queue_limit=128)
     results: dict[str, Any] = {
         "meta": {
@@ -209,7 +282,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
                 "rules": args.rules,
                 "pool": pool.describe(),
                 "aggregate_reads_s": 1.0,
-                "workloads": args.workload_list,
+                "workloads": args.workload_list if args.command == "run" else [],
+                "protocols": (["modbus"] if workloads else []) + list(proto_workloads),
                 "quick": args.quick,
                 "modbus_load": str(modbus_load),
             },
@@ -228,75 +302,43 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         "paths": {},
         "unavailable": {},
         "samples": [],
-        "planned": PLANNED,
+        "protocols": {},
     }
     log(f"bench: raw output, logs and lab files in {raw.relative_to(REPO)}")
     try:
         with Supervisor(raw / "logs") as sup:
             lab = make_lab(raw / "lab")
-            server, server_port = start_server(sup, modbus_load)
-            log(f"bench: fast Modbus server on 127.0.0.1:{server_port} (pid {server.pid})")
-            ctx = PathContext(
-                sup=sup,
-                lab=lab,
-                server_port=server_port,
-                work=raw / "lab",
-                pool=pool,
-                rules=args.rules,
-                workloads=tuple(workloads),
-                allow_install=not args.quick,
-            )
-            running: list[RunningPath] = []
-            if args.command == "run":
-                for name in args.paths:
-                    try:
-                        path = start_path(name, ctx)
-                    except PathUnavailableError as exc:
-                        results["unavailable"][name] = str(exc)
-                        log(f"bench: {name} skipped: {exc}")
-                        continue
-                    running.append(path)
-                    pid = f"pid {path.proc.pid}" if path.proc else "no process"
-                    log(f"bench: {name} on 127.0.0.1:{path.port} ({pid}) - {path.label}")
-                if args.ref:
-                    try:
-                        path = start_ztgate_ref(ctx, args.ref)
-                    except PathUnavailableError as exc:
-                        results["unavailable"][f"ztgate@{args.ref}"] = str(exc)
-                        log(f"bench: ztgate@{args.ref} skipped: {exc}")
-                    else:
-                        running.append(path)
-                        log(f"bench: {path.name} on 127.0.0.1:{path.port}: the gateway at {path.version}")
-                results["paths"] = _paths_meta(running)
-                results["samples"] = run_matrix(
-                    modbus_load,
-                    running,
-                    server,
-                    workloads,
+            if modbus_load is not None:
+                server, server_port = start_server(sup, modbus_load)
+                log(f"bench: fast Modbus server on 127.0.0.1:{server_port} (pid {server.pid})")
+                ctx = PathContext(
+                    sup=sup,
+                    lab=lab,
+                    server_port=server_port,
+                    work=raw / "lab",
+                    pool=pool,
+                    rules=args.rules,
+                    workloads=tuple(workloads),
+                    allow_install=not args.quick,
+                )
+                if workloads:
+                    _run_modbus(args, ctx, server, modbus_load, results, raw)
+            for protocol, chosen in proto_workloads.items():
+                log(f"bench: {PROTOCOLS[protocol]}: {', '.join(w.name for w in chosen)}")
+                results["protocols"][protocol] = run_protocol(
+                    protocol,
+                    sup=sup,
+                    lab=lab,
+                    work=raw / "lab",
+                    paths=args.proto_paths,
+                    workloads=chosen,
                     repeat=args.repeat,
-                    warmup_s=args.warmup,
-                    duration_s=args.duration,
+                    warmup_s=args.proto_warmup,
+                    duration_s=args.proto_duration,
+                    rules=args.rules,
                     log=log,
                 )
-                gateway = next((p for p in running if p.name == "ztgate"), None)
-                if gateway is not None:
-                    results["ztgate_after_run"] = _gateway_health(gateway)
-                    log(f"bench: ztgate after the run: {json.dumps(results['ztgate_after_run'])}")
-                    py_spy = find_py_spy()
-                    if not args.no_profile and not args.quick and py_spy is not None:
-                        results["profiles"] = {}
-                        for name in ("8x4", "1x1"):
-                            log(f"bench: profiling the gateway under the {name} workload (py-spy, own run)")
-                            results["profiles"][name] = profile_gateway(
-                                py_spy, modbus_load, gateway, WORKLOADS[name], raw, duration_s=10
-                            )
-                    elif not args.no_profile and not args.quick:
-                        error = {"error": "py-spy is not installed (pip install -e '.[bench]')"}
-                        results["profiles"] = {"8x4": error}
-                for path in running:
-                    if path.proc is not None:
-                        sup.stop(path.proc)
-            if args.command == "scale" or not args.skip_scale:
+            if modbus_load is not None and (args.command == "scale" or not args.skip_scale):
                 settings = ScaleSettings(
                     quick=args.quick, warmup_s=args.warmup, duration_s=min(args.duration, 5.0)
                 )
@@ -315,8 +357,28 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         results["summary"] = summarize_samples(results["samples"])
     else:
         results["summary"] = {}
+    summarize_protocols(results)
     results["targets"] = evaluate_targets(results)
     return write_outputs(results, args, raw)
+
+
+def _write_charts(results: dict[str, Any], directory: Path) -> tuple[str | None, str | None]:
+    """The Modbus chart and the EtherNet/IP + OPC UA chart, where there is something to draw; their
+    file names (for the Markdown) or None."""
+    names: list[str | None] = []
+    for path, draw, has in (
+        (directory / CHART.name, write_chart, bool(results.get("samples"))),
+        (
+            directory / PROTO_CHART.name,
+            write_protocol_chart,
+            any(p.get("samples") for p in (results.get("protocols") or {}).values()),
+        ),
+    ):
+        error = draw(results, path) if has else "no samples"
+        if error and has:
+            log(f"bench: no chart {path.name}: {error}")
+        names.append(None if error else path.name)
+    return names[0], names[1]
 
 
 def write_outputs(results: dict[str, Any], args: argparse.Namespace, raw: Path) -> int:
@@ -324,22 +386,16 @@ def write_outputs(results: dict[str, Any], args: argparse.Namespace, raw: Path) 
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / "results.json"
     json_path.write_text(json.dumps(results, indent=1, default=str) + "\n")
-    chart_path = out_dir / "performance.png"
-    chart_error = write_chart(results, chart_path) if results["samples"] else "no samples"
-    if chart_error:
-        log(f"bench: no chart: {chart_error}")
-    (out_dir / "performance-section.md").write_text(
-        render_markdown(results, chart_path.name if not chart_error else None)
-    )
+    chart, proto_chart = _write_charts(results, out_dir)
+    (out_dir / "performance-section.md").write_text(render_markdown(results, chart, proto_chart))
     log(f"bench: results in {json_path}")
     if args.docs:
         LATEST.write_text(json.dumps(results, indent=1, default=str) + "\n")
-        if not chart_error:
-            write_chart(results, CHART)
-        update_doc(DOC, render_markdown(results, CHART.name if not chart_error else None))
+        chart, proto_chart = _write_charts(results, CHART.parent)
+        update_doc(DOC, render_markdown(results, chart, proto_chart))
         log(
-            f"bench: updated {LATEST.relative_to(REPO)}, {DOC.relative_to(REPO)} "
-            f"and {CHART.relative_to(REPO)}"
+            f"bench: updated {LATEST.relative_to(REPO)}, {DOC.relative_to(REPO)}, "
+            f"{CHART.relative_to(REPO)} and {PROTO_CHART.relative_to(REPO)}"
         )
     log("")
     for target in results["targets"]:
@@ -351,17 +407,18 @@ def write_outputs(results: dict[str, Any], args: argparse.Namespace, raw: Path) 
 
 def report(args: argparse.Namespace) -> int:
     results = json.loads(args.file.read_text())
+    if results.get("protocols") and any("summary" not in p for p in results["protocols"].values()):
+        summarize_protocols(results)
     results["targets"] = evaluate_targets(results)
     out_dir: Path = args.out or args.file.parent
-    chart_path = CHART if args.docs else out_dir / "performance.png"
-    chart_error = write_chart(results, chart_path)
-    section = render_markdown(results, chart_path.name if not chart_error else None)
+    chart, proto_chart = _write_charts(results, CHART.parent if args.docs else out_dir)
+    section = render_markdown(results, chart, proto_chart)
     if args.docs:
         update_doc(DOC, section)
         LATEST.write_text(json.dumps(results, indent=1, default=str) + "\n")
         log(
-            f"bench: updated {DOC.relative_to(REPO)}, {CHART.relative_to(REPO)} "
-            f"and {LATEST.relative_to(REPO)}"
+            f"bench: updated {DOC.relative_to(REPO)}, {CHART.relative_to(REPO)}, "
+            f"{PROTO_CHART.relative_to(REPO)} and {LATEST.relative_to(REPO)}"
         )
     else:
         (out_dir / "performance-section.md").write_text(section)

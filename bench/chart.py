@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_chart"]
+__all__ = ["write_chart", "write_protocol_chart"]
 
 COLORS = {
     "direct": "#9e9e9e",
@@ -123,3 +123,149 @@ def _short(value: float) -> str:
     if value >= 100:
         return f"{value:.0f}"
     return f"{value:.1f}"
+
+
+def write_protocol_chart(results: dict[str, Any], path: Path) -> str | None:
+    """The EtherNet/IP and OPC UA rows: req/s direct against through ztgate, and the CPU per request of
+    the gateway and the agent (stacked), with issue 5's OPC UA targets drawn in; None, or why not."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.ticker import FuncFormatter
+    except ImportError:
+        return "matplotlib is not installed (pip install -e '.[bench]')"
+    from bench.report import OPCUA_CPU_TARGET_US, OPCUA_RATIO_TARGET
+
+    protocols: dict[str, Any] = results.get("protocols") or {}
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.0))
+    rows = (("enip", "EtherNet/IP", "request"), ("opcua", "OPC UA", "Read"))
+    for row, (key, name, unit) in enumerate(rows):
+        part = protocols.get(key) or {}
+        summary = part.get("summary") or {}
+        workloads = [w for w in part.get("workloads", {}) if any(w in per for per in summary.values())]
+        rate_ax, cpu_ax = axes[row][0], axes[row][1]
+        rate_ax.set_title(
+            f"{name}: {unit}s/s, direct vs through agent -> ztgate (higher is better)", fontsize=10
+        )
+        cpu_ax.set_title(f"{name}: CPU µs per {unit} through ztgate (lower is better)", fontsize=10)
+        if not workloads:
+            for ax in (rate_ax, cpu_ax):
+                ax.text(
+                    0.5, 0.5, "not measured in this run", ha="center", va="center", transform=ax.transAxes
+                )
+                ax.set_xticks([])
+                ax.set_yticks([])
+            continue
+
+        def stat(
+            path: str, workload: str, metric: str, s: dict[str, Any] = summary
+        ) -> tuple[float, ...] | None:
+            value = s.get(path, {}).get(workload, {}).get(metric)
+            if value is None:
+                return None
+            return value["median"], value["median"] - value["min"], value["max"] - value["median"]
+
+        xs = range(len(workloads))
+        width = 0.38
+        for index, (p, label) in enumerate((("direct", "direct"), ("ztgate", "agent -> ztgate"))):
+            offset = (index - 0.5) * width
+            points = [(x + offset, stat(p, w, "req_per_s")) for x, w in zip(xs, workloads, strict=True)]
+            present = [(x, v) for x, v in points if v is not None]
+            if not present:
+                continue
+            bars = rate_ax.bar(
+                [x for x, _ in present],
+                [v[0] for _, v in present],
+                width * 0.95,
+                yerr=[[v[1] for _, v in present], [v[2] for _, v in present]],
+                capsize=3,
+                color=COLORS[p],
+                edgecolor="black",
+                linewidth=0.4,
+                label=label,
+            )
+            rate_ax.bar_label(bars, labels=[_short(v[0]) for _, v in present], fontsize=7, padding=2)
+        if key == "opcua":
+            for x, w in zip(xs, workloads, strict=True):
+                direct = stat("direct", w, "req_per_s")
+                if direct is not None:
+                    level = OPCUA_RATIO_TARGET * direct[0]
+                    rate_ax.hlines(
+                        level, x - 0.45, x + 0.45, colors="#d62728", linestyles="--", linewidth=1.2
+                    )
+                    rate_ax.annotate(
+                        f"target {OPCUA_RATIO_TARGET:g} x direct",
+                        (x + 0.45, level),
+                        fontsize=7,
+                        color="#d62728",
+                        ha="right",
+                        va="bottom",
+                        bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1},
+                    )
+        rate_ax.legend(fontsize=8)
+
+        gateway = [stat("ztgate", w, "gateway_cpu_us_per_req") for w in workloads]
+        agent = [stat("ztgate", w, "agent_cpu_us_per_req") for w in workloads]
+        g_heights = [g[0] if g else 0.0 for g in gateway]
+        a_heights = [a[0] if a else 0.0 for a in agent]
+        cpu_ax.bar(
+            list(xs),
+            g_heights,
+            0.5,
+            yerr=[[g[1] if g else 0.0 for g in gateway], [g[2] if g else 0.0 for g in gateway]],
+            capsize=3,
+            color=COLORS["ztgate"],
+            edgecolor="black",
+            linewidth=0.4,
+            label="gateway",
+        )
+        stacked = cpu_ax.bar(
+            list(xs),
+            a_heights,
+            0.5,
+            bottom=g_heights,
+            color="#a1d99b",
+            edgecolor="black",
+            linewidth=0.4,
+            label="agent",
+        )
+        cpu_ax.bar_label(
+            stacked,
+            labels=[
+                f"{_short(g)} + {_short(a)}" if g else "-" for g, a in zip(g_heights, a_heights, strict=True)
+            ],
+            fontsize=7,
+            padding=2,
+        )
+        if key == "opcua":
+            cpu_ax.axhline(OPCUA_CPU_TARGET_US, color="#d62728", linestyle="--", linewidth=1.2)
+            cpu_ax.annotate(
+                f"target: gateway <= {OPCUA_CPU_TARGET_US:.0f} µs",
+                (0.99, OPCUA_CPU_TARGET_US),
+                xycoords=cpu_ax.get_yaxis_transform(),
+                fontsize=7,
+                color="#d62728",
+                ha="right",
+                va="bottom",
+                bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1},
+            )
+        cpu_ax.legend(fontsize=8)
+        for ax in (rate_ax, cpu_ax):
+            ax.set_xticks(list(xs))
+            ax.set_xticklabels(workloads, fontsize=8)
+            ax.margins(y=0.15)
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+            ax.grid(axis="y", alpha=0.3)
+    meta = results["meta"]
+    fig.suptitle(
+        "ztgate benchmark, EtherNet/IP (pycomm3) and OPC UA (asyncua) against the simulators - "
+        f"{meta['date']} - medians of {meta['settings']['repeat']} interleaved repetitions, bars = min-max",
+        fontsize=10,
+    )
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None

@@ -16,22 +16,29 @@ from pathlib import Path
 from gateway import pki
 from policies import load_policy
 from protocols.modbus import parse_request
-from tests.policies.gen_policy import bench_subject, generate_policy
+from tests.policies.gen_policy import bench_subject, generate_enip_policy, generate_policy
 
 __all__ = [
     "ASSET",
+    "ENIP_ASSET",
+    "OPCUA_ASSET",
     "TRUST_DOMAIN",
     "Lab",
     "Pool",
     "check_policy_allows",
+    "enip_policy_text",
     "make_lab",
+    "opcua_policy_text",
     "policy_text",
     "workload_requests",
+    "write_agent_config",
     "write_gateway_config",
 ]
 
 TRUST_DOMAIN = "plant1.example"
 ASSET = "plc-1"
+ENIP_ASSET = "logix-1"
+OPCUA_ASSET = "ua-1"
 GATEWAY_ID = f"spiffe://{TRUST_DOMAIN}/gateway/bench/gw-1"
 
 
@@ -101,6 +108,74 @@ def policy_text(n_rules: int, upstream_port: int, pool: Pool) -> str:
         f"queue_limit = {pool.queue_limit}\n"
     )
     return text.replace(header, header + settings, 1)
+
+
+def enip_policy_text(n_rules: int, upstream_port: int, upstream_links: int = 4) -> str:
+    """``gen_policy``'s n-rule EtherNet/IP policy (route 1/0) for the simulator on ``upstream_port``,
+    plus a rule letting the bench identity read every tag (``preset = "read-only"``): pycomm3's default
+    start-up (identity, tag list, program list) and the workloads' reads are all read-only services.
+
+    The asset gets ``upstream_links`` encapsulation sessions with one class-3 connection each (a
+    class-3 connection carries one request at a time): as many as the direct path's clients open, so
+    both paths offer the simulator the same concurrency."""
+    text = generate_enip_policy(
+        n_rules, trust_domain=TRUST_DOMAIN, asset=ENIP_ASSET, upstream=f"127.0.0.1:{upstream_port}"
+    )
+    header = f"[assets.{ENIP_ASSET}]\n"
+    if header not in text:
+        raise RuntimeError(
+            f"generate_enip_policy() wrote no {header.strip()} table; bench/lab.py needs updating"
+        )
+    settings = f"max_sessions = {upstream_links}\nmax_connections = {upstream_links}\n"
+    text = text.replace(header, header + settings, 1)
+    return text + (
+        "\n[[rules]]\n"
+        'id = "bench-read-any-tag"\n'
+        f'subjects = ["{bench_subject(TRUST_DOMAIN)}"]\n'
+        f'assets = ["{ENIP_ASSET}"]\n'
+        'enip = [{ preset = "read-only" }]\n'
+    )
+
+
+def opcua_policy_text(upstream_port: int) -> str:
+    """An OPC UA asset for the simulator on ``upstream_port`` (security mode None upstream, anonymous)
+    and one rule: the bench identity may use the read-only services on every node."""
+    subject = bench_subject(TRUST_DOMAIN)
+    return f"""trust_domain = "{TRUST_DOMAIN}"
+
+[assets.{OPCUA_ASSET}]
+protocol = "opcua"
+upstream = "opc.tcp://127.0.0.1:{upstream_port}/"
+
+[[rules]]
+id = "bench-read"
+subjects = ["{subject}"]
+assets = ["{OPCUA_ASSET}"]
+opcua = [{{ preset = "read-only" }}]
+"""
+
+
+def write_agent_config(lab: Lab, name: str, gateway_port: int, asset: str, protocol: str) -> Path:
+    """An agent with the bench identity: one plain local listener on a kernel-chosen loopback port for
+    ``asset``, relayed over mutual TLS to the gateway on ``gateway_port``."""
+    path = lab.directory / f"{name}.toml"
+    path.write_text(
+        f"""[agent]
+gateway = "127.0.0.1:{gateway_port}"
+connect_timeout_s = 5
+
+[tls]
+cert = "{lab.client_cert}"
+key = "{lab.client_key}"
+ca = "{lab.ca}"
+
+[[listeners]]
+listen = "127.0.0.1:0"
+asset = "{asset}"
+protocol = "{protocol}"
+"""
+    )
+    return path
 
 
 def write_gateway_config(

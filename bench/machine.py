@@ -72,6 +72,8 @@ def describe_machine(repo: Path) -> dict[str, Any]:
             "uvloop": _package("uvloop"),
             "py-spy": _package("py-spy"),
             "matplotlib": _package("matplotlib"),
+            "pycomm3": _package("pycomm3"),
+            "asyncua": _package("asyncua"),
         },
         "ztgate_commit": _run(["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=repo)
         or "unknown",

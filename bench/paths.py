@@ -12,7 +12,8 @@
 HAProxy and stunnel open one upstream connection per client connection; ztgate and modbus-proxy share
 upstream connections between clients (ztgate: the asset's pool from the policy).
 
-Rows for EtherNet/IP and OPC UA go in :data:`PLANNED` until those proxies exist.
+The EtherNet/IP and OPC UA rows have paths of their own (direct, and agent -> gateway): see
+:mod:`bench.proto_rows`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bench.lab import Lab, Pool, check_policy_allows, policy_text, write_gateway_config
 from bench.loadgen import REPO, Workload
@@ -37,24 +39,17 @@ from bench.procs import Proc, ProcessError, Supervisor, free_port, wait_listenin
 
 __all__ = [
     "PATHS",
-    "PLANNED",
     "PathContext",
     "PathUnavailableError",
     "RunningPath",
+    "gateway_health",
+    "start_gateway_process",
     "start_path",
     "start_ztgate",
 ]
 
 MODBUS_PROXY_VERSION = "0.8.0"
 VENDOR_DIR = REPO / ".cache" / "bench" / "modbus-proxy"  # git-ignored
-
-# Protocols whose ztgate proxies do not exist yet: the report shows these rows as "not yet measured".
-PLANNED: dict[str, str] = {
-    "EtherNet/IP (CIP)": "ztgate's EtherNet/IP proxy is not built yet; the row will compare direct, stunnel "
-    "and ztgate on a Read Tag workload against the simulator",
-    "OPC UA": "ztgate's OPC UA proxy is not built yet; the row will compare direct, stunnel and ztgate "
-    "on a 10-node Read",
-}
 
 
 class PathUnavailableError(RuntimeError):
@@ -214,28 +209,12 @@ def _get_json(url: str, timeout_s: float = 2.0) -> dict[str, object]:
         return body
 
 
-def start_ztgate(
-    ctx: PathContext,
-    *,
-    name: str = "ztgate",
-    pool: Pool | None = None,
-    rules: int | None = None,
-    aggregate_reads_s: float = 1.0,
-    src: Path = REPO,
-    path_name: str = "ztgate",
-    version: str | None = None,
-) -> RunningPath:
-    """A gateway process with a generated policy and config (see the module docstring), running the
-    code in ``src`` (the working tree, or an exported git ref)."""
-    pool = pool or ctx.pool
-    rules = rules or ctx.rules
-    lab = ctx.lab
-    policy = ctx.work / f"{name}-policy.toml"
-    policy.write_text(policy_text(rules, ctx.server_port, pool))
-    check_policy_allows(policy, [(w.mix, w.address, w.count) for w in ctx.workloads])
-    audit = ctx.work / f"{name}-audit.jsonl"
-    config = write_gateway_config(lab, name, policy, audit_file=audit, aggregate_reads_s=aggregate_reads_s)
-    proc = ctx.sup.spawn(name, [sys.executable, "-m", "gateway", "gateway", "--config", str(config)], cwd=src)
+def start_gateway_process(
+    sup: Supervisor, name: str, config: Path, *, src: Path = REPO
+) -> tuple[Proc, int, int]:
+    """``python -m gateway gateway --config CONFIG`` (the code in ``src``); returns the process, its overlay
+    port and its admin port, once ``/readyz`` says every asset's device is connected."""
+    proc = sup.spawn(name, [sys.executable, "-m", "gateway", "gateway", "--config", str(config)], cwd=src)
     ports = wait_listening(proc, count=2, timeout_s=30)
     overlay: int | None = None
     deadline = time.monotonic() + 10
@@ -262,6 +241,31 @@ def start_ztgate(
         if time.monotonic() > deadline:
             raise ProcessError(f"{name}: /readyz never said ready:\n{proc.log_tail()}")
         time.sleep(0.1)
+    return proc, overlay, admin
+
+
+def start_ztgate(
+    ctx: PathContext,
+    *,
+    name: str = "ztgate",
+    pool: Pool | None = None,
+    rules: int | None = None,
+    aggregate_reads_s: float = 1.0,
+    src: Path = REPO,
+    path_name: str = "ztgate",
+    version: str | None = None,
+) -> RunningPath:
+    """A gateway process with a generated policy and config (see the module docstring), running the
+    code in ``src`` (the working tree, or an exported git ref)."""
+    pool = pool or ctx.pool
+    rules = rules or ctx.rules
+    lab = ctx.lab
+    policy = ctx.work / f"{name}-policy.toml"
+    policy.write_text(policy_text(rules, ctx.server_port, pool))
+    check_policy_allows(policy, [(w.mix, w.address, w.count) for w in ctx.workloads])
+    audit = ctx.work / f"{name}-audit.jsonl"
+    config = write_gateway_config(lab, name, policy, audit_file=audit, aggregate_reads_s=aggregate_reads_s)
+    proc, overlay, admin = start_gateway_process(ctx.sup, name, config, src=src)
     label = f"ztgate, mutual TLS 1.3, {rules:,}-rule policy, audit + metrics"
     return RunningPath(
         path_name,
@@ -274,6 +278,56 @@ def start_ztgate(
         admin_port=admin,
         audit_file=audit,
     )
+
+
+def _scrape(admin_port: int) -> dict[str, float]:
+    """Totals per metric name from the gateway's Prometheus text (labels summed)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name_labels, _, value = line.rpartition(" ")
+        name = name_labels.split("{", 1)[0]
+        try:
+            totals[name] = totals.get(name, 0.0) + float(value)
+            if 'decision="deny"' in name_labels:
+                totals[f"{name}:deny"] = totals.get(f"{name}:deny", 0.0) + float(value)
+        except ValueError:
+            continue
+    return totals
+
+
+def gateway_health(admin_port: int | None, audit_file: Path | None) -> dict[str, Any]:
+    """What the gateway itself says after the run: metrics and the audit trail it wrote."""
+    out: dict[str, Any] = {}
+    if admin_port is not None:
+        try:
+            metrics = _scrape(admin_port)
+            keep = (
+                "ztgate_requests_total",
+                "ztgate_requests_total:deny",
+                "ztgate_audit_dropped_total",
+                "ztgate_upstream_timeouts_total",
+                "ztgate_upstream_late_replies_total",
+                "ztgate_protocol_errors_total",
+                "ztgate_upstream_connections",
+                "ztgate_sessions_refused_total",
+            )
+            out["metrics"] = {k: metrics[k] for k in keep if k in metrics}
+        except OSError as exc:
+            out["metrics_error"] = str(exc)
+    if audit_file is not None and audit_file.exists():
+        lines = 0
+        dropped = 0
+        with open(audit_file, "rb") as file:
+            for line in file:
+                lines += 1
+                if b'"audit_dropped"' in line:
+                    dropped += 1
+        out["audit"] = {"lines": lines, "bytes": audit_file.stat().st_size, "dropped_events": dropped}
+    return out
 
 
 def start_ztgate_ref(ctx: PathContext, ref: str) -> RunningPath:

@@ -16,8 +16,10 @@ __all__ = [
     "BEGIN",
     "END",
     "METRICS",
+    "PROTO_METRICS",
     "evaluate_targets",
     "render_markdown",
+    "summarize_protocols",
     "summarize_samples",
     "update_doc",
 ]
@@ -41,6 +43,32 @@ METRICS = (
     "unaccounted_cpu_cores",
 )
 
+# The EtherNet/IP and OPC UA rows (bench/proto_rows.py): the gateway's and the agent's CPU apart.
+PROTO_METRICS = (
+    "req_per_s",
+    "p50_us",
+    "p90_us",
+    "p99_us",
+    "gateway_cpu_us_per_req",
+    "gateway_user_us_per_req",
+    "gateway_sys_us_per_req",
+    "gateway_cpu_util_pct",
+    "gateway_reads_per_req",
+    "gateway_writes_per_req",
+    "agent_cpu_us_per_req",
+    "agent_cpu_util_pct",
+    "path_cpu_us_per_req",
+    "server_cpu_us_per_req",
+    "loadgen_cpu_us_per_req",
+    "host_cpu_busy_pct",
+)
+
+# Issue 5's OPC UA targets, on the 1 x 1 Read of 10 nodes.
+OPCUA_RATIO_TARGET = 0.7  # through-gateway round trips/s >= 0.7 x direct
+OPCUA_CPU_TARGET_US = 200.0  # gateway CPU per Read <= 200 µs
+
+PROTOCOL_NAMES = {"modbus": "Modbus TCP", "enip": "EtherNet/IP (CIP)", "opcua": "OPC UA"}
+
 Results = dict[str, Any]
 
 
@@ -56,7 +84,9 @@ def _stat(values: Iterable[float | None]) -> dict[str, float] | None:
     }
 
 
-def summarize_samples(samples: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+def summarize_samples(
+    samples: list[dict[str, Any]], metrics: tuple[str, ...] = METRICS
+) -> dict[str, dict[str, dict[str, Any]]]:
     """path -> workload -> metric -> {median, min, max, n}, plus error totals and failed runs."""
     summary: dict[str, dict[str, dict[str, Any]]] = {}
     for sample in samples:
@@ -66,15 +96,21 @@ def summarize_samples(samples: list[dict[str, Any]]) -> dict[str, dict[str, dict
         for workload, cell in list(per_workload.items()):
             runs = cell.pop("_samples")
             ok = [s for s in runs if "failed" not in s]
-            out: dict[str, Any] = {metric: _stat(s.get(metric) for s in ok) for metric in METRICS}
+            out: dict[str, Any] = {metric: _stat(s.get(metric) for s in ok) for metric in metrics}
             out["runs"] = len(runs)
             out["failed_runs"] = len(runs) - len(ok)
             out["errors"] = sum(s["errors"] for s in ok)
             out["mismatches"] = sum(s["mismatches"] for s in ok)
-            out["exception_responses"] = sum(s["exception_responses"] for s in ok)
+            out["exception_responses"] = sum(s.get("exception_responses", 0) for s in ok)
             out["requests"] = sum(s.get("requests") or 0 for s in ok)
             per_workload[workload] = out
     return summary
+
+
+def summarize_protocols(results: Results) -> None:
+    """Fill in ``summary`` of every protocol row set in ``results["protocols"]``."""
+    for part in (results.get("protocols") or {}).values():
+        part["summary"] = summarize_samples(part.get("samples", []), PROTO_METRICS)
 
 
 def _median(summary: dict[str, Any], path: str, workload: str, metric: str) -> float | None:
@@ -191,8 +227,10 @@ def evaluate_targets(results: Results) -> list[dict[str, Any]]:
     else:
         targets.append(_target("load + compile a 10,000-rule policy", "< 1 s", None, None, "not measured"))
 
+    targets += _opcua_targets(results)
+
     bad = _error_total(results)
-    failed = sum(1 for s in samples if "failed" in s)
+    failed = sum(1 for s in _all_samples(results) if "failed" in s)
     targets.append(
         _target(
             "no errors, no mismatched replies",
@@ -205,11 +243,71 @@ def evaluate_targets(results: Results) -> list[dict[str, Any]]:
     return targets
 
 
+def _all_samples(results: Results) -> list[dict[str, Any]]:
+    """The Modbus rows' samples and those of every other protocol."""
+    out = list(results["samples"])
+    for part in (results.get("protocols") or {}).values():
+        out += part.get("samples", [])
+    return out
+
+
+def _opcua_targets(results: Results) -> list[dict[str, Any]]:
+    """Issue 5: through the gateway, round trips/s >= 0.7 x direct and <= 200 µs gateway CPU per Read
+    (1 client x 1 in flight, a Read of 10 nodes)."""
+    ratio_name = "OPC UA 1x1 Read of 10 nodes: round trips/s through ztgate"
+    ratio_limit = f">= {OPCUA_RATIO_TARGET} x direct"
+    cpu_name = "OPC UA 1x1 Read of 10 nodes: gateway CPU per Read"
+    cpu_limit = f"<= {OPCUA_CPU_TARGET_US:.0f} µs"
+    part = (results.get("protocols") or {}).get("opcua") or {}
+    summary = part.get("summary") or {}
+    workload = "opcua-1x1"
+    out: list[dict[str, Any]] = []
+    z, d = (
+        _median(summary, "ztgate", workload, "req_per_s"),
+        _median(summary, "direct", workload, "req_per_s"),
+    )
+    if z is None or d is None or not d:
+        out.append(_target(ratio_name, ratio_limit, None, None, "not measured"))
+    else:
+        ratio = z / d
+        paired = paired_ratios(part.get("samples", []), workload, "req_per_s", a="ztgate", b="direct")
+        spread = f"; per repetition {min(paired):.2f}-{max(paired):.2f}" if len(paired) > 1 else ""
+        out.append(
+            _target(
+                ratio_name,
+                ratio_limit,
+                round(ratio, 3),
+                ratio >= OPCUA_RATIO_TARGET,
+                f"{ratio:.2f} x ({z:,.0f} vs {d:,.0f} round trips/s{spread})",
+            )
+        )
+    cell = summary.get("ztgate", {}).get(workload, {})
+    cpu = cell.get("gateway_cpu_us_per_req")
+    if cpu is None:
+        out.append(_target(cpu_name, cpu_limit, None, None, "not measured"))
+    else:
+        spread = f", range {cpu['min']:,.0f}-{cpu['max']:,.0f}" if cpu["n"] > 1 else ""
+        agent = cell.get("agent_cpu_us_per_req")
+        agent_text = f"; the agent: {agent['median']:,.0f} µs" if agent else ""
+        wider = summary.get("ztgate", {}).get("opcua-4x1", {}).get("gateway_cpu_us_per_req")
+        wider_text = f"; at 4 x 1: {wider['median']:,.0f} µs" if wider else ""
+        out.append(
+            _target(
+                cpu_name,
+                cpu_limit,
+                cpu["median"],
+                cpu["median"] <= OPCUA_CPU_TARGET_US,
+                f"{cpu['median']:,.0f} µs{spread}{agent_text}{wider_text}",
+            )
+        )
+    return out
+
+
 def _error_total(results: Results) -> int:
     total = 0
-    for s in results["samples"]:
+    for s in _all_samples(results):
         if "failed" not in s:
-            total += s["errors"] + s["mismatches"] + s["exception_responses"]
+            total += s["errors"] + s["mismatches"] + s.get("exception_responses", 0)
     scale = results.get("scale") or {}
     for row in scale.get("shared_upstream", []):
         total += row["errors"] + row["mismatches"] + row["exception_responses"]
@@ -287,31 +385,171 @@ def _syscall_table(results: Results) -> list[str]:
     ]
 
 
+def _ratio_text(a: float | None, b: float | None) -> str:
+    return "-" if a is None or b is None or not b else f"{a / b:.2f} x"
+
+
 def _protocol_table(results: Results) -> list[str]:
-    summary = results["summary"]
+    """Every protocol and workload: ztgate against direct (and, for Modbus, against stunnel)."""
     lines = [
-        "| protocol | ztgate / stunnel: CPU per request (8x4) | req/s (8x4) | p50 (1x1) | status |",
-        "|---|---:|---:|---:|---|",
+        "| protocol | workload | req/s: ztgate / direct | p50 µs: direct → ztgate | ztgate CPU µs/request "
+        "| against stunnel: CPU / req/s / p50 |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    summary = results["summary"]
+    for workload in results["workloads"]:
+        if workload not in summary.get("ztgate", {}):
+            continue
+
+        def med(path: str, metric: str, w: str = workload) -> float | None:
+            return _median(summary, path, w, metric)
+
+        p50_d, p50_z = med("direct", "p50_us"), med("ztgate", "p50_us")
+        p50 = f"{_num(p50_d, 1)} → {_num(p50_z, 1)}"
+        stunnel = " / ".join(
+            _ratio_text(med("ztgate", m), med("stunnel", m))
+            for m in ("proxy_cpu_us_per_req", "req_per_s", "p50_us")
+        )
+        rate = _ratio_text(med("ztgate", "req_per_s"), med("direct", "req_per_s"))
+        lines.append(
+            f"| Modbus TCP | {workload} | {rate} "
+            f"| {p50} | {_num(med('ztgate', 'proxy_cpu_us_per_req'), 1)} (gateway; no agent) | {stunnel} |"
+        )
+    protocols: dict[str, Any] | None = results.get("protocols")
+    for key in ("enip", "opcua"):
+        if protocols is not None:
+            lines += _other_protocol_rows(key, protocols.get(key))
+    for protocol, note in results.get("planned", {}).items():  # results written before these rows
+        lines.append(f"| {protocol} | - | - | - | - | not yet: {note} |")
+    return lines
+
+
+def _other_protocol_rows(key: str, part: dict[str, Any] | None) -> list[str]:
+    name = PROTOCOL_NAMES[key]
+    if not part or not part.get("summary"):
+        return [f"| {name} | - | - | - | - | not measured in this run |"]
+    summary = part["summary"]
+    lines = []
+    for workload in part["workloads"]:
+        if workload not in summary.get("ztgate", {}) and workload not in summary.get("direct", {}):
+            continue
+
+        def med(path: str, metric: str, w: str = workload) -> float | None:
+            return _median(summary, path, w, metric)
+
+        gateway, agent = med("ztgate", "gateway_cpu_us_per_req"), med("ztgate", "agent_cpu_us_per_req")
+        cpu = "-" if gateway is None else f"{gateway:,.1f} + agent {_num(agent, 1)}"
+        lines.append(
+            f"| {name} | {workload} | {_ratio_text(med('ztgate', 'req_per_s'), med('direct', 'req_per_s'))} "
+            f"| {_num(med('direct', 'p50_us'), 1)} → {_num(med('ztgate', 'p50_us'), 1)} | {cpu} "
+            "| no stunnel path |"
+        )
+    return lines
+
+
+def _proto_workload_table(part: dict[str, Any], workload: str) -> list[str]:
+    summary = part["summary"]
+    unit = part["workloads"][workload].get("unit", "request")
+    lines = [
+        f"| path | {unit}s/s | p50 µs | p99 µs | gateway CPU µs/{unit} | agent CPU µs/{unit} "
+        f"| gateway busy, % of a core | server CPU µs/{unit} | client CPU µs/{unit} | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for path, meta in part["paths"].items():
+        cell = summary.get(path, {}).get(workload)
+        if cell is None:
+            continue
+        bad = cell["errors"] + cell["mismatches"]
+        errors = f"{bad}" + (f" ({cell['failed_runs']} runs failed)" if cell["failed_runs"] else "")
+        lines.append(
+            f"| {meta['label']} | {_cell(cell['req_per_s'])} | {_cell(cell['p50_us'], 1)} "
+            f"| {_cell(cell['p99_us'], 1)} | {_cell(cell['gateway_cpu_us_per_req'], 1)} "
+            f"| {_cell(cell['agent_cpu_us_per_req'], 1)} | {_cell(cell['gateway_cpu_util_pct'])} "
+            f"| {_cell(cell['server_cpu_us_per_req'], 1)} | {_cell(cell['loadgen_cpu_us_per_req'], 1)} "
+            f"| {errors} |"
+        )
+    return lines
+
+
+def _gateway_detail(part: dict[str, Any]) -> list[str]:
+    """The gateway's CPU per request split into user space and the kernel, and its system calls."""
+    cells = part.get("summary", {}).get("ztgate", {})
+    rows = []
+    for workload in part["workloads"]:
+        cell = cells.get(workload)
+        if not cell or cell.get("gateway_user_us_per_req") is None:
+            continue
+
+        def med(metric: str, c: dict[str, Any] = cell) -> str:
+            stat = c.get(metric)
+            return "-" if stat is None else f"{stat['median']:,.1f}"
+
+        rows.append(
+            f"| {workload} | {med('gateway_user_us_per_req')} / {med('gateway_sys_us_per_req')} "
+            f"| {med('gateway_reads_per_req')} / {med('gateway_writes_per_req')} |"
+        )
+    if not rows:
+        return []
+    return [
+        "The gateway's CPU per request in user space / in the kernel, and its read / write system calls "
+        "per request (`/proc/PID/io`; read, readv, write, writev), medians:",
+        "",
+        "| workload | gateway user / kernel µs | read / write calls |",
+        "|---|---:|---:|",
+        *rows,
+        "",
     ]
 
-    def ratio(workload: str, metric: str) -> str:
-        z, s = _median(summary, "ztgate", workload, metric), _median(summary, "stunnel", workload, metric)
-        return "-" if z is None or s is None or not s else f"{z / s:.2f} x"
 
-    lines.append(
-        f"| Modbus TCP | {ratio('8x4', 'proxy_cpu_us_per_req')} | {ratio('8x4', 'req_per_s')} "
-        f"| {ratio('1x1', 'p50_us')} | measured |"
-    )
-    for protocol, note in results.get("planned", {}).items():
-        lines.append(f"| {protocol} | - | - | - | not yet: {note} |")
-    return lines
+def _protocols_section(results: Results, chart: str | None) -> list[str]:
+    protocols = {k: p for k, p in (results.get("protocols") or {}).items() if p.get("paths")}
+    unavailable = {
+        f"{PROTOCOL_NAMES.get(k, k)} {path}": reason
+        for k, p in (results.get("protocols") or {}).items()
+        for path, reason in p.get("unavailable", {}).items()
+    }
+    if not protocols and not unavailable:
+        return []
+    out = [
+        "### EtherNet/IP and OPC UA: direct against agent → ztgate",
+        "",
+        "Real clients in worker processes, one request in flight each, against the `--static` simulators: "
+        "pycomm3's `LogixDriver` (default start-up) and asyncua's `Client`. *direct* connects to the "
+        "simulator; *ztgate* connects to an agent, which relays over mutual TLS 1.3 to the gateway, which "
+        "decides every request (every embedded request of a Multiple Service Packet, every node of a Read) "
+        "and re-originates it to the simulator. Every reply is checked (status and value). CPU per "
+        "request of the gateway and the agent from `/proc/PID/stat` over the measured window.",
+        "",
+    ]
+    if unavailable:
+        out += [
+            "**Not measured:** " + "; ".join(f"{k}: {r.splitlines()[0]}" for k, r in unavailable.items()),
+            "",
+        ]
+    for key, part in protocols.items():
+        settings = part.get("settings", {})
+        timing = (
+            f" ({settings['repeat']} repetitions, {settings['warmup_s']:g} s warm-up + "
+            f"{settings['duration_s']:g} s measured per run)"
+            if settings
+            else ""
+        )
+        out += [f"**{PROTOCOL_NAMES.get(key, key)}**{timing}", ""]
+        for workload, meta in part["workloads"].items():
+            if not any(workload in per for per in part.get("summary", {}).values()):
+                continue
+            out += [f"#### {workload}: {meta['label']}", "", *_proto_workload_table(part, workload), ""]
+        out += _gateway_detail(part)
+    if chart:
+        out += [f"![EtherNet/IP and OPC UA: direct against agent → ztgate]({chart})", ""]
+    return out
 
 
 def _verdict(ok: bool | None) -> str:
     return {True: "**pass**", False: "**MISSED**", None: "not measured"}[ok]
 
 
-def render_markdown(results: Results, chart: str | None) -> str:
+def render_markdown(results: Results, chart: str | None, proto_chart: str | None = None) -> str:
     meta = results["meta"]
     machine = meta["machine"]
     settings = meta["settings"]
@@ -324,15 +562,22 @@ def render_markdown(results: Results, chart: str | None) -> str:
         "",
         f"**Machine:** {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB; "
         f"{machine['os']}, kernel {machine['kernel']}; Python {machine['python']}, {machine['openssl']}; "
-        f"HAProxy {v['haproxy']}, stunnel {v['stunnel']}, uvloop {v['uvloop']}.",
-        "",
-        f"**Settings:** {settings['repeat']} interleaved repetitions x {len(settings['workloads'])} "
-        f"workloads x {len(results['paths'])} paths; each run {settings['warmup_s']:g} s warm-up + "
-        f"{settings['duration_s']:g} s measured; ztgate policy of {settings['rules']:,} rules, "
-        f"upstream pool: {settings['pool']}; audit to a file with read aggregation "
-        f"({settings['aggregate_reads_s']:g} s), metrics on.",
+        f"HAProxy {v['haproxy']}, stunnel {v['stunnel']}, uvloop {v['uvloop']}"
+        + "".join(f", {name} {v[name]}" for name in ("pycomm3", "asyncua") if name in v)
+        + ".",
         "",
     ]
+    if settings["workloads"]:
+        out += [
+            f"**Settings:** {settings['repeat']} interleaved repetitions x {len(settings['workloads'])} "
+            f"workloads x {len(results['paths'])} paths; each run {settings['warmup_s']:g} s warm-up + "
+            f"{settings['duration_s']:g} s measured; ztgate policy of {settings['rules']:,} rules, "
+            f"upstream pool: {settings['pool']}; audit to a file with read aggregation "
+            f"({settings['aggregate_reads_s']:g} s), metrics on.",
+            "",
+        ]
+    else:
+        out += ["**Settings:** no Modbus rows in this run.", ""]
     if results.get("unavailable"):
         skipped = "; ".join(f"{k}: {r}" for k, r in results["unavailable"].items())
         out += [f"**Not measured:** {skipped}.", ""]
@@ -360,6 +605,7 @@ def render_markdown(results: Results, chart: str | None) -> str:
         out += [f"![req/s, CPU per request and latency per path]({chart})", ""]
     out += _syscall_table(results)
     out += ["#### Per protocol", "", *_protocol_table(results), ""]
+    out += _protocols_section(results, proto_chart)
     out += _scale_section(results)
     out += _profile_section(results)
     out += [END]
@@ -369,7 +615,7 @@ def render_markdown(results: Results, chart: str | None) -> str:
 def _scale_section(results: Results) -> list[str]:
     scale = results.get("scale")
     if not scale:
-        return ["### Scale", "", "Not run (`--skip-scale`).", ""]
+        return ["### Scale", "", "Not run (`--skip-scale`, or no Modbus rows).", ""]
     out = ["### Scale", ""]
     idle = scale.get("idle_sessions", {})
     if idle.get("rows"):
@@ -468,8 +714,11 @@ def _cpu_split_table(results: Results) -> list[str]:
 
 
 def _profile_section(results: Results) -> list[str]:
-    out = ["### Where the gateway's time goes", "", *_cpu_split_table(results)]
+    split = _cpu_split_table(results)
     profiles: dict[str, Any] = results.get("profiles") or {}
+    if not split and not profiles:
+        return []
+    out = ["### Where the gateway's time goes", "", *split]
     usable = {name: p for name, p in profiles.items() if "error" not in p}
     for name, profile in profiles.items():
         if "error" in profile:

@@ -30,7 +30,8 @@ def test_quick_run_direct_and_ztgate(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     results = json.loads((tmp_path / "results.json").read_text())
-    assert {"meta", "paths", "workloads", "samples", "summary", "targets", "planned"} <= set(results)
+    assert {"meta", "paths", "workloads", "samples", "summary", "targets", "protocols"} <= set(results)
+    assert results["protocols"] == {}  # --workloads named Modbus workloads only
     assert set(results["paths"]) == {"direct", "ztgate"}
     assert results["meta"]["machine"]["cores"] >= 1
     samples = results["samples"]
@@ -166,10 +167,10 @@ def test_targets_from_medians() -> None:
         },
         paths={"stunnel": {"label": "stunnel"}, "ztgate": {"label": "ztgate"}},
         workloads={"8x4": {"label": "8 x 4"}, "1x1": {"label": "1 x 1"}},
-        planned={"OPC UA": "later"},
+        planned={"OPC UA": "later"},  # results written before the EtherNet/IP and OPC UA rows
         targets=evaluate_targets(results),
     )
     text = render_markdown(results, None)
     assert "**MISSED**" in text and "| ztgate | 85,000 <sub>85,000-85,000</sub> |" in text
-    assert "| OPC UA | - | - | - | not yet: later |" in text
+    assert "| OPC UA | - | - | - | - | not yet: later |" in text
     assert "| 1,000 | 50.0 | 89.0 | **40.0** |" in text and "| 10,000 | 690 | 10.0 | **700** |" in text

@@ -1,0 +1,379 @@
+"""The EtherNet/IP and OPC UA rows: real clients (pycomm3, asyncua) against ztgate's simulators, direct
+and through agent -> gateway, in interleaved repetitions.
+
+Per protocol, one lab on loopback, on kernel-chosen ports:
+
+- the simulator, ``python -m gateway sim enip|opcua --static --listen 127.0.0.1:0`` (values never change,
+  so every reply can be checked);
+- ``direct``: the clients connect to the simulator;
+- ``ztgate``: the clients connect to an agent (``python -m gateway agent``: a plain local listener, the
+  bench identity's mutual-TLS overlay connection to the gateway, SNI = the asset), and the gateway
+  (``python -m gateway gateway``, audit to a file with read aggregation, metrics on) decides every request
+  against the policy and re-originates it to the simulator - the deployment of docs/architecture.md, as
+  an HMI tool sees it.
+
+The load is :mod:`bench.proto_load` (one worker process per client, one request in flight each). The
+figures per run are those of the Modbus rows, with the CPU of the gateway and of the agent apart.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.lab import (
+    ENIP_ASSET,
+    OPCUA_ASSET,
+    Lab,
+    enip_policy_text,
+    opcua_policy_text,
+    write_agent_config,
+    write_gateway_config,
+)
+from bench.loadgen import REPO
+from bench.paths import gateway_health, start_gateway_process
+from bench.procs import Proc, ProcessError, Supervisor, wait_listening
+
+__all__ = [
+    "PROTOCOLS",
+    "PROTO_PATHS",
+    "PROTO_WORKLOADS",
+    "ProtoPath",
+    "ProtoWorkload",
+    "run_protocol",
+]
+
+Log = Callable[[str], None]
+Sample = dict[str, Any]
+
+PROTOCOLS: dict[str, str] = {"enip": "EtherNet/IP (CIP)", "opcua": "OPC UA"}
+PROTO_PATHS = ("direct", "ztgate")
+
+ENIP_TAGS_5 = ("Setpoint", "Tank1_Level", "Recipe[3]", "Mode", "Program:Main.Step")
+OPCUA_NODES_10 = tuple(
+    f"Plant.Line1.Tank1.{name}"
+    for name in (
+        "Level",
+        "Temperature",
+        "Pressure",
+        "Flow",
+        "ScanCounter",
+        "PumpRunning",
+        "InletOpen",
+        "DrainOpen",
+        "AlarmActive",
+        "Setpoint",
+    )
+)
+
+
+@dataclass(frozen=True)
+class ProtoWorkload:
+    name: str
+    protocol: str
+    label: str
+    workers: int  # client processes, one request in flight each
+    items: tuple[str, ...]  # read in one request
+    unit: str = "request"  # what one round trip is called in the tables
+
+
+PROTO_WORKLOADS: dict[str, ProtoWorkload] = {
+    w.name: w
+    for w in (
+        ProtoWorkload(
+            "enip-1tag",
+            "enip",
+            'pycomm3 LogixDriver.read("Setpoint"): one Read Tag per call; 4 client processes x 1 in flight',
+            4,
+            ("Setpoint",),
+        ),
+        ProtoWorkload(
+            "enip-5tags",
+            "enip",
+            "pycomm3 read of 5 tags in one call: one Multiple Service Packet of 5 Read Tags; 4 x 1",
+            4,
+            ENIP_TAGS_5,
+        ),
+        ProtoWorkload(
+            "opcua-1x1",
+            "opcua",
+            "asyncua Read of 10 nodes (Value) in one ReadRequest, 1 client x 1 in flight",
+            1,
+            OPCUA_NODES_10,
+            unit="Read",
+        ),
+        ProtoWorkload(
+            "opcua-4x1",
+            "opcua",
+            "asyncua Read of 10 nodes in one ReadRequest, 4 client processes x 1 in flight",
+            4,
+            OPCUA_NODES_10,
+            unit="Read",
+        ),
+    )
+}
+
+
+@dataclass
+class ProtoPath:
+    name: str  # "direct" | "ztgate"
+    label: str
+    port: int  # where the clients connect
+    watch: dict[str, int]  # processes whose CPU is read: server, gateway, agent
+    procs: list[Proc] = field(default_factory=list)
+    admin_port: int | None = None
+    audit_file: Path | None = None
+
+
+def _port_from_log(proc: Proc, pattern: str, timeout_s: float = 30.0) -> int:
+    """The port a process says it listens on (checked against /proc)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        ports = wait_listening(proc, timeout_s=max(0.1, deadline - time.monotonic()))
+        match = re.search(pattern, proc.log_tail(20))
+        if match and int(match.group(1)) in ports:
+            return int(match.group(1))
+        if time.monotonic() > deadline:
+            raise ProcessError(f"{proc.name}: cannot tell its port among {sorted(ports)}:\n{proc.log_tail()}")
+        time.sleep(0.05)
+
+
+def start_simulator(sup: Supervisor, protocol: str) -> tuple[Proc, int]:
+    argv = [sys.executable, "-m", "gateway", "sim", protocol, "--static", "--listen", "127.0.0.1:0"]
+    proc = sup.spawn(f"sim-{protocol}", argv, cwd=REPO)
+    return proc, _port_from_log(proc, r"listening on (?:opc\.tcp://)?127\.0\.0\.1:(\d+)")
+
+
+def start_ztgate_path(
+    sup: Supervisor, lab: Lab, work: Path, protocol: str, server: Proc, server_port: int, rules: int
+) -> ProtoPath:
+    """Gateway + agent for the protocol's asset; the policy is checked by the gateway at start-up."""
+    name = f"ztgate-{protocol}"
+    policy = work / f"{name}-policy.toml"
+    if protocol == "enip":
+        asset = ENIP_ASSET
+        links = max(w.workers for w in PROTO_WORKLOADS.values() if w.protocol == "enip")
+        policy.write_text(enip_policy_text(rules, server_port, links))
+        described = f"{rules:,}-rule policy, {links} upstream sessions"
+    else:
+        asset = OPCUA_ASSET
+        policy.write_text(opcua_policy_text(server_port))
+        described = "1-rule policy"
+    check = subprocess.run(
+        [sys.executable, "-m", "gateway", "policy", "check", str(policy)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=REPO,
+    )
+    if check.returncode != 0:
+        raise RuntimeError(
+            f"the bench's {protocol} policy is refused:\n{(check.stdout + check.stderr)[-1500:]}"
+        )
+    audit = work / f"{name}-audit.jsonl"
+    config = write_gateway_config(lab, name, policy, audit_file=audit, aggregate_reads_s=1.0)
+    gateway, overlay, admin = start_gateway_process(sup, name, config)
+    agent_config = write_agent_config(lab, f"agent-{protocol}", overlay, asset, protocol)
+    agent = sup.spawn(
+        f"agent-{protocol}",
+        [sys.executable, "-m", "gateway", "agent", "--config", str(agent_config)],
+        cwd=REPO,
+    )
+    port = _port_from_log(agent, r"127\.0\.0\.1:(\d+) -> ")
+    return ProtoPath(
+        "ztgate",
+        f"agent -> ztgate (mutual TLS 1.3, {described}, audit + metrics)",
+        port,
+        {"server": server.pid, "gateway": gateway.pid, "agent": agent.pid},
+        [gateway, agent],
+        admin_port=admin,
+        audit_file=audit,
+    )
+
+
+def _sample(path: ProtoPath, workload: ProtoWorkload, report: dict[str, Any]) -> Sample:
+    processes = report.get("processes") or {}
+
+    def cpu(name: str, key: str = "cpu_us_per_request") -> float | None:
+        entry = processes.get(name)
+        return None if not entry else entry.get(key)
+
+    gateway, agent = cpu("gateway"), cpu("agent")
+    latency = report.get("latency_us", {})
+    return {
+        "path": path.name,
+        "workload": workload.name,
+        "req_per_s": report.get("req_per_s"),
+        "p50_us": latency.get("p50"),
+        "p90_us": latency.get("p90"),
+        "p99_us": latency.get("p99"),
+        "max_us": latency.get("max"),
+        "gateway_cpu_us_per_req": gateway,
+        "gateway_user_us_per_req": cpu("gateway", "user_us_per_request"),
+        "gateway_sys_us_per_req": cpu("gateway", "sys_us_per_request"),
+        "gateway_cpu_util_pct": cpu("gateway", "cpu_util_pct"),
+        "gateway_reads_per_req": cpu("gateway", "reads_per_request"),
+        "gateway_writes_per_req": cpu("gateway", "writes_per_request"),
+        "agent_cpu_us_per_req": agent,
+        "agent_cpu_util_pct": cpu("agent", "cpu_util_pct"),
+        "path_cpu_us_per_req": None if gateway is None or agent is None else round(gateway + agent, 2),
+        "server_cpu_us_per_req": cpu("server"),
+        "loadgen_cpu_us_per_req": report.get("loadgen_cpu_us_per_request"),
+        "host_cpu_busy_pct": report.get("host_cpu_busy_pct"),
+        "requests": report.get("requests"),
+        "window_s": report.get("window_s"),
+        "errors": int(report.get("errors", 0)),
+        "mismatches": int(report.get("mismatches", 0)),
+        "exception_responses": 0,  # refusals are errors here (the tag's or node's bad status)
+        "error_detail": report.get("problems", {}),
+    }
+
+
+def measure(path: ProtoPath, workload: ProtoWorkload, *, warmup_s: float, duration_s: float) -> Sample:
+    argv = [sys.executable, "-m", "bench.proto_load", workload.protocol, "--port", str(path.port)]
+    argv += ["--workers", str(workload.workers), "--warmup", str(warmup_s), "--duration", str(duration_s)]
+    for item in workload.items:
+        argv += ["--item", item]
+    for name, pid in path.watch.items():
+        argv += ["--pid", f"{name}={pid}"]
+    try:
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=warmup_s + duration_s + 120, check=False, cwd=REPO
+        )
+    except subprocess.TimeoutExpired as exc:
+        return {"path": path.name, "workload": workload.name, "failed": f"no report in {exc.timeout:g} s"}
+    lines = done.stdout.strip().splitlines()
+    try:
+        report: dict[str, Any] = json.loads(lines[-1])
+    except (json.JSONDecodeError, IndexError):
+        reason = f"proto_load exited with {done.returncode}: {done.stderr.strip()[-600:]}"
+        return {"path": path.name, "workload": workload.name, "failed": reason}
+    if "failed" in report:
+        return {"path": path.name, "workload": workload.name, "failed": str(report["failed"])[:600]}
+    return _sample(path, workload, report)
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def sample_line(sample: Sample) -> str:
+    if "failed" in sample:
+        return f"{sample['path']:<8} FAILED: {sample['failed'].splitlines()[0][:200]}"
+    bad = sample["errors"] + sample["mismatches"]
+    detail = f"errors {bad}: {next(iter(sample['error_detail']), '')[:80]}" if bad else "ok"
+    return (
+        f"{sample['path']:<8} {_fmt(sample['req_per_s'], ',.0f'):>8} req/s  "
+        f"p50 {_fmt(sample['p50_us'], ',.1f'):>8} µs  p99 {_fmt(sample['p99_us'], ',.1f'):>9} µs  "
+        f"gateway {_fmt(sample['gateway_cpu_us_per_req'], '.1f'):>6} + agent "
+        f"{_fmt(sample['agent_cpu_us_per_req'], '.1f'):>6} µs/req  {detail}"
+    )
+
+
+def run_protocol(
+    protocol: str,
+    *,
+    sup: Supervisor,
+    lab: Lab,
+    work: Path,
+    paths: Sequence[str],
+    workloads: Sequence[ProtoWorkload],
+    repeat: int,
+    warmup_s: float,
+    duration_s: float,
+    rules: int,
+    log: Log = print,
+) -> dict[str, Any]:
+    """One protocol's lab and its interleaved repetitions; the results' ``protocols.<protocol>`` part
+    (summarized later, by :func:`bench.report.summarize_protocol`)."""
+    out: dict[str, Any] = {
+        "name": PROTOCOLS[protocol],
+        "paths": {},
+        "workloads": {
+            w.name: {"label": w.label, "workers": w.workers, "items": list(w.items), "unit": w.unit}
+            for w in workloads
+        },
+        "samples": [],
+        "unavailable": {},
+        "settings": {"repeat": repeat, "warmup_s": warmup_s, "duration_s": duration_s},
+    }
+    started: list[Proc] = []
+    try:
+        server, server_port = start_simulator(sup, protocol)
+        started.append(server)
+        log(f"bench: {protocol}: simulator on 127.0.0.1:{server_port} (pid {server.pid})")
+        running: list[ProtoPath] = []
+        for name in paths:
+            if name == "direct":
+                running.append(
+                    ProtoPath(
+                        "direct", f"direct to ztgate sim {protocol}", server_port, {"server": server.pid}
+                    )
+                )
+                continue
+            try:
+                path = start_ztgate_path(sup, lab, work, protocol, server, server_port, rules)
+            except (ProcessError, RuntimeError, OSError) as exc:
+                out["unavailable"][name] = str(exc).strip()[:1500]
+                log(f"bench: {protocol}: {name} skipped: {str(exc).splitlines()[0]}")
+                continue
+            started.extend(path.procs)
+            running.append(path)
+            log(f"bench: {protocol}: {name} via the agent on 127.0.0.1:{path.port} - {path.label}")
+        out["paths"] = {p.name: {"label": p.label, "short": p.name} for p in running}
+        out["samples"] = _interleave(running, workloads, repeat, warmup_s, duration_s, started, log)
+        gateway = next((p for p in running if p.name == "ztgate"), None)
+        if gateway is not None:
+            out["ztgate_after_run"] = gateway_health(gateway.admin_port, gateway.audit_file)
+            log(f"bench: {protocol}: ztgate after the run: {json.dumps(out['ztgate_after_run'])}")
+    finally:
+        for proc in reversed(started):
+            sup.stop(proc)
+    return out
+
+
+def _interleave(
+    paths: Sequence[ProtoPath],
+    workloads: Sequence[ProtoWorkload],
+    repeat: int,
+    warmup_s: float,
+    duration_s: float,
+    procs: Sequence[Proc],
+    log: Log,
+) -> list[Sample]:
+    samples: list[Sample] = []
+    if not paths:
+        return samples
+    total = repeat * len(workloads) * len(paths)
+    done = 0
+    clock = time.monotonic()
+    for rep in range(repeat):
+        shift = rep % len(paths)
+        order = [*paths[shift:], *paths[:shift]]
+        for workload in workloads:
+            log(f"[{workload.protocol} repetition {rep + 1}/{repeat}] {workload.name}: {workload.label}")
+            for path in order:
+                done += 1
+                dead = next((p for p in procs if not p.alive()), None)
+                if dead is not None:
+                    sample: Sample = {
+                        "path": path.name,
+                        "workload": workload.name,
+                        "failed": f"{dead.name} exited: {dead.log_tail(3)}",
+                    }
+                else:
+                    sample = measure(path, workload, warmup_s=warmup_s, duration_s=duration_s)
+                sample["rep"] = rep
+                samples.append(sample)
+                eta = (time.monotonic() - clock) / done * (total - done)
+                log(f"  {sample_line(sample)}   [{done}/{total}, ~{eta:.0f} s left]")
+                time.sleep(0.2)
+    return samples

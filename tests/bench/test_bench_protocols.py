@@ -1,0 +1,147 @@
+"""The EtherNet/IP and OPC UA rows of the benchmark: a tiny real run (pycomm3 and asyncua against the
+simulators, direct and through agent -> gateway), checked for the JSON shape and zero errors; and the
+OPC UA targets and the Markdown on made-up figures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.loadgen import REPO
+from bench.report import (
+    evaluate_targets,
+    render_markdown,
+    summarize_protocols,
+)
+
+pytestmark = pytest.mark.slow  # ~25 s: simulators, gateways, agents and clients on loopback
+
+
+def test_quick_run_of_the_enip_and_opcua_rows(tmp_path: Path) -> None:
+    argv = [sys.executable, "-m", "bench", "--quick", "--protocols", "enip,opcua"]
+    argv += ["--workloads", "enip-5tags,opcua-1x1", "--duration", "0.6", "--warmup", "0.2"]
+    argv += ["--out", str(tmp_path), "--no-docs"]
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=180, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["samples"] == [] and "scale" not in results  # no Modbus rows asked for
+    enip = results["protocols"]["enip"]
+    assert set(enip["paths"]) == {"direct", "ztgate"} and list(enip["workloads"]) == ["enip-5tags"]
+    for sample in enip["samples"]:
+        assert "failed" not in sample, sample
+        assert sample["errors"] == sample["mismatches"] == 0, sample
+        assert sample["req_per_s"] > 0 and 0 < sample["p50_us"] <= sample["p99_us"]
+        if sample["path"] == "ztgate":  # both processes' CPU read from /proc
+            assert sample["gateway_cpu_us_per_req"] > 0 and sample["agent_cpu_us_per_req"] > 0
+    health = enip["ztgate_after_run"]["metrics"]
+    assert health["ztgate_requests_total"] > 0 and "ztgate_requests_total:deny" not in health
+
+    opcua = results["protocols"]["opcua"]
+    assert "direct" in opcua["paths"]
+    for sample in opcua["samples"]:
+        assert "failed" not in sample and sample["errors"] == sample["mismatches"] == 0, sample
+    targets = {t["target"]: t for t in results["targets"]}
+    assert targets["no errors, no mismatched replies"]["pass"] is True
+    if "ztgate" in opcua["paths"]:
+        assert targets["OPC UA 1x1 Read of 10 nodes: gateway CPU per Read"]["measured"] > 0
+
+    section = (tmp_path / "performance-section.md").read_text()
+    assert "#### enip-5tags:" in section and "#### opcua-1x1:" in section
+    assert (tmp_path / "performance-protocols.png").stat().st_size > 10_000
+
+
+def _sample(path: str, workload: str, rep: int, rps: float, gateway: float | None) -> dict[str, Any]:
+    return {
+        "path": path,
+        "workload": workload,
+        "rep": rep,
+        "req_per_s": rps,
+        "p50_us": 1e6 / rps,
+        "p99_us": 3e6 / rps,
+        "gateway_cpu_us_per_req": gateway,
+        "agent_cpu_us_per_req": None if gateway is None else 60.0,
+        "errors": 0,
+        "mismatches": 0,
+        "exception_responses": 0,
+    }
+
+
+def _results(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    results: dict[str, Any] = {
+        "meta": {
+            "date": "2026-01-01 00:00 UTC",
+            "command": "python -m bench --protocols opcua",
+            "elapsed_s": 30.0,
+            "machine": {
+                "cpu": "cpu",
+                "cores": 2,
+                "memory_gib": 1.0,
+                "os": "os",
+                "kernel": "k",
+                "python": "3.11",
+                "openssl": "OpenSSL",
+                "versions": {"haproxy": "2.6", "stunnel": "5.68", "uvloop": "0.23", "asyncua": "2.1.0"},
+                "ztgate_commit": "abc",
+            },
+            "settings": {"repeat": 3, "workloads": []},
+        },
+        "paths": {},
+        "workloads": {},
+        "samples": [],
+        "summary": {},
+        "protocols": {
+            "opcua": {
+                "name": "OPC UA",
+                "paths": {"direct": {"label": "direct"}, "ztgate": {"label": "agent -> ztgate"}},
+                "workloads": {"opcua-1x1": {"label": "Read of 10, 1 x 1", "unit": "Read"}},
+                "samples": samples,
+                "unavailable": {},
+                "settings": {"repeat": 3, "warmup_s": 1.0, "duration_s": 3.0},
+            }
+        },
+    }
+    summarize_protocols(results)
+    return results
+
+
+def test_opcua_targets_and_markdown() -> None:
+    samples = []
+    for rep, (direct, through, cpu) in enumerate(
+        [(2000, 1500, 150.0), (2100, 1400, 190.0), (1900, 1500, 170)]
+    ):
+        samples.append(_sample("direct", "opcua-1x1", rep, direct, None))
+        samples.append(_sample("ztgate", "opcua-1x1", rep, through, cpu))
+    results = _results(samples)
+    results["targets"] = evaluate_targets(results)
+    by_name = {t["target"]: t for t in results["targets"]}
+    ratio = by_name["OPC UA 1x1 Read of 10 nodes: round trips/s through ztgate"]
+    assert ratio["measured"] == pytest.approx(1500 / 2000) and ratio["pass"] is True
+    assert "per repetition 0.67-0.79" in ratio["shown"]
+    cpu = by_name["OPC UA 1x1 Read of 10 nodes: gateway CPU per Read"]
+    assert cpu["measured"] == 170.0 and cpu["pass"] is True
+    assert "the agent: 60 µs" in cpu["shown"]
+    assert by_name["8x4: ztgate req/s"]["pass"] is None  # no Modbus rows: not measured, not failed
+
+    text = render_markdown(results, None, "performance-protocols.png")
+    assert "| OPC UA | opcua-1x1 | 0.75 x | 500.0 → 666.7 | 170.0 + agent 60.0 | no stunnel path |" in text
+    assert "| EtherNet/IP (CIP) | - | - | - | - | not measured in this run |" in text
+    assert "| agent -> ztgate | 1,500 <sub>1,400-1,500</sub> |" in text
+    assert "![EtherNet/IP and OPC UA: direct against agent → ztgate](performance-protocols.png)" in text
+    assert "### Where the gateway's time goes" not in text  # nothing to show without the Modbus rows
+
+
+def test_a_failed_run_or_a_bad_reply_fails_the_error_target() -> None:
+    samples = [_sample("direct", "opcua-1x1", 0, 2000, None), _sample("ztgate", "opcua-1x1", 0, 1000, 300.0)]
+    samples[1]["errors"] = 2
+    samples.append({"path": "ztgate", "workload": "opcua-1x1", "rep": 1, "failed": "agent exited"})
+    results = _results(samples)
+    by_name = {t["target"]: t for t in evaluate_targets(results)}
+    errors = by_name["no errors, no mismatched replies"]
+    assert errors["pass"] is False and errors["shown"] == "2 errors/mismatches/refusals, 1 failed runs"
+    assert by_name["OPC UA 1x1 Read of 10 nodes: gateway CPU per Read"]["pass"] is False
