@@ -50,6 +50,13 @@ def _is_python(where: str) -> bool:
 _WAITS = frozenset(("Condition.wait", "Event.wait", "Thread.join", "sleep", "select", "Queue.get"))
 
 
+_CODECS = {
+    "modbus": "Python: Modbus codec (protocols/)",
+    "cip": "Python: CIP codec (protocols/cip/)",
+    "opcua": "Python: OPC UA codec (protocols/opcua/)",
+}
+
+
 def _is_libc(where: str) -> bool:
     return where.startswith(("libc.so", "libc-", "libpthread")) or where == "[vdso]"
 
@@ -60,7 +67,12 @@ def _is_idle(frames: list[tuple[str, str]]) -> bool:
     func, where = frames[-1]
     if func.startswith("epoll"):
         return True
-    return _is_libc(where) and any(f in _WAITS for f, _ in frames)
+    if not _is_libc(where):
+        return False
+    # An idle executor thread waits in a C queue's get() (a futex): only its Python frame is named.
+    return any(f in _WAITS for f, _ in frames) or any(
+        f == "_worker" and w.endswith("concurrent/futures/thread.py") for f, w in frames
+    )
 
 
 def _category(frames: list[tuple[str, str]]) -> str:
@@ -88,7 +100,7 @@ def _category(frames: list[tuple[str, str]]) -> str:
     for _, w in reversed(frames):
         if _is_python(w):
             if w.startswith("protocols/"):
-                return "Python: Modbus codec (protocols/)"
+                return _CODECS.get(w.split("/")[1], "Python: codec (protocols/)")
             if w.startswith("policies/"):
                 return "Python: policy decision (policies/)"
             if w in ("gateway/audit.py",):
