@@ -105,9 +105,13 @@ class Supervisor:
         return self
 
     def __exit__(self, *_: object) -> None:
+        # A second Ctrl-C or SIGTERM while the children are being stopped must not cut that short.
+        old_sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         try:
             self.stop_all()
         finally:
+            signal.signal(signal.SIGINT, old_sigint)
             signal.signal(signal.SIGTERM, self._old_sigterm)
 
     def spawn(

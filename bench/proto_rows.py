@@ -224,6 +224,8 @@ def _sample(path: ProtoPath, workload: ProtoWorkload, report: dict[str, Any]) ->
         "gateway_writes_per_req": cpu("gateway", "writes_per_request"),
         "agent_cpu_us_per_req": agent,
         "agent_cpu_util_pct": cpu("agent", "cpu_util_pct"),
+        "agent_reads_per_req": cpu("agent", "reads_per_request"),
+        "agent_writes_per_req": cpu("agent", "writes_per_request"),
         "path_cpu_us_per_req": None if gateway is None or agent is None else round(gateway + agent, 2),
         "server_cpu_us_per_req": cpu("server"),
         "loadgen_cpu_us_per_req": report.get("loadgen_cpu_us_per_request"),

@@ -57,6 +57,8 @@ PROTO_METRICS = (
     "gateway_writes_per_req",
     "agent_cpu_us_per_req",
     "agent_cpu_util_pct",
+    "agent_reads_per_req",
+    "agent_writes_per_req",
     "path_cpu_us_per_req",
     "server_cpu_us_per_req",
     "loadgen_cpu_us_per_req",
