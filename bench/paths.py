@@ -219,9 +219,10 @@ def start_gateway_process(
     overlay: int | None = None
     deadline = time.monotonic() + 10
     while overlay is None:
-        match = re.search(r"overlay on 127\.0\.0\.1:(\d+)", proc.log_tail(40))
-        if match and int(match.group(1)) in ports:
-            overlay = int(match.group(1))
+        # The last such line (a log may be appended to; asyncua logs a lot after it at start-up).
+        found = re.findall(r"overlay on 127\.0\.0\.1:(\d+)", proc.log_tail(400))
+        if found and int(found[-1]) in ports:
+            overlay = int(found[-1])
         elif time.monotonic() > deadline:
             raise ProcessError(
                 f"{name}: cannot tell the overlay port among {sorted(ports)}:\n{proc.log_tail()}"

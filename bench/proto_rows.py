@@ -137,9 +137,9 @@ def _port_from_log(proc: Proc, pattern: str, timeout_s: float = 30.0) -> int:
     deadline = time.monotonic() + timeout_s
     while True:
         ports = wait_listening(proc, timeout_s=max(0.1, deadline - time.monotonic()))
-        match = re.search(pattern, proc.log_tail(20))
-        if match and int(match.group(1)) in ports:
-            return int(match.group(1))
+        found = re.findall(pattern, proc.log_tail(20))  # the last: a log file may be appended to
+        if found and int(found[-1]) in ports:
+            return int(found[-1])
         if time.monotonic() > deadline:
             raise ProcessError(f"{proc.name}: cannot tell its port among {sorted(ports)}:\n{proc.log_tail()}")
         time.sleep(0.05)
