@@ -366,6 +366,20 @@ def test_node_patterns_on_a_call_cover_both_the_object_and_the_method() -> None:
     assert decide(p, call("Plant.Line2.Tank1", START)).verdict == "deny"
 
 
+def test_a_deny_entry_touches_a_call_through_the_object_or_the_method() -> None:
+    p = opcua_policy(
+        rule('{ preset = "read-write" }')
+        + deny_rule(f'{{ service = "Call", {NS}, node = "Plant.Line1.Tank1.Drain*" }}')
+        + deny_rule(f'{{ service = "Call", {NS}, method = {{ object = "Safety.*", method = "*" }} }}', "d2")
+    )
+    assert outcome(decide(p, call(TANK, "Plant.Line1.Tank1.DrainOpen"))) == ("deny", "d", DENIED)
+    assert outcome(decide(p, call("Plant.Line1.Tank1.DrainValve", START))) == ("deny", "d", DENIED)
+    assert outcome(decide(p, call("Safety.Interlock", START))) == ("deny", "d2", DENIED)
+    assert decide(p, call(TANK, START)).verdict == "allow"
+    # A method in a namespace the device lacks could be any method: the deny entry touches it.
+    assert outcome(decide(p, call(TANK, START, method_index=7))) == ("deny", "d", DENIED)
+
+
 def test_namespace_zero_methods_and_writes_need_an_entry_that_names_them() -> None:
     update_certificate = call(12637, 13737, object_index=0, method_index=0)
     anything = opcua_policy(rule('{ preset = "read-write" }'))
