@@ -10,17 +10,24 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-from policies import PolicyError, load_policy
+from asyncua import ua
+from asyncua.ua.ua_binary import struct_to_binary
+
+from policies import UA_NAMESPACE, PolicyError, load_policy
 from policies.cip_services import parse_service
+from policies.opcua_services import parse_attribute
 from protocols.cip import CipProtocolError, CipRequest, EPath, LogicalSegment, LogicalType, flatten
 from protocols.cip.epath import tag_path
 from protocols.cip.logix import ReadTag, WriteTag
 from protocols.cip.message_router import MessageRouterRequest
 from protocols.cip.spec import ATOMIC_TYPES, ClassCode, DataType, Service
 from protocols.modbus import ModbusProtocolError, Request, encode_request_pdu, parse_request
+from protocols.opcua import SERVICES_BY_NAME, OpcUaProtocolError, Operation, decode_request
 
 _READS = frozenset((1, 2, 3, 4))
 
@@ -110,6 +117,135 @@ def build_cip_request(args: argparse.Namespace) -> CipRequest:
     return leaf
 
 
+def parse_node_id(text: str, namespaces: list[str]) -> ua.NodeId:
+    """``ns=2;s=Plant.X``, ``i=2253`` or ``nsu=URI;s=Plant.X`` (the URI is added to ``namespaces`` when
+    the array does not have it yet)."""
+    if text.startswith("nsu="):
+        uri, separator, identifier = text[4:].partition(";")
+        if not separator:
+            raise ValueError(f"{text!r}: expected nsu=URI;s=... (or i=, g=, b=)")
+        if uri not in namespaces:
+            namespaces.append(uri)
+        text = f"ns={namespaces.index(uri)};{identifier}"
+    try:
+        return ua.NodeId.from_string(text)
+    except Exception as exc:  # asyncua raises UaStringParsingError, ValueError, ... on bad text
+        raise ValueError(f"{text!r} is not a node id: {exc}") from None
+
+
+def _ua_variant(text: str, type_name: str) -> ua.Variant:
+    kind = getattr(ua.VariantType, type_name, None)
+    if kind is None:
+        raise ValueError(
+            f"--ua-type {type_name!r}: not an OPC UA built-in type name (Double, Int32, Boolean, ...)"
+        )
+    if kind is ua.VariantType.Boolean:
+        return ua.Variant(text.lower() in ("1", "true"), kind)
+    if kind in (ua.VariantType.Float, ua.VariantType.Double):
+        return ua.Variant(float(text), kind)
+    if kind is ua.VariantType.String:
+        return ua.Variant(text, kind)
+    return ua.Variant(int(text, 0), kind)
+
+
+def _read(node: ua.NodeId, attribute: int, _method: ua.NodeId, _values: tuple[ua.Variant, ...]) -> Any:
+    item = ua.ReadValueId(NodeId=node, AttributeId=attribute)
+    return ua.ReadRequest(Parameters=ua.ReadParameters(NodesToRead=[item]))
+
+
+def _write(node: ua.NodeId, attribute: int, _method: ua.NodeId, values: tuple[ua.Variant, ...]) -> Any:
+    value = ua.DataValue(values[0] if values else ua.Variant())
+    item = ua.WriteValue(NodeId=node, AttributeId=attribute, Value=value)
+    return ua.WriteRequest(Parameters=ua.WriteParameters(NodesToWrite=[item]))
+
+
+def _call(node: ua.NodeId, _attribute: int, method: ua.NodeId, values: tuple[ua.Variant, ...]) -> Any:
+    item = ua.CallMethodRequest(ObjectId=node, MethodId=method, InputArguments=list(values))
+    return ua.CallRequest(Parameters=ua.CallParameters(MethodsToCall=[item]))
+
+
+def _browse(node: ua.NodeId, _attribute: int, _method: ua.NodeId, _values: tuple[ua.Variant, ...]) -> Any:
+    item = ua.BrowseDescription(NodeId=node)
+    return ua.BrowseRequest(Parameters=ua.BrowseParameters(NodesToBrowse=[item]))
+
+
+def _translate(node: ua.NodeId, _attribute: int, _method: ua.NodeId, _values: tuple[ua.Variant, ...]) -> Any:
+    parameters = ua.TranslateBrowsePathsToNodeIdsParameters(BrowsePaths=[ua.BrowsePath(StartingNode=node)])
+    return ua.TranslateBrowsePathsToNodeIdsRequest(Parameters=parameters)
+
+
+def _register(node: ua.NodeId, _attribute: int, _method: ua.NodeId, _values: tuple[ua.Variant, ...]) -> Any:
+    return ua.RegisterNodesRequest(Parameters=ua.RegisterNodesParameters(NodesToRegister=[node]))
+
+
+def _monitor(node: ua.NodeId, attribute: int, _method: ua.NodeId, _values: tuple[ua.Variant, ...]) -> Any:
+    item = ua.MonitoredItemCreateRequest(ItemToMonitor=ua.ReadValueId(NodeId=node, AttributeId=attribute))
+    return ua.CreateMonitoredItemsRequest(Parameters=ua.CreateMonitoredItemsParameters(ItemsToCreate=[item]))
+
+
+def _history(node: ua.NodeId, _attribute: int, _method: ua.NodeId, _values: tuple[ua.Variant, ...]) -> Any:
+    item = ua.HistoryReadValueId(NodeId=node)
+    return ua.HistoryReadRequest(Parameters=ua.HistoryReadParameters(NodesToRead=[item]))
+
+
+# A request holding the one operation explain describes, per service.
+_UA_REQUESTS: dict[str, Callable[[ua.NodeId, int, ua.NodeId, tuple[ua.Variant, ...]], Any]] = {
+    "Read": _read,
+    "Write": _write,
+    "Call": _call,
+    "Browse": _browse,
+    "TranslateBrowsePathsToNodeIds": _translate,
+    "RegisterNodes": _register,
+    "CreateMonitoredItems": _monitor,
+    "HistoryRead": _history,
+}
+
+
+def build_opcua_operation(args: argparse.Namespace) -> tuple[str, Operation | None, tuple[str, ...]]:
+    """(service, its one operation or None for a request decided as a whole, the namespace array) from
+    ``explain``'s arguments, encoded and decoded by the codec the gateway runs."""
+    service = SERVICES_BY_NAME.get(args.service or "")
+    if service is None:
+        raise ValueError(f"--service {args.service!r}: not an OPC UA service name (Read, Write, Call, ...)")
+    namespaces = [UA_NAMESPACE, *(args.namespace or ())]
+    build = _UA_REQUESTS.get(service.name)
+    if build is None:
+        if service.operations is not None:
+            raise ValueError(f"explain describes {service.name} operations only through the gateway's tables")
+        return service.name, None, tuple(namespaces)
+    if args.node is None:
+        raise ValueError(f"{service.name} reaches a node: name it with --node (ns=2;s=..., nsu=URI;s=...)")
+    node = parse_node_id(args.node, namespaces)
+    method = parse_node_id(args.method, namespaces) if args.method else ua.NodeId()
+    attribute, problem = parse_attribute(args.ua_attribute)
+    if attribute is None:
+        raise ValueError(f"--ua-attribute {args.ua_attribute!r}: {problem}")
+    values = tuple(_ua_variant(text, args.ua_type) for text in args.ua_value or ())
+    decoded_service, request = decode_request(struct_to_binary(build(node, attribute, method, values)))
+    codec = decoded_service.operations
+    assert codec is not None
+    (operation,) = codec.operations(request)
+    return service.name, operation, tuple(namespaces)
+
+
+def split_browse_path(text: str) -> tuple[str, ...]:
+    """``/Objects/{urn:x}Plant/Line1`` -> ("Objects", "{urn:x}Plant", "Line1"): slashes inside a
+    ``{URI}`` belong to the URI."""
+    parts: list[str] = []
+    current, depth = "", 0
+    for char in text:
+        if char == "/" and depth == 0:
+            if current:
+                parts.append(current)
+            current = ""
+            continue
+        depth += {"{": 1, "}": -1}.get(char, 0)
+        current += char
+    if current:
+        parts.append(current)
+    return tuple(parts)
+
+
 def _check(args: argparse.Namespace) -> int:
     try:
         policy = load_policy(args.file)
@@ -146,7 +282,13 @@ def _explain(args: argparse.Namespace) -> int:
         now = moment.timestamp()
     asset = policy.assets.get(args.asset)
     try:
-        if asset is not None and asset.protocol == "enip":
+        if asset is not None and asset.protocol == "opcua":
+            service, operation, namespaces = build_opcua_operation(args)
+            path = split_browse_path(args.browse_path) if args.browse_path else None
+            explanation = policy.explain_opcua(
+                args.subject, args.asset, service, operation, namespaces, now, path
+            )
+        elif asset is not None and asset.protocol == "enip":
             if args.service is None:
                 raise ValueError(f"{args.asset} is an EtherNet/IP asset: name a --service")
             explanation = policy.explain_enip(args.subject, args.asset, build_cip_request(args), now)
@@ -161,6 +303,9 @@ def _explain(args: argparse.Namespace) -> int:
     except CipProtocolError as exc:
         print(f"the gateway's codec refuses this request before any policy: {exc}")
         print(f"a client would get general status 0x{exc.general_status or 0:02X}")
+        return 1
+    except OpcUaProtocolError as exc:
+        print(f"the gateway's codec refuses this request before any policy: {exc}")
         return 1
     except (ValueError, OverflowError, KeyError) as exc:
         print(f"ztgate policy explain: {exc}", file=sys.stderr)
@@ -182,7 +327,7 @@ def configure(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
     explain = commands.add_parser(
         "explain",
         help="decide one request and say which rule decided",
-        description="Decide one Modbus or EtherNet/IP request as the gateway would and explain the "
+        description="Decide one Modbus, EtherNet/IP or OPC UA request as the gateway would and explain the "
         "decision. Exit status: 0 allowed, 1 refused, 2 usage or policy error.",
     )
     explain.add_argument("file", type=Path)
@@ -200,11 +345,23 @@ def configure(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
     modbus.add_argument("--write-address", type=int, help="FC 23 write address (default: --address)")
     modbus.add_argument("--write-count", type=int, help="FC 23 write count (default: --count)")
     enip = explain.add_argument_group("EtherNet/IP")
-    enip.add_argument("--service", help='service name ("write_tag") or "class/service" pair ("0x01/0x05")')
+    enip.add_argument(
+        "--service",
+        help='EtherNet/IP: service name ("write_tag") or "class/service" pair ("0x01/0x05");'
+        ' OPC UA: the service as Part 4 names it ("Read", "Write", "Call", "CreateSubscription")',
+    )
     enip.add_argument("--tag", help="tag, as Logix writes it: Recipe[3], Program:Main.Step")
     enip.add_argument("--class", dest="cip_class", type=lambda t: int(t, 0), help="class id, e.g. 0xF5")
     enip.add_argument("--instance", type=lambda t: int(t, 0))
     enip.add_argument("--attribute", type=lambda t: int(t, 0))
     enip.add_argument("--type", default="DINT", help="data type of written values (default DINT)")
     enip.add_argument("--tag-value", dest="cip_value", action="append", help="written tag value(s)")
+    opcua = explain.add_argument_group("OPC UA (with --service)")
+    opcua.add_argument("--node", help="node id: ns=2;s=Plant.Line1.Tank1.Level, nsu=URI;s=..., i=2253")
+    opcua.add_argument("--namespace", action="append", help="the device's namespace URIs from index 1 on")
+    opcua.add_argument("--ua-attribute", default="Value", help='attribute name or id (default "Value")')
+    opcua.add_argument("--method", help="Call: the method's node id (--node is the object)")
+    opcua.add_argument("--ua-value", action="append", help="written value or input argument; repeat")
+    opcua.add_argument("--ua-type", default="Double", help="built-in type of the values (default Double)")
+    opcua.add_argument("--browse-path", help="the node's browse path, e.g. /Objects/Plant/Line1")
     explain.set_defaults(func=_explain)

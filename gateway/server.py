@@ -27,6 +27,8 @@ from gateway.enip.upstream import EnipUpstreamPool
 from gateway.metrics import Metrics
 from gateway.modbus.session import ModbusSession
 from gateway.modbus.upstream import ModbusUpstreamPool
+from gateway.opcua.session import OpcUaSession
+from gateway.opcua.upstream import OpcUaPool
 from gateway.overlay import OverlayListener, SessionFactory
 from gateway.policy_store import PolicyStore
 from gateway.runtime import PoolFactory, Runtime, SessionLimits, tune_garbage_collector
@@ -36,8 +38,16 @@ from policies import Policy, PolicyError
 log = logging.getLogger("ztgate.gateway")
 
 # One entry per protocol: the session engine facing clients and the pool facing devices.
-SESSION_FACTORIES: dict[str, SessionFactory] = {"modbus": ModbusSession, "enip": EnipSession}
-POOL_FACTORIES: dict[str, PoolFactory] = {"modbus": ModbusUpstreamPool, "enip": EnipUpstreamPool}
+SESSION_FACTORIES: dict[str, SessionFactory] = {
+    "modbus": ModbusSession,
+    "enip": EnipSession,
+    "opcua": OpcUaSession,
+}
+POOL_FACTORIES: dict[str, PoolFactory] = {
+    "modbus": ModbusUpstreamPool,
+    "enip": EnipUpstreamPool,
+    "opcua": OpcUaPool,
+}
 
 
 class Gateway:

@@ -283,7 +283,7 @@ class OpcUaServerConnection:
                 refused.reason,
                 self._send_body(request_id, encode_message(fault), refused.request_handle),
             )
-        return ServiceRequest(request_id, request.RequestHeader.RequestHandle, service, request)
+        return ServiceRequest(request_id, request.RequestHeader.RequestHandle, service, request, body)
 
     def _check_sequence_number(self, received: int) -> None:
         previous = self._peer_sequence_number

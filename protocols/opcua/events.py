@@ -59,6 +59,7 @@ class ServiceRequest:
     request_handle: int  # the client's RequestHandle, saved: asyncua's client rewrites the header it sends
     service: Service
     request: Any  # asyncua's request object, e.g. ua.ReadRequest
+    body: bytes = b""  # the request as the client encoded it (type id first): relayed when unchanged
 
     @property
     def header(self) -> ua.RequestHeader:

@@ -192,6 +192,71 @@ def test_policy_explain_enip(
     assert text in captured.out + captured.err
 
 
+OPCUA_POLICY = """
+trust_domain = "plant1.example"
+
+[assets.opc-1]
+protocol = "opcua"
+upstream = "opc.tcp://127.0.0.1:4840/"
+
+[[rules]]
+id = "ops"
+subjects = ["spiffe://plant1.example/user/alice"]
+assets = ["opc-1"]
+opcua = [
+  { preset = "read-only" },
+  { service = "Write", namespace = "urn:ztgate:sim:plant", node = "Plant.*", value = "0..1500" },
+  { service = "Read", browse_path = "/Objects/{urn:ztgate:sim:plant}Plant" },
+]
+
+[[rules]]
+id = "no-server-writes"
+effect = "deny"
+subjects = ["spiffe://plant1.example/*"]
+assets = ["opc-1"]
+opcua = [{ service = "Write", node = { namespace = 0, id = "i=*" } }]
+"""
+PLANT_NODE = "nsu=urn:ztgate:sim:plant;s=Plant.Line1.Tank1.Setpoint"
+
+
+@pytest.mark.parametrize(
+    ("args", "status", "text"),
+    [
+        (["--service", "Write", "--node", PLANT_NODE, "--ua-value", "1200"], 0, "allowed by rule ops"),
+        (
+            ["--service", "Write", "--node", PLANT_NODE, "--ua-value", "2000"],
+            1,
+            "value 2000.0 outside rule ops",
+        ),
+        (
+            ["--service", "Write", "--node", PLANT_NODE, "--ua-attribute", "DisplayName"],
+            1,
+            "attribute DisplayName",
+        ),
+        (["--service", "Write", "--node", "i=2253", "--ua-value", "1"], 1, "denied by rule no-server-writes"),
+        (["--service", "Read", "--node", "ns=1;s=X", "--namespace", "urn:other"], 0, "namespaces: 0"),
+        (["--service", "AddNodes"], 1, "no rule allows AddNodes"),
+        (["--service", "Read"], 2, "name it with --node"),
+        (["--service", "Reed", "--node", "i=1"], 2, "not an OPC UA service name"),
+        (["--service", "Read", "--node", "ns=abc;i=1"], 2, "is not a node id"),
+        (
+            ["--service", "Read", "--node", "i=1", "--browse-path", "/Objects/{urn:ztgate:sim:plant}Plant/X"],
+            0,
+            "Objects/{urn:ztgate:sim:plant}Plant/X",
+        ),
+    ],
+)
+def test_policy_explain_opcua(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], status: int, text: str
+) -> None:
+    path = tmp_path / "policy.toml"
+    path.write_text(OPCUA_POLICY)
+    base = ["policy", "explain", str(path), "--subject", ALICE, "--asset", "opc-1"]
+    assert main([*base, *args]) == status
+    captured = capsys.readouterr()
+    assert text in captured.out + captured.err
+
+
 def test_client_enip_reads_and_writes_tags() -> None:
     sim = subprocess.Popen(
         [sys.executable, "-m", "gateway", "sim", "enip", "--listen", "127.0.0.1:0", "--static"],

@@ -125,6 +125,24 @@ vendors = ["spiffe://{TD}/vendor/*"]
 """
 
 
+def opcua_policy_text(device_port: int, rules: str, *, asset: str = "opc-1", asset_extra: str = "") -> str:
+    """A policy with one OPC UA asset (the simulator's endpoint on loopback) and the given rules."""
+    return f"""
+trust_domain = "{TD}"
+
+[assets.{asset}]
+protocol = "opcua"
+upstream = "opc.tcp://127.0.0.1:{device_port}/"
+{asset_extra}
+
+[groups]
+operators = ["{ALICE}", "{BOB}"]
+vendors = ["spiffe://{TD}/vendor/*"]
+
+{rules}
+"""
+
+
 def policy_text(device_port: int, rules: str, *, asset: str = "plc-1", asset_extra: str = "") -> str:
     """A policy with one Modbus asset on the test's device, the usual groups, and the given rules."""
     return f"""

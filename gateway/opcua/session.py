@@ -1,0 +1,621 @@
+"""The OPC UA session engine: one per overlay connection to an OPC UA asset.
+
+The gateway terminates the client's secure channel (SecurityPolicy None: the overlay is the security) and
+answers the Session and Discovery services itself: CreateSession and ActivateSession with a session and
+token of its own (the identity is the overlay certificate's), GetEndpoints and FindServers with its own
+endpoint (the device stays cloaked), RegisterNodes without aliases. Every other request is decided — the
+service first, then each operation on its own — and what is allowed goes to the device on the gateway's
+own session for this client. A request the policy leaves untouched travels as the client's bytes and its
+response comes back as the device's bytes; otherwise the request is cut down to the allowed operations
+and the results are spliced back with BadUserAccessDenied where operations were refused. Browse results
+lose the references to nodes the identity may not browse, and UserAccessLevel / UserExecutable say what
+the policy allows rather than what the gateway's own session may do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+from time import monotonic
+from typing import Any, ClassVar, Final
+
+from asyncua import ua
+from asyncua.ua.attribute_ids import AttributeIds
+from asyncua.ua.status_codes import StatusCodes
+from asyncua.ua.uaerrors import UaError
+
+from gateway.opcua.tracking import SUBSCRIPTION_SERVICES, TRACKED_RESPONSES, SessionTracking
+from gateway.opcua.upstream import DeviceSession, OpcUaPool, UpstreamUnavailableError
+from gateway.runtime import Runtime
+from gateway.session import Session, SessionInfo
+from policies import Decision, SubjectView, browse_path_of
+from protocols.opcua.binary import decode
+from protocols.opcua.connection import OpcUaServerConnection
+from protocols.opcua.events import CloseChannel, Hello, OpenChannel, RejectedRequest, ServiceRequest
+from protocols.opcua.messages import SERVICE_FAULT_TYPE_ID, type_id_span
+from protocols.opcua.operations import Operation, reduce_request, splice_response
+from protocols.opcua.spec import OpcUaProtocolError, Status
+
+log = logging.getLogger("ztgate.opcua")
+
+BAD_SERVER_NOT_CONNECTED: Final = StatusCodes.BadServerNotConnected
+BAD_SESSION_ID_INVALID: Final = StatusCodes.BadSessionIdInvalid
+BAD_SESSION_NOT_ACTIVATED: Final = StatusCodes.BadSessionNotActivated
+BAD_IDENTITY_TOKEN_REJECTED: Final = StatusCodes.BadIdentityTokenRejected
+BAD_TIMEOUT: Final = StatusCodes.BadTimeout
+BAD_TOO_MANY_SESSIONS: Final = StatusCodes.BadTooManySessions
+BAD_INTERNAL_ERROR: Final = StatusCodes.BadInternalError
+MAX_IN_FLIGHT = 32  # requests of one client on their way to the device (Publish requests wait long)
+MAX_PUBLISH_WAIT_S = 120.0
+ATTRIBUTE_USER_ACCESS_LEVEL = 18
+ATTRIBUTE_USER_EXECUTABLE = 22
+CURRENT_WRITE = 0x02
+# Services the gateway answers itself (the Session and Discovery sets, RegisterNodes without aliases).
+_LOCAL = frozenset(
+    (
+        "CreateSession",
+        "ActivateSession",
+        "CloseSession",
+        "GetEndpoints",
+        "FindServers",
+        "FindServersOnNetwork",
+        "RegisterNodes",
+        "UnregisterNodes",
+        "Cancel",
+    )
+)
+_AGGREGATED = frozenset(("Read", "Browse", "BrowseNext", "TranslateBrowsePathsToNodeIds", "HistoryRead"))
+
+
+def _status(code: int) -> ua.StatusCode:
+    return ua.StatusCode(ua.UInt32(code))
+
+
+def _opaque_node_id(size_bytes: int) -> ua.NodeId:
+    """A session id or authentication token nobody can guess (Part 4, 5.6.2: opaque, random)."""
+    return ua.NodeId(ua.ByteString(os.urandom(size_bytes)), ua.Int16(1), ua.NodeIdType.ByteString)
+
+
+def local_node_id(node: ua.NodeId, namespaces: tuple[str, ...]) -> ua.NodeId | None:
+    """A reference target (asyncua decodes an ExpandedNodeId without URI or server as a plain NodeId) as
+    a NodeId of the device's; None for a node on another server or in a namespace the device does not
+    list (no rule can allow those)."""
+    if not isinstance(node, ua.ExpandedNodeId):
+        return node
+    if node.ServerIndex:
+        return None
+    if not node.NamespaceUri:
+        return ua.NodeId(node.Identifier, node.NamespaceIndex, node.NodeIdType)
+    if node.NamespaceUri not in namespaces:
+        return None
+    return ua.NodeId(node.Identifier, ua.Int16(namespaces.index(node.NamespaceUri)), node.NodeIdType)
+
+
+def node_text(node: ua.NodeId | None) -> str | None:
+    return None if node is None else node.to_string()
+
+
+class OpcUaSession(Session):
+    protocol_name: ClassVar[str] = "opcua"
+
+    def __init__(self, runtime: Runtime, info: SessionInfo, view: SubjectView) -> None:
+        super().__init__(runtime, info, view)
+        self._codec = OpcUaServerConnection(random.randrange(1, 1 << 31))
+        self._device: DeviceSession | None = None
+        self._connecting: asyncio.Task[None] | None = None
+        self._session_id: ua.NodeId | None = None
+        self._token: ua.NodeId | None = None
+        self._activated = False
+        self._endpoint_url = ""
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._in_flight = 0
+        self._tracking = SessionTracking()
+        self._bind_view()
+
+    def _bind_view(self) -> None:
+        pool = self.runtime.upstreams.pool_for(self.view.asset)
+        assert isinstance(pool, OpcUaPool)
+        self._pool = pool
+        self._histogram = self.runtime.metrics.histogram("opcua", self.view.asset.name)
+
+    def _view_changed(self) -> None:
+        self._bind_view()
+
+    def _release(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self._device is not None:
+            self._pool.sessions -= 1
+            asyncio.get_running_loop().create_task(self._device.close())
+            self._device = None
+
+    def busy(self) -> bool:
+        return self._in_flight > 0
+
+    # ---------------------------------------------------------------------------- the channel
+
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closing:
+            self.transport.write(data)
+
+    def data_received(self, data: bytes) -> None:
+        codec = self._codec
+        codec.receive_data(data)
+        while not self.closing:
+            try:
+                event = codec.next_event(self.runtime.clock())
+            except OpcUaProtocolError as error:
+                self._protocol_error(error.reason)
+                if error.close:
+                    self._write(codec.send_error(error.status, error.reason))
+                    self.close(f"protocol error: {error.reason}")
+                    return
+                continue
+            if event is None:
+                return
+            if isinstance(event, Hello):
+                self._endpoint_url = event.endpoint_url
+                self._write(event.reply)
+            elif isinstance(event, OpenChannel):
+                self._write(event.reply)
+            elif isinstance(event, RejectedRequest):
+                self._write(event.reply)
+                self._protocol_error(event.reason)
+            elif isinstance(event, CloseChannel):
+                self.close("client closed the secure channel")
+                return
+            else:
+                self._service(event)
+            if self._in_flight >= MAX_IN_FLIGHT:
+                self.pause_requests("in-flight limit")
+                return
+
+    def _fault(self, event: ServiceRequest, status: int) -> None:
+        self._write(self._codec.send_service_fault(event.request_id, event.request_handle, status))
+
+    def _respond(self, event: ServiceRequest, response: Any) -> None:
+        try:
+            self._write(
+                self._codec.send_response(event.request_id, response, request_handle=event.request_handle)
+            )
+        except OpcUaProtocolError as error:  # a response asyncua cannot encode: the client still hears back
+            self._fault(event, error.status)
+
+    # ------------------------------------------------------------------------------- services
+
+    def _service(self, event: ServiceRequest) -> None:
+        self.requests += 1
+        name = event.name
+        if name in _LOCAL:
+            getattr(self, f"_local_{name}", self._local_unsupported)(event)
+            return
+        if not self._activated:
+            self._fault(event, BAD_SESSION_NOT_ACTIVATED)
+            return
+        if event.header.AuthenticationToken != self._token:
+            self._fault(event, BAD_SESSION_ID_INVALID)
+            return
+        now = self.runtime.clock()
+        decision = self.view.decide_opcua_service(name, now)
+        if not decision.allowed:
+            self._refuse_service(event, decision)
+            return
+        codec = event.service.operations
+        if codec is None:
+            self._spawn(event, self._forward_whole(event, decision))
+            return
+        operations = self._tracking.resolve(name, event.request, codec.operations(event.request))
+        if self.view.needs_browse_paths(name):
+            self._spawn(event, self._decide_on_paths(event, operations, now))
+            return
+        namespaces = self._namespaces()
+        decisions = [self.view.decide_opcua(op, namespaces, now) for op in operations]
+        self._spawn(event, self._forward_operations(event, operations, decisions))
+
+    def _refuse_service(self, event: ServiceRequest, decision: Decision) -> None:
+        self.denied += 1
+        self._count(event.name, "deny")
+        self._audit_operation(event, None, decision, "refused", None)
+        if decision.action == "close":
+            self.close(f"refused by rule {decision.rule_id}")
+        elif decision.action == "exception":
+            self._fault(event, decision.exception_code)
+
+    async def _decide_on_paths(self, event: ServiceRequest, operations: list[Operation], now: float) -> None:
+        """Decide operations where an entry names browse paths: each node's path comes from the device
+        (cached by the pool), so these decisions wait for it."""
+        namespaces = self._namespaces()
+        decisions = []
+        for op in operations:
+            path = None
+            if op.node_id is not None:
+                names = await self._pool.browse_path(op.node_id)
+                path = None if names is None else browse_path_of(names, namespaces)
+            decisions.append(self.view.decide_opcua(op, namespaces, now, path))
+        await self._forward_operations(event, operations, decisions)
+
+    def _namespaces(self) -> tuple[str, ...]:
+        if self._device is not None and self._device.namespaces:
+            return self._device.namespaces
+        return self._pool.namespaces
+
+    def _spawn(self, event: ServiceRequest, coroutine: Any) -> None:
+        self._in_flight += 1
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(lambda done: self._done(event, done))
+
+    def _done(self, event: ServiceRequest, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._in_flight -= 1
+        if not task.cancelled() and (error := task.exception()) is not None:
+            # A bug of ours must not leave the client waiting, nor let anything through: Bad, logged.
+            log.error("%s: %s request failed in the gateway", self.id, event.name, exc_info=error)
+            self._fault(event, BAD_INTERNAL_ERROR)
+        if self._in_flight < MAX_IN_FLIGHT:
+            self.resume_requests("in-flight limit")
+
+    def _timeout_s(self, event: ServiceRequest) -> float:
+        if event.name in ("Publish", "Republish"):
+            hint = event.header.TimeoutHint / 1000 if event.header.TimeoutHint else MAX_PUBLISH_WAIT_S
+            return min(max(hint, self.view.asset.response_timeout_s), MAX_PUBLISH_WAIT_S)
+        return self.view.asset.response_timeout_s
+
+    # ------------------------------------------------------------------------------ the device
+
+    async def _device_session(self) -> DeviceSession:
+        device = self._device
+        if device is not None and device.alive:
+            return device
+        if device is not None:  # lost: forget it; the next request opens a new one
+            self._device = None
+            self._pool.sessions -= 1
+            self._tracking = SessionTracking()  # the device's subscriptions went with its session
+            asyncio.get_running_loop().create_task(device.close())
+            self._audit_upstream("disconnected", "device session lost")
+        if self._connecting is None or self._connecting.done():
+            self._connecting = asyncio.get_running_loop().create_task(self._open_device())
+        await asyncio.wait({self._connecting}, timeout=self.view.asset.connect_timeout_s)
+        if self._device is None or not self._device.alive:
+            raise UpstreamUnavailableError("no session on the device")
+        return self._device
+
+    async def _open_device(self) -> None:
+        if self._pool.sessions >= self._pool.max_sessions:
+            self._audit_upstream("connect_failed", f"max_sessions ({self._pool.max_sessions}) reached")
+            return
+        device = DeviceSession(self.view.asset)
+        try:
+            await device.open()
+        except Exception as exc:  # whatever asyncua raises on the way: the device is not there
+            self._pool.connect_failures += 1
+            await device.close()
+            self._audit_upstream("connect_failed", f"{exc.__class__.__name__}: {exc}")
+            return
+        if self.closing:
+            await device.close()
+            return
+        self._device = device
+        self._pool.sessions += 1
+
+    async def _exchange(self, event: ServiceRequest, request: Any | None) -> bytes | None:
+        """Send ``request`` (an object to encode) or, when None, the client's own bytes; the device's
+        response body, or None after answering the client with a Bad status."""
+        try:
+            device = await self._device_session()
+            timeout_s = self._timeout_s(event)
+            if request is None:
+                return await device.send_raw(event.body, timeout_s)
+            return await device.send(request, timeout_s)
+        except TimeoutError:
+            self._pool.timeouts += 1
+            self._fault(event, BAD_TIMEOUT)
+        except (UpstreamUnavailableError, ConnectionError, OSError, UaError):
+            self._fault(event, BAD_SERVER_NOT_CONNECTED)
+        return None
+
+    def _decoded(self, event: ServiceRequest, body: bytes) -> Any | None:
+        """The device's response as an object; None after relaying its ServiceFault or answering a
+        response that does not decode with BadUnknownResponse."""
+        type_id, _ = type_id_span(body)
+        if type_id == SERVICE_FAULT_TYPE_ID:
+            self._relay(event, body)
+            return None
+        try:
+            response, _left = decode(event.service.response_type, body)
+        except Exception:  # asyncua raises whatever its decoders hit on bytes it cannot read
+            self._protocol_error_upstream(event)
+            return None
+        return response
+
+    def _protocol_error_upstream(self, event: ServiceRequest) -> None:
+        self.runtime.metrics.count_protocol_error("opcua", "upstream")
+        self._fault(event, Status.BAD_UNKNOWN_RESPONSE)
+
+    def _relay(self, event: ServiceRequest, body: bytes) -> None:
+        try:
+            self._write(
+                self._codec.relay_response(
+                    event.request_id, body, event.request_handle, service=event.service
+                )
+            )
+        except OpcUaProtocolError as error:
+            self.runtime.metrics.count_protocol_error("opcua", "upstream")
+            self._fault(event, error.status)
+
+    async def _forward_whole(self, event: ServiceRequest, decision: Decision) -> None:
+        started = monotonic()
+        name = event.name
+        if name not in SUBSCRIPTION_SERVICES:  # nothing of the gateway's own inside: the bytes go as they are
+            body = await self._exchange(event, None)
+            if body is not None:
+                self._relay(event, body)
+            self._account(event, None, decision, "ok" if body is not None else "device unavailable", started)
+            return
+        self._tracking.request_to_device(name, event.request)
+        body = await self._exchange(event, event.request)
+        response = None if body is None else self._decoded(event, body)
+        if response is not None:
+            self._tracking.response_to_client(name, event.request, response)
+            self._respond(event, response)
+        self._account(event, None, decision, "ok" if body is not None else "device unavailable", started)
+
+    async def _forward_operations(
+        self, event: ServiceRequest, operations: list[Operation], decisions: list[Decision]
+    ) -> None:
+        started = monotonic()
+        name = event.name
+        codec = event.service.operations
+        assert codec is not None
+        allowed = [decision.allowed for decision in decisions]
+        for op, decision in zip(operations, decisions, strict=True):
+            if not decision.allowed:
+                self.denied += 1
+                self._audit_operation(event, op, decision, "refused", None)
+        self._tracking.request_to_device(name, event.request)
+        reduction = reduce_request(codec, event.request, allowed)
+        if reduction.request is None:  # nothing allowed: the device hears nothing of it
+            self._respond(event, splice_response(reduction, None))
+            return
+        rewrite = self._needs_rewrite(name, operations)
+        if reduction.all_allowed and not rewrite and name not in TRACKED_RESPONSES:
+            body = await self._exchange(event, None)
+            if body is not None:
+                self._relay(event, body)
+            self._account_allowed(event, operations, decisions, body is not None, started)
+            return
+        body = await self._exchange(event, reduction.request)
+        response = None if body is None else self._decoded(event, body)
+        if response is not None:
+            try:
+                response = splice_response(reduction, response)
+            except OpcUaProtocolError as error:
+                self.runtime.metrics.count_protocol_error("opcua", "upstream")
+                self._fault(event, error.status)
+                response = None
+        if response is not None:
+            self._tracking.response_to_client(name, event.request, response)
+            if rewrite:
+                self._rewrite(name, operations, response)
+            self._respond(event, response)
+        self._account_allowed(event, operations, decisions, body is not None, started)
+
+    def _account_allowed(
+        self,
+        event: ServiceRequest,
+        operations: list[Operation],
+        decisions: list[Decision],
+        answered: bool,
+        started: float,
+    ) -> None:
+        outcome = "ok" if answered else "device unavailable"
+        for op, decision in zip(operations, decisions, strict=True):
+            if decision.allowed:
+                self._account(event, op, decision, outcome, started)
+
+    # ------------------------------------------------------------------ what the client is told
+
+    def _needs_rewrite(self, service: str, operations: list[Operation]) -> bool:
+        if service in ("Browse", "BrowseNext"):
+            return True
+        return service == "Read" and any(
+            op.attribute_id in (ATTRIBUTE_USER_ACCESS_LEVEL, ATTRIBUTE_USER_EXECUTABLE) for op in operations
+        )
+
+    def _rewrite(self, service: str, operations: list[Operation], response: Any) -> None:
+        now = self.runtime.clock()
+        namespaces = self._namespaces()
+        if service in ("Browse", "BrowseNext"):
+            results = response.Results if service == "Browse" else response.Parameters.Results
+            for result in results or ():
+                # A reference to a node the identity may not browse is no business of the client's.
+                result.References = [
+                    reference
+                    for reference in result.References or ()
+                    if self.view.decide_opcua(
+                        Operation("Browse", 0, None, local_node_id(reference.NodeId, namespaces)),
+                        namespaces,
+                        now,
+                    ).allowed
+                ]
+            return
+        for op, result in zip(operations, response.Results or (), strict=False):
+            value = getattr(getattr(result, "Value", None), "Value", None)
+            if op.attribute_id == ATTRIBUTE_USER_ACCESS_LEVEL and isinstance(value, int):
+                write = Operation("Write", 0, None, op.node_id, AttributeIds.Value)
+                if not self.view.decide_opcua(write, namespaces, now).allowed:
+                    result.Value.Value = value & ~CURRENT_WRITE
+            elif op.attribute_id == ATTRIBUTE_USER_EXECUTABLE and value is True:
+                call = Operation("Call", 0, None, None, method_id=op.node_id)
+                if not self.view.decide_opcua(call, namespaces, now).allowed:
+                    result.Value.Value = False
+
+    # ------------------------------------------------------------------------- local services
+
+    def _local_unsupported(self, event: ServiceRequest) -> None:
+        self._fault(event, Status.BAD_SERVICE_UNSUPPORTED)
+
+    def _local_Cancel(self, event: ServiceRequest) -> None:  # noqa: N802 - Part 4's service names
+        self._respond(event, ua.CancelResponse(Parameters=ua.CancelResult(CancelCount=0)))
+
+    def _endpoint(self) -> ua.EndpointDescription:
+        """The gateway's own endpoint: what the overlay offers, never the device's."""
+        url = self._endpoint_url or f"opc.tcp://{self.info.asset}/"
+        application = ua.ApplicationDescription(
+            ApplicationUri=f"urn:ztgate:gateway:{self.runtime.name}",
+            ProductUri="urn:ztgate",
+            ApplicationName=ua.LocalizedText(f"ztgate {self.info.asset}"),
+            ApplicationType=ua.ApplicationType.Server,
+            DiscoveryUrls=[url],
+        )
+        token = ua.UserTokenPolicy(PolicyId="anonymous", TokenType=ua.UserTokenType.Anonymous)
+        return ua.EndpointDescription(
+            EndpointUrl=url,
+            Server=application,
+            SecurityMode=ua.MessageSecurityMode.None_,
+            SecurityPolicyUri="http://opcfoundation.org/UA/SecurityPolicy#None",
+            UserIdentityTokens=[token],
+            TransportProfileUri="http://opcfoundation.org/UA-Profile/Transport/uatcp-uasc-uabinary",
+            SecurityLevel=0,
+        )
+
+    def _local_GetEndpoints(self, event: ServiceRequest) -> None:  # noqa: N802
+        self._respond(event, ua.GetEndpointsResponse(Endpoints=[self._endpoint()]))
+
+    def _local_FindServers(self, event: ServiceRequest) -> None:  # noqa: N802
+        self._respond(event, ua.FindServersResponse(Servers=[self._endpoint().Server]))
+
+    def _local_CreateSession(self, event: ServiceRequest) -> None:  # noqa: N802
+        if self._session_id is not None:  # one session per secure channel: the identity is the channel's
+            self._fault(event, BAD_TOO_MANY_SESSIONS)
+            return
+        self._session_id = _opaque_node_id(16)
+        self._token = _opaque_node_id(32)
+        requested = event.request.Parameters.RequestedSessionTimeout or 60_000
+        result = ua.CreateSessionResult(
+            SessionId=self._session_id,
+            AuthenticationToken=self._token,
+            RevisedSessionTimeout=min(max(requested, 10_000), 3_600_000),
+            ServerNonce=os.urandom(32),
+            ServerEndpoints=[self._endpoint()],
+            MaxRequestMessageSize=self._codec.max_message_size,
+        )
+        self._respond(event, ua.CreateSessionResponse(Parameters=result))
+
+    def _local_ActivateSession(self, event: ServiceRequest) -> None:  # noqa: N802
+        if self._token is None or event.header.AuthenticationToken != self._token:
+            self._fault(event, BAD_SESSION_ID_INVALID)
+            return
+        token = event.request.Parameters.UserIdentityToken
+        if token is not None and not isinstance(token, ua.AnonymousIdentityToken | ua.ExtensionObject):
+            # Who the user is, the overlay certificate says; a second identity would only confuse.
+            self._fault(event, BAD_IDENTITY_TOKEN_REJECTED)
+            return
+        self._spawn(event, self._activate(event))
+
+    async def _activate(self, event: ServiceRequest) -> None:
+        try:
+            await self._device_session()
+        except UpstreamUnavailableError:
+            pass  # the session exists here all the same: requests get Bad until the device is back
+        self._activated = True
+        result = ua.ActivateSessionResult(ServerNonce=os.urandom(32))
+        self._respond(event, ua.ActivateSessionResponse(Parameters=result))
+
+    def _local_CloseSession(self, event: ServiceRequest) -> None:  # noqa: N802
+        self._activated = False
+        self._token = None
+        self._session_id = None
+        self._respond(event, ua.CloseSessionResponse())
+
+    def _local_RegisterNodes(self, event: ServiceRequest) -> None:  # noqa: N802
+        # No aliases: a registered node is itself, so every later use is decided on the real id.
+        nodes = list(event.request.Parameters.NodesToRegister or ())
+        self._respond(
+            event, ua.RegisterNodesResponse(Parameters=ua.RegisterNodesResult(RegisteredNodeIds=nodes))
+        )
+
+    def _local_UnregisterNodes(self, event: ServiceRequest) -> None:  # noqa: N802
+        self._respond(event, ua.UnregisterNodesResponse())
+
+    # ------------------------------------------------------------------------------------ audit
+
+    def _base(self, kind: str) -> dict[str, Any]:
+        return {
+            "event": kind,
+            "session": self.id,
+            "identity": self.info.identity,
+            "asset": self.info.asset,
+            "protocol": "opcua",
+            "policy_revision": self.view.policy_revision,
+        }
+
+    def _protocol_error(self, reason: str) -> None:
+        self.runtime.metrics.count_protocol_error("opcua", "client")
+        event = self._base("protocol_error")
+        event.update(side="client", reason=reason)
+        self.runtime.audit.emit(event)
+
+    def _audit_upstream(self, state: str, reason: str | None) -> None:
+        event = self._base("upstream")
+        event.update(state=state, reason=reason)
+        self.runtime.audit.emit(event)
+
+    def _account(
+        self, event: ServiceRequest, op: Operation | None, decision: Decision, outcome: str, started: float
+    ) -> None:
+        latency_s = monotonic() - started
+        self._histogram.observe(latency_s)
+        self._count(event.name, decision.verdict)
+        if (
+            outcome == "ok"
+            and decision.verdict == "allow"
+            and event.name in _AGGREGATED
+            and self.runtime.audit.aggregates_reads
+        ):
+            fields = self._base("decision")
+            fields.update(service=event.name, decision="allow", rule=decision.rule_id)
+            key = (self.id, event.name, decision.rule_id, self.view.policy_revision)
+            self.runtime.audit.aggregate_read(key, fields, None, latency_s)
+            return
+        self._audit_operation(event, op, decision, outcome, latency_s)
+
+    def _audit_operation(
+        self,
+        event: ServiceRequest,
+        op: Operation | None,
+        decision: Decision,
+        outcome: str,
+        latency_s: float | None,
+    ) -> None:
+        record = self._base("decision")
+        record["service"] = event.name
+        if op is not None:
+            record["index"] = op.index
+            if op.node_id is not None:
+                record["node"] = node_text(op.node_id)
+            if op.attribute_id is not None:
+                record["attribute"] = op.attribute_id
+            if op.method_id is not None:
+                record["method"] = node_text(op.method_id)
+            if op.value is not None:
+                record["values"] = str(op.value.Value.Value)[:200] if op.value.Value is not None else None
+        record["decision"] = decision.verdict
+        record["rule"] = decision.rule_id
+        if decision.verdict != "allow":
+            record["reason"] = decision.reason
+            record["status"] = decision.exception_code
+        if decision.monitor_rule_id is not None:
+            record["monitor_rule"] = decision.monitor_rule_id
+        record["outcome"] = outcome
+        if latency_s is not None:
+            record["latency_us"] = int(latency_s * 1e6)
+        self.runtime.audit.emit(record)
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        info["in_flight"] = self._in_flight
+        info["device_session"] = self._device is not None and self._device.alive
+        return info

@@ -1,0 +1,294 @@
+"""OPC UA towards the device: the gateway's own secure channel and session per client session.
+
+Subscriptions, monitored items and continuation points live in an OPC UA session, so every client session
+gets a device session of its own (:class:`DeviceSession`), opened with asyncua's client stack under the
+asset's security settings. Requests go out through one adapter over asyncua's private request call — the
+only place that touches asyncua's internals (hence asyncua pinned to 2.1.x) — either as a request object
+(re-encoded) or, when the policy forwards a request unchanged, as the client's own bytes with the header
+fields that belong to the gateway's session patched in (no decode, no re-encode). Responses come back as
+bytes, to be relayed or decoded by the session engine.
+
+The asset's pool (:class:`OpcUaPool`) holds one control session of its own: it keeps readiness honest
+(``/readyz``), reads the device's namespace array (which policies need to resolve namespace URIs) and
+counts device sessions against ``max_sessions``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import struct
+from pathlib import Path
+from typing import Any, ClassVar
+
+from asyncua import ua
+from asyncua.client.client import Client
+from asyncua.ua.object_ids import ObjectIds
+from asyncua.ua.ua_binary import nodeid_from_binary, nodeid_to_binary
+from asyncua.ua.uaerrors import UaError
+from cryptography import x509
+
+from gateway.metrics import UpstreamState
+from gateway.runtime import Runtime
+from policies import Asset
+from protocols.opcua.binary import StrictBuffer
+from protocols.opcua.messages import type_id_span
+
+log = logging.getLogger("ztgate.opcua.upstream")
+
+_U32 = struct.Struct("<I")
+_TIMESTAMP_BYTES = 8
+BACKOFF_INITIAL_S = 0.1
+BACKOFF_MAX_S = 5.0
+MAX_BROWSE_DEPTH = 32  # hierarchy levels between the Root and a node; deeper is a loop or a trap
+MAX_CACHED_PATHS = 10_000
+ROOT = ua.NodeId(ua.Int32(ObjectIds.RootFolder), ua.Int16(0))
+
+
+class UpstreamUnavailableError(Exception):
+    """The device session is not there (not yet, or no more): answer Bad, do not wait."""
+
+
+class DeviceSession:
+    """One asyncua client session on the device, for one client session of the gateway."""
+
+    def __init__(self, asset: Asset) -> None:
+        self.asset = asset
+        self.client = Client(asset.endpoint_url, timeout=asset.response_timeout_s)
+        self.namespaces: tuple[str, ...] = ()
+        self.closed = False
+
+    async def open(self) -> None:
+        password = await asyncio.to_thread(read_password, self.asset)
+        await configure_security(self.client, self.asset, password)
+        async with asyncio.timeout(self.asset.connect_timeout_s):
+            await self.client.connect(auto_reconnect=False)
+            self.namespaces = tuple(await self.client.get_namespace_array())
+
+    @property
+    def alive(self) -> bool:
+        protocol = self.client.uaclient.protocol
+        return not self.closed and protocol is not None and protocol.transport is not None
+
+    def _protocol(self) -> Any:
+        protocol = self.client.uaclient.protocol
+        if self.closed or protocol is None or protocol.transport is None:
+            raise UpstreamUnavailableError("no session on the device")
+        return protocol
+
+    async def send(self, request: Any, timeout_s: float) -> bytes:
+        """Forward a request object (asyncua sets our handle, token and timeout in its header)."""
+        future = self._protocol()._send_request(request, timeout_s)
+        return bytes(await asyncio.wait_for(future, timeout_s))
+
+    async def send_raw(self, body: bytes, timeout_s: float) -> bytes:
+        """Forward the client's own request bytes, with our authentication token and request handle."""
+        protocol = self._protocol()
+        protocol._request_handle += 1
+        patched = patch_request_header(body, protocol.authentication_token, protocol._request_handle)
+        request_id = protocol._request_id + 1
+        protocol.revolve_security_token()
+        message = protocol._connection.message_to_binary(
+            patched, message_type=ua.MessageType.SecureMessage, request_id=request_id
+        )
+        protocol._request_id = request_id
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        protocol._callbackmap[request_id] = future
+        protocol.transport.write(message)
+        return bytes(await asyncio.wait_for(future, timeout_s))
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            async with asyncio.timeout(2):
+                await self.client.disconnect()
+        except Exception:  # the device may be gone already: nothing to say goodbye to
+            self.client.disconnect_socket()
+
+
+def patch_request_header(body: bytes, token: ua.NodeId, request_handle: int) -> bytes:
+    """``body`` (type id, RequestHeader, parameters) with the AuthenticationToken and RequestHandle of the
+    gateway's device session. Part 4, 7.32: the header starts AuthenticationToken (NodeId), Timestamp,
+    RequestHandle."""
+    _type_id, start = type_id_span(body)
+    buffer = StrictBuffer(body, start)
+    nodeid_from_binary(buffer)
+    after_token = len(body) - len(buffer)
+    handle_at = after_token + _TIMESTAMP_BYTES
+    return b"".join(
+        (
+            body[:start],
+            nodeid_to_binary(token),
+            body[after_token:handle_at],
+            _U32.pack(request_handle),
+            body[handle_at + 4 :],
+        )
+    )
+
+
+def read_password(asset: Asset) -> str | None:
+    """The device password from the asset's ``password_file``, read for every new device session so a
+    changed file takes effect without a restart."""
+    password_file = asset.user.password_file
+    return Path(password_file).read_text().strip() if password_file else None
+
+
+def application_uri(certificate: Path) -> str | None:
+    """The URI in a certificate's subjectAltName (PEM or DER), if it has one."""
+    data = certificate.read_bytes()
+    cert = (
+        x509.load_pem_x509_certificate(data)
+        if b"-----BEGIN" in data
+        else x509.load_der_x509_certificate(data)
+    )
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    uris = names.get_values_for_type(x509.UniformResourceIdentifier)
+    return uris[0] if uris else None
+
+
+async def configure_security(client: Client, asset: Asset, password: str | None) -> None:
+    """The asset's security policy, mode and user token on an asyncua client."""
+    if asset.application_cert is not None:
+        # The ApplicationUri the gateway states must be the one in its certificate (Part 4, 5.6.2).
+        uri = await asyncio.to_thread(application_uri, Path(asset.application_cert))
+        if uri is not None:
+            client.application_uri = uri
+    if asset.security_mode != "None":
+        if asset.application_cert is None or asset.application_key is None:
+            raise ValueError(
+                f"{asset.name}: {asset.security_policy} {asset.security_mode} needs application_cert"
+                " and application_key"
+            )
+        await client.set_security_string(
+            f"{asset.security_policy},{asset.security_mode},{asset.application_cert},{asset.application_key}"
+        )
+    user = asset.user
+    if user.kind == "username" and user.username:
+        client.set_user(user.username)
+        if password is not None:
+            client.set_password(password)
+    elif user.kind == "certificate" and asset.application_cert and asset.application_key:
+        await client.load_client_certificate(asset.application_cert)
+        await client.load_private_key(Path(asset.application_key))
+
+
+class OpcUaPool:
+    """An asset's control session, the count of device sessions, and what metrics and readiness see."""
+
+    protocol_name: ClassVar[str] = "opcua"
+
+    def __init__(self, asset: Asset, runtime: Runtime) -> None:
+        self.asset = asset
+        self.runtime = runtime
+        self.control: DeviceSession | None = None
+        self.sessions = 0
+        self.connect_failures = 0
+        self.timeouts = 0
+        self.late_replies = 0
+        self._task: asyncio.Task[None] | None = None
+        self._retired = False
+        self.last_error: str | None = None
+        self.namespaces: tuple[str, ...] = ()
+        self._paths: dict[ua.NodeId, tuple[ua.QualifiedName, ...] | None] = {}
+
+    @property
+    def max_sessions(self) -> int:
+        return self.asset.max_sessions
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._keep_control())
+
+    def retire(self) -> None:
+        self._retired = True
+        if self._task is not None:
+            self._task.cancel()
+        if self.control is not None:
+            asyncio.get_running_loop().create_task(self.control.close())
+            self.control = None
+
+    async def _keep_control(self) -> None:
+        backoff_s = BACKOFF_INITIAL_S
+        while not self._retired:
+            session = DeviceSession(self.asset)
+            try:
+                await session.open()
+            except (OSError, TimeoutError, ConnectionError, UaError) as exc:
+                self.connect_failures += 1
+                self._event("connect_failed", f"{exc.__class__.__name__}: {exc}")
+                await session.close()
+                await asyncio.sleep(backoff_s * (0.5 + random.random() / 2))
+                backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
+                continue
+            backoff_s = BACKOFF_INITIAL_S
+            self.control, self.namespaces = session, session.namespaces
+            self._paths.clear()  # a restarted device may have a new address space
+            self._event("connected", None)
+            # asyncua's own watchdog reads ServerState and owns the connection-lost hook; the pool
+            # only looks at the socket once a second.
+            while session.alive and not self._retired:  # noqa: ASYNC110
+                await asyncio.sleep(1.0)
+            self.control = None
+            if not self._retired:
+                self._event("disconnected", "control session lost")
+            await session.close()
+
+    async def browse_path(self, node_id: ua.NodeId) -> tuple[ua.QualifiedName, ...] | None:
+        """The browse names from below the Root down to ``node_id``, following the first hierarchical
+        parent the device reports at each level (asyncua's ``get_parent``), on the control session;
+        cached per node. None when the device is not there or the node has no way up to the Root."""
+        return await self._path(node_id, MAX_BROWSE_DEPTH)
+
+    async def _path(self, node_id: ua.NodeId, depth: int) -> tuple[ua.QualifiedName, ...] | None:
+        if node_id == ROOT:
+            return ()
+        if node_id in self._paths:
+            return self._paths[node_id]
+        control = self.control
+        if control is None or depth == 0:
+            return None
+        node = control.client.get_node(node_id)
+        try:
+            name = await node.read_browse_name()
+            parent = await node.get_parent()
+        except (UaError, OSError, TimeoutError, ConnectionError):
+            return None  # not cached: the next request asks again
+        above = None if parent is None else await self._path(parent.nodeid, depth - 1)
+        path = None if above is None else (*above, name)
+        if len(self._paths) >= MAX_CACHED_PATHS:
+            self._paths.clear()
+        self._paths[node_id] = path
+        return path
+
+    def state(self) -> UpstreamState:
+        return UpstreamState(
+            asset=self.asset.name,
+            protocol="opcua",
+            connected=1 if self.control is not None and self.control.alive else 0,
+            max_connections=self.max_sessions,
+            in_flight=self.sessions,
+            queued=0,
+            late_replies=self.late_replies,
+            timeouts=self.timeouts,
+            connect_failures=self.connect_failures,
+        )
+
+    def _event(self, kind: str, reason: str | None) -> None:
+        if kind == "connect_failed" and reason == self.last_error:
+            return
+        self.last_error = reason
+        event: dict[str, Any] = {
+            "event": "upstream",
+            "asset": self.asset.name,
+            "protocol": "opcua",
+            "state": kind,
+            "upstream": self.asset.endpoint_url,
+        }
+        if reason is not None:
+            event["reason"] = reason
+        self.runtime.audit.emit(event)
