@@ -32,11 +32,10 @@ from policies.opcua_match import (
     target_covers,
     target_miss,
     value_miss,
-    values_cover,
     values_touch,
 )
 from policies.opcua_nodes import UA_NAMESPACE
-from policies.opcua_operations import operation_text
+from policies.opcua_operations import Number, operation_text, written
 from policies.opcua_services import COUPLED_SERVICES
 from protocols.opcua.operations import Operation
 
@@ -182,48 +181,42 @@ class OpcuaTable:
         else:
             key = self.key(operation, namespaces)
         lists = self.node_lists.get(key)
-        f: Facts | None = None
         if lists is None:
-            f = self.facts(operation, namespaces, path)
-            lists = self._lists_for(key, f)
+            lists = self._lists_for(key, self.facts(operation, namespaces, path))
         deny, allow, monitor_deny = lists
+        # What the operation writes is looked at only when an entry bounds values or denies.
+        writes: bool | None = None
+        numbers: tuple[Number, ...] | None = None
         if deny:
-            f = f or self.facts(operation, namespaces, path)
+            writes, numbers = written(operation)
             for c in deny:
-                if self._rest_touches(c, f, now):
-                    return self.view.deny(
-                        c.rule_id, deny_kind(c), f"denied by rule {c.rule_id}: {self._text(f, namespaces)}"
-                    )
+                if _rest_touches(c, writes, numbers, path, now):
+                    return self._denied_by(c, self.facts(operation, namespaces, path), namespaces)
         for c in allow:
             if c.window is not None and not c.window.is_open(now):
                 continue
             if c.paths is not None and not path_covers(c.paths, path):
                 continue
-            if c.values is not None:
-                f = f or self.facts(operation, namespaces, path)
-                if not values_cover(c.values, f.writes, f.numbers):
+            values = c.values
+            if values is not None:
+                if writes is None:
+                    writes, numbers = written(operation)
+                if writes and (numbers is None or not values.covers(numbers)):
                     continue
             break
         else:
-            return self.default_deny(f or self.facts(operation, namespaces, path), namespaces, now)
+            return self.default_deny(self.facts(operation, namespaces, path), namespaces, now)
         if monitor_deny:
-            f = f or self.facts(operation, namespaces, path)
+            if writes is None:
+                writes, numbers = written(operation)
             for m in monitor_deny:
-                if self._rest_touches(m, f, now):
+                if _rest_touches(m, writes, numbers, path, now):
                     return self._allow_with_monitor(c.rule_id, m.rule_id)
         return c.decision
 
-    @staticmethod
-    def _rest_touches(c: OpcuaCandidate, f: Facts, now: float) -> bool:
-        """The fields of a deny entry that depend on the operation itself (window, path, values)."""
-        if c.window is not None and not c.window.is_open(now):
-            return False
-        if c.paths is not None and not path_touches(c.paths, f.path):
-            return False
-        return c.values is None or values_touch(c.values, f.writes, f.numbers)
-
-    def _text(self, f: Facts, namespaces: Sequence[str]) -> str:
-        return operation_text(f.operation, namespaces, f.path)
+    def _denied_by(self, c: OpcuaCandidate, f: Facts, namespaces: Sequence[str]) -> Decision:
+        reason = f"denied by rule {c.rule_id}: {operation_text(f.operation, namespaces, f.path)}"
+        return self.view.deny(c.rule_id, deny_kind(c), reason)
 
     def _allow_with_monitor(self, allowed: str, monitor: str) -> Decision:
         key = (allowed, monitor)
@@ -273,6 +266,21 @@ class OpcuaTable:
         if best_level == 2:
             return view.deny(best.rule_id, "value", value_miss(best, f) + suffix, monitor_id)
         return view.deny(best.rule_id, "address", target_miss(best, self.service, f) + suffix, monitor_id)
+
+
+def _rest_touches(
+    c: OpcuaCandidate,
+    writes: bool,
+    numbers: tuple[Number, ...] | None,
+    path: Sequence[str] | None,
+    now: float,
+) -> bool:
+    """The fields of a deny entry that depend on the operation itself (window, path, values)."""
+    if c.window is not None and not c.window.is_open(now):
+        return False
+    if c.paths is not None and not path_touches(c.paths, path):
+        return False
+    return c.values is None or values_touch(c.values, writes, numbers)
 
 
 def couple(own: Decision, read: Decision, service: str) -> Decision:

@@ -160,6 +160,9 @@ class MethodPair:
         methods = ", ".join(str(p) for p in self.methods)
         return f"object {objects} method {methods}"
 
+    def __repr__(self) -> str:
+        return f"MethodPair({self})"
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, MethodPair) and (self.objects, self.methods) == (
             other.objects,

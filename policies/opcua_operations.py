@@ -98,7 +98,15 @@ def written(operation: Operation) -> tuple[bool, Written]:
     service = operation.service
     if service == "Write":
         value = operation.value
-        return True, None if value is None else variant_numbers(value.Value)
+        if value is None:
+            return True, None
+        variant = value.Value
+        # The common bounded write, a numeric scalar, without the general walk.
+        if type(variant) is ua.Variant and variant.VariantType in NUMERIC_VARIANTS:
+            scalar = variant.Value
+            if type(scalar) in (int, float, bool):
+                return True, (scalar,)
+        return True, variant_numbers(variant)
     if service == "Call" and operation.arguments:
         numbers: list[Number] = []
         for argument in operation.arguments:

@@ -1,5 +1,5 @@
-"""Policy figures: decision cost at 10 / 1,000 / 10,000 rules (Modbus and EtherNet/IP) and the load
-time of 10,000 rules.
+"""Policy figures: decision cost at 10 / 1,000 / 10,000 rules (Modbus, EtherNet/IP and OPC UA) and the
+load time of 10,000 rules.
 
     python tests/policies/bench_policy.py
 
@@ -16,6 +16,8 @@ import time
 import timeit
 from pathlib import Path
 
+from asyncua import ua
+
 from policies import toml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -24,8 +26,15 @@ from policies import SubjectView, parse_policy
 from protocols.cip import CipRequest
 from protocols.cip.spec import DataType
 from protocols.modbus.pdu import Request, parse_request
+from protocols.opcua.operations import Operation
 from tests.policies.enip_helpers import attribute_request, by_instance, read_tag, write_tag
-from tests.policies.gen_policy import bench_subject, generate_enip_policy, generate_policy
+from tests.policies.gen_policy import (
+    bench_subject,
+    generate_enip_policy,
+    generate_opcua_policy,
+    generate_policy,
+)
+from tests.policies.opcua_helpers import NAMESPACES, call, monitor, read, write
 
 NOW = 1_795_000_000.0  # Wednesday 2026-11-18 11:06 UTC: inside the generated day-shift window
 CASES: list[tuple[str, Request]] = [
@@ -53,8 +62,26 @@ ENIP_CASES: list[tuple[str, CipRequest]] = [
 ]
 
 
-def decide_ns(view: SubjectView, request: Request | CipRequest, number: int = 200_000) -> float:
-    if isinstance(request, CipRequest):
+SETPOINT = "Plant.Line1.Tank1.Setpoint"
+OPCUA_CASES: list[tuple[str, Operation]] = [
+    ("allow Read Tank1.Level", read("Plant.Line1.Tank1.Level")),
+    ("allow Write Setpoint=1200.0 Double", write(SETPOINT, 1200.0, ua.VariantType.Double)),
+    ("allow Write Setpoint=1200 Int32", write(SETPOINT, 1200, ua.VariantType.Int32)),
+    ("allow Call Tank1.Start", call("Plant.Line1.Tank1", "Plant.Line1.Tank1.Start")),
+    ("allow CreateMonitoredItems Level", monitor("Plant.Line1.Tank1.Level")),
+    ("deny Write Setpoint=3000.0 (value)", write(SETPOINT, 3000.0, ua.VariantType.Double)),
+    ("deny Write AccessLevel (attribute)", write(SETPOINT, 3, ua.VariantType.Byte, attribute=17)),
+    ("deny Read Recipes.R1 (rule)", read("Plant.Recipes.R1")),
+    ("deny Read Line2 (node)", read("Plant.Line2.Tank1.Level")),
+    ("deny Call Line2.Start (pair)", call("Plant.Line1.Tank1", "Plant.Line2.Tank1.Start")),
+]
+
+
+def decide_ns(view: SubjectView, request: Request | CipRequest | Operation, number: int = 200_000) -> float:
+    if isinstance(request, Operation):
+        decide_opcua = view.decide_opcua
+        best = min(timeit.repeat(lambda: decide_opcua(request, NAMESPACES, NOW), number=number, repeat=5))
+    elif isinstance(request, CipRequest):
         decide_enip = view.decide_enip
         best = min(timeit.repeat(lambda: decide_enip(request, NOW), number=number, repeat=5))
     else:
@@ -85,6 +112,15 @@ def main() -> None:
         verdicts = {enip_views[n].decide_enip(cip, NOW).verdict for n in sizes}
         assert len(verdicts) == 1 and name.startswith(verdicts.pop()), name
         print(f"{name:<36}" + "".join(f"{decide_ns(enip_views[n], cip):>16.0f}" for n in sizes))
+    opcua_views: dict[int, SubjectView] = {}
+    for n in sizes:
+        view = parse_policy(generate_opcua_policy(n)).view(bench_subject(), "opc-1")
+        assert view is not None
+        opcua_views[n] = view
+    for name, operation in OPCUA_CASES:
+        verdicts = {opcua_views[n].decide_opcua(operation, NAMESPACES, NOW).verdict for n in sizes}
+        assert len(verdicts) == 1 and name.startswith(verdicts.pop()), name
+        print(f"{name:<36}" + "".join(f"{decide_ns(opcua_views[n], operation):>16.0f}" for n in sizes))
 
     text = generate_policy(10_000)
     loads, parses = [], []

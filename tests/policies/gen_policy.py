@@ -1,7 +1,8 @@
 """Generate large, valid policy files for benchmarks and scale tests.
 
 ``generate_policy(n)`` returns the text of an ``n``-rule policy (``generate_enip_policy(n)`` the same for
-an EtherNet/IP asset, with tag patterns and value bounds). The first three rules give
+an EtherNet/IP asset, with tag patterns and value bounds; ``generate_opcua_policy(n)`` for an OPC UA
+asset, with node patterns, browse paths, method pairs and value bounds). The first three rules give
 :func:`bench_subject` a typical view of the asset - a read/bounded-write allow rule, a group rule with a
 working-hours window, and a deny rule for every identity of the domain - so a benchmark deciding for
 that identity measures a realistic table, the same whatever ``n`` is. Every further rule is for some
@@ -13,7 +14,7 @@ the file is large but the benchmark identity's view does not grow with it.
 
 from __future__ import annotations
 
-__all__ = ["bench_subject", "generate_enip_policy", "generate_policy"]
+__all__ = ["PLANT_URI", "bench_subject", "generate_enip_policy", "generate_opcua_policy", "generate_policy"]
 
 
 def bench_subject(trust_domain: str = "plant1.example") -> str:
@@ -166,6 +167,86 @@ def generate_enip_policy(
     bench = _enip_bench_rules(trust_domain, asset)
     for index in range(n_rules):
         rule = bench[index] if index < len(bench) else _enip_filler_rule(index, trust_domain, asset)
+        lines.append("[[rules]]")
+        lines.extend(rule)
+        lines.append("")
+    return "\n".join(lines)
+
+
+PLANT_URI = "urn:ztgate:sim:plant"
+
+
+def _opcua_bench_rules(trust_domain: str, asset: str) -> list[list[str]]:
+    ns = f'namespace = "{PLANT_URI}"'
+    return [
+        [
+            'id = "bench-operator"',
+            f'subjects = ["{bench_subject(trust_domain)}"]',
+            f'assets = ["{asset}"]',
+            f'opcua = [{{ preset = "read-only", {ns}, node = ["Plant", "Plant.Line1", "Plant.Line1.*"] }},'
+            f' {{ service = "Write", {ns}, node = "Plant.Line1.Tank1.Setpoint", value = "0..2500" }},'
+            f' {{ service = "Call", {ns},'
+            ' method = { object = "Plant.Line1.Tank1",'
+            ' method = ["Plant.Line1.Tank1.Start", "Plant.Line1.Tank1.Stop"] } }]',
+        ],
+        [
+            'id = "operators-day-shift"',
+            'subjects = ["group:operators"]',
+            f'assets = ["{asset}"]',
+            f'opcua = [{{ service = "Write", {ns}, node = "Plant.Line1.Tank1.DrainCommand" }}]',
+            'when = { days = "mon-fri", hours = "06:00-18:00", tz = "Europe/Berlin" }',
+        ],
+        [
+            'id = "no-one-reads-recipes"',
+            'effect = "deny"',
+            f'subjects = ["spiffe://{trust_domain}/*"]',
+            f'assets = ["{asset}"]',
+            f'opcua = [{{ preset = "read-write", {ns}, node = "Plant.Recipes.*" }}]',
+        ],
+    ]
+
+
+def _opcua_filler_rule(index: int, trust_domain: str, asset: str) -> list[str]:
+    if index % 5 == 0:
+        subject = f"spiffe://{trust_domain}/vendor/v{index}/*"
+    else:
+        subject = f"spiffe://{trust_domain}/user/u{index:05d}"
+    lines = [f'id = "rule-{index:05d}"', f'subjects = ["{subject}"]', f'assets = ["{asset}"]']
+    area = f"Plant.Area{index % 50}"
+    if index % 7 == 0:
+        lines.append('effect = "deny"')
+        lines.append(
+            f'opcua = [{{ service = "Write", namespace = "{PLANT_URI}", node = "{area}.*",'
+            ' value = "1000..65535" }]'
+        )
+    else:
+        lines.append(
+            f'opcua = [{{ preset = "read-only", namespace = "{PLANT_URI}",'
+            f' node = ["{area}.*", "i={index}-{index + 99}"] }},'
+            f' {{ service = "Write", namespace = "{PLANT_URI}", node = "{area}.Setpoint",'
+            f' value = "0..{index % 1000 + 1}" }},'
+            f' {{ service = "Read", browse_path = "/Objects/Area{index % 50}" }}]'
+        )
+    if index % 11 == 0:
+        lines.append('mode = "monitor"')
+    if index % 3 == 0:
+        lines.append('when = { days = "mon-sat", hours = "22:00-06:00", tz = "America/New_York" }')
+    return lines
+
+
+def generate_opcua_policy(
+    n_rules: int,
+    *,
+    trust_domain: str = "plant1.example",
+    asset: str = "opc-1",
+    upstream: str = "opc.tcp://127.0.0.1:4840/",
+) -> str:
+    """The text of a valid policy with ``n_rules`` rules on one OPC UA asset (nodes in PLANT_URI)."""
+    lines = _head(trust_domain, asset, upstream)
+    lines[3:6] = ['protocol = "opcua"', f'upstream = "{upstream}"']
+    bench = _opcua_bench_rules(trust_domain, asset)
+    for index in range(n_rules):
+        rule = bench[index] if index < len(bench) else _opcua_filler_rule(index, trust_domain, asset)
         lines.append("[[rules]]")
         lines.extend(rule)
         lines.append("")
