@@ -218,11 +218,12 @@ def _browsed(tracking: SessionTracking, request: Any, response: Any) -> None:
 
 def _browsed_next(tracking: SessionTracking, request: Any, response: Any) -> None:
     parameters = request.Parameters
-    for point, result in zip(
-        parameters.ContinuationPoints or (), response.Parameters.Results or (), strict=False
-    ):
-        node = tracking._points.pop(bytes(point), None)
-        if result.ContinuationPoint and node is not None and not parameters.ReleaseContinuationPoints:
+    # Every point sent is used up (or released), whatever came back.
+    nodes = [tracking._points.pop(bytes(point), None) for point in parameters.ContinuationPoints or ()]
+    if parameters.ReleaseContinuationPoints:
+        return
+    for node, result in zip(nodes, response.Parameters.Results or (), strict=False):
+        if result.ContinuationPoint and node is not None:
             tracking._points.remember(bytes(result.ContinuationPoint), node)
 
 

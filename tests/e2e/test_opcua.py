@@ -683,3 +683,100 @@ def test_damaged_requests_through_the_gateway_while_a_client_reads(pki: Pki, tmp
         loop.run_until_complete(lab.close())
         loop.run_until_complete(plc.stop())
         loop.close()
+
+
+# ----------------------------------------------------------------- what the gateway maps back
+
+
+async def test_browse_next_is_decided_on_the_node_its_continuation_point_came_from(
+    lab: Lab, plc: OpcUaSim
+) -> None:
+    rules = f"""
+[[rules]]
+id = "tank-view"
+subjects = ["group:operators"]
+assets = ["opc-1"]
+opcua = [{{ service = ["Browse", "BrowseNext"], {NS}, node = ["{TANK}", "{TANK}.*"] }}]
+"""
+    url = await _lab(lab, plc, rules)
+    async with Client(url, timeout=5) as client:
+        ns = plc.namespace_index
+        description = ua.BrowseDescription(
+            NodeId=tank(ns),
+            BrowseDirection=ua.BrowseDirection.Forward,
+            ReferenceTypeId=ua.NodeId(ua.ObjectIds.HierarchicalReferences),
+            IncludeSubtypes=True,
+            ResultMask=ua.BrowseResultMask.All,
+        )
+        params = ua.BrowseParameters(NodesToBrowse=[description], RequestedMaxReferencesPerNode=4)
+        (first,) = await client.uaclient.browse(params)
+        names = [r.BrowseName.Name for r in first.References]
+        point = first.ContinuationPoint
+        while point:
+            next_params = ua.BrowseNextParameters(ContinuationPoints=[point])
+            (more,) = await client.uaclient.browse_next(next_params)
+            names += [r.BrowseName.Name for r in more.References]
+            point = more.ContinuationPoint
+        assert len(names) == len(set(names)) and {"Level", "Setpoint", "Start"} <= set(names)
+        # A continuation point the gateway never handed out reaches no node: refused, not forwarded.
+        (forged,) = await client.uaclient.browse_next(
+            ua.BrowseNextParameters(ContinuationPoints=[b"\x01" * 8])
+        )
+        assert forged.StatusCode.value == DENIED
+    refused = lab.audit_events(event="decision", decision="deny", service="BrowseNext")
+    assert len(refused) == 1 and "node" not in refused[0]
+
+
+async def test_modify_monitored_items_is_decided_on_the_node_the_item_watches(
+    lab: Lab, plc: OpcUaSim
+) -> None:
+    rules = f"""
+[[rules]]
+id = "level-only"
+subjects = ["group:operators"]
+assets = ["opc-1"]
+opcua = [
+  {{ service_set = ["Subscription"] }},
+  {{ service_set = ["MonitoredItem"], {NS}, node = "{TANK}.Level" }},
+  {{ service = "Read", {NS}, node = "{TANK}.Level" }},
+]
+"""
+    url = await _lab(lab, plc, rules)
+    async with Client(url, timeout=5) as client:
+        ns = plc.namespace_index
+        subscription = await client.create_subscription(100, Changes())
+        (handle,) = await subscription.subscribe_data_change([client.get_node(tank(ns, "Level"))])
+        params = ua.ModifyMonitoredItemsParameters(
+            SubscriptionId=subscription.subscription_id,
+            ItemsToModify=[
+                ua.MonitoredItemModifyRequest(
+                    MonitoredItemId=handle,  # asyncua hands out the server's item id
+                    RequestedParameters=ua.MonitoringParameters(SamplingInterval=250, QueueSize=1),
+                ),
+                ua.MonitoredItemModifyRequest(
+                    MonitoredItemId=999_999, RequestedParameters=ua.MonitoringParameters(QueueSize=1)
+                ),
+            ],
+        )
+        results = await client.uaclient.modify_monitored_items(params)
+        assert results[0].StatusCode.is_good() and results[1].StatusCode.value == DENIED
+        await subscription.delete()
+    allowed = lab.audit_events(event="decision", service="ModifyMonitoredItems", decision="allow")
+    assert [e["node"] for e in allowed] == [f"ns={ns};s={TANK}.Level"]
+
+
+async def test_browse_path_rules_are_decided_on_the_path_the_device_reports(lab: Lab, plc: OpcUaSim) -> None:
+    rules = f"""
+[[rules]]
+id = "line1"
+subjects = ["group:operators"]
+assets = ["opc-1"]
+opcua = [{{ service = "Read", browse_path = "/Objects/{{{PLANT}}}Plant/{{{PLANT}}}Line1" }}]
+"""
+    url = await _lab(lab, plc, rules)
+    async with Client(url, timeout=5) as client:
+        ns = plc.namespace_index
+        results = await read(client, [read_id(tank(ns, "Level")), read_id(ua.NodeId(ua.ObjectIds.Server))])
+    assert results[0].Value.Value == 50.0 and results[1].StatusCode.value == DENIED
+    allowed = lab.audit_events(event="decision", service="Read", decision="allow")
+    assert [e["rule"] for e in allowed] == ["line1"]
