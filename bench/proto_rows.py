@@ -309,7 +309,12 @@ def run_protocol(
     }
     started: list[Proc] = []
     try:
-        server, server_port = start_simulator(sup, protocol)
+        try:
+            server, server_port = start_simulator(sup, protocol)
+        except (ProcessError, OSError) as exc:  # the other protocols' rows still run
+            out["unavailable"]["simulator"] = str(exc).strip()[:1500]
+            log(f"bench: {protocol}: no simulator, no rows: {str(exc).splitlines()[0]}")
+            return out
         started.append(server)
         log(f"bench: {protocol}: simulator on 127.0.0.1:{server_port} (pid {server.pid})")
         running: list[ProtoPath] = []

@@ -233,13 +233,17 @@ def evaluate_targets(results: Results) -> list[dict[str, Any]]:
 
     bad = _error_total(results)
     failed = sum(1 for s in _all_samples(results) if "failed" in s)
+    # An EtherNet/IP or OPC UA path (or simulator) that did not start is a failure of the run, not a
+    # missing program: these paths are ztgate's own.
+    not_started = sum(len(p.get("unavailable", {})) for p in (results.get("protocols") or {}).values())
     targets.append(
         _target(
             "no errors, no mismatched replies",
             "0 in every run",
-            float(bad + failed),
-            bad == 0 and failed == 0,
-            f"{bad} errors/mismatches/refusals, {failed} failed runs",
+            float(bad + failed + not_started),
+            bad == 0 and failed == 0 and not_started == 0,
+            f"{bad} errors/mismatches/refusals, {failed} failed runs"
+            + (f", {not_started} EtherNet/IP or OPC UA paths that did not start" if not_started else ""),
         )
     )
     return targets

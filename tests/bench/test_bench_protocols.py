@@ -145,3 +145,14 @@ def test_a_failed_run_or_a_bad_reply_fails_the_error_target() -> None:
     errors = by_name["no errors, no mismatched replies"]
     assert errors["pass"] is False and errors["shown"] == "2 errors/mismatches/refusals, 1 failed runs"
     assert by_name["OPC UA 1x1 Read of 10 nodes: gateway CPU per Read"]["pass"] is False
+
+
+def test_a_path_that_did_not_start_fails_the_error_target() -> None:
+    results = _results([_sample("direct", "opcua-1x1", 0, 2000, None)])
+    results["protocols"]["opcua"]["unavailable"] = {"ztgate": "ztgate-opcua exited with status 1"}
+    by_name = {t["target"]: t for t in evaluate_targets(results)}
+    errors = by_name["no errors, no mismatched replies"]
+    assert errors["pass"] is False and "1 EtherNet/IP or OPC UA paths that did not start" in errors["shown"]
+    assert by_name["OPC UA 1x1 Read of 10 nodes: round trips/s through ztgate"]["pass"] is None
+    text = render_markdown({**results, "targets": list(by_name.values())}, None)
+    assert "**Not measured:** OPC UA ztgate: ztgate-opcua exited with status 1" in text
