@@ -1,5 +1,5 @@
-"""The demo lab: a PKI in a work folder, simulated PLCs (Modbus TCP and EtherNet/IP), a gateway with an
-example policy and one agent per person, all on loopback in one process."""
+"""The demo lab: a PKI in a work folder, simulated PLCs (Modbus TCP, EtherNet/IP and OPC UA), a gateway
+with an example policy and one agent per person, all on loopback in one process."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from gateway.config import AgentConfig, AgentListener, TlsFiles
 from gateway.server import Gateway
 from gateway.sim.enip import EnipSim
 from gateway.sim.modbus import ModbusSim
+from gateway.sim.opcua import NAMESPACE_URI, OpcUaSim
 
 TRUST_DOMAIN = "plant1.example"
 OPERATOR = f"spiffe://{TRUST_DOMAIN}/user/alice"
@@ -28,6 +29,8 @@ VENDOR = f"spiffe://{TRUST_DOMAIN}/vendor/acme/eve"
 INTRUDER = f"spiffe://{TRUST_DOMAIN}/user/mallory"
 MODBUS_ASSET = "plc-1"
 ENIP_ASSET = "plc-2"
+OPCUA_ASSET = "opc-1"
+TANK = "Plant.Line1.Tank1"  # the OPC UA PLC's tank object: string node ids in its plant namespace
 SETPOINT = 40  # the Modbus PLC's pressure setpoint: holding register 40 (40041)
 
 # Ports the demo prefers, so the printed commands stay the same from run to run; taken ports are
@@ -35,13 +38,17 @@ SETPOINT = 40  # the Modbus PLC's pressure setpoint: holding register 40 (40041)
 PREFERRED_PORTS = {
     "modbus-plc": 15020,
     "enip-plc": 44820,
+    "opcua-plc": 48400,
     "gateway": 18443,
     "admin": 19100,
     ("operator", MODBUS_ASSET): 1502,
     ("vendor", MODBUS_ASSET): 2502,
     ("operator", ENIP_ASSET): 44818,
     ("vendor", ENIP_ASSET): 44819,
+    ("operator", OPCUA_ASSET): 4840,
+    ("vendor", OPCUA_ASSET): 4841,
 }
+ASSETS = ((MODBUS_ASSET, "modbus"), (ENIP_ASSET, "enip"), (OPCUA_ASSET, "opcua"))
 
 
 def _free(port: int) -> int:
@@ -59,7 +66,7 @@ def working_hours(now: datetime) -> str:
     return f"{start:02d}:00-{(start + 10) % 24:02d}:00"
 
 
-def policy_text(modbus_port: int, enip_port: int, now: datetime, tz: str) -> str:
+def policy_text(modbus_port: int, enip_port: int, opcua_port: int, now: datetime, tz: str) -> str:
     shift = f'{{ days = "mon-sun", hours = "{working_hours(now)}", tz = "{tz}" }}'
     return f"""# ztgate demo policy. Reference: docs/policy.md
 trust_domain = "{TRUST_DOMAIN}"
@@ -75,6 +82,10 @@ upstream = "127.0.0.1:{enip_port}"     # the simulated Logix controller in slot 
 route = "1/0"
 identity = {{ device_type = 0x0E, product_code = 55, revision = "20.11", product_name = "Line 1 PLC" }}
 
+[assets.{OPCUA_ASSET}]
+protocol = "opcua"
+upstream = "opc.tcp://127.0.0.1:{opcua_port}/"   # the simulated OPC UA PLC (security None on loopback)
+
 [groups]
 operators = ["{OPERATOR}"]
 vendor-acme = ["spiffe://{TRUST_DOMAIN}/vendor/acme/*"]
@@ -83,17 +94,23 @@ vendor-acme = ["spiffe://{TRUST_DOMAIN}/vendor/acme/*"]
 id = "operators-read"
 description = "Operators read the process image"
 subjects = ["group:operators"]
-assets = ["{MODBUS_ASSET}", "{ENIP_ASSET}"]
+assets = ["{MODBUS_ASSET}", "{ENIP_ASSET}", "{OPCUA_ASSET}"]
 modbus = [{{ fc = [1, 2, 3, 4], address = "0-99" }}]
 enip = [{{ preset = "read-only" }}]
+opcua = [{{ preset = "read-only" }}]
 
 [[rules]]
 id = "operators-setpoint"
 description = "Operators adjust the setpoints (Modbus HR 40 = 40041; the Logix tag Setpoint) on shift"
 subjects = ["group:operators"]
-assets = ["{MODBUS_ASSET}", "{ENIP_ASSET}"]
+assets = ["{MODBUS_ASSET}", "{ENIP_ASSET}", "{OPCUA_ASSET}"]
 modbus = [{{ fc = 6, address = "{SETPOINT}", value = "0-1500" }}]
 enip = [{{ service = "write_tag", tag = "Setpoint", value = "0..1500" }}]
+opcua = [
+  {{ service = "Write", namespace = "{NAMESPACE_URI}", node = "{TANK}.Setpoint", value = "0..1500" }},
+  {{ service = "Call", namespace = "{NAMESPACE_URI}", method = {{ object = "{TANK}",
+     method = ["{TANK}.Start", "{TANK}.Stop", "{TANK}.Acknowledge"] }} }},
+]
 # The demo centres the shift on the time it starts, so the setpoint writes work whenever you try them.
 when = {shift}
 
@@ -101,9 +118,10 @@ when = {shift}
 id = "vendor-read-only"
 description = "The vendor's engineers may look, not touch"
 subjects = ["group:vendor-acme"]
-assets = ["{MODBUS_ASSET}", "{ENIP_ASSET}"]
+assets = ["{MODBUS_ASSET}", "{ENIP_ASSET}", "{OPCUA_ASSET}"]
 modbus = [{{ preset = "read-only", address = "0-99" }}]
 enip = [{{ preset = "read-only" }}]
+opcua = [{{ preset = "read-only", namespace = "{NAMESPACE_URI}", node = ["Plant", "Plant.*"] }}]
 
 [[rules]]
 id = "nobody-resets"
@@ -131,6 +149,7 @@ class DemoLab:
     work: Path
     modbus_plc: ModbusSim
     enip_plc: EnipSim
+    opcua_plc: OpcUaSim
     gateway: Gateway
     files: dict[str, pki.IssuedFiles]
     agents: list[Agent] = field(default_factory=list)
@@ -140,6 +159,7 @@ class DemoLab:
         for agent in self.agents:
             await agent.stop()
         await self.gateway.stop()
+        await self.opcua_plc.stop()
         await self.enip_plc.stop()
         await self.modbus_plc.stop()
 
@@ -169,8 +189,11 @@ async def start_lab(work: Path) -> DemoLab:
     await modbus_plc.start()
     enip_plc = EnipSim("127.0.0.1", _free(PREFERRED_PORTS["enip-plc"]))
     await enip_plc.start()
+    opcua_plc = OpcUaSim("127.0.0.1", _free(PREFERRED_PORTS["opcua-plc"]))
+    await opcua_plc.start()
     policy = work / "policy.toml"
-    policy.write_text(policy_text(modbus_plc.port, enip_plc.port, datetime.now().astimezone(), _local_tz()))
+    now = datetime.now().astimezone()
+    policy.write_text(policy_text(modbus_plc.port, enip_plc.port, opcua_plc.port, now, _local_tz()))
     audit = AuditLog(
         gateway="demo-gw", file=work / "audit.jsonl", aggregate_reads_s=0.0, flush_interval_s=0.02
     )
@@ -183,7 +206,7 @@ async def start_lab(work: Path) -> DemoLab:
         audit=audit,
     )
     await gateway.start()
-    lab = DemoLab(work, modbus_plc, enip_plc, gateway, files)
+    lab = DemoLab(work, modbus_plc, enip_plc, opcua_plc, gateway, files)
     for who in ("operator", "vendor"):
         listeners = tuple(
             AgentListener(
@@ -192,7 +215,7 @@ async def start_lab(work: Path) -> DemoLab:
                 ("127.0.0.1", gateway.port),
                 protocol,
             )
-            for asset, protocol in ((MODBUS_ASSET, "modbus"), (ENIP_ASSET, "enip"))
+            for asset, protocol in ASSETS
         )
         agent = Agent(
             AgentConfig(
@@ -222,6 +245,8 @@ def print_banner(lab: DemoLab) -> None:
     work = os.path.relpath(lab.work)
     ops_modbus, ven_modbus = lab.ports[("operator", MODBUS_ASSET)], lab.ports[("vendor", MODBUS_ASSET)]
     ops_enip, ven_enip = lab.ports[("operator", ENIP_ASSET)], lab.ports[("vendor", ENIP_ASSET)]
+    ops_ua, ven_ua = lab.ports[("operator", OPCUA_ASSET)], lab.ports[("vendor", OPCUA_ASSET)]
+    node = f"ns={lab.opcua_plc.namespace_index};s={TANK}"
     admin = f"http://127.0.0.1:{lab.gateway.admin_port}"
     print(
         f"""
@@ -229,18 +254,22 @@ ztgate demo lab is running (work folder: {work}, policy revision {lab.gateway.po
 
   Modbus PLC        {MODBUS_ASSET}   127.0.0.1:{lab.modbus_plc.port}   (setpoint: holding register {SETPOINT})
   EtherNet/IP PLC   {ENIP_ASSET}   127.0.0.1:{lab.enip_plc.port}   (Logix: Setpoint, Recipe, Tank1_Level...)
+  OPC UA PLC        {OPCUA_ASSET}   127.0.0.1:{lab.opcua_plc.port}   ({node}.Level, .Setpoint, .Start()...)
   gateway                  127.0.0.1:{lab.gateway.port}   (mutual TLS; metrics {admin}/metrics)
-  alice's agent (operator)     Modbus 127.0.0.1:{ops_modbus}   EtherNet/IP 127.0.0.1:{ops_enip}
-  eve's agent (vendor acme)    Modbus 127.0.0.1:{ven_modbus}   EtherNet/IP 127.0.0.1:{ven_enip}
+  alice's agent (operator)   Modbus :{ops_modbus}   EtherNet/IP :{ops_enip}   OPC UA :{ops_ua}   (127.0.0.1)
+  eve's agent (vendor acme)  Modbus :{ven_modbus}   EtherNet/IP :{ven_enip}   OPC UA :{ven_ua}   (127.0.0.1)
   audit trail                  {work}/audit.jsonl
 
-Try (any Modbus or Logix tool works against the agents' ports):
+Try (any Modbus, Logix or OPC UA tool works against the agents' ports):
   {z} client modbus --port {ops_modbus} read holding 0 --count 10       # alice reads
   {z} client modbus --port {ops_modbus} write holding {SETPOINT} 2000         # refused: exception 0x03
   {z} client modbus --port {ven_modbus} write holding {SETPOINT} 1200         # eve: exception 0x01
   {z} client enip --port {ops_enip} read Recipe --count 10              # alice reads a Logix array
   {z} client enip --port {ops_enip} write Setpoint 1200                 # allowed: 0..1500, on shift
   {z} client enip --port {ven_enip} write Setpoint 1200                 # eve: privilege violation 0x0F
+  uaread -u opc.tcp://127.0.0.1:{ops_ua} -n "{node}.Level"               # asyncua's tools, from the venv
+  uawrite -u opc.tcp://127.0.0.1:{ops_ua} -n "{node}.Setpoint" -t double 2000   # BadUserAccessDenied
+  uacall -u opc.tcp://127.0.0.1:{ven_ua} -n "{node}" -m "{node}.Stop"      # eve may not call methods
   {z} policy explain {work}/policy.toml --subject {VENDOR} \\
         --asset {MODBUS_ASSET} --fc 6 --address {SETPOINT} --value 1200
   curl -s {admin}/sessions

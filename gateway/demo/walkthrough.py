@@ -1,6 +1,6 @@
 """``ztgate demo --walkthrough``: drive the lab with real clients — pymodbus for Modbus, pycomm3 for
-EtherNet/IP — print a table of requests, outcomes and the rule that decided each (read back from the
-audit trail), and say whether every outcome is what the policy promises."""
+EtherNet/IP, asyncua for OPC UA — print a table of requests, outcomes and the rule that decided each
+(read back from the audit trail), and say whether every outcome is what the policy promises."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ from typing import Any
 
 import orjson
 
-from gateway.demo.lab import ENIP_ASSET, MODBUS_ASSET, OPERATOR, SETPOINT, VENDOR, DemoLab
+from gateway.demo.lab import ENIP_ASSET, MODBUS_ASSET, OPCUA_ASSET, OPERATOR, SETPOINT, TANK, VENDOR, DemoLab
 from gateway.tls import client_context
 
 Outcome = tuple[int | str, str]  # (0 | protocol error code | "refused", text for the table)
 PRIVILEGE_VIOLATION = 0x0F
+BAD_USER_ACCESS_DENIED = 0x801F0000
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,8 @@ class Step:
     who: str  # operator | vendor | intruder
     text: str  # what the request does, in words
     run: Callable[[Clients], Awaitable[Outcome]]
-    expect: int | str  # 0 = allowed; a Modbus exception code or CIP general status; "refused" = no session
+    # 0 = allowed; a Modbus exception code, CIP general status or OPC UA status code; "refused" = no session
+    expect: int | str
 
 
 class Clients:
@@ -77,6 +79,19 @@ class Clients:
             return PRIVILEGE_VIOLATION, "privilege violation 0x0F"
         return -1, f"error: {result.error}"
 
+    async def opcua(self, who: str, action: Callable[[Any, int], Awaitable[Any]]) -> Outcome:
+        """``action(client, namespace index)`` on an asyncua Client through the person's agent."""
+        from asyncua.client.client import Client
+        from asyncua.ua.uaerrors import UaStatusCodeError
+
+        port = self.lab.ports[(who, OPCUA_ASSET)]
+        try:
+            async with Client(f"opc.tcp://127.0.0.1:{port}/", timeout=5) as client:
+                result = await action(client, self.lab.opcua_plc.namespace_index)
+        except UaStatusCodeError as error:
+            return error.code, type(error).__name__
+        return 0, "ok" if result is None else f"ok {result}"
+
     async def intruder(self) -> Outcome:
         from pymodbus.client import AsyncModbusTlsClient
         from pymodbus.exceptions import ModbusException
@@ -122,6 +137,32 @@ def _logix(who: str, text: str, action: Callable[[Any], Any], expect: int) -> St
     return Step(who, f"EtherNet/IP: {text}", lambda c: c.logix(who, action), expect)
 
 
+def _opcua(who: str, text: str, action: Callable[[Any, int], Awaitable[Any]], expect: int) -> Step:
+    return Step(who, f"OPC UA: {text}", lambda c: c.opcua(who, action), expect)
+
+
+def _ua_node(ns: int, path: str) -> Any:
+    from asyncua import ua
+
+    return ua.NodeId.from_string(f"ns={ns};s={path}")
+
+
+async def _ua_read(client: Any, ns: int, name: str) -> Any:
+    value = await client.get_node(_ua_node(ns, f"{TANK}.{name}")).read_value()
+    return round(value, 2) if isinstance(value, float) else value
+
+
+async def _ua_setpoint(client: Any, ns: int, value: float) -> None:
+    from asyncua import ua
+
+    variant = ua.Variant(value, ua.VariantType.Double)
+    await client.get_node(_ua_node(ns, f"{TANK}.Setpoint")).write_value(ua.DataValue(variant))
+
+
+async def _ua_call(client: Any, ns: int, method: str) -> None:
+    await client.get_node(_ua_node(ns, TANK)).call_method(_ua_node(ns, f"{TANK}.{method}"))
+
+
 _SP = SETPOINT
 STEPS = (
     _modbus("operator", "read holding 0-9 (FC 3)", "read_holding_registers", 0, 10, expect=0),
@@ -146,6 +187,19 @@ STEPS = (
     _logix("vendor", "read tag Tank1_Level", lambda d: d.read("Tank1_Level"), expect=0),
     _logix(
         "vendor", "write tag Setpoint = 1000", lambda d: d.write("Setpoint", 1000), expect=PRIVILEGE_VIOLATION
+    ),
+    _opcua("operator", "read Tank1.Level", lambda c, ns: _ua_read(c, ns, "Level"), expect=0),
+    _opcua("operator", "write Tank1.Setpoint = 1200", lambda c, ns: _ua_setpoint(c, ns, 1200.0), expect=0),
+    _opcua(
+        "operator",
+        "write Tank1.Setpoint = 2000",
+        lambda c, ns: _ua_setpoint(c, ns, 2000.0),
+        expect=BAD_USER_ACCESS_DENIED,
+    ),
+    _opcua("operator", "call Tank1.Acknowledge()", lambda c, ns: _ua_call(c, ns, "Acknowledge"), expect=0),
+    _opcua("vendor", "read Tank1.Setpoint", lambda c, ns: _ua_read(c, ns, "Setpoint"), expect=0),
+    _opcua(
+        "vendor", "call Tank1.Stop()", lambda c, ns: _ua_call(c, ns, "Stop"), expect=BAD_USER_ACCESS_DENIED
     ),
     Step("intruder", "Modbus: read with a certificate from another CA", lambda c: c.intruder(), "refused"),
 )
@@ -181,6 +235,7 @@ def _decided_by(lab: DemoLab, identity: str | None) -> str:
 async def walkthrough(lab: DemoLab) -> int:
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # the table says what happened
     logging.getLogger("pycomm3").setLevel(logging.CRITICAL)
+    logging.getLogger("asyncua").setLevel(logging.CRITICAL)
     clients = Clients(lab)
     await clients.open()
     identities = {"operator": OPERATOR, "vendor": VENDOR}

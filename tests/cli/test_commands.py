@@ -121,8 +121,9 @@ def test_demo_walkthrough(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "17 of 17 outcomes as the policy says." in result.stdout
+    assert "23 of 23 outcomes as the policy says." in result.stdout
     assert "exception 0x03" in result.stdout and "certificate rejected" in result.stdout
+    assert "privilege violation 0x0F" in result.stdout and "BadUserAccessDenied" in result.stdout
     audit = (tmp_path / "demo" / "audit.jsonl").read_text()
     assert '"decision":"deny"' in audit and '"rule":"operators-setpoint"' in audit
 
