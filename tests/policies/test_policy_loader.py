@@ -46,6 +46,7 @@ def test_the_example_at_the_top_of_the_reference_loads() -> None:
         "operators-read-line1",
         "acme-read-only",
         "operators-line1-tags",
+        "operators-opc-line1",
     ]
     asset = policy.assets["plc-1"]
     assert (asset.upstream_host, asset.upstream_port, asset.unit_ids) == ("10.0.0.5", 502, frozenset({1}))
@@ -58,7 +59,7 @@ def test_every_example_in_the_reference_loads_under_the_top_example() -> None:
     for example in examples:
         text = top.replace("[groups]\n", "[groups]\n" + groups) + "\n" + example
         policy = parse_policy(text)
-        assert len(policy.rules) == 3 + example.count("[[rules]]")
+        assert len(policy.rules) == 4 + example.count("[[rules]]")
 
 
 def test_asset_defaults_follow_the_reference() -> None:

@@ -388,7 +388,7 @@ def check(
     )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(text=policies(), data=st.data())
 def test_compiled_opcua_evaluator_agrees_with_reference(text: str, data: st.DataObject) -> None:
     policy = parse_policy(text)
