@@ -8,11 +8,21 @@ from pathlib import Path
 from types import FrameType
 
 import pytest
+from asyncua import ua
 
 from policies import parse_policy
 from policies.evaluate import KeyTable
 from tests.policies.enip_helpers import attribute_request, read_tag, write_tag
-from tests.policies.gen_policy import bench_subject, generate_enip_policy, generate_policy
+from tests.policies.gen_policy import (
+    bench_subject,
+    generate_enip_policy,
+    generate_opcua_policy,
+    generate_policy,
+)
+from tests.policies.opcua_helpers import NAMESPACES
+from tests.policies.opcua_helpers import call as opcua_call
+from tests.policies.opcua_helpers import read as opcua_read
+from tests.policies.opcua_helpers import write as opcua_write
 from tests.policies.policy_helpers import NOON, read, write_register, write_registers
 
 POLICIES_DIR = str(Path(__file__).resolve().parents[2] / "policies")
@@ -92,4 +102,32 @@ def test_the_benchmark_subjects_enip_view_is_the_same_at_any_size() -> None:
 def test_loading_enip_rules_is_at_most_linear_in_their_number() -> None:
     # Less than linear here: the generated entries repeat, and each distinct one is checked once.
     small, large = (python_calls_in_policies(generate_enip_policy(n)) for n in (300, 3000))
+    assert large < 12 * small, (small, large)
+
+
+OPCUA_OPERATIONS = [
+    opcua_read("Plant.Line1.Tank1.Level"),
+    opcua_read("Plant.Recipes.R1"),
+    opcua_read("Plant.Area3.Setpoint"),
+    opcua_write("Plant.Line1.Tank1.Setpoint", 1200.0, ua.VariantType.Double),
+    opcua_write("Plant.Line1.Tank1.Setpoint", 3000.0, ua.VariantType.Double),
+    opcua_call("Plant.Line1.Tank1", "Plant.Line1.Tank1.Start"),
+]
+
+
+def test_the_benchmark_subjects_opcua_view_is_the_same_at_any_size() -> None:
+    small = parse_policy(generate_opcua_policy(10)).view(bench_subject(), "opc-1")
+    large = parse_policy(generate_opcua_policy(1000)).view(bench_subject(), "opc-1")
+    assert small is not None and large is not None
+    assert [rule.id for rule in large.rules] == [rule.id for rule in small.rules]
+    for operation in OPCUA_OPERATIONS:
+        assert large.decide_opcua(operation, NAMESPACES, NOON) == small.decide_opcua(
+            operation, NAMESPACES, NOON
+        )
+    table = large.opcua_table("Read")
+    assert table is not None and (len(table.allow), len(table.deny)) == (1, 1)
+
+
+def test_loading_opcua_rules_is_at_most_linear_in_their_number() -> None:
+    small, large = (python_calls_in_policies(generate_opcua_policy(n)) for n in (100, 1000))
     assert large < 12 * small, (small, large)
