@@ -27,9 +27,11 @@ _FIELDS = ("verdict", "allowed", "rule_id", "exception_code", "action", "reason"
 class Decision:
     """``allowed`` says whether to forward the request (true for ``allow`` and ``would-deny``).
 
-    ``exception_code`` is the code for a deny or would-deny (0 for allow): a Modbus exception code, or
-    on an EtherNet/IP asset the CIP general status to reply with (0x0F privilege violation, 0x08
-    service not supported, or what the asset's ``deny`` says). ``action`` is ``forward`` or the
+    ``exception_code`` is the code for a deny or would-deny (0 for allow): a Modbus exception code, on
+    an EtherNet/IP asset the CIP general status to reply with (0x0F privilege violation, 0x08 service
+    not supported), on an OPC UA asset the StatusCode of the refused operation's result or of the
+    ServiceFault (0x801F0000 BadUserAccessDenied, 0x800B0000 BadServiceUnsupported) - or what the
+    asset's ``deny`` says. ``action`` is ``forward`` or the
     asset's deny action (``exception``: reply with the code; ``drop``; ``close``). ``monitor_rule_id``
     names a monitor-mode rule that, enforced, would have changed whether the request is allowed.
     """
