@@ -139,7 +139,7 @@ class OpcuaTable:
             method_key = (
                 None if method is None else _key(method.NamespaceIndex, method.Identifier, namespaces)
             )
-            return node_key, method_key
+            return node_key, method_key, operation.attribute_id
         return node_key, operation.attribute_id
 
     def facts(self, operation: Operation, namespaces: Sequence[str], path: Sequence[str] | None) -> Facts:
