@@ -16,7 +16,12 @@ from pathlib import Path
 from gateway import pki
 from policies import load_policy
 from protocols.modbus import parse_request
-from tests.policies.gen_policy import bench_subject, generate_enip_policy, generate_policy
+from tests.policies.gen_policy import (
+    bench_subject,
+    generate_enip_policy,
+    generate_opcua_policy,
+    generate_policy,
+)
 
 __all__ = [
     "ASSET",
@@ -137,22 +142,25 @@ def enip_policy_text(n_rules: int, upstream_port: int, upstream_links: int = 4) 
     )
 
 
-def opcua_policy_text(upstream_port: int) -> str:
-    """An OPC UA asset for the simulator on ``upstream_port`` (security mode None upstream, anonymous)
-    and one rule: the bench identity may use the read-only services on every node."""
-    subject = bench_subject(TRUST_DOMAIN)
-    return f"""trust_domain = "{TRUST_DOMAIN}"
-
-[assets.{OPCUA_ASSET}]
-protocol = "opcua"
-upstream = "opc.tcp://127.0.0.1:{upstream_port}/"
-
-[[rules]]
-id = "bench-read"
-subjects = ["{subject}"]
-assets = ["{OPCUA_ASSET}"]
-opcua = [{{ preset = "read-only" }}]
-"""
+def opcua_policy_text(n_rules: int, upstream_port: int) -> str:
+    """``gen_policy``'s n-rule OPC UA policy for the simulator on ``upstream_port`` (security mode None
+    upstream, anonymous): the bench identity may use the read-only services on ``Plant.Line1.*`` of the
+    plant's namespace; plus a rule letting it read what an asyncua client reads by itself: the
+    server's namespace array (``i=2255``, to find the plant namespace's index) and, every second, its
+    ServerStatus.State (``i=2259``; a refusal makes the client drop the connection)."""
+    text = generate_opcua_policy(
+        n_rules,
+        trust_domain=TRUST_DOMAIN,
+        asset=OPCUA_ASSET,
+        upstream=f"opc.tcp://127.0.0.1:{upstream_port}/",
+    )
+    return text + (
+        "\n[[rules]]\n"
+        'id = "bench-client-housekeeping"\n'
+        f'subjects = ["{bench_subject(TRUST_DOMAIN)}"]\n'
+        f'assets = ["{OPCUA_ASSET}"]\n'
+        'opcua = [{ service = "Read", namespace = 0, node = ["i=2255", "i=2259"] }]\n'
+    )
 
 
 def write_agent_config(lab: Lab, name: str, gateway_port: int, asset: str, protocol: str) -> Path:

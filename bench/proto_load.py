@@ -65,9 +65,12 @@ class Recorder:
     problems: Counter[str] = field(default_factory=Counter)
 
     def record(self, sent: float, answered: float, problem: str | None) -> bool:
-        """Count one request; returns False once the window has closed (the worker stops then)."""
+        """Count one request; returns False once the window has closed (the worker stops then), or
+        after an exception from the client library (its connection is gone: a worker that went on
+        would count a failure per microsecond). Only good replies count as requests, with latency."""
         if problem is not None:
             self.problems[problem] += 1
+            return not problem.startswith("exception:") and answered < self.go.window_end
         if answered < self.go.window_start:
             self.phases["warmup"] += 1
         elif answered < self.go.window_end:

@@ -164,8 +164,8 @@ def start_ztgate_path(
         described = f"{rules:,}-rule policy, {links} upstream sessions"
     else:
         asset = OPCUA_ASSET
-        policy.write_text(opcua_policy_text(server_port))
-        described = "1-rule policy"
+        policy.write_text(opcua_policy_text(rules, server_port))
+        described = f"{rules:,}-rule policy"
     check = subprocess.run(
         [sys.executable, "-m", "gateway", "policy", "check", str(policy)],
         capture_output=True,

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from bench.loadgen import REPO
+from bench.proto_load import Go, Recorder
 from bench.report import (
     evaluate_targets,
     render_markdown,
@@ -156,3 +157,19 @@ def test_a_path_that_did_not_start_fails_the_error_target() -> None:
     assert by_name["OPC UA 1x1 Read of 10 nodes: round trips/s through ztgate"]["pass"] is None
     text = render_markdown({**results, "targets": list(by_name.values())}, None)
     assert "**Not measured:** OPC UA ztgate: ztgate-opcua exited with status 1" in text
+
+
+def test_recorder_counts_good_replies_only_and_stops_after_a_client_exception() -> None:
+    recorder = Recorder(Go(start=0.0, window_start=1.0, window_end=2.0))
+    assert recorder.record(0.1, 0.2, None)  # warm-up
+    assert recorder.record(1.0, 1.0005, None)  # in the window: 500 µs
+    assert recorder.record(1.1, 1.2, "error:Setpoint: Permission denied")  # a refusal: counted apart
+    assert not recorder.record(1.3, 1.3, "exception:CommError: connection lost")  # the client is gone
+    result = recorder.result()
+    assert result["phases"] == {"warmup": 1, "window": 1}
+    assert result["latencies_us"] == [pytest.approx(500.0)]
+    assert result["problems"] == {
+        "error:Setpoint: Permission denied": 1,
+        "exception:CommError: connection lost": 1,
+    }
+    assert not recorder.record(2.0, 2.1, None)  # past the window's end: the worker stops
