@@ -29,6 +29,8 @@ from policies.opcua_match import (
     opcua_touches,
     path_covers,
     path_touches,
+    probe_covers,
+    probe_touches,
     target_covers,
     target_miss,
     value_miss,
@@ -213,6 +215,20 @@ class OpcuaTable:
                 if _rest_touches(m, writes, numbers, path, now):
                     return self._allow_with_monitor(c.rule_id, m.rule_id)
         return c.decision
+
+    def may(
+        self, operation: Operation, namespaces: Sequence[str], now: float, path: Sequence[str] | None
+    ) -> bool:
+        """Whether an operation like this one could be allowed, what it leaves open taken in the
+        client's favour (see :meth:`policies.SubjectView.opcua_may`). Enforce rules only."""
+        f = self.facts(operation, namespaces, path)
+        service = self.service
+        for c in self.deny:
+            if (c.window is None or c.window.is_open(now)) and probe_touches(c, service, f):
+                return False
+        return any(
+            (c.window is None or c.window.is_open(now)) and probe_covers(c, service, f) for c in self.allow
+        )
 
     def _denied_by(self, c: OpcuaCandidate, f: Facts, namespaces: Sequence[str]) -> Decision:
         reason = f"denied by rule {c.rule_id}: {operation_text(f.operation, namespaces, f.path)}"

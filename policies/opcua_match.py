@@ -41,6 +41,8 @@ __all__ = [
     "opcua_touches",
     "path_covers",
     "path_touches",
+    "probe_covers",
+    "probe_touches",
     "target_covers",
     "target_miss",
     "value_miss",
@@ -140,7 +142,10 @@ def node_part_covers(c: OpcuaCandidate, service: str, f: Facts) -> bool:
             return False
         if service == "Write" and c.nodes is None and _standard(f.node):
             return False
-    attribute = f.attribute
+    return _attribute_covers(c, service, f.attribute)
+
+
+def _attribute_covers(c: OpcuaCandidate, service: str, attribute: int | None) -> bool:
     if c.attributes is not None:
         return attribute is None or attribute in c.attributes
     if service == "Write":
@@ -209,6 +214,41 @@ def opcua_touches(c: OpcuaCandidate, service: str, f: Facts, now: float) -> bool
         and (c.paths is None or path_touches(c.paths, f.path))
         and (c.values is None or values_touch(c.values, f.writes, f.numbers))
     )
+
+
+def probe_covers(c: OpcuaCandidate, service: str, f: Facts) -> bool:
+    """Allow semantics for a probe (:meth:`policies.SubjectView.opcua_may`): what the operation leaves
+    open - the written value, a Call's object when it names none - is taken in the client's favour."""
+    if service != "Call" or f.node is not None:
+        return target_covers(c, service, f)
+    if c.nodes is not None and not _matched(c.nodes, f.method):
+        return False
+    if c.methods is not None and not any(_matched(pair.methods, f.method) for pair in c.methods):
+        return False
+    if c.nodes is None and c.methods is None and (c.paths is not None or _standard(f.method)):
+        return False
+    return _attribute_covers(c, service, f.attribute)
+
+
+def probe_touches(c: OpcuaCandidate, service: str, f: Facts) -> bool:
+    """Deny semantics for a probe: what the operation leaves open - a value, the object, an unresolved
+    node or path - is taken outside the entry."""
+    if c.values is not None:
+        return False
+    if c.paths is not None and (f.path is None or not any(prefix.covers(f.path) for prefix in c.paths)):
+        return False
+    if c.nodes is not None:
+        keys = (f.node, f.method) if service == "Call" else (f.node,)
+        if not any(_matched(c.nodes, key) for key in keys):
+            return False
+    if c.methods is not None:
+        if service != "Call":
+            return False
+        if not any(_matched(pair.objects, f.node) and _matched(pair.methods, f.method) for pair in c.methods):
+            return False
+    if c.attributes is not None:
+        return f.attribute is not None and f.attribute in c.attributes
+    return True
 
 
 def deny_kind(c: OpcuaCandidate) -> str:

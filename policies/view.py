@@ -265,6 +265,26 @@ class SubjectView:
         )
         return couple(decision, as_read, operation.service)
 
+    def opcua_may(
+        self,
+        operation: Operation,
+        namespaces: Sequence[str],
+        now: float,
+        browse_path: Sequence[str] | None = None,
+    ) -> bool:
+        """Whether some operation like ``operation`` could be allowed at ``now``, taking what it leaves
+        open in the client's favour: the written value (a Write or Call without one), a Call's object
+        (``node_id`` None), a node's or path's resolution. For what the gateway shows of the identity's
+        rights - the CurrentWrite bit of UserAccessLevel, UserExecutable - never for deciding an
+        operation: a real one is decided by :meth:`decide_opcua`, values and all."""
+        if self._monitor_asset:
+            return True  # nothing is refused on this asset
+        table = self._opcua.get(operation.service)
+        if table is None or not table.may(operation, namespaces, now, browse_path):
+            return False
+        read = self._opcua_read
+        return not table.coupled or (read is not None and read.may(operation, namespaces, now, browse_path))
+
     def no_opcua_rule(self, service: str) -> Decision:
         key = (4, service)
         decision = self._constant_denials.get(key)

@@ -9,6 +9,7 @@ import uuid
 import pytest
 from asyncua import ua
 
+from policies import Policy
 from policies.evaluate_opcua import NODE_LISTS_SIZE
 from protocols.opcua.operations import Operation
 from tests.policies.opcua_helpers import (
@@ -634,3 +635,37 @@ def test_node_lists_stay_bounded_and_right() -> None:
         assert view.decide_opcua(read(identifier), NAMESPACES, 0.0).verdict == expected
     table = view.opcua_table("Read")
     assert table is not None and len(table.node_lists) <= NODE_LISTS_SIZE
+
+
+# ------------------------------------------------------------------------------------------- probes
+
+
+def may(p: Policy, operation: Operation, path: tuple[str, ...] | None = None) -> bool:
+    view = p.view(ALICE, "opc-1")
+    assert view is not None
+    return view.opcua_may(operation, NAMESPACES, 0.0, path)
+
+
+def test_probes_take_what_an_operation_leaves_open_in_the_clients_favour() -> None:
+    p = opcua_policy(
+        rule(
+            f'{{ service = "Write", {NS}, node = "Plant.Setpoint", value = "0..2500" }},'
+            f' {{ service = "Call", {NS}, method = {{ object = "{TANK}", method = "{START}" }} }},'
+            f' {{ service = "Write", browse_path = "/Objects/Open" }}'
+        )
+        + deny_rule(f'{{ service = "Write", {NS}, node = "Plant.Setpoint", value = "2000..2500" }}')
+        + deny_rule(f'{{ service = "Call", {NS}, node = "{TANK}.Stop" }}', "d2")
+    )
+    probe = Operation("Write", 0, None, nid("Plant.Setpoint"), 13)  # no value: any value
+    assert may(p, probe)
+    assert decide(p, probe).verdict == "deny"  # decided for real, a write without a value is refused
+    assert not may(p, Operation("Write", 0, None, nid("Plant.Drain"), 13))
+    assert not may(p, Operation("Write", 0, None, nid("Plant.Setpoint"), 17))  # AccessLevel
+    # UserExecutable: the method on some object.
+    assert may(p, Operation("Call", 0, None, None, method_id=nid(START)))
+    assert not may(p, Operation("Call", 0, None, None, method_id=nid(f"{TANK}.Stop")))
+    assert not may(p, Operation("Call", 0, None, None, method_id=nid("Plant.Other")))
+    assert may(p, Operation("Write", 0, None, nid("x"), 13), ("Objects", "Open", "X"))
+    assert not may(p, Operation("Write", 0, None, nid("x"), 13), None)
+    monitored = opcua_policy(rule('{ service = "Read" }'), asset_extra='mode = "monitor"\n')
+    assert may(monitored, Operation("Write", 0, None, nid("x"), 13))  # nothing is refused there
