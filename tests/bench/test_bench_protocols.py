@@ -4,6 +4,7 @@ OPC UA targets and the Markdown on made-up figures."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -54,7 +55,11 @@ def test_quick_run_of_the_enip_and_opcua_rows(tmp_path: Path) -> None:
 
     section = (tmp_path / "performance-section.md").read_text()
     assert "#### enip-5tags:" in section and "#### opcua-1x1:" in section
-    assert (tmp_path / "performance-protocols.png").stat().st_size > 10_000
+    chart = tmp_path / "performance-protocols.png"
+    if importlib.util.find_spec("matplotlib") is None:  # the test extra leaves it out: no chart, said so
+        assert not chart.exists() and "no chart performance-protocols.png" in done.stdout
+    else:
+        assert chart.stat().st_size > 10_000
 
 
 def _sample(path: str, workload: str, rep: int, rps: float, gateway: float | None) -> dict[str, Any]:
