@@ -164,11 +164,18 @@ class AuditLog:
         queue.append(event)
 
     def aggregate_read(
-        self, key: tuple[Hashable, ...], fields: Event, span: tuple[int, int] | None, latency_s: float
+        self,
+        key: tuple[Hashable, ...],
+        fields: Event,
+        span: tuple[int, int] | None,
+        latency_s: float,
+        count: int = 1,
     ) -> None:
-        """Count one allowed read under ``key``; ``fields`` is copied at the interval's end, never mutated."""
+        """Count ``count`` allowed reads (the operations of one request) under ``key``; ``fields`` is
+        copied at the interval's end, never mutated."""
         if self._aggregate_off:
-            self._emit_read(fields, span, latency_s)
+            for _ in range(count):
+                self._emit_read(fields, span, latency_s)
             return
         self._agg_seq += 1
         try:
@@ -180,11 +187,13 @@ class AuditLog:
                     # Bounded memory beats aggregation: the overflow goes through the bounded queue.
                     self._emit_read(fields, span, latency_s)
                 else:
-                    aggregates[key] = _Aggregate(fields, span, latency_s, now)
+                    aggregates[key] = agg = _Aggregate(fields, span, latency_s, now)
+                    agg.count = count
+                    agg.latency_sum = latency_s * count
                 return
-            agg.count += 1
+            agg.count += count
             agg.last = now
-            agg.latency_sum += latency_s
+            agg.latency_sum += latency_s * count
             # Compare-and-store, not max()/min(): a builtin call costs ~90 ns here against ~10 ns.
             if latency_s > agg.latency_max:  # noqa: PLR1730
                 agg.latency_max = latency_s

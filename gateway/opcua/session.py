@@ -112,6 +112,7 @@ class OpcUaSession(Session):
         self._tasks: set[asyncio.Task[None]] = set()
         self._in_flight = 0
         self._tracking = SessionTracking()
+        self._read_fields: dict[tuple[str, str, str | None, str], dict[str, Any]] = {}
         self._bind_view()
 
     def _bind_view(self) -> None:
@@ -206,7 +207,9 @@ class OpcUaSession(Session):
         if codec is None:
             self._spawn(event, self._forward_whole(event, decision))
             return
-        operations = self._tracking.resolve(name, event.request, codec.operations(event.request))
+        known = event.known_operations
+        listed = list(known) if known is not None else codec.operations(event.request)
+        operations = self._tracking.resolve(name, event.request, listed)
         if self.view.needs_browse_paths(name):
             self._spawn(event, self._decide_on_paths(event, operations, now))
             return
@@ -352,7 +355,7 @@ class OpcUaSession(Session):
             body = await self._exchange(event, None)
             if body is not None:
                 self._relay(event, body)
-            self._account(event, None, decision, "ok" if body is not None else "device unavailable", started)
+            self._account(event, decision, "ok" if body is not None else "device unavailable", started)
             return
         self._tracking.request_to_device(name, event.request)
         body = await self._exchange(event, event.request)
@@ -360,7 +363,7 @@ class OpcUaSession(Session):
         if response is not None:
             self._tracking.response_to_client(name, event.request, response)
             self._respond(event, response)
-        self._account(event, None, decision, "ok" if body is not None else "device unavailable", started)
+        self._account(event, decision, "ok" if body is not None else "device unavailable", started)
 
     async def _forward_operations(
         self, event: ServiceRequest, operations: list[Operation], decisions: list[Decision]
@@ -373,6 +376,7 @@ class OpcUaSession(Session):
         for op, decision in zip(operations, decisions, strict=True):
             if not decision.allowed:
                 self.denied += 1
+                self._count(name, decision.verdict)
                 self._audit_operation(event, op, decision, "refused", None)
         self._tracking.request_to_device(name, event.request)
         reduction = reduce_request(codec, event.request, allowed)
@@ -410,10 +414,25 @@ class OpcUaSession(Session):
         answered: bool,
         started: float,
     ) -> None:
+        """Latency once per request; the allowed operations counted, and audited (allowed reads
+        aggregated per rule, everything else one record per operation)."""
+        latency_s = monotonic() - started
+        self._histogram.observe(latency_s)
+        name = event.name
+        aggregate = answered and name in _AGGREGATED and self.runtime.audit.aggregates_reads
         outcome = "ok" if answered else "device unavailable"
+        by_rule: dict[str | None, int] = {}
         for op, decision in zip(operations, decisions, strict=True):
-            if decision.allowed:
-                self._account(event, op, decision, outcome, started)
+            if not decision.allowed:
+                continue
+            if aggregate and decision.verdict == "allow":
+                by_rule[decision.rule_id] = by_rule.get(decision.rule_id, 0) + 1
+            else:
+                self._count(name, decision.verdict)
+                self._audit_operation(event, op, decision, outcome, latency_s)
+        for rule_id, count in by_rule.items():
+            self.counts[name] = self.counts.get(name, 0) + count
+            self._aggregate(name, rule_id, latency_s, count)
 
     # ------------------------------------------------------------------ what the client is told
 
@@ -563,24 +582,21 @@ class OpcUaSession(Session):
         event.update(state=state, reason=reason)
         self.runtime.audit.emit(event)
 
-    def _account(
-        self, event: ServiceRequest, op: Operation | None, decision: Decision, outcome: str, started: float
-    ) -> None:
+    def _account(self, event: ServiceRequest, decision: Decision, outcome: str, started: float) -> None:
+        """A request decided as a whole (no read among them: those have operations)."""
         latency_s = monotonic() - started
         self._histogram.observe(latency_s)
         self._count(event.name, decision.verdict)
-        if (
-            outcome == "ok"
-            and decision.verdict == "allow"
-            and event.name in _AGGREGATED
-            and self.runtime.audit.aggregates_reads
-        ):
+        self._audit_operation(event, None, decision, outcome, latency_s)
+
+    def _aggregate(self, service: str, rule_id: str | None, latency_s: float, count: int) -> None:
+        key = (self.id, service, rule_id, self.view.policy_revision)
+        fields = self._read_fields.get(key)
+        if fields is None:  # one dict per (service, rule, revision): the audit log copies, never mutates
             fields = self._base("decision")
-            fields.update(service=event.name, decision="allow", rule=decision.rule_id)
-            key = (self.id, event.name, decision.rule_id, self.view.policy_revision)
-            self.runtime.audit.aggregate_read(key, fields, None, latency_s)
-            return
-        self._audit_operation(event, op, decision, outcome, latency_s)
+            fields.update(service=service, decision="allow", rule=rule_id)
+            self._read_fields[key] = fields
+        self.runtime.audit.aggregate_read(key, fields, None, latency_s, count)
 
     def _audit_operation(
         self,

@@ -65,9 +65,10 @@ from protocols.opcua.events import (
     TransportLimits,
 )
 from protocols.opcua.messages import (
+    RepeatCache,
     RequestDecodeError,
     check_response_type,
-    decode_request,
+    decode_request_through,
     encode_message,
     patch_request_handle,
     service_fault,
@@ -157,6 +158,7 @@ class OpcUaServerConnection:
         self._sequence_number = 1
         self._now = 0.0
         self._error: OpcUaProtocolError | None = None
+        self.repeats = RepeatCache()
 
     # ------------------------------------------------------------------------------------------ input
 
@@ -272,7 +274,7 @@ class OpcUaServerConnection:
 
     def _service_request(self, request_id: int, body: bytes) -> ServiceRequest | RejectedRequest:
         try:
-            service, request = decode_request(body)
+            service, request, operations = decode_request_through(body, self.repeats)
         except RequestDecodeError as refused:
             fault = service_fault(refused.request_handle, refused.status, self._now)
             return RejectedRequest(
@@ -283,7 +285,8 @@ class OpcUaServerConnection:
                 refused.reason,
                 self._send_body(request_id, encode_message(fault), refused.request_handle),
             )
-        return ServiceRequest(request_id, request.RequestHeader.RequestHandle, service, request, body)
+        handle = request.RequestHeader.RequestHandle
+        return ServiceRequest(request_id, handle, service, request, body, operations)
 
     def _check_sequence_number(self, received: int) -> None:
         previous = self._peer_sequence_number

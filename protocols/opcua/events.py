@@ -12,6 +12,7 @@ from typing import Any
 
 from asyncua import ua
 
+from protocols.opcua.operations import Operation
 from protocols.opcua.services import Service
 
 
@@ -60,6 +61,8 @@ class ServiceRequest:
     service: Service
     request: Any  # asyncua's request object, e.g. ua.ReadRequest
     body: bytes = b""  # the request as the client encoded it (type id first): relayed when unchanged
+    # The request's operations when the codec already had them (a repeated Read); else list them.
+    known_operations: tuple[Operation, ...] | None = None
 
     @property
     def header(self) -> ua.RequestHeader:

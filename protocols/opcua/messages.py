@@ -17,14 +17,18 @@ from typing import Any, Final
 from asyncua import ua
 from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.ua_binary import nodeid_from_binary, struct_to_binary
+from asyncua.ua.uatypes import win_epoch_to_datetime
 
 from protocols.opcua.binary import StrictBuffer, decode
 from protocols.opcua.channel import utc_datetime
+from protocols.opcua.operations import Operation
 from protocols.opcua.services import SERVICES_BY_TYPE_ID, Service
 from protocols.opcua.spec import OpcUaProtocolError, Status
 
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
+_I32 = struct.Struct("<i")
+_TIMESTAMP_HANDLE = struct.Struct("<qI")
 _NS_U32 = struct.Struct("<HI")
 _TIMESTAMP_BYTES: Final = 8
 SERVICE_FAULT_TYPE_ID: Final = ObjectIds.ServiceFault_Encoding_DefaultBinary
@@ -77,8 +81,112 @@ def _request_handle(body: bytes, offset: int) -> int:
     return handle
 
 
+_NODEID_FIXED: Final = {0: 2, 1: 4, 2: 7, 4: 19}  # TwoByte, FourByte, Numeric, Guid: whole size
+_NODEID_LENGTH_PREFIXED: Final = frozenset((3, 5))  # String, ByteString: 3 bytes, then Int32 length
+
+
+def nodeid_end(body: bytes, offset: int) -> int:
+    """Where the NodeId (not Expanded) at ``offset`` ends; ValueError when it cannot be read."""
+    encoding = body[offset]
+    fixed = _NODEID_FIXED.get(encoding)
+    if fixed is not None:
+        end = offset + fixed
+    elif encoding in _NODEID_LENGTH_PREFIXED:
+        length = _I32.unpack_from(body, offset + 3)[0]
+        end = offset + 7 + max(length, 0)
+    else:
+        raise ValueError(f"node id encoding 0x{encoding:02X}")
+    if end > len(body):
+        raise ValueError("node id runs past the message")
+    return end
+
+
+class RepeatCache:
+    """Requests whose bytes repeat, decoded once: an HMI polls the same nodes over and over, and between
+    two of its Reads only the RequestHeader's Timestamp and RequestHandle change.
+
+    Keyed by the body without those 12 bytes; a hit costs a new RequestHeader with the two fields, and
+    no decoding (asyncua's generic decoder is the largest cost on the gateway's path otherwise). Entries
+    are shared by every request that hits them, so only services whose request objects nobody changes
+    after decoding are cached, and only small ones; the oldest entry goes when the cache is full.
+    """
+
+    SERVICES: Final = frozenset(("Read",))
+    MAX_ENTRIES: Final = 256
+    MAX_BODY_BYTES: Final = 4096
+
+    def __init__(self) -> None:
+        self._entries: dict[bytes, tuple[Any, tuple[Operation, ...]]] = {}
+        self.hits = 0
+
+    def get(self, key: bytes) -> tuple[Any, tuple[Operation, ...]] | None:
+        found = self._entries.get(key)
+        if found is not None:
+            self.hits += 1
+        return found
+
+    def put(self, key: bytes, request: Any, operations: tuple[Operation, ...]) -> None:
+        entries = self._entries
+        if len(entries) >= self.MAX_ENTRIES:
+            del entries[next(iter(entries))]
+        entries[key] = (request, operations)
+
+
+def _decode_repeatable(
+    service: Service, body: bytes, offset: int, cache: RepeatCache
+) -> tuple[Any, tuple[Operation, ...] | None]:
+    """``decode(service.request_type, body)`` through ``cache``, and the request's operations when it
+    was cached. Raises what the decoders raise."""
+    if len(body) > RepeatCache.MAX_BODY_BYTES:
+        request, left = decode(service.request_type, body)
+        if left:
+            raise ValueError(f"{left} bytes after the request")
+        return request, None
+    token_end = nodeid_end(body, offset)
+    timestamp_at, handle_end = token_end, token_end + _TIMESTAMP_BYTES + 4
+    key = body[:timestamp_at] + body[handle_end:]
+    found = cache.get(key)
+    if found is None:
+        request, left = decode(service.request_type, body)
+        if left:
+            raise ValueError(f"{left} bytes after the request")
+        codec = service.operations
+        operations = tuple(codec.operations(request)) if codec is not None else ()
+        cache.put(key, request, operations)
+        return request, operations
+    template, operations = found
+    ticks, handle = _TIMESTAMP_HANDLE.unpack_from(body, timestamp_at)
+    header = template.RequestHeader
+    request = service.request_type(
+        RequestHeader=ua.RequestHeader(
+            AuthenticationToken=header.AuthenticationToken,
+            Timestamp=win_epoch_to_datetime(ticks),
+            RequestHandle=handle,
+            ReturnDiagnostics=header.ReturnDiagnostics,
+            AuditEntryId=header.AuditEntryId,
+            TimeoutHint=header.TimeoutHint,
+            AdditionalHeader=header.AdditionalHeader,
+        ),
+        Parameters=template.Parameters,
+    )
+    return request, operations
+
+
 def decode_request(body: bytes) -> tuple[Service, Any]:
     """The service and asyncua request object in a MSG body.
+
+    Raises :class:`RequestDecodeError`: BadServiceUnsupported for a type id that is no service request
+    this endpoint takes inside a MSG, BadDecodingError for a body that does not decode or has bytes left.
+    """
+    service, request, _operations = decode_request_through(body, None)
+    return service, request
+
+
+def decode_request_through(
+    body: bytes, cache: RepeatCache | None
+) -> tuple[Service, Any, tuple[Operation, ...] | None]:
+    """:func:`decode_request` through ``cache`` (repeated Reads are not decoded again, see
+    :class:`RepeatCache`), with the request's operations when the cache had them.
 
     Raises :class:`RequestDecodeError`: BadServiceUnsupported for a type id that is no service request
     this endpoint takes inside a MSG, BadDecodingError for a body that does not decode or has bytes left.
@@ -96,7 +204,11 @@ def decode_request(body: bytes) -> tuple[Service, Any]:
             type_id=type_id,
         )
     try:
-        request, left = decode(service.request_type, body)
+        operations = None
+        if cache is not None and service.name in RepeatCache.SERVICES:
+            (request, operations), left = _decode_repeatable(service, body, length, cache), 0
+        else:
+            request, left = decode(service.request_type, body)
     except Exception as exc:  # asyncua raises whatever its decoders hit on bad bytes
         raise RequestDecodeError(
             Status.BAD_DECODING_ERROR,
@@ -111,7 +223,7 @@ def decode_request(body: bytes) -> tuple[Service, Any]:
             request_handle=request.RequestHeader.RequestHandle,
             type_id=type_id,
         )
-    return service, request
+    return service, request, operations
 
 
 def encode_message(message: Any) -> bytes:
@@ -167,10 +279,13 @@ def check_response_type(body: bytes, service: Service) -> None:
 
 __all__ = [
     "SERVICE_FAULT_TYPE_ID",
+    "RepeatCache",
     "RequestDecodeError",
     "check_response_type",
     "decode_request",
+    "decode_request_through",
     "encode_message",
+    "nodeid_end",
     "patch_request_handle",
     "request_handle_offset",
     "service_fault",
