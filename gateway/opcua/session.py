@@ -27,7 +27,7 @@ from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors import UaError
 
 from gateway.opcua.tracking import SUBSCRIPTION_SERVICES, TRACKED_RESPONSES, SessionTracking
-from gateway.opcua.upstream import DeviceSession, OpcUaPool, UpstreamUnavailableError
+from gateway.opcua.upstream import DeviceSession, OpcUaPool, UpstreamUnavailableError, connect_failure
 from gateway.runtime import Runtime
 from gateway.session import Session, SessionInfo
 from policies import Decision, SubjectView, browse_path_of
@@ -51,7 +51,8 @@ MAX_IN_FLIGHT = 32  # requests of one client on their way to the device (Publish
 MAX_PUBLISH_WAIT_S = 120.0
 ATTRIBUTE_USER_ACCESS_LEVEL = 18
 ATTRIBUTE_USER_EXECUTABLE = 22
-CURRENT_WRITE = 0x02
+# UserAccessLevel bits (Part 3, 8.57) and the operation on the Value attribute each one stands for.
+_ACCESS_BITS = (("Read", 0x01), ("Write", 0x02), ("HistoryRead", 0x04))
 # Services the gateway answers itself (the Session and Discovery sets, RegisterNodes without aliases).
 _LOCAL = frozenset(
     (
@@ -295,7 +296,7 @@ class OpcUaSession(Session):
         except Exception as exc:  # whatever asyncua raises on the way: the device is not there
             self._pool.connect_failures += 1
             await device.close()
-            self._audit_upstream("connect_failed", f"{exc.__class__.__name__}: {exc}")
+            self._audit_upstream("connect_failed", connect_failure(self.view.asset, exc))
             return
         if self.closing:
             await device.close()
@@ -463,12 +464,15 @@ class OpcUaSession(Session):
         for op, result in zip(operations, response.Results or (), strict=False):
             value = getattr(getattr(result, "Value", None), "Value", None)
             if op.attribute_id == ATTRIBUTE_USER_ACCESS_LEVEL and isinstance(value, int):
-                write = Operation("Write", 0, None, op.node_id, AttributeIds.Value)
-                if not self.view.decide_opcua(write, namespaces, now).allowed:
-                    result.Value.Value = value & ~CURRENT_WRITE
+                # A bit stays when some such operation may be allowed (a Write is decided on its value).
+                for probed, bit in _ACCESS_BITS:
+                    probe = Operation(probed, 0, None, op.node_id, AttributeIds.Value)
+                    if value & bit and not self.view.opcua_may(probe, namespaces, now):
+                        value &= ~bit
+                result.Value.Value = value
             elif op.attribute_id == ATTRIBUTE_USER_EXECUTABLE and value is True:
                 call = Operation("Call", 0, None, None, method_id=op.node_id)
-                if not self.view.decide_opcua(call, namespaces, now).allowed:
+                if not self.view.opcua_may(call, namespaces, now):
                     result.Value.Value = False
 
     # ------------------------------------------------------------------------- local services

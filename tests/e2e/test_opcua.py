@@ -346,25 +346,39 @@ opcua = [
         assert refused.value.code == DENIED
 
 
-@pytest.mark.xfail(strict=True, reason="writes within value bounds need a policy probe: next commit")
 async def test_user_access_level_and_user_executable_say_what_the_policy_allows(
     lab: Lab, plc: OpcUaSim
 ) -> None:
-    url = await _lab(lab, plc)
+    # Flow's value is hidden, its other attributes are not: its UserAccessLevel can be read and must
+    # not claim CurrentRead.
+    hidden_value = f"""
+[[rules]]
+id = "no-flow-value"
+effect = "deny"
+subjects = ["group:operators"]
+assets = ["opc-1"]
+opcua = [{{ service = "Read", {NS}, node = "{TANK}.Flow", attribute = "Value" }}]
+"""
+    both = f'["{TANK}.Temperature", "{TANK}.Flow"]'
+    rules = RULES.replace(both, f'"{TANK}.Temperature"')
+    assert rules != RULES
+    url = await _lab(lab, plc, rules + hidden_value)
     user_access, user_executable = ua.AttributeIds.UserAccessLevel, ua.AttributeIds.UserExecutable
     async with Client(url, timeout=5) as client:
         ns = await client.get_namespace_index(PLANT)
         items = [
             read_id(tank(ns, "Setpoint"), user_access),
             read_id(tank(ns, "DrainCommand"), user_access),
+            read_id(tank(ns, "Flow"), user_access),
             read_id(tank(ns, "Start"), user_executable),
             read_id(tank(ns, "Acknowledge"), user_executable),
         ]
         values = [result.Value.Value for result in await read(client, items)]
-    current_write = ua.AccessLevel.CurrentWrite.mask
-    assert values[0] & current_write  # a rule lets operators write the setpoint
-    assert not values[1] & current_write  # the device would let the gateway; no rule lets alice
-    assert values[2:] == [True, False]
+    current_read, current_write = ua.AccessLevel.CurrentRead.mask, ua.AccessLevel.CurrentWrite.mask
+    assert values[0] & current_read and values[0] & current_write  # operators may write the setpoint
+    assert values[1] & current_read and not values[1] & current_write  # the device would; no rule does
+    assert not values[2] & current_read  # its value is denied
+    assert values[3:] == [True, False]
 
 
 # ---------------------------------------------------------------------------------- the gateway's own
