@@ -136,7 +136,8 @@ class AssetChecks(OpcuaAssetChecks):
         if len(self.problems) > before:
             return None
         assert protocol is not None and upstream is not None and mode is not None and deny is not None
-        assert all(settings[key] is not None for key in settings if not key.startswith("application_"))
+        optional = ("application_cert", "application_key", "device_cert")  # files that may be left out
+        assert all(settings[key] is not None for key in settings if key not in optional)
         return Asset(
             name=name,
             protocol=protocol,

@@ -152,6 +152,8 @@ class Asset:
     user: OpcUaUser = OpcUaUser()
     application_cert: str | None = None  # the gateway's upstream application certificate (a file)
     application_key: str | None = None
+    # The device's application certificate (a file): pinned, instead of the one its endpoint offers.
+    device_cert: str | None = None
 
     @property
     def endpoint_url(self) -> str:

@@ -25,6 +25,7 @@ OPCUA_KEYS = (
     "user",
     "application_cert",
     "application_key",
+    "device_cert",
 )
 SECURITY_POLICIES = ("None", "Basic256Sha256")
 SECURITY_MODES = ("None", "Sign", "SignAndEncrypt")
@@ -96,10 +97,17 @@ class OpcuaAssetChecks(FieldChecker):
         user = self.optional(table, "user", path, self.user, OpcUaUser())
         cert = self.optional(table, "application_cert", path, self.file_name, None)
         key = self.optional(table, "application_key", path, self.file_name, None)
+        device = self.optional(table, "device_cert", path, self.file_name, None)
         sessions = self.optional(table, "max_sessions", path, lambda v, p: self.integer(v, p, 1, 1000), 64)
         if len(self.problems) == before:
             assert policy is not None and mode is not None and user is not None
             self.opcua_combination(path, table, policy, mode, user, cert, key)
+            if device is not None and mode == "None":
+                self.error(
+                    (*path, "device_cert"),
+                    "the device's certificate is checked on a signed channel only: it needs security_mode"
+                    ' "Sign" or "SignAndEncrypt"',
+                )
         return {
             "max_sessions": sessions,
             "security_policy": policy,
@@ -107,6 +115,7 @@ class OpcuaAssetChecks(FieldChecker):
             "user": user,
             "application_cert": cert,
             "application_key": key,
+            "device_cert": device,
         }
 
     def opcua_combination(

@@ -72,9 +72,12 @@ class DeviceSession:
             await self.client.connect(auto_reconnect=False)
             self.namespaces = tuple(await self.client.get_namespace_array())
         protocol = self.client.uaclient.protocol
-        if protocol is not None and protocol.transport is not None:
-            if isinstance(protocol._connection.security_policy, SecurityPolicyNone):
-                protocol.transport.set_protocol(FastReplies(protocol))
+        if (
+            protocol is not None
+            and protocol.transport is not None
+            and isinstance(protocol._connection.security_policy, SecurityPolicyNone)
+        ):
+            protocol.transport.set_protocol(FastReplies(protocol))
 
     @property
     def alive(self) -> bool:
@@ -265,8 +268,11 @@ async def configure_security(client: Client, asset: Asset, password: str | None)
                 f"{asset.name}: {asset.security_policy} {asset.security_mode} needs application_cert"
                 " and application_key"
             )
+        # Without device_cert asyncua takes the certificate the device's endpoint offers, unchecked.
+        pinned = f",{asset.device_cert}" if asset.device_cert else ""
         await client.set_security_string(
             f"{asset.security_policy},{asset.security_mode},{asset.application_cert},{asset.application_key}"
+            + pinned
         )
     user = asset.user
     if user.kind == "username" and user.username:
@@ -276,6 +282,16 @@ async def configure_security(client: Client, asset: Asset, password: str | None)
     elif user.kind == "certificate" and asset.application_cert and asset.application_key:
         await client.load_client_certificate(asset.application_cert)
         await client.load_private_key(Path(asset.application_key))
+
+
+def connect_failure(asset: Asset, exc: BaseException) -> str:
+    """Why a device session did not open, for the audit record and /readyz."""
+    if isinstance(exc, TimeoutError):
+        reason = f"no session within connect_timeout_s ({asset.connect_timeout_s} s)"
+        if asset.device_cert:  # a device whose key is not the pinned one cannot read our OPN: silence
+            reason += f"; is device_cert ({asset.device_cert}) the device's certificate?"
+        return reason
+    return f"{exc.__class__.__name__}: {exc}"
 
 
 class OpcUaPool:
@@ -320,7 +336,7 @@ class OpcUaPool:
                 await session.open()
             except (OSError, TimeoutError, ConnectionError, UaError) as exc:
                 self.connect_failures += 1
-                self._event("connect_failed", f"{exc.__class__.__name__}: {exc}")
+                self._event("connect_failed", connect_failure(self.asset, exc))
                 await session.close()
                 await asyncio.sleep(backoff_s * (0.5 + random.random() / 2))
                 backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)

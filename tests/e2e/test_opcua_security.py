@@ -124,3 +124,25 @@ async def test_sign_and_encrypt_with_a_certificate_user_token(
     state = await _read_server_state(lab, _port(server), _asset(cert, key, '"certificate"'))
     assert state == ua.ServerState.Running
     assert users.seen and all(seen == (None, True) for seen in users.seen)
+
+
+async def test_a_pinned_device_certificate_is_checked(lab: Lab, secured: tuple[Server, Users, Path]) -> None:
+    server, _users, directory = secured
+    cert, key = await _gateway_certificate(directory)
+    extra = _asset(cert, key, '"certificate"') + f'device_cert = "{directory / "device.der"}"\n'
+    assert await _read_server_state(lab, _port(server), extra) == ua.ServerState.Running
+
+
+async def test_a_device_with_another_certificate_than_the_pinned_one_is_not_spoken_to(
+    lab: Lab, secured: tuple[Server, Users, Path]
+) -> None:
+    server, users, directory = secured
+    cert, key = await _gateway_certificate(directory)
+    impostor, _ = await _certificate(directory, "impostor", "urn:device", [ExtendedKeyUsageOID.SERVER_AUTH])
+    extra = _asset(cert, key, '"certificate"') + f'device_cert = "{impostor}"\n'
+    with pytest.raises(ua.UaStatusCodeError) as refused:
+        await _read_server_state(lab, _port(server), extra)
+    assert refused.value.code == ua.StatusCodes.BadServerNotConnected
+    failed = lab.audit_events(event="upstream", state="connect_failed")
+    assert failed and "is device_cert" in failed[0]["reason"]
+    assert users.seen == []  # no session was activated on it

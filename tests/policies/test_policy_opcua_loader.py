@@ -48,7 +48,7 @@ def test_opcua_asset_defaults_follow_the_reference() -> None:
     assert asset.endpoint_url == "opc.tcp://10.0.0.9:4840"
     assert asset.deny == DenyAction("exception", 0x801F0000, 0x801F0000, 0x801F0000, 0x800B0000)
     assert (asset.security_policy, asset.security_mode, asset.user) == ("None", "None", OpcUaUser())
-    assert (asset.application_cert, asset.application_key) == (None, None)
+    assert (asset.application_cert, asset.application_key, asset.device_cert) == (None, None, None)
     assert (asset.max_sessions, asset.queue_limit, asset.mode) == (64, 64, "enforce")
     assert (asset.connect_timeout_s, asset.response_timeout_s) == (3.0, 2.0)
 
@@ -59,6 +59,7 @@ def test_opcua_asset_settings() -> None:
             'security_policy = "Basic256Sha256"\nsecurity_mode = "SignAndEncrypt"\n'
             'user = { username = "ztgate", password_file = "/etc/ztgate/plc.pw" }\n'
             'application_cert = "/etc/ztgate/gw.der"\napplication_key = "/etc/ztgate/gw.pem"\n'
+            'device_cert = "/etc/ztgate/plc-1.der"\n'
             "max_sessions = 8\nqueue_limit = 16\nconnect_timeout_s = 5\nresponse_timeout_s = 1.5\n"
             'mode = "monitor"\ndeny = { action = "drop", value = "BadOutOfRange" }\n'
         )
@@ -69,6 +70,7 @@ def test_opcua_asset_settings() -> None:
     assert asset.user == OpcUaUser("username", "ztgate", "/etc/ztgate/plc.pw")
     assert str(asset.user) == "username ztgate"
     assert (asset.application_cert, asset.application_key) == ("/etc/ztgate/gw.der", "/etc/ztgate/gw.pem")
+    assert asset.device_cert == "/etc/ztgate/plc-1.der"
     assert (asset.max_sessions, asset.queue_limit, asset.mode) == (8, 16, "monitor")
     assert asset.deny == DenyAction("drop", 0x801F0000, 0x801F0000, 0x803C0000, 0x800B0000)
     for upstream, host, port, path in (
@@ -116,6 +118,8 @@ ASSET_MISTAKES = [
     ('user = "certificate"', "user", "give application_cert and application_key"),
     ('application_cert = "gw.der"', "application_key", "application_cert and application_key go together"),
     ('application_key = ""', "application_key", "expected the path of a file"),
+    ('device_cert = "plc.der"', "device_cert", 'on a signed channel only: it needs security_mode "Sign"'),
+    ("device_cert = 3", "device_cert", "3: expected a string, got an integer"),
     ("max_sessions = 0", "max_sessions", "0 is outside 1..1000"),
     ("max_connections = 2", "max_connections", "applies to modbus and enip assets only"),
     ('route = "1/0"', "route", "applies to enip assets only"),
