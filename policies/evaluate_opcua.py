@@ -74,6 +74,7 @@ class OpcuaTable:
         "node_lists",
         "service",
         "service_deny",
+        "timeless",
         "view",
         "with_monitor",
     )
@@ -91,6 +92,7 @@ class OpcuaTable:
         self.service_deny = tuple(c for c in self.deny if not c.per_operation)
         self.monitor_service_deny = tuple(c for c in self.monitor_deny if not c.per_operation)
         self.has_paths = any(c.paths is not None for c in candidates)
+        self.timeless = all(c.window is None for c in candidates)
         self.node_lists: dict[tuple[object, ...], _Lists] = {}
         self.with_monitor: dict[tuple[str, str], Decision] = {}
 

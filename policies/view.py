@@ -61,6 +61,7 @@ class SubjectView:
         "_opcua",
         "_opcua_paths",
         "_opcua_read",
+        "_opcua_timeless",
         "_route",
         "_tables",
         "_unit_ids",
@@ -91,6 +92,7 @@ class SubjectView:
         self._opcua: dict[str, OpcuaTable] = {}
         self._opcua_read: OpcuaTable | None = None
         self._opcua_paths: frozenset[str] = frozenset()
+        self._opcua_timeless: frozenset[str] = frozenset()
         # Refusals that depend only on the unit, function code, service or route (what a scanner
         # triggers in bulk) are built once; bounded, since a client picks the codes.
         self._constant_denials: dict[tuple[object, ...], Decision] = {}
@@ -115,6 +117,12 @@ class SubjectView:
             # Monitored items and history reads are decided as Reads too.
             paths.update(service for service in tables if tables[service].coupled)
         self._opcua_paths = frozenset(paths)
+        read_timeless = read is None or read.timeless
+        self._opcua_timeless = frozenset(
+            service
+            for service, table in tables.items()
+            if table.timeless and (read_timeless or not table.coupled)
+        )
 
     # ------------------------------------------------------------------------------------ modbus
 
@@ -230,6 +238,14 @@ class SubjectView:
         """Whether an entry that decides ``service`` names browse paths: only then is it worth the
         gateway's while to resolve an operation's path."""
         return service in self._opcua_paths
+
+    def opcua_timeless(self, service: str) -> bool:
+        """Whether this view decides an operation of ``service`` the same at any time (no entry that
+        decides it has a time window; a service no entry names is refused at any time): the decision
+        on an operation can be kept for the same operation under this view, with the same namespace
+        array, and with no browse paths to resolve (:meth:`needs_browse_paths`)."""
+        table = self._opcua.get(service)
+        return table is None or service in self._opcua_timeless
 
     def decide_opcua_service(self, service: str, now: float) -> Decision:
         """Decide a request as a whole at time ``now``: a service without operations (CreateSubscription,

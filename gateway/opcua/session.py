@@ -35,7 +35,7 @@ from protocols.opcua.binary import decode
 from protocols.opcua.connection import OpcUaServerConnection
 from protocols.opcua.events import CloseChannel, Hello, OpenChannel, RejectedRequest, ServiceRequest
 from protocols.opcua.messages import SERVICE_FAULT_TYPE_ID, type_id_span
-from protocols.opcua.operations import Operation, reduce_request, splice_response
+from protocols.opcua.operations import Operation, Reduction, reduce_request, splice_response
 from protocols.opcua.spec import OpcUaProtocolError, Status
 
 log = logging.getLogger("ztgate.opcua")
@@ -114,6 +114,8 @@ class OpcUaSession(Session):
         self._in_flight = 0
         self._tracking = SessionTracking()
         self._read_fields: dict[tuple[str, str, str | None, str], dict[str, Any]] = {}
+        # Kept: asyncio.get_running_loop() is a getpid() system call per call in CPython 3.11.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._bind_view()
 
     def _bind_view(self) -> None:
@@ -208,15 +210,23 @@ class OpcUaSession(Session):
         if codec is None:
             self._spawn(event, self._forward_whole(event, decision))
             return
-        known = event.known_operations
-        listed = list(known) if known is not None else codec.operations(event.request)
+        repeat = event.repeat
+        namespaces = self._namespaces()
+        if repeat is not None:
+            memo = repeat.memo
+            if memo is not None and memo[0] is self.view and memo[1] is namespaces:
+                self._forward_operations(event, memo[2], memo[3])
+                return
+        listed = list(repeat.operations) if repeat is not None else codec.operations(event.request)
         operations = self._tracking.resolve(name, event.request, listed)
         if self.view.needs_browse_paths(name):
             self._spawn(event, self._decide_on_paths(event, operations, now))
             return
-        namespaces = self._namespaces()
         decisions = [self.view.decide_opcua(op, namespaces, now) for op in operations]
-        self._spawn(event, self._forward_operations(event, operations, decisions))
+        if repeat is not None and self.view.opcua_timeless(name):
+            # The same bytes decide the same under this view and namespace array: kept for the next.
+            repeat.memo = (self.view, namespaces, operations, decisions)
+        self._forward_operations(event, operations, decisions)
 
     def _refuse_service(self, event: ServiceRequest, decision: Decision) -> None:
         self.denied += 1
@@ -238,7 +248,7 @@ class OpcUaSession(Session):
                 names = await self._pool.browse_path(op.node_id)
                 path = None if names is None else browse_path_of(names, namespaces)
             decisions.append(self.view.decide_opcua(op, namespaces, now, path))
-        await self._forward_operations(event, operations, decisions)
+        self._forward_operations(event, operations, decisions)
 
     def _namespaces(self) -> tuple[str, ...]:
         if self._device is not None and self._device.namespaces:
@@ -247,7 +257,10 @@ class OpcUaSession(Session):
 
     def _spawn(self, event: ServiceRequest, coroutine: Any) -> None:
         self._in_flight += 1
-        task = asyncio.get_running_loop().create_task(coroutine)
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        task = loop.create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(lambda done: self._done(event, done))
 
@@ -313,12 +326,18 @@ class OpcUaSession(Session):
             if request is None:
                 return await device.send_raw(event.body, timeout_s)
             return await device.send(request, timeout_s)
-        except TimeoutError:
+        except (UpstreamUnavailableError, ConnectionError, OSError, UaError) as error:
+            self._device_failed(event, error)
+        return None
+
+    def _device_failed(self, event: ServiceRequest, error: BaseException) -> None:
+        """Answer a request the device did not: BadTimeout (``error`` a TimeoutError, or the cancelled
+        future of a request whose time ran out), else BadServerNotConnected."""
+        if isinstance(error, TimeoutError | asyncio.CancelledError):
             self._pool.timeouts += 1
             self._fault(event, BAD_TIMEOUT)
-        except (UpstreamUnavailableError, ConnectionError, OSError, UaError):
+        else:
             self._fault(event, BAD_SERVER_NOT_CONNECTED)
-        return None
 
     def _decoded(self, event: ServiceRequest, body: bytes) -> Any | None:
         """The device's response as an object; None after relaying its ServiceFault or answering a
@@ -366,31 +385,97 @@ class OpcUaSession(Session):
             self._respond(event, response)
         self._account(event, decision, "ok" if body is not None else "device unavailable", started)
 
-    async def _forward_operations(
+    def _forward_operations(
         self, event: ServiceRequest, operations: list[Operation], decisions: list[Decision]
     ) -> None:
-        started = monotonic()
+        """Refused operations audited and never sent; the rest sent on. When all are allowed and
+        nothing in the response is the gateway's business, the client's own bytes go and the device's
+        come back (without a task while the device session is up: the common polling Read); otherwise
+        the request is cut down to the allowed operations and the results spliced back."""
         name = event.name
-        codec = event.service.operations
-        assert codec is not None
-        allowed = [decision.allowed for decision in decisions]
+        all_allowed = True
         for op, decision in zip(operations, decisions, strict=True):
             if not decision.allowed:
+                all_allowed = False
                 self.denied += 1
                 self._count(name, decision.verdict)
                 self._audit_operation(event, op, decision, "refused", None)
         self._tracking.request_to_device(name, event.request)
-        reduction = reduce_request(codec, event.request, allowed)
+        if all_allowed and name not in TRACKED_RESPONSES and not self._needs_rewrite(name, operations):
+            device = self._device
+            if device is not None and device.alive:
+                self._relay_now(event, device, operations, decisions)
+            else:
+                self._spawn(event, self._relay_unchanged(event, operations, decisions))
+            return
+        codec = event.service.operations
+        assert codec is not None
+        reduction = reduce_request(codec, event.request, [decision.allowed for decision in decisions])
         if reduction.request is None:  # nothing allowed: the device hears nothing of it
             self._respond(event, splice_response(reduction, None))
             return
-        rewrite = self._needs_rewrite(name, operations)
-        if reduction.all_allowed and not rewrite and name not in TRACKED_RESPONSES:
-            body = await self._exchange(event, None)
-            if body is not None:
+        self._spawn(event, self._forward_reduced(event, operations, decisions, reduction))
+
+    def _relay_now(
+        self,
+        event: ServiceRequest,
+        device: DeviceSession,
+        operations: list[Operation],
+        decisions: list[Decision],
+    ) -> None:
+        started = monotonic()
+        try:
+            future = device.submit_raw(event.body, self._timeout_s(event))
+        except (ConnectionError, OSError, UaError) as error:
+            self._device_failed(event, error)
+            self._account_allowed(event, operations, decisions, False, started)
+            return
+        self._in_flight += 1
+        future.add_done_callback(lambda done: self._relayed(event, operations, decisions, started, done))
+
+    def _relayed(
+        self,
+        event: ServiceRequest,
+        operations: list[Operation],
+        decisions: list[Decision],
+        started: float,
+        done: asyncio.Future[Any],
+    ) -> None:
+        self._in_flight -= 1
+        try:
+            error = None if done.cancelled() else done.exception()
+            if done.cancelled() or error is not None:
+                self._device_failed(event, error or asyncio.CancelledError())
+                body = None
+            else:
+                body = bytes(done.result())
                 self._relay(event, body)
             self._account_allowed(event, operations, decisions, body is not None, started)
-            return
+        except Exception:  # a bug of ours must not leave the client waiting: Bad, logged (as _done)
+            log.exception("%s: %s request failed in the gateway", self.id, event.name)
+            self._fault(event, BAD_INTERNAL_ERROR)
+        if self._in_flight < MAX_IN_FLIGHT:
+            self.resume_requests("in-flight limit")
+
+    async def _relay_unchanged(
+        self, event: ServiceRequest, operations: list[Operation], decisions: list[Decision]
+    ) -> None:
+        started = monotonic()
+        body = await self._exchange(event, None)
+        if body is not None:
+            self._relay(event, body)
+        self._account_allowed(event, operations, decisions, body is not None, started)
+
+    async def _forward_reduced(
+        self,
+        event: ServiceRequest,
+        operations: list[Operation],
+        decisions: list[Decision],
+        reduction: Reduction,
+    ) -> None:
+        started = monotonic()
+        name = event.name
+        rewrite = self._needs_rewrite(name, operations)
         body = await self._exchange(event, reduction.request)
         response = None if body is None else self._decoded(event, body)
         if response is not None:

@@ -64,8 +64,10 @@ class DeviceSession:
         self.closed = False
         self._token: ua.NodeId | None = None
         self._token_bytes = b""
+        self._loop: asyncio.AbstractEventLoop | None = None  # kept: getting it is a getpid() each time
 
     async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
         password = await asyncio.to_thread(read_password, self.asset)
         await configure_security(self.client, self.asset, password)
         async with asyncio.timeout(self.asset.connect_timeout_s):
@@ -92,10 +94,17 @@ class DeviceSession:
 
     async def send(self, request: Any, timeout_s: float) -> bytes:
         """Forward a request object (asyncua sets our handle, token and timeout in its header)."""
-        return await _within(self._protocol()._send_request(request, timeout_s), timeout_s)
+        loop = self._loop or asyncio.get_running_loop()
+        future = self._protocol()._send_request(request, timeout_s)
+        return await _result(_timed(future, timeout_s, loop), timeout_s)
 
     async def send_raw(self, body: bytes, timeout_s: float) -> bytes:
         """Forward the client's own request bytes, with our authentication token and request handle."""
+        return await _result(self.submit_raw(body, timeout_s), timeout_s)
+
+    def submit_raw(self, body: bytes, timeout_s: float) -> asyncio.Future[Any]:
+        """:meth:`send_raw` without a coroutine: the future of the response body, cancelled when
+        ``timeout_s`` passes first. Raises what the device's connection raises when it is gone."""
         protocol = self._protocol()
         protocol._request_handle += 1
         token = protocol.authentication_token
@@ -106,10 +115,11 @@ class DeviceSession:
         protocol.revolve_security_token()
         message = _frame(protocol._connection, patched, request_id)
         protocol._request_id = request_id
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = self._loop or asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
         protocol._callbackmap[request_id] = future
         protocol.transport.write(message)
-        return await _within(future, timeout_s)
+        return _timed(future, timeout_s, loop)
 
     async def close(self) -> None:
         if self.closed:
@@ -199,10 +209,18 @@ def _frame(connection: Any, body: bytes, request_id: int) -> bytes:
     return message
 
 
-async def _within(future: asyncio.Future[Any], timeout_s: float) -> bytes:
-    """The future's bytes, or TimeoutError after ``timeout_s`` (a timer on the future: no task, no
-    waiter, unlike ``asyncio.wait_for``)."""
-    timer = asyncio.get_running_loop().call_later(timeout_s, future.cancel)
+def _timed(
+    future: asyncio.Future[Any], timeout_s: float, loop: asyncio.AbstractEventLoop
+) -> asyncio.Future[Any]:
+    """``future``, cancelled if it is not done within ``timeout_s`` (a timer on the future: no task,
+    no waiter, unlike ``asyncio.wait_for``)."""
+    timer = loop.call_later(timeout_s, future.cancel)
+    future.add_done_callback(lambda _done: timer.cancel())
+    return future
+
+
+async def _result(future: asyncio.Future[Any], timeout_s: float) -> bytes:
+    """The bytes of a :func:`_timed` future, or TimeoutError when its timer cancelled it."""
     try:
         return bytes(await future)
     except asyncio.CancelledError:
@@ -210,8 +228,6 @@ async def _within(future: asyncio.Future[Any], timeout_s: float) -> bytes:
         if task is not None and task.cancelling():  # cancelled from outside, not by the timer
             raise
         raise TimeoutError(f"no response within {timeout_s} s") from None
-    finally:
-        timer.cancel()
 
 
 def patch_request_header(body: bytes, token: bytes, request_handle: int) -> bytes:

@@ -274,7 +274,7 @@ class OpcUaServerConnection:
 
     def _service_request(self, request_id: int, body: bytes) -> ServiceRequest | RejectedRequest:
         try:
-            service, request, operations = decode_request_through(body, self.repeats)
+            service, request, repeat = decode_request_through(body, self.repeats)
         except RequestDecodeError as refused:
             fault = service_fault(refused.request_handle, refused.status, self._now)
             return RejectedRequest(
@@ -286,7 +286,7 @@ class OpcUaServerConnection:
                 self._send_body(request_id, encode_message(fault), refused.request_handle),
             )
         handle = request.RequestHeader.RequestHandle
-        return ServiceRequest(request_id, handle, service, request, body, operations)
+        return ServiceRequest(request_id, handle, service, request, body, repeat)
 
     def _check_sequence_number(self, received: int) -> None:
         previous = self._peer_sequence_number

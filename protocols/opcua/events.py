@@ -12,7 +12,7 @@ from typing import Any
 
 from asyncua import ua
 
-from protocols.opcua.operations import Operation
+from protocols.opcua.messages import Repeat
 from protocols.opcua.services import Service
 
 
@@ -61,8 +61,8 @@ class ServiceRequest:
     service: Service
     request: Any  # asyncua's request object, e.g. ua.ReadRequest
     body: bytes = b""  # the request as the client encoded it (type id first): relayed when unchanged
-    # The request's operations when the codec already had them (a repeated Read); else list them.
-    known_operations: tuple[Operation, ...] | None = None
+    # A request the codec has seen before (a repeated Read): its operations, and the memo slot.
+    repeat: Repeat | None = None
 
     @property
     def header(self) -> ua.RequestHeader:

@@ -101,6 +101,20 @@ def nodeid_end(body: bytes, offset: int) -> int:
     return end
 
 
+class Repeat:
+    """One request in a :class:`RepeatCache`: the decoded request it was first seen as, its operations,
+    and ``memo``, a slot where the layer above keeps what it derived from them (the gateway: its
+    decisions, with what they depend on). Shared by every request that repeats it: nobody mutates
+    ``request`` or ``operations``."""
+
+    __slots__ = ("memo", "operations", "request")
+
+    def __init__(self, request: Any, operations: tuple[Operation, ...]) -> None:
+        self.request = request
+        self.operations = operations
+        self.memo: Any = None
+
+
 class RepeatCache:
     """Requests whose bytes repeat, decoded once: an HMI polls the same nodes over and over, and between
     two of its Reads only the RequestHeader's Timestamp and RequestHandle change.
@@ -116,27 +130,28 @@ class RepeatCache:
     MAX_BODY_BYTES: Final = 4096
 
     def __init__(self) -> None:
-        self._entries: dict[bytes, tuple[Any, tuple[Operation, ...]]] = {}
+        self._entries: dict[bytes, Repeat] = {}
         self.hits = 0
 
-    def get(self, key: bytes) -> tuple[Any, tuple[Operation, ...]] | None:
+    def get(self, key: bytes) -> Repeat | None:
         found = self._entries.get(key)
         if found is not None:
             self.hits += 1
         return found
 
-    def put(self, key: bytes, request: Any, operations: tuple[Operation, ...]) -> None:
+    def put(self, key: bytes, request: Any, operations: tuple[Operation, ...]) -> Repeat:
         entries = self._entries
         if len(entries) >= self.MAX_ENTRIES:
             del entries[next(iter(entries))]
-        entries[key] = (request, operations)
+        entries[key] = repeat = Repeat(request, operations)
+        return repeat
 
 
 def _decode_repeatable(
     service: Service, body: bytes, offset: int, cache: RepeatCache
-) -> tuple[Any, tuple[Operation, ...] | None]:
-    """``decode(service.request_type, body)`` through ``cache``, and the request's operations when it
-    was cached. Raises what the decoders raise."""
+) -> tuple[Any, Repeat | None]:
+    """``decode(service.request_type, body)`` through ``cache``, and its cache entry (None for a body
+    too large to cache). Raises what the decoders raise."""
     if len(body) > RepeatCache.MAX_BODY_BYTES:
         request, left = decode(service.request_type, body)
         if left:
@@ -152,9 +167,8 @@ def _decode_repeatable(
             raise ValueError(f"{left} bytes after the request")
         codec = service.operations
         operations = tuple(codec.operations(request)) if codec is not None else ()
-        cache.put(key, request, operations)
-        return request, operations
-    template, operations = found
+        return request, cache.put(key, request, operations)
+    template = found.request
     ticks, handle = _TIMESTAMP_HANDLE.unpack_from(body, timestamp_at)
     header = template.RequestHeader
     request = service.request_type(
@@ -169,7 +183,7 @@ def _decode_repeatable(
         ),
         Parameters=template.Parameters,
     )
-    return request, operations
+    return request, found
 
 
 def decode_request(body: bytes) -> tuple[Service, Any]:
@@ -182,11 +196,9 @@ def decode_request(body: bytes) -> tuple[Service, Any]:
     return service, request
 
 
-def decode_request_through(
-    body: bytes, cache: RepeatCache | None
-) -> tuple[Service, Any, tuple[Operation, ...] | None]:
+def decode_request_through(body: bytes, cache: RepeatCache | None) -> tuple[Service, Any, Repeat | None]:
     """:func:`decode_request` through ``cache`` (repeated Reads are not decoded again, see
-    :class:`RepeatCache`), with the request's operations when the cache had them.
+    :class:`RepeatCache`), with the request's cache entry when it has one.
 
     Raises :class:`RequestDecodeError`: BadServiceUnsupported for a type id that is no service request
     this endpoint takes inside a MSG, BadDecodingError for a body that does not decode or has bytes left.
@@ -204,9 +216,9 @@ def decode_request_through(
             type_id=type_id,
         )
     try:
-        operations = None
+        repeat = None
         if cache is not None and service.name in RepeatCache.SERVICES:
-            (request, operations), left = _decode_repeatable(service, body, length, cache), 0
+            (request, repeat), left = _decode_repeatable(service, body, length, cache), 0
         else:
             request, left = decode(service.request_type, body)
     except Exception as exc:  # asyncua raises whatever its decoders hit on bad bytes
@@ -223,7 +235,7 @@ def decode_request_through(
             request_handle=request.RequestHeader.RequestHandle,
             type_id=type_id,
         )
-    return service, request, operations
+    return service, request, repeat
 
 
 def encode_message(message: Any) -> bytes:
@@ -279,6 +291,7 @@ def check_response_type(body: bytes, service: Service) -> None:
 
 __all__ = [
     "SERVICE_FAULT_TYPE_ID",
+    "Repeat",
     "RepeatCache",
     "RequestDecodeError",
     "check_response_type",

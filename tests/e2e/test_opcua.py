@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import struct
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -423,6 +424,61 @@ async def test_many_sessions_each_with_their_own_subscription(lab: Lab, plc: Opc
                 assert set(handler.values) == {f"{TANK}.{name}"}  # nobody else's data
         finally:
             await asyncio.gather(*(client.disconnect() for client in clients))
+
+
+class FakeClock:
+    def __init__(self, when: datetime) -> None:
+        self.now = when.timestamp()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_repeated_read_is_decided_again_after_a_reload_and_when_its_window_closes(
+    lab: Lab, plc: OpcUaSim
+) -> None:
+    # The gateway keeps its decisions on a Read whose bytes repeat: a new policy or a closed window
+    # must still refuse the very same bytes.
+    read_rule = 'opcua = [{ preset = "read-only" }]'
+    shift = RULES.replace(read_rule, read_rule + '\nwhen = { hours = "10:00-10:05" }', 1)
+    assert shift != RULES
+    no_level = f"""
+[[rules]]
+id = "no-level"
+effect = "deny"
+subjects = ["{ALICE}"]
+assets = ["opc-1"]
+opcua = [{{ service = "Read", {NS}, node = "{TANK}.Level" }}]
+"""
+    shift += f"""
+[[rules]]
+id = "pressure-any-time"
+subjects = ["{ALICE}"]
+assets = ["opc-1"]
+opcua = [{{ service = "Read", {NS}, node = "{TANK}.Pressure" }}]
+"""
+    clock = FakeClock(datetime(2026, 11, 25, 10, 4, 30, tzinfo=UTC))
+    gateway = await lab.start_gateway(opcua_policy_text(plc.port, shift), clock=clock)
+    port = await lab.start_agent("alice", "opc-1", "opcua")
+    async with Client(f"opc.tcp://127.0.0.1:{port}/", timeout=5, watchdog_intervall=600) as client:
+        ns = await client.get_namespace_index(PLANT)
+        level = [read_id(tank(ns, "Level"))]
+
+        async def level_status() -> int:
+            return codes(await read(client, level))[0]
+
+        assert [await level_status() for _ in range(3)] == [0, 0, 0]
+        lab.policy_path.write_text(opcua_policy_text(plc.port, shift + no_level))
+        assert await gateway.reload_policy("test")
+        assert await level_status() == DENIED
+        lab.policy_path.write_text(opcua_policy_text(plc.port, shift))
+        assert await gateway.reload_policy("test")
+        assert await level_status() == 0
+        clock.now = datetime(2026, 11, 25, 10, 5, tzinfo=UTC).timestamp()  # the window's end is exclusive
+        assert await level_status() == DENIED
+    refusals = lab.audit_events(event="decision", decision="deny", service="Read")
+    assert [e["rule"] for e in refusals[:1]] == ["no-level"]
+    assert len(refusals) == 2 and refusals[-1]["node"].endswith(f"{TANK}.Level")
 
 
 async def test_other_identities_get_their_own_decisions(lab: Lab, plc: OpcUaSim) -> None:

@@ -301,6 +301,37 @@ def test_browse_paths_are_asked_for_only_where_an_entry_uses_them() -> None:
     assert not view.needs_browse_paths("Write")
 
 
+def test_decisions_are_timeless_unless_an_entry_deciding_the_service_has_a_window() -> None:
+    window = 'when = { hours = "06:00-18:00" }\n'
+    p = opcua_policy(
+        rule('{ preset = "read-only" }')
+        + rule('{ service = "Write" }', "w", extra=window)
+        + deny_rule('{ service = "Call" }', "no-calls")
+        + rule('{ service = "HistoryRead" }', "h")
+    )
+    view = p.view(ALICE, "opc-1")
+    assert view is not None
+    assert view.opcua_timeless("Read") and view.opcua_timeless("Browse")
+    assert not view.opcua_timeless("Write")
+    assert view.opcua_timeless("AddNodes")  # named by no entry: refused at any time
+    # Monitored items and history reads are decided as Reads too: a window on Read reaches them.
+    shifted = opcua_policy(
+        rule('{ service = "Read" }', extra=window)
+        + rule('{ service = ["CreateMonitoredItems", "HistoryRead"] }', "m")
+    )
+    view = shifted.view(ALICE, "opc-1")
+    assert view is not None
+    assert not view.opcua_timeless("Read")
+    assert not view.opcua_timeless("CreateMonitoredItems") and not view.opcua_timeless("HistoryRead")
+    # A window on a deny entry counts as well.
+    denied = opcua_policy(
+        rule('{ service = "Read" }')
+        + rule('{ service = "Read" }', "d", EVERYONE, effect="deny", extra=window)
+    )
+    view = denied.view(ALICE, "opc-1")
+    assert view is not None and not view.opcua_timeless("Read")
+
+
 # ---------------------------------------------------------------------------------------- attributes
 
 

@@ -30,19 +30,20 @@ T0 = datetime(2026, 11, 26, 7, 0, tzinfo=UTC)
 def test_a_hit_equals_a_full_decode_with_the_new_handle_and_timestamp() -> None:
     cache = RepeatCache()
     first = read_body(1, T0, NODES)
-    service, request, operations = decode_request_through(first, cache)
+    service, request, repeat = decode_request_through(first, cache)
     assert service.name == "Read" and cache.hits == 0
-    assert operations == tuple(READ.operations(request))
+    assert repeat is not None and repeat.operations == tuple(READ.operations(request))
+    repeat.memo = "the gateway's decisions"
 
     later = T0 + timedelta(seconds=3, microseconds=250)
     second = read_body(2, later, NODES)
-    service, request, operations = decode_request_through(second, cache)
-    assert cache.hits == 1
+    service, request, again_repeat = decode_request_through(second, cache)
+    assert cache.hits == 1 and again_repeat is repeat and repeat.memo == "the gateway's decisions"
     _service, full = decode_request(second)
     assert request == full
     assert request.RequestHeader.RequestHandle == 2
     assert request.RequestHeader.Timestamp == full.RequestHeader.Timestamp
-    assert operations == tuple(READ.operations(full))
+    assert repeat.operations == tuple(READ.operations(full))
     # Each hit has its own header: asyncua rewrites the header of what it sends in place.
     _s, again, _o = decode_request_through(read_body(3, later, NODES), cache)
     assert again.RequestHeader is not request.RequestHeader and again.RequestHeader.RequestHandle == 3
@@ -54,9 +55,10 @@ def test_anything_else_that_differs_is_a_miss() -> None:
     other_nodes = read_body(2, T0, NODES[:3])
     other_token = read_body(3, T0, NODES, token=ua.NodeId(7, 0))
     for body in (other_nodes, other_token):
-        _service, request, operations = decode_request_through(body, cache)
+        _service, request, repeat = decode_request_through(body, cache)
         assert request == decode_request(body)[1]
-        assert operations is not None and len(operations) == len(request.Parameters.NodesToRead)
+        assert repeat is not None and repeat.memo is None
+        assert len(repeat.operations) == len(request.Parameters.NodesToRead)
     assert cache.hits == 0
 
 
@@ -74,8 +76,8 @@ def test_the_cache_is_bounded_and_skips_large_and_other_requests() -> None:
     big = read_body(1, T0, [ua.NodeId(f"n{i:04d}" * 8, 2) for i in range(80)])
     assert len(big) > RepeatCache.MAX_BODY_BYTES
     for _ in range(2):
-        _service, _request, operations = decode_request_through(big, cache)
-        assert operations is None  # decoded in full each time; the session lists them itself
+        _service, _request, repeat = decode_request_through(big, cache)
+        assert repeat is None  # decoded in full each time; the session lists them itself
     write = ua.WriteRequest()
     write.Parameters.NodesToWrite = [ua.WriteValue(NodeId=NODES[0])]
     for _ in range(2):
