@@ -672,7 +672,7 @@ class OpcUaSession(Session):
         self.runtime.audit.emit(event)
 
     def _account(self, event: ServiceRequest, decision: Decision, outcome: str, started: float) -> None:
-        """A request decided as a whole (no read among them: those have operations)."""
+        """A request decided as a whole: a service without operations."""
         latency_s = monotonic() - started
         self._histogram.observe(latency_s)
         self._count(event.name, decision.verdict)
