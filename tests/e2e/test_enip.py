@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
@@ -165,9 +166,10 @@ async def test_generic_messages_identity_allowed_reset_refused(lab: Lab, plc: En
     assert plc.resets == 0 and not [r for r in plc.received if r.class_id == 0xF5]
     refused = {e["service"]: e for e in lab.audit_events(event="decision", decision="deny")}
     assert refused["reset"]["rule"] == "nobody-resets" and refused["reset"]["class"] == 1
-    assert (
-        refused["set_attribute_single"]["class"] == 0xF5 and refused["set_attribute_single"]["attribute"] == 3
-    )
+    set_tcpip = refused["set_attribute_single"]
+    assert set_tcpip["class"] == 0xF5 and set_tcpip["attribute"] == 3
+    assert set_tcpip["rule"] is None  # a default deny: no rule names it, and the reason says so
+    assert "no rule allows set_attribute_single" in set_tcpip["reason"]
 
 
 async def test_writes_outside_patterns_and_out_of_bounds_are_refused(lab: Lab, plc: EnipSim) -> None:
@@ -184,8 +186,14 @@ async def test_writes_outside_patterns_and_out_of_bounds_are_refused(lab: Lab, p
     errors = await in_thread(run)
     assert all(error and privileged(error) for error in errors)
     assert plc.writes() == [] and plc.tag("Setpoint") == 1000
-    reasons = [e["reason"] for e in lab.audit_events(event="decision", decision="deny")]
-    assert len(reasons) == 3 and any("2000" in reason for reason in reasons)
+    refused = lab.audit_events(event="decision", decision="deny")
+    # Each names the rule it came closest to, and why it fell outside.
+    assert [(e["tag"], e["rule"]) for e in refused] == [
+        ("Mode", "operators-setpoint"),
+        ("Setpoint", "operators-setpoint"),
+        ("Recipe[5]", "operators-setpoint"),
+    ]
+    assert "value 2000 outside rule operators-setpoint (0..1500)" in refused[1]["reason"]
 
 
 async def test_a_tag_by_numeric_instance_is_refused(lab: Lab) -> None:
@@ -200,6 +208,8 @@ async def test_a_tag_by_numeric_instance_is_refused(lab: Lab) -> None:
     assert result.value is None and privileged(result.error)
     refused = lab.audit_events(event="decision", decision="deny", service="read_tag")
     assert refused and refused[-1]["class"] == 0x6B and "instance" in refused[-1]
+    # A symbol instance cannot be told apart from the tag a deny rule protects: that rule refuses it.
+    assert refused[-1]["rule"] == "no-secrets" and "touches tag Batch_ID" in refused[-1]["reason"]
 
 
 async def test_pylogix_reads_writes_and_arrays(lab: Lab, plc: EnipSim) -> None:
@@ -239,6 +249,47 @@ async def test_many_clients_share_one_upstream_session(lab: Lab, plc: EnipSim) -
     state = lab.gateway.runtime.upstreams.pool_for(lab.gateway.policy.assets["plc-2"]).state()
     assert state.connected == 1 and state.max_connections == 1
     assert len({r.session for r in plc.received}) == 1  # the device saw one encapsulation session
+
+
+async def test_connected_messaging_runs_on_the_gateways_own_connection(lab: Lab, plc: EnipSim) -> None:
+    # pycomm3 opens a class-3 connection (Forward Open) and closes it (Forward Close) around its work:
+    # the gateway answers both itself and carries the requests on a connection of its own, so the
+    # device sees one Forward Open however many clients come and go, and no client's Forward Close.
+    port = await _lab(lab, plc)
+
+    def run() -> Any:
+        with LogixDriver(f"127.0.0.1:{port}") as driver:
+            return driver.read("Setpoint").value
+
+    assert await asyncio.gather(in_thread(run), in_thread(run)) == [1000, 1000]
+    assert await in_thread(run) == 1000  # a third, after the first two closed theirs
+    connection_manager = [r.service for r in plc.received if r.class_id == 0x06 and r.service != 0x52]
+    assert connection_manager == [0x54]  # the gateway's own Forward Open, once
+    reads = [r for r in plc.received if r.tag == "Setpoint" and r.service == 0x4C]
+    assert len(reads) == 3 and all(r.connected for r in reads)
+    # The clients' own Forward Opens (Large, as pycomm3 sends them) and Forward Closes, decided and
+    # answered by the gateway.
+    for service in ("large_forward_open", "forward_close"):
+        decided = lab.audit_events(event="decision", service=service)
+        assert len(decided) == 3 and all(e["decision"] == "allow" for e in decided), service
+
+
+async def test_list_services_is_answered_by_the_gateway(lab: Lab, plc: EnipSim) -> None:
+    port = await _lab(lab, plc)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        # ListServices (Vol 2, 2-4.6): command 0x0004, no data.
+        writer.write(struct.pack("<HHII8sI", 0x0004, 0, 0, 0, b"ztgate-t", 0))
+        header = await asyncio.wait_for(reader.readexactly(24), 5)
+        command, length, _session, status, context, _options = struct.unpack("<HHII8sI", header)
+        data = await reader.readexactly(length)
+    finally:
+        writer.close()
+    assert (command, status, context) == (0x0004, 0, b"ztgate-t")
+    count, item_type, item_length, version, flags = struct.unpack_from("<HHHHH", data)
+    assert (count, item_type, item_length, version) == (1, 0x0100, 20, 1)
+    assert flags & 0x0020 and not flags & 0x0100  # CIP over TCP; no class 0/1 over UDP
+    assert data[10:26].rstrip(b"\0") == b"Communications"
 
 
 async def test_list_identity_is_answered_by_the_gateway(lab: Lab, plc: EnipSim) -> None:

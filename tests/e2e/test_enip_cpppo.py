@@ -125,7 +125,8 @@ async def test_device_killed_and_restarted_mid_session(lab: Lab, cpppo: CpppoPro
         assert (await in_thread(lambda: driver.read("Count"))).error is None
         await cpppo.kill()
         failed = await in_thread(lambda: driver.read("Count"))
-        assert failed.error is not None and failed.value is None  # a CIP error, not a hang
+        # CIP general status 0x01 (connection failure), not a hang: pycomm3's text for it.
+        assert failed.value is None and "Connection failure" in str(failed.error)
         await cpppo.start()
         for _ in range(200):  # the gateway reconnects with a bounded backoff; the client stays connected
             result = await in_thread(lambda: driver.read("Count"))
@@ -144,12 +145,20 @@ async def test_device_killed_and_restarted_mid_session(lab: Lab, cpppo: CpppoPro
 
 async def test_garbage_closes_that_session_only(lab: Lab, cpppo: CpppoProcess) -> None:
     port = await _lab(lab, cpppo)
-    reader, writer = await lab.raw_connection("alice", "plc-2")
-    # An encapsulation header announcing 60,000 bytes of data: over the cap, the framing is lost.
-    writer.write(bytes.fromhex("6f00 60ea 00000000 00000000 0000000000000000 00000000"))
-    assert await asyncio.wait_for(reader.read(), 5) == b""
-    event = await lab.wait_for_event(event="protocol_error", protocol="enip")
-    assert "exceeds the cap" in event["reason"]
+    driver = logix(port)  # a session that is already open when the garbage comes, and stays so
+    await in_thread(driver.open)
+    try:
+        assert (await in_thread(lambda: driver.read("Count"))).error is None
+        reader, writer = await lab.raw_connection("alice", "plc-2")
+        # An encapsulation header announcing 60,000 bytes of data: over the cap, the framing is lost.
+        writer.write(bytes.fromhex("6f00 60ea 00000000 00000000 0000000000000000 00000000"))
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        event = await lab.wait_for_event(event="protocol_error", protocol="enip")
+        assert "exceeds the cap" in event["reason"]
+        after = await in_thread(lambda: driver.read("Count"))
+        assert after.error is None and after.value == 0
+    finally:
+        await in_thread(driver.close)
 
     def run() -> Any:
         with PLC("127.0.0.1", port=port) as comm:

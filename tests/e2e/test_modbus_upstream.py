@@ -182,6 +182,41 @@ async def test_response_timeout_answers_0x0b_and_drops_the_late_reply(lab: Lab) 
     assert timeout_event and timeout_event[0]["exception"] == 0x0B
 
 
+async def test_an_unmatched_reply_is_dropped_and_counted(lab: Lab) -> None:
+    def behave(count: int, tid: int, frame: bytes) -> bytes:
+        reply = echo_read()(count, tid, frame)
+        if count == 0:  # a reply under a transaction id the gateway never used
+            return struct.pack(">H", tid ^ 0x5A5A) + reply[2:]
+        return reply
+
+    device = ScriptedDevice(behave)
+    await _lab_with(lab, device, "response_timeout_s = 0.3")
+    client = await lab.client("alice")
+    result = await client.read_holding_registers(7, count=2, device_id=1)
+    assert result.isError() and result.exception_code == 0x0B  # its own answer never came
+    assert _pool(lab).late_replies == 1
+    assert (await client.read_holding_registers(8, count=2, device_id=1)).registers == [8, 9]
+    assert device.connections == 1
+
+
+async def test_max_connections_spreads_requests_over_that_many_upstream_connections(lab: Lab) -> None:
+    # Each reply waits a little, so concurrent requests need more than one connection.
+    device = ScriptedDevice(echo_read(), delay_s=lambda _: 0.05)
+    await _lab_with(lab, device, "max_connections = 3")
+    clients = [await lab.client("alice") for _ in range(6)]
+
+    async def reads(index: int, client: object) -> list[list[int]]:
+        return [
+            (await client.read_holding_registers(index * 10 + r, count=2, device_id=1)).registers  # type: ignore[attr-defined]
+            for r in range(4)
+        ]
+
+    results = await asyncio.gather(*(reads(i, c) for i, c in enumerate(clients)))
+    assert results == [[[i * 10 + r, i * 10 + r + 1] for r in range(4)] for i in range(6)]
+    assert device.connections == 3
+    assert _pool(lab).state().connected == 3
+
+
 async def test_malformed_reply_never_reaches_the_client(lab: Lab) -> None:
     device = ScriptedDevice(echo_read(count_override=1))  # one register whatever was asked
     await _lab_with(lab, device)
