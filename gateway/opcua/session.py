@@ -18,6 +18,7 @@ import asyncio
 import logging
 import os
 import random
+from dataclasses import dataclass
 from time import monotonic
 from typing import Any, ClassVar, Final
 
@@ -68,6 +69,21 @@ _LOCAL = frozenset(
     )
 )
 _AGGREGATED = frozenset(("Read", "Browse", "BrowseNext", "TranslateBrowsePathsToNodeIds", "HistoryRead"))
+
+
+@dataclass(frozen=True, slots=True)
+class _Decided:
+    """A request's operations with their decisions, and what follows from them for forwarding and
+    accounting. Kept on a repeated request's cache entry while ``view`` and ``namespaces`` are the
+    ones in force (and the view decides the service the same at any time)."""
+
+    view: SubjectView
+    namespaces: tuple[str, ...]
+    operations: list[Operation]
+    decisions: list[Decision]
+    all_allowed: bool
+    relay: bool  # all allowed, nothing in the response for the gateway: the bytes go as they are
+    by_rule: tuple[tuple[str | None, int], ...] | None  # allowed reads per rule, when all are plain allows
 
 
 def _status(code: int) -> ua.StatusCode:
@@ -213,9 +229,9 @@ class OpcUaSession(Session):
         repeat = event.repeat
         namespaces = self._namespaces()
         if repeat is not None:
-            memo = repeat.memo
-            if memo is not None and memo[0] is self.view and memo[1] is namespaces:
-                self._forward_operations(event, memo[2], memo[3])
+            decided = repeat.memo
+            if decided is not None and decided.view is self.view and decided.namespaces is namespaces:
+                self._forward_operations(event, decided)
                 return
         listed = list(repeat.operations) if repeat is not None else codec.operations(event.request)
         operations = self._tracking.resolve(name, event.request, listed)
@@ -223,10 +239,37 @@ class OpcUaSession(Session):
             self._spawn(event, self._decide_on_paths(event, operations, now))
             return
         decisions = [self.view.decide_opcua(op, namespaces, now) for op in operations]
+        decided = self._decided(name, namespaces, operations, decisions)
         if repeat is not None and self.view.opcua_timeless(name):
             # The same bytes decide the same under this view and namespace array: kept for the next.
-            repeat.memo = (self.view, namespaces, operations, decisions)
-        self._forward_operations(event, operations, decisions)
+            repeat.memo = decided
+        self._forward_operations(event, decided)
+
+    def _decided(
+        self,
+        service: str,
+        namespaces: tuple[str, ...],
+        operations: list[Operation],
+        decisions: list[Decision],
+    ) -> _Decided:
+        all_allowed = all(decision.allowed for decision in decisions)
+        relay = (
+            all_allowed and service not in TRACKED_RESPONSES and not self._needs_rewrite(service, operations)
+        )
+        by_rule: dict[str | None, int] | None = None
+        if all_allowed and service in _AGGREGATED and all(d.verdict == "allow" for d in decisions):
+            by_rule = {}
+            for decision in decisions:
+                by_rule[decision.rule_id] = by_rule.get(decision.rule_id, 0) + 1
+        return _Decided(
+            self.view,
+            namespaces,
+            operations,
+            decisions,
+            all_allowed,
+            relay,
+            None if by_rule is None else tuple(by_rule.items()),
+        )
 
     def _refuse_service(self, event: ServiceRequest, decision: Decision) -> None:
         self.denied += 1
@@ -248,7 +291,7 @@ class OpcUaSession(Session):
                 names = await self._pool.browse_path(op.node_id)
                 path = None if names is None else browse_path_of(names, namespaces)
             decisions.append(self.view.decide_opcua(op, namespaces, now, path))
-        self._forward_operations(event, operations, decisions)
+        self._forward_operations(event, self._decided(event.name, namespaces, operations, decisions))
 
     def _namespaces(self) -> tuple[str, ...]:
         if self._device is not None and self._device.namespaces:
@@ -385,96 +428,83 @@ class OpcUaSession(Session):
             self._respond(event, response)
         self._account(event, decision, "ok" if body is not None else "device unavailable", started)
 
-    def _forward_operations(
-        self, event: ServiceRequest, operations: list[Operation], decisions: list[Decision]
-    ) -> None:
+    def _forward_operations(self, event: ServiceRequest, decided: _Decided) -> None:
         """Refused operations audited and never sent; the rest sent on. When all are allowed and
         nothing in the response is the gateway's business, the client's own bytes go and the device's
-        come back (without a task while the device session is up: the common polling Read); otherwise
-        the request is cut down to the allowed operations and the results spliced back."""
+        come back (straight from the device's data_received while its session is up: the common polling
+        Read); otherwise the request is cut down to the allowed operations and the results spliced
+        back."""
         name = event.name
-        all_allowed = True
-        for op, decision in zip(operations, decisions, strict=True):
-            if not decision.allowed:
-                all_allowed = False
-                self.denied += 1
-                self._count(name, decision.verdict)
-                self._audit_operation(event, op, decision, "refused", None)
+        if not decided.all_allowed:
+            for op, decision in zip(decided.operations, decided.decisions, strict=True):
+                if not decision.allowed:
+                    self.denied += 1
+                    self._count(name, decision.verdict)
+                    self._audit_operation(event, op, decision, "refused", None)
         self._tracking.request_to_device(name, event.request)
-        if all_allowed and name not in TRACKED_RESPONSES and not self._needs_rewrite(name, operations):
+        if decided.relay:
             device = self._device
             if device is not None and device.alive:
-                self._relay_now(event, device, operations, decisions)
+                self._relay_now(event, device, decided)
             else:
-                self._spawn(event, self._relay_unchanged(event, operations, decisions))
+                self._spawn(event, self._relay_unchanged(event, decided))
             return
         codec = event.service.operations
         assert codec is not None
-        reduction = reduce_request(codec, event.request, [decision.allowed for decision in decisions])
+        allowed = [decision.allowed for decision in decided.decisions]
+        reduction = reduce_request(codec, event.request, allowed)
         if reduction.request is None:  # nothing allowed: the device hears nothing of it
             self._respond(event, splice_response(reduction, None))
             return
-        self._spawn(event, self._forward_reduced(event, operations, decisions, reduction))
+        self._spawn(event, self._forward_reduced(event, decided, reduction))
 
-    def _relay_now(
-        self,
-        event: ServiceRequest,
-        device: DeviceSession,
-        operations: list[Operation],
-        decisions: list[Decision],
-    ) -> None:
+    def _relay_now(self, event: ServiceRequest, device: DeviceSession, decided: _Decided) -> None:
         started = monotonic()
-        try:
-            future = device.submit_raw(event.body, self._timeout_s(event))
-        except (ConnectionError, OSError, UaError) as error:
-            self._device_failed(event, error)
-            self._account_allowed(event, operations, decisions, False, started)
-            return
+
+        def reply(body: bytes | None, error: BaseException | None) -> None:
+            self._relayed(event, decided, started, body, error)
+
         self._in_flight += 1
-        future.add_done_callback(lambda done: self._relayed(event, operations, decisions, started, done))
+        try:
+            device.relay_raw(event.body, self._timeout_s(event), reply, self._late_reply)
+        except (ConnectionError, OSError, UaError) as error:
+            self._relayed(event, decided, started, None, error)
 
     def _relayed(
         self,
         event: ServiceRequest,
-        operations: list[Operation],
-        decisions: list[Decision],
+        decided: _Decided,
         started: float,
-        done: asyncio.Future[Any],
+        body: bytes | None,
+        error: BaseException | None,
     ) -> None:
         self._in_flight -= 1
         try:
-            error = None if done.cancelled() else done.exception()
-            if done.cancelled() or error is not None:
-                self._device_failed(event, error or asyncio.CancelledError())
-                body = None
+            if body is None:
+                self._device_failed(event, error or ConnectionError("no response"))
             else:
-                body = bytes(done.result())
                 self._relay(event, body)
-            self._account_allowed(event, operations, decisions, body is not None, started)
+            self._account_allowed(event, decided, body is not None, started)
         except Exception:  # a bug of ours must not leave the client waiting: Bad, logged (as _done)
             log.exception("%s: %s request failed in the gateway", self.id, event.name)
             self._fault(event, BAD_INTERNAL_ERROR)
         if self._in_flight < MAX_IN_FLIGHT:
             self.resume_requests("in-flight limit")
 
-    async def _relay_unchanged(
-        self, event: ServiceRequest, operations: list[Operation], decisions: list[Decision]
-    ) -> None:
+    def _late_reply(self) -> None:
+        self._pool.late_replies += 1
+
+    async def _relay_unchanged(self, event: ServiceRequest, decided: _Decided) -> None:
         started = monotonic()
         body = await self._exchange(event, None)
         if body is not None:
             self._relay(event, body)
-        self._account_allowed(event, operations, decisions, body is not None, started)
+        self._account_allowed(event, decided, body is not None, started)
 
-    async def _forward_reduced(
-        self,
-        event: ServiceRequest,
-        operations: list[Operation],
-        decisions: list[Decision],
-        reduction: Reduction,
-    ) -> None:
+    async def _forward_reduced(self, event: ServiceRequest, decided: _Decided, reduction: Reduction) -> None:
         started = monotonic()
         name = event.name
+        operations = decided.operations
         rewrite = self._needs_rewrite(name, operations)
         body = await self._exchange(event, reduction.request)
         response = None if body is None else self._decoded(event, body)
@@ -490,15 +520,10 @@ class OpcUaSession(Session):
             if rewrite:
                 self._rewrite(name, operations, response)
             self._respond(event, response)
-        self._account_allowed(event, operations, decisions, body is not None, started)
+        self._account_allowed(event, decided, body is not None, started)
 
     def _account_allowed(
-        self,
-        event: ServiceRequest,
-        operations: list[Operation],
-        decisions: list[Decision],
-        answered: bool,
-        started: float,
+        self, event: ServiceRequest, decided: _Decided, answered: bool, started: float
     ) -> None:
         """Latency once per request; the allowed operations counted, and audited (allowed reads
         aggregated per rule, everything else one record per operation)."""
@@ -506,17 +531,20 @@ class OpcUaSession(Session):
         self._histogram.observe(latency_s)
         name = event.name
         aggregate = answered and name in _AGGREGATED and self.runtime.audit.aggregates_reads
-        outcome = "ok" if answered else "device unavailable"
-        by_rule: dict[str | None, int] = {}
-        for op, decision in zip(operations, decisions, strict=True):
-            if not decision.allowed:
-                continue
-            if aggregate and decision.verdict == "allow":
-                by_rule[decision.rule_id] = by_rule.get(decision.rule_id, 0) + 1
-            else:
-                self._count(name, decision.verdict)
-                self._audit_operation(event, op, decision, outcome, latency_s)
-        for rule_id, count in by_rule.items():
+        by_rule = decided.by_rule
+        if by_rule is None or not aggregate:
+            outcome = "ok" if answered else "device unavailable"
+            counted: dict[str | None, int] = {}
+            for op, decision in zip(decided.operations, decided.decisions, strict=True):
+                if not decision.allowed:
+                    continue
+                if aggregate and decision.verdict == "allow":
+                    counted[decision.rule_id] = counted.get(decision.rule_id, 0) + 1
+                else:
+                    self._count(name, decision.verdict)
+                    self._audit_operation(event, op, decision, outcome, latency_s)
+            by_rule = tuple(counted.items())
+        for rule_id, count in by_rule:
             self.counts[name] = self.counts.get(name, 0) + count
             self._aggregate(name, rule_id, latency_s, count)
 

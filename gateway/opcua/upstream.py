@@ -19,6 +19,7 @@ import asyncio
 import logging
 import random
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -100,11 +101,25 @@ class DeviceSession:
 
     async def send_raw(self, body: bytes, timeout_s: float) -> bytes:
         """Forward the client's own request bytes, with our authentication token and request handle."""
-        return await _result(self.submit_raw(body, timeout_s), timeout_s)
+        loop = self._loop or asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._write_raw(body, future)
+        return await _result(_timed(future, timeout_s, loop), timeout_s)
 
-    def submit_raw(self, body: bytes, timeout_s: float) -> asyncio.Future[Any]:
-        """:meth:`send_raw` without a coroutine: the future of the response body, cancelled when
-        ``timeout_s`` passes first. Raises what the device's connection raises when it is gone."""
+    def relay_raw(
+        self, body: bytes, timeout_s: float, reply: ReplyCallback, late: Callable[[], None]
+    ) -> None:
+        """:meth:`send_raw` without a coroutine or a future: ``reply(body, None)`` runs in the
+        ``data_received`` that brings the response, ``reply(None, error)`` when the connection fails or
+        (TimeoutError) when ``timeout_s`` passes first; a response after that calls ``late()``. Raises
+        what the device's connection raises when it is gone (and then ``reply`` is never called)."""
+        waiter = _Reply(reply, late)
+        self._write_raw(body, waiter)
+        waiter.timer = (self._loop or asyncio.get_running_loop()).call_later(timeout_s, waiter.expire)
+
+    def _write_raw(self, body: bytes, waiter: Any) -> None:
+        """Frame the client's bytes with our session's token, handle and request id, and register
+        ``waiter`` where asyncua's client looks for the response's recipient."""
         protocol = self._protocol()
         protocol._request_handle += 1
         token = protocol.authentication_token
@@ -115,11 +130,8 @@ class DeviceSession:
         protocol.revolve_security_token()
         message = _frame(protocol._connection, patched, request_id)
         protocol._request_id = request_id
-        loop = self._loop or asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        protocol._callbackmap[request_id] = future
+        protocol._callbackmap[request_id] = waiter
         protocol.transport.write(message)
-        return _timed(future, timeout_s, loop)
 
     async def close(self) -> None:
         if self.closed:
@@ -130,6 +142,47 @@ class DeviceSession:
                 await self.client.disconnect()
         except Exception:  # the device may be gone already: nothing to say goodbye to
             self.client.disconnect_socket()
+
+
+ReplyCallback = Callable[[bytes | None, BaseException | None], None]
+
+
+class _Reply:
+    """The recipient of one response in asyncua's callback map, in place of a future: asyncua hands the
+    response over with ``set_result`` (or a failure with ``set_exception``) and the callback runs there
+    and then, without a turn of the event loop in between. Answers once: a timeout first makes the
+    response late."""
+
+    __slots__ = ("_done", "_late", "_reply", "timer")
+
+    def __init__(self, reply: ReplyCallback, late: Callable[[], None]) -> None:
+        self._reply = reply
+        self._late = late
+        self._done = False
+        self.timer: asyncio.TimerHandle | None = None
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, body: Any) -> None:
+        if self._done:
+            self._late()
+            return
+        self._finish(bytes(body), None)
+
+    def set_exception(self, error: BaseException) -> None:
+        if not self._done:
+            self._finish(None, error)
+
+    def expire(self) -> None:
+        if not self._done:
+            self._finish(None, TimeoutError("no response in time"))
+
+    def _finish(self, body: bytes | None, error: BaseException | None) -> None:
+        self._done = True
+        if self.timer is not None:
+            self.timer.cancel()
+        self._reply(body, error)
 
 
 class FastReplies(asyncio.Protocol):
