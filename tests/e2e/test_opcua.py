@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import pytest
 import uvloop
-from asyncua import Client, ua
+from asyncua import Client, Server, ua
 from asyncua.common.subscription import DataChangeNotif
 from asyncua.common.utils import Buffer
 from asyncua.ua.ua_binary import nodeid_to_binary, struct_from_binary, struct_to_binary
@@ -494,6 +494,57 @@ async def test_other_identities_get_their_own_decisions(lab: Lab, plc: OpcUaSim)
 
 
 # ---------------------------------------------------------------------------------- the upstream
+
+
+async def test_a_slow_device_gives_bad_timeout_and_its_late_answer_is_dropped(lab: Lab) -> None:
+    server = Server()
+    await server.init()
+    server.set_endpoint("opc.tcp://127.0.0.1:0/")
+    index = await server.register_namespace("urn:test:slow")
+    calls: list[float] = []
+
+    async def slow(_parent: ua.NodeId) -> list[ua.Variant]:
+        calls.append(asyncio.get_running_loop().time())
+        await asyncio.sleep(1.0)  # past the asset's response_timeout_s
+        return [ua.Variant(True, ua.VariantType.Boolean)]
+
+    device = await server.nodes.objects.add_object(ua.NodeId("Dev", index), "Dev")
+    await device.add_method(ua.NodeId("Dev.Slow", index), "Slow", slow, [], [ua.VariantType.Boolean])
+    await device.add_variable(ua.NodeId("Dev.Value", index), "Value", 7.0)
+    await server.start()
+    try:
+        assert server.bserver is not None
+        rules = """
+[[rules]]
+id = "operators-slow"
+subjects = ["group:operators"]
+assets = ["opc-1"]
+opcua = [
+  { service = "Read" },
+  { service = "Call", method = { object = { namespace = "urn:test:slow", id = "Dev" },
+    method = { namespace = "urn:test:slow", id = "Dev.Slow" } } },
+]
+"""
+        policy = opcua_policy_text(server.bserver.port, rules, asset_extra="response_timeout_s = 0.3")
+        gateway = await lab.start_gateway(policy)
+        port = await lab.start_agent("alice", "opc-1", "opcua")
+        async with Client(f"opc.tcp://127.0.0.1:{port}/", timeout=5, watchdog_intervall=600) as client:
+            ns = await client.get_namespace_index("urn:test:slow")
+            dev = client.get_node(ua.NodeId("Dev", ns))
+            with pytest.raises(UaStatusCodeError) as late:
+                await dev.call_method(ua.NodeId("Dev.Slow", ns))
+            assert late.value.code == ua.StatusCodes.BadTimeout
+            pool = gateway.runtime.upstreams.pool_for(gateway.policy.assets["opc-1"])
+            deadline = asyncio.get_running_loop().time() + 5
+            while pool.late_replies == 0:  # the device answers in its own time: dropped, counted
+                assert asyncio.get_running_loop().time() < deadline, "the late answer was never counted"
+                await asyncio.sleep(0.05)
+            # The device session goes on: the next request is answered.
+            assert await client.get_node(ua.NodeId("Dev.Value", ns)).read_value() == 7.0
+        assert pool.late_replies == 1 and pool.timeouts == 1
+        assert len(calls) == 1  # a call is never sent twice
+    finally:
+        await server.stop()
 
 
 async def test_device_restart_gives_bad_status_then_service_again(lab: Lab, plc: OpcUaSim) -> None:
