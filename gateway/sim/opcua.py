@@ -112,6 +112,25 @@ def _check_free(host: str, port: int) -> None:
             raise OSError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
+async def stop_server(server: Server) -> None:
+    """Stop an asyncua server promptly, with clients still trying to connect.
+
+    asyncua's stop closes the connections it has, then the listener, then waits until every connection
+    is gone: a client that reconnects in between (the gateway does, with backoff) would keep it waiting
+    for as long as that connection lives. The listener is closed first here. And asyncua's stop waits for
+    its once-a-second clock task to wake up; that task is cancelled instead."""
+    listener = server.bserver._server if server.bserver is not None else None
+    if listener is not None:
+        listener.close()
+    clock = server.iserver.time_task
+    if clock is not None:
+        clock.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await clock
+        server.iserver.time_task = None
+    await server.stop()
+
+
 class OpcUaSim:
     """A running simulator: ``async with OpcUaSim() as sim`` or ``start_opcua_sim``.
 
@@ -187,16 +206,8 @@ class OpcUaSim:
                 await self._scanner
             self._scanner = None
         server, self._server = self._server, None
-        if server is None:
-            return
-        # asyncua's stop waits for its once-a-second clock task to wake up; cancel it instead.
-        clock = server.iserver.time_task
-        if clock is not None:
-            clock.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await clock
-            server.iserver.time_task = None
-        await server.stop()
+        if server is not None:
+            await stop_server(server)
 
     async def __aenter__(self) -> Self:
         if self._server is None:
@@ -537,4 +548,4 @@ async def _serve(host: str, port: int, static: bool, interval_s: float) -> int:
     return 0
 
 
-__all__: Sequence[str] = ["NAMESPACE_URI", "OpcUaSim", "configure", "run", "start_opcua_sim"]
+__all__: Sequence[str] = ["NAMESPACE_URI", "OpcUaSim", "configure", "run", "start_opcua_sim", "stop_server"]

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from opcua import Client as SyncClient  # type: ignore[import-untyped]
 from opcua import ua as sync_ua
 
-from gateway.sim.opcua import OpcUaSim
+from gateway.sim.opcua import OpcUaSim, stop_server
 from protocols.opcua.connection import DEFAULT_MAX_CHUNK_COUNT
 from tests.e2e.harness import ALICE, BOB, Lab, Pki, opcua_policy_text
 from tests.protocols.opcua.opcua_canned_server import hello, open_request, opn, symmetric
@@ -544,7 +544,7 @@ opcua = [
         assert pool.late_replies == 1 and pool.timeouts == 1
         assert len(calls) == 1  # a call is never sent twice
     finally:
-        await server.stop()
+        await stop_server(server)
 
 
 async def test_device_restart_gives_bad_status_then_service_again(lab: Lab, plc: OpcUaSim) -> None:
