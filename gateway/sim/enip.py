@@ -49,17 +49,15 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import signal
-import sys
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Self
 
+from gateway.sim.cli import add_simulator_parser, format_hostport, mode_text, serve
 from gateway.sim.enip_objects import MIN_LARGE_FORWARD_OPEN_REVISION, ConnectionManager, Identity
 from gateway.sim.enip_router import MessageRouter, Received
 from gateway.sim.enip_server import DEFAULT_CAPS, Caps, EnipServer
 from gateway.sim.enip_tags import TagSpec, TagTable, Value
-from gateway.sim.modbus import parse_hostport
 from gateway.sim.plant import INITIAL_SETPOINT, Commands, Plant
 from protocols.cip import DEFAULT_LIMITS, CipLimits
 
@@ -347,20 +345,6 @@ async def start_enip_sim(
 # ---------------------------------------------------------------------------------------------- CLI
 
 
-def _format_hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _interval(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError("the interval must be positive")
-    return value
-
-
 def _revision(text: str) -> tuple[int, int]:
     try:
         major, minor = parse_revision(text)
@@ -371,25 +355,8 @@ def _revision(text: str) -> tuple[int, int]:
 
 
 def configure(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    summary, _, details = (__doc__ or "").partition("\n\n")
-    parser = subparsers.add_parser(
-        "enip",
-        help="EtherNet/IP soft PLC with Logix tags (pycomm3, pylogix)",
-        description=summary,
-        epilog=details,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "--listen",
-        type=parse_hostport,
-        default=parse_hostport(DEFAULT_LISTEN),
-        metavar="HOST:PORT",
-        help=f"address to listen on (default {DEFAULT_LISTEN}; port 0 picks a free port)",
-    )
-    parser.add_argument("--static", action="store_true", help="keep the initial values: nothing changes")
-    parser.add_argument(
-        "--interval-s", type=_interval, default=1.0, metavar="S", help="scan period in seconds (default 1)"
-    )
+    summary = "EtherNet/IP soft PLC with Logix tags (pycomm3, pylogix)"
+    parser = add_simulator_parser(subparsers, "enip", summary, __doc__, DEFAULT_LISTEN)
     parser.add_argument(
         "--revision",
         type=_revision,
@@ -403,28 +370,21 @@ def configure(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host, port = args.listen
-    return asyncio.run(_serve(host, port, args.static, args.interval_s, args.revision))
 
+    async def start() -> EnipSim:
+        try:
+            return await start_enip_sim(
+                host, port, static=args.static, interval_s=args.interval_s, revision=args.revision
+            )
+        except OSError as exc:
+            raise OSError(f"cannot listen on {format_hostport(host, port)}: {exc}") from exc
 
-async def _serve(host: str, port: int, static: bool, interval_s: float, revision: tuple[int, int]) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        sim = await start_enip_sim(host, port, static=static, interval_s=interval_s, revision=revision)
-    except OSError as exc:
-        print(f"ztgate sim enip: cannot listen on {_format_hostport(host, port)}: {exc}", file=sys.stderr)
-        return 1
-    try:
-        mode = "static" if static else f"scan every {interval_s:g} s"
-        where = _format_hostport(sim.host, sim.port)
-        major, minor = revision
-        print(f"ztgate sim enip: listening on {where}, revision {major}.{minor} ({mode})", flush=True)
-        await stop.wait()
-    finally:
-        await sim.stop()
-    return 0
+    def listening(sim: EnipSim) -> str:
+        major, minor = args.revision
+        where = format_hostport(sim.host, sim.port)
+        return f"listening on {where}, revision {major}.{minor} ({mode_text(args.static, args.interval_s)})"
+
+    return asyncio.run(serve("enip", start, listening))
 
 
 __all__ = [

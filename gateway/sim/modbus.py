@@ -54,14 +54,15 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import signal
 import socket
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
+from gateway.sim.cli import add_simulator_parser, format_hostport, mode_text, serve
 from gateway.sim.plant import INITIAL_SETPOINT, Commands, Plant
 
 if TYPE_CHECKING:
@@ -268,7 +269,7 @@ class ModbusSim:
             await server.serve_forever(background=True)
         except RuntimeError as exc:
             # pymodbus has logged the OSError itself; it raises only this generic error.
-            raise OSError(f"cannot listen on {_format_hostport(self.host, self.port)}") from exc
+            raise OSError(f"cannot listen on {format_hostport(self.host, self.port)}") from exc
         # The listener is the loop's server object: asyncio.Server, or uvloop's look-alike that is no
         # subclass of it, so only its documented ``sockets`` attribute is relied on.
         sockets: Sequence[socket.socket] | None = getattr(server.transport, "sockets", None)
@@ -435,22 +436,6 @@ async def start_modbus_sim(
 # ---------------------------------------------------------------------------------------------- CLI
 
 
-def _format_hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def parse_hostport(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` or ``[IPV6]:PORT``; port 0 lets the system choose."""
-    host, sep, port_text = text.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        raise argparse.ArgumentTypeError(f"write an IPv6 address in brackets: [{host}]:{port_text}")
-    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host, int(port_text)
-
-
 def _unit_id(text: str) -> int:
     try:
         unit = int(text)
@@ -461,32 +446,9 @@ def _unit_id(text: str) -> int:
     return unit
 
 
-def _interval(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError("the interval must be positive")
-    return value
-
-
 def configure(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    summary, _, details = (__doc__ or "").partition("\n\n")
-    parser = subparsers.add_parser(
-        "modbus",
-        help="Modbus TCP soft PLC (pymodbus)",
-        description=summary,
-        epilog=details,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "--listen",
-        type=parse_hostport,
-        default=parse_hostport(DEFAULT_LISTEN),
-        metavar="HOST:PORT",
-        help=f"address to listen on (default {DEFAULT_LISTEN}; port 0 picks a free port)",
-    )
+    summary = "Modbus TCP soft PLC (pymodbus)"
+    parser = add_simulator_parser(subparsers, "modbus", summary, __doc__, DEFAULT_LISTEN)
     parser.add_argument(
         "--unit",
         type=_unit_id,
@@ -494,10 +456,6 @@ def configure(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
         dest="units",
         metavar="ID",
         help="unit id to serve, 1-255; repeat for several (default 1)",
-    )
-    parser.add_argument("--static", action="store_true", help="keep the initial values: nothing changes")
-    parser.add_argument(
-        "--interval-s", type=_interval, default=1.0, metavar="S", help="scan period in seconds (default 1)"
     )
     parser.set_defaults(func=run)
 
@@ -509,25 +467,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host, port = args.listen
-    return asyncio.run(_serve(host, port, units, args.static, args.interval_s))
 
-
-async def _serve(host: str, port: int, units: Sequence[int], static: bool, interval_s: float) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        sim = await start_modbus_sim(host, port, units=units, static=static, interval_s=interval_s)
-    except OSError as exc:
-        print(f"ztgate sim modbus: {exc}", file=sys.stderr)
-        return 1
-    try:
-        mode = "static" if static else f"scan every {interval_s:g} s"
+    def listening(sim: ModbusSim) -> str:
         served = ", ".join(map(str, sim.units))
-        where = _format_hostport(sim.host, sim.port)
-        print(f"ztgate sim modbus: listening on {where}, units {served} ({mode})", flush=True)
-        await stop.wait()
-    finally:
-        await sim.stop()
-    return 0
+        where = format_hostport(sim.host, sim.port)
+        return f"listening on {where}, units {served} ({mode_text(args.static, args.interval_s)})"
+
+    start = partial(start_modbus_sim, host, port, units=units, static=args.static, interval_s=args.interval_s)
+    return asyncio.run(serve("modbus", start, listening))

@@ -41,15 +41,14 @@ import contextlib
 import datetime
 import logging
 import math
-import signal
 import socket
-import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self
 
-from gateway.sim.modbus import parse_hostport
+from gateway.sim.cli import add_simulator_parser, mode_text, serve
 from gateway.sim.plant import INITIAL_SETPOINT, Commands, Plant
 
 if TYPE_CHECKING:
@@ -480,40 +479,8 @@ async def start_opcua_sim(
 # ---------------------------------------------------------------------------------------------- CLI
 
 
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError("the interval must be positive")
-    return value
-
-
 def configure(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    summary, _, details = (__doc__ or "").partition("\n\n")
-    parser = subparsers.add_parser(
-        "opcua",
-        help="OPC UA soft PLC (asyncua)",
-        description=summary,
-        epilog=details,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "--listen",
-        type=parse_hostport,
-        default=parse_hostport(DEFAULT_LISTEN),
-        metavar="HOST:PORT",
-        help=f"address to listen on (default {DEFAULT_LISTEN}; port 0 picks a free port)",
-    )
-    parser.add_argument("--static", action="store_true", help="keep the initial values: nothing changes")
-    parser.add_argument(
-        "--interval-s",
-        type=_positive_seconds,
-        default=1.0,
-        metavar="S",
-        help="scan period in seconds (default 1)",
-    )
+    parser = add_simulator_parser(subparsers, "opcua", "OPC UA soft PLC (asyncua)", __doc__, DEFAULT_LISTEN)
     parser.set_defaults(func=run)
 
 
@@ -522,30 +489,16 @@ def run(args: argparse.Namespace) -> int:
     # asyncua warns at every start that a None-only endpoint cannot sign or encrypt: that is the point.
     logging.getLogger("asyncua").setLevel(logging.ERROR)
     host, port = args.listen
-    return asyncio.run(_serve(host, port, args.static, args.interval_s))
 
-
-async def _serve(host: str, port: int, static: bool, interval_s: float) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        sim = await start_opcua_sim(host, port, static=static, interval_s=interval_s)
-    except OSError as exc:
-        print(f"ztgate sim opcua: {exc}", file=sys.stderr)
-        return 1
-    try:
-        mode = "static" if static else f"scan every {interval_s:g} s"
-        print(
-            f"ztgate sim opcua: listening on {sim.endpoint}, namespace {sim.namespace_uri} "
-            f"({mode}, started in {sim.startup_s:.1f} s)",
-            flush=True,
+    def listening(sim: OpcUaSim) -> str:
+        mode = mode_text(args.static, args.interval_s)
+        return (
+            f"listening on {sim.endpoint}, namespace {sim.namespace_uri} "
+            f"({mode}, started in {sim.startup_s:.1f} s)"
         )
-        await stop.wait()
-    finally:
-        await sim.stop()
-    return 0
+
+    start = partial(start_opcua_sim, host, port, static=args.static, interval_s=args.interval_s)
+    return asyncio.run(serve("opcua", start, listening))
 
 
 __all__: Sequence[str] = ["NAMESPACE_URI", "OpcUaSim", "configure", "run", "start_opcua_sim", "stop_server"]

@@ -17,7 +17,8 @@ from pymodbus.client import AsyncModbusTcpClient
 
 import gateway.cli
 from gateway.sim import main as sim_main
-from gateway.sim.modbus import ModbusSim, parse_hostport, start_modbus_sim
+from gateway.sim.cli import parse_hostport
+from gateway.sim.modbus import ModbusSim, start_modbus_sim
 from gateway.sim.plant import Commands, Plant
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
