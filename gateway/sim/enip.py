@@ -59,6 +59,7 @@ from gateway.sim.enip_router import MessageRouter, Received
 from gateway.sim.enip_server import DEFAULT_CAPS, Caps, EnipServer
 from gateway.sim.enip_tags import TagSpec, TagTable, Value
 from gateway.sim.plant import INITIAL_SETPOINT, Commands, Plant
+from gateway.sim.scans import run_scans
 from protocols.cip import DEFAULT_LIMITS, CipLimits
 
 log = logging.getLogger(__name__)
@@ -166,7 +167,7 @@ class EnipSim:
         self._running = True
         self.host, self.port = self.server.host, self.server.port
         if not self.static:
-            self._scanner = asyncio.create_task(self._run_scans(), name="enip-sim-scans")
+            self._scanner = asyncio.create_task(run_scans(self.interval_s, self.step), name="enip-sim-scans")
 
     async def stop(self) -> None:
         if self._scanner is not None:
@@ -307,19 +308,6 @@ class EnipSim:
         }
         for name, value in outputs.items():
             self.set_tag(name, value)
-
-    async def _run_scans(self) -> None:
-        loop = asyncio.get_running_loop()
-        due = loop.time()
-        while True:
-            # Scheduled against the clock so the scan rate does not drift; no catch-up burst after a stall.
-            due = max(due + self.interval_s, loop.time())
-            await asyncio.sleep(due - loop.time())
-            try:
-                self.step()
-            except Exception:
-                log.exception("plant scan failed; the process values stay frozen")
-                return
 
 
 def _connection_manager(identity: Identity, caps: Caps) -> ConnectionManager:

@@ -64,6 +64,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from gateway.sim.cli import add_simulator_parser, format_hostport, mode_text, serve
 from gateway.sim.plant import INITIAL_SETPOINT, Commands, Plant
+from gateway.sim.scans import run_scans
 
 if TYPE_CHECKING:
     from pymodbus.pdu import ModbusPDU
@@ -281,7 +282,9 @@ class ModbusSim:
         self.host, self.port = sockets[0].getsockname()[:2]
         self._server = server
         if not self.static:
-            self._scanner = asyncio.create_task(self._run_scans(), name="modbus-sim-scans")
+            self._scanner = asyncio.create_task(
+                run_scans(self.interval_s, self.step), name="modbus-sim-scans"
+            )
 
     async def stop(self) -> None:
         if self._scanner is not None:
@@ -397,19 +400,6 @@ class ModbusSim:
         ]
         inputs[15] = True
         tables.discrete_inputs.write(0, inputs)
-
-    async def _run_scans(self) -> None:
-        loop = asyncio.get_running_loop()
-        due = loop.time()
-        while True:
-            # Scheduled against the clock so the scan rate does not drift; no catch-up burst after a stall.
-            due = max(due + self.interval_s, loop.time())
-            await asyncio.sleep(due - loop.time())
-            try:
-                self.step()
-            except Exception:
-                log.exception("plant scan failed; the process values stay frozen")
-                return
 
     def _trace_pdu(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU:
         unit: int = pdu.dev_id

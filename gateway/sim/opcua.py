@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any, Final, Self
 
 from gateway.sim.cli import add_simulator_parser, mode_text, serve
 from gateway.sim.plant import INITIAL_SETPOINT, Commands, Plant
+from gateway.sim.scans import run_scans
 
 if TYPE_CHECKING:
     from asyncua import ua
@@ -196,7 +197,7 @@ class OpcUaSim:
         await self._publish()
         self.startup_s = time.perf_counter() - started
         if not self.static:
-            self._scanner = asyncio.create_task(self._run_scans(), name="opcua-sim-scans")
+            self._scanner = asyncio.create_task(run_scans(self.interval_s, self.step), name="opcua-sim-scans")
 
     async def stop(self) -> None:
         if self._scanner is not None:
@@ -435,19 +436,6 @@ class OpcUaSim:
             return self.node_ids[name]
         except KeyError:
             raise KeyError(f"no node {name!r} (nodes: {', '.join(self.node_ids)})") from None
-
-    async def _run_scans(self) -> None:
-        loop = asyncio.get_running_loop()
-        due = loop.time()
-        while True:
-            # Scheduled against the clock so the scan rate does not drift; no catch-up burst after a stall.
-            due = max(due + self.interval_s, loop.time())
-            await asyncio.sleep(due - loop.time())
-            try:
-                await self.step()
-            except Exception:
-                log.exception("plant scan failed; the process values stay frozen")
-                return
 
 
 def _without_inputs(
