@@ -14,6 +14,7 @@ __all__ = [
     "VERDICT_DENY",
     "VERDICT_WOULD_DENY",
     "Decision",
+    "MonitoredAllows",
 ]
 
 VERDICT_ALLOW = "allow"
@@ -82,3 +83,23 @@ class Decision:
     def __repr__(self) -> str:
         fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in _FIELDS)
         return f"Decision({fields})"
+
+
+class MonitoredAllows:
+    """Allow decisions that a monitor rule would have denied, one per (allowing rule, monitor rule) pair,
+    built once and shared like every allow decision; bounded, as clients choose what they send."""
+
+    MAX_PAIRS = 1024
+
+    def __init__(self) -> None:
+        self._decisions: dict[tuple[str, str], Decision] = {}
+
+    def get(self, allowed_rule_id: str, monitor_rule_id: str) -> Decision:
+        key = (allowed_rule_id, monitor_rule_id)
+        decision = self._decisions.get(key)
+        if decision is None:
+            reason = f"allowed by rule {allowed_rule_id}; monitor rule {monitor_rule_id} would deny"
+            decision = Decision(VERDICT_ALLOW, allowed_rule_id, 0, ACTION_FORWARD, reason, monitor_rule_id)
+            if len(self._decisions) < self.MAX_PAIRS:
+                self._decisions[key] = decision
+        return decision

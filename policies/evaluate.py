@@ -25,7 +25,7 @@ from bisect import bisect_right
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from policies.decision import ACTION_FORWARD, VERDICT_ALLOW, Decision
+from policies.decision import Decision, MonitoredAllows
 from policies.model import ModbusEntry, Rule
 from policies.ranges import IntervalSet, SegmentIndex
 from policies.timewindow import TimeWindow
@@ -267,7 +267,7 @@ class KeyTable:
         # Two plain lists, so the hot path is one bisect and one index.
         self.starts = [start for start, _ in segments]
         self.segments = [slots for _, slots in segments]
-        self.with_monitor: dict[tuple[str, str], Decision] = {}
+        self.with_monitor = MonitoredAllows()
 
     @staticmethod
     def _pick(candidates: Sequence[Candidate], effect: str, mode: str) -> tuple[Candidate, ...]:
@@ -317,7 +317,7 @@ class KeyTable:
         if self.monitor_deny:
             monitor = _first_touching(self.monitor_deny, self.monitor_deny_addresses, request, now)
             if monitor is not None:
-                return self._allow_with_monitor(allowed, monitor)
+                return self.with_monitor.get(allowed.rule_id, monitor.rule_id)
         return allowed.decision
 
     def decide_general(self, request: Request, now: float) -> Decision:
@@ -335,23 +335,13 @@ class KeyTable:
         if self.monitor_deny:
             monitor = _first_touching(self.monitor_deny, self.monitor_deny_addresses, request, now)
             if monitor is not None:
-                return self._allow_with_monitor(allowed, monitor)
+                return self.with_monitor.get(allowed.rule_id, monitor.rule_id)
         return allowed.decision
 
     def _denied_by(self, c: Candidate, request: Request) -> Decision:
         return self.view.deny(
             c.rule_id, _deny_code(c), f"denied by rule {c.rule_id}: {_touch_text(c, request)}"
         )
-
-    def _allow_with_monitor(self, allowed: Candidate, monitor: Candidate) -> Decision:
-        key = (allowed.rule_id, monitor.rule_id)
-        decision = self.with_monitor.get(key)
-        if decision is None:
-            reason = f"allowed by rule {allowed.rule_id}; monitor rule {monitor.rule_id} would deny"
-            decision = Decision(VERDICT_ALLOW, allowed.rule_id, 0, ACTION_FORWARD, reason, monitor.rule_id)
-            if len(self.with_monitor) < 1024:
-                self.with_monitor[key] = decision
-        return decision
 
     def monitor_would_allow(self, request: Request, now: float) -> Candidate | None:
         """The monitor allow rule that would allow a default-denied request, unless a monitor deny

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from policies.cip_services import hex_ranges, service_text
-from policies.decision import ACTION_FORWARD, VERDICT_ALLOW, Decision
+from policies.decision import Decision, MonitoredAllows
 from policies.model import EnipEntry, Rule
 from policies.ranges import IntervalSet
 from policies.tags import RequestTag, TagPattern
@@ -249,7 +249,7 @@ class EnipTable:
         self.allow = self._pick(candidates, "allow", "enforce")
         self.monitor_deny = self._pick(candidates, "deny", "monitor")
         self.monitor_allow = self._pick(candidates, "allow", "monitor")
-        self.with_monitor: dict[tuple[str, str], Decision] = {}
+        self.with_monitor = MonitoredAllows()
         # Allow candidates that can cover a tag by name (on class 0x6B, naming no instance), by the
         # first part of their patterns; entries naming no tag, or "*", cover any name.
         for_tags = [c for c in self.allow if _may_address_tags(c, class_id)]
@@ -310,7 +310,7 @@ class EnipTable:
             return self.default_deny(request, self.view.request_tag(request), now)
         for m in monitor_deny:
             if _rest_touches(m, request, now):
-                return self._allow_with_monitor(c, m)
+                return self.with_monitor.get(c.rule_id, m.rule_id)
         return c.decision
 
     def decide_general(self, request: CipRequest, now: float) -> Decision:
@@ -327,23 +327,13 @@ class EnipTable:
         if self.monitor_deny:
             monitor = _first_touching(self.monitor_deny, request, None, now)
             if monitor is not None:
-                return self._allow_with_monitor(c, monitor)
+                return self.with_monitor.get(c.rule_id, monitor.rule_id)
         return c.decision
 
     def _denied_by(self, c: EnipCandidate, request: CipRequest) -> Decision:
         return self.view.deny(
             c.rule_id, _deny_kind(c), f"denied by rule {c.rule_id}: {_touch_text(c, request)}"
         )
-
-    def _allow_with_monitor(self, allowed: EnipCandidate, monitor: EnipCandidate) -> Decision:
-        key = (allowed.rule_id, monitor.rule_id)
-        decision = self.with_monitor.get(key)
-        if decision is None:
-            reason = f"allowed by rule {allowed.rule_id}; monitor rule {monitor.rule_id} would deny"
-            decision = Decision(VERDICT_ALLOW, allowed.rule_id, 0, ACTION_FORWARD, reason, monitor.rule_id)
-            if len(self.with_monitor) < 1024:
-                self.with_monitor[key] = decision
-        return decision
 
     def monitor_would_allow(
         self, request: CipRequest, tag: RequestTag | None, now: float

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from policies.decision import ACTION_FORWARD, VERDICT_ALLOW, Decision
+from policies.decision import ACTION_FORWARD, VERDICT_ALLOW, Decision, MonitoredAllows
 from policies.opcua_match import (
     Facts,
     NodeKey,
@@ -94,7 +94,7 @@ class OpcuaTable:
         self.has_paths = any(c.paths is not None for c in candidates)
         self.timeless = all(c.window is None for c in candidates)
         self.node_lists: dict[tuple[object, ...], _Lists] = {}
-        self.with_monitor: dict[tuple[str, str], Decision] = {}
+        self.with_monitor = MonitoredAllows()
 
     @staticmethod
     def _pick(candidates: Sequence[OpcuaCandidate], effect: str, mode: str) -> tuple[OpcuaCandidate, ...]:
@@ -114,7 +114,7 @@ class OpcuaTable:
             return self.service_default_deny(now)
         for m in self.monitor_service_deny:
             if m.window is None or m.window.is_open(now):
-                return self._allow_with_monitor(c.rule_id, m.rule_id)
+                return self.with_monitor.get(c.rule_id, m.rule_id)
         return c.decision
 
     def service_default_deny(self, now: float) -> Decision:
@@ -215,7 +215,7 @@ class OpcuaTable:
                 writes, numbers = written(operation)
             for m in monitor_deny:
                 if _rest_touches(m, writes, numbers, path, now):
-                    return self._allow_with_monitor(c.rule_id, m.rule_id)
+                    return self.with_monitor.get(c.rule_id, m.rule_id)
         return c.decision
 
     def may(
@@ -235,16 +235,6 @@ class OpcuaTable:
     def _denied_by(self, c: OpcuaCandidate, f: Facts, namespaces: Sequence[str]) -> Decision:
         reason = f"denied by rule {c.rule_id}: {operation_text(f.operation, namespaces, f.path)}"
         return self.view.deny(c.rule_id, deny_kind(c), reason)
-
-    def _allow_with_monitor(self, allowed: str, monitor: str) -> Decision:
-        key = (allowed, monitor)
-        decision = self.with_monitor.get(key)
-        if decision is None:
-            reason = f"allowed by rule {allowed}; monitor rule {monitor} would deny"
-            decision = Decision(VERDICT_ALLOW, allowed, 0, ACTION_FORWARD, reason, monitor)
-            if len(self.with_monitor) < 1024:
-                self.with_monitor[key] = decision
-        return decision
 
     def monitor_would_allow(self, f: Facts, now: float) -> OpcuaCandidate | None:
         """The monitor allow rule that would allow a default-denied operation, unless a monitor deny
