@@ -108,6 +108,12 @@ async def test_every_refusal_code(
     assert event["exception"] == code
     assert event["rule"] == rule
     assert event["reason"]
+    # FC 8 is audited with its sub-function (0x0A, clear counters), FC 43 with its MEI type (14).
+    sub_functions = {"diag_clear_counters": (8, 0x0A), "read_device_information": (43, 14)}
+    if call in sub_functions:
+        assert (event["fc"], event["sub_function"]) == sub_functions[call]
+    else:
+        assert "sub_function" not in event
 
 
 async def test_unit_not_configured_and_unknown_function_code(lab: Lab) -> None:
