@@ -6,7 +6,9 @@ the misbehaviour itself is the point."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+import socket
 import struct
 from collections.abc import Callable
 
@@ -215,6 +217,37 @@ async def test_max_connections_spreads_requests_over_that_many_upstream_connecti
     assert results == [[[i * 10 + r, i * 10 + r + 1] for r in range(4)] for i in range(6)]
     assert device.connections == 3
     assert _pool(lab).state().connected == 3
+
+
+async def test_connect_timeout_answers_0x0b_at_once_and_the_audit_says_why(lab: Lab) -> None:
+    # A listener whose accept queue is full: the kernel drops further SYNs, so a connect to it hangs
+    # as to a blackholed address - on loopback.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(3):
+            filler = socket.socket()
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(("127.0.0.1", port))
+            fillers.append(filler)
+        extra = "connect_timeout_s = 0.3\nresponse_timeout_s = 5"
+        await lab.start_gateway(policy_text(port, RULES, asset_extra=extra))
+        client = await lab.client("alice")
+        result = await client.read_holding_registers(0, count=1, device_id=1)
+        assert result.isError() and result.exception_code == 0x0B
+        failed = await lab.wait_for_event(event="upstream", state="connect_failed")
+        assert "TimeoutError" in failed["reason"]
+        # Answered when the connect gave up ("device unreachable"), not at the request's deadline
+        # ("no upstream connection in time").
+        refused = await lab.wait_for_event(event="decision", exception=0x0B)
+        assert refused["outcome"] == "device unreachable: TimeoutError"
+    finally:
+        for sock in (*fillers, listener):
+            sock.close()
 
 
 async def test_malformed_reply_never_reaches_the_client(lab: Lab) -> None:
