@@ -142,6 +142,7 @@ class OpcUaSession(Session):
 
     def _view_changed(self) -> None:
         self._bind_view()
+        self._read_fields.clear()  # keyed by policy revision: the old revision's are done with
 
     def _release(self) -> None:
         for task in self._tasks:

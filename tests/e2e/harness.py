@@ -125,6 +125,19 @@ vendors = ["spiffe://{TD}/vendor/*"]
 """
 
 
+class FakeClock:
+    """The gateway's clock in a test: time windows are tested by setting it, never by sleeping."""
+
+    def __init__(self, when: datetime) -> None:
+        self.now = when.timestamp()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def set(self, when: datetime) -> None:
+        self.now = when.timestamp()
+
+
 def opcua_policy_text(device_port: int, rules: str, *, asset: str = "opc-1", asset_extra: str = "") -> str:
     """A policy with one OPC UA asset (the simulator's endpoint on loopback) and the given rules."""
     return f"""

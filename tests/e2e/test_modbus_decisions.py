@@ -11,7 +11,7 @@ import orjson
 import pytest
 from pymodbus.exceptions import ModbusIOException
 
-from tests.e2e.harness import ALICE, VENDOR, Lab, policy_text
+from tests.e2e.harness import ALICE, VENDOR, FakeClock, Lab, policy_text
 from tests.peers.modbus_server import expected_bit, expected_register
 
 RULES = """
@@ -195,17 +195,6 @@ modbus = [{ fc = [6], address = "40", value = "1200-65535" }]
     assert not (await client.write_register(40, 1300, device_id=1)).isError()
     event = lab.audit_events(event="decision", fc=6)[-1]
     assert event["decision"] == "allow" and event["monitor_rule"] == "trial-cap"
-
-
-class FakeClock:
-    def __init__(self, when: datetime) -> None:
-        self.now = when.timestamp()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def set(self, when: datetime) -> None:
-        self.now = when.timestamp()
 
 
 async def test_time_window_with_an_injected_clock(lab: Lab) -> None:

@@ -25,7 +25,7 @@ from opcua import ua as sync_ua
 
 from gateway.sim.opcua import OpcUaSim, stop_server
 from protocols.opcua.connection import DEFAULT_MAX_CHUNK_COUNT
-from tests.e2e.harness import ALICE, BOB, Lab, Pki, opcua_policy_text
+from tests.e2e.harness import ALICE, BOB, FakeClock, Lab, Pki, opcua_policy_text
 from tests.protocols.opcua.opcua_canned_server import hello, open_request, opn, symmetric
 
 T = TypeVar("T")
@@ -426,14 +426,6 @@ async def test_many_sessions_each_with_their_own_subscription(lab: Lab, plc: Opc
             await asyncio.gather(*(client.disconnect() for client in clients))
 
 
-class FakeClock:
-    def __init__(self, when: datetime) -> None:
-        self.now = when.timestamp()
-
-    def __call__(self) -> float:
-        return self.now
-
-
 async def test_a_repeated_read_is_decided_again_after_a_reload_and_when_its_window_closes(
     lab: Lab, plc: OpcUaSim
 ) -> None:
@@ -474,7 +466,7 @@ opcua = [{{ service = "Read", {NS}, node = "{TANK}.Pressure" }}]
         lab.policy_path.write_text(opcua_policy_text(plc.port, shift))
         assert await gateway.reload_policy("test")
         assert await level_status() == 0
-        clock.now = datetime(2026, 11, 25, 10, 5, tzinfo=UTC).timestamp()  # the window's end is exclusive
+        clock.set(datetime(2026, 11, 25, 10, 5, tzinfo=UTC))  # the window's end is exclusive
         assert await level_status() == DENIED
     refusals = lab.audit_events(event="decision", decision="deny", service="Read")
     assert [e["rule"] for e in refusals[:1]] == ["no-level"]

@@ -21,10 +21,14 @@ modbus = [{ fc = [3], address = "0-99" }]
 
 
 async def _attempt(lab: Lab, who: str, asset: str | None) -> tuple[str, bytes]:
-    """Connect, send one valid read, and report what the client saw: the exception class, and data."""
-    assert lab.gateway is not None
+    """Connect as ``who``, send one valid read, and report what the client saw: the exception class,
+    and data."""
     files = lab.pki.clients[who]
-    context = client_context(files.cert, files.key, lab.pki.ca)
+    return await _attempt_with(lab, client_context(files.cert, files.key, lab.pki.ca), asset)
+
+
+async def _attempt_with(lab: Lab, context: ssl.SSLContext, asset: str | None) -> tuple[str, bytes]:
+    assert lab.gateway is not None
     try:
         reader, writer = await asyncio.open_connection(
             "127.0.0.1", lab.gateway.port, ssl=context, server_hostname=asset
@@ -34,7 +38,7 @@ async def _attempt(lab: Lab, who: str, asset: str | None) -> tuple[str, bytes]:
     writer.write(bytes.fromhex("0001 0000 0006 01 03 0000 0001"))
     try:
         data = await asyncio.wait_for(reader.read(100), 5)
-        outcome = "eof"
+        outcome = "eof" if data == b"" else "data"
     except (ssl.SSLError, OSError) as exc:
         data, outcome = b"", type(exc).__name__
     writer.close()
@@ -68,40 +72,23 @@ async def test_refused_sessions_learn_nothing(
     assert lab.gateway is not None and lab.gateway.runtime.metrics.request_totals() == {}
 
 
-async def _handshake(lab: Lab, context: ssl.SSLContext) -> str:
-    """Connect with ``context`` and report the outcome of the handshake and of a read."""
-    assert lab.gateway is not None
-    try:
-        reader, writer = await asyncio.open_connection(
-            "127.0.0.1", lab.gateway.port, ssl=context, server_hostname="plc-1"
-        )
-    except (ssl.SSLError, OSError) as exc:
-        return type(exc).__name__
-    writer.write(bytes.fromhex("0001 0000 0006 01 03 0000 0001"))
-    try:
-        data = await asyncio.wait_for(reader.read(100), 5)
-    except (ssl.SSLError, OSError) as exc:
-        return type(exc).__name__
-    finally:
-        writer.close()
-    return "eof" if data == b"" else f"data {data.hex()}"
-
-
 async def test_tls_below_1_3_and_clients_without_a_certificate_are_refused(lab: Lab) -> None:
     port = await lab.start_device()
     await lab.start_gateway(policy_text(port, RULES))
     alice = lab.pki.clients["alice"]
     tls12 = client_context(alice.cert, alice.key, lab.pki.ca)
     tls12.minimum_version = tls12.maximum_version = ssl.TLSVersion.TLSv1_2
-    assert await _handshake(lab, tls12) in ("SSLError", "ConnectionResetError")
+    assert await _attempt_with(lab, tls12, "plc-1") in (("SSLError", b""), ("ConnectionResetError", b""))
     anonymous = ssl.create_default_context(cafile=str(lab.pki.ca))
     anonymous.check_hostname = False
     # TLS 1.3 finishes the client's side of the handshake before the server checks its certificate:
     # the refusal arrives as an alert on the first read, never as data.
-    assert await _handshake(lab, anonymous) in ("SSLError", "ConnectionResetError", "eof")
+    outcome, data = await _attempt_with(lab, anonymous, "plc-1")
+    assert data == b"" and outcome in ("SSLError", "ConnectionResetError", "eof")
     assert not lab.audit_events(event="session_start")
     # The same gateway still serves a well-formed client.
-    assert (await _handshake(lab, client_context(alice.cert, alice.key, lab.pki.ca))).startswith("data ")
+    outcome, data = await _attempt(lab, "alice", "plc-1")
+    assert outcome == "data" and data[:9] == bytes.fromhex("0001 0000 0005 01 03 02")
 
 
 async def test_unknown_asset_and_no_access_look_the_same(lab: Lab) -> None:
@@ -115,10 +102,9 @@ async def test_allowed_identity_gets_a_session(lab: Lab) -> None:
     port = await lab.start_device()
     await lab.start_gateway(policy_text(port, RULES))
     outcome, data = await _attempt(lab, "alice", "plc-1")
-    assert data[:9] == bytes.fromhex("0001 0000 0005 01 03 02")
+    assert outcome == "data" and data[:9] == bytes.fromhex("0001 0000 0005 01 03 02")
     start = lab.audit_events(event="session_start")[0]
     assert start["identity"] == ALICE and start["asset"] == "plc-1"
-    _ = outcome
 
 
 async def test_agent_logs_a_clear_reason_when_refused(lab: Lab, caplog: pytest.LogCaptureFixture) -> None:

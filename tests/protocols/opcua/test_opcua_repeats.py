@@ -9,7 +9,13 @@ import pytest
 from asyncua import ua
 from asyncua.ua.ua_binary import nodeid_to_binary, struct_to_binary
 
-from protocols.opcua.messages import RepeatCache, decode_request, decode_request_through, nodeid_end
+from protocols.opcua.messages import (
+    RepeatCache,
+    RequestDecodeError,
+    decode_request,
+    decode_request_through,
+    nodeid_end,
+)
 from protocols.opcua.operations import READ
 
 
@@ -89,9 +95,9 @@ def test_a_truncated_repeat_is_still_a_decoding_error() -> None:
     cache = RepeatCache()
     body = read_body(1, T0, NODES)
     decode_request_through(body, cache)
-    with pytest.raises(Exception) as caught:
+    with pytest.raises(RequestDecodeError) as caught:
         decode_request_through(body[:-3], cache)
-    assert caught.value.status == ua.StatusCodes.BadDecodingError  # type: ignore[attr-defined]
+    assert caught.value.status == ua.StatusCodes.BadDecodingError
 
 
 @pytest.mark.parametrize(
