@@ -7,7 +7,9 @@ from collections.abc import Sequence
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from policies import Decision, Policy, parse_policy
+import pytest
+
+from policies import Decision, Policy, PolicyError, parse_policy
 from protocols.modbus.pdu import Request, parse_request
 
 TD = "plant1.example"
@@ -15,6 +17,19 @@ ALICE = f"spiffe://{TD}/user/alice"
 BOB = f"spiffe://{TD}/user/bob"
 ANNA = f"spiffe://{TD}/user/anna"
 EVE = f"spiffe://{TD}/vendor/acme/eve"
+
+
+def issues(text: str) -> list[tuple[int | None, str, str]]:
+    """Every problem a broken policy text is refused with: (line, field path, message)."""
+    with pytest.raises(PolicyError) as caught:
+        parse_policy(text, "policy.toml")
+    return [(issue.line, issue.path, issue.message) for issue in caught.value.issues]
+
+
+def only_issue(text: str) -> tuple[int | None, str, str]:
+    found = issues(text)
+    assert len(found) == 1, found
+    return found[0]
 
 
 def head(*, units: str = "[1, 2]", asset_extra: str = "", groups: str = "") -> str:

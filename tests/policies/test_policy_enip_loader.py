@@ -16,20 +16,9 @@ from policies.tags import parse_tag_pattern
 from policies.values import parse_value_bounds
 from protocols.cip import PortSegment
 from tests.policies.enip_helpers import enip_head, rule
+from tests.policies.policy_helpers import issues, only_issue
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "policy.md"
-
-
-def issues(text: str) -> list[tuple[int | None, str, str]]:
-    with pytest.raises(PolicyError) as caught:
-        parse_policy(text, "policy.toml")
-    return [(issue.line, issue.path, issue.message) for issue in caught.value.issues]
-
-
-def only_issue(text: str) -> tuple[int | None, str, str]:
-    found = issues(text)
-    assert len(found) == 1, found
-    return found[0]
 
 
 def entry_issue(entry: str) -> tuple[str, str]:

@@ -15,25 +15,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from policies import DenyAction, PolicyError, PolicyIssue, load_policy, parse_policy
-from tests.policies.policy_helpers import head
+from tests.policies.policy_helpers import head, issues, only_issue
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "policy.md"
 
 
 def doc_blocks() -> list[str]:
     return re.findall(r"```toml\n(.*?)```", DOC.read_text(), re.S)
-
-
-def issues(text: str) -> list[tuple[int | None, str, str]]:
-    with pytest.raises(PolicyError) as caught:
-        parse_policy(text, "policy.toml")
-    return [(issue.line, issue.path, issue.message) for issue in caught.value.issues]
-
-
-def only_issue(text: str) -> tuple[int | None, str, str]:
-    found = issues(text)
-    assert len(found) == 1, found
-    return found[0]
 
 
 # ---------------------------------------------------------------------------------- valid files

@@ -14,18 +14,7 @@ from policies.opcua_nodes import UA_NAMESPACE, NodePattern, parse_id
 from policies.opcua_paths import parse_browse_path
 from policies.opcua_services import PRESETS, SERVICE_SETS
 from tests.policies.opcua_helpers import PLANT, opcua_head, rule
-
-
-def issues(text: str) -> list[tuple[int | None, str, str]]:
-    with pytest.raises(PolicyError) as caught:
-        parse_policy(text, "policy.toml")
-    return [(issue.line, issue.path, issue.message) for issue in caught.value.issues]
-
-
-def only_issue(text: str) -> tuple[int | None, str, str]:
-    found = issues(text)
-    assert len(found) == 1, found
-    return found[0]
+from tests.policies.policy_helpers import issues, only_issue
 
 
 def entry_issue(entry: str) -> tuple[int | None, str, str]:
