@@ -164,9 +164,10 @@ class OpcUaSession(Session):
     def data_received(self, data: bytes) -> None:
         codec = self._codec
         codec.receive_data(data)
+        now = self.runtime.clock()  # one reading for what this read brought
         while not self.closing:
             try:
-                event = codec.next_event(self.runtime.clock())
+                event = codec.next_event(now)
             except OpcUaProtocolError as error:
                 self._protocol_error(error.reason)
                 if error.close:
@@ -188,7 +189,7 @@ class OpcUaSession(Session):
                 self.close("client closed the secure channel")
                 return
             else:
-                self._service(event)
+                self._service(event, now)
             if self._in_flight >= MAX_IN_FLIGHT:
                 self.pause_requests("in-flight limit")
                 return
@@ -206,7 +207,7 @@ class OpcUaSession(Session):
 
     # ------------------------------------------------------------------------------- services
 
-    def _service(self, event: ServiceRequest) -> None:
+    def _service(self, event: ServiceRequest, now: float) -> None:
         self.requests += 1
         name = event.name
         if name in _LOCAL:
@@ -218,7 +219,15 @@ class OpcUaSession(Session):
         if event.header.AuthenticationToken != self._token:
             self._fault(event, BAD_SESSION_ID_INVALID)
             return
-        now = self.runtime.clock()
+        repeat = event.repeat
+        namespaces = self._namespaces()
+        if repeat is not None:
+            decided = repeat.memo
+            if decided is not None and decided.view is self.view and decided.namespaces is namespaces:
+                # Kept only under a view that decides this service the same at any time (see below):
+                # the service was allowed then, and is now.
+                self._forward_operations(event, decided)
+                return
         decision = self.view.decide_opcua_service(name, now)
         if not decision.allowed:
             self._refuse_service(event, decision)
@@ -227,13 +236,6 @@ class OpcUaSession(Session):
         if codec is None:
             self._spawn(event, self._forward_whole(event, decision))
             return
-        repeat = event.repeat
-        namespaces = self._namespaces()
-        if repeat is not None:
-            decided = repeat.memo
-            if decided is not None and decided.view is self.view and decided.namespaces is namespaces:
-                self._forward_operations(event, decided)
-                return
         listed = list(repeat.operations) if repeat is not None else codec.operations(event.request)
         operations = self._tracking.resolve(name, event.request, listed)
         if self.view.needs_browse_paths(name):
@@ -466,8 +468,9 @@ class OpcUaSession(Session):
             self._relayed(event, decided, started, body, error)
 
         self._in_flight += 1
+        token_span = event.repeat.token_span if event.repeat is not None else None
         try:
-            device.relay_raw(event.body, self._timeout_s(event), reply, self._late_reply)
+            device.relay_raw(event.body, self._timeout_s(event), reply, self._late_reply, token_span)
         except (ConnectionError, OSError, UaError) as error:
             self._relayed(event, decided, started, None, error)
 

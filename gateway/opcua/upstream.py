@@ -107,17 +107,23 @@ class DeviceSession:
         return await _result(_timed(future, timeout_s, loop), timeout_s)
 
     def relay_raw(
-        self, body: bytes, timeout_s: float, reply: ReplyCallback, late: Callable[[], None]
+        self,
+        body: bytes,
+        timeout_s: float,
+        reply: ReplyCallback,
+        late: Callable[[], None],
+        token_span: tuple[int, int] | None = None,
     ) -> None:
         """:meth:`send_raw` without a coroutine or a future: ``reply(body, None)`` runs in the
         ``data_received`` that brings the response, ``reply(None, error)`` when the connection fails or
         (TimeoutError) when ``timeout_s`` passes first; a response after that calls ``late()``. Raises
-        what the device's connection raises when it is gone (and then ``reply`` is never called)."""
+        what the device's connection raises when it is gone (and then ``reply`` is never called).
+        ``token_span``: where the client's AuthenticationToken is in ``body``, when already known."""
         waiter = _Reply(reply, late)
-        self._write_raw(body, waiter)
+        self._write_raw(body, waiter, token_span)
         waiter.timer = (self._loop or asyncio.get_running_loop()).call_later(timeout_s, waiter.expire)
 
-    def _write_raw(self, body: bytes, waiter: Any) -> None:
+    def _write_raw(self, body: bytes, waiter: Any, token_span: tuple[int, int] | None = None) -> None:
         """Frame the client's bytes with our session's token, handle and request id, and register
         ``waiter`` where asyncua's client looks for the response's recipient."""
         protocol = self._protocol()
@@ -125,7 +131,7 @@ class DeviceSession:
         token = protocol.authentication_token
         if token is not self._token:  # encoded once per session
             self._token, self._token_bytes = token, nodeid_to_binary(token)
-        patched = patch_request_header(body, self._token_bytes, protocol._request_handle)
+        patched = patch_request_header(body, self._token_bytes, protocol._request_handle, token_span)
         request_id = protocol._request_id + 1
         protocol.revolve_security_token()
         message = _frame(protocol._connection, patched, request_id)
@@ -226,10 +232,15 @@ class FastReplies(asyncio.Protocol):
             ):
                 break
             connection._peer_sequence_number = sequence
-            body = Buffer(data[offset + _SYMMETRIC_HEADER.size : offset + size])
+            body = data[offset + _SYMMETRIC_HEADER.size : offset + size]
             offset += size
             try:
-                inner._call_callback(request_id, body)
+                waiter = inner._callbackmap.get(request_id)
+                if type(waiter) is _Reply:  # ours: the bytes as they are, without asyncua's Buffer
+                    del inner._callbackmap[request_id]
+                    waiter.set_result(body)
+                else:
+                    inner._call_callback(request_id, Buffer(body))
             except Exception:  # what asyncua does with a response it cannot place: log, hang up
                 log.exception("device response for unknown request id %d", request_id)
                 inner.disconnect_socket()
@@ -283,12 +294,16 @@ async def _result(future: asyncio.Future[Any], timeout_s: float) -> bytes:
         raise TimeoutError(f"no response within {timeout_s} s") from None
 
 
-def patch_request_header(body: bytes, token: bytes, request_handle: int) -> bytes:
+def patch_request_header(
+    body: bytes, token: bytes, request_handle: int, token_span: tuple[int, int] | None = None
+) -> bytes:
     """``body`` (type id, RequestHeader, parameters) with the AuthenticationToken and RequestHandle of the
     gateway's device session. Part 4, 7.32: the header starts AuthenticationToken (NodeId), Timestamp,
-    RequestHandle."""
-    _type_id, start = type_id_span(body)
-    after_token = nodeid_end(body, start)
+    RequestHandle. ``token_span`` is where the token starts and ends, when the caller knows."""
+    if token_span is None:
+        start = type_id_span(body)[1]
+        token_span = start, nodeid_end(body, start)
+    start, after_token = token_span
     handle_at = after_token + _TIMESTAMP_BYTES
     return b"".join(
         (

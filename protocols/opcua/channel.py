@@ -14,7 +14,7 @@ current one stays valid (within its own lifetime) and outgoing chunks keep using
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from asyncua import ua
 from asyncua.ua.object_ids import ObjectIds
@@ -37,10 +37,10 @@ class SecurityToken:
     token_id: int
     created_at: float  # seconds since the epoch
     lifetime_ms: int
+    expires_at: float = field(init=False)  # seconds since the epoch; checked for every chunk
 
-    @property
-    def expires_at(self) -> float:
-        return self.created_at + self.lifetime_ms / 1000
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "expires_at", self.created_at + self.lifetime_ms / 1000)
 
     def to_ua(self, channel_id: int) -> ua.ChannelSecurityToken:
         return ua.ChannelSecurityToken(

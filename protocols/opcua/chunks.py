@@ -141,8 +141,12 @@ class ChunkReader:
             )
         if len(buffer) < size:
             return None
-        data = bytes(buffer[:size])
-        del buffer[:size]
+        if len(buffer) == size:  # the common case: what arrived was one chunk
+            data = bytes(buffer)
+            buffer.clear()
+        else:
+            data = bytes(buffer[:size])
+            del buffer[:size]
         return Chunk(message_type, chunk_type, data)
 
     def _check_type(self, message_type: bytes) -> None:

@@ -67,7 +67,6 @@ from protocols.opcua.events import (
 from protocols.opcua.messages import (
     RepeatCache,
     RequestDecodeError,
-    check_response_type,
     decode_request_through,
     encode_message,
     patch_request_handle,
@@ -274,7 +273,7 @@ class OpcUaServerConnection:
 
     def _service_request(self, request_id: int, body: bytes) -> ServiceRequest | RejectedRequest:
         try:
-            service, request, repeat = decode_request_through(body, self.repeats)
+            decoded = decode_request_through(body, self.repeats)
         except RequestDecodeError as refused:
             fault = service_fault(refused.request_handle, refused.status, self._now)
             return RejectedRequest(
@@ -285,8 +284,9 @@ class OpcUaServerConnection:
                 refused.reason,
                 self._send_body(request_id, encode_message(fault), refused.request_handle),
             )
-        handle = request.RequestHeader.RequestHandle
-        return ServiceRequest(request_id, handle, service, request, body, repeat)
+        return ServiceRequest(
+            request_id, decoded.request_handle, decoded.service, decoded.request, body, decoded.repeat
+        )
 
     def _check_sequence_number(self, received: int) -> None:
         previous = self._peer_sequence_number
@@ -328,9 +328,8 @@ class OpcUaServerConnection:
         that service's response or a ServiceFault (``OpcUaProtocolError`` BadUnknownResponse, close=False).
         """
         self._require_open()
-        if service is not None:
-            check_response_type(body, service)
-        return self._send_body(request_id, patch_request_handle(body, request_handle), request_handle)
+        relabelled = patch_request_handle(body, request_handle, service)
+        return self._send_body(request_id, relabelled, request_handle)
 
     def send_error(self, status: int, reason: str) -> bytes:
         """An Error message (Part 6, 7.1.2.5); afterwards the connection is closed."""

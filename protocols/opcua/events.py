@@ -57,9 +57,11 @@ class ServiceRequest:
     """A decoded service request for the caller to decide and answer with ``send_response``."""
 
     request_id: int  # the chunk layer's RequestId: the response goes out under it
-    request_handle: int  # the client's RequestHandle, saved: asyncua's client rewrites the header it sends
+    request_handle: int  # the client's RequestHandle: the one in ``request`` may be another's (a repeat's)
     service: Service
-    request: Any  # asyncua's request object, e.g. ua.ReadRequest
+    # asyncua's request object, e.g. ua.ReadRequest. For a repeat it is shared and must not be changed:
+    # its header's RequestHandle and Timestamp are the first request's (see DecodedRequest).
+    request: Any
     body: bytes = b""  # the request as the client encoded it (type id first): relayed when unchanged
     # A request the codec has seen before (a repeated Read): its operations, and the memo slot.
     repeat: Repeat | None = None

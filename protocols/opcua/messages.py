@@ -12,12 +12,11 @@ after the type id, the ResponseHeader starts with Timestamp (8 bytes) and then R
 from __future__ import annotations
 
 import struct
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from asyncua import ua
 from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.ua_binary import nodeid_from_binary, struct_to_binary
-from asyncua.ua.uatypes import win_epoch_to_datetime
 
 from protocols.opcua.binary import StrictBuffer, decode
 from protocols.opcua.channel import utc_datetime
@@ -28,7 +27,6 @@ from protocols.opcua.spec import OpcUaProtocolError, Status
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _I32 = struct.Struct("<i")
-_TIMESTAMP_HANDLE = struct.Struct("<qI")
 _NS_U32 = struct.Struct("<HI")
 _TIMESTAMP_BYTES: Final = 8
 SERVICE_FAULT_TYPE_ID: Final = ObjectIds.ServiceFault_Encoding_DefaultBinary
@@ -107,11 +105,14 @@ class Repeat:
     decisions, with what they depend on). Shared by every request that repeats it: nobody mutates
     ``request`` or ``operations``."""
 
-    __slots__ = ("memo", "operations", "request")
+    __slots__ = ("memo", "operations", "request", "token_span")
 
-    def __init__(self, request: Any, operations: tuple[Operation, ...]) -> None:
+    def __init__(self, request: Any, operations: tuple[Operation, ...], token_span: tuple[int, int]) -> None:
         self.request = request
         self.operations = operations
+        # Where the RequestHeader's AuthenticationToken starts and ends in the body (the same in every
+        # repeat: the bytes before the Timestamp are part of the key).
+        self.token_span = token_span
         self.memo: Any = None
 
 
@@ -119,10 +120,10 @@ class RepeatCache:
     """Requests whose bytes repeat, decoded once: an HMI polls the same nodes over and over, and between
     two of its Reads only the RequestHeader's Timestamp and RequestHandle change.
 
-    Keyed by the body without those 12 bytes; a hit costs a new RequestHeader with the two fields, and
-    no decoding (asyncua's generic decoder is the largest cost on the gateway's path otherwise). Entries
-    are shared by every request that hits them, so only services whose request objects nobody changes
-    after decoding are cached, and only small ones; the oldest entry goes when the cache is full.
+    Keyed by the body without those 12 bytes; a hit costs reading the RequestHandle, and no decoding
+    and no new objects (asyncua's generic decoder is the largest cost on the gateway's path otherwise).
+    Entries are shared by every request that hits them, so only services whose request objects nobody
+    changes after decoding are cached, and only small ones; the oldest entry goes when the cache is full.
     """
 
     SERVICES: Final = frozenset(("Read",))
@@ -139,24 +140,27 @@ class RepeatCache:
             self.hits += 1
         return found
 
-    def put(self, key: bytes, request: Any, operations: tuple[Operation, ...]) -> Repeat:
+    def put(
+        self, key: bytes, request: Any, operations: tuple[Operation, ...], token_span: tuple[int, int]
+    ) -> Repeat:
         entries = self._entries
         if len(entries) >= self.MAX_ENTRIES:
             del entries[next(iter(entries))]
-        entries[key] = repeat = Repeat(request, operations)
+        entries[key] = repeat = Repeat(request, operations, token_span)
         return repeat
 
 
 def _decode_repeatable(
     service: Service, body: bytes, offset: int, cache: RepeatCache
-) -> tuple[Any, Repeat | None]:
-    """``decode(service.request_type, body)`` through ``cache``, and its cache entry (None for a body
-    too large to cache). Raises what the decoders raise."""
+) -> tuple[Any, Repeat | None, int]:
+    """``decode(service.request_type, body)`` through ``cache``: the request (on a hit, the entry's
+    shared object), its cache entry (None for a body too large to cache) and its RequestHandle. Raises
+    what the decoders raise."""
     if len(body) > RepeatCache.MAX_BODY_BYTES:
         request, left = decode(service.request_type, body)
         if left:
             raise ValueError(f"{left} bytes after the request")
-        return request, None
+        return request, None, request.RequestHeader.RequestHandle
     token_end = nodeid_end(body, offset)
     timestamp_at, handle_end = token_end, token_end + _TIMESTAMP_BYTES + 4
     key = body[:timestamp_at] + body[handle_end:]
@@ -167,23 +171,26 @@ def _decode_repeatable(
             raise ValueError(f"{left} bytes after the request")
         codec = service.operations
         operations = tuple(codec.operations(request)) if codec is not None else ()
-        return request, cache.put(key, request, operations)
-    template = found.request
-    ticks, handle = _TIMESTAMP_HANDLE.unpack_from(body, timestamp_at)
-    header = template.RequestHeader
-    request = service.request_type(
-        RequestHeader=ua.RequestHeader(
-            AuthenticationToken=header.AuthenticationToken,
-            Timestamp=win_epoch_to_datetime(ticks),
-            RequestHandle=handle,
-            ReturnDiagnostics=header.ReturnDiagnostics,
-            AuditEntryId=header.AuditEntryId,
-            TimeoutHint=header.TimeoutHint,
-            AdditionalHeader=header.AdditionalHeader,
-        ),
-        Parameters=template.Parameters,
-    )
-    return request, found
+        repeat = cache.put(key, request, operations, (offset, token_end))
+        return request, repeat, request.RequestHeader.RequestHandle
+    handle: int = _U32.unpack_from(body, handle_end - 4)[0]
+    return found.request, found, handle
+
+
+class DecodedRequest(NamedTuple):
+    """A MSG body decoded: its service, the asyncua request object, the client's RequestHandle, and the
+    request's cache entry when it has one.
+
+    A repeated request's object is its cache entry's, shared by every repeat and changed by nobody:
+    everything in it is what this body says except the RequestHeader's Timestamp and RequestHandle,
+    which are the first one's. The handle is ``request_handle``; the Timestamp only says when the client
+    sent it, which the gateway never forwards as an object.
+    """
+
+    service: Service
+    request: Any
+    request_handle: int
+    repeat: Repeat | None
 
 
 def decode_request(body: bytes) -> tuple[Service, Any]:
@@ -192,13 +199,13 @@ def decode_request(body: bytes) -> tuple[Service, Any]:
     Raises :class:`RequestDecodeError`: BadServiceUnsupported for a type id that is no service request
     this endpoint takes inside a MSG, BadDecodingError for a body that does not decode or has bytes left.
     """
-    service, request, _operations = decode_request_through(body, None)
-    return service, request
+    decoded = decode_request_through(body, None)
+    return decoded.service, decoded.request
 
 
-def decode_request_through(body: bytes, cache: RepeatCache | None) -> tuple[Service, Any, Repeat | None]:
-    """:func:`decode_request` through ``cache`` (repeated Reads are not decoded again, see
-    :class:`RepeatCache`), with the request's cache entry when it has one.
+def decode_request_through(body: bytes, cache: RepeatCache | None) -> DecodedRequest:
+    """:func:`decode_request` through ``cache``: a repeated Read is not decoded again (see
+    :class:`RepeatCache` and :class:`DecodedRequest`).
 
     Raises :class:`RequestDecodeError`: BadServiceUnsupported for a type id that is no service request
     this endpoint takes inside a MSG, BadDecodingError for a body that does not decode or has bytes left.
@@ -216,11 +223,10 @@ def decode_request_through(body: bytes, cache: RepeatCache | None) -> tuple[Serv
             type_id=type_id,
         )
     try:
-        repeat = None
         if cache is not None and service.name in RepeatCache.SERVICES:
-            (request, repeat), left = _decode_repeatable(service, body, length, cache), 0
-        else:
-            request, left = decode(service.request_type, body)
+            request, repeat, handle = _decode_repeatable(service, body, length, cache)
+            return DecodedRequest(service, request, handle, repeat)
+        request, left = decode(service.request_type, body)
     except Exception as exc:  # asyncua raises whatever its decoders hit on bad bytes
         raise RequestDecodeError(
             Status.BAD_DECODING_ERROR,
@@ -235,7 +241,7 @@ def decode_request_through(body: bytes, cache: RepeatCache | None) -> tuple[Serv
             request_handle=request.RequestHeader.RequestHandle,
             type_id=type_id,
         )
-    return service, request, repeat
+    return DecodedRequest(service, request, request.RequestHeader.RequestHandle, None)
 
 
 def encode_message(message: Any) -> bytes:
@@ -261,8 +267,11 @@ def service_fault(request_handle: int, status: int, now: float | None = None) ->
 
 def request_handle_offset(body: bytes) -> int:
     """Where the ResponseHeader's RequestHandle sits in a response body."""
-    _type_id, length = type_id_span(body)
-    offset = length + _TIMESTAMP_BYTES
+    return _handle_offset(body, type_id_span(body)[1])
+
+
+def _handle_offset(body: bytes, type_id_bytes: int) -> int:
+    offset = type_id_bytes + _TIMESTAMP_BYTES
     if len(body) < offset + 4:
         raise OpcUaProtocolError(
             Status.BAD_UNKNOWN_RESPONSE,
@@ -272,15 +281,22 @@ def request_handle_offset(body: bytes) -> int:
     return offset
 
 
-def patch_request_handle(body: bytes, request_handle: int) -> bytes:
-    """``body`` with its ResponseHeader's RequestHandle replaced, nothing decoded."""
-    offset = request_handle_offset(body)
+def patch_request_handle(body: bytes, request_handle: int, service: Service | None = None) -> bytes:
+    """``body`` with its ResponseHeader's RequestHandle replaced, nothing decoded. With ``service`` the
+    body must be that service's response or a ServiceFault (see :func:`check_response_type`)."""
+    type_id, length = type_id_span(body)
+    if service is not None:
+        _check_response_type(type_id, service)
+    offset = _handle_offset(body, length)
     return body[:offset] + _U32.pack(request_handle) + body[offset + 4 :]
 
 
 def check_response_type(body: bytes, service: Service) -> None:
     """A relayed body must be the service's response or a ServiceFault (close=False otherwise)."""
-    type_id, _length = type_id_span(body)
+    _check_response_type(type_id_span(body)[0], service)
+
+
+def _check_response_type(type_id: int | None, service: Service) -> None:
     if type_id not in (service.response_type_id, SERVICE_FAULT_TYPE_ID):
         raise OpcUaProtocolError(
             Status.BAD_UNKNOWN_RESPONSE,
@@ -291,6 +307,7 @@ def check_response_type(body: bytes, service: Service) -> None:
 
 __all__ = [
     "SERVICE_FAULT_TYPE_ID",
+    "DecodedRequest",
     "Repeat",
     "RepeatCache",
     "RequestDecodeError",

@@ -250,8 +250,9 @@ OPERATION_CODECS: tuple[OperationCodec, ...] = (
 class Reduction:
     """A request cut down to its allowed operations, and what it takes to answer the original.
 
-    ``request`` is what to send upstream: the original object when everything is allowed, a copy holding
-    only the allowed operations otherwise, and ``None`` when nothing is allowed (nothing goes upstream).
+    ``request`` is what to send upstream, a copy with a header of its own: all the operations when
+    everything is allowed, only the allowed ones otherwise, and ``None`` when nothing is allowed (nothing
+    goes upstream).
     """
 
     codec: OperationCodec
@@ -274,13 +275,16 @@ def reduce_request(codec: OperationCodec, request: Any, allowed: Sequence[bool])
     flags = tuple(bool(flag) for flag in allowed)
     if len(flags) != len(items):
         raise ValueError(f"{codec.service}: {len(flags)} decisions for {len(items)} operations")
-    if all(flags):
-        return Reduction(codec, request, flags, request)
     if not any(flags):
         return Reduction(codec, request, flags, None)
-    kept = [item for item, keep in zip(items, flags, strict=True) if keep]
-    reduced = _replaced(request, codec.items, kept)
-    # The copy gets its own header: asyncua's client rewrites the header of what it sends in place.
+    # What is sent is a copy with its own header: asyncua's client rewrites the header of what it sends
+    # in place, and the request may be a repeat's shared object (protocols.opcua.messages.RepeatCache).
+    if all(flags):
+        reduced = dataclasses.replace(request)
+    else:
+        reduced = _replaced(
+            request, codec.items, [item for item, keep in zip(items, flags, strict=True) if keep]
+        )
     reduced.RequestHeader = dataclasses.replace(request.RequestHeader)
     return Reduction(codec, request, flags, reduced)
 

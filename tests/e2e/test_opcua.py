@@ -375,6 +375,9 @@ opcua = [{{ service = "Read", {NS}, node = "{TANK}.Flow", attribute = "Value" }}
             read_id(tank(ns, "Acknowledge"), user_executable),
         ]
         values = [result.Value.Value for result in await read(client, items)]
+        # Again, the same bytes: a repeat, decided from its cache entry and rewritten as the first was.
+        again = [result.Value.Value for result in await read(client, items)]
+    assert again == values
     current_read, current_write = ua.AccessLevel.CurrentRead.mask, ua.AccessLevel.CurrentWrite.mask
     assert values[0] & current_read and values[0] & current_write  # operators may write the setpoint
     assert values[1] & current_read and not values[1] & current_write  # the device would; no rule does

@@ -228,12 +228,14 @@ def test_all_denied_goes_nowhere_and_is_answered_locally(case: Case) -> None:
         assert {case.status(result) for result in results} == {DENIED}
 
 
-def test_all_allowed_forwards_the_request_itself() -> None:
+def test_all_allowed_forwards_a_copy_with_a_header_of_its_own() -> None:
     codec = SERVICES_BY_NAME["Read"].operations
     assert codec is not None
     request = request_for(CASES[0], 4)
     reduction = reduce_request(codec, request, [True] * 4)
-    assert reduction.request is request and reduction.all_allowed
+    assert reduction.all_allowed and reduction.request == request
+    # asyncua's client rewrites the header of what it sends; the original may be a shared repeat.
+    assert reduction.request is not request and reduction.request.RequestHeader is not request.RequestHeader
     answer = device(CASES[0], codec, request, diagnostics=False)
     assert splice_response(reduction, answer) is answer
 

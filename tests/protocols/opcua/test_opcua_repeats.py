@@ -1,8 +1,10 @@
-"""Repeated Reads decoded once (RepeatCache): a hit must give exactly what a full decode gives, with the
-new Timestamp and RequestHandle, and the cache stays bounded; nodeid_end against asyncua's encoder."""
+"""Repeated Reads decoded once (RepeatCache): a hit gives the first request's object, equal to a full decode
+but for the header's Timestamp and RequestHandle, and the new handle; the cache stays bounded; nodeid_end
+against asyncua's encoder."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -33,26 +35,29 @@ NODES = [ua.NodeId(f"Line1.Tank{i}", 2) for i in range(4)]
 T0 = datetime(2026, 11, 26, 7, 0, tzinfo=UTC)
 
 
-def test_a_hit_equals_a_full_decode_with_the_new_handle_and_timestamp() -> None:
+def test_a_hit_is_the_first_request_shared_with_the_new_handle() -> None:
     cache = RepeatCache()
     first = read_body(1, T0, NODES)
-    service, request, repeat = decode_request_through(first, cache)
-    assert service.name == "Read" and cache.hits == 0
-    assert repeat is not None and repeat.operations == tuple(READ.operations(request))
+    decoded = decode_request_through(first, cache)
+    assert decoded.service.name == "Read" and decoded.request_handle == 1 and cache.hits == 0
+    repeat = decoded.repeat
+    assert repeat is not None and repeat.operations == tuple(READ.operations(decoded.request))
     repeat.memo = "the gateway's decisions"
 
     later = T0 + timedelta(seconds=3, microseconds=250)
     second = read_body(2, later, NODES)
-    service, request, again_repeat = decode_request_through(second, cache)
-    assert cache.hits == 1 and again_repeat is repeat and repeat.memo == "the gateway's decisions"
+    again = decode_request_through(second, cache)
+    assert cache.hits == 1 and again.repeat is repeat and repeat.memo == "the gateway's decisions"
+    assert again.request is decoded.request and again.request_handle == 2
+    # Everything but the header's Timestamp and RequestHandle is what a full decode of the repeat gives.
     _service, full = decode_request(second)
-    assert request == full
-    assert request.RequestHeader.RequestHandle == 2
-    assert request.RequestHeader.Timestamp == full.RequestHeader.Timestamp
+    assert again.request.Parameters == full.Parameters
+    assert (
+        dataclasses.replace(again.request.RequestHeader, Timestamp=later, RequestHandle=2)
+        == full.RequestHeader
+    )
     assert repeat.operations == tuple(READ.operations(full))
-    # Each hit has its own header: asyncua rewrites the header of what it sends in place.
-    _s, again, _o = decode_request_through(read_body(3, later, NODES), cache)
-    assert again.RequestHeader is not request.RequestHeader and again.RequestHeader.RequestHandle == 3
+    assert decode_request_through(read_body(3, later, NODES), cache).request_handle == 3
 
 
 def test_anything_else_that_differs_is_a_miss() -> None:
@@ -61,7 +66,7 @@ def test_anything_else_that_differs_is_a_miss() -> None:
     other_nodes = read_body(2, T0, NODES[:3])
     other_token = read_body(3, T0, NODES, token=ua.NodeId(7, 0))
     for body in (other_nodes, other_token):
-        _service, request, repeat = decode_request_through(body, cache)
+        _service, request, _handle, repeat = decode_request_through(body, cache)
         assert request == decode_request(body)[1]
         assert repeat is not None and repeat.memo is None
         assert len(repeat.operations) == len(request.Parameters.NodesToRead)
@@ -82,12 +87,13 @@ def test_the_cache_is_bounded_and_skips_large_and_other_requests() -> None:
     big = read_body(1, T0, [ua.NodeId(f"n{i:04d}" * 8, 2) for i in range(80)])
     assert len(big) > RepeatCache.MAX_BODY_BYTES
     for _ in range(2):
-        _service, _request, repeat = decode_request_through(big, cache)
-        assert repeat is None  # decoded in full each time; the session lists them itself
+        assert (
+            decode_request_through(big, cache).repeat is None
+        )  # decoded in full each time; the session lists them itself
     write = ua.WriteRequest()
     write.Parameters.NodesToWrite = [ua.WriteValue(NodeId=NODES[0])]
     for _ in range(2):
-        assert decode_request_through(struct_to_binary(write), cache)[2] is None
+        assert decode_request_through(struct_to_binary(write), cache).repeat is None
     assert cache.hits == 1
 
 
