@@ -19,6 +19,7 @@ import logging
 import os
 import random
 from dataclasses import dataclass
+from functools import partial
 from time import monotonic
 from typing import Any, ClassVar, Final
 
@@ -177,7 +178,9 @@ class OpcUaSession(Session):
                 continue
             if event is None:
                 return
-            if isinstance(event, Hello):
+            if type(event) is ServiceRequest:
+                self._service(event, now)
+            elif isinstance(event, Hello):
                 self._endpoint_url = event.endpoint_url
                 self._write(event.reply)
             elif isinstance(event, OpenChannel):
@@ -185,11 +188,10 @@ class OpcUaSession(Session):
             elif isinstance(event, RejectedRequest):
                 self._write(event.reply)
                 self._protocol_error(event.reason)
-            elif isinstance(event, CloseChannel):
+            else:
+                assert isinstance(event, CloseChannel)
                 self.close("client closed the secure channel")
                 return
-            else:
-                self._service(event, now)
             if self._in_flight >= MAX_IN_FLIGHT:
                 self.pause_requests("in-flight limit")
                 return
@@ -209,14 +211,14 @@ class OpcUaSession(Session):
 
     def _service(self, event: ServiceRequest, now: float) -> None:
         self.requests += 1
-        name = event.name
+        name = event.service.name
         if name in _LOCAL:
             getattr(self, f"_local_{name}", self._local_unsupported)(event)
             return
         if not self._activated:
             self._fault(event, BAD_SESSION_NOT_ACTIVATED)
             return
-        if event.header.AuthenticationToken != self._token:
+        if event.request.RequestHeader.AuthenticationToken != self._token:
             self._fault(event, BAD_SESSION_ID_INVALID)
             return
         repeat = event.repeat
@@ -437,21 +439,21 @@ class OpcUaSession(Session):
         come back (straight from the device's data_received while its session is up: the common polling
         Read); otherwise the request is cut down to the allowed operations and the results spliced
         back."""
-        name = event.name
+        name = event.service.name
         if not decided.all_allowed:
             for op, decision in zip(decided.operations, decided.decisions, strict=True):
                 if not decision.allowed:
                     self.denied += 1
                     self._count(name, decision.verdict)
                     self._audit_operation(event, op, decision, "refused", None)
-        self._tracking.request_to_device(name, event.request)
-        if decided.relay:
+        if decided.relay:  # never a service whose request carries subscription ids: those are tracked
             device = self._device
             if device is not None and device.alive:
                 self._relay_now(event, device, decided)
             else:
                 self._spawn(event, self._relay_unchanged(event, decided))
             return
+        self._tracking.request_to_device(name, event.request)
         codec = event.service.operations
         assert codec is not None
         allowed = [decision.allowed for decision in decided.decisions]
@@ -463,10 +465,7 @@ class OpcUaSession(Session):
 
     def _relay_now(self, event: ServiceRequest, device: DeviceSession, decided: _Decided) -> None:
         started = monotonic()
-
-        def reply(body: bytes | None, error: BaseException | None) -> None:
-            self._relayed(event, decided, started, body, error)
-
+        reply = partial(self._relayed, event, decided, started)
         self._in_flight += 1
         token_span = event.repeat.token_span if event.repeat is not None else None
         try:

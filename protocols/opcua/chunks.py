@@ -122,7 +122,8 @@ class ChunkReader:
                 self._check_type(bytes(buffer[:3]))
             return None
         message_type, chunk_type, size = _HEADER_UNPACK(buffer)
-        self._check_type(message_type)
+        if message_type not in self.allowed_types:
+            self._check_type(message_type)
         if size > self.max_chunk_size:
             raise OpcUaProtocolError(
                 Status.BAD_TCP_MESSAGE_TOO_LARGE,

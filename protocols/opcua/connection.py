@@ -204,8 +204,21 @@ class OpcUaServerConnection:
                 f"{chunk.message_type.decode()} before the secure channel was opened",
             )
         symmetric = parse_symmetric_chunk(chunk)
-        self.channel.check_token(symmetric.channel_id, symmetric.token_id, now)
-        self._check_sequence_number(symmetric.sequence_number)
+        # Every chunk but a few is on the current token, one past the last sequence number: that case is
+        # decided here, renewals, wraps and refusals (with their reasons) in the two checks.
+        channel, token = self.channel, self.channel.current
+        if (
+            token is None
+            or symmetric.token_id != token.token_id
+            or symmetric.channel_id != channel.channel_id
+            or now >= token.expires_at
+        ):
+            channel.check_token(symmetric.channel_id, symmetric.token_id, now)
+        previous = self._peer_sequence_number
+        if previous is not None and symmetric.sequence_number == previous + 1:
+            self._peer_sequence_number = symmetric.sequence_number
+        else:
+            self._check_sequence_number(symmetric.sequence_number)
         if chunk.message_type == CLO:
             self.state = ConnectionState.CLOSED
             self._reader.discard()

@@ -52,7 +52,7 @@ class OpenChannel:
     reply: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per request, and a frozen dataclass costs more to build
 class ServiceRequest:
     """A decoded service request for the caller to decide and answer with ``send_response``."""
 

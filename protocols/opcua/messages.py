@@ -32,6 +32,10 @@ _TIMESTAMP_BYTES: Final = 8
 SERVICE_FAULT_TYPE_ID: Final = ObjectIds.ServiceFault_Encoding_DefaultBinary
 
 
+# The services a MSG may carry: OpenSecureChannel and CloseSecureChannel travel as OPN and CLO.
+_IN_MESSAGES: Final = {type_id: s for type_id, s in SERVICES_BY_TYPE_ID.items() if s.in_secure_message}
+
+
 class RequestDecodeError(OpcUaProtocolError):
     """A well-framed MSG whose body is no request this endpoint serves: answered with a ServiceFault.
 
@@ -214,8 +218,8 @@ def decode_request_through(body: bytes, cache: RepeatCache | None) -> DecodedReq
         type_id, length = type_id_span(body)
     except OpcUaProtocolError as error:
         raise RequestDecodeError(error.status, error.reason, request_handle=0, type_id=None) from None
-    service = SERVICES_BY_TYPE_ID.get(type_id) if type_id is not None else None
-    if service is None or not service.in_secure_message:
+    service = _IN_MESSAGES.get(type_id) if type_id is not None else None
+    if service is None:
         raise RequestDecodeError(
             Status.BAD_SERVICE_UNSUPPORTED,
             f"no service takes type id {type_id if type_id is not None else 'outside ns 0'}",

@@ -122,3 +122,9 @@ def test_tables_are_bounded() -> None:
     tracked.response_to_client("Browse", browse, ua.BrowseResponse(Results=results))
     assert list(tracked._points) == [b"\x02", b"\x03", b"\x04"]
     assert tracking.MAX_CONTINUATION_POINTS >= 100 and tracking.MAX_SUBSCRIPTIONS >= 100
+
+
+def test_every_request_with_subscription_ids_is_tracked_so_never_relayed_as_its_bytes() -> None:
+    # The session relays a request's own bytes only for services outside TRACKED_RESPONSES, so a
+    # service whose request carries the client's subscription ids must be in it.
+    assert set(tracking._REQUEST_REWRITES) <= tracking.TRACKED_RESPONSES
