@@ -319,7 +319,7 @@ class OpcUaSession(Session):
             # A bug of ours must not leave the client waiting, nor let anything through: Bad, logged.
             log.error("%s: %s request failed in the gateway", self.id, event.name, exc_info=error)
             self._fault(event, BAD_INTERNAL_ERROR)
-        if self._in_flight < MAX_IN_FLIGHT:
+        if self._paused_by and self._in_flight < MAX_IN_FLIGHT:
             self.resume_requests("in-flight limit")
 
     def _timeout_s(self, event: ServiceRequest) -> float:
@@ -491,7 +491,7 @@ class OpcUaSession(Session):
         except Exception:  # a bug of ours must not leave the client waiting: Bad, logged (as _done)
             log.exception("%s: %s request failed in the gateway", self.id, event.name)
             self._fault(event, BAD_INTERNAL_ERROR)
-        if self._in_flight < MAX_IN_FLIGHT:
+        if self._paused_by and self._in_flight < MAX_IN_FLIGHT:
             self.resume_requests("in-flight limit")
 
     def _late_reply(self) -> None:

@@ -174,7 +174,10 @@ class _Reply:
         if self._done:
             self._late()
             return
-        self._finish(bytes(body), None)
+        self._done = True  # _finish in line: this runs for every response
+        if self.timer is not None:
+            self.timer.cancel()
+        self._reply(bytes(body), None)
 
     def set_exception(self, error: BaseException) -> None:
         if not self._done:

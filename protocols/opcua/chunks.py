@@ -69,17 +69,6 @@ class Chunk(NamedTuple):
     data: bytes  # the whole chunk, header included
 
 
-class SymmetricChunk(NamedTuple):
-    """A MSG or CLO chunk: the fixed header fields and the body (Part 6, 6.7.2.2 - 6.7.2.4)."""
-
-    chunk_type: bytes
-    channel_id: int
-    token_id: int
-    sequence_number: int
-    request_id: int
-    body: bytes
-
-
 class OpenChunk(NamedTuple):
     """An OPN chunk: the asymmetric security header is decoded, the body is left to the caller."""
 
@@ -159,24 +148,17 @@ class ChunkReader:
             )
 
 
-def parse_symmetric_chunk(chunk: Chunk) -> SymmetricChunk:
-    if len(chunk.data) < SYMMETRIC_CHUNK_HEADER_BYTES:
+def parse_symmetric_chunk(chunk: Chunk) -> tuple[bytes, int, int, int, int, bytes]:
+    """A MSG or CLO chunk's fixed header fields and body (Part 6, 6.7.2.2 - 6.7.2.4): chunk type, channel
+    id, token id, sequence number, request id, body. A plain tuple: this runs for every chunk."""
+    data = chunk.data
+    if len(data) < SYMMETRIC_CHUNK_HEADER_BYTES:
         raise OpcUaProtocolError(
             Status.BAD_DECODING_ERROR,
-            f"{chunk.message_type.decode()} chunk of {len(chunk.data)} bytes "
-            "is shorter than its 24-byte header",
+            f"{chunk.message_type.decode()} chunk of {len(data)} bytes is shorter than its 24-byte header",
         )
-    _type, chunk_type, _size, channel_id, token_id, sequence_number, request_id = _SYMMETRIC_UNPACK(
-        chunk.data
-    )
-    return SymmetricChunk(
-        chunk_type,
-        channel_id,
-        token_id,
-        sequence_number,
-        request_id,
-        chunk.data[SYMMETRIC_CHUNK_HEADER_BYTES:],
-    )
+    _type, chunk_type, _size, channel_id, token_id, sequence_number, request_id = _SYMMETRIC_UNPACK(data)
+    return chunk_type, channel_id, token_id, sequence_number, request_id, data[SYMMETRIC_CHUNK_HEADER_BYTES:]
 
 
 def parse_open_chunk(chunk: Chunk) -> OpenChunk:
@@ -294,7 +276,8 @@ def encode_symmetric_chunks(
             sequence_number,
             request_id,
         )
-        return header + body, next_sequence_number(sequence_number)
+        # next_sequence_number in line: this runs for every message.
+        return header + body, (1 if sequence_number > SEQUENCE_WRAP_ABOVE else sequence_number + 1)
     parts: list[bytes] = []
     for start in range(0, len(body), room):
         part = body[start : start + room]
@@ -365,7 +348,6 @@ __all__ = [
     "ChunkReader",
     "MessageAssembler",
     "OpenChunk",
-    "SymmetricChunk",
     "chunk_count",
     "decode_hello",
     "encode_acknowledge",

@@ -81,6 +81,7 @@ from protocols.opcua.spec import (
     MIN_BUFFER_SIZE,
     MSG,
     OPN,
+    SYMMETRIC_CHUNK_HEADER_BYTES,
     OpcUaProtocolError,
     Status,
 )
@@ -101,6 +102,9 @@ class ConnectionState(Enum):
     OPEN = "open"
     CLOSED = "closed"  # CloseSecureChannel received or an Error sent
     FAILED = "failed"  # a protocol error was raised
+
+
+_RECEIVING: Final = frozenset((ConnectionState.AWAIT_HELLO, ConnectionState.AWAIT_OPEN, ConnectionState.OPEN))
 
 
 def _limit(value: int) -> int:
@@ -171,7 +175,7 @@ class OpcUaServerConnection:
         return self.channel.expires_at
 
     def receive_data(self, data: bytes) -> None:
-        if self.state in (ConnectionState.AWAIT_HELLO, ConnectionState.AWAIT_OPEN, ConnectionState.OPEN):
+        if self.state in _RECEIVING:
             self._reader.receive_data(data)
 
     def next_event(self, now: float) -> Event | None:
@@ -203,30 +207,26 @@ class OpcUaServerConnection:
                 Status.BAD_TCP_SECURE_CHANNEL_UNKNOWN,
                 f"{chunk.message_type.decode()} before the secure channel was opened",
             )
-        symmetric = parse_symmetric_chunk(chunk)
+        chunk_type, channel_id, token_id, sequence_number, request_id, body = parse_symmetric_chunk(chunk)
         # Every chunk but a few is on the current token, one past the last sequence number: that case is
         # decided here, renewals, wraps and refusals (with their reasons) in the two checks.
         channel, token = self.channel, self.channel.current
-        if (
-            token is None
-            or symmetric.token_id != token.token_id
-            or symmetric.channel_id != channel.channel_id
-            or now >= token.expires_at
-        ):
-            channel.check_token(symmetric.channel_id, symmetric.token_id, now)
+        current = token is not None and token_id == token.token_id and now < token.expires_at
+        if not current or channel_id != channel.channel_id:
+            channel.check_token(channel_id, token_id, now)
         previous = self._peer_sequence_number
-        if previous is not None and symmetric.sequence_number == previous + 1:
-            self._peer_sequence_number = symmetric.sequence_number
+        if previous is not None and sequence_number == previous + 1:
+            self._peer_sequence_number = sequence_number
         else:
-            self._check_sequence_number(symmetric.sequence_number)
+            self._check_sequence_number(sequence_number)
         if chunk.message_type == CLO:
             self.state = ConnectionState.CLOSED
             self._reader.discard()
-            return CloseChannel(symmetric.request_id)
-        body = self._assembler.add(symmetric.chunk_type, symmetric.request_id, symmetric.body)
-        if body is None:
+            return CloseChannel(request_id)
+        message = self._assembler.add(chunk_type, request_id, body)
+        if message is None:
             return None
-        return self._service_request(symmetric.request_id, body)
+        return self._service_request(request_id, message)
 
     def _hello(self, chunk: Chunk) -> Hello:
         hello = decode_hello(chunk)
@@ -351,7 +351,8 @@ class OpcUaServerConnection:
         return encode_error(status, reason)
 
     def _send_body(self, request_id: int, body: bytes, request_handle: int) -> bytes:
-        chunks = chunk_count(len(body), self.send_chunk_size)
+        one_chunk = len(body) <= self.send_chunk_size - SYMMETRIC_CHUNK_HEADER_BYTES
+        chunks = 1 if one_chunk else chunk_count(len(body), self.send_chunk_size)
         if len(body) > self.max_response_size or chunks > self.max_response_chunks:
             self.responses_too_large += 1
             fault = service_fault(request_handle, Status.BAD_RESPONSE_TOO_LARGE, self._now)

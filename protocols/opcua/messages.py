@@ -138,12 +138,6 @@ class RepeatCache:
         self._entries: dict[bytes, Repeat] = {}
         self.hits = 0
 
-    def get(self, key: bytes) -> Repeat | None:
-        found = self._entries.get(key)
-        if found is not None:
-            self.hits += 1
-        return found
-
     def put(
         self, key: bytes, request: Any, operations: tuple[Operation, ...], token_span: tuple[int, int]
     ) -> Repeat:
@@ -153,32 +147,31 @@ class RepeatCache:
         entries[key] = repeat = Repeat(request, operations, token_span)
         return repeat
 
-
-def _decode_repeatable(
-    service: Service, body: bytes, offset: int, cache: RepeatCache
-) -> tuple[Any, Repeat | None, int]:
-    """``decode(service.request_type, body)`` through ``cache``: the request (on a hit, the entry's
-    shared object), its cache entry (None for a body too large to cache) and its RequestHandle. Raises
-    what the decoders raise."""
-    if len(body) > RepeatCache.MAX_BODY_BYTES:
-        request, left = decode(service.request_type, body)
-        if left:
-            raise ValueError(f"{left} bytes after the request")
-        return request, None, request.RequestHeader.RequestHandle
-    token_end = nodeid_end(body, offset)
-    timestamp_at, handle_end = token_end, token_end + _TIMESTAMP_BYTES + 4
-    key = body[:timestamp_at] + body[handle_end:]
-    found = cache.get(key)
-    if found is None:
+    def decode(self, service: Service, body: bytes, token_at: int) -> tuple[Any, Repeat | None, int]:
+        """``decode(service.request_type, body)`` through the cache: the request (on a hit, the entry's
+        shared object), its entry (None for a body too large to cache) and its RequestHandle.
+        ``token_at`` is where the RequestHeader (its AuthenticationToken) starts. Raises what the
+        decoders raise."""
+        if len(body) > self.MAX_BODY_BYTES:
+            request, left = decode(service.request_type, body)
+            if left:
+                raise ValueError(f"{left} bytes after the request")
+            return request, None, request.RequestHeader.RequestHandle
+        token_end = nodeid_end(body, token_at)
+        timestamp_at, handle_end = token_end, token_end + _TIMESTAMP_BYTES + 4
+        key = body[:timestamp_at] + body[handle_end:]
+        found = self._entries.get(key)
+        if found is not None:
+            self.hits += 1
+            handle: int = _U32.unpack_from(body, handle_end - 4)[0]
+            return found.request, found, handle
         request, left = decode(service.request_type, body)
         if left:
             raise ValueError(f"{left} bytes after the request")
         codec = service.operations
         operations = tuple(codec.operations(request)) if codec is not None else ()
-        repeat = cache.put(key, request, operations, (offset, token_end))
+        repeat = self.put(key, request, operations, (token_at, token_end))
         return request, repeat, request.RequestHeader.RequestHandle
-    handle: int = _U32.unpack_from(body, handle_end - 4)[0]
-    return found.request, found, handle
 
 
 class DecodedRequest(NamedTuple):
@@ -228,7 +221,7 @@ def decode_request_through(body: bytes, cache: RepeatCache | None) -> DecodedReq
         )
     try:
         if cache is not None and service.name in RepeatCache.SERVICES:
-            request, repeat, handle = _decode_repeatable(service, body, length, cache)
+            request, repeat, handle = cache.decode(service, body, length)
             return DecodedRequest(service, request, handle, repeat)
         request, left = decode(service.request_type, body)
     except Exception as exc:  # asyncua raises whatever its decoders hit on bad bytes
@@ -289,9 +282,11 @@ def patch_request_handle(body: bytes, request_handle: int, service: Service | No
     """``body`` with its ResponseHeader's RequestHandle replaced, nothing decoded. With ``service`` the
     body must be that service's response or a ServiceFault (see :func:`check_response_type`)."""
     type_id, length = type_id_span(body)
-    if service is not None:
-        _check_response_type(type_id, service)
-    offset = _handle_offset(body, length)
+    if service is not None and type_id != service.response_type_id:
+        _check_response_type(type_id, service)  # a ServiceFault passes; anything else raises
+    offset = length + _TIMESTAMP_BYTES
+    if len(body) < offset + 4:
+        _handle_offset(body, length)  # raises, with the reason
     return body[:offset] + _U32.pack(request_handle) + body[offset + 4 :]
 
 
