@@ -21,7 +21,7 @@ import random
 import struct
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 from asyncua import ua
 from asyncua.client.client import Client
@@ -51,6 +51,10 @@ MAX_CACHED_PATHS = 10_000
 ROOT = ua.NodeId(ua.Int32(ObjectIds.RootFolder), ua.Int16(0))
 
 
+# libuv's timers count milliseconds: a timer may run up to one early for the float deadline it was set at.
+_TIMER_SLACK_S: Final = 0.001
+
+
 class UpstreamUnavailableError(Exception):
     """The device session is not there (not yet, or no more): answer Bad, do not wait."""
 
@@ -66,6 +70,7 @@ class DeviceSession:
         self._token: ua.NodeId | None = None
         self._token_bytes = b""
         self._loop: asyncio.AbstractEventLoop | None = None  # kept: getting it is a getpid() each time
+        self._watchdog: asyncio.TimerHandle | None = None  # for relayed requests' deadlines
 
     async def open(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -121,7 +126,32 @@ class DeviceSession:
         ``token_span``: where the client's AuthenticationToken is in ``body``, when already known."""
         waiter = _Reply(reply, late)
         self._write_raw(body, waiter, token_span)
-        waiter.timer = (self._loop or asyncio.get_running_loop()).call_later(timeout_s, waiter.expire)
+        loop = self._loop or asyncio.get_running_loop()
+        waiter.deadline = loop.time() + timeout_s
+        if self._watchdog is None:
+            self._watchdog = loop.call_at(waiter.deadline, self._expire_due)
+
+    def _expire_due(self) -> None:
+        """Time out the relayed requests whose deadline has come, then sleep until the next one: one
+        timer per device session, however many requests it relays (a timer per request costs more than
+        the rest of the relay's bookkeeping). Replies are in asyncua's callback map until answered."""
+        self._watchdog = None
+        protocol = self.client.uaclient.protocol
+        if protocol is None or self.closed:
+            return
+        loop = self._loop or asyncio.get_running_loop()
+        now = loop.time() + _TIMER_SLACK_S
+        following: float | None = None
+        waiters: list[Any] = list(protocol._callbackmap.values())  # asyncua's futures and our _Replies
+        for waiter in waiters:
+            if type(waiter) is not _Reply or waiter.done():
+                continue
+            if waiter.deadline <= now:
+                waiter.expire()
+            elif following is None or waiter.deadline < following:
+                following = waiter.deadline
+        if following is not None:
+            self._watchdog = loop.call_at(following, self._expire_due)
 
     def _write_raw(self, body: bytes, waiter: Any, token_span: tuple[int, int] | None = None) -> None:
         """Frame the client's bytes with our session's token, handle and request id, and register
@@ -143,6 +173,9 @@ class DeviceSession:
         if self.closed:
             return
         self.closed = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         try:
             async with asyncio.timeout(2):
                 await self.client.disconnect()
@@ -159,13 +192,13 @@ class _Reply:
     and then, without a turn of the event loop in between. Answers once: a timeout first makes the
     response late."""
 
-    __slots__ = ("_done", "_late", "_reply", "timer")
+    __slots__ = ("_done", "_late", "_reply", "deadline")
 
     def __init__(self, reply: ReplyCallback, late: Callable[[], None]) -> None:
         self._reply = reply
         self._late = late
         self._done = False
-        self.timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0  # loop time; DeviceSession._expire_due times it out
 
     def done(self) -> bool:
         return self._done
@@ -174,24 +207,18 @@ class _Reply:
         if self._done:
             self._late()
             return
-        self._done = True  # _finish in line: this runs for every response
-        if self.timer is not None:
-            self.timer.cancel()
+        self._done = True
         self._reply(bytes(body), None)
 
     def set_exception(self, error: BaseException) -> None:
         if not self._done:
-            self._finish(None, error)
+            self._done = True
+            self._reply(None, error)
 
     def expire(self) -> None:
         if not self._done:
-            self._finish(None, TimeoutError("no response in time"))
-
-    def _finish(self, body: bytes | None, error: BaseException | None) -> None:
-        self._done = True
-        if self.timer is not None:
-            self.timer.cancel()
-        self._reply(body, error)
+            self._done = True
+            self._reply(None, TimeoutError("no response in time"))
 
 
 class FastReplies(asyncio.Protocol):

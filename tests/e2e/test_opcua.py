@@ -526,18 +526,26 @@ opcua = [
         async with Client(f"opc.tcp://127.0.0.1:{port}/", timeout=5, watchdog_intervall=600) as client:
             ns = await client.get_namespace_index("urn:test:slow")
             dev = client.get_node(ua.NodeId("Dev", ns))
-            with pytest.raises(UaStatusCodeError) as late:
-                await dev.call_method(ua.NodeId("Dev.Slow", ns))
-            assert late.value.code == ua.StatusCodes.BadTimeout
+
+            async def call(after_s: float) -> ua.StatusCode:
+                await asyncio.sleep(after_s)
+                with pytest.raises(UaStatusCodeError) as late:
+                    await dev.call_method(ua.NodeId("Dev.Slow", ns))
+                return late.value.code
+
+            # Two in flight on the one device session, with deadlines 0.1 s apart: each times out on its
+            # own, the second after the first's timeout.
+            codes = await asyncio.gather(call(0.0), call(0.1))
+            assert codes == [ua.StatusCodes.BadTimeout] * 2
             pool = gateway.runtime.upstreams.pool_for(gateway.policy.assets["opc-1"])
             deadline = asyncio.get_running_loop().time() + 5
-            while pool.late_replies == 0:  # the device answers in its own time: dropped, counted
-                assert asyncio.get_running_loop().time() < deadline, "the late answer was never counted"
+            while pool.late_replies < 2:  # the device answers in its own time: dropped, counted
+                assert asyncio.get_running_loop().time() < deadline, "the late answers were never counted"
                 await asyncio.sleep(0.05)
             # The device session goes on: the next request is answered.
             assert await client.get_node(ua.NodeId("Dev.Value", ns)).read_value() == 7.0
-        assert pool.late_replies == 1 and pool.timeouts == 1
-        assert len(calls) == 1  # a call is never sent twice
+        assert pool.late_replies == 2 and pool.timeouts == 2
+        assert len(calls) == 2  # a call is never sent twice
     finally:
         await stop_server(server)
 
