@@ -468,8 +468,10 @@ class OpcUaSession(Session):
         reply = partial(self._relayed, event, decided, started)
         self._in_flight += 1
         token_span = event.repeat.token_span if event.repeat is not None else None
+        # The asset's response timeout: what _timeout_s gives every service with operations to relay.
+        timeout_s = self.view.asset.response_timeout_s
         try:
-            device.relay_raw(event.body, self._timeout_s(event), reply, self._late_reply, token_span)
+            device.relay_raw(event.body, timeout_s, reply, self._late_reply, token_span)
         except (ConnectionError, OSError, UaError) as error:
             self._relayed(event, decided, started, None, error)
 

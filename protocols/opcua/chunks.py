@@ -90,7 +90,9 @@ class ChunkReader:
     __slots__ = ("_buffer", "allowed_types", "max_chunk_size")
 
     def __init__(self, max_chunk_size: int, allowed_types: frozenset[bytes]) -> None:
-        self._buffer = bytearray()
+        # What a read brings while nothing is held is kept as it is: most reads are one whole chunk, which
+        # then leaves without a copy. Anything held across reads is gathered in a bytearray.
+        self._buffer: bytes | bytearray = b""
         self.max_chunk_size = max_chunk_size
         self.allowed_types = allowed_types
 
@@ -99,10 +101,16 @@ class ChunkReader:
         return len(self._buffer)
 
     def receive_data(self, data: bytes) -> None:
-        self._buffer += data
+        buffer = self._buffer
+        if not buffer:
+            self._buffer = data
+        elif isinstance(buffer, bytearray):
+            buffer += data
+        else:
+            self._buffer = bytearray(buffer) + data
 
     def discard(self) -> None:
-        self._buffer.clear()
+        self._buffer = b""
 
     def next_chunk(self) -> Chunk | None:
         buffer = self._buffer
@@ -131,12 +139,15 @@ class ChunkReader:
             )
         if len(buffer) < size:
             return None
-        if len(buffer) == size:  # the common case: what arrived was one chunk
+        if len(buffer) == size:  # the common case: what arrived was one chunk (bytes: no copy)
             data = bytes(buffer)
-            buffer.clear()
-        else:
+            self._buffer = b""
+        elif isinstance(buffer, bytearray):
             data = bytes(buffer[:size])
-            del buffer[:size]
+            del buffer[:size]  # cheap at the front of a bytearray
+        else:  # the rest of a read of several chunks: in a bytearray, not sliced off bytes chunk by chunk
+            data = buffer[:size]
+            self._buffer = bytearray(memoryview(buffer)[size:])
         return Chunk(message_type, chunk_type, data)
 
     def _check_type(self, message_type: bytes) -> None:

@@ -117,6 +117,17 @@ def test_byte_at_a_time_and_coalesced_give_the_same_events() -> None:
     byte_wise = []
     for index in range(len(data)):
         byte_wise.extend(feed(single.conn, data[index : index + 1]))
+    # Reads that end inside a chunk, and reads that bring one chunk's end and the next one's start.
+    ragged, at, step = Peer(), 0, 0
+    ragged_events = []
+    while at < len(data):
+        size = (7, 130, 61, 300)[step % 4]
+        ragged_events.extend(feed(ragged.conn, data[at : at + size]))
+        at, step = at + size, step + 1
+    assert [type(e) for e in ragged_events] == [type(e) for e in coalesced]
+    assert [(e.request_id, e.request) for e in ragged_events if isinstance(e, ServiceRequest)] == [
+        (e.request_id, e.request) for e in coalesced if isinstance(e, ServiceRequest)
+    ]
     assert [type(event) for event in coalesced] == [
         Hello,
         OpenChannel,
