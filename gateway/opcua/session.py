@@ -125,6 +125,9 @@ class OpcUaSession(Session):
         self._connecting: asyncio.Task[None] | None = None
         self._session_id: ua.NodeId | None = None
         self._token: ua.NodeId | None = None
+        # The last token object found equal to _token: a repeated request brings the same object each
+        # time (its cache entry's), and asyncua compares NodeIds in Python.
+        self._token_seen: ua.NodeId | None = None
         self._activated = False
         self._endpoint_url = ""
         self._tasks: set[asyncio.Task[None]] = set()
@@ -218,9 +221,12 @@ class OpcUaSession(Session):
         if not self._activated:
             self._fault(event, BAD_SESSION_NOT_ACTIVATED)
             return
-        if event.request.RequestHeader.AuthenticationToken != self._token:
-            self._fault(event, BAD_SESSION_ID_INVALID)
-            return
+        token = event.request.RequestHeader.AuthenticationToken
+        if token is not self._token_seen:
+            if token != self._token:
+                self._fault(event, BAD_SESSION_ID_INVALID)
+                return
+            self._token_seen = token
         repeat = event.repeat
         namespaces = self._namespaces()
         if repeat is not None:
@@ -633,7 +639,7 @@ class OpcUaSession(Session):
             self._fault(event, BAD_TOO_MANY_SESSIONS)
             return
         self._session_id = _opaque_node_id(16)
-        self._token = _opaque_node_id(32)
+        self._token, self._token_seen = _opaque_node_id(32), None
         requested = event.request.Parameters.RequestedSessionTimeout or 60_000
         result = ua.CreateSessionResult(
             SessionId=self._session_id,
@@ -667,7 +673,7 @@ class OpcUaSession(Session):
 
     def _local_CloseSession(self, event: ServiceRequest) -> None:  # noqa: N802
         self._activated = False
-        self._token = None
+        self._token = self._token_seen = None
         self._session_id = None
         self._respond(event, ua.CloseSessionResponse())
 

@@ -739,6 +739,48 @@ async def test_an_unknown_service_gets_a_service_fault_and_the_channel_goes_on(
     assert await client.get_node(level).read_value() == 50.0
 
 
+async def test_a_request_under_another_authentication_token_is_refused_every_time(
+    lab: Lab, served: tuple[Client, ua.NodeId]
+) -> None:
+    client, level = served
+    raw = await raw_channel(lab)
+    await raw.handshake()
+
+    async def answer(request: Any, request_id: int, response_type: type[Any]) -> Any:
+        raw.writer.write(raw.msg(struct_to_binary(request), request_id))
+        kind, data = await raw.message()
+        assert kind == b"MSGF"
+        body = data[24:]
+        if body.startswith(nodeid_to_binary(ua.NodeId(ua.ObjectIds.ServiceFault_Encoding_DefaultBinary))):
+            return struct_from_binary(ua.ServiceFault, Buffer(body))
+        return struct_from_binary(response_type, Buffer(body))
+
+    create = ua.CreateSessionRequest()
+    create.Parameters.ClientDescription = ua.ApplicationDescription(ApplicationUri="urn:test:raw")
+    created = await answer(create, 2, ua.CreateSessionResponse)
+    token = created.Parameters.AuthenticationToken
+    activate = ua.ActivateSessionRequest()
+    activate.RequestHeader.AuthenticationToken = token
+    activated = await answer(activate, 3, ua.ActivateSessionResponse)
+    assert activated.ResponseHeader.ServiceResult.is_good()
+
+    def read(with_token: ua.NodeId) -> ua.ReadRequest:
+        request = ua.ReadRequest()
+        request.RequestHeader.AuthenticationToken = with_token
+        request.Parameters.NodesToRead = [read_id(level)]
+        return request
+
+    forged = ua.NodeId(b"\x00" * 32, 1, ua.NodeIdType.ByteString)
+    # Twice each, interleaved: the second of each is a repeat the gateway has seen (and kept) before.
+    for request_id in (4, 6):
+        good = await answer(read(token), request_id, ua.ReadResponse)
+        assert good.Results[0].Value.Value == 50.0
+        refused = await answer(read(forged), request_id + 1, ua.ReadResponse)
+        assert isinstance(refused, ua.ServiceFault)
+        assert refused.ResponseHeader.ServiceResult.value == ua.StatusCodes.BadSessionIdInvalid
+    assert await client.get_node(level).read_value() == 50.0
+
+
 def _requests() -> list[bytes]:
     """Well-formed request bodies to damage: the first things any client sends, and a Read."""
     create = ua.CreateSessionRequest()
