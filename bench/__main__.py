@@ -100,7 +100,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         help=f"comma-separated paths to run (default: all of {', '.join(PATHS)}; "
-        f"EtherNet/IP and OPC UA have {' and '.join(PROTO_PATHS)})",
+        "EtherNet/IP and OPC UA have direct and ztgate; OPC UA also ztgate-mtls, its clients speaking the "
+        "overlay themselves)",
         default=None,
     )
     parser.add_argument(
@@ -138,13 +139,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error("--repeat must be >= 1, --duration > 0, --warmup >= 0")
     if args.command == "report" and args.file is None:
         parser.error("report needs a results JSON file")
-    selected = [p.strip() for p in (args.only or ",".join(PATHS)).split(",") if p.strip()]
-    unknown = [p for p in selected if p not in PATHS]
+    known = list(dict.fromkeys((*PATHS, *PROTO_PATHS)))
+    selected = [p.strip() for p in (args.only or ",".join(known)).split(",") if p.strip()]
+    unknown = [p for p in selected if p not in known]
     if unknown:
-        parser.error(f"unknown path(s) {', '.join(unknown)}; choose from {', '.join(PATHS)}")
+        parser.error(f"unknown path(s) {', '.join(unknown)}; choose from {', '.join(known)}")
     if args.no_modbus_proxy or (quick and args.only is None):
         selected = [p for p in selected if p != "modbus-proxy"]
-    args.paths = selected
+    args.paths = [p for p in selected if p in PATHS]
     args.proto_paths = [p for p in PROTO_PATHS if p in selected]
     protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
     if any(p not in ALL_PROTOCOLS for p in protocols):

@@ -13,8 +13,14 @@ COLORS = {
     "haproxy": "#4c78a8",
     "stunnel": "#f58518",
     "ztgate": "#54a24b",
+    "ztgate-mtls": "#2f6f2a",
     "modbus-proxy": "#b279a2",
 }
+PROTO_PATH_LABELS = (
+    ("direct", "direct"),
+    ("ztgate", "agent -> ztgate"),
+    ("ztgate-mtls", "client with its own identity -> ztgate"),
+)
 
 
 def write_chart(results: dict[str, Any], path: Path) -> str | None:
@@ -146,9 +152,7 @@ def write_protocol_chart(results: dict[str, Any], path: Path) -> str | None:
         summary = part.get("summary") or {}
         workloads = [w for w in part.get("workloads", {}) if any(w in per for per in summary.values())]
         rate_ax, cpu_ax = axes[row][0], axes[row][1]
-        rate_ax.set_title(
-            f"{name}: {unit}s/s, direct vs through agent -> ztgate (higher is better)", fontsize=10
-        )
+        rate_ax.set_title(f"{name}: {unit}s/s, direct vs through ztgate (higher is better)", fontsize=10)
         cpu_ax.set_title(f"{name}: CPU µs per {unit} through ztgate (lower is better)", fontsize=10)
         if not workloads:
             for ax in (rate_ax, cpu_ax):
@@ -168,9 +172,10 @@ def write_protocol_chart(results: dict[str, Any], path: Path) -> str | None:
             return value["median"], value["median"] - value["min"], value["max"] - value["median"]
 
         xs = range(len(workloads))
-        width = 0.38
-        for index, (p, label) in enumerate((("direct", "direct"), ("ztgate", "agent -> ztgate"))):
-            offset = (index - 0.5) * width
+        shown = [(p, label) for p, label in PROTO_PATH_LABELS if p in summary]
+        width = 0.8 / max(len(shown), 1)
+        for index, (p, label) in enumerate(shown):
+            offset = (index - (len(shown) - 1) / 2) * width
             points = [(x + offset, stat(p, w, "req_per_s")) for x, w in zip(xs, workloads, strict=True)]
             present = [(x, v) for x, v in points if v is not None]
             if not present:
@@ -206,39 +211,44 @@ def write_protocol_chart(results: dict[str, Any], path: Path) -> str | None:
                     )
         rate_ax.legend(fontsize=8)
 
-        gateway = [stat("ztgate", w, "gateway_cpu_us_per_req") for w in workloads]
-        agent = [stat("ztgate", w, "agent_cpu_us_per_req") for w in workloads]
-        g_heights = [g[0] if g else 0.0 for g in gateway]
-        a_heights = [a[0] if a else 0.0 for a in agent]
-        cpu_ax.bar(
-            list(xs),
-            g_heights,
-            0.5,
-            yerr=[[g[1] if g else 0.0 for g in gateway], [g[2] if g else 0.0 for g in gateway]],
-            capsize=3,
-            color=COLORS["ztgate"],
-            edgecolor="black",
-            linewidth=0.4,
-            label="gateway",
-        )
-        stacked = cpu_ax.bar(
-            list(xs),
-            a_heights,
-            0.5,
-            bottom=g_heights,
-            color="#a1d99b",
-            edgecolor="black",
-            linewidth=0.4,
-            label="agent",
-        )
-        cpu_ax.bar_label(
-            stacked,
-            labels=[
-                f"{_short(g)} + {_short(a)}" if g else "-" for g, a in zip(g_heights, a_heights, strict=True)
-            ],
-            fontsize=7,
-            padding=2,
-        )
+        cpu_paths = [p for p in ("ztgate", "ztgate-mtls") if p in summary]
+        cpu_width = 0.8 / max(len(cpu_paths), 1)
+        for index, p in enumerate(cpu_paths):
+            at = [x + (index - (len(cpu_paths) - 1) / 2) * cpu_width for x in xs]
+            gateway = [stat(p, w, "gateway_cpu_us_per_req") for w in workloads]
+            agent = [stat(p, w, "agent_cpu_us_per_req") if p == "ztgate" else None for w in workloads]
+            g_heights = [g[0] if g else 0.0 for g in gateway]
+            a_heights = [a[0] if a else 0.0 for a in agent]
+            cpu_ax.bar(
+                at,
+                g_heights,
+                cpu_width * 0.95,
+                yerr=[[g[1] if g else 0.0 for g in gateway], [g[2] if g else 0.0 for g in gateway]],
+                capsize=3,
+                color=COLORS[p],
+                edgecolor="black",
+                linewidth=0.4,
+                label="gateway" if p == "ztgate" else "gateway (client speaks mTLS)",
+            )
+            top = cpu_ax.bar(
+                at,
+                a_heights,
+                cpu_width * 0.95,
+                bottom=g_heights,
+                color="#a1d99b",
+                edgecolor="black",
+                linewidth=0.4,
+                label="agent" if p == "ztgate" else None,
+            )
+            cpu_ax.bar_label(
+                top,
+                labels=[
+                    ("-" if not g else f"{_short(g)} + {_short(a)}" if a else _short(g))
+                    for g, a in zip(g_heights, a_heights, strict=True)
+                ],
+                fontsize=7,
+                padding=2,
+            )
         if key == "opcua":
             cpu_ax.axhline(OPCUA_CPU_TARGET_US, color="#d62728", linestyle="--", linewidth=1.2)
             cpu_ax.annotate(

@@ -10,7 +10,11 @@ Per protocol, one lab on loopback, on kernel-chosen ports:
   bench identity's mutual-TLS overlay connection to the gateway, SNI = the asset), and the gateway
   (``python -m gateway gateway``, audit to a file with read aggregation, metrics on) decides every request
   against the policy and re-originates it to the simulator - the deployment of docs/architecture.md, as
-  an HMI tool sees it.
+  an HMI tool sees it;
+- ``ztgate-mtls`` (OPC UA only): the same gateway, reached by clients that speak the overlay themselves
+  (mutual TLS 1.3 as the bench identity, SNI = the asset), as the Modbus rows' load generator does: the
+  gateway alone between client and server. pycomm3 has no way to put TLS under its socket, so
+  EtherNet/IP has no such row.
 
 The load is :mod:`bench.proto_load` (one worker process per client, one request in flight each). The
 figures per run are those of the Modbus rows, with the CPU of the gateway and of the agent apart.
@@ -54,7 +58,8 @@ Log = Callable[[str], None]
 Sample = dict[str, Any]
 
 PROTOCOLS: dict[str, str] = {"enip": "EtherNet/IP (CIP)", "opcua": "OPC UA"}
-PROTO_PATHS = ("direct", "ztgate")
+PROTO_PATHS = ("direct", "ztgate", "ztgate-mtls")
+OVERLAY_CLIENTS = frozenset(("opcua",))  # protocols whose bench client can speak the overlay itself
 
 ENIP_TAGS_5 = ("Setpoint", "Tank1_Level", "Recipe[3]", "Mode", "Program:Main.Step")
 OPCUA_NODES_10 = tuple(
@@ -123,13 +128,15 @@ PROTO_WORKLOADS: dict[str, ProtoWorkload] = {
 
 @dataclass
 class ProtoPath:
-    name: str  # "direct" | "ztgate"
+    name: str  # one of PROTO_PATHS
     label: str
     port: int  # where the clients connect
     watch: dict[str, int]  # processes whose CPU is read: server, gateway, agent
-    procs: list[Proc] = field(default_factory=list)
+    procs: list[Proc] = field(default_factory=list)  # started for this path (stopped with it)
     admin_port: int | None = None
     audit_file: Path | None = None
+    overlay_port: int | None = None  # the gateway's overlay listener
+    options: dict[str, str] = field(default_factory=dict)  # the clients' --option KEY=VALUE
 
 
 def _port_from_log(proc: Proc, pattern: str, timeout_s: float = 30.0) -> int:
@@ -196,6 +203,29 @@ def start_ztgate_path(
         [gateway, agent],
         admin_port=admin,
         audit_file=audit,
+        overlay_port=overlay,
+    )
+
+
+def overlay_client_path(lab: Lab, via_agent: ProtoPath, protocol: str) -> ProtoPath:
+    """The gateway of ``via_agent``, reached straight over its overlay by clients with the bench identity."""
+    assert via_agent.overlay_port is not None
+    asset = OPCUA_ASSET if protocol == "opcua" else ENIP_ASSET
+    label = via_agent.label.replace("agent -> ztgate (", "client with its own identity -> ztgate (", 1)
+    return ProtoPath(
+        "ztgate-mtls",
+        label,
+        via_agent.overlay_port,
+        {k: v for k, v in via_agent.watch.items() if k != "agent"},
+        admin_port=via_agent.admin_port,
+        audit_file=via_agent.audit_file,
+        overlay_port=via_agent.overlay_port,
+        options={
+            "overlay_cert": str(lab.client_cert),
+            "overlay_key": str(lab.client_key),
+            "overlay_ca": str(lab.ca),
+            "overlay_asset": asset,
+        },
     )
 
 
@@ -244,6 +274,8 @@ def measure(path: ProtoPath, workload: ProtoWorkload, *, warmup_s: float, durati
     argv += ["--workers", str(workload.workers), "--warmup", str(warmup_s), "--duration", str(duration_s)]
     for item in workload.items:
         argv += ["--item", item]
+    for key, value in path.options.items():
+        argv += ["--option", f"{key}={value}"]
     for name, pid in path.watch.items():
         argv += ["--pid", f"{name}={pid}"]
     try:
@@ -318,6 +350,7 @@ def run_protocol(
         started.append(server)
         log(f"bench: {protocol}: simulator on 127.0.0.1:{server_port} (pid {server.pid})")
         running: list[ProtoPath] = []
+        gateway_path: ProtoPath | None = None
         for name in paths:
             if name == "direct":
                 running.append(
@@ -326,20 +359,23 @@ def run_protocol(
                     )
                 )
                 continue
-            try:
-                path = start_ztgate_path(sup, lab, work, protocol, server, server_port, rules)
-            except (ProcessError, RuntimeError, OSError) as exc:
-                out["unavailable"][name] = str(exc).strip()[:1500]
-                log(f"bench: {protocol}: {name} skipped: {str(exc).splitlines()[0]}")
+            if name == "ztgate-mtls" and protocol not in OVERLAY_CLIENTS:
                 continue
-            started.extend(path.procs)
+            if gateway_path is None:  # one gateway (and agent) serves both ztgate paths
+                try:
+                    gateway_path = start_ztgate_path(sup, lab, work, protocol, server, server_port, rules)
+                except (ProcessError, RuntimeError, OSError) as exc:
+                    out["unavailable"]["ztgate"] = str(exc).strip()[:1500]
+                    log(f"bench: {protocol}: ztgate skipped: {str(exc).splitlines()[0]}")
+                    break
+                started.extend(gateway_path.procs)
+            path = gateway_path if name == "ztgate" else overlay_client_path(lab, gateway_path, protocol)
             running.append(path)
-            log(f"bench: {protocol}: {name} via the agent on 127.0.0.1:{path.port} - {path.label}")
+            log(f"bench: {protocol}: {name} on 127.0.0.1:{path.port} - {path.label}")
         out["paths"] = {p.name: {"label": p.label, "short": p.name} for p in running}
         out["samples"] = _interleave(running, workloads, repeat, warmup_s, duration_s, started, log)
-        gateway = next((p for p in running if p.name == "ztgate"), None)
-        if gateway is not None:
-            out["ztgate_after_run"] = gateway_health(gateway.admin_port, gateway.audit_file)
+        if gateway_path is not None:
+            out["ztgate_after_run"] = gateway_health(gateway_path.admin_port, gateway_path.audit_file)
             log(f"bench: {protocol}: ztgate after the run: {json.dumps(out['ztgate_after_run'])}")
     finally:
         for proc in reversed(started):

@@ -48,10 +48,16 @@ def test_quick_run_of_the_enip_and_opcua_rows(tmp_path: Path) -> None:
     assert "direct" in opcua["paths"]
     for sample in opcua["samples"]:
         assert "failed" not in sample and sample["errors"] == sample["mismatches"] == 0, sample
+        if sample["path"] == "ztgate-mtls":  # the client spoke the overlay itself: no agent
+            assert (
+                sample["gateway_cpu_us_per_req"] > 0 and "agent" not in opcua["paths"]["ztgate-mtls"]["label"]
+            )
+            assert sample["agent_cpu_us_per_req"] is None
+    assert set(opcua["paths"]) == {"direct", "ztgate", "ztgate-mtls"}
     targets = {t["target"]: t for t in results["targets"]}
     assert targets["no errors, no mismatched replies"]["pass"] is True
-    if "ztgate" in opcua["paths"]:
-        assert targets["OPC UA 1x1 Read of 10 nodes: gateway CPU per Read"]["measured"] > 0
+    for via in ("agent -> ztgate", "ztgate (client with its own identity)"):
+        assert targets[f"OPC UA 1x1 Read of 10 nodes: gateway CPU per Read, {via}"]["measured"] > 0
 
     section = (tmp_path / "performance-section.md").read_text()
     assert "#### enip-5tags:" in section and "#### opcua-1x1:" in section
@@ -123,19 +129,39 @@ def test_opcua_targets_and_markdown() -> None:
     ):
         samples.append(_sample("direct", "opcua-1x1", rep, direct, None))
         samples.append(_sample("ztgate", "opcua-1x1", rep, through, cpu))
+        mtls = {
+            **_sample("ztgate-mtls", "opcua-1x1", rep, through * 0.9, cpu + 30),
+            "agent_cpu_us_per_req": None,
+        }
+        samples.append(mtls)
     results = _results(samples)
+    results["protocols"]["opcua"]["paths"]["ztgate-mtls"] = {"label": "client -> ztgate"}
     results["targets"] = evaluate_targets(results)
     by_name = {t["target"]: t for t in results["targets"]}
-    ratio = by_name["OPC UA 1x1 Read of 10 nodes: round trips/s through ztgate"]
+    ratio = by_name["OPC UA 1x1 Read of 10 nodes: round trips/s through agent -> ztgate"]
     assert ratio["measured"] == pytest.approx(1500 / 2000) and ratio["pass"] is True
     assert "per repetition 0.67-0.79" in ratio["shown"]
-    cpu = by_name["OPC UA 1x1 Read of 10 nodes: gateway CPU per Read"]
+    cpu = by_name["OPC UA 1x1 Read of 10 nodes: gateway CPU per Read, agent -> ztgate"]
     assert cpu["measured"] == 170.0 and cpu["pass"] is True
     assert "the agent: 60 µs" in cpu["shown"]
+    # Each path is judged on its own figures: 1,350 vs 2,000 misses 0.7 x.
+    mtls_ratio = by_name[
+        "OPC UA 1x1 Read of 10 nodes: round trips/s through ztgate (client with its own identity)"
+    ]
+    assert mtls_ratio["measured"] == pytest.approx(1350 / 2000) and mtls_ratio["pass"] is False
+    mtls_cpu = by_name[
+        "OPC UA 1x1 Read of 10 nodes: gateway CPU per Read, ztgate (client with its own identity)"
+    ]
+    assert mtls_cpu["measured"] == 200.0 and mtls_cpu["pass"] is True and "agent" not in mtls_cpu["shown"]
     assert by_name["8x4: ztgate req/s"]["pass"] is None  # no Modbus rows: not measured, not failed
 
     text = render_markdown(results, None, "performance-protocols.png")
     assert "| OPC UA | opcua-1x1 | 0.75 x | 500.0 → 666.7 | 170.0 + agent 60.0 | no stunnel path |" in text
+    assert (
+        "| OPC UA | opcua-1x1 (client speaks mTLS) | 0.68 x | 500.0 → 740.7 | 200.0 | no stunnel path |"
+        in text
+    )
+    assert "| client -> ztgate | 1,350 <sub>1,260-1,350</sub> |" in text
     assert "| EtherNet/IP (CIP) | - | - | - | - | not measured in this run |" in text
     assert "| agent -> ztgate | 1,500 <sub>1,400-1,500</sub> |" in text
     assert "![EtherNet/IP and OPC UA: direct against agent → ztgate](performance-protocols.png)" in text
@@ -150,7 +176,7 @@ def test_a_failed_run_or_a_bad_reply_fails_the_error_target() -> None:
     by_name = {t["target"]: t for t in evaluate_targets(results)}
     errors = by_name["no errors, no mismatched replies"]
     assert errors["pass"] is False and errors["shown"] == "2 errors/mismatches/refusals, 1 failed runs"
-    assert by_name["OPC UA 1x1 Read of 10 nodes: gateway CPU per Read"]["pass"] is False
+    assert by_name["OPC UA 1x1 Read of 10 nodes: gateway CPU per Read, agent -> ztgate"]["pass"] is False
 
 
 def test_a_path_that_did_not_start_fails_the_error_target() -> None:
@@ -159,7 +185,12 @@ def test_a_path_that_did_not_start_fails_the_error_target() -> None:
     by_name = {t["target"]: t for t in evaluate_targets(results)}
     errors = by_name["no errors, no mismatched replies"]
     assert errors["pass"] is False and "1 EtherNet/IP or OPC UA paths that did not start" in errors["shown"]
-    assert by_name["OPC UA 1x1 Read of 10 nodes: round trips/s through ztgate"]["pass"] is None
+    assert (
+        by_name["OPC UA 1x1 Read of 10 nodes: round trips/s through ztgate (client with its own identity)"][
+            "pass"
+        ]
+        is None
+    )
     text = render_markdown({**results, "targets": list(by_name.values())}, None)
     assert "**Not measured:** OPC UA ztgate: ztgate-opcua exited with status 1" in text
 
