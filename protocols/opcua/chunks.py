@@ -230,6 +230,9 @@ class MessageAssembler:
     def add(self, chunk_type: bytes, request_id: int, body: bytes) -> bytes | None:
         """The whole message body after its final chunk; ``None`` while more chunks are due or after an
         abort chunk, which discards the partial message (Part 6, 6.7.3) and leaves the channel open."""
+        single = chunk_type == FINAL and not self._parts  # the common case: a message in one chunk
+        if single and len(body) <= self.max_message_size and self.max_chunk_count >= 1:
+            return body
         if self._parts and request_id != self._request_id:
             raise OpcUaProtocolError(
                 Status.BAD_TCP_MESSAGE_TYPE_INVALID,
@@ -249,7 +252,7 @@ class MessageAssembler:
                 f"the limits are {self.max_chunk_count} chunks and {self.max_message_size} bytes",
             )
         if chunk_type == FINAL:
-            if not self._parts:  # the common case: a message in one chunk
+            if not self._parts:
                 return body
             self._parts.append(body)
             message = b"".join(self._parts)

@@ -104,7 +104,8 @@ class ConnectionState(Enum):
     FAILED = "failed"  # a protocol error was raised
 
 
-_RECEIVING: Final = frozenset((ConnectionState.AWAIT_HELLO, ConnectionState.AWAIT_OPEN, ConnectionState.OPEN))
+# A tuple, not a set: membership is by identity first, where a set would hash (Enum.__hash__ is Python).
+_RECEIVING: Final = (ConnectionState.OPEN, ConnectionState.AWAIT_HELLO, ConnectionState.AWAIT_OPEN)
 
 
 def _limit(value: int) -> int:
