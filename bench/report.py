@@ -535,7 +535,7 @@ def _protocols_section(results: Results, chart: str | None) -> list[str]:
     if not protocols and not unavailable:
         return []
     out = [
-        "### EtherNet/IP and OPC UA: direct against agent → ztgate",
+        "### EtherNet/IP and OPC UA: direct against ztgate",
         "",
         "Real clients in worker processes, one request in flight each, against the `--static` simulators: "
         "pycomm3's `LogixDriver` (default start-up) and asyncua's `Client`. *direct* connects to the "
@@ -568,7 +568,7 @@ def _protocols_section(results: Results, chart: str | None) -> list[str]:
             out += [f"#### {workload}: {meta['label']}", "", *_proto_workload_table(part, workload), ""]
         out += _gateway_detail(part)
     if chart:
-        out += [f"![EtherNet/IP and OPC UA: direct against agent → ztgate]({chart})", ""]
+        out += [f"![EtherNet/IP and OPC UA: direct against ztgate]({chart})", ""]
     return out
 
 

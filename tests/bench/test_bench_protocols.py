@@ -164,7 +164,7 @@ def test_opcua_targets_and_markdown() -> None:
     assert "| client -> ztgate | 1,350 <sub>1,260-1,350</sub> |" in text
     assert "| EtherNet/IP (CIP) | - | - | - | - | not measured in this run |" in text
     assert "| agent -> ztgate | 1,500 <sub>1,400-1,500</sub> |" in text
-    assert "![EtherNet/IP and OPC UA: direct against agent → ztgate](performance-protocols.png)" in text
+    assert "![EtherNet/IP and OPC UA: direct against ztgate](performance-protocols.png)" in text
     assert "### Where the gateway's time goes" not in text  # nothing to show without the Modbus rows
 
 
