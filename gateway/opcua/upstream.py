@@ -70,7 +70,7 @@ class DeviceSession:
         self._token: ua.NodeId | None = None
         self._token_bytes = b""
         self._loop: asyncio.AbstractEventLoop | None = None  # kept: getting it is a getpid() each time
-        self._watchdog: asyncio.TimerHandle | None = None  # for relayed requests' deadlines
+        self._deadlines: _Deadlines | None = None  # of the relayed requests; made with the loop
 
     async def open(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -126,32 +126,17 @@ class DeviceSession:
         ``token_span``: where the client's AuthenticationToken is in ``body``, when already known."""
         waiter = _Reply(reply, late)
         self._write_raw(body, waiter, token_span)
-        loop = self._loop or asyncio.get_running_loop()
-        waiter.deadline = loop.time() + timeout_s
-        if self._watchdog is None:
-            self._watchdog = loop.call_at(waiter.deadline, self._expire_due)
+        deadlines = self._deadlines
+        if deadlines is None:
+            deadlines = self._deadlines = _Deadlines(self._loop or asyncio.get_running_loop(), self._waiting)
+        deadlines.add(waiter, timeout_s)
 
-    def _expire_due(self) -> None:
-        """Time out the relayed requests whose deadline has come, then sleep until the next one: one
-        timer per device session, however many requests it relays (a timer per request costs more than
-        the rest of the relay's bookkeeping). Replies are in asyncua's callback map until answered."""
-        self._watchdog = None
+    def _waiting(self) -> list[Any]:
+        """The recipients still in asyncua's callback map: its futures and our _Replies."""
         protocol = self.client.uaclient.protocol
         if protocol is None or self.closed:
-            return
-        loop = self._loop or asyncio.get_running_loop()
-        now = loop.time() + _TIMER_SLACK_S
-        following: float | None = None
-        waiters: list[Any] = list(protocol._callbackmap.values())  # asyncua's futures and our _Replies
-        for waiter in waiters:
-            if type(waiter) is not _Reply or waiter.done():
-                continue
-            if waiter.deadline <= now:
-                waiter.expire()
-            elif following is None or waiter.deadline < following:
-                following = waiter.deadline
-        if following is not None:
-            self._watchdog = loop.call_at(following, self._expire_due)
+            return []
+        return list(protocol._callbackmap.values())
 
     def _write_raw(self, body: bytes, waiter: Any, token_span: tuple[int, int] | None = None) -> None:
         """Frame the client's bytes with our session's token, handle and request id, and register
@@ -173,9 +158,8 @@ class DeviceSession:
         if self.closed:
             return
         self.closed = True
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
+        if self._deadlines is not None:
+            self._deadlines.cancel()
         try:
             async with asyncio.timeout(2):
                 await self.client.disconnect()
@@ -219,6 +203,49 @@ class _Reply:
         if not self._done:
             self._done = True
             self._reply(None, TimeoutError("no response in time"))
+
+
+class _Deadlines:
+    """The deadlines of many relayed requests on one timer: it wakes at the earliest, times out what is
+    due and sleeps until the next (a timer per request costs more than the rest of the relay's
+    bookkeeping). ``waiting()`` lists the recipients still waiting; answered ones drop out of it."""
+
+    __slots__ = ("_at", "_loop", "_timer", "_waiting")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, waiting: Callable[[], list[Any]]) -> None:
+        self._loop = loop
+        self._waiting = waiting
+        self._timer: asyncio.TimerHandle | None = None
+        self._at = 0.0
+
+    def add(self, waiter: _Reply, timeout_s: float) -> None:
+        waiter.deadline = deadline = self._loop.time() + timeout_s
+        if self._timer is None or deadline < self._at:  # earlier: a shorter timeout since a reload
+            self._arm(deadline)
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _arm(self, deadline: float) -> None:
+        self.cancel()
+        self._at = deadline
+        self._timer = self._loop.call_at(deadline, self._expire_due)
+
+    def _expire_due(self) -> None:
+        self._timer = None
+        now = self._loop.time() + _TIMER_SLACK_S
+        following: float | None = None
+        for waiter in self._waiting():
+            if type(waiter) is not _Reply or waiter.done():
+                continue
+            if waiter.deadline <= now:
+                waiter.expire()
+            elif following is None or waiter.deadline < following:
+                following = waiter.deadline
+        if following is not None:
+            self._arm(following)
 
 
 class FastReplies(asyncio.Protocol):
