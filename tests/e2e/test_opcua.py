@@ -626,6 +626,16 @@ class RawChannel:
         response = struct_from_binary(ua.OpenSecureChannelResponse, Buffer(_after_sequence(data)))
         self.token_id = response.Parameters.SecurityToken.TokenId
 
+    async def request(self, body: bytes, request_id: int, response_type: type[Any]) -> Any:
+        """Send one request body in a MSG chunk; its answer: ``response_type``, or a ServiceFault."""
+        self.writer.write(self.msg(body, request_id))
+        kind, data = await self.message()
+        assert kind == b"MSGF", kind
+        answer = data[24:]
+        if answer.startswith(nodeid_to_binary(ua.NodeId(ua.ObjectIds.ServiceFault_Encoding_DefaultBinary))):
+            return struct_from_binary(ua.ServiceFault, Buffer(answer))
+        return struct_from_binary(response_type, Buffer(answer))
+
     def msg(
         self, body: bytes, request_id: int, chunk_type: bytes = b"F", sequence: int | None = None
     ) -> bytes:
@@ -726,15 +736,12 @@ async def test_an_unknown_service_gets_a_service_fault_and_the_channel_goes_on(
     raw = await raw_channel(lab)
     await raw.handshake()
     unknown = nodeid_to_binary(ua.NodeId(ua.Int32(9999))) + struct_to_binary(ua.RequestHeader())
-    raw.writer.write(raw.msg(unknown, 2))
-    kind, data = await raw.message()
-    assert kind == b"MSGF"
-    fault = struct_from_binary(ua.ServiceFault, Buffer(data[24:]))
+    fault = await raw.request(unknown, 2, ua.ServiceFault)
+    assert isinstance(fault, ua.ServiceFault)
     assert fault.ResponseHeader.ServiceResult.value == ua.StatusCodes.BadServiceUnsupported
     # Still open: a Read without a session is answered, not dropped.
-    raw.writer.write(raw.msg(struct_to_binary(ua.ReadRequest()), 3))
-    kind, data = await raw.message()
-    fault = struct_from_binary(ua.ServiceFault, Buffer(data[24:]))
+    fault = await raw.request(struct_to_binary(ua.ReadRequest()), 3, ua.ReadResponse)
+    assert isinstance(fault, ua.ServiceFault)
     assert fault.ResponseHeader.ServiceResult.value == ua.StatusCodes.BadSessionNotActivated
     assert await client.get_node(level).read_value() == 50.0
 
@@ -747,13 +754,7 @@ async def test_a_request_under_another_authentication_token_is_refused_every_tim
     await raw.handshake()
 
     async def answer(request: Any, request_id: int, response_type: type[Any]) -> Any:
-        raw.writer.write(raw.msg(struct_to_binary(request), request_id))
-        kind, data = await raw.message()
-        assert kind == b"MSGF"
-        body = data[24:]
-        if body.startswith(nodeid_to_binary(ua.NodeId(ua.ObjectIds.ServiceFault_Encoding_DefaultBinary))):
-            return struct_from_binary(ua.ServiceFault, Buffer(body))
-        return struct_from_binary(response_type, Buffer(body))
+        return await raw.request(struct_to_binary(request), request_id, response_type)
 
     create = ua.CreateSessionRequest()
     create.Parameters.ClientDescription = ua.ApplicationDescription(ApplicationUri="urn:test:raw")
