@@ -59,7 +59,8 @@ Sample = dict[str, Any]
 
 PROTOCOLS: dict[str, str] = {"enip": "EtherNet/IP (CIP)", "opcua": "OPC UA"}
 PROTO_PATHS = ("direct", "ztgate", "ztgate-mtls")
-OVERLAY_CLIENTS = frozenset(("opcua",))  # protocols whose bench client can speak the overlay itself
+# Protocols whose bench client can speak the overlay itself, and the asset it names in SNI.
+OVERLAY_CLIENTS: dict[str, str] = {"opcua": OPCUA_ASSET}
 
 ENIP_TAGS_5 = ("Setpoint", "Tank1_Level", "Recipe[3]", "Mode", "Program:Main.Step")
 OPCUA_NODES_10 = tuple(
@@ -210,7 +211,7 @@ def start_ztgate_path(
 def overlay_client_path(lab: Lab, via_agent: ProtoPath, protocol: str) -> ProtoPath:
     """The gateway of ``via_agent``, reached straight over its overlay by clients with the bench identity."""
     assert via_agent.overlay_port is not None
-    asset = OPCUA_ASSET if protocol == "opcua" else ENIP_ASSET
+    asset = OVERLAY_CLIENTS[protocol]
     label = via_agent.label.replace("agent -> ztgate (", "client with its own identity -> ztgate (", 1)
     return ProtoPath(
         "ztgate-mtls",
