@@ -228,7 +228,8 @@ class OpcUaSession(Session):
                 return
             self._token_seen = token
         repeat = event.repeat
-        namespaces = self._namespaces()
+        device = self._device  # self._namespaces() in line: this runs for every request
+        namespaces = device.namespaces if device is not None and device.namespaces else self._pool.namespaces
         if repeat is not None:
             decided = repeat.memo
             if decided is not None and decided.view is self.view and decided.namespaces is namespaces:
@@ -454,10 +455,8 @@ class OpcUaSession(Session):
                     self._audit_operation(event, op, decision, "refused", None)
         if decided.relay:  # never a service whose request carries subscription ids: those are tracked
             device = self._device
-            if device is not None and device.alive:
-                self._relay_now(event, device, decided)
-            else:
-                self._spawn(event, self._relay_unchanged(event, decided))
+            if device is None or not self._relay_now(event, device, decided):
+                self._spawn(event, self._relay_unchanged(event, decided))  # (re)connects first
             return
         self._tracking.request_to_device(name, event.request)
         codec = event.service.operations
@@ -469,7 +468,8 @@ class OpcUaSession(Session):
             return
         self._spawn(event, self._forward_reduced(event, decided, reduction))
 
-    def _relay_now(self, event: ServiceRequest, device: DeviceSession, decided: _Decided) -> None:
+    def _relay_now(self, event: ServiceRequest, device: DeviceSession, decided: _Decided) -> bool:
+        """Relay on the device session as it is; False when it is gone (nothing sent, nothing counted)."""
         started = monotonic()
         reply = partial(self._relayed, event, decided, started)
         self._in_flight += 1
@@ -478,8 +478,12 @@ class OpcUaSession(Session):
         timeout_s = self.view.asset.response_timeout_s
         try:
             device.relay_raw(event.body, timeout_s, reply, self._late_reply, token_span)
+        except UpstreamUnavailableError:
+            self._in_flight -= 1
+            return False
         except (ConnectionError, OSError, UaError) as error:
             self._relayed(event, decided, started, None, error)
+        return True
 
     def _relayed(
         self,

@@ -35,9 +35,9 @@ from cryptography import x509
 from gateway.metrics import UpstreamState
 from gateway.runtime import Runtime
 from policies import Asset
-from protocols.opcua.chunks import encode_symmetric_chunks
+from protocols.opcua.chunks import encode_spliced_chunk, encode_symmetric_chunks, next_sequence_number
 from protocols.opcua.messages import nodeid_end, type_id_span
-from protocols.opcua.spec import MSG
+from protocols.opcua.spec import MSG, SYMMETRIC_CHUNK_HEADER_BYTES
 
 log = logging.getLogger("ztgate.opcua.upstream")
 
@@ -141,15 +141,23 @@ class DeviceSession:
     def _write_raw(self, body: bytes, waiter: Any, token_span: tuple[int, int] | None = None) -> None:
         """Frame the client's bytes with our session's token, handle and request id, and register
         ``waiter`` where asyncua's client looks for the response's recipient."""
-        protocol = self._protocol()
+        protocol = self.client.uaclient.protocol
+        if self.closed or protocol is None or protocol.transport is None:
+            raise UpstreamUnavailableError("no session on the device")
         protocol._request_handle += 1
         token = protocol.authentication_token
         if token is not self._token:  # encoded once per session
             self._token, self._token_bytes = token, nodeid_to_binary(token)
-        patched = patch_request_header(body, self._token_bytes, protocol._request_handle, token_span)
         request_id = protocol._request_id + 1
-        protocol.revolve_security_token()
-        message = _frame(protocol._connection, patched, request_id)
+        connection = protocol._connection
+        if connection.next_security_token.TokenId != 0:  # asyncua's revolve_security_token, in line
+            connection.revolve_tokens()
+        if token_span is None:
+            start = type_id_span(body)[1]
+            token_span = start, nodeid_end(body, start)
+        message = _frame_request(
+            connection, body, self._token_bytes, protocol._request_handle, token_span, request_id
+        )
         protocol._request_id = request_id
         protocol._callbackmap[request_id] = waiter
         protocol.transport.write(message)
@@ -306,26 +314,53 @@ class FastReplies(asyncio.Protocol):
             inner._process_received_data(data[offset:] if offset else data)
 
 
-def _frame(connection: Any, body: bytes, request_id: int) -> bytes:
-    """``body`` as MSG chunks on asyncua's secure connection. Under SecurityPolicy None there is nothing
-    to sign or encrypt, and the codec's framer does in a few microseconds what asyncua's chunk objects
-    take tens for; asyncua's sequence number moves on as if it had framed them itself."""
+def _frame_request(
+    connection: Any,
+    body: bytes,
+    token: bytes,
+    request_handle: int,
+    token_span: tuple[int, int],
+    request_id: int,
+) -> bytes:
+    """The client's request ``body`` (type id, RequestHeader, parameters) as MSG chunks on asyncua's
+    secure connection, with the AuthenticationToken (``token``, encoded) and RequestHandle of the
+    gateway's device session in its header. Part 4, 7.32: the header starts AuthenticationToken
+    (NodeId, at ``token_span`` in the body), Timestamp, RequestHandle.
+
+    Under SecurityPolicy None there is nothing to sign or encrypt, and the codec's framer does in a few
+    microseconds what asyncua's chunk objects take tens for: a request that fits one chunk is patched and
+    framed in one join. asyncua's sequence number moves on as if it had framed the chunks itself."""
+    start, after_token = token_span
+    handle_at = after_token + _TIMESTAMP_BYTES
+    insert = b"".join((token, body[after_token:handle_at], _U32.pack(request_handle)))
     if not isinstance(connection.security_policy, SecurityPolicyNone):
         message: bytes = connection.message_to_binary(
-            body, message_type=ua.MessageType.SecureMessage, request_id=request_id
+            body[:start] + insert + body[handle_at + 4 :],
+            message_type=ua.MessageType.SecureMessage,
+            request_id=request_id,
         )
         return message
-    token = connection.security_token
+    security_token = connection.security_token
+    channel_id, token_id = security_token.ChannelId, security_token.TokenId
     first = connection._sequence_number + 1
-    message, following = encode_symmetric_chunks(
-        MSG,
-        token.ChannelId,
-        token.TokenId,
-        request_id,
-        body,
-        first if first < 1 << 32 else 1,
-        connection._limits.max_send_buffer,
-    )
+    if first >= 1 << 32:
+        first = 1
+    size = len(body) - (handle_at + 4 - start) + len(insert)
+    if size <= connection._limits.max_send_buffer - SYMMETRIC_CHUNK_HEADER_BYTES:
+        message = encode_spliced_chunk(
+            channel_id, token_id, first, request_id, body, start, handle_at + 4, insert
+        )
+        following = next_sequence_number(first)
+    else:
+        message, following = encode_symmetric_chunks(
+            MSG,
+            channel_id,
+            token_id,
+            request_id,
+            body[:start] + insert + body[handle_at + 4 :],
+            first,
+            connection._limits.max_send_buffer,
+        )
     connection._sequence_number = following - 1
     return message
 
@@ -349,28 +384,6 @@ async def _result(future: asyncio.Future[Any], timeout_s: float) -> bytes:
         if task is not None and task.cancelling():  # cancelled from outside, not by the timer
             raise
         raise TimeoutError(f"no response within {timeout_s} s") from None
-
-
-def patch_request_header(
-    body: bytes, token: bytes, request_handle: int, token_span: tuple[int, int] | None = None
-) -> bytes:
-    """``body`` (type id, RequestHeader, parameters) with the AuthenticationToken and RequestHandle of the
-    gateway's device session. Part 4, 7.32: the header starts AuthenticationToken (NodeId), Timestamp,
-    RequestHandle. ``token_span`` is where the token starts and ends, when the caller knows."""
-    if token_span is None:
-        start = type_id_span(body)[1]
-        token_span = start, nodeid_end(body, start)
-    start, after_token = token_span
-    handle_at = after_token + _TIMESTAMP_BYTES
-    return b"".join(
-        (
-            body[:start],
-            token,
-            body[after_token:handle_at],
-            _U32.pack(request_handle),
-            body[handle_at + 4 :],
-        )
-    )
 
 
 def read_password(asset: Asset) -> str | None:

@@ -69,6 +69,10 @@ class Chunk(NamedTuple):
     data: bytes  # the whole chunk, header included
 
 
+# A Chunk built by tuple's own constructor: a NamedTuple's __new__ is a Python function, once per chunk.
+_new_chunk = tuple.__new__
+
+
 class OpenChunk(NamedTuple):
     """An OPN chunk: the asymmetric security header is decoded, the body is left to the caller."""
 
@@ -148,7 +152,7 @@ class ChunkReader:
         else:  # the rest of a read of several chunks: in a bytearray, not sliced off bytes chunk by chunk
             data = buffer[:size]
             self._buffer = bytearray(memoryview(buffer)[size:])
-        return Chunk(message_type, chunk_type, data)
+        return _new_chunk(Chunk, (message_type, chunk_type, data))
 
     def _check_type(self, message_type: bytes) -> None:
         if message_type not in self.allowed_types:
@@ -157,19 +161,6 @@ class ChunkReader:
                 Status.BAD_TCP_MESSAGE_TYPE_INVALID,
                 f"{known} is not expected here" if known else f"unknown message type {message_type!r}",
             )
-
-
-def parse_symmetric_chunk(chunk: Chunk) -> tuple[bytes, int, int, int, int, bytes]:
-    """A MSG or CLO chunk's fixed header fields and body (Part 6, 6.7.2.2 - 6.7.2.4): chunk type, channel
-    id, token id, sequence number, request id, body. A plain tuple: this runs for every chunk."""
-    data = chunk.data
-    if len(data) < SYMMETRIC_CHUNK_HEADER_BYTES:
-        raise OpcUaProtocolError(
-            Status.BAD_DECODING_ERROR,
-            f"{chunk.message_type.decode()} chunk of {len(data)} bytes is shorter than its 24-byte header",
-        )
-    _type, chunk_type, _size, channel_id, token_id, sequence_number, request_id = _SYMMETRIC_UNPACK(data)
-    return chunk_type, channel_id, token_id, sequence_number, request_id, data[SYMMETRIC_CHUNK_HEADER_BYTES:]
 
 
 def parse_open_chunk(chunk: Chunk) -> OpenChunk:
@@ -312,6 +303,24 @@ def encode_symmetric_chunks(
     return b"".join(parts), sequence_number
 
 
+def encode_spliced_chunk(
+    channel_id: int,
+    token_id: int,
+    sequence_number: int,
+    request_id: int,
+    body: bytes,
+    start: int,
+    end: int,
+    insert: bytes,
+) -> bytes:
+    """One final MSG chunk carrying ``body`` with ``body[start:end]`` replaced by ``insert``: a relayed
+    message re-labelled (a handle, a token) and framed in one join. The caller has checked that it fits
+    one chunk and the peer's limits, and moves its sequence number on."""
+    size = SYMMETRIC_CHUNK_HEADER_BYTES + len(body) - (end - start) + len(insert)
+    header = _SYMMETRIC_PACK(MSG, FINAL, size, channel_id, token_id, sequence_number, request_id)
+    return b"".join((header, body[:start], insert, body[end:]))
+
+
 def chunk_count(body_size: int, max_chunk_size: int) -> int:
     """How many MSG chunks ``encode_symmetric_chunks`` makes of a body of ``body_size`` bytes."""
     room = max_chunk_size - SYMMETRIC_CHUNK_HEADER_BYTES
@@ -367,9 +376,9 @@ __all__ = [
     "encode_acknowledge",
     "encode_error",
     "encode_open_chunk",
+    "encode_spliced_chunk",
     "encode_symmetric_chunks",
     "next_sequence_number",
     "parse_open_chunk",
-    "parse_symmetric_chunk",
     "sequence_number_follows",
 ]

@@ -36,6 +36,7 @@ carries on. Time is an argument (seconds since the epoch): it stamps and expires
 
 from __future__ import annotations
 
+import struct
 from enum import Enum
 from typing import Any, Final
 
@@ -49,10 +50,10 @@ from protocols.opcua.chunks import (
     encode_acknowledge,
     encode_error,
     encode_open_chunk,
+    encode_spliced_chunk,
     encode_symmetric_chunks,
     next_sequence_number,
     parse_open_chunk,
-    parse_symmetric_chunk,
     sequence_number_follows,
 )
 from protocols.opcua.events import (
@@ -81,6 +82,8 @@ from protocols.opcua.spec import (
     MIN_BUFFER_SIZE,
     MSG,
     OPN,
+    SEQUENCE_WRAP_ABOVE,
+    SYMMETRIC_CHUNK_HEADER,
     SYMMETRIC_CHUNK_HEADER_BYTES,
     OpcUaProtocolError,
     Status,
@@ -92,6 +95,10 @@ DEFAULT_MAX_CHUNK_COUNT: Final = 256
 DEFAULT_MIN_TOKEN_LIFETIME_MS: Final = 10_000
 DEFAULT_MAX_TOKEN_LIFETIME_MS: Final = 3_600_000
 
+_SYMMETRIC_UNPACK = SYMMETRIC_CHUNK_HEADER.unpack_from
+_HANDLE = struct.Struct("<I")
+# After a response's type id: the ResponseHeader's Timestamp, then its RequestHandle (Part 4, 7.33).
+_HANDLE_AFTER_TYPE_ID: Final = 8
 _HELLO_ONLY: Final = frozenset((HEL,))
 _SECURE_ONLY: Final = frozenset((OPN, MSG, CLO))
 
@@ -155,6 +162,7 @@ class OpcUaServerConnection:
         self.send_chunk_size = DEFAULT_BUFFER_SIZE
         self.max_response_size = max_message_size
         self.max_response_chunks = max_chunk_count
+        self._one_chunk_body_bytes = self._single_chunk_limit()
         self.responses_too_large = 0  # answered with BadResponseTooLarge instead
         self._reader = ChunkReader(MAX_HELLO_BYTES, _HELLO_ONLY)
         self._assembler = MessageAssembler(max_message_size, max_chunk_count)
@@ -208,7 +216,14 @@ class OpcUaServerConnection:
                 Status.BAD_TCP_SECURE_CHANNEL_UNKNOWN,
                 f"{chunk.message_type.decode()} before the secure channel was opened",
             )
-        chunk_type, channel_id, token_id, sequence_number, request_id, body = parse_symmetric_chunk(chunk)
+        data = chunk.data
+        if len(data) < SYMMETRIC_CHUNK_HEADER_BYTES:
+            raise OpcUaProtocolError(
+                Status.BAD_DECODING_ERROR,
+                f"{chunk.message_type.decode()} chunk of {len(data)} bytes: shorter than its 24-byte header",
+            )
+        # Part 6, 6.7.2.2 - 6.7.2.4: message header, TokenId, SequenceNumber, RequestId, then the body.
+        _type, chunk_type, _size, channel_id, token_id, sequence_number, request_id = _SYMMETRIC_UNPACK(data)
         # Every chunk but a few is on the current token, one past the last sequence number: that case is
         # decided here, renewals, wraps and refusals (with their reasons) in the two checks.
         channel, token = self.channel, self.channel.current
@@ -224,7 +239,7 @@ class OpcUaServerConnection:
             self.state = ConnectionState.CLOSED
             self._reader.discard()
             return CloseChannel(request_id)
-        message = self._assembler.add(chunk_type, request_id, body)
+        message = self._assembler.add(chunk_type, request_id, data[SYMMETRIC_CHUNK_HEADER_BYTES:])
         if message is None:
             return None
         return self._service_request(request_id, message)
@@ -257,6 +272,7 @@ class OpcUaServerConnection:
         self.send_chunk_size = send
         self.max_response_size = min(_limit(client.max_message_size), self.max_message_size)
         self.max_response_chunks = min(_limit(client.max_chunk_count), self.max_chunk_count)
+        self._one_chunk_body_bytes = self._single_chunk_limit()
         self._reader.max_chunk_size = receive
         self._reader.allowed_types = _SECURE_ONLY
         self.state = ConnectionState.AWAIT_OPEN
@@ -286,6 +302,10 @@ class OpcUaServerConnection:
         )
 
     def _service_request(self, request_id: int, body: bytes) -> ServiceRequest | RejectedRequest:
+        found = self.repeats.find(body)
+        if found is not None:  # a repeated Read: nothing to read but its RequestHandle
+            repeat, handle = found
+            return ServiceRequest(request_id, handle, repeat.service, repeat.request, body, repeat)
         try:
             decoded = decode_request_through(body, self.repeats)
         except RequestDecodeError as refused:
@@ -342,6 +362,25 @@ class OpcUaServerConnection:
         that service's response or a ServiceFault (``OpcUaProtocolError`` BadUnknownResponse, close=False).
         """
         self._require_open()
+        if service is not None and body.startswith(service.response_prefix):
+            # The common case, framed in one step: the service's own response with the type id as servers
+            # encode it, so the RequestHandle sits at a known place, and a body that fits one chunk.
+            handle_at = len(service.response_prefix) + _HANDLE_AFTER_TYPE_ID
+            if len(body) <= self._one_chunk_body_bytes and len(body) >= handle_at + 4:
+                token = self.channel.current
+                assert token is not None  # an open channel has one
+                number = self._sequence_number
+                self._sequence_number = 1 if number > SEQUENCE_WRAP_ABOVE else number + 1
+                return encode_spliced_chunk(
+                    self.channel.channel_id,
+                    token.token_id,
+                    number,
+                    request_id,
+                    body,
+                    handle_at,
+                    handle_at + 4,
+                    _HANDLE.pack(request_handle),
+                )
         relabelled = patch_request_handle(body, request_handle, service)
         return self._send_body(request_id, relabelled, request_handle)
 
@@ -370,6 +409,11 @@ class OpcUaServerConnection:
             self.send_chunk_size,
         )
         return data
+
+    def _single_chunk_limit(self) -> int:
+        """The largest response body that goes out as one chunk within every limit (max_response_chunks
+        is at least 1: ours is)."""
+        return min(self.send_chunk_size - SYMMETRIC_CHUNK_HEADER_BYTES, self.max_response_size)
 
     def _take(self) -> int:
         """The next outgoing sequence number, for a single-chunk message."""

@@ -109,9 +109,12 @@ class Repeat:
     decisions, with what they depend on). Shared by every request that repeats it: nobody mutates
     ``request`` or ``operations``."""
 
-    __slots__ = ("memo", "operations", "request", "token_span")
+    __slots__ = ("memo", "operations", "request", "service", "token_span")
 
-    def __init__(self, request: Any, operations: tuple[Operation, ...], token_span: tuple[int, int]) -> None:
+    def __init__(
+        self, service: Service, request: Any, operations: tuple[Operation, ...], token_span: tuple[int, int]
+    ) -> None:
+        self.service = service
         self.request = request
         self.operations = operations
         # Where the RequestHeader's AuthenticationToken starts and ends in the body (the same in every
@@ -137,15 +140,44 @@ class RepeatCache:
     def __init__(self) -> None:
         self._entries: dict[bytes, Repeat] = {}
         self.hits = 0
+        # Where the RequestHeader's Timestamp starts in the last body cached: in one session every Read
+        # has the same type id and token in front of it, so find() looks there without parsing.
+        self._timestamp_at = 0
 
     def put(
-        self, key: bytes, request: Any, operations: tuple[Operation, ...], token_span: tuple[int, int]
+        self,
+        key: bytes,
+        service: Service,
+        request: Any,
+        operations: tuple[Operation, ...],
+        token_span: tuple[int, int],
     ) -> Repeat:
         entries = self._entries
         if len(entries) >= self.MAX_ENTRIES:
             del entries[next(iter(entries))]
-        entries[key] = repeat = Repeat(request, operations, token_span)
+        entries[key] = repeat = Repeat(service, request, operations, token_span)
+        self._timestamp_at = token_span[1]
         return repeat
+
+    def find(self, body: bytes) -> tuple[Repeat, int] | None:
+        """The entry ``body`` repeats and its RequestHandle, without reading its type id or token: None
+        when it is no repeat of the last cached body's layout (then :meth:`decode` decides).
+
+        The key is cut where the last cached body had its Timestamp. A hit is only taken from an entry
+        cut at that same place: equal keys cut at one place mean equal bytes in front of it (the type id
+        and the token, encoding and length included) and behind the 12 header bytes, so the body is
+        what a full parse would have found in the cache. An entry cut elsewhere could match a body whose
+        bytes shifted around the cut: that is left to decode()."""
+        timestamp_at = self._timestamp_at
+        if not timestamp_at or len(body) > self.MAX_BODY_BYTES:
+            return None
+        handle_end = timestamp_at + _TIMESTAMP_BYTES + 4
+        found = self._entries.get(body[:timestamp_at] + body[handle_end:])
+        if found is None or found.token_span[1] != timestamp_at:
+            return None
+        self.hits += 1
+        handle: int = _U32.unpack_from(body, handle_end - 4)[0]
+        return found, handle
 
     def decode(self, service: Service, body: bytes, token_at: int) -> tuple[Any, Repeat | None, int]:
         """``decode(service.request_type, body)`` through the cache: the request (on a hit, the entry's
@@ -170,7 +202,7 @@ class RepeatCache:
             raise ValueError(f"{left} bytes after the request")
         codec = service.operations
         operations = tuple(codec.operations(request)) if codec is not None else ()
-        repeat = self.put(key, request, operations, (token_at, token_end))
+        repeat = self.put(key, service, request, operations, (token_at, token_end))
         return request, repeat, request.RequestHeader.RequestHandle
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from asyncua import ua
 from asyncua.ua.object_ids import ObjectIds
+from asyncua.ua.ua_binary import nodeid_to_binary
 
 from protocols.opcua import operations as ops
 from protocols.opcua.operations import OperationCodec
@@ -44,6 +45,9 @@ class Service:
     request_type_id: int  # ns 0 numeric id of the request's DefaultBinary encoding (631 for Read)
     response_type_id: int
     operations: OperationCodec | None = None  # for services with per-operation results
+    # The response's type id in its smallest encoding, the one servers send: a body starting with these
+    # bytes is this service's response, with its ResponseHeader right after them.
+    response_prefix: bytes = b""
 
     @property
     def in_secure_message(self) -> bool:
@@ -54,14 +58,16 @@ class Service:
 def _service(name: str, service_set: ServiceSet, codec: OperationCodec | None = None) -> Service:
     request_type = getattr(ua, f"{name}Request")
     response_type = getattr(ua, f"{name}Response")
+    response_type_id = getattr(ObjectIds, f"{name}Response_Encoding_DefaultBinary")
     return Service(
         name,
         service_set,
         request_type,
         response_type,
         getattr(ObjectIds, f"{name}Request_Encoding_DefaultBinary"),
-        getattr(ObjectIds, f"{name}Response_Encoding_DefaultBinary"),
+        response_type_id,
         codec,
+        nodeid_to_binary(ua.NodeId(response_type_id, ua.Int16(0))),
     )
 
 

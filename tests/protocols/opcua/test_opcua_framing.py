@@ -22,6 +22,8 @@ from protocols.opcua import (
     TransportLimits,
 )
 from protocols.opcua.chunks import MessageAssembler, next_sequence_number, sequence_number_follows
+from protocols.opcua.messages import patch_request_handle
+from protocols.opcua.services import SERVICES_BY_NAME
 from tests.protocols.opcua.opcua_canned_server import NONE_POLICY, VALUE_NODES, hello, open_request, opn
 from tests.protocols.opcua.opcua_peer import (
     CHANNEL,
@@ -529,6 +531,46 @@ def test_responses_above_the_clients_limits_become_faults() -> None:
         6,
     )
     assert peer.conn.responses_too_large == 1
+
+
+def test_relaying_frames_the_common_response_in_one_step_as_the_general_way_does() -> None:
+    """A one-chunk response of the request's own service, its type id in the short form servers send, is
+    re-labelled and framed in one join; a ServiceFault, the long form of the type id and a body of
+    several chunks take the general way. All carry the client's handle and the device's bytes."""
+    read = SERVICES_BY_NAME["Read"]
+    peer = opened()
+    token_id = peer.conn.channel.current.token_id  # type: ignore[union-attr]
+    response = ua.ReadResponse(Results=[ua.DataValue(ua.Variant(1.5 + i)) for i in range(10)])
+    response.ResponseHeader.RequestHandle = 17
+    body = struct_to_binary(response)
+    assert body.startswith(read.response_prefix)
+    fault = struct_to_binary(ua.ServiceFault())
+    long_form = b"\x02" + struct.pack("<HI", 0, read.response_type_id) + body[4:]
+    sequence = 2  # after the OPN response
+    for request_id, relayed, handle in (
+        (2, body, 5),
+        (3, body, 0xFFFFFFFF),
+        (4, fault, 6),
+        (5, long_form, 7),
+    ):
+        data = peer.conn.relay_response(request_id, relayed, handle, service=read)
+        (chunk,) = split_chunks(data)
+        assert (chunk.chunk_type, chunk.channel_id, chunk.token_id) == (b"F", CHANNEL, token_id)
+        assert (chunk.sequence_number, chunk.request_id) == (sequence, request_id)
+        assert chunk.body == patch_request_handle(relayed, handle)
+        sequence += 1
+    # A response of another service, or one too short for its header, is refused either way.
+    for wrong in (struct_to_binary(ua.WriteResponse()), body[:14]):
+        with pytest.raises(OpcUaProtocolError) as caught:
+            peer.conn.relay_response(6, wrong, 8, service=read)
+        assert caught.value.status == S.BadUnknownResponse and not caught.value.close
+    # Larger than one chunk: split as send_response would.
+    peer = Peer()
+    feed(peer.conn, hello(receive=8192) + peer.open_bytes())
+    big = ua.ReadResponse(Results=[ua.DataValue(ua.Variant("z" * 10_000))])
+    chunks = split_chunks(peer.conn.relay_response(2, struct_to_binary(big), 9, service=read))
+    assert [c.chunk_type for c in chunks] == [b"C", b"F"]
+    assert b"".join(c.body for c in chunks) == patch_request_handle(struct_to_binary(big), 9)
 
 
 def test_service_fault_and_error_helpers() -> None:

@@ -73,6 +73,28 @@ def test_anything_else_that_differs_is_a_miss() -> None:
     assert cache.hits == 0
 
 
+def test_find_takes_a_repeat_without_parsing_only_where_its_entry_was_cut() -> None:
+    cache = RepeatCache()
+    first = read_body(1, T0, NODES)
+    assert cache.find(first) is None  # nothing cached yet
+    decoded = decode_request_through(first, cache)
+    assert cache.find(read_body(9, T0 + timedelta(seconds=1), NODES)) == (decoded.repeat, 9)
+    assert cache.hits == 1
+    assert cache.find(read_body(2, T0, NODES[:3])) is None
+    # A body whose type id or token differs in length moves the cut: find() looks where the last entry
+    # cached was cut, and takes no entry cut elsewhere even when the key matches. Here a body made of
+    # the first one with its 12 header bytes moved in front of the rest of its token.
+    short_token = read_body(1, T0, NODES, token=ua.NodeId(7, 0))
+    decode_request_through(short_token, cache)
+    cut = 4 + 2  # type id, TwoByte token: where the Timestamp of the short-token body starts
+    long_cut = 4 + len(nodeid_to_binary(ua.NodeId(b"\x01" * 32, 0, ua.NodeIdType.ByteString)))
+    shifted = first[:cut] + first[long_cut : long_cut + 12] + first[cut:long_cut] + first[long_cut + 12 :]
+    assert shifted[:cut] + shifted[cut + 12 :] == first[:long_cut] + first[long_cut + 12 :]  # same key
+    assert cache.find(shifted) is None
+    assert cache.hits == 1
+    assert cache.find(read_body(3, T0, NODES, token=ua.NodeId(7, 0))) is not None  # its own layout hits
+
+
 def test_the_cache_is_bounded_and_skips_large_and_other_requests() -> None:
     cache = RepeatCache()
     for i in range(RepeatCache.MAX_ENTRIES + 10):
