@@ -36,7 +36,7 @@ from policies import Decision, SubjectView, browse_path_of
 from protocols.opcua.binary import decode
 from protocols.opcua.connection import OpcUaServerConnection
 from protocols.opcua.events import CloseChannel, Hello, OpenChannel, RejectedRequest, ServiceRequest
-from protocols.opcua.messages import SERVICE_FAULT_TYPE_ID, type_id_span
+from protocols.opcua.messages import SERVICE_FAULT_TYPE_ID, Repeat, type_id_span
 from protocols.opcua.operations import Operation, Reduction, reduce_request, splice_response
 from protocols.opcua.spec import OpcUaProtocolError, Status
 
@@ -50,6 +50,7 @@ BAD_TIMEOUT: Final = StatusCodes.BadTimeout
 BAD_TOO_MANY_SESSIONS: Final = StatusCodes.BadTooManySessions
 BAD_INTERNAL_ERROR: Final = StatusCodes.BadInternalError
 MAX_IN_FLIGHT = 32  # requests of one client on their way to the device (Publish requests wait long)
+IN_FLIGHT_LIMIT: Final = "in-flight limit"  # the reason the session stops reading, while it does
 MAX_PUBLISH_WAIT_S = 120.0
 ATTRIBUTE_USER_ACCESS_LEVEL = 18
 ATTRIBUTE_USER_EXECUTABLE = 22
@@ -136,6 +137,10 @@ class OpcUaSession(Session):
         self._read_fields: dict[tuple[str, str, str | None, str], dict[str, Any]] = {}
         # Kept: asyncio.get_running_loop() is a getpid() system call per call in CPython 3.11.
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._resuming = False
+        # The last repeated request of this client (its cache entry): the one data_received looks for
+        # first. Only a hint of what comes next; every request is decided in _service.
+        self._express: Repeat | None = None
         self._bind_view()
 
     def _bind_view(self) -> None:
@@ -167,8 +172,22 @@ class OpcUaSession(Session):
 
     def data_received(self, data: bytes) -> None:
         codec = self._codec
-        codec.receive_data(data)
         now = self.runtime.clock()  # one reading for what this read brought
+        express = self._express
+        if express is not None and not self.closing:
+            # A client polling one Read sends it again, alone in a read: the codec takes it as that
+            # without its general chunk machinery; the decision is made as for any request.
+            event = codec.take_repeat(data, now, express)
+            if event is not None:
+                self._service(event, now)
+                self._limit_in_flight()
+                return
+        codec.receive_data(data)
+        self._process(now)
+
+    def _process(self, now: float) -> None:
+        """Every event in what the codec holds, until it needs more bytes or the session pauses."""
+        codec = self._codec
         while not self.closing:
             try:
                 event = codec.next_event(now)
@@ -195,9 +214,31 @@ class OpcUaSession(Session):
                 assert isinstance(event, CloseChannel)
                 self.close("client closed the secure channel")
                 return
-            if self._in_flight >= MAX_IN_FLIGHT:
-                self.pause_requests("in-flight limit")
+            if self._limit_in_flight():
                 return
+
+    def _limit_in_flight(self) -> bool:
+        """Stop reading from the client while MAX_IN_FLIGHT of its requests are on their way (True)."""
+        if self._in_flight < MAX_IN_FLIGHT:
+            return False
+        self.pause_requests(IN_FLIGHT_LIMIT)
+        return True
+
+    def _room_in_flight(self) -> None:
+        """An answer made room under the in-flight limit: read on, after what the codec still holds (the
+        rest of the read that reached the limit: the transport does not deliver it again)."""
+        if IN_FLIGHT_LIMIT in self._paused_by and self._in_flight < MAX_IN_FLIGHT and not self._resuming:
+            self._resuming = True
+            loop = self._loop or asyncio.get_running_loop()
+            loop.call_soon(self._resume_after_in_flight)
+
+    def _resume_after_in_flight(self) -> None:
+        self._resuming = False
+        if self.closing or IN_FLIGHT_LIMIT not in self._paused_by:
+            return
+        self._process(self.runtime.clock())  # stops again at the limit, still paused
+        if self._in_flight < MAX_IN_FLIGHT:
+            self.resume_requests(IN_FLIGHT_LIMIT)
 
     def _fault(self, event: ServiceRequest, status: int) -> None:
         self._write(self._codec.send_service_fault(event.request_id, event.request_handle, status))
@@ -228,6 +269,8 @@ class OpcUaSession(Session):
                 return
             self._token_seen = token
         repeat = event.repeat
+        if repeat is not None:
+            self._express = repeat
         device = self._device  # self._namespaces() in line: this runs for every request
         namespaces = device.namespaces if device is not None and device.namespaces else self._pool.namespaces
         if repeat is not None:
@@ -326,8 +369,7 @@ class OpcUaSession(Session):
             # A bug of ours must not leave the client waiting, nor let anything through: Bad, logged.
             log.error("%s: %s request failed in the gateway", self.id, event.name, exc_info=error)
             self._fault(event, BAD_INTERNAL_ERROR)
-        if self._paused_by and self._in_flight < MAX_IN_FLIGHT:
-            self.resume_requests("in-flight limit")
+        self._room_in_flight()
 
     def _timeout_s(self, event: ServiceRequest) -> float:
         if event.name in ("Publish", "Republish"):
@@ -503,8 +545,7 @@ class OpcUaSession(Session):
         except Exception:  # a bug of ours must not leave the client waiting: Bad, logged (as _done)
             log.exception("%s: %s request failed in the gateway", self.id, event.name)
             self._fault(event, BAD_INTERNAL_ERROR)
-        if self._paused_by and self._in_flight < MAX_IN_FLIGHT:
-            self.resume_requests("in-flight limit")
+        self._room_in_flight()
 
     def _late_reply(self) -> None:
         self._pool.late_replies += 1

@@ -8,6 +8,10 @@
              # CloseChannel: close the connection
     # OpcUaProtocolError e: write conn.send_error(e.status, e.reason), then close
 
+A caller that expects a request to come again (a polling client's Read, by its RepeatCache entry) may first
+offer each read to ``conn.take_repeat(data, now, repeat)``: it returns the ServiceRequest when the read is
+exactly that repeat, and otherwise leaves everything to ``receive_data``.
+
 The order HEL -> ACK -> OPN -> MSG* -> CLO is enforced (asyncua's server takes a MSG with no Hello or
 channel); every violation and every exceeded limit raises :class:`OpcUaProtocolError` with the status for
 the Error message, after which the connection only raises that error again:
@@ -66,6 +70,7 @@ from protocols.opcua.events import (
     TransportLimits,
 )
 from protocols.opcua.messages import (
+    Repeat,
     RepeatCache,
     RequestDecodeError,
     decode_request_through,
@@ -76,6 +81,7 @@ from protocols.opcua.messages import (
 from protocols.opcua.services import Service
 from protocols.opcua.spec import (
     CLO,
+    FINAL,
     HEL,
     MAX_ENDPOINT_URL_BYTES,
     MAX_HELLO_BYTES,
@@ -99,6 +105,8 @@ _SYMMETRIC_UNPACK = SYMMETRIC_CHUNK_HEADER.unpack_from
 _HANDLE = struct.Struct("<I")
 # After a response's type id: the ResponseHeader's Timestamp, then its RequestHandle (Part 4, 7.33).
 _HANDLE_AFTER_TYPE_ID: Final = 8
+# In a RequestHeader, after the AuthenticationToken: Timestamp (8 bytes), RequestHandle (4) (Part 4, 7.32).
+_TIMESTAMP_AND_HANDLE_BYTES: Final = 12
 _HELLO_ONLY: Final = frozenset((HEL,))
 _SECURE_ONLY: Final = frozenset((OPN, MSG, CLO))
 
@@ -243,6 +251,51 @@ class OpcUaServerConnection:
         if message is None:
             return None
         return self._service_request(request_id, message)
+
+    def take_repeat(self, data: bytes, now: float, repeat: Repeat) -> ServiceRequest | None:
+        """What one read brought, ``data``, as a repeat of ``repeat`` when it is exactly that: a single
+        final MSG chunk with nothing buffered before it, on this channel's current token, with the next
+        sequence number, carrying ``repeat``'s bytes but for the RequestHeader's Timestamp and
+        RequestHandle. Then the chunk is consumed and the request returned, as ``receive_data`` and
+        ``next_event`` would have returned it; anything else (None) is left untouched for them.
+
+        A client polling one Read sends such chunks over and over: this takes them without the general
+        chunk machinery and without a cache lookup."""
+        if (
+            len(data) < SYMMETRIC_CHUNK_HEADER_BYTES
+            or self.state is not ConnectionState.OPEN
+            or self._reader.buffered_bytes
+            or self._assembler.pending
+        ):
+            return None
+        message_type, chunk_type, size, channel_id, token_id, sequence_number, request_id = _SYMMETRIC_UNPACK(
+            data
+        )
+        token = self.channel.current
+        previous = self._peer_sequence_number
+        if (
+            message_type != MSG
+            or chunk_type != FINAL
+            or size != len(data)
+            or size > self._reader.max_chunk_size
+            or channel_id != self.channel.channel_id
+            or token is None
+            or token_id != token.token_id
+            or now >= token.expires_at
+            or previous is None
+            or sequence_number != previous + 1
+        ):
+            return None
+        timestamp_at = repeat.token_span[1]
+        handle_end = timestamp_at + _TIMESTAMP_AND_HANDLE_BYTES
+        body = data[SYMMETRIC_CHUNK_HEADER_BYTES:]
+        if body[:timestamp_at] + body[handle_end:] != repeat.key:
+            return None
+        self._peer_sequence_number = sequence_number
+        self._now = now
+        self.repeats.hits += 1
+        handle: int = _HANDLE.unpack_from(body, handle_end - 4)[0]
+        return ServiceRequest(request_id, handle, repeat.service, repeat.request, body, repeat)
 
     def _hello(self, chunk: Chunk) -> Hello:
         hello = decode_hello(chunk)

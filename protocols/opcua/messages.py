@@ -109,11 +109,17 @@ class Repeat:
     decisions, with what they depend on). Shared by every request that repeats it: nobody mutates
     ``request`` or ``operations``."""
 
-    __slots__ = ("memo", "operations", "request", "service", "token_span")
+    __slots__ = ("key", "memo", "operations", "request", "service", "token_span")
 
     def __init__(
-        self, service: Service, request: Any, operations: tuple[Operation, ...], token_span: tuple[int, int]
+        self,
+        key: bytes,
+        service: Service,
+        request: Any,
+        operations: tuple[Operation, ...],
+        token_span: tuple[int, int],
     ) -> None:
+        self.key = key  # the body without the RequestHeader's Timestamp and RequestHandle
         self.service = service
         self.request = request
         self.operations = operations
@@ -155,7 +161,7 @@ class RepeatCache:
         entries = self._entries
         if len(entries) >= self.MAX_ENTRIES:
             del entries[next(iter(entries))]
-        entries[key] = repeat = Repeat(service, request, operations, token_span)
+        entries[key] = repeat = Repeat(key, service, request, operations, token_span)
         self._timestamp_at = token_span[1]
         return repeat
 

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from opcua import Client as SyncClient  # type: ignore[import-untyped]
 from opcua import ua as sync_ua
 
+from gateway.opcua.session import MAX_IN_FLIGHT
 from gateway.sim.opcua import OpcUaSim, stop_server
 from protocols.opcua.connection import DEFAULT_MAX_CHUNK_COUNT
 from tests.e2e.harness import ALICE, BOB, FakeClock, Lab, Pki, opcua_policy_text
@@ -779,6 +780,43 @@ async def test_a_request_under_another_authentication_token_is_refused_every_tim
         refused = await answer(read(forged), request_id + 1, ua.ReadResponse)
         assert isinstance(refused, ua.ServiceFault)
         assert refused.ResponseHeader.ServiceResult.value == ua.StatusCodes.BadSessionIdInvalid
+    assert await client.get_node(level).read_value() == 50.0
+
+
+async def test_requests_past_the_in_flight_limit_in_one_read_are_all_answered(
+    lab: Lab, served: tuple[Client, ua.NodeId]
+) -> None:
+    """More requests in one read than may be on their way to the device at once: the session stops
+    reading at the limit, and what was already read is answered once answers make room, without the
+    client sending anything more."""
+    client, level = served
+    raw = await raw_channel(lab)
+    await raw.handshake()
+    create = ua.CreateSessionRequest()
+    create.Parameters.ClientDescription = ua.ApplicationDescription(ApplicationUri="urn:test:raw")
+    created = await raw.request(struct_to_binary(create), 2, ua.CreateSessionResponse)
+    activate = ua.ActivateSessionRequest()
+    activate.RequestHeader.AuthenticationToken = created.Parameters.AuthenticationToken
+    assert (await raw.request(struct_to_binary(activate), 3, ua.ActivateSessionResponse)).ResponseHeader
+    count = MAX_IN_FLIGHT + 8
+    reads = []
+    for handle in range(1, count + 1):
+        read = ua.ReadRequest()
+        read.RequestHeader.AuthenticationToken = created.Parameters.AuthenticationToken
+        read.RequestHeader.RequestHandle = handle
+        read.Parameters.NodesToRead = [read_id(level)]
+        reads.append(raw.msg(struct_to_binary(read), 100 + handle))
+    raw.writer.write(b"".join(reads))
+    answered = {}
+    for _ in range(count):
+        kind, data = await raw.message()
+        assert kind == b"MSGF"
+        response = struct_from_binary(ua.ReadResponse, Buffer(data[24:]))
+        answered[struct.unpack_from("<I", data, 20)[0]] = response
+    assert sorted(answered) == [100 + handle for handle in range(1, count + 1)]
+    for request_id, response in answered.items():
+        assert response.ResponseHeader.RequestHandle == request_id - 100
+        assert response.Results[0].Value.Value == 50.0
     assert await client.get_node(level).read_value() == 50.0
 
 
