@@ -150,19 +150,12 @@ class RepeatCache:
         # has the same type id and token in front of it, so find() looks there without parsing.
         self._timestamp_at = 0
 
-    def put(
-        self,
-        key: bytes,
-        service: Service,
-        request: Any,
-        operations: tuple[Operation, ...],
-        token_span: tuple[int, int],
-    ) -> Repeat:
+    def put(self, repeat: Repeat) -> Repeat:
         entries = self._entries
         if len(entries) >= self.MAX_ENTRIES:
             del entries[next(iter(entries))]
-        entries[key] = repeat = Repeat(key, service, request, operations, token_span)
-        self._timestamp_at = token_span[1]
+        entries[repeat.key] = repeat
+        self._timestamp_at = repeat.token_span[1]
         return repeat
 
     def find(self, body: bytes) -> tuple[Repeat, int] | None:
@@ -208,7 +201,7 @@ class RepeatCache:
             raise ValueError(f"{left} bytes after the request")
         codec = service.operations
         operations = tuple(codec.operations(request)) if codec is not None else ()
-        repeat = self.put(key, service, request, operations, (token_at, token_end))
+        repeat = self.put(Repeat(key, service, request, operations, (token_at, token_end)))
         return request, repeat, request.RequestHeader.RequestHandle
 
 

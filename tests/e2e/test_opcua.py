@@ -637,6 +637,18 @@ class RawChannel:
             return struct_from_binary(ua.ServiceFault, Buffer(answer))
         return struct_from_binary(response_type, Buffer(answer))
 
+    async def session(self) -> ua.NodeId:
+        """CreateSession and ActivateSession (request ids 2 and 3); the authentication token."""
+        create = ua.CreateSessionRequest()
+        create.Parameters.ClientDescription = ua.ApplicationDescription(ApplicationUri="urn:test:raw")
+        created = await self.request(struct_to_binary(create), 2, ua.CreateSessionResponse)
+        token: ua.NodeId = created.Parameters.AuthenticationToken
+        activate = ua.ActivateSessionRequest()
+        activate.RequestHeader.AuthenticationToken = token
+        activated = await self.request(struct_to_binary(activate), 3, ua.ActivateSessionResponse)
+        assert activated.ResponseHeader.ServiceResult.is_good()
+        return token
+
     def msg(
         self, body: bytes, request_id: int, chunk_type: bytes = b"F", sequence: int | None = None
     ) -> bytes:
@@ -757,14 +769,7 @@ async def test_a_request_under_another_authentication_token_is_refused_every_tim
     async def answer(request: Any, request_id: int, response_type: type[Any]) -> Any:
         return await raw.request(struct_to_binary(request), request_id, response_type)
 
-    create = ua.CreateSessionRequest()
-    create.Parameters.ClientDescription = ua.ApplicationDescription(ApplicationUri="urn:test:raw")
-    created = await answer(create, 2, ua.CreateSessionResponse)
-    token = created.Parameters.AuthenticationToken
-    activate = ua.ActivateSessionRequest()
-    activate.RequestHeader.AuthenticationToken = token
-    activated = await answer(activate, 3, ua.ActivateSessionResponse)
-    assert activated.ResponseHeader.ServiceResult.is_good()
+    token = await raw.session()
 
     def read(with_token: ua.NodeId) -> ua.ReadRequest:
         request = ua.ReadRequest()
@@ -792,17 +797,12 @@ async def test_requests_past_the_in_flight_limit_in_one_read_are_all_answered(
     client, level = served
     raw = await raw_channel(lab)
     await raw.handshake()
-    create = ua.CreateSessionRequest()
-    create.Parameters.ClientDescription = ua.ApplicationDescription(ApplicationUri="urn:test:raw")
-    created = await raw.request(struct_to_binary(create), 2, ua.CreateSessionResponse)
-    activate = ua.ActivateSessionRequest()
-    activate.RequestHeader.AuthenticationToken = created.Parameters.AuthenticationToken
-    assert (await raw.request(struct_to_binary(activate), 3, ua.ActivateSessionResponse)).ResponseHeader
+    token = await raw.session()
     count = MAX_IN_FLIGHT + 8
     reads = []
     for handle in range(1, count + 1):
         read = ua.ReadRequest()
-        read.RequestHeader.AuthenticationToken = created.Parameters.AuthenticationToken
+        read.RequestHeader.AuthenticationToken = token
         read.RequestHeader.RequestHandle = handle
         read.Parameters.NodesToRead = [read_id(level)]
         reads.append(raw.msg(struct_to_binary(read), 100 + handle))
