@@ -10,13 +10,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from gateway.upstream import NOT_IN_FLIGHT, Failure, Link, Pending, UpstreamPool
 from policies import Decision
-from protocols.modbus import ClientConnection, ModbusProtocolError, Request, check_response
-from protocols.modbus.pdu import MBAP_HEADER
+from protocols.modbus import ClientConnection, ModbusProtocolError, Request, check_response, encode_adu
 
 if TYPE_CHECKING:
     from gateway.modbus.session import ModbusSession
-
-_MBAP_PACK = MBAP_HEADER.pack
 
 
 class PendingRequest(Pending):
@@ -69,8 +66,8 @@ class ModbusLink(Link[PendingRequest]):
         self._deadlines.append(pending)
         if self._timer is None:
             self._timer = self.pool.loop.call_at(pending.deadline, self._expire)
-        pdu = pending.request.pdu
-        data = _MBAP_PACK(tid, 0, len(pdu) + 1, pending.device_unit) + pdu
+        # request.pdu is the canonical encoding of the fields the policy decided on (protocols.modbus.pdu).
+        data = encode_adu(tid, pending.device_unit, pending.request.pdu)
         out = self._out
         if not out:
             if len(in_flight) == 1 and self.transport is not None:
@@ -119,7 +116,7 @@ class ModbusLink(Link[PendingRequest]):
                 continue
             if request.received_pdu is not request.pdu and pdu == request.pdu:
                 pdu = request.received_pdu  # the device echoed our canonical rewrite: echo the client's own
-            reply = _MBAP_PACK(request.transaction_id, 0, len(pdu) + 1, request.unit_id) + pdu
+            reply = encode_adu(request.transaction_id, request.unit_id, pdu)
             if session.deliver(pending, reply, device_exception, now):
                 touched.append(session)
         self.batch_done()

@@ -1,15 +1,14 @@
-"""Modbus TCP codec (sans-IO): MBAP framing, request parsing, response checking."""
+"""Modbus TCP codec (sans-IO): MBAP framing, request parsing and encoding, response checking."""
 
-from protocols.modbus.connection import ClientConnection, MbapFramer, ServerConnection, encode_response
-from protocols.modbus.pdu import (
-    ModbusProtocolError,
-    Request,
-    check_response,
+from protocols.modbus.connection import (
+    ClientConnection,
+    MbapFramer,
+    ServerConnection,
     encode_adu,
     encode_exception,
-    encode_request_pdu,
-    parse_request,
 )
+from protocols.modbus.pdu import ModbusProtocolError, Request, encode_request_pdu, parse_request
+from protocols.modbus.responses import check_response
 from protocols.modbus.spec import DiagnosticSubFunction, ExceptionCode, FunctionCode
 
 __all__ = [
@@ -25,6 +24,5 @@ __all__ = [
     "encode_adu",
     "encode_exception",
     "encode_request_pdu",
-    "encode_response",
     "parse_request",
 ]

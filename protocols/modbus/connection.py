@@ -1,17 +1,20 @@
-"""Sans-IO Modbus TCP connections: MBAP framing with strict checks, in the style of h11.
+"""Sans-IO Modbus TCP connections: MBAP framing with strict checks, in the style of h11, and the one
+MBAP encoder.
 
 Feed received bytes with ``receive_data``; pull events with ``next_request`` / ``next_response``
 until they return ``None`` (need more data). A framing error raises :class:`ModbusProtocolError`
 with ``close=True``: the stream cannot be trusted any further. A well-framed request whose PDU is
 wrong raises it with the exception code to answer; that frame is consumed and the next call goes on
-with the following one.
+with the following one. Every frame the gateway sends, to a device or to a client, is built by
+:func:`encode_adu`.
 """
 
 from __future__ import annotations
 
+import struct
+
 from protocols.modbus import spec
 from protocols.modbus.pdu import (
-    MBAP_HEADER,
     REQUEST_PARSERS,
     ModbusProtocolError,
     Request,
@@ -19,8 +22,8 @@ from protocols.modbus.pdu import (
     parse_request,
 )
 
-_MBAP_UNPACK = MBAP_HEADER.unpack_from
-_MBAP_PACK = MBAP_HEADER.pack
+# Implementation guide §3.1.3: transaction id, protocol id, length (unit id + PDU), unit id.
+_MBAP_UNPACK = struct.Struct(">HHHB").unpack_from
 _HEADER = spec.MBAP_HEADER_BYTES
 _PARSERS_GET = REQUEST_PARSERS.get
 
@@ -84,22 +87,32 @@ class ClientConnection(MbapFramer):
     """The side that sends requests and receives responses (the gateway towards a device).
 
     Responses are returned as frames; the caller matches the transaction id to its request and
-    checks the PDU with :func:`protocols.modbus.pdu.check_response`.
+    checks the PDU with :func:`protocols.modbus.responses.check_response`.
     """
 
     __slots__ = ()
-
-    @staticmethod
-    def send_request(request: Request, transaction_id: int, unit_id: int) -> bytes:
-        pdu = request.pdu
-        return _MBAP_PACK(transaction_id, 0, len(pdu) + 1, unit_id) + pdu
 
     def next_response(self) -> Frame | None:
         return self.next_frame()
 
 
-def encode_response(transaction_id: int, unit_id: int, pdu: bytes) -> bytes:
-    return _MBAP_PACK(transaction_id, 0, len(pdu) + 1, unit_id) + pdu
+# The header and the PDU packed together, one struct per PDU length: a frame costs one pack and no
+# concatenation. It runs twice per forwarded request (to the device, back to the client).
+_ADU_PACKS = tuple(struct.Struct(f">HHHB{size}s").pack for size in range(spec.PDU_MAX_BYTES + 1))
+_PROTOCOL_ID_MODBUS = spec.PROTOCOL_ID_MODBUS
 
 
-__all__ = ["ClientConnection", "Frame", "MbapFramer", "ServerConnection", "encode_response"]
+def encode_adu(transaction_id: int, unit_id: int, pdu: bytes) -> bytes:
+    """A whole MBAP frame: the header and ``pdu``, which is 1..253 bytes as every PDU the framer lets
+    through (a longer one raises ``IndexError``: it cannot be framed)."""
+    size = len(pdu)
+    return _ADU_PACKS[size](transaction_id, _PROTOCOL_ID_MODBUS, size + 1, unit_id, pdu)
+
+
+def encode_exception(transaction_id: int, unit_id: int, function_code: int, exception_code: int) -> bytes:
+    """A whole exception frame: function code | 0x80 and the exception code (spec §7)."""
+    pdu = bytes(((function_code & 0x7F) | spec.EXCEPTION_FLAG, exception_code))
+    return encode_adu(transaction_id, unit_id, pdu)
+
+
+__all__ = ["ClientConnection", "Frame", "MbapFramer", "ServerConnection", "encode_adu", "encode_exception"]

@@ -1,10 +1,14 @@
-"""Modbus PDUs: parse and length-check every request, check every response against its request.
+"""Modbus request PDUs: parse and length-check every request, and encode one from its fields.
 
 A request PDU is accepted only when it is exactly the canonical encoding of its fields (exact byte
-counts, quantities inside the spec's limits, spans inside the address space), so forwarding the
-accepted bytes is the same as re-encoding the parsed request; :func:`encode_request_pdu` rebuilds a
-PDU from the fields and the tests hold the two equal. Function codes the spec does not define here
-are kept as opaque requests, so the policy can deny them or a rule can name them.
+counts, quantities inside the spec's limits, spans inside the address space), or it is replaced by
+that encoding where the spec lets a client send bytes that change nothing (FC 15 padding bits, FC 22
+OR bits under the AND mask). So ``request.pdu``, which the gateway forwards, is what the encoder of
+its function code writes from the fields the policy decided on; the tests hold the two equal for every
+function code. Parsers and encoders are tables keyed by function code, one entry each. Function codes
+the spec does not define here are kept as opaque requests, so the policy can deny them or a rule can
+name them. Responses are checked in :mod:`protocols.modbus.responses`, frames in
+:mod:`protocols.modbus.connection`.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from protocols.modbus import spec
 from protocols.modbus.spec import ExceptionCode
 
 _U16 = struct.Struct(">H")
+_FC_U16 = struct.Struct(">BH")
 _FC_U16_U16 = struct.Struct(">BHH")
 _FC_U16_U16_U8 = struct.Struct(">BHHB")
 _FC_U16_U16_U16 = struct.Struct(">BHHH")
@@ -90,7 +95,6 @@ class Request:
         write_count: int = 0,
         values: tuple[int, ...] = (),
         file_records: tuple[FileRecord, ...] = (),
-        received_pdu: bytes | None = None,
     ) -> None:
         self.transaction_id = transaction_id
         self.unit_id = unit_id
@@ -103,9 +107,10 @@ class Request:
         self.write_count = write_count
         self.values = values
         self.file_records = file_records
-        # The PDU as the client sent it, when ``pdu`` is its canonical rewrite (FC 15 padding bits,
-        # FC 22 OR bits under the AND mask): an echo back to the client must echo what it sent.
-        self.received_pdu = pdu if received_pdu is None else received_pdu
+        # The PDU as the client sent it. The parser replaces ``pdu`` with the encoder's canonical form
+        # when the two differ (FC 15 padding bits, FC 22 OR bits under the AND mask); an echo back to the
+        # client must still echo what it sent.
+        self.received_pdu = pdu
 
     @property
     def is_write(self) -> bool:
@@ -206,7 +211,7 @@ def _parse_diagnostics(tid: int, unit: int, pdu: bytes) -> Request:
     if len(pdu) < 3:
         raise _fail(tid, unit, 8, ILLEGAL_DATA_VALUE, "FC 8: no sub-function")
     sub = _U16.unpack_from(pdu, 1)[0]
-    if sub != spec.DiagnosticSubFunction.RETURN_QUERY_DATA and sub in _DIAGNOSTIC_SUB_FUNCTIONS:
+    if sub != spec.DiagnosticSubFunction.RETURN_QUERY_DATA and sub in spec.DIAGNOSTIC_SUB_FUNCTIONS:
         _expect_length(tid, unit, 8, pdu, 5)
         data = _U16.unpack_from(pdu, 3)[0]
         if sub == spec.DiagnosticSubFunction.RESTART_COMMUNICATIONS_OPTION:
@@ -221,9 +226,6 @@ def _parse_diagnostics(tid: int, unit: int, pdu: bytes) -> Request:
     return Request(tid, unit, 8, pdu, sub_function=sub)
 
 
-_DIAGNOSTIC_SUB_FUNCTIONS = frozenset(s.value for s in spec.DiagnosticSubFunction)
-
-
 def _parse_write_multiple_coils(tid: int, unit: int, pdu: bytes) -> Request:
     if len(pdu) < 6:
         raise _fail(tid, unit, 15, ILLEGAL_DATA_VALUE, "FC 15: PDU too short")
@@ -234,14 +236,13 @@ def _parse_write_multiple_coils(tid: int, unit: int, pdu: bytes) -> Request:
         raise _fail(tid, unit, 15, ILLEGAL_DATA_VALUE, f"FC 15: byte count {byte_count} for {count} coils")
     _expect_length(tid, unit, 15, pdu, 6 + byte_count)
     _check_address(tid, unit, 15, address, count)
-    values = unpack_bits(pdu, 6, count)
-    received = pdu
-    if count & 7 and pdu[-1] >> (count & 7):
-        # Canonical form zero-fills the unused bits of the last byte (spec §6.11).
-        pdu = pdu[:-1] + bytes((pdu[-1] & ((1 << (count & 7)) - 1),))
-    return Request(
-        tid, unit, 15, pdu, write_address=address, write_count=count, values=values, received_pdu=received
+    request = Request(
+        tid, unit, 15, pdu, write_address=address, write_count=count, values=unpack_bits(pdu, 6, count)
     )
+    if count & 7 and pdu[-1] >> (count & 7):
+        # Unused bits of the last byte set: the device gets the encoder's zero-filled form (spec §6.11).
+        request.pdu = _encode_write_multiple_coils(request)
+    return request
 
 
 def _parse_write_multiple_registers(tid: int, unit: int, pdu: bytes) -> Request:
@@ -310,21 +311,14 @@ def _parse_mask_write_register(tid: int, unit: int, pdu: bytes) -> Request:
     # Result = (current AND and_mask) OR (or_mask AND NOT and_mask): the bits kept from the current
     # value are unknown, so the result lies between these two.
     fixed = or_mask & ~and_mask & 0xFFFF
-    received = pdu
-    if fixed != or_mask:
-        # OR bits under the AND mask have no effect by the spec's formula; clearing them makes a device
-        # that computes (current AND and_mask) OR or_mask end up inside the same bounds.
-        pdu = _FC_U16_U16_U16.pack(22, address, and_mask, fixed)
-    return Request(
-        tid,
-        unit,
-        22,
-        pdu,
-        write_address=address,
-        write_count=1,
-        values=(fixed, fixed | and_mask),
-        received_pdu=received,
+    request = Request(
+        tid, unit, 22, pdu, write_address=address, write_count=1, values=(fixed, fixed | and_mask)
     )
+    if fixed != or_mask:
+        # OR bits under the AND mask have no effect by the spec's formula; the encoder leaves them out, so
+        # a device that computes (current AND and_mask) OR or_mask ends up inside the same bounds.
+        request.pdu = _encode_mask_write_register(request)
+    return request
 
 
 def _parse_read_write_multiple_registers(tid: int, unit: int, pdu: bytes) -> Request:
@@ -410,212 +404,109 @@ def parse_request(transaction_id: int, unit_id: int, pdu: bytes) -> Request:
     return REQUEST_PARSERS.get(fc, parse_opaque)(transaction_id, unit_id, pdu)
 
 
-def encode_request_pdu(request: Request) -> bytes:
-    """Build a request PDU from its fields (the inverse of :func:`parse_request`)."""
-    fc = request.function_code
-    if fc in (1, 2, 3, 4):
-        return _FC_U16_U16.pack(fc, request.read_address, request.read_count)
-    if fc == 5:
-        return _FC_U16_U16.pack(5, request.write_address, spec.COIL_ON if request.values[0] else 0)
-    if fc == 6:
-        return _FC_U16_U16.pack(6, request.write_address, request.values[0])
-    if fc == 15:
-        packed = pack_bits(request.values)
-        return _FC_U16_U16_U8.pack(15, request.write_address, request.write_count, len(packed)) + packed
-    if fc == 16:
-        count = request.write_count
-        return _FC_U16_U16_U8.pack(16, request.write_address, count, 2 * count) + struct.pack(
-            f">{count}H", *request.values
-        )
-    if fc == 22:
-        lowest, highest = request.values
-        return _FC_U16_U16_U16.pack(22, request.write_address, highest ^ lowest, lowest)
-    if fc == 23:
-        count = request.write_count
-        return _FC_23.pack(
-            23, request.read_address, request.read_count, request.write_address, count, 2 * count
-        ) + struct.pack(f">{count}H", *request.values)
-    if fc == 24:
-        return bytes((24,)) + _U16.pack(request.read_address)
-    if fc in (20, 21):
-        body = bytearray()
-        values = iter(request.values)
-        for file_number, record_number, record_length in request.file_records:
-            body += _FILE_SUB.pack(spec.FILE_REFERENCE_TYPE, file_number, record_number, record_length)
-            if fc == 21:
-                body += struct.pack(f">{record_length}H", *(next(values) for _ in range(record_length)))
-        return bytes((fc, len(body))) + body
-    # FC 7, 8, 11, 12, 17, 43 and opaque codes carry no fields beyond what the PDU holds.
-    return request.pdu
+# ----------------------------------------------------------------------------------------- encoders
+# Each writes the PDU from the fields the policy decides on. Where a request carries bytes that are
+# no field of it (FC 8 data, FC 43 MEI content), the parser has checked them and they are carried.
+
+_RequestEncoder = Callable[[Request], bytes]
 
 
-# ---------------------------------------------------------------------------------------- responses
-
-_ResponseCheck = Callable[[Request, bytes], None]
-
-
-def _bad(request: Request, message: str) -> ModbusProtocolError:
-    return _fail(
-        request.transaction_id,
-        request.unit_id,
-        request.function_code,
-        ExceptionCode.GATEWAY_TARGET_DEVICE_FAILED_TO_RESPOND,
-        f"FC {request.function_code} response: {message}",
-    )
+def _encode_read(request: Request) -> bytes:
+    return _FC_U16_U16.pack(request.function_code, request.read_address, request.read_count)
 
 
-def _check_read_bits(request: Request, pdu: bytes) -> None:
-    expected = (request.read_count + 7) >> 3
-    if len(pdu) != 2 + expected or pdu[1] != expected:
-        raise _bad(request, f"{len(pdu)} bytes with byte count {pdu[1:2].hex()}, expected {expected}")
+def _encode_write_single_coil(request: Request) -> bytes:
+    value = spec.COIL_ON if request.values[0] else spec.COIL_OFF
+    return _FC_U16_U16.pack(5, request.write_address, value)
 
 
-def _check_read_registers(request: Request, pdu: bytes) -> None:
-    expected = 2 * request.read_count
-    if len(pdu) != 2 + expected or pdu[1] != expected:
-        raise _bad(request, f"{len(pdu)} bytes with byte count {pdu[1:2].hex()}, expected {expected}")
+def _encode_write_single_register(request: Request) -> bytes:
+    return _FC_U16_U16.pack(6, request.write_address, request.values[0])
 
 
-def _check_echo(request: Request, pdu: bytes) -> None:
-    if pdu != request.pdu:
-        raise _bad(request, "does not echo the request")
+def _encode_no_data(request: Request) -> bytes:
+    return bytes((request.function_code,))
 
 
-def _check_write_multiple(request: Request, pdu: bytes) -> None:
-    if pdu != request.pdu[:5]:
-        raise _bad(request, "does not echo address and quantity")
+def _encode_diagnostics(request: Request) -> bytes:
+    return _FC_U16.pack(8, request.sub_function) + request.pdu[3:]
 
 
-def _check_exception_status(request: Request, pdu: bytes) -> None:
-    if len(pdu) != 2:
-        raise _bad(request, f"{len(pdu)} bytes, expected 2")
+def _encode_write_multiple_coils(request: Request) -> bytes:
+    packed = pack_bits(request.values)
+    return _FC_U16_U16_U8.pack(15, request.write_address, request.write_count, len(packed)) + packed
 
 
-def _check_diagnostics(request: Request, pdu: bytes) -> None:
-    if len(pdu) < 3 or pdu[1:3] != request.pdu[1:3]:
-        raise _bad(request, "does not echo the sub-function")
-    if request.sub_function in spec.DIAGNOSTIC_ECHO_SUB_FUNCTIONS and pdu != request.pdu:
-        raise _bad(request, f"sub-function {request.sub_function} does not echo the request data")
-    if request.sub_function in _DIAGNOSTIC_SUB_FUNCTIONS and request.sub_function and len(pdu) != 5:
-        raise _bad(request, f"{len(pdu)} bytes, expected 5")
+def _encode_write_multiple_registers(request: Request) -> bytes:
+    count = request.write_count
+    head = _FC_U16_U16_U8.pack(16, request.write_address, count, 2 * count)
+    return head + struct.pack(f">{count}H", *request.values)
 
 
-def _check_comm_event_counter(request: Request, pdu: bytes) -> None:
-    if len(pdu) != 5:
-        raise _bad(request, f"{len(pdu)} bytes, expected 5")
+def _encode_read_file_record(request: Request) -> bytes:
+    body = b"".join(_FILE_SUB.pack(spec.FILE_REFERENCE_TYPE, *record) for record in request.file_records)
+    return bytes((20, len(body))) + body
 
 
-def _check_byte_counted(minimum: int) -> _ResponseCheck:
-    def check(request: Request, pdu: bytes) -> None:
-        if len(pdu) < 2 or pdu[1] != len(pdu) - 2 or pdu[1] < minimum:
-            raise _bad(request, "byte count does not match the length")
-
-    return check
-
-
-def _check_read_file_record(request: Request, pdu: bytes) -> None:
-    if len(pdu) < 2 or pdu[1] != len(pdu) - 2:
-        raise _bad(request, "byte count does not match the length")
-    offset = 2
-    for _, _, record_length in request.file_records:
-        if offset + 2 > len(pdu) or pdu[offset] != 1 + 2 * record_length:
-            raise _bad(request, "sub-response length does not match its request")
-        if pdu[offset + 1] != spec.FILE_REFERENCE_TYPE:
-            raise _bad(request, "sub-response reference type is not 6")
-        offset += 1 + pdu[offset]
-    if offset != len(pdu):
-        raise _bad(request, "trailing bytes after the last sub-response")
+def _encode_write_file_record(request: Request) -> bytes:
+    parts: list[bytes] = []
+    offset = 0
+    for file_number, record_number, record_length in request.file_records:
+        parts.append(_FILE_SUB.pack(spec.FILE_REFERENCE_TYPE, file_number, record_number, record_length))
+        parts.append(struct.pack(f">{record_length}H", *request.values[offset : offset + record_length]))
+        offset += record_length
+    body = b"".join(parts)
+    return bytes((21, len(body))) + body
 
 
-def _check_read_write_multiple(request: Request, pdu: bytes) -> None:
-    _check_read_registers(request, pdu)
+def _encode_mask_write_register(request: Request) -> bytes:
+    # The bounds are the masks: bits set in both are set by the OR mask, bits only in the highest value
+    # are kept from the register by the AND mask.
+    lowest, highest = request.values
+    return _FC_U16_U16_U16.pack(22, request.write_address, highest ^ lowest, lowest)
 
 
-def _check_read_fifo_queue(request: Request, pdu: bytes) -> None:
-    if len(pdu) < 5:
-        raise _bad(request, "shorter than 5 bytes")
-    byte_count, fifo_count = struct.unpack_from(">HH", pdu, 1)
-    if fifo_count > spec.MAX_FIFO_COUNT or byte_count != 2 + 2 * fifo_count or len(pdu) != 3 + byte_count:
-        raise _bad(request, f"byte count {byte_count} and FIFO count {fifo_count} do not fit")
+def _encode_read_write_multiple_registers(request: Request) -> bytes:
+    count = request.write_count
+    head = _FC_23.pack(23, request.read_address, request.read_count, request.write_address, count, 2 * count)
+    return head + struct.pack(f">{count}H", *request.values)
 
 
-def _check_encapsulated_interface_transport(request: Request, pdu: bytes) -> None:
-    if len(pdu) < 2 or pdu[1] != request.sub_function:
-        raise _bad(request, "MEI type does not match the request")
-    if request.sub_function != spec.MeiType.READ_DEVICE_IDENTIFICATION:
-        return
-    if len(pdu) < 7 or pdu[2] != request.pdu[2]:
-        raise _bad(request, "read device id code does not match the request")
-    offset, objects = 7, pdu[6]
-    for _ in range(objects):
-        if offset + 2 > len(pdu):
-            raise _bad(request, "object list truncated")
-        offset += 2 + pdu[offset + 1]
-    if offset != len(pdu):
-        raise _bad(request, "object list length does not match the PDU")
+def _encode_read_fifo_queue(request: Request) -> bytes:
+    return _FC_U16.pack(24, request.read_address)
 
 
-_RESPONSE_CHECKS: dict[int, _ResponseCheck] = {
-    1: _check_read_bits,
-    2: _check_read_bits,
-    3: _check_read_registers,
-    4: _check_read_registers,
-    5: _check_echo,
-    6: _check_echo,
-    7: _check_exception_status,
-    8: _check_diagnostics,
-    11: _check_comm_event_counter,
-    12: _check_byte_counted(6),
-    15: _check_write_multiple,
-    16: _check_write_multiple,
-    17: _check_byte_counted(1),
-    20: _check_read_file_record,
-    21: _check_echo,
-    22: _check_echo,
-    23: _check_read_write_multiple,
-    24: _check_read_fifo_queue,
-    43: _check_encapsulated_interface_transport,
+def _encode_encapsulated_interface_transport(request: Request) -> bytes:
+    return bytes((43, request.sub_function)) + request.pdu[2:]
+
+
+def encode_opaque(request: Request) -> bytes:
+    return request.pdu  # a code without a parser has no fields: the policy decided on the code alone
+
+
+REQUEST_ENCODERS: dict[int, _RequestEncoder] = {
+    1: _encode_read,
+    2: _encode_read,
+    3: _encode_read,
+    4: _encode_read,
+    5: _encode_write_single_coil,
+    6: _encode_write_single_register,
+    7: _encode_no_data,
+    8: _encode_diagnostics,
+    11: _encode_no_data,
+    12: _encode_no_data,
+    15: _encode_write_multiple_coils,
+    16: _encode_write_multiple_registers,
+    17: _encode_no_data,
+    20: _encode_read_file_record,
+    21: _encode_write_file_record,
+    22: _encode_mask_write_register,
+    23: _encode_read_write_multiple_registers,
+    24: _encode_read_fifo_queue,
+    43: _encode_encapsulated_interface_transport,
 }
 
 
-def check_response(request: Request, pdu: bytes) -> int:
-    """Check a device's response PDU against the request it answers.
-
-    Returns 0 for a normal response or the (non-zero) exception code of an exception response; raises
-    :class:`ModbusProtocolError` (carrying exception 0x0B for the client) when the response is
-    malformed or does not answer this request. Responses to opaque function codes are checked only
-    for their function code.
-    """
-    fc = request.function_code
-    if not pdu:
-        raise _bad(request, "empty PDU")
-    if pdu[0] == fc | spec.EXCEPTION_FLAG:
-        if len(pdu) != 2:
-            raise _bad(request, f"exception response of {len(pdu)} bytes")
-        if not pdu[1]:
-            # 0 is no exception code, and returning it would pass the reply off as a normal one.
-            raise _bad(request, "exception response with exception code 0")
-        return pdu[1]
-    if pdu[0] != fc:
-        raise _bad(request, f"answers function code {pdu[0]}")
-    check = _RESPONSE_CHECKS.get(fc)
-    if check is not None:
-        check(request, pdu)
-    return 0
-
-
-# ------------------------------------------------------------------------------------------ encoders
-
-MBAP_HEADER = struct.Struct(">HHHB")
-_EXCEPTION_ADU = struct.Struct(">HHHBBB")
-
-
-def encode_adu(transaction_id: int, unit_id: int, pdu: bytes) -> bytes:
-    return MBAP_HEADER.pack(transaction_id, spec.PROTOCOL_ID_MODBUS, len(pdu) + 1, unit_id) + pdu
-
-
-def encode_exception(transaction_id: int, unit_id: int, function_code: int, exception_code: int) -> bytes:
-    """A whole exception ADU: MBAP header, function code | 0x80, exception code."""
-    return _EXCEPTION_ADU.pack(
-        transaction_id, 0, 3, unit_id, (function_code & 0x7F) | spec.EXCEPTION_FLAG, exception_code
-    )
+def encode_request_pdu(request: Request) -> bytes:
+    """Build a request PDU from its fields: the inverse of :func:`parse_request`."""
+    return REQUEST_ENCODERS.get(request.function_code, encode_opaque)(request)

@@ -90,6 +90,7 @@ MAX_FIFO_COUNT = 31  # FC 24
 COIL_ON = 0xFF00
 COIL_OFF = 0x0000
 RESTART_CLEAR_LOG = 0xFF00  # FC 8/01 data: 0x0000 keep the event log, 0xFF00 clear it
+DIAGNOSTIC_SUB_FUNCTIONS = frozenset(s.value for s in DiagnosticSubFunction)  # the assigned ones
 # FC 8 sub-functions whose response is "Echo Request Data" (spec §6.8.1; 04 gets no response at all).
 DIAGNOSTIC_ECHO_SUB_FUNCTIONS = frozenset((0x00, 0x01, 0x03, 0x0A, 0x14))
 

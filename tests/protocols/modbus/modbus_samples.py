@@ -133,10 +133,41 @@ def check_request_invariants(request: Request) -> None:
         assert record_length >= 1 and record_number + record_length <= 10000
     # Forwarding request.pdu is the same as re-encoding the fields ...
     assert encode_request_pdu(request) == pdu
+    assert encode_request_pdu(from_fields(request)) == pdu
     # ... and parsing what would be forwarded gives back the same request.
     again = parse_request(request.transaction_id, request.unit_id, pdu)
     assert again.pdu == pdu
     assert fields_of(again) == fields_of(request)
+
+
+# Where the bytes of a PDU stop being fields of the request: FC 8 data after the sub-function, FC 43
+# content after the MEI type, and all of an opaque code. The encoders carry those bytes.
+CARRIED_FROM = {8: 3, 43: 2}
+
+
+def from_fields(request: Request) -> Request:
+    """The same request with its PDU reduced to the bytes that are no field of it (placeholders where the
+    fields were): what an encoder writes from this, it wrote from the fields."""
+    fc = request.function_code
+    if fc not in PUBLIC_FUNCTION_CODES:
+        return request
+    pdu = bytes((fc,))
+    if fc in CARRIED_FROM:
+        start = CARRIED_FROM[fc]
+        pdu += b"\xff" * (start - 1) + request.pdu[start:]
+    return Request(
+        request.transaction_id,
+        request.unit_id,
+        fc,
+        pdu,
+        request.sub_function,
+        request.read_address,
+        request.read_count,
+        request.write_address,
+        request.write_count,
+        request.values,
+        request.file_records,
+    )
 
 
 def check_error_invariants(error: ModbusProtocolError) -> None:
@@ -199,8 +230,8 @@ def spans(draw: st.DrawFn, limit: int) -> tuple[int, int]:
 
 
 @st.composite
-def read_requests(draw: st.DrawFn) -> Sample:
-    fc = draw(st.sampled_from((1, 2, 3, 4)))
+def read_requests(draw: st.DrawFn, codes: tuple[int, ...] = (1, 2, 3, 4)) -> Sample:
+    fc = draw(st.sampled_from(codes))
     address, count = draw(spans(2000 if fc <= 2 else 125))
     return Sample(struct.pack(">BHH", fc, address, count), Fields(fc, read_address=address, read_count=count))
 
@@ -220,8 +251,8 @@ def write_single_register(draw: st.DrawFn) -> Sample:
 
 
 @st.composite
-def no_data_requests(draw: st.DrawFn) -> Sample:
-    fc = draw(st.sampled_from((7, 11, 12, 17)))
+def no_data_requests(draw: st.DrawFn, codes: tuple[int, ...] = (7, 11, 12, 17)) -> Sample:
+    fc = draw(st.sampled_from(codes))
     return Sample(bytes((fc,)), Fields(fc))
 
 
@@ -366,6 +397,23 @@ valid_requests: st.SearchStrategy[Sample] = st.one_of(
     encapsulated_interface_transport(),
     opaque_requests(),
 )
+
+# Valid requests of one function code each: every public code has its own.
+SAMPLES_BY_FUNCTION_CODE: dict[int, st.SearchStrategy[Sample]] = {
+    **{fc: read_requests((fc,)) for fc in (1, 2, 3, 4)},
+    5: write_single_coil(),
+    6: write_single_register(),
+    **{fc: no_data_requests((fc,)) for fc in (7, 11, 12, 17)},
+    8: diagnostics(),
+    15: write_multiple_coils(),
+    16: write_multiple_registers(),
+    20: read_file_record(),
+    21: write_file_record(),
+    22: mask_write_register(),
+    23: read_write_multiple_registers(),
+    24: read_fifo_queue(),
+    43: encapsulated_interface_transport(),
+}
 
 
 # ------------------------------------------------------------------------------ response strategies

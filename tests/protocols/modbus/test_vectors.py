@@ -24,7 +24,6 @@ from protocols.modbus import (
     encode_adu,
     encode_exception,
     encode_request_pdu,
-    encode_response,
     parse_request,
 )
 from tests.protocols.modbus.modbus_samples import Fields, fields_of
@@ -403,8 +402,8 @@ def test_mbap_request_frame_fields() -> None:
     assert server.next_request() is None
     assert server.buffered_bytes == 0
     # The gateway re-originates the same bytes on its own transaction id.
-    assert ClientConnection.send_request(request, 0x1234, 0xFF) == MBAP_REQUEST
-    assert ClientConnection.send_request(request, 0xBEEF, 7) == pdu_of("BEEF 0000 0006 07 03 006B 0003")
+    assert encode_adu(0x1234, 0xFF, request.pdu) == MBAP_REQUEST
+    assert encode_adu(0xBEEF, 7, request.pdu) == pdu_of("BEEF 0000 0006 07 03 006B 0003")
 
 
 def test_mbap_response_frame_fields() -> None:
@@ -418,7 +417,6 @@ def test_mbap_response_frame_fields() -> None:
 def test_mbap_encoders() -> None:
     pdu = pdu_of("03 06 022B 0000 0064")
     assert encode_adu(0x1234, 0xFF, pdu) == MBAP_RESPONSE
-    assert encode_response(0x1234, 0xFF, pdu) == MBAP_RESPONSE
     assert encode_exception(0x1234, 0xFF, 0x03, 0x02) == MBAP_EXCEPTION
     # The function code of a refused request may already carry the exception flag (a reserved code).
     assert encode_exception(1, 2, 0x83, 0x01) == pdu_of("0001 0000 0003 02 83 01")
