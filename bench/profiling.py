@@ -52,7 +52,7 @@ _WAITS = frozenset(("Condition.wait", "Event.wait", "Thread.join", "sleep", "sel
 
 _CODECS = {
     "modbus": "Python: Modbus codec (protocols/)",
-    "cip": "Python: CIP codec (protocols/cip/)",
+    "enip": "Python: CIP codec (protocols/enip/)",
     "opcua": "Python: OPC UA codec (protocols/opcua/)",
 }
 

@@ -21,11 +21,11 @@ from asyncua.ua.ua_binary import struct_to_binary
 from policies import UA_NAMESPACE, PolicyError, load_policy
 from policies.cip_services import parse_service
 from policies.opcua_services import parse_attribute
-from protocols.cip import CipProtocolError, CipRequest, EPath, LogicalSegment, LogicalType, flatten
-from protocols.cip.epath import tag_path
-from protocols.cip.logix import ReadTag, WriteTag
-from protocols.cip.message_router import MessageRouterRequest
-from protocols.cip.spec import ATOMIC_TYPES, ClassCode, DataType, Service
+from protocols.enip import CipProtocolError, CipRequest, EPath, LogicalSegment, LogicalType, flatten
+from protocols.enip.epath import tag_path
+from protocols.enip.logix import ReadTag, WriteTag
+from protocols.enip.message_router import MessageRouterRequest
+from protocols.enip.spec import ATOMIC_TYPES, ClassCode, DataType, Service
 from protocols.modbus import ModbusProtocolError, Request, encode_request_pdu, parse_request
 from protocols.opcua import SERVICES_BY_NAME, OpcUaProtocolError, Operation, decode_request
 

@@ -25,7 +25,7 @@ from policies.model import (
 )
 from policies.opcua_assets import OPCUA_KEYS, OpcuaAssetChecks
 from policies.ranges import IntervalSet
-from protocols.cip.epath import PortSegment
+from protocols.enip.epath import PortSegment
 
 __all__ = ["UNIT_BOUNDS", "AssetChecks"]
 

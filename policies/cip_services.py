@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterable
 
 from policies.ranges import IntervalSet
-from protocols.cip.spec import (
+from protocols.enip.spec import (
     CLASS_SERVICE_NAMES,
     COMMON_SERVICE_NAMES,
     FIRST_CLASS_SPECIFIC_SERVICE,

@@ -18,7 +18,7 @@ from policies.model import SUBFUNCTION_CODES, Asset, Rule
 from policies.opcua_match import OpcuaCandidate
 from policies.ranges import SegmentIndex
 from policies.view import SubjectView
-from protocols.cip.spec import FIRST_CLASS_SPECIFIC_SERVICE
+from protocols.enip.spec import FIRST_CLASS_SPECIFIC_SERVICE
 
 __all__ = ["compile_view"]
 

@@ -15,8 +15,8 @@ from policies.model import EnipEntry
 from policies.ranges import IntervalSet
 from policies.tags import TagPattern, parse_tag_pattern
 from policies.values import ValueBounds, parse_value_bounds
-from protocols.cip.logix import WRITING_SERVICES
-from protocols.cip.spec import FIRST_CLASS_SPECIFIC_SERVICE, ClassCode
+from protocols.enip.logix import WRITING_SERVICES
+from protocols.enip.spec import FIRST_CLASS_SPECIFIC_SERVICE, ClassCode
 
 __all__ = ["ENIP_ENTRY_KEYS", "EnipEntryChecks", "writes"]
 

@@ -24,8 +24,8 @@ from policies.ranges import IntervalSet
 from policies.tags import RequestTag, TagPattern
 from policies.timewindow import TimeWindow
 from policies.values import ValueBounds
-from protocols.cip.requests import CipRequest
-from protocols.cip.spec import ClassCode, Service
+from protocols.enip.requests import CipRequest
+from protocols.enip.spec import ClassCode, Service
 
 if TYPE_CHECKING:
     from policies.view import SubjectView

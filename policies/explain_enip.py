@@ -16,8 +16,8 @@ from policies.evaluate_enip import EnipCandidate, covers_target, enip_covers, en
 from policies.explain import Explanation, at_text, decision_line, rule_line, window_lines
 from policies.model import Rule
 from policies.view import SubjectView, route_of
-from protocols.cip.requests import CipRequest
-from protocols.cip.spec import FIRST_CLASS_SPECIFIC_SERVICE, GeneralStatus
+from protocols.enip.requests import CipRequest
+from protocols.enip.spec import FIRST_CLASS_SPECIFIC_SERVICE, GeneralStatus
 
 __all__ = ["describe_enip_request", "explain_enip_view"]
 

@@ -21,7 +21,7 @@ from policies.ranges import IntervalSet
 from policies.tags import TagPattern
 from policies.timewindow import TimeWindow
 from policies.values import ValueBounds
-from protocols.cip.epath import PortSegment
+from protocols.enip.epath import PortSegment
 from protocols.opcua.spec import Status
 
 __all__ = [

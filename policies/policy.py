@@ -21,7 +21,7 @@ from policies.loader import parse_model
 from policies.model import Asset, PolicyModel, Rule
 from policies.subjects import SubjectIndex, expand
 from policies.view import SubjectView
-from protocols.cip.requests import CipRequest
+from protocols.enip.requests import CipRequest
 from protocols.modbus.pdu import Request
 from protocols.opcua.operations import Operation
 
@@ -96,7 +96,7 @@ class Policy:
         return explain_view(view, request, now, self.source)
 
     def explain_enip(self, subject: str, asset: str, request: CipRequest, now: float) -> Explanation:
-        """Decide one EtherNet/IP request (as :func:`protocols.cip.flatten` yields it) as the gateway
+        """Decide one EtherNet/IP request (as :func:`protocols.enip.flatten` yields it) as the gateway
         would and say why, for ``ztgate policy explain``."""
         view = self.view(subject, asset)
         if view is None:

@@ -20,10 +20,10 @@ from policies.evaluate_opcua import OpcuaTable, couple
 from policies.model import Asset, Rule
 from policies.opcua_services import GATEWAY_SERVICES
 from policies.tags import RequestTag, parse_request_tag
-from protocols.cip.epath import PortSegment
-from protocols.cip.requests import CipRequest
-from protocols.cip.services import ForwardClose, ForwardOpen
-from protocols.cip.spec import FIRST_CLASS_SPECIFIC_SERVICE, ClassCode, GeneralStatus
+from protocols.enip.epath import PortSegment
+from protocols.enip.requests import CipRequest
+from protocols.enip.services import ForwardClose, ForwardOpen
+from protocols.enip.spec import FIRST_CLASS_SPECIFIC_SERVICE, ClassCode, GeneralStatus
 from protocols.modbus.pdu import Request
 from protocols.opcua.operations import Operation
 from protocols.opcua.services import SERVICES_BY_NAME
@@ -179,7 +179,7 @@ class SubjectView:
 
     def decide_enip(self, request: CipRequest, now: float) -> Decision:
         """Decide one request a client's message carries (after unwrapping, see
-        :func:`protocols.cip.flatten`) at time ``now`` (epoch seconds)."""
+        :func:`protocols.enip.flatten`) at time ``now`` (epoch seconds)."""
         if request.error is not None:
             return self.unparsed(request)
         route = request.route

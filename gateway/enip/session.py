@@ -22,7 +22,7 @@ from gateway.runtime import Runtime
 from gateway.session import Session, SessionInfo
 from gateway.upstream import Failure
 from policies import Decision, SubjectView
-from protocols.cip import (
+from protocols.enip import (
     CipProtocolError,
     CipRequest,
     EncapsulationConnection,
@@ -45,16 +45,16 @@ from protocols.cip import (
     send_unit_data,
     unconnected_message,
 )
-from protocols.cip.message_router import parse_request, reply_to
-from protocols.cip.requests import error_reply, reply_for_error
-from protocols.cip.services import (
+from protocols.enip.message_router import parse_request, reply_to
+from protocols.enip.requests import error_reply, reply_for_error
+from protocols.enip.services import (
     ForwardCloseReply,
     ForwardOpenFailure,
     ForwardOpenReply,
     parse_forward_close,
     parse_forward_open,
 )
-from protocols.cip.spec import ClassCode, EncapsulationCommand, EncapsulationStatus, GeneralStatus, Service
+from protocols.enip.spec import ClassCode, EncapsulationCommand, EncapsulationStatus, GeneralStatus, Service
 
 _Command = EncapsulationCommand
 _Status = GeneralStatus

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from gateway.runtime import Runtime
 from gateway.upstream import Failure, Link, Pending, UpstreamPool
 from policies import Asset
-from protocols.cip import (
+from protocols.enip import (
     CipProtocolError,
     EncapsulationConnection,
     EncapsulationMessage,
@@ -38,9 +38,9 @@ from protocols.cip import (
     send_unit_data,
     unconnected_message,
 )
-from protocols.cip.message_router import parse_response
-from protocols.cip.services import ForwardClose, ForwardOpen, parse_forward_open_reply
-from protocols.cip.spec import ClassCode, EncapsulationCommand, Service
+from protocols.enip.message_router import parse_response
+from protocols.enip.services import ForwardClose, ForwardOpen, parse_forward_open_reply
+from protocols.enip.spec import ClassCode, EncapsulationCommand, Service
 
 if TYPE_CHECKING:
     from gateway.enip.session import EnipSession

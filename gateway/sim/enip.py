@@ -60,7 +60,7 @@ from gateway.sim.enip_server import DEFAULT_CAPS, Caps, EnipServer
 from gateway.sim.enip_tags import TagSpec, TagTable, Value
 from gateway.sim.plant import INITIAL_SETPOINT, Commands, Plant
 from gateway.sim.scans import run_scans
-from protocols.cip import DEFAULT_LIMITS, CipLimits
+from protocols.enip import DEFAULT_LIMITS, CipLimits
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 0x4D, Read-Modify-Write 0x4E, Read/Write Tag Fragmented 0x52/0x53 and Get Instance Attribute List 0x55
 on the Symbol object, with the statuses a Logix controller answers.
 
-Service data is decoded with the codec's parsers (``protocols.cip.parse_payload``); what a controller
+Service data is decoded with the codec's parsers (``protocols.enip.parse_payload``); what a controller
 checks before the length of the data, and answers differently from the codec's generic status, is
 checked first: the path (0x04/0x05), the data type of a write (0xFF/0x2107) and the element range
 (0xFF/0x2104, 0xFF/0x2105).
@@ -36,7 +36,7 @@ from gateway.sim.enip_tags import (
     logical_value,
     path_error,
 )
-from protocols.cip import (
+from protocols.enip import (
     AttributeList,
     CipProtocolError,
     LogicalType,
@@ -49,7 +49,7 @@ from protocols.cip import (
     parse_payload,
     reply_to,
 )
-from protocols.cip.spec import ClassCode, GeneralStatus, Service
+from protocols.enip.spec import ClassCode, GeneralStatus, Service
 
 _Status = GeneralStatus
 _P = TypeVar("_P", ReadTag, WriteTag, ReadModifyWrite, AttributeList)

@@ -2,7 +2,7 @@
 tells, the Connection Manager's class 3 connections (0x06: Forward Open, Large Forward Open, Forward
 Close), and objects of plain attributes: Program Name (0x64), Wall Clock Time (0x8B) and TCP/IP
 Interface (0xF5). The message router in ``enip_router`` dispatches to them; service data is parsed with
-the codec in ``protocols.cip`` and replies are the codec's ``MessageRouterResponse``.
+the codec in ``protocols.enip`` and replies are the codec's ``MessageRouterResponse``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from protocols.cip import (
+from protocols.enip import (
     EPath,
     ForwardClose,
     ForwardCloseReply,
@@ -27,7 +27,7 @@ from protocols.cip import (
     MessageRouterResponse,
     reply_to,
 )
-from protocols.cip.spec import ClassCode, ConnectionManagerStatus, GeneralStatus, Service
+from protocols.enip.spec import ClassCode, ConnectionManagerStatus, GeneralStatus, Service
 
 _Status = GeneralStatus
 _CM = ConnectionManagerStatus

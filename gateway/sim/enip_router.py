@@ -3,7 +3,7 @@ Service Packets (0x0A on 0x02) and Unconnected Sends (0x52 on 0x06, to the backp
 route), answers Reset on Identity without acting on it, keeps every reply within the room its transport
 gives it, and logs every request it answers.
 
-Requests are parsed with the codec in ``protocols.cip``; the Symbol object's services are in
+Requests are parsed with the codec in ``protocols.enip``; the Symbol object's services are in
 ``enip_logix``, the other objects in ``enip_objects``.
 """
 
@@ -24,7 +24,7 @@ from gateway.sim.enip_objects import (
     tcp_ip_object,
 )
 from gateway.sim.enip_tags import TagError, TagTable
-from protocols.cip import (
+from protocols.enip import (
     CipLimits,
     CipProtocolError,
     EPath,
@@ -41,7 +41,7 @@ from protocols.cip import (
     service_name,
     split_multiple_service_packet,
 )
-from protocols.cip.spec import ClassCode, ConnectionManagerStatus, GeneralStatus, Service
+from protocols.enip.spec import ClassCode, ConnectionManagerStatus, GeneralStatus, Service
 
 _Status = GeneralStatus
 _CM = ConnectionManagerStatus

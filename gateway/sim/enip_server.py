@@ -26,7 +26,7 @@ from typing import cast
 
 from gateway.sim.enip_objects import UNCONNECTED_ROOM
 from gateway.sim.enip_router import Context, MessageRouter
-from protocols.cip import (
+from protocols.enip import (
     CipLimits,
     CipProtocolError,
     EncapsulationCommand,

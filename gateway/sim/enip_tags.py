@@ -15,8 +15,8 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from protocols.cip import DataType, EPath, LogicalSegment, LogicalType, Segment, SymbolicSegment
-from protocols.cip.spec import ATOMIC_TYPES, ClassCode, GeneralStatus
+from protocols.enip import DataType, EPath, LogicalSegment, LogicalType, Segment, SymbolicSegment
+from protocols.enip.spec import ATOMIC_TYPES, ClassCode, GeneralStatus
 
 Value = bool | int | float
 

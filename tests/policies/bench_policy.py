@@ -23,8 +23,8 @@ from policies import toml
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from policies import SubjectView, parse_policy
-from protocols.cip import CipRequest
-from protocols.cip.spec import DataType
+from protocols.enip import CipRequest
+from protocols.enip.spec import DataType
 from protocols.modbus.pdu import Request, parse_request
 from protocols.opcua.operations import Operation
 from tests.policies.enip_helpers import attribute_request, by_instance, read_tag, write_tag

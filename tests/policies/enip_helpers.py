@@ -7,7 +7,7 @@ import struct
 from collections.abc import Sequence
 
 from policies import Decision, Policy, parse_policy
-from protocols.cip import (
+from protocols.enip import (
     CipRequest,
     EPath,
     ForwardClose,
@@ -22,7 +22,7 @@ from protocols.cip import (
     flatten,
     join_requests,
 )
-from protocols.cip.spec import DataType
+from protocols.enip.spec import DataType
 from tests.policies.policy_helpers import ALICE, BOB, NOON, TD
 
 __all__ = [

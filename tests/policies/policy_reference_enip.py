@@ -14,8 +14,8 @@ import re
 
 from policies import Policy
 from policies.model import EnipEntry, Rule
-from protocols.cip import CipRequest, ForwardClose, ForwardOpen
-from protocols.cip.spec import service_name
+from protocols.enip import CipRequest, ForwardClose, ForwardOpen
+from protocols.enip.spec import service_name
 from tests.policies.policy_reference import (
     RefDecision,
     names_asset,

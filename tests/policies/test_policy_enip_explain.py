@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from protocols.cip import PortSegment
-from protocols.cip.spec import DataType
+from protocols.enip import PortSegment
+from protocols.enip.spec import DataType
 from tests.policies.enip_helpers import (
     ALICE,
     BOB,

@@ -14,7 +14,7 @@ from policies import DenyAction, EnipIdentity, PolicyError, parse_policy
 from policies.cip_services import PRESETS, parse_service
 from policies.tags import parse_tag_pattern
 from policies.values import parse_value_bounds
-from protocols.cip import PortSegment
+from protocols.enip import PortSegment
 from tests.policies.enip_helpers import enip_head, rule
 from tests.policies.policy_helpers import issues, only_issue
 

@@ -20,10 +20,10 @@ from hypothesis import strategies as st
 from policies import Policy, parse_policy
 from policies.model import EnipEntry
 from policies.tags import parse_request_tag, parse_tag_pattern
-from protocols.cip import CipProtocolError, CipRequest, EPath, LogicalSegment, LogicalType, PortSegment
-from protocols.cip.logix import WRITING_SERVICES
-from protocols.cip.services import ForwardOpen
-from protocols.cip.spec import service_name
+from protocols.enip import CipProtocolError, CipRequest, EPath, LogicalSegment, LogicalType, PortSegment
+from protocols.enip.logix import WRITING_SERVICES
+from protocols.enip.services import ForwardOpen
+from protocols.enip.spec import service_name
 from tests.policies.policy_reference import reference_sees_asset, subject_matches
 from tests.policies.policy_reference_enip import (
     enip_reference_decide,
@@ -291,7 +291,7 @@ def _near(draw: st.DrawFn, ranges: Any, low: int, high: int) -> int:
 
 @st.composite
 def requests(draw: st.DrawFn, hint: EnipEntry | None = None) -> CipRequest:
-    """A request as :func:`protocols.cip.flatten` yields it; with ``hint``, one aimed at that entry."""
+    """A request as :func:`protocols.enip.flatten` yields it; with ``hint``, one aimed at that entry."""
     route = pick(draw, ROUTES)
     if draw(st.integers(0, 30)) == 0:
         return CipRequest(0x4C, route=route, error=CipProtocolError("bad", general_status=0x13))

@@ -7,8 +7,8 @@ import struct
 
 import pytest
 
-from protocols.cip import MessageRouterRequest, PortSegment
-from protocols.cip.spec import DataType
+from protocols.enip import MessageRouterRequest, PortSegment
+from protocols.enip.spec import DataType
 from tests.policies.enip_helpers import (
     ALICE,
     BOB,

@@ -17,7 +17,7 @@ from pycomm3.custom_types import ModuleIdentityObject
 from pylogix import PLC  # type: ignore[import-untyped]
 
 from gateway.sim.enip import EnipSim
-from protocols.cip.spec import ClassCode, Service
+from protocols.enip.spec import ClassCode, Service
 
 T = TypeVar("T")
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from gateway.sim.enip import EnipSim
 from gateway.sim.enip_router import Context
-from protocols.cip import (
+from protocols.enip import (
     EncapsulationMessage,
     EPath,
     LogicalSegment,
@@ -21,7 +21,7 @@ from protocols.cip import (
     SymbolicSegment,
     send_rr_data,
 )
-from protocols.cip.spec import EncapsulationCommand, Service
+from protocols.enip.spec import EncapsulationCommand, Service
 from tests.sim.test_enip_sim_wire import Wire, read, symbol
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from gateway.sim.enip import EnipSim
 from gateway.sim.enip_server import Caps
-from protocols.cip import (
+from protocols.enip import (
     EncapsulationConnection,
     EncapsulationMessage,
     EPath,
@@ -43,8 +43,8 @@ from protocols.cip import (
     split_multiple_service_reply,
     unconnected_message,
 )
-from protocols.cip.services import join_messages
-from protocols.cip.spec import ClassCode, DataType, EncapsulationCommand, Service
+from protocols.enip.services import join_messages
+from protocols.enip.spec import ClassCode, DataType, EncapsulationCommand, Service
 
 Cmd = EncapsulationCommand
 _serials = itertools.count(1)

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocols.cip import (
+from protocols.enip import (
     AttributeList,
     CipLimits,
     CipProtocolError,
@@ -49,7 +49,7 @@ from protocols.cip import (
     spec,
     split_multiple_service_packet,
 )
-from tests.protocols.cip.cip_samples import (
+from tests.protocols.enip.cip_samples import (
     MESSAGE_ROUTER,
     forward_closes,
     forward_opens,

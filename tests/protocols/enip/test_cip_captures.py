@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from protocols.cip import (
+from protocols.enip import (
     EncapsulationConnection,
     ForwardClose,
     ForwardOpen,
@@ -33,8 +33,8 @@ from protocols.cip import (
     split_multiple_service_reply,
     unconnected_message,
 )
-from tests.protocols.cip.cip_captures import CAPTURES
-from tests.protocols.cip.cip_samples import captured_frames, message_of
+from tests.protocols.enip.cip_captures import CAPTURES
+from tests.protocols.enip.cip_samples import captured_frames, message_of
 
 # Requests the captured clients sent that the codec refuses, by (scenario, index of the request frame).
 # Requests with bytes after their declared fields, which Logix controllers ignore: decided on what they

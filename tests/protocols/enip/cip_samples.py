@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 from hypothesis import strategies as st
 
-from protocols.cip import (
+from protocols.enip import (
     CipProtocolError,
     CipRequest,
     ConnectedAddressItem,
@@ -39,7 +39,7 @@ from protocols.cip import (
     reply_to,
     unconnected_message,
 )
-from tests.protocols.cip.cip_captures import CAPTURES
+from tests.protocols.enip.cip_captures import CAPTURES
 
 # ------------------------------------------------------------------------------------------- builders
 
@@ -178,12 +178,12 @@ def check_leaf(leaf: CipRequest) -> None:
 def device(request: MessageRouterRequest) -> MessageRouterResponse:
     """A stand-in device: answers every request with a reply whose data names the request."""
     if request.service == 0x0A and request.path == MESSAGE_ROUTER:
-        from protocols.cip import join_responses, split_multiple_service_packet
+        from protocols.enip import join_responses, split_multiple_service_packet
 
         parts = split_multiple_service_packet(request.data)
         return reply_to(0x0A, 0, (), join_responses([device(parse_request(part)) for part in parts]))
     if request.service == 0x52 and request.path == CONNECTION_MANAGER:
-        from protocols.cip import parse_unconnected_send
+        from protocols.enip import parse_unconnected_send
 
         return device(parse_unconnected_send(request.data).request)
     return reply_to(request.service, 0, (), b"R" + request.encode())

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from protocols.cip import (
+from protocols.enip import (
     CipProtocolError,
     EncapsulationConnection,
     connected_message,
@@ -17,8 +17,8 @@ from protocols.cip import (
     parse_send_data,
     unconnected_message,
 )
-from tests.protocols.cip.cip_capture import SCENARIOS, capture
-from tests.protocols.cip.cip_captures import CAPTURES
+from tests.protocols.enip.cip_capture import SCENARIOS, capture
+from tests.protocols.enip.cip_captures import CAPTURES
 
 Summary = list[tuple[object, ...]]
 

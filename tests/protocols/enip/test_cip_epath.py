@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocols.cip import (
+from protocols.enip import (
     CipLimits,
     CipProtocolError,
     DataSegment,
@@ -20,8 +20,8 @@ from protocols.cip import (
     SymbolicSegment,
     parse_epath,
 )
-from protocols.cip.epath import check_connection_path, check_request_path, check_route_path, tag_path
-from tests.protocols.cip.cip_samples import object_paths, paths, tag_paths
+from protocols.enip.epath import check_connection_path, check_request_path, check_route_path, tag_path
+from tests.protocols.enip.cip_samples import object_paths, paths, tag_paths
 
 CLASS, INSTANCE, MEMBER, POINT, ATTRIBUTE = (
     LogicalType.CLASS_ID,

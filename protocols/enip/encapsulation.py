@@ -16,7 +16,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, replace
 
-from protocols.cip.cpf import (
+from protocols.enip.cpf import (
     ConnectedAddressItem,
     ConnectedDataItem,
     CpfItem,
@@ -28,8 +28,8 @@ from protocols.cip.cpf import (
     encode_cpf,
     parse_cpf,
 )
-from protocols.cip.errors import CipProtocolError
-from protocols.cip.spec import (
+from protocols.enip.errors import CipProtocolError
+from protocols.enip.spec import (
     CAPABILITY_CIP_OVER_TCP,
     CIP_INTERFACE_HANDLE,
     DEFAULT_LIMITS,

@@ -1,4 +1,4 @@
-"""Frames captured from real peers, made by ``python -m tests.protocols.cip.cip_capture``.
+"""Frames captured from real peers, made by ``python -m tests.protocols.enip.cip_capture``.
 
 cpppo 5.2.5's simulator (``python -m cpppo.server.enip -U -a 127.0.0.1:PORT`` with the tags in
 ``cip_capture.TAGS``), driven by pycomm3 1.2.16 (``LogixDriver`` with hand-made tag definitions, and

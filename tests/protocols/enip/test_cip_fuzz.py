@@ -15,7 +15,7 @@ import struct
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocols.cip import (
+from protocols.enip import (
     CipProtocolError,
     EncapsulationConnection,
     EncapsulationMessage,
@@ -29,7 +29,7 @@ from protocols.cip import (
     send_rr_data,
     send_unit_data,
 )
-from tests.protocols.cip.cip_samples import captured_frames, check_error, decide_all, frame, nested_requests
+from tests.protocols.enip.cip_samples import captured_frames, check_error, decide_all, frame, nested_requests
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

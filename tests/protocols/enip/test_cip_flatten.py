@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocols.cip import (
+from protocols.enip import (
     CipLimits,
     CipProtocolError,
     EPath,
@@ -28,8 +28,8 @@ from protocols.cip import (
     split_multiple_service_packet,
     split_multiple_service_reply,
 )
-from tests.protocols.cip.cip_captures import CAPTURES
-from tests.protocols.cip.cip_samples import (
+from tests.protocols.enip.cip_captures import CAPTURES
+from tests.protocols.enip.cip_samples import (
     CONNECTION_MANAGER,
     MESSAGE_ROUTER,
     device,
@@ -299,14 +299,14 @@ def _replies_by_position(
             out.update(_replies_by_position(parse_request(part), parse_response(answer), (*position, i)))
         return out
     if request.service == 0x52 and request.path == CONNECTION_MANAGER:
-        from protocols.cip import parse_unconnected_send
+        from protocols.enip import parse_unconnected_send
 
         return _replies_by_position(parse_unconnected_send(request.data).request, reply, (*position, 0))
     return {position: reply}
 
 
 def test_reply_for_an_error_answers_the_request_at_fault() -> None:
-    from protocols.cip import reply_for_error
+    from protocols.enip import reply_for_error
 
     with pytest.raises(CipProtocolError) as caught:
         flatten(unconnected_send(MessageRouterRequest(0x4D, tag_path("X"), b"\xc4\x00\x01\x00")))

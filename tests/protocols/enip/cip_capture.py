@@ -4,7 +4,7 @@ cpppo's simulator (the server) is driven by pycomm3 and pylogix (the clients) th
 relay that keeps every byte each way. The byte streams are cut into encapsulation frames with nothing
 but the 24-byte header's length field, so the split does not depend on the codec under test.
 
-Run ``python -m tests.protocols.cip.cip_capture > tests/protocols/cip/cip_captures.py`` to
+Run ``python -m tests.protocols.enip.cip_capture > tests/protocols/enip/cip_captures.py`` to
 regenerate the data module; the tests only read the committed hex strings.
 """
 
@@ -317,7 +317,7 @@ SCENARIOS: dict[str, Callable[[int], Any]] = {
 }
 
 
-HEADER_DOC = '''"""Frames captured from real peers, made by ``python -m tests.protocols.cip.cip_capture``.
+HEADER_DOC = '''"""Frames captured from real peers, made by ``python -m tests.protocols.enip.cip_capture``.
 
 cpppo 5.2.5's simulator (``python -m cpppo.server.enip -U -a 127.0.0.1:PORT`` with the tags in
 ``cip_capture.TAGS``), driven by pycomm3 1.2.16 (``LogixDriver`` with hand-made tag definitions, and

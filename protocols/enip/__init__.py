@@ -16,7 +16,7 @@ The usual path of a client's request through the gateway::
 Only :class:`CipProtocolError` escapes a parser; it says how to answer (see its docstring).
 """
 
-from protocols.cip.cpf import (
+from protocols.enip.cpf import (
     ConnectedAddressItem,
     ConnectedDataItem,
     CpfItem,
@@ -30,7 +30,7 @@ from protocols.cip.cpf import (
     encode_cpf,
     parse_cpf,
 )
-from protocols.cip.encapsulation import (
+from protocols.enip.encapsulation import (
     EncapsulationConnection,
     EncapsulationMessage,
     SendData,
@@ -48,7 +48,7 @@ from protocols.cip.encapsulation import (
     unconnected_message,
     with_session,
 )
-from protocols.cip.epath import (
+from protocols.enip.epath import (
     DataSegment,
     ElectronicKeySegment,
     EPath,
@@ -61,8 +61,8 @@ from protocols.cip.epath import (
     encode_epath,
     parse_epath,
 )
-from protocols.cip.errors import CipProtocolError
-from protocols.cip.logix import (
+from protocols.enip.errors import CipProtocolError
+from protocols.enip.logix import (
     AttributeList,
     Opaque,
     Payload,
@@ -75,14 +75,14 @@ from protocols.cip.logix import (
     parse_payload,
     parse_read_tag_reply,
 )
-from protocols.cip.message_router import (
+from protocols.enip.message_router import (
     MessageRouterRequest,
     MessageRouterResponse,
     parse_request,
     parse_response,
     reply_to,
 )
-from protocols.cip.requests import (
+from protocols.enip.requests import (
     CipRequest,
     error_reply,
     flatten,
@@ -91,7 +91,7 @@ from protocols.cip.requests import (
     refusal,
     reply_for_error,
 )
-from protocols.cip.services import (
+from protocols.enip.services import (
     ConnectionParameters,
     ForwardClose,
     ForwardCloseReply,
@@ -109,7 +109,7 @@ from protocols.cip.services import (
     split_multiple_service_packet,
     split_multiple_service_reply,
 )
-from protocols.cip.spec import (
+from protocols.enip.spec import (
     DEFAULT_LIMITS,
     MAX_ENCAPSULATION_DATA_BYTES,
     CipLimits,

@@ -13,8 +13,8 @@ import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from protocols.cip.errors import CipProtocolError
-from protocols.cip.spec import (
+from protocols.enip.errors import CipProtocolError
+from protocols.enip.spec import (
     DEFAULT_LIMITS,
     LIST_SERVICES_NAME_BYTES,
     SOCKADDR_BYTES,

@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import IntEnum
 
-from protocols.cip.errors import CipProtocolError
-from protocols.cip.spec import DEFAULT_LIMITS, CipLimits, ClassCode, GeneralStatus
+from protocols.enip.errors import CipProtocolError
+from protocols.enip.spec import DEFAULT_LIMITS, CipLimits, ClassCode, GeneralStatus
 
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")

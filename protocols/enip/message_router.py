@@ -11,9 +11,9 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from protocols.cip.epath import EPath, check_request_path, parse_epath
-from protocols.cip.errors import CipProtocolError, cip_error
-from protocols.cip.spec import DEFAULT_LIMITS, REPLY_FLAG, CipLimits, GeneralStatus
+from protocols.enip.epath import EPath, check_request_path, parse_epath
+from protocols.enip.errors import CipProtocolError, cip_error
+from protocols.enip.spec import DEFAULT_LIMITS, REPLY_FLAG, CipLimits, GeneralStatus
 
 _REPLY_HEADER = struct.Struct("<BBBB")
 _Status = GeneralStatus

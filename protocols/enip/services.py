@@ -14,10 +14,10 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from protocols.cip.epath import EPath, check_connection_path, check_route_path, parse_epath
-from protocols.cip.errors import cip_error
-from protocols.cip.message_router import MessageRouterRequest, MessageRouterResponse, parse_request
-from protocols.cip.spec import DEFAULT_LIMITS, CipLimits, GeneralStatus, Service
+from protocols.enip.epath import EPath, check_connection_path, check_route_path, parse_epath
+from protocols.enip.errors import cip_error
+from protocols.enip.message_router import MessageRouterRequest, MessageRouterResponse, parse_request
+from protocols.enip.spec import DEFAULT_LIMITS, CipLimits, GeneralStatus, Service
 
 _Status = GeneralStatus
 _U16 = struct.Struct("<H")

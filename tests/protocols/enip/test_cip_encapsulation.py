@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocols.cip import (
+from protocols.enip import (
     CipLimits,
     CipProtocolError,
     ConnectedAddressItem,
@@ -41,7 +41,7 @@ from protocols.cip import (
     unconnected_message,
     with_session,
 )
-from tests.protocols.cip.cip_samples import captured_frames, cpf_items, frame
+from tests.protocols.enip.cip_samples import captured_frames, cpf_items, frame
 
 INVALID_COMMAND, INCORRECT_DATA, INVALID_LENGTH, UNSUPPORTED_VERSION = 0x0001, 0x0003, 0x0065, 0x0069
 

@@ -19,9 +19,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-from protocols.cip.epath import LogicalSegment, LogicalType, PortSegment
-from protocols.cip.errors import CipProtocolError, cip_error
-from protocols.cip.logix import (
+from protocols.enip.epath import LogicalSegment, LogicalType, PortSegment
+from protocols.enip.errors import CipProtocolError, cip_error
+from protocols.enip.logix import (
     WRITING_SERVICES,
     AttributeList,
     Opaque,
@@ -31,15 +31,15 @@ from protocols.cip.logix import (
     Value,
     WriteTag,
 )
-from protocols.cip.logix import parse_payload as parse_logix_payload
-from protocols.cip.message_router import (
+from protocols.enip.logix import parse_payload as parse_logix_payload
+from protocols.enip.message_router import (
     MessageRouterRequest,
     MessageRouterResponse,
     parse_request,
     parse_response,
     reply_to,
 )
-from protocols.cip.services import (
+from protocols.enip.services import (
     ForwardClose,
     ForwardOpen,
     UnconnectedSend,
@@ -51,7 +51,7 @@ from protocols.cip.services import (
     split_multiple_service_packet,
     split_multiple_service_reply,
 )
-from protocols.cip.spec import (
+from protocols.enip.spec import (
     DEFAULT_LIMITS,
     FIRST_CLASS_SPECIFIC_SERVICE,
     REPLY_FLAG,

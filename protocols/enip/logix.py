@@ -15,8 +15,8 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from protocols.cip.errors import cip_error
-from protocols.cip.spec import (
+from protocols.enip.errors import cip_error
+from protocols.enip.spec import (
     ATOMIC_TYPES,
     READ_MODIFY_WRITE_MASK_SIZES,
     STRUCTURE_TYPE,
