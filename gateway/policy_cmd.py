@@ -19,8 +19,8 @@ from asyncua import ua
 from asyncua.ua.ua_binary import struct_to_binary
 
 from policies import UA_NAMESPACE, PolicyError, load_policy
-from policies.cip_services import parse_service
-from policies.opcua_services import parse_attribute
+from policies.enip.services import parse_service
+from policies.opcua.services import parse_attribute
 from protocols.enip import CipProtocolError, CipRequest, EPath, LogicalSegment, LogicalType, flatten
 from protocols.enip.epath import tag_path
 from protocols.enip.logix import ReadTag, WriteTag

@@ -9,8 +9,8 @@ from policies.decision import Decision
 from policies.errors import PolicyError, PolicyIssue
 from policies.explain import Explanation
 from policies.model import Asset, DenyAction, EnipIdentity, OpcUaUser
-from policies.opcua_nodes import UA_NAMESPACE
-from policies.opcua_paths import browse_name, browse_path_of
+from policies.opcua.nodes import UA_NAMESPACE
+from policies.opcua.paths import browse_name, browse_path_of
 from policies.policy import Policy, load_policy, parse_policy
 from policies.view import SubjectView
 

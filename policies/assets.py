@@ -2,7 +2,7 @@
 
 Keys of another protocol are reported as such ("applies to enip assets only") rather than as unknown,
 so that a Modbus habit on an EtherNet/IP asset gets a message that says what is wrong. OPC UA's own
-settings are checked in :mod:`policies.opcua_assets`.
+settings are checked in :mod:`policies.opcua.assets`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from policies.model import (
     DenyAction,
     EnipIdentity,
 )
-from policies.opcua_assets import OPCUA_KEYS, OpcuaAssetChecks
+from policies.opcua.assets import OPCUA_KEYS, OpcuaAssetChecks
 from policies.ranges import IntervalSet
 from protocols.enip.epath import PortSegment
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from policies.decision import ACTION_FORWARD, VERDICT_ALLOW, Decision
-from policies.evaluate import Candidate, KeyTable, SubFunctionTable
-from policies.evaluate_enip import EnipCandidate, EnipTable
-from policies.evaluate_opcua import OpcuaTable
+from policies.enip.evaluate import EnipCandidate, EnipTable
+from policies.modbus.evaluate import Candidate, KeyTable, SubFunctionTable
 from policies.model import SUBFUNCTION_CODES, Asset, Rule
-from policies.opcua_match import OpcuaCandidate
+from policies.opcua.evaluate import OpcuaTable
+from policies.opcua.match import OpcuaCandidate
 from policies.ranges import SegmentIndex
 from policies.view import SubjectView
 from protocols.enip.spec import FIRST_CLASS_SPECIFIC_SERVICE

@@ -6,7 +6,7 @@ the rule allows; a session that could modify one would change the answer for eve
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 __all__ = [
     "ACTION_FORWARD",
@@ -15,6 +15,7 @@ __all__ = [
     "VERDICT_WOULD_DENY",
     "Decision",
     "MonitoredAllows",
+    "Refuser",
 ]
 
 VERDICT_ALLOW = "allow"
@@ -103,3 +104,14 @@ class MonitoredAllows:
             if len(self._decisions) < self.MAX_PAIRS:
                 self._decisions[key] = decision
         return decision
+
+
+class Refuser(Protocol):
+    """What a protocol's decision tables ask of the view that holds them: a refusal with the asset's
+    code for a kind of refusal (function, address, value or unsupported), or its would-deny in monitor
+    mode. The view (:class:`policies.view.SubjectView`) holds the tables and the tables know it only
+    by this protocol (extended per protocol next to the tables), so no table module imports the view."""
+
+    def deny(
+        self, rule_id: str | None, kind: str, reason: str, monitor_rule_id: str | None = None
+    ) -> Decision: ...

@@ -14,52 +14,30 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
-from typing import TypeVar, cast
+from typing import TypeVar
 
 from policies import toml
-from policies.assets import UNIT_BOUNDS, AssetChecks
-from policies.enip_entries import EnipEntryChecks
+from policies.assets import AssetChecks
+from policies.enip.entries import EnipEntryChecks
 from policies.errors import FieldPath, PolicyError, PolicyIssue, format_path, quote, syntax_issue
 from policies.fields import expected
 from policies.locator import LineLocator
-from policies.model import EFFECTS, MODES, SUBFUNCTION_CODES, ModbusEntry, PolicyModel, Rule
-from policies.opcua_entries import OpcuaEntryChecks
-from policies.ranges import IntervalSet
+from policies.modbus.entries import ModbusEntryChecks
+from policies.model import EFFECTS, MODES, PolicyModel, Rule
+from policies.opcua.entries import OpcuaEntryChecks
 from policies.subjects import GROUP_PREFIX, check_group_name, check_subject, check_trust_domain
 from policies.timewindow import TimeWindow, parse_days, parse_hours, parse_time_zone
-from protocols.modbus import spec
 
-__all__ = ["PRESETS", "parse_model"]
+__all__ = ["parse_model"]
 
 T = TypeVar("T")
-
-PRESETS: dict[str, frozenset[int]] = {
-    "read-only": frozenset(spec.PRESET_READ_ONLY),
-    "read-write": frozenset(spec.PRESET_READ_WRITE),
-}
 
 _TOP_KEYS = ("trust_domain", "assets", "groups", "rules")
 _RULE_KEYS = ("id", "description", "effect", "mode", "subjects", "assets", "when", "modbus", "enip", "opcua")
 _RULE_KEY_SET = frozenset(_RULE_KEYS)
 _WHEN_KEYS = ("days", "hours", "tz")
-_ENTRY_KEYS = ("fc", "preset", "subfunction", "unit", "address", "file", "value")
-_ENTRY_KEY_SET = frozenset(_ENTRY_KEYS)
 
 _RULE_ID = re.compile(r"[!-~]+")  # printable ASCII without spaces: ids end up in audit records and logs
-
-# Field bounds: (low, high) of every number a range field may hold.
-_ADDRESS_BOUNDS = (0, spec.ADDRESS_SPACE - 1)
-_FILE_BOUNDS = (0, 0xFFFF)
-_VALUE_BOUNDS = (0, 0xFFFF)
-_SUBFUNCTION_BOUNDS = (0, 0xFFFF)
-_FC_BOUNDS = (1, 127)  # 128..255 are exception responses, never requests
-_RANGE_BOUNDS = {
-    "subfunction": _SUBFUNCTION_BOUNDS,
-    "unit": UNIT_BOUNDS,
-    "address": _ADDRESS_BOUNDS,
-    "file": _FILE_BOUNDS,
-    "value": _VALUE_BOUNDS,
-}
 
 
 def parse_model(text: str, source: str) -> PolicyModel:
@@ -83,12 +61,11 @@ def parse_model(text: str, source: str) -> PolicyModel:
     return model
 
 
-class _Loader(AssetChecks, EnipEntryChecks, OpcuaEntryChecks):
+class _Loader(AssetChecks, ModbusEntryChecks, EnipEntryChecks, OpcuaEntryChecks):
     def __init__(self) -> None:
         super().__init__()
         self._subject_memo: dict[str, str | None] = {}
         self._subjects_ok: set[str] = set()  # ids, patterns and group references already checked
-        self._entry_memo: dict[str, ModbusEntry] = {}
         self._window_memo: dict[str, TimeWindow] = {}
         self._protocols: dict[str, str] = {}
 
@@ -212,7 +189,7 @@ class _Loader(AssetChecks, EnipEntryChecks, OpcuaEntryChecks):
         )
         asset_names = self.rule_assets(table["assets"], path, assets) if "assets" in table else []
         window = self.when(table["when"], (*path, "when")) if "when" in table else None
-        modbus = self.entry_list(table, path, "modbus", self.entry, '[{ fc = 3, address = "0-99" }]')
+        modbus = self.entry_list(table, path, "modbus", self.modbus_entry, '[{ fc = 3, address = "0-99" }]')
         enip = self.entry_list(
             table, path, "enip", self.enip_entry, '[{ service = "read_tag", tag = "Line1.*" }]'
         )
@@ -361,73 +338,3 @@ class _Loader(AssetChecks, EnipEntryChecks, OpcuaEntryChecks):
         assert days is not None and hours is not None and tz is not None
         window = self._window_memo[key] = TimeWindow(days, hours[0], hours[1], tz)
         return window
-
-    # --------------------------------------------------------------------------- modbus entries
-
-    def entry(self, value: object, path: FieldPath) -> ModbusEntry | None:
-        table = self.table(value, path)
-        if table is None:
-            return None
-        key = repr(table)
-        known = self._entry_memo.get(key)
-        if known is not None:
-            return known
-        before = len(self.problems)
-        if not table.keys() <= _ENTRY_KEY_SET:
-            self.keys(table, path, _ENTRY_KEYS)
-        codes: frozenset[int] = frozenset()
-        if "fc" in table:
-            codes = frozenset(self.function_codes(table["fc"], path))
-        if "preset" in table:
-            given = table["preset"]
-            preset = (
-                given
-                if isinstance(given, str) and given in PRESETS
-                else self.choice(given, (*path, "preset"), PRESETS)
-            )
-            if preset is not None:
-                codes = codes | PRESETS[preset] if codes else PRESETS[preset]
-        elif "fc" not in table:
-            self.error(
-                path,
-                'names no function code: give "fc" (e.g. fc = [3, 6])'
-                ' or "preset" ("read-only", "read-write")',
-            )
-        fields: dict[str, IntervalSet | None] = {}
-        for name, field_value in table.items():
-            bounds = _RANGE_BOUNDS.get(name)
-            if bounds is not None:
-                fields[name] = self.ranges(field_value, path, name, bounds)
-        per_subfunction = codes & SUBFUNCTION_CODES
-        if per_subfunction and "subfunction" not in table:
-            named = " and ".join(f"FC {fc}" for fc in sorted(per_subfunction))
-            self.error(path, f"{named} is decided per sub-function: list them, e.g. subfunction = [0, 11]")
-        if "subfunction" in table and codes and not per_subfunction:
-            self.error(
-                (*path, "subfunction"), "applies only to FC 8 and FC 43, which this entry does not name"
-            )
-        if len(self.problems) > before:
-            return None
-        get = fields.get
-        entry = ModbusEntry(codes, get("subfunction"), get("unit"), get("address"), get("file"), get("value"))
-        self._entry_memo[key] = entry
-        return entry
-
-    def function_codes(self, value: object, entry_path: FieldPath) -> list[int]:
-        if type(value) is int and 1 <= value <= 127:
-            return [value]
-        items = value if isinstance(value, list) else [value]
-        # Nearly every file spells codes correctly: check that in one pass before the careful one
-        # (``type(...) is int`` keeps booleans out, which ``isinstance`` would let in).
-        if items and all(type(item) is int and 1 <= item <= 127 for item in items):
-            return cast(list[int], items)
-        path = (*entry_path, "fc")
-        if isinstance(value, list) and not value:
-            self.error(path, "the array is empty: name at least one function code")
-        codes: list[int] = []
-        for index, item in enumerate(items):
-            item_path = (*path, index) if isinstance(value, list) else path
-            code = self.integer(item, item_path, *_FC_BOUNDS)
-            if code is not None:
-                codes.append(code)
-        return codes

@@ -13,12 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from policies.cip_services import ServiceKey, describe_keys, hex_ranges
-from policies.opcua_nodes import MethodPair, NodePattern
-from policies.opcua_paths import BrowsePathPrefix
-from policies.opcua_services import attribute_text
+from policies.enip.services import ServiceKey, describe_keys, hex_ranges
+from policies.enip.tags import TagPattern
+from policies.opcua.nodes import MethodPair, NodePattern
+from policies.opcua.paths import BrowsePathPrefix
+from policies.opcua.services import attribute_text
 from policies.ranges import IntervalSet
-from policies.tags import TagPattern
 from policies.timewindow import TimeWindow
 from policies.values import ValueBounds
 from protocols.enip.epath import PortSegment

@@ -13,12 +13,13 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 
 from policies.compiler import compile_view
+from policies.enip.explain import describe_enip_request, explain_enip_view
 from policies.errors import PolicyError, PolicyIssue
-from policies.explain import Explanation, cloaked_explanation, describe_request, explain_view
-from policies.explain_enip import describe_enip_request, explain_enip_view
-from policies.explain_opcua import describe_opcua_request, explain_opcua_view
+from policies.explain import Explanation, cloaked_explanation
 from policies.loader import parse_model
+from policies.modbus.explain import describe_request, explain_view
 from policies.model import Asset, PolicyModel, Rule
+from policies.opcua.explain import describe_opcua_request, explain_opcua_view
 from policies.subjects import SubjectIndex, expand
 from policies.view import SubjectView
 from protocols.enip.requests import CipRequest

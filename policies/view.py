@@ -3,8 +3,8 @@
 A view holds the decision tables of the asset's protocol (Modbus tables by function code, EtherNet/IP
 tables by (class, service), OPC UA tables by service), the asset's refusal codes, and the refusals that
 depend on nothing but the request's key (built once: a scanner triggers them in bulk). Decisions that
-need a rule's entries are taken by the tables (:mod:`policies.evaluate`, :mod:`policies.evaluate_enip`,
-:mod:`policies.evaluate_opcua`).
+need a rule's entries are taken by the tables (:mod:`policies.modbus.evaluate`, :mod:`policies.enip.evaluate`,
+:mod:`policies.opcua.evaluate`).
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Sequence
 
-from policies.cip_services import known_pair, service_text
 from policies.decision import ACTION_FORWARD, VERDICT_DENY, VERDICT_WOULD_DENY, Decision
-from policies.evaluate import KeyTable, SubFunctionTable, function_text
-from policies.evaluate_enip import EnipTable
-from policies.evaluate_opcua import OpcuaTable, couple
+from policies.enip.evaluate import EnipTable
+from policies.enip.services import known_pair, service_text
+from policies.enip.tags import RequestTag, parse_request_tag
+from policies.modbus.evaluate import KeyTable, SubFunctionTable, function_text
 from policies.model import Asset, Rule
-from policies.opcua_services import GATEWAY_SERVICES
-from policies.tags import RequestTag, parse_request_tag
+from policies.opcua.evaluate import OpcuaTable, couple
+from policies.opcua.services import GATEWAY_SERVICES
 from protocols.enip.epath import PortSegment
 from protocols.enip.requests import CipRequest
 from protocols.enip.services import ForwardClose, ForwardOpen

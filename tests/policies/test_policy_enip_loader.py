@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from policies import DenyAction, EnipIdentity, PolicyError, parse_policy
-from policies.cip_services import PRESETS, parse_service
-from policies.tags import parse_tag_pattern
+from policies.enip.services import PRESETS, parse_service
+from policies.enip.tags import parse_tag_pattern
 from policies.values import parse_value_bounds
 from protocols.enip import PortSegment
 from tests.policies.enip_helpers import enip_head, rule

@@ -564,9 +564,9 @@ def test_modbus_entries_do_not_apply_to_an_enip_asset_and_back() -> None:
 
 
 def test_per_tag_candidate_lists_are_bounded_and_invisible(monkeypatch: pytest.MonkeyPatch) -> None:
-    import policies.evaluate_enip
+    import policies.enip.evaluate
 
-    monkeypatch.setattr(policies.evaluate_enip, "TAG_LISTS_SIZE", 2)
+    monkeypatch.setattr(policies.enip.evaluate, "TAG_LISTS_SIZE", 2)
     p = enip_policy(
         rule('{ service = "write_tag", tag = "T[0..9]", value = "0..5" }')
         + deny_rule('{ service = "write_tag", tag = "T[3]", value = "4..5" }')

@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from policies import DenyAction, OpcUaUser, PolicyError, parse_policy
-from policies.opcua_nodes import UA_NAMESPACE, NodePattern, parse_id
-from policies.opcua_paths import parse_browse_path
-from policies.opcua_services import PRESETS, SERVICE_SETS
+from policies.opcua.nodes import UA_NAMESPACE, NodePattern, parse_id
+from policies.opcua.paths import parse_browse_path
+from policies.opcua.services import PRESETS, SERVICE_SETS
 from tests.policies.opcua_helpers import PLANT, opcua_head, rule
 from tests.policies.policy_helpers import issues, only_issue
 

@@ -417,7 +417,7 @@ def test_compiled_opcua_evaluator_agrees_with_reference(text: str, data: st.Data
 @settings(max_examples=400, deadline=None)
 @given(pattern=st.text(alphabet="AB.*", max_size=6), text=st.text(alphabet="AB.", max_size=6))
 def test_string_id_globs_agree_with_reference(pattern: str, text: str) -> None:
-    from policies.opcua_nodes import parse_id
+    from policies.opcua.nodes import parse_id
 
     compiled, _ = parse_id("s=" + pattern) if pattern else (None, None)
     if compiled is None:

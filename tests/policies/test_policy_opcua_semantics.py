@@ -10,7 +10,7 @@ import pytest
 from asyncua import ua
 
 from policies import Policy
-from policies.evaluate_opcua import NODE_LISTS_SIZE
+from policies.opcua.evaluate import NODE_LISTS_SIZE
 from protocols.opcua.operations import Operation
 from tests.policies.opcua_helpers import (
     ALICE,

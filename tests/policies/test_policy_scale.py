@@ -11,7 +11,7 @@ import pytest
 from asyncua import ua
 
 from policies import parse_policy
-from policies.evaluate import KeyTable
+from policies.modbus.evaluate import KeyTable
 from tests.policies.enip_helpers import attribute_request, read_tag, write_tag
 from tests.policies.gen_policy import (
     bench_subject,

@@ -15,10 +15,9 @@ a client picks the node ids.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
-from policies.decision import ACTION_FORWARD, VERDICT_ALLOW, Decision, MonitoredAllows
-from policies.opcua_match import (
+from policies.decision import ACTION_FORWARD, VERDICT_ALLOW, Decision, MonitoredAllows, Refuser
+from policies.opcua.match import (
     Facts,
     NodeKey,
     OpcuaCandidate,
@@ -36,13 +35,10 @@ from policies.opcua_match import (
     value_miss,
     values_touch,
 )
-from policies.opcua_nodes import UA_NAMESPACE
-from policies.opcua_operations import Number, operation_text, written
-from policies.opcua_services import COUPLED_SERVICES
+from policies.opcua.nodes import UA_NAMESPACE
+from policies.opcua.operations import Number, operation_text, written
+from policies.opcua.services import COUPLED_SERVICES
 from protocols.opcua.operations import Operation
-
-if TYPE_CHECKING:
-    from policies.view import SubjectView
 
 __all__ = ["NODE_LISTS_SIZE", "OpcuaTable", "couple"]
 
@@ -79,7 +75,7 @@ class OpcuaTable:
         "with_monitor",
     )
 
-    def __init__(self, view: SubjectView, service: str, candidates: Sequence[OpcuaCandidate]) -> None:
+    def __init__(self, view: Refuser, service: str, candidates: Sequence[OpcuaCandidate]) -> None:
         self.view = view
         self.service = service
         self.is_call = service == "Call"

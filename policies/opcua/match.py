@@ -17,10 +17,10 @@ from collections.abc import Sequence
 from policies.decision import Decision
 from policies.errors import quote
 from policies.model import OpcuaEntry, Rule
-from policies.opcua_nodes import UA_NAMESPACE, NodePattern, node_text
-from policies.opcua_operations import Number, written
-from policies.opcua_paths import BrowsePathPrefix
-from policies.opcua_services import (
+from policies.opcua.nodes import UA_NAMESPACE, NodePattern, node_text
+from policies.opcua.operations import Number, written
+from policies.opcua.paths import BrowsePathPrefix
+from policies.opcua.services import (
     ATTRIBUTE_EVENT_NOTIFIER,
     ATTRIBUTE_VALUE,
     COUPLED_SERVICES,

@@ -13,11 +13,11 @@ from collections.abc import Callable, Sequence
 
 from policies.decision import VERDICT_ALLOW, VERDICT_DENY, Decision
 from policies.errors import quote
-from policies.evaluate_opcua import OpcuaTable
 from policies.explain import Explanation, at_text, rule_line, window_lines
-from policies.opcua_match import Facts, OpcuaCandidate, opcua_covers, opcua_touches, target_covers
-from policies.opcua_operations import operation_text
-from policies.opcua_services import COUPLED_SERVICES
+from policies.opcua.evaluate import OpcuaTable
+from policies.opcua.match import Facts, OpcuaCandidate, opcua_covers, opcua_touches, target_covers
+from policies.opcua.operations import operation_text
+from policies.opcua.services import COUPLED_SERVICES
 from policies.view import SubjectView
 from protocols.opcua.operations import Operation
 from protocols.opcua.spec import status_name

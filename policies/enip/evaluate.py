@@ -3,8 +3,8 @@
 A view keeps one :class:`EnipTable` per (class, service) pair that some entry names, and one per
 common service named without a class. A table holds its candidates - one per rule entry naming the
 service - split by effect and mode, in file order, the same steps as Modbus's
-:class:`~policies.evaluate.KeyTable`: enforce deny entries that touch the request, then the first enforce
-allow entry that covers it and its pre-built decision, else the closest miss, then monitor rules.
+:class:`~policies.modbus.evaluate.KeyTable`: enforce deny entries that touch the request, then the first
+enforce allow entry that covers it and its pre-built decision, else the closest miss, then monitor rules.
 
 A request for a tag by name (the usual read or write) takes a shortcut: per tag text, each table keeps
 the candidates whose class, instance and tag fields match that tag, so a decision only checks their
@@ -15,25 +15,23 @@ first part (or any tag) are compared with it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from policies.cip_services import hex_ranges, service_text
-from policies.decision import Decision, MonitoredAllows
+from policies.decision import Decision, MonitoredAllows, Refuser
+from policies.enip.services import hex_ranges, service_text
+from policies.enip.tags import RequestTag, TagPattern
 from policies.model import EnipEntry, Rule
 from policies.ranges import IntervalSet
-from policies.tags import RequestTag, TagPattern
 from policies.timewindow import TimeWindow
 from policies.values import ValueBounds
 from protocols.enip.requests import CipRequest
 from protocols.enip.spec import ClassCode, Service
 
-if TYPE_CHECKING:
-    from policies.view import SubjectView
-
 __all__ = [
     "TAG_LISTS_SIZE",
     "EnipCandidate",
     "EnipTable",
+    "EnipView",
     "attributes_of",
     "by_instance",
     "covers_target",
@@ -41,6 +39,13 @@ __all__ = [
     "enip_covers",
     "enip_touches",
 ]
+
+
+class EnipView(Refuser, Protocol):
+    """What the tables ask of the view that holds them (:class:`policies.view.SubjectView`)."""
+
+    def request_tag(self, request: CipRequest) -> RequestTag | None: ...
+
 
 _SYMBOL = int(ClassCode.SYMBOL)
 _LIST_TAGS = Service.GET_INSTANCE_ATTRIBUTE_LIST
@@ -243,7 +248,7 @@ class EnipTable:
         "with_monitor",
     )
 
-    def __init__(self, view: SubjectView, class_id: int | None, candidates: Sequence[EnipCandidate]) -> None:
+    def __init__(self, view: EnipView, class_id: int | None, candidates: Sequence[EnipCandidate]) -> None:
         self.view = view
         self.deny = self._pick(candidates, "deny", "enforce")
         self.allow = self._pick(candidates, "allow", "enforce")

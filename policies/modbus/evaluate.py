@@ -23,20 +23,18 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from policies.decision import Decision, MonitoredAllows
+from policies.decision import Decision, MonitoredAllows, Refuser
 from policies.model import ModbusEntry, Rule
 from policies.ranges import IntervalSet, SegmentIndex
 from policies.timewindow import TimeWindow
 from protocols.modbus.pdu import Request
 
-if TYPE_CHECKING:
-    from policies.view import SubjectView
-
 __all__ = [
     "Candidate",
     "KeyTable",
+    "ModbusView",
     "SubFunctionTable",
     "covers",
     "function_text",
@@ -45,6 +43,13 @@ __all__ = [
     "touches_addresses",
     "unit_and_addresses_cover",
 ]
+
+
+class ModbusView(Refuser, Protocol):
+    """What the tables ask of the view that holds them (:class:`policies.view.SubjectView`)."""
+
+    def no_rule(self, request: Request) -> Decision: ...
+
 
 # An entry without an address field covers every span, however long.
 _NO_LIMIT = 1 << 40
@@ -246,7 +251,7 @@ class KeyTable:
         "with_monitor",
     )
 
-    def __init__(self, view: SubjectView, function_code: int, candidates: Sequence[Candidate]) -> None:
+    def __init__(self, view: ModbusView, function_code: int, candidates: Sequence[Candidate]) -> None:
         self.view = view
         self.function_code = function_code
         self.deny = self._pick(candidates, "deny", "enforce")
@@ -410,7 +415,7 @@ class SubFunctionTable:
 
     __slots__ = ("starts", "tables", "view")
 
-    def __init__(self, view: SubjectView, starts: list[int], tables: list[KeyTable | None]) -> None:
+    def __init__(self, view: ModbusView, starts: list[int], tables: list[KeyTable | None]) -> None:
         self.view = view
         self.starts = starts
         self.tables = tables

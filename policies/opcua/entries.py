@@ -14,9 +14,9 @@ from __future__ import annotations
 from policies.errors import FieldPath, quote, show
 from policies.fields import FieldChecker, expected
 from policies.model import OpcuaEntry
-from policies.opcua_nodes import MethodPair, NodePattern, parse_id, parse_namespace, split_expanded
-from policies.opcua_paths import BrowsePathPrefix, parse_browse_path
-from policies.opcua_services import (
+from policies.opcua.nodes import MethodPair, NodePattern, parse_id, parse_namespace, split_expanded
+from policies.opcua.paths import BrowsePathPrefix, parse_browse_path
+from policies.opcua.services import (
     ATTRIBUTE_SERVICES,
     NODE_SERVICES,
     OPERATION_SERVICES,

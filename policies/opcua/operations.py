@@ -14,8 +14,8 @@ from typing import Any
 from asyncua import ua
 
 from policies.errors import quote
-from policies.opcua_nodes import node_text, resolve
-from policies.opcua_services import ATTRIBUTE_NAMES
+from policies.opcua.nodes import node_text, resolve
+from policies.opcua.services import ATTRIBUTE_NAMES
 from protocols.opcua.operations import Operation
 
 __all__ = [

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from policies.cip_services import service_text
 from policies.decision import Decision
-from policies.evaluate_enip import EnipCandidate, covers_target, enip_covers, enip_touches, request_text
+from policies.enip.evaluate import EnipCandidate, covers_target, enip_covers, enip_touches, request_text
+from policies.enip.services import service_text
 from policies.explain import Explanation, at_text, decision_line, rule_line, window_lines
 from policies.model import Rule
 from policies.view import SubjectView, route_of

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from policies.errors import quote, show
-from policies.opcua_nodes import UA_NAMESPACE, resolve
+from policies.opcua.nodes import UA_NAMESPACE, resolve
 
 __all__ = ["BrowsePathPrefix", "browse_name", "browse_path_of", "parse_browse_path", "split_browse_name"]
 

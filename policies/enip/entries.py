@@ -8,12 +8,12 @@ an entry is a mistake that would otherwise pass silently and refuse what its aut
 
 from __future__ import annotations
 
-from policies.cip_services import CLASS_BOUNDS, PRESETS, ServiceKey, describe_key, parse_service
+from policies.enip.services import CLASS_BOUNDS, PRESETS, ServiceKey, describe_key, parse_service
+from policies.enip.tags import TagPattern, parse_tag_pattern
 from policies.errors import FieldPath, quote, show
 from policies.fields import FieldChecker, expected
 from policies.model import EnipEntry
 from policies.ranges import IntervalSet
-from policies.tags import TagPattern, parse_tag_pattern
 from policies.values import ValueBounds, parse_value_bounds
 from protocols.enip.logix import WRITING_SERVICES
 from protocols.enip.spec import FIRST_CLASS_SPECIFIC_SERVICE, ClassCode
