@@ -17,10 +17,10 @@ import logging
 import random
 import struct
 from time import monotonic
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from gateway.runtime import Runtime
-from gateway.upstream import Failure, Link, Pending, UpstreamPool
+from gateway.upstream import Client, Failure, Link, Pending, UpstreamPool
 from policies import Asset
 from protocols.enip import (
     CipProtocolError,
@@ -30,6 +30,7 @@ from protocols.enip import (
     LogicalSegment,
     LogicalType,
     MessageRouterRequest,
+    MessageRouterResponse,
     connected_message,
     parse_register_session,
     parse_send_data,
@@ -41,9 +42,6 @@ from protocols.enip import (
 from protocols.enip.message_router import parse_response
 from protocols.enip.services import ForwardClose, ForwardOpen, parse_forward_open_reply
 from protocols.enip.spec import ClassCode, EncapsulationCommand, Service
-
-if TYPE_CHECKING:
-    from gateway.enip.session import EnipSession
 
 log = logging.getLogger("ztgate.enip.upstream")
 
@@ -67,16 +65,30 @@ CONNECTION_MANAGER_PATH = EPath(
 )
 
 
+class EnipClient(Client, Protocol):
+    """What the pool calls on the session that submitted a request (``gateway/enip/session.py``): the
+    upstream side knows sessions only by this protocol, so it never imports them."""
+
+    def deliver(self, pending: EnipPending, response: MessageRouterResponse, now: float) -> bool:
+        """Answer the client with the device's ``response``; true when the session has replies to
+        flush at the end of the batch."""
+        ...
+
+    def fail(self, pending: EnipPending, failure: Failure, reason: str, now: float) -> bool:
+        """Answer the client with the protocol's error for ``failure``; true as for :meth:`deliver`."""
+        ...
+
+
 class EnipPending(Pending):
     """A client's message router request (already cut down to what the policy allows) and what its
     session needs to answer it."""
 
     __slots__ = ("connected", "message", "reply")
 
-    session: EnipSession
+    session: EnipClient
 
     def __init__(
-        self, session: EnipSession, message: bytes, connected: bool, reply: Any, started: float
+        self, session: EnipClient, message: bytes, connected: bool, reply: Any, started: float
     ) -> None:
         Pending.__init__(self, session, started)
         self.message = message  # the encoded message router request to forward

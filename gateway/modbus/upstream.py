@@ -6,14 +6,25 @@ from __future__ import annotations
 
 import random
 from time import monotonic
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
-from gateway.upstream import NOT_IN_FLIGHT, Failure, Link, Pending, UpstreamPool
+from gateway.upstream import NOT_IN_FLIGHT, Client, Failure, Link, Pending, UpstreamPool
 from policies import Decision
 from protocols.modbus import ClientConnection, ModbusProtocolError, Request, check_response, encode_adu
 
-if TYPE_CHECKING:
-    from gateway.modbus.session import ModbusSession
+
+class ModbusClient(Client, Protocol):
+    """What the pool calls on the session that submitted a request (``gateway/modbus/session.py``):
+    the upstream side knows sessions only by this protocol, so it never imports them."""
+
+    def deliver(self, pending: PendingRequest, reply: bytes, device_exception: int, now: float) -> bool:
+        """Answer the client with the device's ``reply`` (already under the client's id and unit);
+        true when the session has replies to flush at the end of the batch."""
+        ...
+
+    def fail(self, pending: PendingRequest, failure: Failure, reason: str, now: float) -> bool:
+        """Answer the client with the protocol's error for ``failure``; true as for :meth:`deliver`."""
+        ...
 
 
 class PendingRequest(Pending):
@@ -21,11 +32,11 @@ class PendingRequest(Pending):
 
     __slots__ = ("decision", "device_unit", "request", "revision")
 
-    session: ModbusSession
+    session: ModbusClient
 
     def __init__(
         self,
-        session: ModbusSession,
+        session: ModbusClient,
         request: Request,
         decision: Decision,
         revision: str,
