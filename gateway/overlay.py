@@ -22,11 +22,11 @@ import ssl
 from collections.abc import Callable, Mapping
 from typing import cast
 
-from gateway.identity import IdentityError
 from gateway.runtime import Runtime
 from gateway.session import Session, SessionInfo
 from gateway.tls import certificate_not_after, peer_identity
 from policies import SubjectView
+from policies.spiffe import IdentityError
 
 log = logging.getLogger("ztgate.overlay")
 

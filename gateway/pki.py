@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from gateway.identity import IdentityError, SpiffeId, parse_spiffe_id, parse_trust_domain
+from policies.spiffe import IdentityError, SpiffeId, parse_spiffe_id, parse_trust_domain
 
 __all__ = [
     "CA_CERT_FILE",

@@ -11,7 +11,8 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
-from gateway.identity import IdentityError, SpiffeId, identity_from_certificate
+from gateway.identity import identity_from_certificate
+from policies.spiffe import IdentityError, SpiffeId
 
 # Protocol names a client may offer in ALPN; a client that offers one must reach an asset of that protocol.
 ALPN_PROTOCOLS = ("modbus", "enip", "opcua")

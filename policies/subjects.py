@@ -12,30 +12,20 @@ import re
 from collections.abc import Iterable
 
 from policies.errors import quote
+from policies.spiffe import SCHEME_PREFIX, spiffe_id_problem, trust_domain_problem
 
 __all__ = ["GROUP_PREFIX", "SubjectIndex", "check_group_name", "check_subject", "check_trust_domain"]
 
 GROUP_PREFIX = "group:"
-_SCHEME = "spiffe://"
-_TRUST_DOMAIN = re.compile(r"[a-z0-9._-]+")
-_SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
-_PARTIAL_SEGMENT = re.compile(r"[A-Za-z0-9._-]*")
 _GROUP_NAME = re.compile(r"[A-Za-z0-9._-]+")
-_MAX_TRUST_DOMAIN = 255
-_MAX_ID_BYTES = 2048
 
 
 def check_trust_domain(text: str) -> str | None:
-    """A problem with a SPIFFE trust domain name, or None."""
-    if not text:
-        return "the trust domain is empty"
-    if len(text) > _MAX_TRUST_DOMAIN:
-        return f"the trust domain is longer than {_MAX_TRUST_DOMAIN} characters"
-    if _TRUST_DOMAIN.fullmatch(text) is None:
-        if text.startswith(_SCHEME):
-            return f'{quote(text)}: give the bare trust domain (such as "plant1.example"), not a SPIFFE id'
-        return f'{quote(text)}: a trust domain holds only lowercase letters, digits, ".", "-" and "_"'
-    return None
+    """A problem with a SPIFFE trust domain name, or None (the handshake's own check)."""
+    problem = trust_domain_problem(text)
+    if problem is not None and text.startswith(SCHEME_PREFIX):
+        return f'{quote(text)}: give the bare trust domain (such as "plant1.example"), not a SPIFFE id'
+    return problem
 
 
 def check_group_name(name: str) -> str | None:
@@ -44,75 +34,35 @@ def check_group_name(name: str) -> str | None:
     return None
 
 
-def _segment_problem(text: str, segment: str) -> str | None:
-    if not segment:
-        return f'{quote(text)}: empty path segment ("//" or a trailing "/")'
-    if segment in (".", ".."):
-        return f'{quote(text)}: "." and ".." path segments are not allowed'
-    if _SEGMENT.fullmatch(segment) is None:
-        return f'{quote(text)}: path segment {quote(segment)} may hold only letters, digits, ".", "-" and "_"'
-    return None
-
-
-_VALID: dict[str, re.Pattern[str]] = {}
-_WHOLE_SEGMENT = r"(?!\.\.?(?:/|$))[A-Za-z0-9._-]+"
-
-
-def _valid_re(trust_domain: str) -> re.Pattern[str]:
-    """One regex that accepts every valid id and pattern of the domain: the common case costs a match."""
-    known = _VALID.get(trust_domain)
-    if known is None:
-        head = f"spiffe://{re.escape(trust_domain)}/"
-        inner = r"(?!\.\.?/)[A-Za-z0-9._-]+/"
-        known = _VALID[trust_domain] = re.compile(
-            rf"{head}(?:{_WHOLE_SEGMENT}(?:/{_WHOLE_SEGMENT})*|(?:{inner})*[A-Za-z0-9._-]*\*)"
-        )
-    return known
-
-
 def check_subject(text: str, trust_domain: str) -> str | None:
-    """A problem with an id or ``prefix*`` pattern of ``trust_domain`` (not a group reference), or None."""
-    if len(text) <= _MAX_ID_BYTES // 4 and _valid_re(trust_domain).fullmatch(text) is not None:
-        return None
-    return subject_problem(text, trust_domain)
+    """A problem with an id or ``prefix*`` pattern of ``trust_domain`` (not a group reference), or None.
 
-
-def subject_problem(text: str, trust_domain: str) -> str | None:
-    """The slow, explaining check behind :func:`check_subject`'s one-regex fast path."""
-    if len(text.encode("utf-8", "surrogatepass")) > _MAX_ID_BYTES:
-        return f"{quote(text)}: longer than {_MAX_ID_BYTES} bytes"
-    if not text.startswith(_SCHEME):
-        if text.lower().startswith(_SCHEME):
+    An id must be one the handshake accepts (:func:`policies.spiffe.parse_spiffe_id`) in the file's
+    trust domain. A pattern is checked as the id its fixed part names, completed with a letter where
+    the fixed part stops at a "/" or inside a "." or ".." segment (``.../vendor/acme/*`` as
+    ``.../vendor/acme/x``): valid exactly when some id the handshake accepts starts with that part."""
+    if not text.startswith(SCHEME_PREFIX):
+        if text.lower().startswith(SCHEME_PREFIX):
             return f'{quote(text)}: the scheme must be "spiffe" in lowercase'
         return (
             f'{quote(text)}: expected a SPIFFE id such as "spiffe://{trust_domain}/user/alice",'
             ' a pattern ending in "*" or "group:<name>"'
         )
-    rest = text[len(_SCHEME) :]
-    domain, slash, path = rest.partition("/")
-    if domain != trust_domain:
-        if domain.endswith("*") and not slash:
-            return f'{quote(text)}: a pattern must include "{_SCHEME}{trust_domain}/" before the "*"'
-        return f"{quote(text)}: belongs to trust domain {quote(domain)}, not {quote(trust_domain)}"
-    if not slash or not path:
-        return f'{quote(text)}: the path is empty (expected "{_SCHEME}{trust_domain}/<path>")'
-    pattern = path.endswith("*")
-    if pattern:
-        path = path[:-1]
-    if "*" in path:
+    pattern = text.endswith("*")
+    fixed = text[:-1] if pattern else text
+    if "*" in fixed:
         return f'{quote(text)}: "*" is allowed only at the end of a pattern'
-    segments = path.split("/")
+    domain, slash, _ = fixed[len(SCHEME_PREFIX) :].partition("/")
     if pattern:
-        # The text before "*" may end inside a segment ("user/op*") or right after a "/".
-        *whole, partial = segments
-        if _PARTIAL_SEGMENT.fullmatch(partial) is None:
-            return _segment_problem(text, partial)
-    else:
-        whole = segments
-    for segment in whole:
-        problem = _segment_problem(text, segment)
-        if problem is not None:
-            return problem
+        if not slash:
+            return f'{quote(text)}: a pattern must include "{SCHEME_PREFIX}{trust_domain}/" before the "*"'
+        if fixed.rpartition("/")[2] in ("", ".", ".."):
+            fixed += "x"
+    problem = spiffe_id_problem(fixed)
+    if problem is not None:
+        return f"{quote(text)}: {problem}"
+    if domain != trust_domain:
+        return f"{quote(text)}: belongs to trust domain {quote(domain)}, not {quote(trust_domain)}"
     return None
 
 

@@ -1,4 +1,5 @@
-"""SPIFFE id parsing and identity_from_certificate: every accepted form and every distinct refusal."""
+"""SPIFFE id parsing and identity_from_certificate: every accepted form and every distinct refusal; and
+the policy loader's subject check agreeing with the handshake on every id."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway import pki
-from gateway.identity import IdentityError, SpiffeId, identity_from_certificate, parse_spiffe_id
+from gateway.identity import identity_from_certificate
+from policies.spiffe import IdentityError, SpiffeId, parse_spiffe_id
+from policies.subjects import check_subject
 
 TD = "plant1.example"
 
@@ -280,3 +283,118 @@ def test_identity_from_certificate_leaves_the_chain_to_tls(tmp_path: Path) -> No
     pki.init_ca(tmp_path, TD)
     files = pki.issue(tmp_path, "user/alice")
     assert identity_from_certificate(_der_of(files.cert), TD) == SpiffeId(TD, "user/alice")
+
+
+# ------------------------------------------------------------------ the policy and the handshake agree
+# A policy names identities that the handshake must be able to prove: policies/subjects.py checks ids
+# with the handshake's own parser (policies/spiffe.py), so the two can never disagree on an id.
+
+AGREEMENT = (
+    [text for text, *_ in VALID]
+    + [text for text, _ in INVALID]
+    + [
+        "spiffe://other.example/user/alice",  # well formed, another trust domain
+        "spiffe://plant1.example.evil/user/alice",
+        "spiffe://plant1.example/user/alice:1",
+        "spiffe://plant1.example/user/alice.",
+        "spiffe://plant1.example/user/-_.",
+        "spiffe://plant1.example/User/ALICE",
+        "spiffe://plant1.example/" + "a" * (2048 - len("spiffe://plant1.example/")),
+        "spiffe://plant1.example/" + "a" * (2049 - len("spiffe://plant1.example/")),
+        "spiffe://plant1.example/user/a\\b",
+        "spiffe://plant1.example/user/a\tb",
+    ]
+)
+
+
+def _handshake_accepts(key: ec.EllipticCurvePrivateKey, text: str) -> bool:
+    try:
+        der = _der(key, [_uri(text)])
+    except ValueError:
+        return False  # a certificate cannot even carry it (a non-ASCII URI)
+    try:
+        identity_from_certificate(der, TD)
+    except IdentityError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("text", AGREEMENT, ids=[repr(text[:50]) for text in AGREEMENT])
+def test_a_policy_accepts_exactly_the_ids_the_handshake_accepts(
+    leaf_key: ec.EllipticCurvePrivateKey, text: str
+) -> None:
+    policy_problem = check_subject(text, TD)
+    assert (policy_problem is None) == _handshake_accepts(leaf_key, text), policy_problem
+
+
+def test_the_agreement_list_holds_both_verdicts(leaf_key: ec.EllipticCurvePrivateKey) -> None:
+    verdicts = [_handshake_accepts(leaf_key, text) for text in AGREEMENT]
+    assert verdicts.count(True) >= 5 and verdicts.count(False) >= 20
+
+
+_ID_TAILS = st.text(alphabet=[*"ab.-_/", "A", "0", " ", "%", "é", ":", "@", "?", "#", "\n"], max_size=16)
+_ID_HEADS = st.sampled_from(
+    [
+        f"spiffe://{TD}/",
+        f"spiffe://{TD}",
+        "spiffe://other.example/",
+        "spiffe://",
+        "SPIFFE://x/",
+        "spiffe:/",
+        "",
+    ]
+)
+
+
+def _parser_accepts(text: str) -> bool:
+    """The handshake's last step (identity_from_certificate) on the URI a certificate carries."""
+    try:
+        return parse_spiffe_id(text).trust_domain == TD
+    except IdentityError:
+        return False
+
+
+@settings(max_examples=400, deadline=None)
+@given(head=_ID_HEADS, tail=_ID_TAILS)
+def test_policy_and_handshake_agree_on_any_id(head: str, tail: str) -> None:
+    text = head + tail
+    assert (check_subject(text, TD) is None) == _parser_accepts(text), text
+
+
+@settings(max_examples=400, deadline=None)
+@given(head=_ID_HEADS, tail=_ID_TAILS)
+def test_a_pattern_is_accepted_exactly_when_an_id_the_handshake_accepts_can_match_it(
+    head: str, tail: str
+) -> None:
+    fixed = head + tail
+    # Every id the pattern could match starts with ``fixed``; the shortest witnesses are the fixed part
+    # itself and the fixed part with one more letter (after a "/", or after a "." or ".." segment start).
+    matchable = fixed.startswith(f"spiffe://{TD}/") and any(
+        _parser_accepts(fixed + more) for more in ("", "x")
+    )
+    assert (check_subject(fixed + "*", TD) is None) == matchable, fixed
+
+
+GROUP_WILDCARDS = [
+    (f"spiffe://{TD}/vendor/acme/*", None),
+    (f"spiffe://{TD}/*", None),
+    (f"spiffe://{TD}/user/op*", None),
+    (f"spiffe://{TD}/user/.*", None),
+    (f"spiffe://{TD}*", f'a pattern must include "spiffe://{TD}/" before the "*"'),
+    ("spiffe://plant1*", f'a pattern must include "spiffe://{TD}/" before the "*"'),
+    ("spiffe://other.example/vendor/*", 'belongs to trust domain "other.example", not "plant1.example"'),
+    (f"spiffe://{TD}/vendor//*", "the path has an empty segment"),
+    (f"spiffe://{TD}/vendor/../*", 'the path segment ".." is not allowed'),
+    (f"spiffe://{TD}/ven dor/*", 'the path segment "ven dor" contains " "'),
+    (f"spiffe://{TD}/vendor/*/x", '"*" is allowed only at the end of a pattern'),
+    (f"spiffe://{TD}:443/vendor/*", "a port is not allowed in a SPIFFE id"),
+]
+
+
+@pytest.mark.parametrize(("pattern", "problem"), GROUP_WILDCARDS, ids=[p for p, _ in GROUP_WILDCARDS])
+def test_group_wildcards_are_checked_with_the_handshake_parser(pattern: str, problem: str | None) -> None:
+    found = check_subject(pattern, TD)
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None and problem in found, found

@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from policies import Policy, parse_policy
-from policies.model import EnipEntry
 from policies.enip.tags import parse_request_tag, parse_tag_pattern
+from policies.model import EnipEntry
 from protocols.enip import CipProtocolError, CipRequest, EPath, LogicalSegment, LogicalType, PortSegment
 from protocols.enip.logix import WRITING_SERVICES
 from protocols.enip.services import ForwardOpen

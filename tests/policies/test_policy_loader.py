@@ -203,7 +203,7 @@ EXPECTED = [
     (19, "groups.operators[2]", 'belongs to trust domain "other.example", not "plant1.example"'),
     (20, 'groups."bad name"', 'group name "bad name" may hold only'),
     (24, "rules[0].subjects[1]", '"group:nobody": no such group'),
-    (24, "rules[0].subjects[2]", '"." and ".." path segments are not allowed'),
+    (24, "rules[0].subjects[2]", 'the path segment ".." is not allowed'),
     (24, "rules[0].subjects[3]", '"*" is allowed only at the end of a pattern'),
     (25, "rules[0].assets[1]", '"plc-9": no such asset'),
     (26, "rules[0].effect", '"permit" is not one of: allow, deny'),
