@@ -306,6 +306,8 @@ def check_compose(compose: dict[str, Any]) -> dict[str, Any]:
         context = (HERE / build["context"]).resolve()
         expect(context == ROOT, f"build context {context} is not the repository root")
         expect((context / build["dockerfile"]).resolve() == HERE / "Containerfile", "build.dockerfile")
+        # plc-1 runs `ztgate sim`, which only an image with the lab extra has.
+        expect((build.get("args") or {}).get("EXTRAS") == "lab", "build.args: EXTRAS should be lab")
     for name, service in services.items():
         expect(service.get("image") == "ztgate", f"{name}: image {service.get('image')!r}, not ztgate")
         expect(service.get("pull_policy") == "never", f"{name}: pull_policy should be never")

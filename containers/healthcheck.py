@@ -46,12 +46,12 @@ def ztgate_processes(proc: Path = Path("/proc")) -> list[tuple[int, list[str], P
 
 def ztgate_arguments(argv: Sequence[str]) -> list[str] | None:
     """The arguments ztgate parses, for the ways it is started: the console script (run directly or by
-    the interpreter named in its #! line), ``python -m gateway`` and ``python -m gateway.sim``."""
+    the interpreter named in its #! line), ``python -m gateway`` and ``python -m gateway.lab.sim``."""
     for index, arg in enumerate(argv[:2]):
         if os.path.basename(arg) == "ztgate":
             return list(argv[index + 1 :])
-    if len(argv) >= 3 and argv[1] == "-m" and argv[2] in ("gateway", "gateway.sim"):
-        return (["sim"] if argv[2] == "gateway.sim" else []) + list(argv[3:])
+    if len(argv) >= 3 and argv[1] == "-m" and argv[2] in ("gateway", "gateway.lab.sim"):
+        return (["sim"] if argv[2] == "gateway.lab.sim" else []) + list(argv[3:])
     return None
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from gateway import __version__
 
@@ -16,10 +16,16 @@ COMMANDS = (
     "gateway.agent",  # ztgate agent
     "gateway.pki",  # ztgate ca init|issue
     "gateway.policy_cmd",  # ztgate policy check|explain
-    "gateway.sim",  # ztgate sim modbus
-    "gateway.client",  # ztgate client modbus read|write
-    "gateway.demo",  # ztgate demo
 )
+# The lab's commands (gateway/lab/), by name. The lab is not part of the runtime, and this is the one
+# place outside it that names it: as strings, imported only to build the command line. Its packages
+# come with the `lab` extra; without them its commands say how to install them.
+LAB = "gateway.lab"
+LAB_COMMANDS = {
+    "sim": "gateway.lab.sim",  # ztgate sim modbus|enip|opcua
+    "client": "gateway.lab.client",  # ztgate client modbus|enip read|write
+    "demo": "gateway.lab.demo",  # ztgate demo
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ztgate {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMANDS:
+    for name in (*COMMANDS, *LAB_COMMANDS.values()):
         importlib.import_module(name).configure(subparsers)
     return parser
 
@@ -37,6 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in LAB_COMMANDS:
+        missing_extra: Callable[[str], str | None] = importlib.import_module(LAB).missing_extra
+        problem = missing_extra(args.command)
+        if problem is not None:
+            print(problem, file=sys.stderr)
+            return 1
     try:
         status: int = args.func(args)
     except KeyboardInterrupt:

@@ -1,5 +1,5 @@
-"""The ``ztgate`` command as a user runs it: policy check and explain, the demo's walkthrough, and
-start-up refusals of the gateway."""
+"""The ``ztgate`` command as a user runs it: policy check and explain, the demo's walkthrough, the lab's
+commands in an installation without the lab extra, and start-up refusals of the gateway."""
 
 from __future__ import annotations
 
@@ -110,6 +110,77 @@ def test_gateway_refuses_a_broken_config(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["gateway", "--config", str(config)]) == 2
     err = capsys.readouterr().err
     assert "configuration refused" in err and f"{config}:2: gateway.listen" in err
+
+
+# The lab's packages (the `lab` extra), made unimportable as in an installation without the extra.
+WITHOUT_LAB = ("pymodbus", "pycomm3")
+
+
+@pytest.fixture
+def without_lab(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in WITHOUT_LAB:
+        monkeypatch.setitem(sys.modules, name, None)  # ``import name`` now raises ModuleNotFoundError
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["sim", "modbus", "--listen", "127.0.0.1:0"],
+        ["sim", "enip", "--listen", "127.0.0.1:0"],
+        ["client", "modbus", "--port", "1", "read", "holding", "0"],
+        ["demo", "--walkthrough"],
+    ],
+    ids=lambda argv: " ".join(argv[:2]),
+)
+def test_lab_commands_without_the_lab_extra_say_how_to_install_it(
+    argv: list[str], tmp_path: Path, without_lab: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(ModuleNotFoundError):
+        import pymodbus  # noqa: F401  (the simulated installation really lacks it)
+    work = tmp_path / "demo"
+    if argv[0] == "demo":
+        argv = [*argv, "--dir", str(work)]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert captured.err == (
+        f"ztgate {argv[0]} is part of the lab, whose packages this installation lacks"
+        " (pymodbus, pycomm3): install them with pip install 'ztgate[lab]'\n"
+    )
+    assert captured.out == "" and not work.exists()  # refused before anything started
+
+
+def test_python_m_gateway_lab_sim_without_the_lab_extra(
+    without_lab: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.lab.sim import main as sim_main
+
+    assert sim_main(["modbus", "--listen", "127.0.0.1:0"]) == 1
+    assert "pip install 'ztgate[lab]'" in capsys.readouterr().err
+
+
+def test_runtime_commands_work_without_the_lab_extra(
+    policy: Path, without_lab: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["gateway", "--help"])
+    assert exited.value.code == 0 and "--config" in capsys.readouterr().out
+    assert main(["policy", "check", str(policy)]) == 0
+    assert "OK" in capsys.readouterr().out
+
+
+def test_the_lab_extra_is_the_lab_s_packages() -> None:
+    import re
+    import tomllib
+
+    from gateway.lab import EXTRA_PACKAGES
+
+    project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]
+    extra = {
+        re.split(r"[<>=!~ \[]", requirement)[0] for requirement in project["optional-dependencies"]["lab"]
+    }
+    assert extra == set(EXTRA_PACKAGES) == set(WITHOUT_LAB)
+    runtime = {re.split(r"[<>=!~ \[]", requirement)[0] for requirement in project["dependencies"]}
+    assert not runtime & extra
 
 
 def test_demo_walkthrough(tmp_path: Path) -> None:

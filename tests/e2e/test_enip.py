@@ -14,7 +14,7 @@ import pytest
 from pycomm3 import CIPDriver, LogixDriver, Services
 from pylogix import PLC  # type: ignore[import-untyped]
 
-from gateway.sim.enip import EnipSim
+from gateway.lab.sim.enip import EnipSim
 from tests.e2e.harness import ALICE, Lab, enip_policy_text
 
 T = TypeVar("T")

@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 from opcua import Client as SyncClient  # type: ignore[import-untyped]
 from opcua import ua as sync_ua
 
+from gateway.lab.sim.opcua import OpcUaSim, stop_server
 from gateway.opcua.session import MAX_IN_FLIGHT
-from gateway.sim.opcua import OpcUaSim, stop_server
 from protocols.opcua.connection import DEFAULT_MAX_CHUNK_COUNT
 from tests.e2e.harness import ALICE, BOB, FakeClock, Lab, Pki, opcua_policy_text
 from tests.protocols.opcua.opcua_canned_server import hello, open_request, opn, symmetric

@@ -14,7 +14,7 @@ from asyncua.crypto.cert_gen import setup_self_signed_certificate
 from asyncua.crypto.permission_rules import User, UserRole
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from gateway.sim.opcua import stop_server
+from gateway.lab.sim.opcua import stop_server
 from tests.e2e.harness import Lab, opcua_policy_text
 
 GATEWAY_URI = "urn:ztgate:gateway:gw-test"

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from gateway.sim.enip_tags import (
+from gateway.lab.sim.enip_tags import (
     BASE_TAG_BIT,
     EXTERNAL_READ_WRITE,
     Ref,

@@ -24,8 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
-from gateway.sim.enip_objects import UNCONNECTED_ROOM
-from gateway.sim.enip_router import Context, MessageRouter
+from gateway.lab.sim.enip_objects import UNCONNECTED_ROOM
+from gateway.lab.sim.enip_router import Context, MessageRouter
 from protocols.enip import (
     CipLimits,
     CipProtocolError,

@@ -16,10 +16,10 @@ import uvloop
 from pymodbus.client import AsyncModbusTcpClient
 
 import gateway.cli
-from gateway.sim import main as sim_main
-from gateway.sim.cli import parse_hostport
-from gateway.sim.modbus import ModbusSim, start_modbus_sim
-from gateway.sim.plant import Commands, Plant
+from gateway.lab.sim import main as sim_main
+from gateway.lab.sim.cli import parse_hostport
+from gateway.lab.sim.modbus import ModbusSim, start_modbus_sim
+from gateway.lab.sim.plant import Commands, Plant
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -246,7 +246,7 @@ async def spawn_cli(*args: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "gateway.sim",
+        "gateway.lab.sim",
         "modbus",
         *args,
         cwd=REPO_ROOT,
@@ -329,7 +329,7 @@ def test_cli_help_shows_the_register_map(capsys: pytest.CaptureFixture[str]) -> 
     text = capsys.readouterr().out
     assert "40  pressure setpoint, mbar, initial 1000" in text
     assert "exception 4" in text
-    assert "gateway.sim" in gateway.cli.COMMANDS
+    assert gateway.cli.LAB_COMMANDS["sim"] == "gateway.lab.sim"
 
 
 def test_parse_hostport() -> None:

@@ -1,5 +1,5 @@
 """An EtherNet/IP soft PLC that looks like a ControlLogix controller (Logix tags over CIP), on loopback
-by default: the tank cell of ``gateway.sim.plant`` behind Logix tags.
+by default: the tank cell of ``gateway.lab.sim.plant`` behind Logix tags.
 
 Controller tags (the plant rewrites the program outputs every scan; client writes to them last until the
 next scan; nothing a client writes to a command or memory tag is ever touched by the plant)
@@ -53,13 +53,13 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Self
 
-from gateway.sim.cli import add_simulator_parser, format_hostport, mode_text, serve
-from gateway.sim.enip_objects import MIN_LARGE_FORWARD_OPEN_REVISION, ConnectionManager, Identity
-from gateway.sim.enip_router import MessageRouter, Received
-from gateway.sim.enip_server import DEFAULT_CAPS, Caps, EnipServer
-from gateway.sim.enip_tags import TagSpec, TagTable, Value
-from gateway.sim.plant import INITIAL_SETPOINT, Commands, Plant
-from gateway.sim.scans import run_scans
+from gateway.lab.sim.cli import add_simulator_parser, format_hostport, mode_text, serve
+from gateway.lab.sim.enip_objects import MIN_LARGE_FORWARD_OPEN_REVISION, ConnectionManager, Identity
+from gateway.lab.sim.enip_router import MessageRouter, Received
+from gateway.lab.sim.enip_server import DEFAULT_CAPS, Caps, EnipServer
+from gateway.lab.sim.enip_tags import TagSpec, TagTable, Value
+from gateway.lab.sim.plant import INITIAL_SETPOINT, Commands, Plant
+from gateway.lab.sim.scans import run_scans
 from protocols.enip import DEFAULT_LIMITS, CipLimits
 
 log = logging.getLogger(__name__)

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from gateway.sim.enip import EnipSim
-from gateway.sim.enip_server import Caps
+from gateway.lab.sim.enip import EnipSim
+from gateway.lab.sim.enip_server import Caps
 from protocols.enip import (
     EncapsulationConnection,
     EncapsulationMessage,

@@ -9,8 +9,8 @@ import struct
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.sim.enip import EnipSim
-from gateway.sim.enip_router import Context
+from gateway.lab.sim.enip import EnipSim
+from gateway.lab.sim.enip_router import Context
 from protocols.enip import (
     EncapsulationMessage,
     EPath,
@@ -22,7 +22,7 @@ from protocols.enip import (
     send_rr_data,
 )
 from protocols.enip.spec import EncapsulationCommand, Service
-from tests.sim.test_enip_sim_wire import Wire, read, symbol
+from tests.lab.test_enip_sim_wire import Wire, read, symbol
 
 
 def _logical(*pairs: tuple[LogicalType, int]) -> EPath:

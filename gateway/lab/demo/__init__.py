@@ -15,14 +15,14 @@ import signal
 import time
 from pathlib import Path
 
-from gateway.demo.lab import print_banner, start_lab
+from gateway.lab.demo.lab import print_banner, start_lab
 
 
 async def _main(args: argparse.Namespace) -> int:
     lab = await start_lab(args.dir)
     try:
         if args.walkthrough:
-            from gateway.demo.walkthrough import walkthrough
+            from gateway.lab.demo.walkthrough import walkthrough
 
             return await walkthrough(lab)
         stop = asyncio.Event()

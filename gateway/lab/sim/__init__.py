@@ -1,6 +1,6 @@
 """``ztgate sim``: soft PLCs for demos and tests, one sub-command per protocol.
 
-``python -m gateway.sim PROTOCOL ...`` runs the same sub-commands without the rest of the command line,
+``python -m gateway.lab.sim PROTOCOL ...`` runs the same sub-commands without the rest of the command line,
 for a container that holds only a simulated PLC.
 """
 
@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 from collections.abc import Sequence
 
+from gateway.lab import missing_extra
+
 # One module per protocol, each with ``configure(subparsers)``; a new simulator is one more line.
-SIMULATORS = ("gateway.sim.modbus", "gateway.sim.opcua", "gateway.sim.enip")
+SIMULATORS = ("gateway.lab.sim.modbus", "gateway.lab.sim.opcua", "gateway.lab.sim.enip")
 
 _DESCRIPTION = "Soft PLCs for demos and tests, on loopback by default."
 
@@ -30,5 +33,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ztgate sim", description=_DESCRIPTION)
     _add_protocols(parser)
     args = parser.parse_args(argv)
+    problem = missing_extra("sim")
+    if problem is not None:
+        print(problem, file=sys.stderr)
+        return 1
     status: int = args.func(args)
     return status

@@ -15,13 +15,13 @@ import pytest
 from pylogix import PLC  # type: ignore[import-untyped]
 
 import gateway.cli
-from gateway.sim import main as sim_main
-from gateway.sim.enip import EnipSim, parse_revision, start_enip_sim
-from gateway.sim.plant import Commands, Plant
+from gateway.lab.sim import main as sim_main
+from gateway.lab.sim.enip import EnipSim, parse_revision, start_enip_sim
+from gateway.lab.sim.plant import Commands, Plant
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-# The documented scan-0 values (module docstring of gateway.sim.enip).
+# The documented scan-0 values (module docstring of gateway.lab.sim.enip).
 INITIAL: dict[str, Any] = {
     "Tank1_Level": 50.0,
     "Tank1_Temp": 21.5,
@@ -164,7 +164,7 @@ async def spawn_cli(*args: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "gateway.sim",
+        "gateway.lab.sim",
         "enip",
         *args,
         cwd=REPO_ROOT,

@@ -18,10 +18,10 @@ from gateway import pki
 from gateway.agent import Agent
 from gateway.audit import AuditLog
 from gateway.config import AgentConfig, AgentListener, TlsFiles
+from gateway.lab.sim.enip import EnipSim
+from gateway.lab.sim.modbus import ModbusSim
+from gateway.lab.sim.opcua import NAMESPACE_URI, OpcUaSim
 from gateway.server import Gateway
-from gateway.sim.enip import EnipSim
-from gateway.sim.modbus import ModbusSim
-from gateway.sim.opcua import NAMESPACE_URI, OpcUaSim
 
 TRUST_DOMAIN = "plant1.example"
 OPERATOR = f"spiffe://{TRUST_DOMAIN}/user/alice"

@@ -19,7 +19,7 @@ import pytest
 import pytest_asyncio
 from asyncua import Client, ua
 
-from gateway.sim.opcua import NAMESPACE_URI, OpcUaSim
+from gateway.lab.sim.opcua import NAMESPACE_URI, OpcUaSim
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -230,7 +230,7 @@ async def spawn_cli(*args: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "gateway.sim",
+        "gateway.lab.sim",
         "opcua",
         *args,
         cwd=REPO_ROOT,

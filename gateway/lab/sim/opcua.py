@@ -48,9 +48,9 @@ from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self
 
-from gateway.sim.cli import add_simulator_parser, mode_text, serve
-from gateway.sim.plant import INITIAL_SETPOINT, Commands, Plant
-from gateway.sim.scans import run_scans
+from gateway.lab.sim.cli import add_simulator_parser, mode_text, serve
+from gateway.lab.sim.plant import INITIAL_SETPOINT, Commands, Plant
+from gateway.lab.sim.scans import run_scans
 
 if TYPE_CHECKING:
     from asyncua import ua

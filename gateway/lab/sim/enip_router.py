@@ -14,8 +14,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from gateway.sim.enip_logix import WRITE_SERVICES, tag_service
-from gateway.sim.enip_objects import (
+from gateway.lab.sim.enip_logix import WRITE_SERVICES, tag_service
+from gateway.lab.sim.enip_objects import (
     AttributeObject,
     ConnectionManager,
     Identity,
@@ -23,7 +23,7 @@ from gateway.sim.enip_objects import (
     string_attribute,
     tcp_ip_object,
 )
-from gateway.sim.enip_tags import TagError, TagTable
+from gateway.lab.sim.enip_tags import TagError, TagTable
 from protocols.enip import (
     CipLimits,
     CipProtocolError,

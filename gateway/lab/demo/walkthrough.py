@@ -12,7 +12,16 @@ from typing import Any
 
 import orjson
 
-from gateway.demo.lab import ENIP_ASSET, MODBUS_ASSET, OPCUA_ASSET, OPERATOR, SETPOINT, TANK, VENDOR, DemoLab
+from gateway.lab.demo.lab import (
+    ENIP_ASSET,
+    MODBUS_ASSET,
+    OPCUA_ASSET,
+    OPERATOR,
+    SETPOINT,
+    TANK,
+    VENDOR,
+    DemoLab,
+)
 from gateway.tls import client_context
 
 Outcome = tuple[int | str, str]  # (0 | protocol error code | "refused", text for the table)

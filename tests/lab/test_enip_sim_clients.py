@@ -16,7 +16,7 @@ from pycomm3 import CIPDriver, LogixDriver, Services
 from pycomm3.custom_types import ModuleIdentityObject
 from pylogix import PLC  # type: ignore[import-untyped]
 
-from gateway.sim.enip import EnipSim
+from gateway.lab.sim.enip import EnipSim
 from protocols.enip.spec import ClassCode, Service
 
 T = TypeVar("T")

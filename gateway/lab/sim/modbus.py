@@ -62,9 +62,9 @@ from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
-from gateway.sim.cli import add_simulator_parser, format_hostport, mode_text, serve
-from gateway.sim.plant import INITIAL_SETPOINT, Commands, Plant
-from gateway.sim.scans import run_scans
+from gateway.lab.sim.cli import add_simulator_parser, format_hostport, mode_text, serve
+from gateway.lab.sim.plant import INITIAL_SETPOINT, Commands, Plant
+from gateway.lab.sim.scans import run_scans
 
 if TYPE_CHECKING:
     from pymodbus.pdu import ModbusPDU

@@ -1,0 +1,5 @@
+import sys
+
+from gateway.lab.sim import main
+
+sys.exit(main())

@@ -1,5 +1,0 @@
-import sys
-
-from gateway.sim import main
-
-sys.exit(main())
