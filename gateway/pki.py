@@ -72,8 +72,8 @@ class Profile:
     max_lifetime: timedelta
 
 
-# Short lifetimes stand in for revocation on small sites (DESIGN §7): a lost laptop's certificate is
-# useless by the end of the shift.
+# Short lifetimes stand in for revocation on small sites (docs/architecture.md, "Identity and
+# certificates"): a lost laptop's certificate is useless by the end of the shift.
 PROFILES: Mapping[str, Profile] = MappingProxyType(
     {
         "gateway": Profile(server=True, default_lifetime=timedelta(days=7), max_lifetime=timedelta(days=7)),

@@ -2,9 +2,10 @@
 splice the device's results back into the client's positions.
 
 A Read of ten nodes of which two are denied goes upstream as a Read of eight; the eight results come back
-in the client's order with ``BadUserAccessDenied`` where the two were (DESIGN section 3, Part 4 7.38 "the
-size and order of the results list shall match the size and order of the request list"). Diagnostic infos
-are kept only when the device returned one per forwarded operation, and then padded with empty ones.
+in the client's order with ``BadUserAccessDenied`` where the two were (docs/architecture.md, "Rules of
+the path"; Part 4 7.38 "the size and order of the results list shall match the size and order of the
+request list"). Diagnostic infos are kept only when the device returned one per forwarded operation,
+and then padded with empty ones.
 
 ``OperationCodec`` says, per service, where the request's operations and the response's results live in
 asyncua's objects; :func:`operations`, :func:`reduce_request` and :func:`splice_response` work for any
