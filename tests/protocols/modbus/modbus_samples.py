@@ -513,8 +513,12 @@ def structural_positions(request: Request, response: bytes) -> list[int]:
         positions.extend((1, 2, 3, 4))  # byte count, FIFO count
     elif fc == 43 and request.sub_function == READ_DEVICE_ID:
         positions.extend((1, 2, 6))  # MEI type, read device id code, number of objects
-        offset = 7
+        # Only the last object's length: another object's length may change into a different but
+        # well-formed list (00 00 01 01 00 -> 00 01 01 01 00 is two objects either way).
+        offset, last = 7, -1
         while offset < len(response):
-            positions.append(offset + 1)  # object length
+            last = offset + 1
             offset += 2 + response[offset + 1]
+        if last >= 0:
+            positions.append(last)
     return positions
