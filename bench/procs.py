@@ -23,10 +23,12 @@ __all__ = [
     "cpu_times",
     "established_to",
     "free_port",
+    "host_cpu_jiffies",
     "io_syscalls",
     "listening_ports",
     "raise_fd_limit",
     "rss_bytes",
+    "tree_cpu_times",
     "wait_listening",
 ]
 
@@ -253,6 +255,50 @@ def cpu_times(pid: int) -> tuple[float, float] | None:
         return None
     fields = raw[raw.rindex(b")") + 2 :].split()
     return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live descendant of the process (children of all its threads, their children, ...)."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            threads = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for tid in threads:
+            try:
+                with open(f"/proc/{parent}/task/{tid}/children") as file:
+                    children = [int(child) for child in file.read().split()]
+            except OSError:
+                continue
+            found += children
+            todo += children
+    return found
+
+
+def tree_cpu_times(pid: int) -> tuple[float, float, int] | None:
+    """(user, system) CPU seconds of the process and its live descendants, and how many processes that
+    is; for relays that fork a process per connection. None when the process itself is gone."""
+    own = cpu_times(pid)
+    if own is None:
+        return None
+    user, system, count = own[0], own[1], 1
+    for child in _descendants(pid):
+        times = cpu_times(child)
+        if times is not None:
+            user, system, count = user + times[0], system + times[1], count + 1
+    return user, system, count
+
+
+def host_cpu_jiffies() -> tuple[int, int]:
+    """(busy, total) clock ticks of the whole machine since boot, from /proc/stat (idle and iowait are
+    not busy)."""
+    with open("/proc/stat") as file:
+        fields = [int(x) for x in file.readline().split()[1:]]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)
 
 
 def io_syscalls(pid: int) -> tuple[int, int] | None:

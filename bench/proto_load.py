@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
-from bench.procs import cpu_times, io_syscalls
+from bench.procs import cpu_times, host_cpu_jiffies, io_syscalls
 
 __all__ = ["Go", "Recorder", "WorkerSpec", "main", "run_workers", "wait_for_go"]
 
@@ -164,14 +164,6 @@ def _preload(protocol: str) -> None:
         import bench.opcua_client  # noqa: F401
 
 
-def _host_busy() -> tuple[int, int]:
-    """(busy, total) jiffies of the whole machine, from /proc/stat."""
-    with open("/proc/stat") as file:
-        fields = [int(x) for x in file.readline().split()[1:]]
-    idle = fields[3] + fields[4]
-    return sum(fields) - idle, sum(fields)
-
-
 def _snapshot(pids: dict[str, int]) -> dict[str, tuple[float, float, int, int] | None]:
     """(user s, system s, read syscalls, write syscalls) per process, or None if it is gone."""
     out: dict[str, tuple[float, float, int, int] | None] = {}
@@ -219,9 +211,9 @@ def run_workers(
             conn.send(("go", (go.start, go.window_start, go.window_end)))
         pids = {**watch, **{f"worker{i}": p.pid for i, p in enumerate(procs) if p.pid is not None}}
         time.sleep(max(0.0, go.window_start - time.monotonic()))
-        before, host_before, t_before = _snapshot(pids), _host_busy(), time.monotonic()
+        before, host_before, t_before = _snapshot(pids), host_cpu_jiffies(), time.monotonic()
         time.sleep(max(0.0, go.window_end - time.monotonic()))
-        after, host_after, t_after = _snapshot(pids), _host_busy(), time.monotonic()
+        after, host_after, t_after = _snapshot(pids), host_cpu_jiffies(), time.monotonic()
         results: list[dict[str, Any]] = []
         for index, conn in enumerate(conns):
             if not conn.poll(30.0):
