@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.chart import write_chart, write_protocol_chart
+from bench.crosscheck import crosscheck_lines, summarize_crosscheck
 from bench.lab import Pool, make_lab
-from bench.loadgen import REPO, WORKLOADS, find_modbus_load, start_server
+from bench.loadgen import OWN_GENERATOR, REPO, WORKLOADS, Generator, find_independent, start_server
 from bench.machine import describe_machine
 from bench.paths import (
     PATHS,
@@ -124,8 +125,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     docs.add_argument("--docs", dest="docs", action="store_true", default=None, help="update docs/ too")
     docs.add_argument("--no-docs", dest="docs", action="store_false", help="never touch docs/")
     parser.add_argument(
-        "--modbus-load", help="path of modbus_load.py (default ../shared/bench/modbus_load.py)"
+        "--modbus-load",
+        help="an independent load generator to cross-check the direct and ztgate figures with "
+        "(default ../shared/bench/modbus_load.py, or $ZTGATE_MODBUS_LOAD; skipped when missing)",
     )
+    parser.add_argument("--no-crosscheck", action="store_true", help="no cross-check, even when one is found")
     args = parser.parse_args(argv)
     quick = args.quick
     args.repeat = args.repeat or (1 if quick else 5)
@@ -203,7 +207,7 @@ def _run_modbus(
     args: argparse.Namespace,
     ctx: PathContext,
     server: Proc,
-    modbus_load: Path,
+    crosscheck: Generator | None,
     results: dict[str, Any],
     raw: Path,
 ) -> None:
@@ -230,16 +234,22 @@ def _run_modbus(
             running.append(path)
             log(f"bench: {path.name} on 127.0.0.1:{path.port}: the gateway at {path.version}")
     results["paths"] = _paths_meta(running)
-    results["samples"] = run_matrix(
-        modbus_load,
+    results["samples"], checks = run_matrix(
+        OWN_GENERATOR,
         running,
         server,
         list(ctx.workloads),
         repeat=args.repeat,
         warmup_s=args.warmup,
         duration_s=args.duration,
+        crosscheck=crosscheck,
         log=log,
     )
+    if crosscheck is not None:
+        rows = summarize_crosscheck(results["samples"], checks)
+        results["crosscheck"].update(samples=checks, rows=rows)
+        for line in crosscheck_lines(results["crosscheck"]):
+            log(line)
     gateway = next((p for p in running if p.name == "ztgate"), None)
     if gateway is not None:
         results["ztgate_after_run"] = _gateway_health(gateway)
@@ -250,7 +260,7 @@ def _run_modbus(
             for name in ("8x4", "1x1"):
                 log(f"bench: profiling the gateway under the {name} workload (py-spy, own run)")
                 results["profiles"][name] = profile_gateway(
-                    py_spy, modbus_load, gateway, WORKLOADS[name], raw, duration_s=10
+                    py_spy, gateway, WORKLOADS[name], raw, duration_s=10
                 )
         elif not args.no_profile and not args.quick:
             error = {"error": "py-spy is not installed (pip install -e '.[bench]')"}
@@ -262,7 +272,9 @@ def _run_modbus(
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     need_modbus = args.command == "scale" or args.modbus
-    modbus_load = find_modbus_load(args.modbus_load) if need_modbus else None
+    crosscheck, found = find_independent(args.modbus_load)
+    if args.no_crosscheck:
+        crosscheck, found = None, "--no-crosscheck"
     raise_fd_limit(25_000)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     raw = RAW_DIR / stamp
@@ -287,7 +299,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
                 "workloads": args.workload_list if args.command == "run" else [],
                 "protocols": (["modbus"] if workloads else []) + list(proto_workloads),
                 "quick": args.quick,
-                "modbus_load": str(modbus_load),
+                "load_generator": OWN_GENERATOR.name,
             },
         },
         "workloads": {
@@ -310,8 +322,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     try:
         with Supervisor(raw / "logs") as sup:
             lab = make_lab(raw / "lab")
-            if modbus_load is not None:
-                server, server_port = start_server(sup, modbus_load)
+            if need_modbus:
+                server, server_port = start_server(sup)
                 log(f"bench: fast Modbus server on 127.0.0.1:{server_port} (pid {server.pid})")
                 ctx = PathContext(
                     sup=sup,
@@ -324,7 +336,13 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
                     allow_install=not args.quick,
                 )
                 if workloads:
-                    _run_modbus(args, ctx, server, modbus_load, results, raw)
+                    if crosscheck is None:
+                        log(f"bench: cross-check skipped: {found}")
+                        results["crosscheck"] = {"skipped": found}
+                    else:
+                        log(f"bench: cross-check of the direct and ztgate paths with {found}")
+                        results["crosscheck"] = {"generator": found}
+                    _run_modbus(args, ctx, server, crosscheck, results, raw)
             for protocol, chosen in proto_workloads.items():
                 log(f"bench: {PROTOCOLS[protocol]}: {', '.join(w.name for w in chosen)}")
                 results["protocols"][protocol] = run_protocol(
@@ -340,11 +358,11 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
                     rules=args.rules,
                     log=log,
                 )
-            if modbus_load is not None and (args.command == "scale" or not args.skip_scale):
+            if need_modbus and (args.command == "scale" or not args.skip_scale):
                 settings = ScaleSettings(
                     quick=args.quick, warmup_s=args.warmup, duration_s=min(args.duration, 5.0)
                 )
-                results["scale"] = run_scale(ctx, server, modbus_load, settings, log)
+                results["scale"] = run_scale(ctx, settings, log)
     except KeyboardInterrupt:
         log("\nbench: interrupted; every process it started has been stopped")
         return 130

@@ -8,14 +8,13 @@ certificate is the bench identity of ``tests/policies/gen_policy.py``.
 
 from __future__ import annotations
 
-import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.modbus_load import request_kinds
 from gateway import pki
 from policies import load_policy
-from protocols.modbus import parse_request
 from tests.policies.gen_policy import (
     bench_subject,
     generate_enip_policy,
@@ -35,7 +34,6 @@ __all__ = [
     "make_lab",
     "opcua_policy_text",
     "policy_text",
-    "workload_requests",
     "write_agent_config",
     "write_gateway_config",
 ]
@@ -73,7 +71,7 @@ class Lab:
     subject: str
 
     def client_tls_args(self) -> list[str]:
-        """modbus_load.py options for a mutual-TLS connection as the bench identity to the asset."""
+        """Load generator options for a mutual-TLS connection as the bench identity to the asset."""
         return [
             "--tls",
             "--cafile",
@@ -221,26 +219,6 @@ aggregate_reads_s = {aggregate_reads_s}
     return path
 
 
-def workload_requests(mix: str, address: int, count: int, unit: int = 1) -> list[tuple[int, bytes]]:
-    """The (function code, PDU) of every request kind modbus_load.py sends for ``mix``, built as it does."""
-    out: list[tuple[int, bytes]] = []
-    for part in mix.split(","):
-        fc = int(part.partition(":")[0])
-        if fc in (1, 2, 3, 4):
-            pdu = struct.pack(">BHH", fc, address, count)
-        elif fc == 5:
-            pdu = struct.pack(">BHH", fc, address, 0xFF00 if address & 1 else 0)
-        elif fc == 6:
-            pdu = struct.pack(">BHH", fc, address, address & 0xFFFF)
-        elif fc == 16:
-            data = struct.pack(f">{count}H", *((address + i) & 0xFFFF for i in range(count)))
-            pdu = struct.pack(">BHHB", fc, address, count, len(data)) + data
-        else:
-            raise ValueError(f"bench/lab.py: no request builder for FC {fc}")
-        out.append((fc, pdu))
-    return out
-
-
 def check_policy_allows(policy: Path, mixes: list[tuple[str, int, int]], unit: int = 1) -> None:
     """Fail early, with a clear message, when the policy would refuse any request a workload sends:
     a benchmark of refusals would measure the wrong thing."""
@@ -250,10 +228,10 @@ def check_policy_allows(policy: Path, mixes: list[tuple[str, int, int]], unit: i
         raise RuntimeError(f"{policy}: the bench identity cannot see asset {ASSET}")
     now = time.time()
     for mix, address, count in mixes:
-        for fc, pdu in workload_requests(mix, address, count, unit):
-            decision = view.decide_modbus(parse_request(1, unit, pdu), now)
+        for kind in request_kinds(mix, address, count, unit):
+            decision = view.decide_modbus(kind.request, now)
             if not decision.allowed:
                 raise RuntimeError(
-                    f"{policy}: FC {fc} at address {address} (count {count}) is refused for the bench "
-                    f"identity ({decision.reason}); the workload would measure refusals"
+                    f"{policy}: {kind.name} (count {count}) is refused for the bench identity "
+                    f"({decision.reason}); the workload would measure refusals"
                 )

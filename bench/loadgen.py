@@ -1,8 +1,13 @@
-"""The load generator and the fast Modbus server: ``shared/bench/modbus_load.py``, used as it is, by path.
+"""The Modbus load of the bench: the workloads, the fast server, and one bounded run of a load generator.
 
-``modbus_load.py load`` verifies every reply (transaction id, unit, function code, length and, with
-``--verify full``, the values its own ``serve`` holds) and reads the CPU time of the processes named
-with ``--pid``/``--pid-tree`` from /proc over the measured window only.
+The bench's own generator and server are :mod:`bench.modbus_load` and :mod:`bench.modbus_server`. An
+independent generator with the same command line and the same JSON report - ``modbus_load.py`` from the
+project's reference material, when it is found (:func:`find_independent`) - runs beside it on the direct
+and ztgate paths as a cross-check of the figures (:mod:`bench.crosscheck`).
+
+A generator checks every reply (transaction id, unit, function code, length, byte count and the values
+the server holds) and reads the CPU time of the processes named with ``--pid``/``--pid-tree`` from /proc
+over the measured window only.
 """
 
 from __future__ import annotations
@@ -20,11 +25,13 @@ from typing import Any
 from bench.procs import Proc, Supervisor, wait_listening
 
 __all__ = [
+    "OWN_GENERATOR",
     "REPO",
     "WORKLOADS",
+    "Generator",
     "LoadError",
     "Workload",
-    "find_modbus_load",
+    "find_independent",
     "proc_cpu",
     "run_load",
     "start_server",
@@ -40,7 +47,7 @@ class Workload:
     label: str
     connections: int
     depth: int
-    mix: str  # modbus_load --mix, e.g. "3" or "3:8,4:1,6:1"
+    mix: str  # the generator's --mix, e.g. "3" or "3:8,4:1,6:1"
     address: int = 40
     count: int = 10
 
@@ -51,7 +58,7 @@ class Workload:
 
 
 # Addresses 40..49: inside the bench identity's read range (0-999), and address 40 is its bounded write
-# (FC 6, value 0-1500); modbus_load writes the value the server already holds (40), so reads stay
+# (FC 6, value 0-1500); the generator writes the value the server already holds (40), so reads stay
 # verifiable under the mix.
 WORKLOADS: dict[str, Workload] = {
     "1x1": Workload("1x1", "FC 3 read of 10, 1 connection x 1 in flight", 1, 1, "3"),
@@ -66,22 +73,38 @@ class LoadError(RuntimeError):
     """The load generator could not run (setup failure: no connection, TLS failure, no replies)."""
 
 
-def find_modbus_load(explicit: str | None = None) -> Path:
-    """``--modbus-load``, else $ZTGATE_MODBUS_LOAD, else ../shared/bench/modbus_load.py beside the repo."""
-    candidates = [explicit, os.environ.get(ENV_VAR), str(REPO.parent / "shared" / "bench" / "modbus_load.py")]
-    for candidate in candidates:
-        if candidate and Path(candidate).is_file():
-            return Path(candidate).resolve()
-    raise FileNotFoundError(
-        "modbus_load.py not found: expected ../shared/bench/modbus_load.py beside the repository "
-        f"(or give --modbus-load PATH or set {ENV_VAR})"
-    )
+@dataclass(frozen=True)
+class Generator:
+    """A load generator: the command that starts it, before its options."""
+
+    name: str
+    argv: tuple[str, ...]
 
 
-def start_server(sup: Supervisor, modbus_load: Path) -> tuple[Proc, int]:
-    """The fast Modbus server on a kernel-chosen loopback port."""
+OWN_GENERATOR = Generator("bench.modbus_load", (sys.executable, "-m", "bench.modbus_load"))
+# The independent generator's default place: the reference material beside a checkout of the repository.
+INDEPENDENT_DEFAULT = REPO.parent / "shared" / "bench" / "modbus_load.py"
+
+
+def find_independent(explicit: str | None = None) -> tuple[Generator | None, str]:
+    """The independent generator for the cross-check - ``--modbus-load``, else $ZTGATE_MODBUS_LOAD, else
+    ../shared/bench/modbus_load.py beside the repository - or None; and one line saying which, or why
+    there is none."""
+    named = explicit or os.environ.get(ENV_VAR)
+    candidate = Path(named) if named else INDEPENDENT_DEFAULT
+    if candidate.is_file():
+        path = candidate.resolve()
+        return Generator("modbus_load.py", (sys.executable, str(path), "load")), f"the independent {path}"
+    where = f"{candidate} (given)" if named else f"{candidate} (give --modbus-load PATH or set {ENV_VAR})"
+    return None, f"no independent load generator at {where}"
+
+
+def start_server(sup: Supervisor) -> tuple[Proc, int]:
+    """The bench's fast Modbus server on a kernel-chosen loopback port."""
     proc = sup.spawn(
-        "modbus-server", [sys.executable, str(modbus_load), "serve", "--host", "127.0.0.1", "--port", "0"]
+        "modbus-server",
+        [sys.executable, "-m", "bench.modbus_server", "--host", "127.0.0.1", "--port", "0"],
+        cwd=REPO,
     )
     ports = wait_listening(proc)
     # The log line names the port too; /proc is the source of truth.
@@ -91,7 +114,7 @@ def start_server(sup: Supervisor, modbus_load: Path) -> tuple[Proc, int]:
 
 
 def run_load(
-    modbus_load: Path,
+    generator: Generator,
     port: int,
     workload: Workload,
     *,
@@ -102,8 +125,8 @@ def run_load(
     watch_pid: list[int] | None = None,
     extra: list[str] | None = None,
 ) -> dict[str, Any]:
-    """One bounded run of ``modbus_load.py load``; returns its JSON report (errors included: exit 1)."""
-    argv = [sys.executable, str(modbus_load), "load", "--host", "127.0.0.1", "--port", str(port)]
+    """One bounded run of a load generator; returns its JSON report (errors included: exit 1)."""
+    argv = [*generator.argv, "--host", "127.0.0.1", "--port", str(port)]
     argv += workload.load_args()
     argv += ["--warmup", str(warmup_s), "--duration", str(duration_s), "--compact"]
     argv += ["--max-time", str(warmup_s + duration_s + 20)]
@@ -116,16 +139,16 @@ def run_load(
     started = time.monotonic()
     try:
         done = subprocess.run(
-            argv, capture_output=True, text=True, timeout=warmup_s + duration_s + 40, check=False
+            argv, capture_output=True, text=True, timeout=warmup_s + duration_s + 40, check=False, cwd=REPO
         )
     except subprocess.TimeoutExpired as exc:
-        raise LoadError(f"modbus_load.py did not finish in {exc.timeout:g} s") from None
+        raise LoadError(f"{generator.name} did not finish in {exc.timeout:g} s") from None
     if done.returncode not in (0, 1) or not done.stdout.strip():
-        raise LoadError(f"modbus_load.py exited with {done.returncode}: {done.stderr.strip()[-800:]}")
+        raise LoadError(f"{generator.name} exited with {done.returncode}: {done.stderr.strip()[-800:]}")
     try:
         report: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     except (json.JSONDecodeError, IndexError) as exc:
-        raise LoadError(f"modbus_load.py printed no JSON report ({exc}): {done.stdout[-300:]!r}") from None
+        raise LoadError(f"{generator.name} printed no JSON report ({exc}): {done.stdout[-300:]!r}") from None
     report["wall_s"] = round(time.monotonic() - started, 2)
     return report
 

@@ -23,10 +23,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.lab import ASSET, TRUST_DOMAIN, workload_requests
+from bench.lab import ASSET, TRUST_DOMAIN
 from bench.loadgen import REPO
+from bench.modbus_load import request_kinds
 from policies import Decision, load_policy, parse_policy
-from protocols.modbus import Request, parse_request
+from protocols.modbus import Request
 from tests.policies.gen_policy import bench_subject, generate_policy
 
 __all__ = ["DECISION_REQUESTS", "decision_cost", "load_time"]
@@ -53,8 +54,8 @@ def decision_cost(rule_counts: list[int], *, iterations: int, rounds: int) -> li
         if view is None:
             raise RuntimeError(f"{n_rules}-rule policy: the bench identity cannot see {ASSET}")
         for name, mix, address, count, allowed in DECISION_REQUESTS:
-            ((_, pdu),) = workload_requests(mix, address, count)
-            request = parse_request(1, 1, pdu)
+            (kind,) = request_kinds(mix, address, count)
+            request = kind.request
             if view.decide_modbus(request, now).allowed is not allowed:
                 raise RuntimeError(f"{n_rules}-rule policy decides {name!r} unexpectedly")
             cases.append((n_rules, name, view.decide_modbus, request))

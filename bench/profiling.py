@@ -22,7 +22,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench.loadgen import Workload, run_load
+from bench.loadgen import OWN_GENERATOR, Workload, run_load
 from bench.paths import RunningPath
 
 __all__ = ["find_py_spy", "profile_gateway", "summarize"]
@@ -166,7 +166,6 @@ def summarize(raw: str, top: int = 15) -> dict[str, Any]:
 
 def profile_gateway(
     py_spy: str,
-    modbus_load: Path,
     gateway: RunningPath,
     workload: Workload,
     out_dir: Path,
@@ -182,7 +181,7 @@ def profile_gateway(
 
     def load() -> None:
         result["load"] = run_load(
-            modbus_load,
+            OWN_GENERATOR,
             gateway.port,
             workload,
             warmup_s=warmup_s,

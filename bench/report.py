@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from bench.crosscheck import crosscheck_section
+
 __all__ = [
     "BEGIN",
     "END",
@@ -323,7 +325,9 @@ def _opcua_path_targets(part: dict[str, Any], path: str, label: str) -> list[dic
 
 def _error_total(results: Results) -> int:
     total = 0
-    for s in _all_samples(results):
+    # What the cross-check's independent generator saw go wrong counts too (its failed runs do not:
+    # that generator is optional).
+    for s in [*_all_samples(results), *(results.get("crosscheck") or {}).get("samples", [])]:
         if "failed" not in s:
             total += s["errors"] + s["mismatches"] + s.get("exception_responses", 0)
     scale = results.get("scale") or {}
@@ -632,6 +636,7 @@ def render_markdown(results: Results, chart: str | None, proto_chart: str | None
         out += [f"![req/s, CPU per request and latency per path]({chart})", ""]
     out += _syscall_table(results)
     out += ["#### Per protocol", "", *_protocol_table(results), ""]
+    out += crosscheck_section(results)
     out += _protocols_section(results, proto_chart)
     out += _scale_section(results)
     out += _profile_section(results)

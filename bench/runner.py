@@ -1,25 +1,29 @@
 """Interleaved repetitions: every repetition runs every workload once on every path, the path order
 rotating from one repetition to the next, so drift on a shared machine (other tenants, thermal, page
-cache) hits all paths alike and per-repetition ratios between paths stay meaningful."""
+cache) hits all paths alike and per-repetition ratios between paths stay meaningful.
+
+With a cross-check generator, the direct and ztgate paths are measured with it too, right before or after
+(alternating) the bench's own generator on the same path, so the two figures of a pair are minutes apart at
+most; those samples are kept apart and do not enter the tables (:mod:`bench.crosscheck`)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
-from bench.loadgen import LoadError, Workload, proc_cpu, run_load
+from bench.loadgen import Generator, LoadError, Workload, proc_cpu, run_load
 from bench.paths import RunningPath
 from bench.procs import Proc, ProcessError, cpu_times, io_syscalls
 
-__all__ = ["measure", "run_matrix", "sample_line"]
+__all__ = ["CROSSCHECK_PATHS", "measure", "run_matrix", "sample_line"]
 
 Sample = dict[str, Any]
+CROSSCHECK_PATHS = ("direct", "ztgate")
 
 
 def measure(
-    modbus_load: Path,
+    generator: Generator,
     path: RunningPath,
     server: Proc,
     workload: Workload,
@@ -32,7 +36,7 @@ def measure(
     io_before = io_syscalls(path.proc.pid) if path.proc is not None else None
     times_before = cpu_times(path.proc.pid) if path.proc is not None else None
     report = run_load(
-        modbus_load,
+        generator,
         path.port,
         workload,
         warmup_s=warmup_s,
@@ -73,6 +77,7 @@ def measure(
     return {
         "path": path.name,
         "workload": workload.name,
+        "generator": generator.name,
         "req_per_s": report.get("req_per_s"),
         "p50_us": latency.get("p50"),
         "p90_us": latency.get("p90"),
@@ -121,7 +126,7 @@ def sample_line(sample: Sample) -> str:
 
 
 def run_matrix(
-    modbus_load: Path,
+    generator: Generator,
     paths: Sequence[RunningPath],
     server: Proc,
     workloads: Sequence[Workload],
@@ -129,11 +134,15 @@ def run_matrix(
     repeat: int,
     warmup_s: float,
     duration_s: float,
+    crosscheck: Generator | None = None,
     log: Callable[[str], None] = print,
-) -> list[Sample]:
+) -> tuple[list[Sample], list[Sample]]:
+    """Every workload on every path, ``repeat`` times; the samples, and those of the cross-check."""
     samples: list[Sample] = []
+    checks: list[Sample] = []
     dead: dict[str, str] = {}
-    total = repeat * len(workloads) * len(paths)
+    checked = [p.name for p in paths if crosscheck is not None and p.name in CROSSCHECK_PATHS]
+    total = repeat * len(workloads) * (len(paths) + len(checked))
     done = 0
     started = time.monotonic()
     for rep in range(repeat):
@@ -142,26 +151,42 @@ def run_matrix(
         for workload in workloads:
             log(f"[repetition {rep + 1}/{repeat}] {workload.name}: {workload.label}")
             for path in order:
-                done += 1
-                if path.name in dead:
-                    sample: Sample = {"path": path.name, "workload": workload.name, "failed": dead[path.name]}
-                else:
-                    try:
-                        server.check_alive()
-                        if path.proc is not None:
-                            path.proc.check_alive()
-                        sample = measure(
-                            modbus_load, path, server, workload, warmup_s=warmup_s, duration_s=duration_s
-                        )
-                    except (LoadError, ProcessError) as exc:
-                        reason = str(exc).splitlines()[0]
-                        if path.proc is not None and not path.proc.alive():
-                            dead[path.name] = f"process died: {reason}"
-                        sample = {"path": path.name, "workload": workload.name, "failed": reason}
-                sample["rep"] = rep
-                samples.append(sample)
-                elapsed = time.monotonic() - started
-                eta = elapsed / done * (total - done)
-                log(f"  {sample_line(sample)}   [{done}/{total}, ~{eta:.0f} s left]")
-                time.sleep(0.2)  # let closed connections settle before the next path starts
-    return samples
+                runs = [(generator, samples)]
+                if crosscheck is not None and path.name in checked:
+                    runs.insert(rep % 2, (crosscheck, checks))
+                for gen, into in runs:
+                    done += 1
+                    sample = _sample(gen, path, server, workload, dead, warmup_s, duration_s)
+                    sample["rep"] = rep
+                    into.append(sample)
+                    elapsed = time.monotonic() - started
+                    eta = elapsed / done * (total - done)
+                    suffix = f" ({gen.name})" if gen is not generator else ""
+                    log(f"  {sample_line(sample)}{suffix}   [{done}/{total}, ~{eta:.0f} s left]")
+                    time.sleep(0.2)  # let closed connections settle before the next run starts
+    return samples, checks
+
+
+def _sample(
+    generator: Generator,
+    path: RunningPath,
+    server: Proc,
+    workload: Workload,
+    dead: dict[str, str],
+    warmup_s: float,
+    duration_s: float,
+) -> Sample:
+    """One run, or why it failed; a path whose process died is not run again (``dead``)."""
+    failed = {"path": path.name, "workload": workload.name, "generator": generator.name}
+    if path.name in dead:
+        return {**failed, "failed": dead[path.name]}
+    try:
+        server.check_alive()
+        if path.proc is not None:
+            path.proc.check_alive()
+        return measure(generator, path, server, workload, warmup_s=warmup_s, duration_s=duration_s)
+    except (LoadError, ProcessError) as exc:
+        reason = str(exc).splitlines()[0]
+        if path.proc is not None and not path.proc.alive():
+            dead[path.name] = f"process died: {reason}"
+        return {**failed, "failed": reason}

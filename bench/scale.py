@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.lab import ASSET, Pool, policy_text
-from bench.loadgen import REPO, Workload, proc_cpu, run_load
+from bench.loadgen import OWN_GENERATOR, REPO, Workload, proc_cpu, run_load
 from bench.paths import PathContext, start_ztgate
 from bench.policy_cost import decision_cost, load_time
 from bench.procs import Proc, ProcessError, established_to, rss_bytes
@@ -126,9 +126,7 @@ def idle_sessions(ctx: PathContext, settings: ScaleSettings, log: Log) -> dict[s
     }
 
 
-def shared_upstream(
-    ctx: PathContext, server: Proc, modbus_load: Path, settings: ScaleSettings, log: Log
-) -> list[dict[str, Any]]:
+def shared_upstream(ctx: PathContext, settings: ScaleSettings, log: Log) -> list[dict[str, Any]]:
     """32 clients x 1 in flight through one upstream connection with max_in_flight 1 and 8."""
     workload = Workload("share", "FC 3 read of 10, 32 connections x 1 in flight", 32, 1, "3")
     rows = []
@@ -138,7 +136,7 @@ def shared_upstream(
         assert gateway.proc is not None
         try:
             report = run_load(
-                modbus_load,
+                OWN_GENERATOR,
                 gateway.port,
                 workload,
                 warmup_s=settings.share_warmup_s,
@@ -199,14 +197,12 @@ def policy_figures(work: Path, server_port: int, settings: ScaleSettings, log: L
     return {"decision": rows, "load": loads}
 
 
-def run_scale(
-    ctx: PathContext, server: Proc, modbus_load: Path, settings: ScaleSettings, log: Log = print
-) -> dict[str, Any]:
+def run_scale(ctx: PathContext, settings: ScaleSettings, log: Log = print) -> dict[str, Any]:
     result: dict[str, Any] = {}
     log("scale: decision cost against rule count, policy load time")
     result["policy"] = policy_figures(ctx.work, ctx.server_port, settings, log)
     log("scale: 32 clients sharing one upstream connection")
-    result["shared_upstream"] = shared_upstream(ctx, server, modbus_load, settings, log)
+    result["shared_upstream"] = shared_upstream(ctx, settings, log)
     log(f"scale: memory per idle overlay session ({', '.join(f'{n:,}' for n in settings.session_counts)})")
     result["idle_sessions"] = idle_sessions(ctx, settings, log)
     return result

@@ -1,10 +1,12 @@
 """The benchmark harness works end to end: a tiny run through the direct path and ztgate (mutual TLS,
-generated policy and config), checked for the JSON shape and for zero errors; and the report's target
-arithmetic on made-up figures. The real measurements are `python -m bench` (docs/performance.md)."""
+generated policy and config) with the bench's own load generator and server, checked for the JSON shape
+and for zero errors, with a cross-check generator beside it; and the report's target arithmetic on
+made-up figures. The real measurements are `python -m bench` (docs/performance.md)."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,21 +14,28 @@ from typing import Any
 
 import pytest
 
-from bench.loadgen import REPO, find_modbus_load
+from bench.loadgen import ENV_VAR, REPO
 from bench.report import BEGIN, END, evaluate_targets, render_markdown, summarize_samples
 
-pytestmark = pytest.mark.slow  # ~12 s: processes on loopback
+pytestmark = pytest.mark.slow  # ~15 s: processes on loopback
+
+# Stands in for the independent generator of the cross-check, which lives outside the repository: the
+# bench's own, behind the independent one's command line (``modbus_load.py load OPTIONS``).
+STAND_IN = """import sys
+from bench.modbus_load import main
+assert sys.argv[1] == "load"
+sys.exit(main(sys.argv[2:]))
+"""
 
 
 def test_quick_run_direct_and_ztgate(tmp_path: Path) -> None:
-    try:
-        find_modbus_load()
-    except FileNotFoundError as exc:
-        pytest.skip(str(exc))
+    stand_in = tmp_path / "modbus_load.py"
+    stand_in.write_text(STAND_IN)
     argv = [sys.executable, "-m", "bench", "--quick", "--only", "direct,ztgate", "--workloads", "1x1,mix"]
     argv += ["--skip-scale", "--no-profile", "--repeat", "1", "--duration", "1", "--warmup", "0.3"]
-    argv += ["--out", str(tmp_path), "--no-docs"]
-    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=90, check=False)
+    argv += ["--out", str(tmp_path), "--no-docs", "--modbus-load", str(stand_in)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}  # the stand-in imports the bench
+    done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     results = json.loads((tmp_path / "results.json").read_text())
@@ -53,9 +62,39 @@ def test_quick_run_direct_and_ztgate(tmp_path: Path) -> None:
     )
     assert health["audit"]["lines"] > 0  # audit on; writes (FC 6 in the mix) are recorded one by one
 
+    assert results["meta"]["settings"]["load_generator"] == "bench.modbus_load"
+    assert {s["generator"] for s in samples} == {"bench.modbus_load"}
+    # The cross-check: every pair ran, and the stand-in (the same program) agrees with itself.
+    check = results["crosscheck"]
+    assert check["generator"] == f"the independent {stand_in}"
+    assert {(s["path"], s["workload"], s["generator"]) for s in check["samples"]} == {
+        (p, w, "modbus_load.py") for p in ("direct", "ztgate") for w in ("1x1", "mix")
+    }
+    for row in check["rows"]:
+        assert row["pairs"] == 1 and row["failed"] == row["errors"] == 0, row
+        assert row["req_per_s"]["own"] > 0 and row["req_per_s"]["independent"] > 0
+        assert 0 < row["req_per_s"]["ratio"] < 10
+
     section = (tmp_path / "performance-section.md").read_text()
     assert section.startswith(BEGIN) and section.rstrip().endswith(END)
     assert "| direct to the server |" in section and "EtherNet/IP" in section and "OPC UA" in section
+    assert "#### Load generator cross-check" in section and "| ztgate | mix |" in section
+
+
+def test_without_an_independent_generator_the_crosscheck_is_skipped(tmp_path: Path) -> None:
+    missing = tmp_path / "missing" / "modbus_load.py"
+    argv = [sys.executable, "-m", "bench", "--quick", "--only", "direct", "--workloads", "1x1"]
+    argv += ["--skip-scale", "--repeat", "1", "--duration", "0.3", "--warmup", "0", "--out", str(tmp_path)]
+    env = {**os.environ, ENV_VAR: str(missing)}
+    done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    skipped = [line for line in done.stdout.splitlines() if "cross-check" in line]
+    assert skipped == [f"bench: cross-check skipped: no independent load generator at {missing} (given)"]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["crosscheck"] == {"skipped": f"no independent load generator at {missing} (given)"}
+    assert [s["errors"] for s in results["samples"]] == [0]  # measured all the same
+    section = (tmp_path / "performance-section.md").read_text()
+    assert "**Load generator cross-check:** not run: no independent load generator at" in section
 
 
 def _sample(path: str, workload: str, rep: int, rps: float, p50: float, cpu: float | None) -> dict[str, Any]:
