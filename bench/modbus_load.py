@@ -187,24 +187,24 @@ class Phase:
         """Name what is wrong with a reply that is not the expected one."""
         pdu = tail[_MBAP_REST - 1 :]
         if tail[_MBAP_REST - 2] != kind.request.unit_id:
-            self._mismatch("unit", f"{kind.name}: unit {tail[_MBAP_REST - 2]}")
+            self.mismatch("unit", f"{kind.name}: unit {tail[_MBAP_REST - 2]}")
             return
         try:
             code = check_response(kind.request, pdu)
         except ModbusProtocolError as exc:
             fc = kind.request.function_code
             field = "function_code" if pdu[0] not in (fc, fc | EXCEPTION_FLAG) else "length"
-            self._mismatch(field, f"{kind.name}: {exc}")
+            self.mismatch(field, f"{kind.name}: {exc}")
             return
         if code:
             self.exceptions[f"0x{code:02X}"] += 1
         else:
-            self._mismatch("values", f"{kind.name}: {pdu.hex()} instead of {kind.reply_tail[5:].hex()}")
+            self.mismatch("values", f"{kind.name}: {pdu.hex()} instead of {kind.reply_tail[5:].hex()}")
 
     def unknown_transaction(self, tid: int) -> None:
-        self._mismatch("transaction_id", f"reply with transaction id {tid}, which is not in flight")
+        self.mismatch("transaction_id", f"reply with transaction id {tid}, which is not in flight")
 
-    def _mismatch(self, field: str, example: str) -> None:
+    def mismatch(self, field: str, example: str) -> None:
         self.mismatches[field] += 1
         self.examples.setdefault(field, example)
 
@@ -259,7 +259,8 @@ class LoadConnection(asyncio.Protocol):
             kind = sequence[position % len(sequence)]
             position += 1
             pending[tid] = (now, kind)
-            parts += (_TID[tid], kind.request_tail)
+            parts.append(_TID[tid])
+            parts.append(kind.request_tail)
         self.tid, self.position = tid, position
         assert self.transport is not None
         self.transport.write(b"".join(parts))
@@ -274,23 +275,24 @@ class LoadConnection(asyncio.Protocol):
         while size - pos >= MBAP_HEADER_BYTES:
             length = (data[pos + 4] << 8) | data[pos + 5]
             if data[pos + 2] or data[pos + 3] or not MBAP_LENGTH_MIN <= length <= MBAP_LENGTH_MAX:
-                phase._mismatch("framing", f"MBAP header {data[pos : pos + 7].hex()}: stream out of step")
+                phase.mismatch("framing", f"MBAP header {data[pos : pos + 7].hex()}: stream out of step")
                 assert self.transport is not None
                 self.transport.close()  # no way to find the next reply
                 return
             end = pos + _MBAP_REST + length
             if end > size:
                 break
-            entry = pending.pop((data[pos] << 8) | data[pos + 1], None)
+            tid = (data[pos] << 8) | data[pos + 1]
+            entry = pending.pop(tid, None)
             if entry is None:
-                phase.unknown_transaction((data[pos] << 8) | data[pos + 1])
+                phase.unknown_transaction(tid)
             else:
                 answered += 1
-                tail = data[pos + 2 : end]
-                if tail == entry[1].reply_tail:
+                # The expected reply holds its own length field, so a match covers the whole frame.
+                if data.startswith(entry[1].reply_tail, pos + 2):
                     good.append(now - entry[0])
                 else:
-                    phase.wrong_reply(entry[1], tail)
+                    phase.wrong_reply(entry[1], data[pos + 2 : end])
             pos = end
         self.rest = data[pos:]
         if answered:

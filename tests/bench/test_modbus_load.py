@@ -103,6 +103,8 @@ class FaultyProtocol(asyncio.Protocol):
             tail = self.tables.answer(encode_adu(0, unit, pdu)[2:])
             if self.fault == "transaction_id":
                 reply = (tid ^ 0x8000).to_bytes(2, "big") + tail
+            elif self.fault == "framing":
+                reply = tid.to_bytes(2, "big") + b"\x00\x01" + tail[2:]  # protocol id 1
             elif self.fault == "values":
                 reply = tid.to_bytes(2, "big") + tail[:-1] + bytes((tail[-1] ^ 1,))
             else:
@@ -170,6 +172,16 @@ def test_an_exception_reply_is_counted_with_its_code(capsys: pytest.CaptureFixtu
     assert status == 1
     assert report["requests"] == 0 and report["mismatches"] == 0
     assert set(report["exception_codes"]) == {"0x04"} and report["exception_responses"] > 0
+
+
+def test_a_stream_out_of_step_is_a_mismatch_and_closes_the_connection(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with faulty_server("framing") as port:
+        status, report = _load(port, capsys)
+    assert status == 1
+    assert report["requests"] == 0 and report["mismatch_detail"] == {"framing": 1}
+    assert report["error_detail"]["connection_lost"] == 1  # its only connection: the run ends early
 
 
 def test_no_server_is_a_setup_failure(capsys: pytest.CaptureFixture[str]) -> None:
