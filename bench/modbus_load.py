@@ -509,11 +509,15 @@ async def run(setup: Setup) -> dict[str, Any]:
     gc.disable()
     try:
         loop.call_later(REAP_PERIOD_S, load.reap)
+        if not setup.warmup_s:  # no warm-up: the window opens with the first request
+            before = Snapshot.take(setup.watch)
+            load.phase = load.phases["window"]
         for conn in load.connections:
             conn.send(setup.depth)
-        await load.hold(setup.warmup_s)
-        before = Snapshot.take(setup.watch)
-        load.phase = load.phases["window"]
+        if setup.warmup_s:
+            await load.hold(setup.warmup_s)
+            before = Snapshot.take(setup.watch)
+            load.phase = load.phases["window"]
         await load.hold(setup.duration_s)
         after = Snapshot.take(setup.watch)
         load.phase, load.sending = load.phases["after_window"], False
