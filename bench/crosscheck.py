@@ -72,17 +72,23 @@ def _cell(row: dict[str, Any], metric: str, digits: int = 0) -> tuple[str, str, 
     return num(stat.get("own")), num(stat.get("independent")), "-" if ratio is None else f"{ratio:.2f}"
 
 
+def _figures(row: dict[str, Any]) -> tuple[tuple[str, str, str], tuple[str, str, str], str]:
+    """A row's req/s and p50 cells (own, independent, ratio), and its failed pairs if any."""
+    failed = f"{row['failed']} failed pairs" if row["failed"] else ""
+    return _cell(row, "req_per_s"), _cell(row, "p50_us", 1), failed
+
+
 def crosscheck_lines(crosscheck: dict[str, Any]) -> list[str]:
     """The cross-check as plain lines for the run's log."""
     if "skipped" in crosscheck:
         return [f"bench: cross-check skipped: {crosscheck['skipped']}"]
     out = [f"bench: cross-check with {crosscheck['generator']} (own / independent, median of pairs):"]
     for row in crosscheck["rows"]:
-        rps, p50 = _cell(row, "req_per_s"), _cell(row, "p50_us", 1)
-        trouble = f", {row['failed']} failed pairs" if row["failed"] else ""
+        rps, p50, failed = _figures(row)
         out.append(
             f"  {row['path']:<8} {row['workload']:<4} req/s {rps[0]:>9} / {rps[1]:>9} = {rps[2]}   "
-            f"p50 µs {p50[0]:>7} / {p50[1]:>7} = {p50[2]}   independent errors {row['errors']}{trouble}"
+            f"p50 µs {p50[0]:>7} / {p50[1]:>7} = {p50[2]}   independent errors {row['errors']}"
+            + (f", {failed}" if failed else "")
         )
     return out
 
@@ -106,10 +112,9 @@ def crosscheck_section(results: dict[str, Any]) -> list[str]:
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in crosscheck["rows"]:
-        rps, p50 = _cell(row, "req_per_s"), _cell(row, "p50_us", 1)
-        failed = f" ({row['failed']} failed pairs)" if row["failed"] else ""
+        rps, p50, failed = _figures(row)
         out.append(
             f"| {row['path']} | {row['workload']} | {rps[0]} | {rps[1]} | {rps[2]} | {p50[0]} | {p50[1]} "
-            f"| {p50[2]} | {row['errors']}{failed} |"
+            f"| {p50[2]} | {row['errors']}{f' ({failed})' if failed else ''} |"
         )
     return [*out, ""]
