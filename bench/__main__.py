@@ -127,7 +127,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--modbus-load",
         help="an independent load generator to cross-check the direct and ztgate figures with "
-        "(default ../shared/bench/modbus_load.py, or $ZTGATE_MODBUS_LOAD; skipped when missing)",
+        "(default $ZTGATE_MODBUS_LOAD, else ../shared/bench/modbus_load.py beside the repository; "
+        "skipped when missing)",
     )
     parser.add_argument("--no-crosscheck", action="store_true", help="no cross-check, even when one is found")
     args = parser.parse_args(argv)

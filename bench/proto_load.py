@@ -10,7 +10,7 @@ checked (an error status or a wrong value counts).
 
 The parent reads the CPU time of the processes named with ``--pid NAME=PID`` (the gateway, the agent,
 the server) and of the workers from ``/proc/PID/stat`` at the two edges of the window, so CPU per
-request is the window's CPU over the window's requests, as ``modbus_load.py`` does for the Modbus rows.
+request is the window's CPU over the window's requests, as :mod:`bench.modbus_load` does for the Modbus rows.
 
 It prints one JSON line; exit status 0 when every reply was good, 1 otherwise, 2 when it could not run.
 """
