@@ -7,9 +7,10 @@ Relative paths in a file are relative to the file's own folder, so a lab folder 
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
+from gateway.admission import HandshakeLimits
 from policies import toml
 from policies.errors import PolicyError, PolicyIssue, format_path, syntax_issue
 from policies.fields import FieldChecker, expected
@@ -56,6 +57,7 @@ class GatewayConfig:
     audit_stdout: bool
     audit_aggregate_reads_s: float
     audit_queue_limit: int
+    overlay: HandshakeLimits
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,52 @@ class _Checker(FieldChecker):
         return TlsFiles(cert, key, ca)
 
 
+# [overlay]: every field of HandshakeLimits, with its bounds. Integers are counts, floats seconds or rates.
+_OVERLAY_BOUNDS: dict[str, tuple[float, float]] = {
+    "max_pending_handshakes": (1, 1_000_000),
+    "max_pending_per_source": (1, 1_000_000),
+    "source_rate_per_s": (0.001, 1_000_000),
+    "source_burst": (1, 1_000_000),
+    "max_sources": (1, 10_000_000),
+    "handshake_timeout_s": (0.01, 600),
+    "handshake_timeout_min_s": (0.01, 600),
+    "timeout_scale_from": (0, 0.99),
+    "listen_backlog": (1, 1_000_000),
+    "refusal_audit_interval_s": (0.01, 86_400),
+}
+
+
+def _overlay(check: _Checker, doc: dict[str, object]) -> HandshakeLimits | None:
+    table = check.section(doc, "overlay", tuple(_OVERLAY_BOUNDS))
+    defaults = HandshakeLimits()
+    values: dict[str, float] = {}
+    for field in fields(HandshakeLimits):
+        low, high = _OVERLAY_BOUNDS[field.name]
+        default = getattr(defaults, field.name)
+        if field.name not in table:
+            values[field.name] = default
+            continue
+        where = ("overlay", field.name)
+        value = table[field.name]
+        checked = (
+            check.integer(value, where, int(low), int(high))
+            if isinstance(default, int)
+            else check.number(value, where, low, high)
+        )
+        if checked is not None:
+            values[field.name] = checked
+    if len(values) < len(_OVERLAY_BOUNDS):
+        return None
+    if values["handshake_timeout_min_s"] > values["handshake_timeout_s"]:
+        check.error(
+            ("overlay", "handshake_timeout_min_s"),
+            f"{values['handshake_timeout_min_s']:g} is above "
+            f"handshake_timeout_s ({values['handshake_timeout_s']:g})",
+        )
+        return None
+    return HandshakeLimits(**values)  # type: ignore[arg-type]
+
+
 def _read(path: Path) -> tuple[str, dict[str, object]]:
     source = str(path)
     try:
@@ -173,7 +221,7 @@ def _raise_problems(path: Path, text: str, checker: _Checker) -> None:
 def load_gateway_config(path: Path) -> GatewayConfig:
     text, doc = _read(path)
     check = _Checker(path.absolute().parent)
-    check.keys(doc, (), ("gateway", "tls", "admin", "audit"))
+    check.keys(doc, (), ("gateway", "tls", "admin", "audit", "overlay"))
     gw = check.section(
         doc,
         "gateway",
@@ -211,6 +259,7 @@ def load_gateway_config(path: Path) -> GatewayConfig:
     queue_limit = check.optional(
         audit, "queue_limit", ("audit",), lambda v, p: check.integer(v, p, 1, 10_000_000), 100_000
     )
+    overlay = _overlay(check, doc)
     _raise_problems(path, text, check)
     assert (
         name is not None
@@ -221,7 +270,7 @@ def load_gateway_config(path: Path) -> GatewayConfig:
     )
     assert max_sessions is not None and max_in_flight is not None and audit_stdout is not None
     assert idle_timeout is not None
-    assert aggregate is not None and queue_limit is not None
+    assert aggregate is not None and queue_limit is not None and overlay is not None
     return GatewayConfig(
         source=path,
         name=name,
@@ -237,6 +286,7 @@ def load_gateway_config(path: Path) -> GatewayConfig:
         audit_stdout=audit_stdout,
         audit_aggregate_reads_s=aggregate,
         audit_queue_limit=queue_limit,
+        overlay=overlay,
     )
 
 

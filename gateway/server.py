@@ -20,6 +20,7 @@ from pathlib import Path
 from aiohttp import web
 
 from gateway.admin import start_admin
+from gateway.admission import HandshakeLimits
 from gateway.audit import AuditLog
 from gateway.config import ConfigError, GatewayConfig, TlsFiles, load_gateway_config
 from gateway.enip.session import EnipSession
@@ -63,6 +64,7 @@ class Gateway:
         limits: SessionLimits | None = None,
         clock: Callable[[], float] = time.time,
         max_sessions: int = 20_000,
+        handshake_limits: HandshakeLimits | None = None,
         watch_policy_s: float | None = 1.0,
     ) -> None:
         self.audit = audit if audit is not None else AuditLog(gateway=name)
@@ -80,6 +82,7 @@ class Gateway:
         self._listen = listen
         self._admin_listen = admin_listen
         self._max_sessions = max_sessions
+        self._handshake_limits = handshake_limits or HandshakeLimits()
         self._watch_policy_s = watch_policy_s
         self.listener: OverlayListener | None = None
         self.addresses: list[tuple[str, int]] = []
@@ -110,7 +113,16 @@ class Gateway:
         runtime.policies.subscribe(runtime.sessions.revalidate)
         runtime.upstreams.sync(runtime.policies.current)
         context = server_context(self._tls.cert, self._tls.key, self._tls.ca)
-        self.listener = OverlayListener(runtime, context, SESSION_FACTORIES, max_sessions=self._max_sessions)
+        listener = self.listener = OverlayListener(
+            runtime,
+            context,
+            SESSION_FACTORIES,
+            max_sessions=self._max_sessions,
+            limits=self._handshake_limits,
+        )
+        runtime.metrics.gauges["ztgate_handshakes_pending"] = lambda: float(listener.pending)
+        runtime.metrics.gauges["ztgate_handshake_sources"] = lambda: float(listener.sources)
+        runtime.metrics.gauges["ztgate_handshake_timeout_seconds"] = listener.timeout_s
         self.addresses = await self.listener.start(*self._listen)
         if self._admin_listen is not None:
             self._admin, self.admin_port = await start_admin(runtime, *self._admin_listen)
@@ -203,6 +215,7 @@ async def _serve(config: GatewayConfig) -> int:
                 max_in_flight=config.client_max_in_flight, idle_timeout_s=config.client_idle_timeout_s
             ),
             max_sessions=config.max_sessions,
+            handshake_limits=config.overlay,
         )
     except PolicyError as error:
         print(f"ztgate gateway: policy refused:\n{error}", file=sys.stderr)
