@@ -1,4 +1,4 @@
-"""Fixtures of the end-to-end tests: one PKI per run, a lab (gateway + real peers) per test."""
+"""Fixtures of the end-to-end tests: a lab (gateway, real peers) per test; the PKI is in tests/conftest.py."""
 
 from __future__ import annotations
 
@@ -7,12 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import Lab, Pki, make_pki
-
-
-@pytest.fixture(scope="session")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
+from tests.e2e.harness import Lab, Pki
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pymodbus.client import AsyncModbusTcpClient, AsyncModbusTlsClient
 
 from gateway import pki as pki_module
+from gateway.admission import HandshakeLimits
 from gateway.agent import Agent
 from gateway.audit import AuditLog
 from gateway.config import AgentConfig, AgentListener, TlsFiles
@@ -203,6 +204,8 @@ class Lab:
         aggregate_reads_s: float = 0.0,
         limits: SessionLimits | None = None,
         watch_policy_s: float | None = None,
+        handshake_limits: HandshakeLimits | None = None,
+        max_sessions: int = 20_000,
     ) -> Gateway:
         self.policy_path.write_text(policy)
         audit = AuditLog(
@@ -219,6 +222,8 @@ class Lab:
             audit=audit,
             limits=limits,
             watch_policy_s=watch_policy_s,
+            handshake_limits=handshake_limits,
+            max_sessions=max_sessions,
             **kwargs,
         )
         await self.gateway.start()
