@@ -61,7 +61,8 @@ class HandshakeLimits:
         if pressure <= self.timeout_scale_from:
             return self.handshake_timeout_s
         scale = min(1.0, (pressure - self.timeout_scale_from) / (1 - self.timeout_scale_from))
-        return self.handshake_timeout_s - scale * (self.handshake_timeout_s - self.handshake_timeout_min_s)
+        low = self.handshake_timeout_min_s
+        return low + (1 - scale) * (self.handshake_timeout_s - low)
 
 
 def source_of(host: str) -> str:

@@ -283,8 +283,14 @@ class OverlayListener:
             if now - oldest.started < timeout_s:
                 break
             self._forget(oldest)
+            # The TLS transport owns the socket now. A shutdown ends the connection under it at once
+            # (the peer sees it closed, the transport reads EOF); cancelling alone would leave asyncio's
+            # transport waiting out its TLS shutdown timeout with the socket open.
+            with contextlib.suppress(OSError):
+                oldest.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+                oldest.sock.shutdown(socket.SHUT_RDWR)
             if oldest.task is not None:
-                oldest.task.cancel()  # the event loop's TLS transport closes the socket
+                oldest.task.cancel()
             self._refused(oldest.source, oldest.peer, None, None, TIMEOUT, reason)
         self._refusals.tick()
         self._sweeper = self._loop.call_later(self._sweep_s, self._sweep)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.admission import HandshakeLimits
 from gateway.config import ConfigError, load_agent_config, load_gateway_config, parse_hostport
 
 
@@ -52,6 +53,38 @@ def test_gateway_config_reports_every_error_with_its_line(tmp_path: Path) -> Non
     assert "gateway.policy: required" in text
     assert f"{path}:6: audit.aggregate_reads_s:" in text
     assert "tls: required" in text
+
+
+def test_overlay_limits_are_read_and_checked(tmp_path: Path) -> None:
+    base = '[gateway]\npolicy = "p.toml"\n[tls]\ncert = "c"\nkey = "k"\nca = "a"\n'
+    path = tmp_path / "gw.toml"
+    path.write_text(base)
+    assert load_gateway_config(path).overlay == HandshakeLimits()
+    path.write_text(
+        base + "[overlay]\nmax_pending_per_source = 8\nsource_rate_per_s = 2.5\nhandshake_timeout_s = 3\n"
+    )
+    overlay = load_gateway_config(path).overlay
+    assert overlay.max_pending_per_source == 8 and overlay.source_rate_per_s == 2.5
+    assert overlay.handshake_timeout_s == 3.0 and overlay.max_pending_handshakes == 4096
+    path.write_text(
+        base + "[overlay]\n"
+        "max_pending_handshakes = 0\n"  # line 8
+        'source_burst = "many"\n'  # line 9
+        "handshake_timeout_s = 1\n"
+        "handshake_timeout_min_s = 2\n"  # line 11: above the timeout
+        "max_pending_per_sorce = 3\n"  # line 12
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_gateway_config(path)
+    text = str(caught.value)
+    assert f"{path}:8: overlay.max_pending_handshakes: 0 is outside" in text
+    assert f"{path}:9: overlay.source_burst:" in text
+    assert f'{path}:12: overlay.max_pending_per_sorce: unknown key "max_pending_per_sorce"' in text
+    path.write_text(base + "[overlay]\nhandshake_timeout_s = 1\nhandshake_timeout_min_s = 2\n")
+    with pytest.raises(ConfigError) as caught:
+        load_gateway_config(path)
+    expected = f"{path}:9: overlay.handshake_timeout_min_s: 2 is above handshake_timeout_s (1)"
+    assert expected in str(caught.value)
 
 
 def test_syntax_error_names_line_and_column(tmp_path: Path) -> None:
