@@ -34,7 +34,7 @@ from gateway.runtime import Runtime
 from gateway.session import Session, SessionInfo
 from policies import Decision, SubjectView, browse_path_of
 from protocols.opcua.binary import decode
-from protocols.opcua.connection import OpcUaServerConnection
+from protocols.opcua.connection import ConnectionState, OpcUaServerConnection
 from protocols.opcua.events import CloseChannel, Hello, OpenChannel, RejectedRequest, ServiceRequest
 from protocols.opcua.messages import SERVICE_FAULT_TYPE_ID, Repeat, type_id_span
 from protocols.opcua.operations import Operation, Reduction, reduce_request, splice_response
@@ -112,8 +112,14 @@ def local_node_id(node: ua.NodeId, namespaces: tuple[str, ...]) -> ua.NodeId | N
     return ua.NodeId(node.Identifier, ua.Int16(namespaces.index(node.NamespaceUri)), node.NodeIdType)
 
 
+def audit_text(text: str) -> str:
+    """``text`` as UTF-8 the audit can write: asyncua decodes a String's invalid UTF-8 bytes to lone
+    surrogates (surrogateescape), which no JSON encoder accepts; they are written as ``\\udcXX``."""
+    return text if text.isascii() else text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def node_text(node: ua.NodeId | None) -> str | None:
-    return None if node is None else node.to_string()
+    return None if node is None else audit_text(node.to_string())
 
 
 class OpcUaSession(Session):
@@ -240,10 +246,18 @@ class OpcUaSession(Session):
         if self._in_flight < MAX_IN_FLIGHT:
             self.resume_requests(IN_FLIGHT_LIMIT)
 
+    def _answerable(self) -> bool:
+        # A device's answer may arrive after the client's channel ended (CloseSecureChannel, or an
+        # Error for a later malformed message): nobody is left to answer, and the codec refuses to try.
+        return self._codec.state is ConnectionState.OPEN
+
     def _fault(self, event: ServiceRequest, status: int) -> None:
-        self._write(self._codec.send_service_fault(event.request_id, event.request_handle, status))
+        if self._answerable():
+            self._write(self._codec.send_service_fault(event.request_id, event.request_handle, status))
 
     def _respond(self, event: ServiceRequest, response: Any) -> None:
+        if not self._answerable():
+            return
         try:
             self._write(
                 self._codec.send_response(event.request_id, response, request_handle=event.request_handle)
@@ -455,6 +469,8 @@ class OpcUaSession(Session):
         self._fault(event, Status.BAD_UNKNOWN_RESPONSE)
 
     def _relay(self, event: ServiceRequest, body: bytes) -> None:
+        if not self._answerable():
+            return
         try:
             self._write(
                 self._codec.relay_response(
@@ -790,7 +806,8 @@ class OpcUaSession(Session):
             if op.method_id is not None:
                 record["method"] = node_text(op.method_id)
             if op.value is not None:
-                record["values"] = str(op.value.Value.Value)[:200] if op.value.Value is not None else None
+                value = op.value.Value
+                record["values"] = audit_text(str(value.Value)[:200]) if value is not None else None
         record["decision"] = decision.verdict
         record["rule"] = decision.rule_id
         if decision.verdict != "allow":

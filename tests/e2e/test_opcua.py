@@ -5,6 +5,7 @@ and audit records asserted."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -985,3 +986,65 @@ opcua = [{{ service = "Read", browse_path = "/Objects/{{{PLANT}}}Plant/{{{PLANT}
     assert results[0].Value.Value == 50.0 and results[1].StatusCode.value == DENIED
     allowed = lab.audit_events(event="decision", service="Read", decision="allow")
     assert [e["rule"] for e in allowed] == ["line1"]
+
+
+async def test_a_device_answer_after_the_client_closed_its_channel_is_dropped_quietly(
+    lab: Lab, served: tuple[Client, ua.NodeId], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by the fuzz campaign: a request on its way to the device, then CloseSecureChannel in the
+    same write. The device's answer found the channel closed and the codec's refusal to send on it escaped
+    (an "Exception in callback" with a traceback in the gateway's log)."""
+    client, level = served
+    raw = await raw_channel(lab)
+    await raw.handshake()
+    token = await raw.session()
+    translate = ua.TranslateBrowsePathsToNodeIdsRequest()
+    translate.RequestHeader.AuthenticationToken = token
+    element = ua.RelativePathElement(TargetName=ua.QualifiedName("Server"))
+    translate.Parameters.BrowsePaths = [
+        ua.BrowsePath(
+            StartingNode=ua.NodeId(ua.ObjectIds.ObjectsFolder), RelativePath=ua.RelativePath([element])
+        )
+    ]
+    message = raw.msg(struct_to_binary(translate), 4)
+    close = symmetric(
+        struct_to_binary(ua.CloseSecureChannelRequest()),
+        message_type=b"CLO",
+        channel_id=raw.channel_id,
+        token_id=raw.token_id,
+        sequence=raw.sequence + 1,
+        request_id=5,
+    )
+    raw.writer.write(message + close)
+    async with asyncio.timeout(5):
+        await raw.reader.read()  # to the end: the gateway closes the connection after CloseSecureChannel
+    await lab.wait_for_event(event="decision", service="TranslateBrowsePathsToNodeIds")
+    assert await client.get_node(level).read_value() == 50.0
+    errors = [
+        r for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith(("ztgate", "asyncio"))
+    ]
+    assert not errors, [r.getMessage() for r in errors]
+
+
+async def test_node_ids_with_invalid_utf8_are_audited_escaped(
+    lab: Lab, served: tuple[Client, ua.NodeId]
+) -> None:
+    """Found by the fuzz campaign: asyncua decodes invalid UTF-8 in a String NodeId to lone surrogates,
+    which the audit writer cannot encode; the decision was replaced by an ``audit_error`` record."""
+    raw = await raw_channel(lab)
+    await raw.handshake()
+    token = await raw.session()
+    write = ua.WriteRequest()
+    write.RequestHeader.AuthenticationToken = token
+    write.Parameters.NodesToWrite = [
+        ua.WriteValue(
+            NodeId=ua.NodeId("Tank1.SetpoinX", 2),
+            AttributeId=ua.AttributeIds.Value,
+            Value=ua.DataValue(ua.Variant(1.0, ua.VariantType.Double)),
+        )
+    ]
+    body = struct_to_binary(write).replace(b"SetpoinX", b"Setpoin\xff")
+    await raw.request(body, 4, ua.WriteResponse)  # refused: no rule names that node
+    event = await lab.wait_for_event(event="decision", service="Write")
+    assert event["node"] == "ns=2;s=Tank1.Setpoin\\udcff" and event["decision"] == "deny"
+    assert not lab.audit_events(event="audit_error")

@@ -1,4 +1,4 @@
-"""``python -m tests.fuzz PROTOCOL --count N``: a fuzz campaign through a real session (tests/fuzz/campaign.py).
+"""``python -m tests.fuzz PROTOCOL --count N``: a fuzz campaign through a real session (see campaign.py).
 
 Prints one JSON report; exits 1 when an invariant broke (a hang, a traceback in the gateway's log, a
 failed health check, no protocol error audited, memory growth past the bound). See docs/fuzzing.md.
@@ -7,7 +7,6 @@ failed health check, no protocol error audited, memory growth past the bound). S
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import random
 import sys

@@ -47,6 +47,8 @@ class Report:
     rss_end_bytes: int = 0
     audit_events: dict[str, int] = field(default_factory=dict)
     log_findings: list[str] = field(default_factory=list)
+    log_excerpt: list[str] = field(default_factory=list)  # from the first finding on
+    audit_error_samples: list[str] = field(default_factory=list)
     hang_samples: list[str] = field(default_factory=list)
     health_samples: list[str] = field(default_factory=list)
     duration_s: float = 0.0
@@ -61,6 +63,8 @@ class Report:
             )
         if self.log_findings:
             found.append(f"gateway log: {self.log_findings[:5]}")
+        if self.audit_events.get("audit_error"):
+            found.append(f"{self.audit_events['audit_error']} audit events could not be written")
         if not self.audit_events.get("protocol_error"):
             found.append("the audit trail recorded no protocol error")
         if self.rss_max_bytes - self.rss_start_bytes > rss_growth_limit_bytes:
@@ -127,10 +131,11 @@ class Campaign:
             await self.gateway.stop()
             await sim.stop()
         report.duration_s = round(time.monotonic() - started, 1)
-        report.log_findings = [
-            line for line in self.gateway.log_text().splitlines() if any(f in line for f in LOG_FINDINGS)
-        ]
-        report.audit_events = _count_events(self.gateway.audit_path)
+        lines = self.gateway.log_text().splitlines()
+        report.log_findings = [line for line in lines if any(f in line for f in LOG_FINDINGS)]
+        first = next((n for n, line in enumerate(lines) if any(f in line for f in LOG_FINDINGS)), None)
+        report.log_excerpt = lines[first : first + 60] if first is not None else []
+        report.audit_events = _count_events(self.gateway.audit_path, report.audit_error_samples)
         return report
 
     async def _fuzz(self, count: int, progress_every: int) -> None:
@@ -185,7 +190,9 @@ class Campaign:
                 stream = await self.connect()
 
 
-def _count_events(path: Path) -> dict[str, int]:
+def _count_events(path: Path, samples: list[str]) -> dict[str, int]:
+    """Audit events by kind; the first few ``audit_error`` lines (an event the writer could not encode)
+    go to ``samples``."""
     counts: dict[str, int] = {}
     if not path.exists():
         return counts
@@ -193,6 +200,8 @@ def _count_events(path: Path) -> dict[str, int]:
         for line in lines:
             event = orjson.loads(line).get("event", "?")
             counts[event] = counts.get(event, 0) + 1
+            if event == "audit_error" and len(samples) < 5:
+                samples.append(line.decode(errors="replace")[:1000])
     return counts
 
 
