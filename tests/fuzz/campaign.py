@@ -45,6 +45,7 @@ class Report:
     rss_start_bytes: int = 0
     rss_max_bytes: int = 0
     rss_end_bytes: int = 0
+    rss_timeline: list[tuple[float, int, int]] = field(default_factory=list)  # (s, inputs, bytes) every 10 s
     audit_events: dict[str, int] = field(default_factory=dict)
     log_findings: list[str] = field(default_factory=list)
     log_excerpt: list[str] = field(default_factory=list)  # from the first finding on
@@ -83,6 +84,7 @@ class Campaign:
         files = pki.clients["alice"]
         self.context = client_context(files.cert, files.key, pki.ca, alpn=target.name)
         self.gateway: GatewayProcess | None = None
+        self._started = time.monotonic()
 
     async def connect(self) -> Stream:
         assert self.gateway is not None
@@ -115,7 +117,7 @@ class Campaign:
         # The campaign reconnects after every refused frame, far faster than any client should.
         overlay = {"source_rate_per_s": 1_000_000.0, "source_burst": 1_000_000}
         self.gateway = GatewayProcess(self.pki, self.dir, target.policy(sim.port), overlay=overlay)
-        started = time.monotonic()
+        started = self._started = time.monotonic()
         try:
             await self.gateway.start()
             report.rss_start_bytes = report.rss_max_bytes = self.gateway.rss_bytes()
@@ -175,7 +177,10 @@ class Campaign:
         stream = await self.connect()
         while True:
             await asyncio.sleep(every_s)
-            report.rss_max_bytes = max(report.rss_max_bytes, self.gateway.rss_bytes())
+            rss = self.gateway.rss_bytes()
+            report.rss_max_bytes = max(report.rss_max_bytes, rss)
+            if report.health_checks % 10 == 0:
+                report.rss_timeline.append((round(time.monotonic() - self._started, 1), report.inputs, rss))
             request, marker = target.health(stream)
             report.health_checks += 1
             try:
