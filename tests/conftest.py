@@ -22,7 +22,7 @@ def pytest_asyncio_loop_factories(
 ) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
     if "e2e" in item.path.parts:
         return LOOPS
-    if "overlay" in item.path.parts:
+    if "overlay" in item.path.parts or "fuzz" in item.path.parts:
         return {"uvloop": uvloop.new_event_loop}
     return {"asyncio": asyncio.new_event_loop}
 

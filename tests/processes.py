@@ -55,25 +55,22 @@ async def _stop(process: asyncio.subprocess.Process) -> int:
 
 
 class SimProcess:
-    """``ztgate sim PROTOCOL --listen 127.0.0.1:0 --static``; :attr:`port` once started."""
+    """``ztgate sim PROTOCOL --listen 127.0.0.1:0 --static``; :attr:`port` once started. ``prefix`` runs
+    it under another command (``ip netns exec NS``)."""
 
-    def __init__(self, protocol: str, *args: str) -> None:
+    def __init__(
+        self, protocol: str, *args: str, listen: str = "127.0.0.1:0", prefix: Sequence[str] = ()
+    ) -> None:
         self.protocol = protocol
         self.args = args
+        self.listen = listen
+        self.prefix = tuple(prefix)
         self.port = 0
         self.process: asyncio.subprocess.Process | None = None
 
     async def start(self) -> int:
-        command = [
-            sys.executable,
-            "-m",
-            "gateway",
-            "sim",
-            self.protocol,
-            "--listen",
-            "127.0.0.1:0",
-            "--static",
-        ]
+        command = [*self.prefix, sys.executable, "-m", "gateway", "sim", self.protocol, "--static"]
+        command += ["--listen", self.listen]
         self.process = await asyncio.create_subprocess_exec(
             *command, *self.args, cwd=REPO_ROOT, env=_env(), stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
@@ -109,13 +106,15 @@ class GatewayProcess:
         overlay: Mapping[str, object] | None = None,
         gateway: Mapping[str, object] | None = None,
         extra_args: Sequence[str] = (),
+        listen: str = "127.0.0.1:0",
+        prefix: Sequence[str] = (),
     ) -> None:
         self.dir = directory
         self.policy_path = directory / "policy.toml"
         self.audit_path = directory / "audit.jsonl"
         self.config_path = directory / "gateway.toml"
         self.policy_path.write_text(policy)
-        lines = ["[gateway]", 'name = "gw-proc"', 'listen = "127.0.0.1:0"', 'policy = "policy.toml"']
+        lines = ["[gateway]", 'name = "gw-proc"', f'listen = "{listen}"', 'policy = "policy.toml"']
         lines += [f"{key} = {_toml_value(value)}" for key, value in (gateway or {}).items()]
         lines += [
             "",
@@ -130,6 +129,7 @@ class GatewayProcess:
             lines += ["", "[overlay]", *(f"{key} = {_toml_value(value)}" for key, value in overlay.items())]
         self.config_path.write_text("\n".join(lines) + "\n")
         self.extra_args = extra_args
+        self.prefix = tuple(prefix)
         self.port = 0
         self.admin_port = 0
         self.log: list[bytes] = []
@@ -142,7 +142,15 @@ class GatewayProcess:
         return self.process.pid
 
     async def start(self) -> int:
-        command = [sys.executable, "-m", "gateway", "gateway", "--config", str(self.config_path)]
+        command = [
+            *self.prefix,
+            sys.executable,
+            "-m",
+            "gateway",
+            "gateway",
+            "--config",
+            str(self.config_path),
+        ]
         self.process = await asyncio.create_subprocess_exec(
             *command, *self.extra_args, cwd=REPO_ROOT, env=_env(), stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
