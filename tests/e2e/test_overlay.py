@@ -163,3 +163,16 @@ async def test_idle_sessions_end(lab: Lab) -> None:
     assert not (await busy.read_holding_registers(0, count=1, device_id=1)).isError()
     ends = lab.audit_events(event="session_end")
     assert [e["reason"] for e in ends] == ["idle for 0.1 s"]
+
+
+async def test_the_gateway_issues_no_session_ticket(lab: Lab) -> None:
+    """No resumption: every connection authenticates with a full handshake against the current CA.
+    Found by the fuzz campaign: with only OP_NO_TICKET, OpenSSL's TLS 1.3 server still issued stateful
+    tickets and cached each session with its client certificate (20,480 of them, 240 MiB)."""
+    port = await lab.start_device()
+    await lab.start_gateway(policy_text(port, RULES))
+    reader, writer = await lab.raw_connection("alice")
+    writer.write(bytes.fromhex("0001 0000 0006 01 03 0000 0001"))
+    assert (await asyncio.wait_for(reader.readexactly(11), 5))[:2] == b"\x00\x01"  # a ticket would be here
+    session = writer.get_extra_info("ssl_object").session
+    assert session is None or not session.has_ticket
