@@ -88,13 +88,22 @@ class Campaign:
 
     async def connect(self) -> Stream:
         assert self.gateway is not None
-        reader, writer = await asyncio.open_connection(
-            "127.0.0.1", self.gateway.port, ssl=self.context, server_hostname=self.target.asset
-        )
-        stream = Stream(reader, writer)
         async with asyncio.timeout(self.hang_s):
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", self.gateway.port, ssl=self.context, server_hostname=self.target.asset
+            )
+            stream = Stream(reader, writer)
             await self.target.setup(stream)
         return stream
+
+    async def reconnect(self) -> Stream:
+        """A new session; a gateway that cannot give one within hang_s counts as a hang, and is retried."""
+        while True:
+            try:
+                return await self.connect()
+            except (TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
+                self.report.hangs += 1
+                self.report.hang_samples.append(f"reconnect: {exc!r}")
 
     async def exchange(self, stream: Stream, data: bytes) -> str:
         """'answered', 'closed' or 'hung'."""
@@ -160,11 +169,11 @@ class Campaign:
             if outcome == "hung":
                 report.hangs += 1
                 if len(report.hang_samples) < 20:
-                    report.hang_samples.append(data[:512].hex())
+                    report.hang_samples.append(data[:4096].hex())
             else:
                 report.closed += 1
             stream.writer.close()
-            stream = await self.connect()
+            stream = await self.reconnect()
             report.sessions += 1
             if progress_every and n % progress_every == 0:
                 print(orjson.dumps({"progress": n, "sessions": report.sessions}).decode(), flush=True)
@@ -190,9 +199,10 @@ class Campaign:
                         pass
             except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, ssl.SSLError) as exc:
                 report.health_failures += 1
-                report.health_samples.append(repr(exc))
+                if len(report.health_samples) < 20:
+                    report.health_samples.append(f"after {report.inputs} inputs: {exc!r}")
                 stream.writer.close()
-                stream = await self.connect()
+                stream = await self.reconnect()
 
 
 def _count_events(path: Path, samples: list[str]) -> dict[str, int]:
