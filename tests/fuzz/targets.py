@@ -165,7 +165,7 @@ enip = [{{ preset = "read-write" }}]
         return enip_policy_text(device_port, rules)
 
     def corpus(self) -> list[bytes]:
-        from tests.protocols.cip.cip_samples import captured_frames
+        from tests.protocols.enip.cip_samples import captured_frames
 
         return [frame for _, direction, frame in captured_frames() if direction == "request"]
 
@@ -210,7 +210,7 @@ enip = [{{ preset = "read-write" }}]
 
     def health(self, stream: Stream) -> tuple[bytes, bytes]:
         # pycomm3's first unconnected request of its start-up (the controller's identity), via the device.
-        from tests.protocols.cip.cip_samples import captured_frames
+        from tests.protocols.enip.cip_samples import captured_frames
 
         first = next(f for _, d, f in captured_frames("pycomm3_logix") if d == "request" and f[0] == 0x6F)
         return self.wrap(stream, first[:12] + b"ZTHEALTH" + first[20:]), b"ZTHEALTH"
