@@ -14,15 +14,8 @@ import pytest
 from gateway.admission import HandshakeLimits
 from gateway.overlay import OverlayListener
 from tests.e2e.harness import Lab, policy_text
-
-RULES = """
-[[rules]]
-id = "alice-reads"
-subjects = ["spiffe://plant1.example/user/alice"]
-assets = ["plc-1"]
-modbus = [{ fc = [3], address = "0-99" }]
-"""
-STALLED_HELLO = b"\x16\x03\x01\x02\x00"  # a TLS record header announcing 512 bytes that never come
+from tests.e2e.test_overlay import RULES
+from tests.overlay.flood import STALLED_HELLO
 
 
 async def _until(condition: Callable[[], bool], what: str, timeout_s: float = 5.0) -> None:

@@ -15,15 +15,9 @@ import pytest
 
 from gateway.tls import client_context
 from tests.e2e.harness import Pki, policy_text
+from tests.e2e.test_overlay import RULES
 from tests.processes import REPO_ROOT, GatewayProcess, SimProcess
 
-RULES = """
-[[rules]]
-id = "alice-reads"
-subjects = ["spiffe://plant1.example/user/alice"]
-assets = ["plc-1"]
-modbus = [{ fc = [3], address = "0-99" }]
-"""
 READ = bytes.fromhex("0001 0000 0006 01 03 0000 0001")
 ATTACK_SOURCES = [f"127.0.0.{n}" for n in range(2, 10)]
 
