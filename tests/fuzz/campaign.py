@@ -74,7 +74,17 @@ class Report:
 
 
 class Campaign:
-    def __init__(self, target: Target, pki: Pki, directory: Path, *, seed: int, hang_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        target: Target,
+        pki: Pki,
+        directory: Path,
+        *,
+        seed: int,
+        hang_s: float = 5.0,
+        memory_limit_mib: int = 2048,
+    ) -> None:
+        self.memory_limit_mib = memory_limit_mib
         self.target = target
         self.pki = pki
         self.dir = directory
@@ -125,7 +135,12 @@ class Campaign:
         await sim.start()
         # The campaign reconnects after every refused frame, far faster than any client should.
         overlay = {"source_rate_per_s": 1_000_000.0, "source_burst": 1_000_000}
-        self.gateway = GatewayProcess(self.pki, self.dir, target.policy(sim.port), overlay=overlay)
+        # An address-space limit: an input that makes the gateway allocate without bound fails there
+        # (MemoryError, in the log) instead of taking a shared machine's memory.
+        limit = ["prlimit", f"--as={self.memory_limit_mib << 20}"]
+        self.gateway = GatewayProcess(
+            self.pki, self.dir, target.policy(sim.port), overlay=overlay, prefix=limit
+        )
         started = self._started = time.monotonic()
         try:
             await self.gateway.start()
@@ -137,7 +152,7 @@ class Campaign:
                 health.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await health
-            report.rss_end_bytes = self.gateway.rss_bytes()
+            report.rss_end_bytes = self.gateway.rss_bytes() if self.gateway.process.returncode is None else 0
         finally:
             await self.gateway.stop()
             await sim.stop()

@@ -638,3 +638,24 @@ def test_negative_lengths_are_decoding_errors_not_loops() -> None:
     copy = buffer.copy(3)
     assert isinstance(copy, StrictBuffer) and copy.read(3) == b"cde"
     assert buffer.copy().read(4) == b"cdef"
+
+
+def test_an_array_of_null_variants_is_bounded_by_the_bytes_left() -> None:
+    """Found by the fuzz campaign: a Null element takes no bytes, and asyncua sized the list by the count
+    alone (2**31 - 1 made the gateway allocate 16 GiB). Held to the bound of every array now; the count
+    here is smaller, so a regression costs this test 80 MB, not the machine."""
+    write = ua.WriteRequest()
+    write.Parameters.NodesToWrite = [
+        ua.WriteValue(NodeId=ua.NodeId("x", 2), AttributeId=13, Value=ua.DataValue(ua.Variant(1.0)))
+    ]
+    body = struct_to_binary(write)
+    double = b"\x0b" + struct.pack("<d", 1.0)  # the Variant: Double, then its 8 bytes
+    peer = opened()
+    evil = body.replace(double, b"\x80" + struct.pack("<i", 10_000_000))  # array of Null, count 10**7
+    (event,) = feed(peer.conn, peer.msg_bytes(evil, 2))
+    assert isinstance(event, RejectedRequest) and event.status == S.BadDecodingError
+    assert "Null values" in event.reason
+    fine = body.replace(double, b"\x80" + struct.pack("<i", 3))  # three Nulls: fewer than the bytes after
+    (event,) = feed(peer.conn, peer.msg_bytes(fine, 3))
+    assert isinstance(event, ServiceRequest)
+    assert event.request.Parameters.NodesToWrite[0].Value.Value.Value == [None, None, None]
