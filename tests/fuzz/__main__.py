@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: a new one, printed)")
     parser.add_argument("--check-every-s", type=float, default=1.0, help="health check period")
     parser.add_argument("--rss-growth-limit-mib", type=int, default=64)
-    parser.add_argument("--progress-every", type=int, default=0, help="print progress every N inputs")
+    parser.add_argument("--progress-every", type=int, default=0, help="progress to stderr every N inputs")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.randrange(1 << 32)
     report = uvloop.run(

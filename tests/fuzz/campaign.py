@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import random
 import ssl
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -171,6 +172,9 @@ class Campaign:
         stream = await self.connect()
         report.sessions += 1
         for n in range(count):
+            if progress_every and n % progress_every == 0:
+                progress = {"progress": n, "s": round(time.monotonic() - self._started), "hangs": report.hangs}
+                print(orjson.dumps(progress).decode(), file=sys.stderr, flush=True)
             payload = mutator.mutate(rng.choice(corpus))
             if rng.random() < RAW_SHARE:
                 data = mutator.mutate(target.wrap(stream, rng.choice(corpus)))
@@ -190,8 +194,6 @@ class Campaign:
             stream.writer.close()
             stream = await self.reconnect()
             report.sessions += 1
-            if progress_every and n % progress_every == 0:
-                print(orjson.dumps({"progress": n, "sessions": report.sessions}).decode(), flush=True)
         stream.writer.close()
 
     async def _health(self, every_s: float) -> None:
