@@ -173,7 +173,8 @@ class Campaign:
         report.sessions += 1
         for n in range(count):
             if progress_every and n % progress_every == 0:
-                progress = {"progress": n, "s": round(time.monotonic() - self._started), "hangs": report.hangs}
+                elapsed_s = round(time.monotonic() - self._started)
+                progress = {"progress": n, "s": elapsed_s, "hangs": report.hangs}
                 print(orjson.dumps(progress).decode(), file=sys.stderr, flush=True)
             payload = mutator.mutate(rng.choice(corpus))
             if rng.random() < RAW_SHARE:
