@@ -17,6 +17,7 @@ from policies.model import (
     ENIP_DENY,
     MODBUS_DENY,
     MODES,
+    ON_STALE,
     OPCUA_DENY,
     PROTOCOLS,
     Asset,
@@ -35,6 +36,7 @@ _COMMON_KEYS = (
     "protocol",
     "upstream",
     "mode",
+    "on_stale",
     "deny",
     "queue_limit",
     "connect_timeout_s",
@@ -108,6 +110,9 @@ class AssetChecks(OpcuaAssetChecks):
         elif "upstream" in table:
             upstream = self.upstream(table["upstream"], (*path, "upstream"), ENIP_PORT if enip else None)
         mode = self.optional(table, "mode", path, lambda v, p: self.choice(v, p, MODES), "enforce")
+        on_stale = self.optional(
+            table, "on_stale", path, lambda v, p: self.choice(v, p, ON_STALE), "closed"
+        )
         kind = protocol or "modbus"
         deny = self.optional(
             table, "deny", path, lambda v, p: self.deny_action(v, p, kind), _DEFAULT_DENY[kind]
@@ -136,6 +141,7 @@ class AssetChecks(OpcuaAssetChecks):
         if len(self.problems) > before:
             return None
         assert protocol is not None and upstream is not None and mode is not None and deny is not None
+        assert on_stale is not None
         optional = ("application_cert", "application_key", "device_cert")  # files that may be left out
         assert all(settings[key] is not None for key in settings if key not in optional)
         return Asset(
@@ -144,6 +150,7 @@ class AssetChecks(OpcuaAssetChecks):
             upstream_host=upstream[0],
             upstream_port=upstream[1],
             mode=mode,
+            on_stale=on_stale,
             deny=deny,
             **settings,  # type: ignore[arg-type]
         )

@@ -30,6 +30,7 @@ __all__ = [
     "ENIP_DENY",
     "MODBUS_DENY",
     "MODES",
+    "ON_STALE",
     "OPCUA_DENY",
     "OPCUA_PORT",
     "PROTOCOLS",
@@ -47,6 +48,9 @@ __all__ = [
 
 PROTOCOLS = ("modbus", "enip", "opcua")
 MODES = ("enforce", "monitor")
+# What an asset does when the gateway's policy has gone stale (no word from the center for longer than
+# max_staleness_s): refuse every request, or keep enforcing the last verified policy.
+ON_STALE = ("closed", "static")
 EFFECTS = ("allow", "deny")
 DENY_ACTIONS = ("exception", "drop", "close")
 # FC 8 (Diagnostics) and FC 43 (Encapsulated Interface Transport) are decided per sub-function / MEI
@@ -134,6 +138,7 @@ class Asset:
     unit_map: Mapping[int, int] = field(default_factory=lambda: MappingProxyType({}))  # Modbus
     mode: str = "enforce"
     deny: DenyAction = MODBUS_DENY  # ENIP_DENY for an EtherNet/IP asset
+    on_stale: str = "closed"  # see ON_STALE; only a gateway fed by a center goes stale
     max_connections: int = 1  # Modbus: TCP connections; EtherNet/IP: CIP class-3 connections
     max_in_flight: int = 1  # Modbus
     queue_limit: int = 64

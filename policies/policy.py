@@ -7,10 +7,12 @@ fast and memory stays bounded however many identities connect.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 
 from policies.compiler import compile_view
 from policies.enip.explain import describe_enip_request, explain_enip_view
@@ -20,6 +22,7 @@ from policies.loader import parse_model
 from policies.modbus.explain import describe_request, explain_view
 from policies.model import Asset, PolicyModel, Rule
 from policies.opcua.explain import describe_opcua_request, explain_opcua_view
+from policies.refusals import RefusingView
 from policies.subjects import SubjectIndex, expand
 from policies.view import SubjectView
 from protocols.enip.requests import CipRequest
@@ -56,6 +59,18 @@ class Policy:
                 for name in rule.assets:
                     self._by_asset[name].add(rule.index)
         self._views: OrderedDict[tuple[str, str], SubjectView | None] = OrderedDict()
+        self.refusals: Mapping[str, str] = MappingProxyType({})  # asset -> why it refuses everything
+
+    def with_refusals(self, refusals: Mapping[str, str]) -> Policy:
+        """This policy, with every request on the assets in ``refusals`` (asset name -> reason) refused
+        for that reason. Same revision, rules and indexes; only the views of those assets change."""
+        unknown = set(refusals) - set(self.assets)
+        if unknown:
+            raise ValueError(f"no such assets: {', '.join(sorted(unknown))}")
+        refusing = copy.copy(self)
+        refusing._views = OrderedDict()
+        refusing.refusals = MappingProxyType(dict(refusals))
+        return refusing
 
     def view(self, subject: str, asset: str) -> SubjectView | None:
         """The compiled view of ``asset`` for ``subject``, or None when the asset must stay cloaked:
@@ -79,7 +94,9 @@ class Policy:
         indices = sorted((for_subject & on_asset) | (for_subject & self._every_asset))
         if not indices:
             return None
-        return compile_view(subject, self.assets[asset], [self.rules[i] for i in indices], self.revision)
+        view = compile_view(subject, self.assets[asset], [self.rules[i] for i in indices], self.revision)
+        reason = self.refusals.get(asset)
+        return view if reason is None else RefusingView(view, reason)
 
     def explain_modbus(self, subject: str, asset: str, request: Request, now: float) -> Explanation:
         """Decide ``request`` as the gateway would and say why, for ``ztgate policy explain``."""
@@ -140,10 +157,14 @@ def _revision(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:12]
 
 
-def parse_policy(text: str, source: str = "<policy>") -> Policy:
-    """Load a policy from text. Raises :class:`PolicyError` listing every problem."""
+def parse_policy(text: str, source: str = "<policy>", *, revision: str | None = None) -> Policy:
+    """Load a policy from text. Raises :class:`PolicyError` listing every problem.
+
+    ``revision`` names it (a center's revision number); by default it is a hash of the text."""
     model = parse_model(text, source)
-    return Policy(model, _revision(text.encode("utf-8", "surrogatepass")), source)
+    if revision is None:
+        revision = _revision(text.encode("utf-8", "surrogatepass"))
+    return Policy(model, revision, source)
 
 
 def load_policy(path: str | os.PathLike[str]) -> Policy:

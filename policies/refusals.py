@@ -1,0 +1,69 @@
+"""Views that refuse every request on an asset, whatever the rules say: what a gateway enforces on an
+asset it must close (its policy went stale past the limit the center set; later, a lock).
+
+A refusing view keeps the identity's access to the asset (a session still opens, so the client gets
+its refusals in protocol terms instead of a vanished device) but decides every request with one
+prepared refusal carrying the reason. It refuses on an asset in monitor mode too: closing an asset
+means nothing reaches it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from policies.decision import VERDICT_DENY, Decision
+from policies.view import SubjectView
+from protocols.enip.requests import CipRequest
+from protocols.modbus.pdu import Request
+from protocols.opcua.operations import Operation
+
+__all__ = ["RefusingView"]
+
+
+class RefusingView(SubjectView):
+    """``base``'s identity, asset and rules, deciding every request with one refusal for ``reason``.
+
+    The code is the asset's code for a refused function or service (Modbus exception 0x01, CIP 0x0F,
+    OPC UA BadUserAccessDenied unless the asset's ``deny`` says otherwise), the action the asset's deny
+    action.
+    """
+
+    __slots__ = ("refusal",)
+
+    def __init__(self, base: SubjectView, reason: str) -> None:
+        super().__init__(base.subject, base.asset, base.policy_revision, base.rules)
+        deny = base.asset.deny
+        self.refusal = Decision(VERDICT_DENY, None, deny.function, deny.action, reason)
+
+    def decide_modbus(self, request: Request, now: float) -> Decision:
+        return self.refusal
+
+    def decide_enip(self, request: CipRequest, now: float) -> Decision:
+        return self.refusal
+
+    def decide_opcua_service(self, service: str, now: float) -> Decision:
+        return self.refusal
+
+    def decide_opcua(
+        self,
+        operation: Operation,
+        namespaces: Sequence[str],
+        now: float,
+        browse_path: Sequence[str] | None = None,
+    ) -> Decision:
+        return self.refusal
+
+    def opcua_may(
+        self,
+        operation: Operation,
+        namespaces: Sequence[str],
+        now: float,
+        browse_path: Sequence[str] | None = None,
+    ) -> bool:
+        return False
+
+    def needs_browse_paths(self, service: str) -> bool:
+        return False
+
+    def opcua_timeless(self, service: str) -> bool:
+        return True  # the same refusal at any time
