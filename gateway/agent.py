@@ -14,11 +14,12 @@ import logging
 import signal
 import ssl
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
-from gateway.config import AgentConfig, AgentListener, ConfigError, load_agent_config
-from gateway.tls import client_context
+from gateway.config import AgentConfig, AgentListener, ConfigError, TlsFiles, load_agent_config
+from gateway.tls import TlsMaterial, client_context
 
 log = logging.getLogger("ztgate.agent")
 
@@ -174,26 +175,36 @@ class _Local(asyncio.Protocol):
             self.overlay.transport.resume_reading()
 
 
+Contexts = dict[str | None, ssl.SSLContext]  # by the ALPN protocol a listener offers
+
+
+def _overlay_contexts(protocols: frozenset[str | None]) -> Callable[[TlsFiles], Contexts]:
+    """One client context per ALPN protocol the listeners offer, all from the agent's certificate."""
+
+    def build(files: TlsFiles) -> Contexts:
+        return {p: client_context(files.cert, files.key, files.ca, alpn=p) for p in protocols}
+
+    return build
+
+
 class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
-        self._contexts: dict[str | None, ssl.SSLContext] = {}
+        self.tls: TlsMaterial[Contexts] | None = None
         self._servers: list[asyncio.Server] = []
         self.bound: list[tuple[AgentListener, tuple[str, int]]] = []
 
     def context_for(self, listener: AgentListener) -> ssl.SSLContext:
-        context = self._contexts.get(listener.protocol)
-        if context is None:
-            tls = self.config.tls
-            context = self._contexts[listener.protocol] = client_context(
-                tls.cert, tls.key, tls.ca, alpn=listener.protocol
-            )
-        return context
+        # Taken per connection: after a renewal, new connections present the new certificate.
+        assert self.tls is not None
+        return self.tls.current[listener.protocol]
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        protocols = frozenset(listener.protocol for listener in self.config.listeners)
+        # Built now: unreadable certificate files fail the start, not the first connection.
+        self.tls = TlsMaterial(self.config.tls, _overlay_contexts(protocols))
         for listener in self.config.listeners:
-            self.context_for(listener)  # fail now on unreadable certificate files, not on first use
             server = await loop.create_server(lambda li=listener: _Local(self, li), *listener.listen)  # type: ignore[misc]
             self._servers.append(server)
             host, port = server.sockets[0].getsockname()[:2]

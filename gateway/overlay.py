@@ -37,15 +37,13 @@ from gateway.admission import CAPACITY, RATE, SOURCE_LIMIT, HandshakeLimits, Sou
 from gateway.refusals import RefusalAudit
 from gateway.runtime import Runtime
 from gateway.session import Session, SessionInfo
-from gateway.tls import certificate_not_after, peer_identity
+from gateway.tls import SNI_ATTRIBUTE, TlsMaterial, certificate_not_after, peer_identity
 from policies import SubjectView
 from policies.spiffe import IdentityError
 
 log = logging.getLogger("ztgate.overlay")
 
 SessionFactory = Callable[[Runtime, SessionInfo, SubjectView], Session]
-
-SNI_ATTRIBUTE = "ztgate_server_name"
 
 TLS_HANDSHAKE_RECORD: Final = b"\x16"  # the content type of the record that carries a ClientHello
 ACCEPT_BATCH: Final = 256  # connections accepted per wake-up: a reconnect storm is taken in few passes
@@ -60,11 +58,6 @@ _ADMISSION_REASONS: Final = {
     SOURCE_LIMIT: "too many pending handshakes from this source",
     CAPACITY: "too many sources with pending handshakes",
 }
-
-
-def _remember_server_name(ssl_object: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> None:
-    # The server side cannot read SNI back after the handshake; keep it on the connection's SSLObject.
-    setattr(ssl_object, SNI_ATTRIBUTE, server_name)
 
 
 class _Pending:
@@ -105,16 +98,15 @@ class OverlayListener:
     def __init__(
         self,
         runtime: Runtime,
-        context: ssl.SSLContext,
+        tls: TlsMaterial[ssl.SSLContext],
         factories: Mapping[str, SessionFactory],
         *,
         max_sessions: int = 20_000,
         limits: HandshakeLimits | None = None,
     ) -> None:
-        context.sni_callback = _remember_server_name
         self.runtime = runtime
         self.limits = limits or HandshakeLimits()
-        self._context = context
+        self._tls = tls
         self._factories = factories
         self._max_sessions = max_sessions
         self._sources = SourceTable(self.limits)
@@ -305,7 +297,7 @@ class OverlayListener:
             await loop.connect_accepted_socket(
                 lambda: _Handshaken(self, pending),
                 pending.sock,
-                ssl=self._context,
+                ssl=self._tls.current,  # taken per handshake: a renewed certificate serves new ones
                 ssl_handshake_timeout=timeout_s,
             )
         except ssl.SSLCertVerificationError as exc:

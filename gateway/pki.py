@@ -32,7 +32,10 @@ from policies.spiffe import IdentityError, SpiffeId, parse_spiffe_id, parse_trus
 __all__ = [
     "CA_CERT_FILE",
     "CA_KEY_FILE",
+    "CERT_MODE",
     "CLOCK_SKEW",
+    "DIR_MODE",
+    "KEY_MODE",
     "PROFILES",
     "CertificateAuthority",
     "IssuedFiles",
@@ -41,7 +44,11 @@ __all__ = [
     "configure",
     "init_ca",
     "issue",
+    "issue_for_key",
     "load_ca",
+    "private_key_pem",
+    "sign_leaf",
+    "write_files",
 ]
 
 CA_CERT_FILE = "ca.pem"
@@ -49,9 +56,9 @@ CA_KEY_FILE = "ca.key"
 # Certificates start a little in the past so that a peer whose clock is slightly behind accepts them.
 CLOCK_SKEW = timedelta(minutes=5)
 
-_KEY_MODE = 0o600
-_CERT_MODE = 0o644
-_DIR_MODE = 0o700
+KEY_MODE = 0o600
+CERT_MODE = 0o644
+DIR_MODE = 0o700
 _CN_MAX = 64  # ub-common-name (RFC 5280); cryptography refuses longer values
 _DNS_NAME_RE = re.compile(
     r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
@@ -84,6 +91,8 @@ PROFILES: Mapping[str, Profile] = MappingProxyType(
         "agent": Profile(
             server=False, default_lifetime=timedelta(hours=24), max_lifetime=timedelta(hours=72)
         ),
+        # The center's own TLS certificate; the center renews it itself at half-life.
+        "center": Profile(server=True, default_lifetime=timedelta(days=30), max_lifetime=timedelta(days=90)),
     }
 )
 
@@ -138,7 +147,7 @@ def _format_time(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
-def _private_key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+def private_key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     # Unencrypted, like most service keys: the file mode is the protection. A site that needs the CA key
     # encrypted at rest should run the center, not this.
     return key.private_bytes(
@@ -146,7 +155,7 @@ def _private_key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def _write_files(files: Sequence[tuple[Path, bytes, int]]) -> None:
+def write_files(files: Sequence[tuple[Path, bytes, int]]) -> None:
     """Write each file with its mode from the start, then move them all into place.
 
     Creating a temporary file with the final mode (rather than chmod after writing) means a key is never
@@ -236,11 +245,11 @@ def init_ca(
         .sign(key, hashes.SHA256())
     )
 
-    directory.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
-    _write_files(
+    directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    write_files(
         [
-            (key_path, _private_key_pem(key), _KEY_MODE),
-            (cert_path, certificate.public_bytes(serialization.Encoding.PEM), _CERT_MODE),
+            (key_path, private_key_pem(key), KEY_MODE),
+            (cert_path, certificate.public_bytes(serialization.Encoding.PEM), CERT_MODE),
         ]
     )
     return IssuedFiles(cert=cert_path, key=key_path)
@@ -377,6 +386,73 @@ def _file_stem(spiffe_id: SpiffeId, name: str | None) -> str:
     return name
 
 
+def sign_leaf(
+    ca: CertificateAuthority,
+    sid: SpiffeId,
+    public_key: ec.EllipticCurvePublicKey,
+    valid_from: datetime,
+    valid_until: datetime,
+    alt_names: Sequence[x509.GeneralName] | None = None,
+) -> x509.Certificate:
+    """A leaf certificate for ``sid`` and ``public_key``, signed by ``ca``, with the profile of the id's
+    kind (a server certificate for gateways and centers). ``alt_names`` defaults to the SPIFFE id alone.
+    The caller has checked the id and the validity (see :func:`issue`)."""
+    profile = PROFILES[sid.kind]
+    if alt_names is None:
+        alt_names = [x509.UniformResourceIdentifier(str(sid))]
+    usages = (
+        [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+        if profile.server
+        else [ExtendedKeyUsageOID.CLIENT_AUTH]
+    )
+    ca_ski = ca.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    return (
+        x509.CertificateBuilder()
+        .subject_name(_common_name(sid.path))
+        .issuer_name(ca.certificate.subject)
+        .public_key(public_key)
+        .serial_number(_serial_number())
+        .not_valid_before(valid_from)
+        .not_valid_after(valid_until)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
+        .sign(ca.key, hashes.SHA256())
+    )
+
+
+def issue_for_key(
+    ca: CertificateAuthority, sid: SpiffeId, public_key: ec.EllipticCurvePublicKey, lifetime: timedelta
+) -> x509.Certificate:
+    """A certificate for a key made elsewhere (a CSR's): ``lifetime`` from now, at most the profile's
+    maximum and never past the CA's own expiry."""
+    profile = PROFILES.get(sid.kind)
+    if profile is None:
+        raise PkiError(f'SPIFFE id "{sid}" is of kind "{sid.kind}"; allowed kinds are {", ".join(PROFILES)}')
+    now = datetime.now(UTC)
+    valid_from, valid_until = _validity(profile, sid.kind, lifetime, None, None, now)
+    ca_expiry = ca.certificate.not_valid_after_utc
+    if valid_until > ca_expiry:
+        raise PkiError(f"the certificate would outlive the CA, which expires {_format_time(ca_expiry)}")
+    return sign_leaf(ca, sid, public_key, valid_from, valid_until)
+
+
 def issue(
     ca_dir: Path,
     spiffe_id: str,
@@ -412,51 +488,17 @@ def issue(
     target_dir = ca.directory if out_dir is None else Path(out_dir)
     stem = _file_stem(sid, name)
     cert_path, key_path = target_dir / f"{stem}.pem", target_dir / f"{stem}.key"
-    target_dir.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+    target_dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     ca_files = {ca.cert_path.resolve(), ca.key_path.resolve()}
     if cert_path.resolve() in ca_files or key_path.resolve() in ca_files:
         raise PkiError(f"refusing to overwrite the CA's own files with {cert_path} and {key_path}")
 
-    usages = (
-        [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-        if profile.server
-        else [ExtendedKeyUsageOID.CLIENT_AUTH]
-    )
     key = ec.generate_private_key(ec.SECP256R1())
-    ca_ski = ca.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(_common_name(sid.path))
-        .issuer_name(ca.certificate.subject)
-        .public_key(key.public_key())
-        .serial_number(_serial_number())
-        .not_valid_before(valid_from)
-        .not_valid_after(valid_until)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-        .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
-        .sign(ca.key, hashes.SHA256())
-    )
-    _write_files(
+    certificate = sign_leaf(ca, sid, key.public_key(), valid_from, valid_until, alt_names)
+    write_files(
         [
-            (key_path, _private_key_pem(key), _KEY_MODE),
-            (cert_path, certificate.public_bytes(serialization.Encoding.PEM), _CERT_MODE),
+            (key_path, private_key_pem(key), KEY_MODE),
+            (cert_path, certificate.public_bytes(serialization.Encoding.PEM), CERT_MODE),
         ]
     )
     return IssuedFiles(cert=cert_path, key=key_path)

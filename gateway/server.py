@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Callable
@@ -33,7 +34,7 @@ from gateway.opcua.upstream import OpcUaPool
 from gateway.overlay import OverlayListener, SessionFactory
 from gateway.policy_store import PolicyStore
 from gateway.runtime import PoolFactory, Runtime, SessionLimits, tune_garbage_collector
-from gateway.tls import server_context
+from gateway.tls import TlsMaterial, server_context
 from policies import Policy, PolicyError
 
 log = logging.getLogger("ztgate.gateway")
@@ -112,10 +113,10 @@ class Gateway:
         runtime.policies.subscribe(runtime.upstreams.sync)
         runtime.policies.subscribe(runtime.sessions.revalidate)
         runtime.upstreams.sync(runtime.policies.current)
-        context = server_context(self._tls.cert, self._tls.key, self._tls.ca)
+        self.tls = TlsMaterial(self._tls, _serving_context, clock=runtime.clock)
         listener = self.listener = OverlayListener(
             runtime,
-            context,
+            self.tls,
             SESSION_FACTORIES,
             max_sessions=self._max_sessions,
             limits=self._handshake_limits,
@@ -158,6 +159,10 @@ class Gateway:
         await asyncio.sleep(0)
         self.audit.close()
         self.stopped.set()
+
+
+def _serving_context(files: TlsFiles) -> ssl.SSLContext:
+    return server_context(files.cert, files.key, files.ca)
 
 
 # ------------------------------------------------------------------------------------------ CLI

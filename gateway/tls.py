@@ -1,30 +1,47 @@
-"""TLS contexts for the overlay: TLS 1.3 only, mutual, identities are SPIFFE ids.
+"""TLS contexts for the overlay and the center: TLS 1.3 only, mutual, identities are SPIFFE ids.
 
 Chain, validity period and the CA's name constraints are OpenSSL's job (``CERT_REQUIRED``); the
 identity a verified certificate proves is read with :func:`gateway.identity.identity_from_certificate`.
 Host names are not checked anywhere: the overlay authenticates workloads by SPIFFE id, and SNI names
-the asset, not the gateway.
+the asset, not the gateway. A client that must reach one kind of peer (the center) checks the peer's
+SPIFFE id inside the handshake, before a byte of application data leaves.
+
+:class:`TlsMaterial` holds contexts built from certificate files and rebuilds them when the files are
+replaced (a renewed certificate): new handshakes take the new context, and a connection made with the
+old one keeps it to its end, so a renewal drops no session.
 """
 
 from __future__ import annotations
 
+import logging
 import ssl
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Generic, TypeVar
 
+from cryptography import x509
+
+from gateway.config import TlsFiles
 from gateway.identity import identity_from_certificate
 from policies.spiffe import IdentityError, SpiffeId
+
+log = logging.getLogger("ztgate.tls")
+
+T = TypeVar("T")
 
 # Protocol names a client may offer in ALPN; a client that offers one must reach an asset of that protocol.
 ALPN_PROTOCOLS = ("modbus", "enip", "opcua")
 
 
-def _base_context(purpose: int, cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
+def _base_context(purpose: int, cert: Path | None, key: Path | None, ca: Path) -> ssl.SSLContext:
     context = (
         _FixedServerNameContext(purpose) if purpose == ssl.PROTOCOL_TLS_CLIENT else ssl.SSLContext(purpose)
     )
     context.minimum_version = ssl.TLSVersion.TLSv1_3
     context.maximum_version = ssl.TLSVersion.TLSv1_3
-    context.load_cert_chain(cert, key)
+    if cert is not None and key is not None:
+        context.load_cert_chain(cert, key)
     context.load_verify_locations(cafile=ca)
     context.verify_mode = ssl.CERT_REQUIRED
     context.verify_flags |= ssl.VERIFY_X509_STRICT
@@ -34,15 +51,38 @@ def _base_context(purpose: int, cert: Path, key: Path, ca: Path) -> ssl.SSLConte
     return context
 
 
+# The attribute of a server-side SSLObject where the SNI the client sent is kept.
+SNI_ATTRIBUTE = "ztgate_server_name"
+
+
+def _remember_server_name(ssl_object: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> None:
+    # The server side cannot read SNI back after the handshake; keep it on the connection's SSLObject.
+    setattr(ssl_object, SNI_ATTRIBUTE, server_name)
+
+
 def server_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
-    """The gateway's overlay context: client certificates required and verified against ``ca``."""
+    """The gateway's overlay context: client certificates required and verified against ``ca``; the
+    SNI of each connection is kept on its SSLObject under :data:`SNI_ATTRIBUTE`."""
     context = _base_context(ssl.PROTOCOL_TLS_SERVER, cert, key, ca)
     context.set_alpn_protocols(list(ALPN_PROTOCOLS))
     # With OP_NO_TICKET, OpenSSL's TLS 1.3 server still issues *stateful* tickets and keeps each session
     # (with the client's certificate) in its cache, up to 20,480: resumable, and ~11 KiB each (the fuzz
     # campaign saw the gateway grow by 240 MiB). No ticket at all: nothing cached, nothing to resume.
     context.num_tickets = 0
+    context.sni_callback = _remember_server_name
     return context
+
+
+class _PeerCheckedObject(ssl.SSLObject):
+    """An SSLObject whose handshake also runs its context's ``peer_check`` on the verified peer
+    certificate, so a peer of the wrong kind fails the handshake like a bad chain does."""
+
+    def do_handshake(self) -> None:
+        super().do_handshake()
+        check: Callable[[bytes], None] | None = getattr(self.context, "peer_check", None)
+        der = self.getpeercert(binary_form=True)
+        if check is not None and der is not None:
+            check(der)
 
 
 class _FixedServerNameContext(ssl.SSLContext):
@@ -50,6 +90,7 @@ class _FixedServerNameContext(ssl.SSLContext):
     name (pymodbus passes the host, and Python sends no SNI for an IP address)."""
 
     server_name: str | None = None
+    peer_check: Callable[[bytes], None] | None = None
 
     def wrap_bio(
         self,
@@ -63,21 +104,44 @@ class _FixedServerNameContext(ssl.SSLContext):
 
 
 def client_context(
-    cert: Path, key: Path, ca: Path, *, alpn: str | None = None, server_name: str | None = None
+    cert: Path | None,
+    key: Path | None,
+    ca: Path,
+    *,
+    alpn: str | None = None,
+    server_name: str | None = None,
+    peer: tuple[str, str] | None = None,
 ) -> ssl.SSLContext:
-    """An overlay client's context (the agent, tests, tools): verifies the gateway's chain, not its name.
+    """A client's context (the agent, the center's clients, tests, tools): verifies the server's chain,
+    not its name. Without ``cert`` and ``key`` it presents no certificate (enrollment).
 
     ``server_name`` fixes the SNI (the asset) for every connection made with this context, whatever
-    host name the caller passes.
+    host name the caller passes. ``peer`` = (trust domain, kind) makes the handshake fail unless the
+    server's certificate proves a SPIFFE id of that kind in that trust domain (``center``).
     """
     context = _base_context(ssl.PROTOCOL_TLS_CLIENT, cert, key, ca)
+    assert isinstance(context, _FixedServerNameContext)
     if server_name is not None:
-        assert isinstance(context, _FixedServerNameContext)
         context.server_name = server_name
     context.check_hostname = False
     if alpn is not None:
         context.set_alpn_protocols([alpn])
+    if peer is not None:
+        context.peer_check = _kind_check(*peer)
+        context.sslobject_class = _PeerCheckedObject
     return context
+
+
+def _kind_check(trust_domain: str, kind: str) -> Callable[[bytes], None]:
+    def check(der: bytes) -> None:
+        try:
+            found = identity_from_certificate(der, trust_domain)
+        except IdentityError as exc:
+            raise ssl.SSLCertVerificationError(f"the server's certificate: {exc}") from None
+        if found.kind != kind:
+            raise ssl.SSLCertVerificationError(f"the server is {found}, not a {kind}")
+
+    return check
 
 
 def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket, trust_domain: str) -> SpiffeId:
@@ -94,3 +158,64 @@ def certificate_not_after(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> float | 
     if not info or "notAfter" not in info:
         return None
     return float(ssl.cert_time_to_seconds(str(info["notAfter"])))
+
+
+# ----------------------------------------------------------------------------- reloadable material
+
+
+def certificate_dates(path: Path) -> tuple[float, float]:
+    """The first certificate's notBefore and notAfter in a PEM file, as epoch seconds."""
+    certificate = x509.load_pem_x509_certificate(path.read_bytes())
+    return certificate.not_valid_before_utc.timestamp(), certificate.not_valid_after_utc.timestamp()
+
+
+class TlsMaterial(Generic[T]):
+    """What ``build`` makes of a certificate, key and CA (a context, or several), rebuilt on demand.
+
+    :meth:`reload` reads the files again; a broken set (unreadable, key not matching the certificate)
+    raises and the material in use stays. Callers take :attr:`current` for every new connection, so a
+    live connection keeps the context it was made with. The certificate's dates are kept for renewal,
+    readiness and expiry gauges.
+    """
+
+    def __init__(
+        self, files: TlsFiles, build: Callable[[TlsFiles], T], *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.files = files
+        self._build = build
+        self._clock = clock
+        self._listeners: list[Callable[[TlsMaterial[T]], None]] = []
+        self.current: T = build(files)
+        self.not_before, self.not_after = certificate_dates(files.cert)
+        self.loaded_at = clock()
+        self.reloads = 0
+
+    def subscribe(self, listener: Callable[[TlsMaterial[T]], None]) -> None:
+        """Call ``listener(material)`` after every successful reload."""
+        self._listeners.append(listener)
+
+    def reload(self) -> None:
+        """Rebuild from the files; raises (OSError, ssl.SSLError, ValueError) and keeps the old on failure."""
+        built = self._build(self.files)
+        dates = certificate_dates(self.files.cert)
+        self.current = built
+        self.not_before, self.not_after = dates
+        self.loaded_at = self._clock()
+        self.reloads += 1
+        log.info("TLS material reloaded from %s (valid until %s)", self.files.cert, _utc(dates[1]))
+        for listener in self._listeners:
+            listener(self)
+
+    def status(self) -> dict[str, object]:
+        """For /readyz: the certificate's file and dates, seconds left."""
+        return {
+            "cert": str(self.files.cert),
+            "not_before": _utc(self.not_before),
+            "not_after": _utc(self.not_after),
+            "expires_in_s": round(self.not_after - self._clock(), 1),
+            "reloads": self.reloads,
+        }
+
+
+def _utc(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
