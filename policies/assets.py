@@ -110,9 +110,7 @@ class AssetChecks(OpcuaAssetChecks):
         elif "upstream" in table:
             upstream = self.upstream(table["upstream"], (*path, "upstream"), ENIP_PORT if enip else None)
         mode = self.optional(table, "mode", path, lambda v, p: self.choice(v, p, MODES), "enforce")
-        on_stale = self.optional(
-            table, "on_stale", path, lambda v, p: self.choice(v, p, ON_STALE), "closed"
-        )
+        on_stale = self.optional(table, "on_stale", path, lambda v, p: self.choice(v, p, ON_STALE), "closed")
         kind = protocol or "modbus"
         deny = self.optional(
             table, "deny", path, lambda v, p: self.deny_action(v, p, kind), _DEFAULT_DENY[kind]

@@ -1,15 +1,19 @@
 """Shared test set-up: end-to-end tests run once on uvloop and once on the standard asyncio loop; the
-overlay load tests drive their many clients from uvloop, the loop a gateway runs on; one PKI per run."""
+overlay load tests drive their many clients from uvloop, the loop a gateway runs on; one PKI per run; a
+PostgreSQL cluster for the tests that need one (tests/postgres.py)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 
 import pytest
 import uvloop
 
+from tests import postgres
 from tests.e2e.harness import Pki, make_pki
+from tests.postgres import Cluster
 
 LOOPS: Mapping[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "uvloop": uvloop.new_event_loop,
@@ -30,3 +34,21 @@ def pytest_asyncio_loop_factories(
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    """A PostgreSQL cluster for the whole session, started when a test first asks for it."""
+    with postgres.cluster() as found:
+        yield found
+
+
+@pytest.fixture
+def pg_url(pg_cluster: Cluster) -> Iterator[str]:
+    """A fresh database of its own for one test; dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    pg_cluster.sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield pg_cluster.url(name)
+    finally:
+        pg_cluster.sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -1,0 +1,297 @@
+"""What the center keeps: identities and roles, enrollment tokens, issued certificates, policy
+revisions, the heads of what it streams, and its own audit. One class over either database.
+
+Every change that gateways must hear about bumps a row of ``heads`` and announces its kind in the same
+transaction (:meth:`gateway.center.db.Transaction.notify`), so a replica on the same PostgreSQL wakes
+its subscribers at commit, and a revision number is handed out exactly once across replicas (the row
+lock on ``heads`` orders concurrent pushes).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from gateway.center.db import Database, Row, Transaction
+
+__all__ = ["ROLES", "PolicyRevision", "Store", "TokenError", "token_hash"]
+
+# Roles and the SPIFFE kind an identity of that role must have. Roles live here, never in certificates.
+ROLES: dict[str, str] = {
+    "admin": "user",
+    "approver": "user",
+    "viewer": "user",
+    "user": "user",
+    "vendor": "vendor",
+    "agent": "agent",
+    "gateway": "gateway",
+}
+
+
+class TokenError(Exception):
+    """An enrollment token that cannot be used; ``reason`` is one of unknown, expired, used."""
+
+    def __init__(self, reason: str, row: Row | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.row = row
+
+
+@dataclass(frozen=True)
+class PolicyRevision:
+    revision: int
+    policy: str
+    sha256: str
+    author: str
+    created_at: float
+    comment: str
+    diff: str
+    rollback_of: int | None
+
+    @classmethod
+    def from_row(cls, row: Row) -> PolicyRevision:
+        rollback = row["rollback_of"]
+        return cls(
+            revision=int(row["revision"]),
+            policy=row["policy"],
+            sha256=row["sha256"],
+            author=row["author"],
+            created_at=float(row["created_at"]),
+            comment=row["comment"],
+            diff=row["diff"],
+            rollback_of=None if rollback is None else int(rollback),
+        )
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "revision": self.revision,
+            "sha256": self.sha256,
+            "author": self.author,
+            "created_at": self.created_at,
+            "comment": self.comment,
+            "rollback_of": self.rollback_of,
+        }
+
+
+def token_hash(token: str) -> str:
+    # Tokens carry 256 random bits, so a plain hash is enough: nothing to brute-force, and the store
+    # never holds a usable token.
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def unified_diff(before: str, after: str, from_name: str, to_name: str) -> str:
+    lines = difflib.unified_diff(
+        before.splitlines(keepends=True), after.splitlines(keepends=True), from_name, to_name
+    )
+    return "".join(line if line.endswith("\n") else line + "\n" for line in lines)
+
+
+class Store:
+    def __init__(self, db: Database, *, clock: Callable[[], float] = time.time) -> None:
+        self.db = db
+        self.clock = clock
+
+    async def open(self) -> list[int]:
+        await self.db.open()
+        return await self.db.migrate()
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    # -------------------------------------------------------------------------------- identities
+
+    async def role_of(self, identity: str) -> str | None:
+        row = await self.db.fetchone("SELECT role FROM identities WHERE id = ?", identity)
+        return None if row is None else str(row["role"])
+
+    async def identities(self) -> list[Row]:
+        return await self.db.fetch("SELECT id, role, created_at, created_by FROM identities ORDER BY id")
+
+    async def put_identity(self, identity: str, role: str, by: str, tx: Transaction | None = None) -> None:
+        """Record ``identity`` with ``role`` (replacing its role if it has one)."""
+        if tx is None:
+            async with self.db.transaction() as own:
+                await self._put_identity(own, identity, role, by)
+        else:
+            await self._put_identity(tx, identity, role, by)
+
+    async def _put_identity(self, tx: Transaction, identity: str, role: str, by: str) -> None:
+        await tx.execute(
+            "INSERT INTO identities (id, role, created_at, created_by) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (id) DO UPDATE SET role = excluded.role",
+            identity,
+            role,
+            self.clock(),
+            by,
+        )
+
+    # ------------------------------------------------------------------------------------ tokens
+
+    async def create_token(self, token: str, identity: str, role: str, ttl_s: float, by: str) -> float:
+        """Store a new token (hashed); returns when it expires."""
+        now = self.clock()
+        expires_at = now + ttl_s
+        async with self.db.transaction() as tx:
+            await tx.execute(
+                "INSERT INTO tokens (hash, id, role, created_at, expires_at, created_by) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                token_hash(token),
+                identity,
+                role,
+                now,
+                expires_at,
+                by,
+            )
+        return expires_at
+
+    async def token(self, token: str) -> Row:
+        """The token's row if it can still be used; raises :class:`TokenError` otherwise."""
+        row = await self.db.fetchone("SELECT * FROM tokens WHERE hash = ?", token_hash(token))
+        self._check_token(row)
+        assert row is not None
+        return row
+
+    def _check_token(self, row: Row | None) -> None:
+        if row is None:
+            raise TokenError("unknown")
+        if row["used_at"] is not None:
+            raise TokenError("used", row)
+        if float(row["expires_at"]) <= self.clock():
+            raise TokenError("expired", row)
+
+    async def use_token(self, token: str, used_by: str, tx: Transaction) -> Row:
+        """Mark the token used, inside ``tx``; raises :class:`TokenError` when it cannot be.
+
+        The update is conditional, so of two enrollments racing with one token (on two replicas,
+        say) exactly one wins."""
+        digest = token_hash(token)
+        now = self.clock()
+        changed = await tx.execute(
+            "UPDATE tokens SET used_at = ?, used_by = ? "
+            "WHERE hash = ? AND used_at IS NULL AND expires_at > ?",
+            now,
+            used_by,
+            digest,
+            now,
+        )
+        row = await tx.fetchone("SELECT * FROM tokens WHERE hash = ?", digest)
+        if not changed:
+            self._check_token(row)
+            raise TokenError("used", row)  # lost a race between the check and the update
+        assert row is not None
+        return row
+
+    # ------------------------------------------------------------------------------ certificates
+
+    async def record_certificate(
+        self,
+        serial: int,
+        identity: str,
+        not_before: float,
+        not_after: float,
+        reason: str,
+        tx: Transaction | None = None,
+    ) -> None:
+        sql = (
+            "INSERT INTO certificates (serial, id, not_before, not_after, issued_at, reason) "
+            "VALUES (?, ?, ?, ?, ?, ?)"
+        )
+        args = (f"{serial:x}", identity, not_before, not_after, self.clock(), reason)
+        if tx is None:
+            async with self.db.transaction() as own:
+                await own.execute(sql, *args)
+        else:
+            await tx.execute(sql, *args)
+
+    async def certificates(self, identity: str) -> list[Row]:
+        return await self.db.fetch("SELECT * FROM certificates WHERE id = ? ORDER BY issued_at", identity)
+
+    # ------------------------------------------------------------------------------------ policy
+
+    async def heads(self) -> dict[str, int]:
+        return {str(row["kind"]): int(row["value"]) for row in await self.db.fetch("SELECT * FROM heads")}
+
+    async def push_policy(
+        self, text: str, author: str, comment: str = "", rollback_of: int | None = None
+    ) -> PolicyRevision:
+        """Store ``text`` (already validated) as the next revision, with its diff against the previous."""
+        async with self.db.transaction() as tx:
+            row = await tx.fetchone(
+                "UPDATE heads SET value = value + 1 WHERE kind = 'policy' RETURNING value"
+            )
+            assert row is not None
+            revision = int(row["value"])
+            previous = await tx.fetchone(
+                "SELECT policy FROM policy_revisions WHERE revision = ?", revision - 1
+            )
+            before = "" if previous is None else str(previous["policy"])
+            pushed = PolicyRevision(
+                revision=revision,
+                policy=text,
+                sha256=hashlib.sha256(text.encode()).hexdigest(),
+                author=author,
+                created_at=self.clock(),
+                comment=comment,
+                diff=unified_diff(before, text, f"revision {revision - 1}", f"revision {revision}"),
+                rollback_of=rollback_of,
+            )
+            await tx.execute(
+                "INSERT INTO policy_revisions (revision, policy, sha256, author, created_at, comment, diff, "
+                "rollback_of) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                pushed.revision,
+                pushed.policy,
+                pushed.sha256,
+                pushed.author,
+                pushed.created_at,
+                pushed.comment,
+                pushed.diff,
+                pushed.rollback_of,
+            )
+            await self._audit(
+                tx,
+                "policy_rollback" if rollback_of is not None else "policy_pushed",
+                author,
+                {"revision": revision, "sha256": pushed.sha256, "rollback_of": rollback_of},
+            )
+            await tx.notify("policy")
+        return pushed
+
+    async def policy_revision(self, revision: int) -> PolicyRevision | None:
+        row = await self.db.fetchone("SELECT * FROM policy_revisions WHERE revision = ?", revision)
+        return None if row is None else PolicyRevision.from_row(row)
+
+    async def policy_log(self, limit: int = 100) -> list[PolicyRevision]:
+        rows = await self.db.fetch("SELECT * FROM policy_revisions ORDER BY revision DESC LIMIT ?", limit)
+        return [PolicyRevision.from_row(row) for row in rows]
+
+    # ------------------------------------------------------------------------------------- audit
+
+    async def audit(
+        self, event: str, actor: str | None, detail: dict[str, Any], tx: Transaction | None = None
+    ) -> None:
+        if tx is None:
+            async with self.db.transaction() as own:
+                await self._audit(own, event, actor, detail)
+        else:
+            await self._audit(tx, event, actor, detail)
+
+    async def _audit(self, tx: Transaction, event: str, actor: str | None, detail: dict[str, Any]) -> None:
+        await tx.execute(
+            "INSERT INTO audit (at, actor, event, detail) VALUES (?, ?, ?, ?)",
+            self.clock(),
+            actor,
+            event,
+            orjson.dumps(detail).decode(),
+        )
+
+    async def audit_log(self, after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+        rows = await self.db.fetch(
+            "SELECT seq, at, actor, event, detail FROM audit WHERE seq > ? ORDER BY seq LIMIT ?", after, limit
+        )
+        return [{**row, "seq": int(row["seq"]), "detail": orjson.loads(row["detail"])} for row in rows]

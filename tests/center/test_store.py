@@ -1,0 +1,148 @@
+"""The center's store: the same tests on SQLite and on a real PostgreSQL (tests/postgres.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gateway.center.db import PostgresDatabase, SqliteDatabase, StoreError
+from gateway.center.migrations import MIGRATIONS
+from gateway.center.store import Store, TokenError
+
+ALICE = "spiffe://plant1.example/user/alice"
+HMI = "spiffe://plant1.example/agent/site1/hmi-3"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    if request.param == "sqlite":
+        db: SqliteDatabase | PostgresDatabase = SqliteDatabase(tmp_path / "center.db")
+    else:
+        db = PostgresDatabase(request.getfixturevalue("pg_url"))
+    found = Store(db, clock=Clock())
+    assert await found.open() == [version for version, _, _ in MIGRATIONS]
+    try:
+        yield found
+    finally:
+        await found.close()
+
+
+async def test_migrations_run_once_and_a_newer_schema_is_refused(store: Store) -> None:
+    assert await store.db.migrate() == []
+    async with store.db.transaction() as tx:
+        await tx.execute(
+            "INSERT INTO schema_migrations (version, description, applied_at) VALUES (?, ?, ?)", 999, "x", 0.0
+        )
+    with pytest.raises(StoreError, match=r"migrations \[999\] that this ztgate does not know"):
+        await store.db.migrate()
+
+
+async def test_identities_have_one_role_each(store: Store) -> None:
+    assert await store.role_of(ALICE) is None
+    await store.put_identity(ALICE, "admin", "init")
+    await store.put_identity(HMI, "agent", ALICE)
+    await store.put_identity(ALICE, "viewer", ALICE)
+    assert await store.role_of(ALICE) == "viewer"
+    assert [(row["id"], row["role"]) for row in await store.identities()] == [
+        (HMI, "agent"),
+        (ALICE, "viewer"),
+    ]
+
+
+async def test_a_token_is_used_once_and_expires(store: Store) -> None:
+    clock = store.clock
+    assert isinstance(clock, Clock)
+    expires = await store.create_token("secret-1", HMI, "agent", 3600, ALICE)
+    assert expires == clock.now + 3600
+    assert (await store.token("secret-1"))["id"] == HMI
+    raw = await store.db.fetch("SELECT hash FROM tokens")
+    assert "secret-1" not in str(raw)  # only the hash is kept
+    async with store.db.transaction() as tx:
+        row = await store.use_token("secret-1", "127.0.0.1", tx)
+    assert row["used_by"] == "127.0.0.1"
+    for token, reason in (("secret-1", "used"), ("nope", "unknown")):
+        with pytest.raises(TokenError) as refused:
+            async with store.db.transaction() as tx:
+                await store.use_token(token, "x", tx)
+        assert refused.value.reason == reason
+    await store.create_token("secret-2", HMI, "agent", 10, ALICE)
+    clock.now += 10
+    with pytest.raises(TokenError) as refused:
+        await store.token("secret-2")
+    assert refused.value.reason == "expired"
+
+
+async def test_two_enrollments_racing_with_one_token_one_wins(store: Store) -> None:
+    await store.create_token("race", HMI, "agent", 60, ALICE)
+
+    async def enroll(who: str) -> str:
+        try:
+            async with store.db.transaction() as tx:
+                await store.use_token("race", who, tx)
+        except TokenError as exc:
+            return exc.reason
+        return "ok"
+
+    assert sorted(await asyncio.gather(enroll("a"), enroll("b"))) == ["ok", "used"]
+
+
+async def test_a_failed_transaction_changes_nothing(store: Store) -> None:
+    await store.create_token("kept", HMI, "agent", 60, ALICE)
+    with pytest.raises(RuntimeError):
+        async with store.db.transaction() as tx:
+            await store.use_token("kept", "x", tx)
+            raise RuntimeError("the CSR was refused")
+    assert (await store.token("kept"))["used_at"] is None
+
+
+async def test_policy_revisions_number_up_keep_diffs_and_announce(store: Store) -> None:
+    heard: list[str] = []
+    three = asyncio.Event()
+
+    def hear(topic: str) -> None:
+        heard.append(topic)
+        if len(heard) == 3:
+            three.set()
+
+    store.db.on_notify(hear)
+    assert await store.heads() == {"policy": 0}
+    first = await store.push_policy("a = 1\n", ALICE, "first")
+    second = await store.push_policy("a = 2\n", ALICE)
+    back = await store.push_policy(first.policy, ALICE, "back", rollback_of=1)
+    assert [first.revision, second.revision, back.revision] == [1, 2, 3]
+    assert "-a = 1\n+a = 2\n" in second.diff and second.diff.startswith("--- revision 1\n+++ revision 2\n")
+    assert await store.heads() == {"policy": 3}
+    shown = await store.policy_revision(2)
+    assert shown == second
+    assert await store.policy_revision(9) is None
+    assert [r.revision for r in await store.policy_log()] == [3, 2, 1]
+    assert (await store.policy_log())[0].rollback_of == 1
+    await asyncio.wait_for(three.wait(), 5)  # PostgreSQL delivers on the LISTEN connection
+    assert heard == ["policy"] * 3
+    events = [(e["event"], e["detail"]["revision"]) for e in await store.audit_log()]
+    assert events == [("policy_pushed", 1), ("policy_pushed", 2), ("policy_rollback", 3)]
+
+
+async def test_concurrent_pushes_get_distinct_revisions(store: Store) -> None:
+    pushed = await asyncio.gather(*(store.push_policy(f"n = {i}\n", ALICE) for i in range(8)))
+    assert sorted(p.revision for p in pushed) == list(range(1, 9))
+
+
+async def test_certificates_and_audit_are_kept(store: Store) -> None:
+    await store.record_certificate(0xABC, HMI, 1.0, 2.0, "enroll")
+    await store.audit("enrolled", HMI, {"serial": "abc"})
+    assert [(c["serial"], c["reason"]) for c in await store.certificates(HMI)] == [("abc", "enroll")]
+    log = await store.audit_log()
+    assert (log[-1]["event"], log[-1]["actor"], log[-1]["detail"]) == ("enrolled", HMI, {"serial": "abc"})
+    assert await store.audit_log(after=log[-1]["seq"]) == []
