@@ -15,6 +15,8 @@ COMMANDS = (
     "gateway.server",  # ztgate gateway
     "gateway.agent",  # ztgate agent
     "gateway.pki",  # ztgate ca init|issue
+    "gateway.center.cli",  # ztgate center init|serve|token|policy|...
+    "gateway.enroll",  # ztgate enroll
     "gateway.policy_cmd",  # ztgate policy check|explain
 )
 # The lab's commands (gateway/lab/), by name. The lab is not part of the runtime, and this is the one

@@ -76,7 +76,7 @@ class AgentConfig:
     connect_timeout_s: float
 
 
-class _Checker(FieldChecker):
+class ConfigChecker(FieldChecker):
     def __init__(self, base: Path) -> None:
         super().__init__()
         self.base = base
@@ -161,7 +161,7 @@ _OVERLAY_BOUNDS: dict[str, tuple[float, float]] = {
 }
 
 
-def _overlay(check: _Checker, doc: dict[str, object]) -> HandshakeLimits | None:
+def _overlay(check: ConfigChecker, doc: dict[str, object]) -> HandshakeLimits | None:
     table = check.section(doc, "overlay", tuple(_OVERLAY_BOUNDS))
     defaults = HandshakeLimits()
     values: dict[str, float] = {}
@@ -192,7 +192,7 @@ def _overlay(check: _Checker, doc: dict[str, object]) -> HandshakeLimits | None:
     return HandshakeLimits(**values)  # type: ignore[arg-type]
 
 
-def _read(path: Path) -> tuple[str, dict[str, object]]:
+def read_toml(path: Path) -> tuple[str, dict[str, object]]:
     source = str(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -208,7 +208,7 @@ def _read(path: Path) -> tuple[str, dict[str, object]]:
         raise ConfigError([syntax_issue(source, text, exc)]) from None
 
 
-def _raise_problems(path: Path, text: str, checker: _Checker) -> None:
+def raise_problems(path: Path, text: str, checker: ConfigChecker) -> None:
     if not checker.problems:
         return
     locator = LineLocator(text)
@@ -219,8 +219,8 @@ def _raise_problems(path: Path, text: str, checker: _Checker) -> None:
 
 
 def load_gateway_config(path: Path) -> GatewayConfig:
-    text, doc = _read(path)
-    check = _Checker(path.absolute().parent)
+    text, doc = read_toml(path)
+    check = ConfigChecker(path.absolute().parent)
     check.keys(doc, (), ("gateway", "tls", "admin", "audit", "overlay"))
     gw = check.section(
         doc,
@@ -260,7 +260,7 @@ def load_gateway_config(path: Path) -> GatewayConfig:
         audit, "queue_limit", ("audit",), lambda v, p: check.integer(v, p, 1, 10_000_000), 100_000
     )
     overlay = _overlay(check, doc)
-    _raise_problems(path, text, check)
+    raise_problems(path, text, check)
     assert (
         name is not None
         and listen is not None
@@ -291,8 +291,8 @@ def load_gateway_config(path: Path) -> GatewayConfig:
 
 
 def load_agent_config(path: Path) -> AgentConfig:
-    text, doc = _read(path)
-    check = _Checker(path.absolute().parent)
+    text, doc = read_toml(path)
+    check = ConfigChecker(path.absolute().parent)
     check.keys(doc, (), ("agent", "tls", "listeners"))
     agent = check.section(doc, "agent", ("gateway", "connect_timeout_s"))
     default_gateway = agent.get("gateway")
@@ -323,6 +323,6 @@ def load_agent_config(path: Path) -> AgentConfig:
         )
         if listen is not None and asset is not None and gateway is not None:
             listeners.append(AgentListener(listen, asset, gateway, protocol))
-    _raise_problems(path, text, check)
+    raise_problems(path, text, check)
     assert tls is not None and connect_timeout is not None
     return AgentConfig(source=path, tls=tls, listeners=tuple(listeners), connect_timeout_s=connect_timeout)

@@ -73,6 +73,14 @@ def server_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
     return context
 
 
+def https_server_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
+    """The center's context: a client certificate is asked for and verified against ``ca`` when sent,
+    but not required by TLS (enrollment comes without one); the API refuses what needs one."""
+    context = _base_context(ssl.PROTOCOL_TLS_SERVER, cert, key, ca)
+    context.verify_mode = ssl.CERT_OPTIONAL
+    return context
+
+
 class _PeerCheckedObject(ssl.SSLObject):
     """An SSLObject whose handshake also runs its context's ``peer_check`` on the verified peer
     certificate, so a peer of the wrong kind fails the handshake like a bad chain does."""
@@ -129,6 +137,20 @@ def client_context(
     if peer is not None:
         context.peer_check = _kind_check(*peer)
         context.sslobject_class = _PeerCheckedObject
+    return context
+
+
+def pinning_context(check: Callable[[bytes], None]) -> ssl.SSLContext:
+    """A client context that trusts no CA and presents no certificate, but runs ``check`` on the
+    server's certificate inside every handshake: for enrollment, where the server is known only by the
+    fingerprint an operator was given."""
+    context = _FixedServerNameContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.maximum_version = ssl.TLSVersion.TLSv1_3
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.peer_check = check
+    context.sslobject_class = _PeerCheckedObject
     return context
 
 

@@ -1,0 +1,418 @@
+"""The center's JSON API: one table of routes, each with the roles that may call it, and the handlers.
+
+Authentication and the role check happen before a handler runs (:mod:`gateway.center.app`); a handler
+gets the caller's identity and role from the request. Two routes take no client certificate: the
+center's public description (what ``ztgate enroll`` compares with the fingerprint) and enrollment
+itself, which a one-time token authenticates instead. docs/center-openapi.json documents every route
+of :data:`ROUTES`; a test keeps the two in step.
+
+Bad input never changes anything: a body is read whole (up to ``max_body_bytes``), parsed, checked
+field by field (unknown fields refused) before a handler touches the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from gateway.center.authority import Authority, CsrError
+from gateway.center.config import CenterConfig
+from gateway.center.store import ROLES, PolicyRevision, Store, TokenError, unified_diff
+from gateway.center.stream import Hub, Publisher, parse_cursors, serve_stream
+from gateway.identity import IdentityError, parse_spiffe_id
+from policies import PolicyError, parse_policy
+
+__all__ = ["PUBLIC", "ROUTES", "TOKEN", "ApiError", "Route", "Services"]
+
+PUBLIC = "public"  # no certificate, no token: the center's public description
+TOKEN = "token"  # no certificate: a one-time enrollment token in the body
+READERS = frozenset({"admin", "approver", "viewer"})
+RENEWERS = frozenset({"gateway", "agent"})  # users and vendors enroll again; their certificates end
+TOKEN_PREFIX = "ztg1_"
+_TOKEN_REFUSALS = {
+    "unknown": "unknown token",
+    "used": "the token was already used",
+    "expired": "the token has expired",
+}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiError(Exception):
+    """Answered as ``{"error": {"status", "message", ...}}`` with ``status``; nothing was changed."""
+
+    def __init__(self, status: int, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.extra = extra
+
+
+@dataclass
+class Services:
+    config: CenterConfig
+    store: Store
+    authority: Authority
+    publisher: Publisher
+    hub: Hub
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    access: frozenset[str] | str  # roles, or PUBLIC / TOKEN
+    handler: Handler
+
+
+def json_response(body: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(body, option=orjson.OPT_INDENT_2), status=status, content_type="application/json"
+    )
+
+
+def _services(request: web.Request) -> Services:
+    services: Services = request.app["services"]
+    return services
+
+
+def _caller(request: web.Request) -> str:
+    identity: str = request["identity"]
+    return identity
+
+
+# ---------------------------------------------------------------------------------------- input
+
+
+Fields = Mapping[str, tuple[type, ...]]
+
+
+async def read_body(request: web.Request, fields: Fields, required: tuple[str, ...]) -> dict[str, Any]:
+    """The request's JSON object, with exactly the known fields of the right types."""
+    if request.content_type != "application/json":
+        raise ApiError(
+            415, f"expected a JSON body (Content-Type application/json), got {request.content_type}"
+        )
+    raw = await request.read()
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, f"malformed JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "expected a JSON object")
+    unknown = sorted(set(body) - set(fields))
+    if unknown:
+        raise ApiError(400, f"unknown fields: {', '.join(unknown)} (known: {', '.join(fields)})")
+    missing = [name for name in required if name not in body]
+    if missing:
+        raise ApiError(400, f"missing fields: {', '.join(missing)}")
+    for name, value in body.items():
+        types = fields[name]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise ApiError(400, f"field {name!r}: expected {' or '.join(t.__name__ for t in types)}")
+    return body
+
+
+def read_query(request: web.Request, known: tuple[str, ...]) -> dict[str, str]:
+    unknown = sorted(set(request.query) - set(known))
+    if unknown:
+        raise ApiError(400, f"unknown query parameters: {', '.join(unknown)}")
+    return {key: request.query[key] for key in known if key in request.query}
+
+
+def _revision(text: str, what: str) -> int:
+    if not text.isdigit() or len(text) > 18:
+        raise ApiError(400, f"{what} {text!r}: expected a revision number")
+    return int(text)
+
+
+# ------------------------------------------------------------------------------------ enrollment
+
+
+async def info(request: web.Request) -> web.Response:
+    s = _services(request)
+    return json_response(
+        {
+            "trust_domain": s.authority.trust_domain,
+            "center_id": str(s.authority.center_id),
+            "url": s.config.url,
+            "signing_keys": s.authority.signing_keys(),
+            "fingerprint": s.authority.fingerprint(),
+            "ca": s.authority.trust_bundle(),
+        }
+    )
+
+
+async def _token_refused(s: Services, request: web.Request, error: TokenError, step: str) -> ApiError:
+    detail: dict[str, Any] = {"reason": error.reason, "step": step, "peer": request.remote}
+    if error.row is not None:
+        detail["id"] = error.row["id"]
+    await s.store.audit("enroll_refused", None, detail)
+    return ApiError(403, _TOKEN_REFUSALS[error.reason])
+
+
+async def enroll_describe(request: web.Request) -> web.Response:
+    """Who a token enrolls, so ``ztgate enroll`` can make the CSR; does not use the token up."""
+    s = _services(request)
+    body = await read_body(request, {"token": (str,)}, ("token",))
+    try:
+        row = await s.store.token(body["token"])
+    except TokenError as error:
+        raise await _token_refused(s, request, error, "describe") from None
+    return json_response({"id": row["id"], "role": row["role"], "expires_at": row["expires_at"]})
+
+
+def _certificate_answer(s: Services, certificate: x509.Certificate, role: str) -> dict[str, Any]:
+    return {
+        "certificate": certificate.public_bytes(serialization.Encoding.PEM).decode(),
+        "ca": s.authority.trust_bundle(),
+        "role": role,
+        "not_before": certificate.not_valid_before_utc.timestamp(),
+        "not_after": certificate.not_valid_after_utc.timestamp(),
+        "center_id": str(s.authority.center_id),
+        "signing_keys": s.authority.signing_keys(),
+    }
+
+
+async def enroll(request: web.Request) -> web.Response:
+    """Use a token: sign the CSR for the token's id. Any attempt with a valid token uses it up, so a
+    token cannot be tried against several CSRs."""
+    s = _services(request)
+    body = await read_body(request, {"token": (str,), "csr": (str,)}, ("token", "csr"))
+    refused: CsrError | None = None
+    try:
+        async with s.store.db.transaction() as tx:
+            row = await s.store.use_token(body["token"], str(request.remote), tx)
+            identity, role = str(row["id"]), str(row["role"])
+            try:
+                sid, key = s.authority.check_csr(body["csr"], identity)
+            except CsrError as exc:
+                refused = exc
+                detail = {"reason": "csr", "message": str(exc), "id": identity, "peer": request.remote}
+                await s.store.audit("enroll_refused", None, detail, tx)
+            else:
+                certificate = s.authority.issue(sid, key, s.config.lifetime(sid.kind))
+                await s.store.put_identity(identity, role, f"token from {row['created_by']}", tx)
+                await _record(s, certificate, identity, "enroll", tx)
+                await s.store.audit("enrolled", identity, {"role": role, "peer": request.remote}, tx)
+    except TokenError as error:
+        raise await _token_refused(s, request, error, "enroll") from None
+    if refused is not None:
+        raise ApiError(400, f"CSR refused: {refused}")
+    return json_response({"id": identity, **_certificate_answer(s, certificate, role)})
+
+
+async def _record(s: Services, certificate: x509.Certificate, identity: str, reason: str, tx: Any) -> None:
+    await s.store.record_certificate(
+        certificate.serial_number,
+        identity,
+        certificate.not_valid_before_utc.timestamp(),
+        certificate.not_valid_after_utc.timestamp(),
+        reason,
+        tx,
+    )
+
+
+async def renew(request: web.Request) -> web.Response:
+    """A new certificate for the caller's own id and a new key, over the caller's current certificate."""
+    s = _services(request)
+    body = await read_body(request, {"csr": (str,)}, ("csr",))
+    identity = _caller(request)
+    try:
+        sid, key = s.authority.check_csr(body["csr"], identity)
+    except CsrError as exc:
+        await s.store.audit("renew_refused", identity, {"message": str(exc)})
+        raise ApiError(400, f"CSR refused: {exc}") from None
+    certificate = s.authority.issue(sid, key, s.config.lifetime(sid.kind))
+    async with s.store.db.transaction() as tx:
+        await _record(s, certificate, identity, "renew", tx)
+        await s.store.audit("renewed", identity, {"serial": f"{certificate.serial_number:x}"}, tx)
+    return json_response(_certificate_answer(s, certificate, request["role"]))
+
+
+# ------------------------------------------------------------------------------ administration
+
+
+async def whoami(request: web.Request) -> web.Response:
+    return json_response({"id": _caller(request), "role": request["role"]})
+
+
+def _identity_for(s: Services, text: str, role: str) -> str:
+    try:
+        sid = parse_spiffe_id(text)
+    except IdentityError as exc:
+        raise ApiError(400, str(exc)) from None
+    if sid.trust_domain != s.authority.trust_domain:
+        raise ApiError(400, f"{text} is not in trust domain {s.authority.trust_domain}")
+    if role not in ROLES:
+        raise ApiError(400, f"unknown role {role!r} (roles: {', '.join(ROLES)})")
+    if sid.kind != ROLES[role]:
+        raise ApiError(
+            400, f"role {role} is for {ROLES[role]} ids (spiffe://td/{ROLES[role]}/...), not {text}"
+        )
+    return str(sid)
+
+
+async def create_token(request: web.Request) -> web.Response:
+    s = _services(request)
+    body = await read_body(
+        request, {"role": (str,), "id": (str,), "ttl_s": (int, float)}, ("role", "id", "ttl_s")
+    )
+    identity = _identity_for(s, body["id"], body["role"])
+    ttl_s = float(body["ttl_s"])
+    if not 0 < ttl_s <= s.config.token_max_ttl_s:
+        raise ApiError(400, f"ttl_s must be in (0, {s.config.token_max_ttl_s:g}]")
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    expires_at = await s.store.create_token(token, identity, body["role"], ttl_s, _caller(request))
+    await s.store.audit(
+        "token_created", _caller(request), {"id": identity, "role": body["role"], "ttl_s": ttl_s}
+    )
+    return json_response(
+        {
+            "token": token,
+            "id": identity,
+            "role": body["role"],
+            "expires_at": expires_at,
+            "center": s.config.url,
+            "fingerprint": s.authority.fingerprint(),
+        },
+        201,
+    )
+
+
+async def list_identities(request: web.Request) -> web.Response:
+    return json_response({"identities": await _services(request).store.identities()})
+
+
+async def set_identity(request: web.Request) -> web.Response:
+    s = _services(request)
+    body = await read_body(request, {"id": (str,), "role": (str,)}, ("id", "role"))
+    identity = _identity_for(s, body["id"], body["role"])
+    await s.store.put_identity(identity, body["role"], _caller(request))
+    await s.store.audit("role_set", _caller(request), {"id": identity, "role": body["role"]})
+    return json_response({"id": identity, "role": body["role"]})
+
+
+async def audit_log(request: web.Request) -> web.Response:
+    query = read_query(request, ("after", "limit"))
+    after = _revision(query.get("after", "0"), "after")
+    limit = min(_revision(query.get("limit", "1000"), "limit"), 10_000)
+    return json_response({"events": await _services(request).store.audit_log(after, limit)})
+
+
+# ------------------------------------------------------------------------------------- policy
+
+
+async def _validate(s: Services, text: str) -> None:
+    """Exactly what ``ztgate policy check`` does, and the trust domain must be the center's."""
+    try:
+        policy = await asyncio.get_running_loop().run_in_executor(None, parse_policy, text, "policy.toml")
+    except PolicyError as error:
+        issues = [
+            {"line": i.line, "column": i.column, "path": i.path, "message": i.message} for i in error.issues
+        ]
+        raise ApiError(422, f"policy refused:\n{error}", issues=issues) from None
+    if policy.trust_domain != s.authority.trust_domain:
+        raise ApiError(
+            422,
+            f"the policy is for trust domain {policy.trust_domain}, "
+            f"the center for {s.authority.trust_domain}",
+        )
+
+
+def _pushed(revision: PolicyRevision, previous: int) -> web.Response:
+    return json_response({**revision.summary(), "previous": previous, "diff": revision.diff}, 201)
+
+
+async def push_policy(request: web.Request) -> web.Response:
+    s = _services(request)
+    body = await read_body(request, {"policy": (str,), "comment": (str,)}, ("policy",))
+    await _validate(s, body["policy"])
+    pushed = await s.store.push_policy(body["policy"], _caller(request), body.get("comment", ""))
+    return _pushed(pushed, pushed.revision - 1)
+
+
+async def rollback_policy(request: web.Request) -> web.Response:
+    s = _services(request)
+    body = await read_body(request, {"revision": (int,), "comment": (str,)}, ("revision",))
+    target = await s.store.policy_revision(body["revision"])
+    if target is None:
+        raise ApiError(404, f"no policy revision {body['revision']}")
+    await _validate(s, target.policy)  # the trust domain may have changed since
+    comment = body.get("comment", f"rollback to revision {target.revision}")
+    pushed = await s.store.push_policy(target.policy, _caller(request), comment, rollback_of=target.revision)
+    return _pushed(pushed, pushed.revision - 1)
+
+
+async def policy_log(request: web.Request) -> web.Response:
+    query = read_query(request, ("limit",))
+    limit = min(_revision(query.get("limit", "100"), "limit"), 10_000)
+    revisions = await _services(request).store.policy_log(limit)
+    return json_response({"revisions": [r.summary() for r in revisions]})
+
+
+async def _existing(s: Services, text: str) -> PolicyRevision:
+    found = await s.store.policy_revision(_revision(text, "revision"))
+    if found is None:
+        raise ApiError(404, f"no policy revision {text}")
+    return found
+
+
+async def show_policy(request: web.Request) -> web.Response:
+    found = await _existing(_services(request), request.match_info["revision"])
+    return json_response({**found.summary(), "policy": found.policy, "diff": found.diff})
+
+
+async def diff_policy(request: web.Request) -> web.Response:
+    s = _services(request)
+    query = read_query(request, ("from", "to"))
+    if set(query) != {"from", "to"}:
+        raise ApiError(400, "give both from and to revisions")
+    before, after = await _existing(s, query["from"]), await _existing(s, query["to"])
+    diff = unified_diff(
+        before.policy, after.policy, f"revision {before.revision}", f"revision {after.revision}"
+    )
+    return json_response({"from": before.revision, "to": after.revision, "diff": diff})
+
+
+async def stream(request: web.Request) -> web.StreamResponse:
+    s = _services(request)
+    try:
+        held = parse_cursors(dict(request.query))
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
+    ws = web.WebSocketResponse(heartbeat=max(s.config.heartbeat_s * 2, 1.0), max_msg_size=4096)
+    await ws.prepare(request)
+    await s.store.audit("subscribed", _caller(request), {"held": held, "peer": request.remote})
+    try:
+        await serve_stream(ws, held, s.store, s.publisher, s.hub, s.config.heartbeat_s)
+    finally:
+        await ws.close()
+    return ws
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/v1/info", PUBLIC, info),
+    Route("POST", "/v1/enroll/describe", TOKEN, enroll_describe),
+    Route("POST", "/v1/enroll", TOKEN, enroll),
+    Route("POST", "/v1/renew", RENEWERS, renew),
+    Route("GET", "/v1/whoami", frozenset(ROLES), whoami),
+    Route("POST", "/v1/tokens", frozenset({"admin"}), create_token),
+    Route("GET", "/v1/identities", READERS, list_identities),
+    Route("POST", "/v1/identities", frozenset({"admin"}), set_identity),
+    Route("POST", "/v1/policy", frozenset({"admin"}), push_policy),
+    Route("POST", "/v1/policy/rollback", frozenset({"admin"}), rollback_policy),
+    Route("GET", "/v1/policy/revisions", READERS, policy_log),
+    Route("GET", "/v1/policy/revisions/{revision}", READERS, show_policy),
+    Route("GET", "/v1/policy/diff", READERS, diff_policy),
+    Route("GET", "/v1/audit", READERS, audit_log),
+    Route("GET", "/v1/stream", frozenset({"gateway"}), stream),
+)
