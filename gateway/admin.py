@@ -6,12 +6,17 @@ never takes a lock the data path needs.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
 
 from gateway.runtime import Runtime
+
+if TYPE_CHECKING:
+    from gateway.bundles import CenterLink
+    from gateway.renewal import Renewer
+    from gateway.tls import TlsMaterial
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -34,14 +39,19 @@ def build_app(runtime: Runtime) -> web.Application:
         ]
         unreachable = [item["asset"] for item in upstreams if not item["connected"]]
         ready = not unreachable
-        body = {
+        body: dict[str, Any] = {
             "ready": ready,
             "policy_revision": policy.revision,
+            "policy_origin": runtime.policies.origin,
             "policy_error": runtime.policies.last_error,
             "upstreams": upstreams,
         }
         if unreachable:
             body["unreachable"] = unreachable
+        for name, source in runtime.status.items():
+            body[name] = source()
+            ready = ready and body[name].get("ready", True)
+        body["ready"] = ready
         return _json(body, 200 if ready else 503)
 
     async def metrics(_: web.Request) -> web.Response:
@@ -69,3 +79,51 @@ async def start_admin(runtime: Runtime, host: str, port: int) -> tuple[web.AppRu
     sockets = getattr(server, "sockets", None) or []
     bound = sockets[0].getsockname()[1] if sockets else port
     return runner, bound
+
+
+def watch_center(runtime: Runtime, link: CenterLink) -> None:
+    """The center link in /readyz (not ready once the policy is stale) and in the metrics."""
+
+    def status() -> dict[str, Any]:
+        return {
+            "url": link.info.url,
+            "connected": link.connected,
+            "revision": link.revision,
+            **link.staleness(),
+            "closed_assets": sorted(runtime.policies.refusals),
+            "bundles_refused": link.refused,
+            "last_refusal": link.last_refusal,
+            "ready": not link.stale,
+        }
+
+    def staleness_s() -> float:
+        age = link.staleness()["stale_s"]
+        return float("nan") if age is None else float(age)
+
+    runtime.status["center"] = status
+    gauges, counters = runtime.metrics.gauges, runtime.metrics.counters
+    gauges["ztgate_center_connected"] = lambda: float(link.connected)
+    gauges["ztgate_policy_staleness_seconds"] = staleness_s
+    gauges["ztgate_policy_max_staleness_seconds"] = lambda: link.max_staleness_s
+    gauges["ztgate_policy_stale"] = lambda: float(link.stale)
+    gauges["ztgate_policy_center_revision"] = lambda: float(link.revision)
+    counters["ztgate_bundles_received"] = lambda: float(link.received)
+    counters["ztgate_bundles_refused"] = lambda: float(link.refused)
+
+
+def watch_certificate(runtime: Runtime, material: TlsMaterial[Any], renewer: Renewer) -> None:
+    """The serving certificate and its renewal in /readyz (not ready while a renewal is overdue) and
+    in the metrics."""
+
+    def status() -> dict[str, Any]:
+        found = {**material.status(), **renewer.status()}
+        found["ready"] = not found["overdue"]
+        return found
+
+    runtime.status["certificate"] = status
+    gauges, counters = runtime.metrics.gauges, runtime.metrics.counters
+    gauges["ztgate_certificate_not_after_seconds"] = lambda: material.not_after
+    gauges["ztgate_certificate_expires_in_seconds"] = lambda: material.not_after - runtime.clock()
+    gauges["ztgate_certificate_renewal_overdue"] = lambda: float(renewer.failures > 0)
+    counters["ztgate_certificate_renewals"] = lambda: float(renewer.renewals)
+    counters["ztgate_certificate_renewal_failures"] = lambda: float(renewer.failures_total)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import ssl
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import cast
 
 from gateway.config import AgentConfig, AgentListener, ConfigError, TlsFiles, load_agent_config
+from gateway.credentials import Credentials
+from gateway.renewal import Renewer
 from gateway.tls import TlsMaterial, client_context
 
 log = logging.getLogger("ztgate.agent")
@@ -191,6 +194,8 @@ class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.tls: TlsMaterial[Contexts] | None = None
+        self.renewer: Renewer | None = None
+        self._renewing: asyncio.Task[None] | None = None
         self._servers: list[asyncio.Server] = []
         self.bound: list[tuple[AgentListener, tuple[str, int]]] = []
 
@@ -204,6 +209,10 @@ class Agent:
         protocols = frozenset(listener.protocol for listener in self.config.listeners)
         # Built now: unreadable certificate files fail the start, not the first connection.
         self.tls = TlsMaterial(self.config.tls, _overlay_contexts(protocols))
+        center = self.config.center
+        if center is not None and center.renew:
+            self.renewer = Renewer(Credentials(center.credentials), [self.tls])
+            self._renewing = loop.create_task(self.renewer.run())
         for listener in self.config.listeners:
             server = await loop.create_server(lambda li=listener: _Local(self, li), *listener.listen)  # type: ignore[misc]
             self._servers.append(server)
@@ -211,6 +220,10 @@ class Agent:
             self.bound.append((listener, (host, port)))
 
     async def stop(self) -> None:
+        if self._renewing is not None:
+            self._renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewing
         for server in self._servers:
             server.close()
         for server in self._servers:

@@ -42,11 +42,29 @@ class TlsFiles:
 
 
 @dataclass(frozen=True)
+class CenterSettings:
+    """A gateway's or agent's ``[center]``: its credentials folder (``ztgate enroll --dir``), from
+    which it renews its certificate and, for a gateway, takes its policy."""
+
+    credentials: Path
+    max_staleness_s: float = 86400.0
+    startup_timeout_s: float = 300.0
+    receive_timeout_s: float = 30.0
+    renew: bool = True
+
+    @property
+    def tls(self) -> TlsFiles:
+        return TlsFiles(
+            self.credentials / "cert.pem", self.credentials / "key.pem", self.credentials / "ca.pem"
+        )
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     source: Path
     name: str
     listen: tuple[str, int]
-    policy: Path
+    policy: Path | None  # None: from the center
     tls: TlsFiles
     loop: str  # "uvloop" | "asyncio"
     max_sessions: int
@@ -58,6 +76,7 @@ class GatewayConfig:
     audit_aggregate_reads_s: float
     audit_queue_limit: int
     overlay: HandshakeLimits
+    center: CenterSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +93,7 @@ class AgentConfig:
     tls: TlsFiles
     listeners: tuple[AgentListener, ...]
     connect_timeout_s: float
+    center: CenterSettings | None = None
 
 
 class ConfigChecker(FieldChecker):
@@ -133,10 +153,12 @@ class ConfigChecker(FieldChecker):
             return None
         return float(value)
 
-    def tls(self, doc: dict[str, object]) -> TlsFiles | None:
+    def tls(self, doc: dict[str, object], center: CenterSettings | None = None) -> TlsFiles | None:
         table = self.section(doc, "tls", ("cert", "key", "ca"))
         if "tls" not in doc:
-            self.error(("tls",), "required: a [tls] table with cert, key and ca")
+            if center is not None:
+                return center.tls  # the enrolled credentials
+            self.error(("tls",), "required: a [tls] table with cert, key and ca (or a [center] with dir)")
             return None
         cert = self.path(table, "cert", ("tls",), required=True)
         key = self.path(table, "key", ("tls",), required=True)
@@ -192,6 +214,28 @@ def _overlay(check: ConfigChecker, doc: dict[str, object]) -> HandshakeLimits | 
     return HandshakeLimits(**values)  # type: ignore[arg-type]
 
 
+def _center(check: ConfigChecker, doc: dict[str, object], *, gateway: bool) -> CenterSettings | None:
+    keys = ("dir", "max_staleness_s", "startup_timeout_s", "receive_timeout_s", "renew")
+    table = check.section(doc, "center", keys if gateway else ("dir", "renew"))
+    if "center" not in doc:
+        return None
+    where = ("center",)
+    directory = check.path(table, "dir", where, required=True)
+    staleness = check.optional(
+        table, "max_staleness_s", where, lambda v, p: check.number(v, p, 0.1, 366 * 86400), 86400.0
+    )
+    startup = check.optional(
+        table, "startup_timeout_s", where, lambda v, p: check.number(v, p, 0.1, 86400), 300.0
+    )
+    receive = check.optional(
+        table, "receive_timeout_s", where, lambda v, p: check.number(v, p, 0.1, 3600), 30.0
+    )
+    renew = check.optional(table, "renew", where, check.boolean, True)
+    if directory is None or staleness is None or startup is None or receive is None or renew is None:
+        return None
+    return CenterSettings(directory, staleness, startup, receive, renew)
+
+
 def read_toml(path: Path) -> tuple[str, dict[str, object]]:
     source = str(path)
     try:
@@ -221,7 +265,8 @@ def raise_problems(path: Path, text: str, checker: ConfigChecker) -> None:
 def load_gateway_config(path: Path) -> GatewayConfig:
     text, doc = read_toml(path)
     check = ConfigChecker(path.absolute().parent)
-    check.keys(doc, (), ("gateway", "tls", "admin", "audit", "overlay"))
+    check.keys(doc, (), ("gateway", "tls", "admin", "audit", "overlay", "center"))
+    center = _center(check, doc, gateway=True)
     gw = check.section(
         doc,
         "gateway",
@@ -229,7 +274,9 @@ def load_gateway_config(path: Path) -> GatewayConfig:
     )
     name = check.optional(gw, "name", ("gateway",), check.string, socket.gethostname())
     listen = check.address(gw, "listen", ("gateway",), "127.0.0.1:8443")
-    policy = check.path(gw, "policy", ("gateway",), required=True)
+    if "center" in doc and "policy" in gw:
+        check.error(("gateway", "policy"), "a gateway with a [center] takes its policy from the center")
+    policy = check.path(gw, "policy", ("gateway",), required="center" not in doc)
     loop = check.optional(
         gw, "loop", ("gateway",), lambda v, p: check.choice(v, p, ("uvloop", "asyncio")), "uvloop"
     )
@@ -242,7 +289,7 @@ def load_gateway_config(path: Path) -> GatewayConfig:
     idle_timeout = check.optional(
         gw, "client_idle_timeout_s", ("gateway",), lambda v, p: check.number(v, p, 0, 86400), 0.0
     )
-    tls = check.tls(doc)
+    tls = check.tls(doc, center)
 
     admin = check.section(doc, "admin", ("listen",))
     admin_listen: tuple[str, int] | None = None
@@ -261,13 +308,7 @@ def load_gateway_config(path: Path) -> GatewayConfig:
     )
     overlay = _overlay(check, doc)
     raise_problems(path, text, check)
-    assert (
-        name is not None
-        and listen is not None
-        and policy is not None
-        and loop is not None
-        and tls is not None
-    )
+    assert name is not None and listen is not None and loop is not None and tls is not None
     assert max_sessions is not None and max_in_flight is not None and audit_stdout is not None
     assert idle_timeout is not None
     assert aggregate is not None and queue_limit is not None and overlay is not None
@@ -287,19 +328,21 @@ def load_gateway_config(path: Path) -> GatewayConfig:
         audit_aggregate_reads_s=aggregate,
         audit_queue_limit=queue_limit,
         overlay=overlay,
+        center=center,
     )
 
 
 def load_agent_config(path: Path) -> AgentConfig:
     text, doc = read_toml(path)
     check = ConfigChecker(path.absolute().parent)
-    check.keys(doc, (), ("agent", "tls", "listeners"))
+    check.keys(doc, (), ("agent", "tls", "listeners", "center"))
+    center = _center(check, doc, gateway=False)
     agent = check.section(doc, "agent", ("gateway", "connect_timeout_s"))
     default_gateway = agent.get("gateway")
     connect_timeout = check.optional(
         agent, "connect_timeout_s", ("agent",), lambda v, p: check.number(v, p, 0.1, 120), 5.0
     )
-    tls = check.tls(doc)
+    tls = check.tls(doc, center)
     listeners: list[AgentListener] = []
     raw = doc.get("listeners")
     if not isinstance(raw, list) or not raw:
@@ -325,4 +368,6 @@ def load_agent_config(path: Path) -> AgentConfig:
             listeners.append(AgentListener(listen, asset, gateway, protocol))
     raise_problems(path, text, check)
     assert tls is not None and connect_timeout is not None
-    return AgentConfig(source=path, tls=tls, listeners=tuple(listeners), connect_timeout_s=connect_timeout)
+    return AgentConfig(
+        source=path, tls=tls, listeners=tuple(listeners), connect_timeout_s=connect_timeout, center=center
+    )

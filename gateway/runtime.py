@@ -140,6 +140,8 @@ class Runtime:
     sessions: SessionRegistry = field(default_factory=SessionRegistry)
     clock: Callable[[], float] = time.time  # wall clock for policy windows and audit; tests inject one
     upstreams: UpstreamRegistry = field(init=False)
+    # More of /readyz: name -> what to show; a "ready": false in it makes the gateway not ready.
+    status: dict[str, Callable[[], dict[str, Any]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.metrics.live_requests = self.sessions.request_counts

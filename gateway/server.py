@@ -20,10 +20,12 @@ from pathlib import Path
 
 from aiohttp import web
 
-from gateway.admin import start_admin
+from gateway.admin import start_admin, watch_center, watch_certificate
 from gateway.admission import HandshakeLimits
 from gateway.audit import AuditLog
-from gateway.config import ConfigError, GatewayConfig, TlsFiles, load_gateway_config
+from gateway.bundles import CenterLink, CenterUnavailableError
+from gateway.config import CenterSettings, ConfigError, GatewayConfig, TlsFiles, load_gateway_config
+from gateway.credentials import Credentials, CredentialsError
 from gateway.enip.session import EnipSession
 from gateway.enip.upstream import EnipUpstreamPool
 from gateway.metrics import Metrics
@@ -33,6 +35,7 @@ from gateway.opcua.session import OpcUaSession
 from gateway.opcua.upstream import OpcUaPool
 from gateway.overlay import OverlayListener, SessionFactory
 from gateway.policy_store import PolicyStore
+from gateway.renewal import Renewer
 from gateway.runtime import PoolFactory, Runtime, SessionLimits, tune_garbage_collector
 from gateway.tls import TlsMaterial, server_context
 from policies import Policy, PolicyError
@@ -53,12 +56,17 @@ POOL_FACTORIES: dict[str, PoolFactory] = {
 
 
 class Gateway:
+    """One gateway process. With ``policy`` it enforces a file (hot reload on change); with
+    ``center`` it enforces the center's verified bundles, renews its certificate, and does not start
+    without a verified bundle (the one on disk, or the center's first)."""
+
     def __init__(
         self,
         *,
         name: str,
-        policy: Path,
         tls: TlsFiles,
+        policy: Path | None = None,
+        center: CenterSettings | None = None,
         listen: tuple[str, int] = ("127.0.0.1", 0),
         admin_listen: tuple[str, int] | None = ("127.0.0.1", 0),
         audit: AuditLog | None = None,
@@ -68,30 +76,40 @@ class Gateway:
         handshake_limits: HandshakeLimits | None = None,
         watch_policy_s: float | None = 1.0,
     ) -> None:
+        if (policy is None) == (center is None):
+            raise ValueError("a gateway takes its policy from a file or from a center, one of the two")
+        self.name = name
         self.audit = audit if audit is not None else AuditLog(gateway=name)
-        policies = PolicyStore(policy, self.audit)
-        self.runtime = Runtime(
-            name=name,
-            policies=policies,
-            audit=self.audit,
-            metrics=Metrics(),
-            limits=limits or SessionLimits(),
-            clock=clock,
-        )
-        self.runtime.attach_upstreams(POOL_FACTORIES)
+        self.clock = clock
+        self._limits = limits or SessionLimits()
+        self._center = center
+        self.link: CenterLink | None = None
+        self.renewer: Renewer | None = None
         self._tls = tls
         self._listen = listen
         self._admin_listen = admin_listen
         self._max_sessions = max_sessions
         self._handshake_limits = handshake_limits or HandshakeLimits()
-        self._watch_policy_s = watch_policy_s
+        self._watch_policy_s = watch_policy_s if center is None else None
         self.listener: OverlayListener | None = None
         self.addresses: list[tuple[str, int]] = []
         self.admin_port: int | None = None
         self._admin: web.AppRunner | None = None
-        self._watcher: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self.stopped = asyncio.Event()
+        if policy is not None:
+            self._build_runtime(PolicyStore(policy, self.audit))
 
+    def _build_runtime(self, policies: PolicyStore) -> None:
+        self.runtime = Runtime(
+            name=self.name,
+            policies=policies,
+            audit=self.audit,
+            metrics=Metrics(),
+            limits=self._limits,
+            clock=self.clock,
+        )
+        self.runtime.attach_upstreams(POOL_FACTORIES)
         metrics = self.runtime.metrics
         metrics.gauges["ztgate_sessions_live"] = lambda: float(len(self.runtime.sessions))
         metrics.gauges["ztgate_audit_queued"] = lambda: float(self.audit.queued)
@@ -108,8 +126,10 @@ class Gateway:
         return self.runtime.policies.current
 
     async def start(self) -> None:
-        runtime = self.runtime
         self.audit.start()
+        if self._center is not None:
+            await self._start_link(self._center)
+        runtime = self.runtime
         runtime.policies.subscribe(runtime.upstreams.sync)
         runtime.policies.subscribe(runtime.sessions.revalidate)
         runtime.upstreams.sync(runtime.policies.current)
@@ -125,29 +145,55 @@ class Gateway:
         runtime.metrics.gauges["ztgate_handshake_sources"] = lambda: float(listener.sources)
         runtime.metrics.gauges["ztgate_handshake_timeout_seconds"] = listener.timeout_s
         self.addresses = await self.listener.start(*self._listen)
+        loop = asyncio.get_running_loop()
+        if self._center is not None and self._center.renew:
+            credentials = Credentials(self._center.credentials)
+            self.renewer = Renewer(credentials, [self.tls], audit=self.audit, clock=runtime.clock)
+            watch_certificate(runtime, self.tls, self.renewer)
+            self._tasks.append(loop.create_task(self.renewer.run()))
         if self._admin_listen is not None:
             self._admin, self.admin_port = await start_admin(runtime, *self._admin_listen)
         if self._watch_policy_s:
-            self._watcher = asyncio.get_running_loop().create_task(
-                runtime.policies.watch(self._watch_policy_s)
-            )
+            self._tasks.append(loop.create_task(runtime.policies.watch(self._watch_policy_s)))
         self.audit.emit(
             {
                 "event": "gateway_start",
                 "listen": [f"{host}:{port}" for host, port in self.addresses],
                 "policy_revision": runtime.policies.current.revision,
+                "policy_origin": runtime.policies.origin,
                 "assets": sorted(runtime.policies.current.assets),
             }
         )
+
+    async def _start_link(self, center: CenterSettings) -> None:
+        """Center mode: the first verified policy, then the subscription feeding the store."""
+        self.link = CenterLink(
+            Credentials(center.credentials),
+            self.audit,
+            max_staleness_s=center.max_staleness_s,
+            receive_timeout_s=center.receive_timeout_s,
+            clock=self.clock,
+        )
+        try:
+            policy = await self.link.initial(center.startup_timeout_s)
+        except CenterUnavailableError:
+            self.audit.close()
+            raise
+        self._build_runtime(PolicyStore.from_center(policy, self.audit))
+        self.link.start(self.runtime.policies)
+        watch_center(self.runtime, self.link)
 
     async def reload_policy(self, trigger: str = "request") -> bool:
         return await self.runtime.policies.reload(trigger)
 
     async def stop(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
+                await task
+        if self.link is not None:
+            await self.link.stop()
         if self.listener is not None:
             await self.listener.close()
         self.runtime.sessions.close_all("gateway stopping")
@@ -213,6 +259,7 @@ async def _serve(config: GatewayConfig) -> int:
             name=config.name,
             policy=config.policy,
             tls=config.tls,
+            center=config.center,
             listen=config.listen,
             admin_listen=config.admin_listen,
             audit=audit,
@@ -227,7 +274,7 @@ async def _serve(config: GatewayConfig) -> int:
         return 2
     try:
         await gateway.start()
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, CenterUnavailableError, CredentialsError) as error:
         print(f"ztgate gateway: cannot start: {error}", file=sys.stderr)
         return 1
     loop = asyncio.get_running_loop()
@@ -251,7 +298,7 @@ async def _serve(config: GatewayConfig) -> int:
         "gateway %s: overlay on %s, policy %s revision %s (%d assets, %d rules), admin %s",
         config.name,
         listen,
-        config.policy,
+        config.policy or f"from the center ({gateway.link.info.url if gateway.link else '?'})",
         policy.revision,
         len(policy.assets),
         len(policy.rules),
