@@ -57,6 +57,7 @@ class Renewer:
         self.failures_total = 0
         self.last_error: str | None = None
         self.renew_at = self._schedule()
+        self._wake = asyncio.Event()
 
     @property
     def not_after(self) -> float:
@@ -78,10 +79,21 @@ class Renewer:
             "renewals": self.renewals,
         }
 
+    def due_now(self) -> None:
+        """Renew at once (an operator's request, or a CA rotation that cannot wait)."""
+        self.renew_at = self._clock()
+        self._wake.set()
+
     async def run(self) -> None:
         """Renew whenever due, until cancelled."""
         while True:
-            await asyncio.sleep(max(0.0, self.renew_at - self._clock()))
+            try:
+                await asyncio.wait_for(self._wake.wait(), max(0.0, self.renew_at - self._clock()))
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            if self._clock() < self.renew_at:
+                continue
             try:
                 await self.renew()
             except (CenterError, OSError, ValueError) as exc:

@@ -24,7 +24,7 @@ LOOPS: Mapping[str, Callable[[], asyncio.AbstractEventLoop]] = {
 def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item
 ) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
-    if "e2e" in item.path.parts:
+    if "e2e" in item.path.parts or item.get_closest_marker("both_loops") is not None:
         return LOOPS
     if "overlay" in item.path.parts or "fuzz" in item.path.parts:
         return {"uvloop": uvloop.new_event_loop}

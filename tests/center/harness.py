@@ -118,11 +118,15 @@ class Site:
     def url(self) -> str:
         return f"https://127.0.0.1:{self.port}"
 
-    async def init(self, *, store: str = "sqlite:center.db", settings: str = "", lifetimes: str = "") -> None:
+    async def init(
+        self, *, store: str = "sqlite:center.db", lifetimes: dict[str, float] | None = None
+    ) -> None:
+        """``center init``, then a heartbeat every 0.2 s and the given certificate lifetimes (s)."""
         config, self.admin = await init_center(self.dir, TD, listen=f"127.0.0.1:{self.port}", store=store)
-        text = config.source.read_text()
-        text = text.replace('keys = "keys"\n', f'keys = "keys"\nheartbeat_s = 0.2\n{settings}')
-        config.source.write_text(text + lifetimes)
+        text = config.source.read_text().replace('keys = "keys"\n', 'keys = "keys"\nheartbeat_s = 0.2\n')
+        for kind, seconds in (lifetimes or {}).items():
+            text = re.sub(rf"(?m)^{kind}_s = .*$", f"{kind}_s = {seconds}", text)
+        config.source.write_text(text)
 
     async def start_center(self, config: Path | None = None) -> CenterProcess:
         center = CenterProcess(config or self.dir / "center.toml")
