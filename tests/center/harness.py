@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 from pymodbus.client import AsyncModbusTlsClient
 
@@ -213,6 +214,13 @@ class Site:
             await gateway.stop()
         for center in self.centers:
             await center.stop()
+
+
+async def admin_get(gateway: Gateway, path: str) -> tuple[int, bytes]:
+    """GET on the gateway's admin port: (status, body)."""
+    url = f"http://127.0.0.1:{gateway.admin_port}{path}"
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        return response.status, await response.read()
 
 
 async def eventually(check: Any, timeout_s: float = 10.0, what: str = "condition") -> Any:

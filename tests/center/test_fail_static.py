@@ -6,24 +6,14 @@ from __future__ import annotations
 
 import asyncio
 
-import aiohttp
 import orjson
 
 from gateway.center.config import load_center_config
 from gateway.center.db import open_database
 from gateway.center.store import Store
-from gateway.server import Gateway
-from tests.center.harness import TD, Site, eventually, modbus_policy, read_rule
+from tests.center.harness import TD, Site, admin_get, eventually, modbus_policy, read_rule
 
 STALE_S = 1.0
-
-
-async def _get(gateway: Gateway, path: str) -> tuple[int, bytes]:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(f"http://127.0.0.1:{gateway.admin_port}{path}") as response,
-    ):
-        return response.status, await response.read()
 
 
 async def test_center_killed_fail_static_then_closed_then_caught_up(site: Site) -> None:
@@ -60,7 +50,7 @@ async def test_center_killed_fail_static_then_closed_then_caught_up(site: Site) 
     during = {name: len(found) for name, found in outcomes.items()}
     await eventually(lambda: all(len(outcomes[n]) > during[n] + 5 for n in outcomes), what="traffic goes on")
     assert all(code == 0 for found in outcomes.values() for code in found)
-    status, body = await _get(gateway, "/readyz")
+    status, body = await admin_get(gateway, "/readyz")
     ready = orjson.loads(body)
     assert status == 200 and ready["center"]["connected"] is False and ready["center"]["stale"] is False
     assert ready["center"]["stale_s"] is not None
@@ -77,9 +67,9 @@ async def test_center_killed_fail_static_then_closed_then_caught_up(site: Site) 
         what="refusals on the closed asset, answers on the static one",
     )
     assert set(outcomes["plc-static"]) == {0}
-    status, body = await _get(gateway, "/readyz")
+    status, body = await admin_get(gateway, "/readyz")
     assert status == 503 and orjson.loads(body)["center"]["closed_assets"] == ["plc-closed"]
-    _, metrics = await _get(gateway, "/metrics")
+    _, metrics = await admin_get(gateway, "/metrics")
     assert b"ztgate_policy_stale 1.0" in metrics and b"ztgate_policy_staleness_seconds" in metrics
     stale = site.events(gateway, event="policy_stale")
     assert stale and stale[0]["closed"] == ["plc-closed"] and stale[0]["static"] == ["plc-static"]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import ssl
 
-import aiohttp
 import orjson
 import pytest
 from cryptography import x509
@@ -16,7 +15,7 @@ from pymodbus.client import AsyncModbusTcpClient
 from gateway.agent import Agent
 from gateway.config import AgentConfig, AgentListener, CenterSettings
 from gateway.tls import client_context
-from tests.center.harness import TD, Site, eventually, modbus_policy, read_rule
+from tests.center.harness import TD, Site, admin_get, eventually, modbus_policy, read_rule
 
 HMI = f"spiffe://{TD}/agent/site1/hmi-3"
 LIFETIME_S = 8.0  # renewed at 3.2-4 s; the test is over well before the first certificates expire
@@ -122,9 +121,8 @@ async def test_a_failed_renewal_shows_and_is_retried(site: Site) -> None:
     assert renewer is not None
 
     async def readyz() -> tuple[int, dict[str, object]]:
-        url = f"http://127.0.0.1:{gateway.admin_port}/readyz"
-        async with aiohttp.ClientSession() as session, session.get(url) as response:
-            return response.status, orjson.loads(await response.read())
+        status, body = await admin_get(gateway, "/readyz")
+        return status, orjson.loads(body)
 
     status, body = await readyz()
     assert status == 200 and body["certificate"]["overdue"] is False  # type: ignore[index]
@@ -139,9 +137,7 @@ async def test_a_failed_renewal_shows_and_is_retried(site: Site) -> None:
         and "cannot reach the center" in certificate["last_error"]
     )  # type: ignore[index]
     assert certificate["expires_in_s"] > 6 * 86400  # type: ignore[index]  # well before expiry
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"http://127.0.0.1:{gateway.admin_port}/metrics") as response:
-            metrics = await response.text()
+    metrics = (await admin_get(gateway, "/metrics"))[1].decode()
     assert "ztgate_certificate_renewal_overdue 1.0" in metrics
     assert "ztgate_certificate_renewal_failures_total 1.0" in metrics
     failed = site.events(gateway, event="certificate_renewal_failed")
