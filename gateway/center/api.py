@@ -30,7 +30,7 @@ from gateway.center.stream import Hub, Publisher, parse_cursors, serve_stream
 from gateway.identity import IdentityError, parse_spiffe_id
 from policies import PolicyError, parse_policy
 
-__all__ = ["PUBLIC", "ROUTES", "TOKEN", "ApiError", "Route", "Services"]
+__all__ = ["PUBLIC", "ROUTES", "SERVICES", "TOKEN", "ApiError", "Caller", "Route", "Services"]
 
 PUBLIC = "public"  # no certificate, no token: the center's public description
 TOKEN = "token"  # no certificate: a one-time enrollment token in the body
@@ -43,7 +43,17 @@ _TOKEN_REFUSALS = {
     "expired": "the token has expired",
 }
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling, as the certificate proves and the store's role says (None on public and token
+    routes)."""
+
+    identity: str
+    role: str
+
+
+Handler = Callable[[web.Request, Caller | None], Awaitable[web.StreamResponse]]
 
 
 class ApiError(Exception):
@@ -65,6 +75,9 @@ class Services:
     hub: Hub
 
 
+SERVICES: web.AppKey[Services] = web.AppKey("services")
+
+
 @dataclass(frozen=True)
 class Route:
     method: str
@@ -80,13 +93,12 @@ def json_response(body: Any, status: int = 200) -> web.Response:
 
 
 def _services(request: web.Request) -> Services:
-    services: Services = request.app["services"]
-    return services
+    return request.app[SERVICES]
 
 
-def _caller(request: web.Request) -> str:
-    identity: str = request["identity"]
-    return identity
+def _who(caller: Caller | None) -> Caller:
+    assert caller is not None, "a route with roles runs with a caller"
+    return caller
 
 
 # ---------------------------------------------------------------------------------------- input
@@ -137,7 +149,7 @@ def _revision(text: str, what: str) -> int:
 # ------------------------------------------------------------------------------------ enrollment
 
 
-async def info(request: web.Request) -> web.Response:
+async def info(request: web.Request, caller: Caller | None) -> web.Response:
     s = _services(request)
     return json_response(
         {
@@ -159,7 +171,7 @@ async def _token_refused(s: Services, request: web.Request, error: TokenError, s
     return ApiError(403, _TOKEN_REFUSALS[error.reason])
 
 
-async def enroll_describe(request: web.Request) -> web.Response:
+async def enroll_describe(request: web.Request, caller: Caller | None) -> web.Response:
     """Who a token enrolls, so ``ztgate enroll`` can make the CSR; does not use the token up."""
     s = _services(request)
     body = await read_body(request, {"token": (str,)}, ("token",))
@@ -182,7 +194,7 @@ def _certificate_answer(s: Services, certificate: x509.Certificate, role: str) -
     }
 
 
-async def enroll(request: web.Request) -> web.Response:
+async def enroll(request: web.Request, caller: Caller | None) -> web.Response:
     """Use a token: sign the CSR for the token's id. Any attempt with a valid token uses it up, so a
     token cannot be tried against several CSRs."""
     s = _services(request)
@@ -221,11 +233,11 @@ async def _record(s: Services, certificate: x509.Certificate, identity: str, rea
     )
 
 
-async def renew(request: web.Request) -> web.Response:
+async def renew(request: web.Request, caller: Caller | None) -> web.Response:
     """A new certificate for the caller's own id and a new key, over the caller's current certificate."""
     s = _services(request)
     body = await read_body(request, {"csr": (str,)}, ("csr",))
-    identity = _caller(request)
+    identity = _who(caller).identity
     try:
         sid, key = s.authority.check_csr(body["csr"], identity)
     except CsrError as exc:
@@ -235,14 +247,14 @@ async def renew(request: web.Request) -> web.Response:
     async with s.store.db.transaction() as tx:
         await _record(s, certificate, identity, "renew", tx)
         await s.store.audit("renewed", identity, {"serial": f"{certificate.serial_number:x}"}, tx)
-    return json_response(_certificate_answer(s, certificate, request["role"]))
+    return json_response(_certificate_answer(s, certificate, _who(caller).role))
 
 
 # ------------------------------------------------------------------------------ administration
 
 
-async def whoami(request: web.Request) -> web.Response:
-    return json_response({"id": _caller(request), "role": request["role"]})
+async def whoami(request: web.Request, caller: Caller | None) -> web.Response:
+    return json_response({"id": _who(caller).identity, "role": _who(caller).role})
 
 
 def _identity_for(s: Services, text: str, role: str) -> str:
@@ -261,7 +273,7 @@ def _identity_for(s: Services, text: str, role: str) -> str:
     return str(sid)
 
 
-async def create_token(request: web.Request) -> web.Response:
+async def create_token(request: web.Request, caller: Caller | None) -> web.Response:
     s = _services(request)
     body = await read_body(
         request, {"role": (str,), "id": (str,), "ttl_s": (int, float)}, ("role", "id", "ttl_s")
@@ -271,9 +283,9 @@ async def create_token(request: web.Request) -> web.Response:
     if not 0 < ttl_s <= s.config.token_max_ttl_s:
         raise ApiError(400, f"ttl_s must be in (0, {s.config.token_max_ttl_s:g}]")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    expires_at = await s.store.create_token(token, identity, body["role"], ttl_s, _caller(request))
+    expires_at = await s.store.create_token(token, identity, body["role"], ttl_s, _who(caller).identity)
     await s.store.audit(
-        "token_created", _caller(request), {"id": identity, "role": body["role"], "ttl_s": ttl_s}
+        "token_created", _who(caller).identity, {"id": identity, "role": body["role"], "ttl_s": ttl_s}
     )
     return json_response(
         {
@@ -288,20 +300,20 @@ async def create_token(request: web.Request) -> web.Response:
     )
 
 
-async def list_identities(request: web.Request) -> web.Response:
+async def list_identities(request: web.Request, caller: Caller | None) -> web.Response:
     return json_response({"identities": await _services(request).store.identities()})
 
 
-async def set_identity(request: web.Request) -> web.Response:
+async def set_identity(request: web.Request, caller: Caller | None) -> web.Response:
     s = _services(request)
     body = await read_body(request, {"id": (str,), "role": (str,)}, ("id", "role"))
     identity = _identity_for(s, body["id"], body["role"])
-    await s.store.put_identity(identity, body["role"], _caller(request))
-    await s.store.audit("role_set", _caller(request), {"id": identity, "role": body["role"]})
+    await s.store.put_identity(identity, body["role"], _who(caller).identity)
+    await s.store.audit("role_set", _who(caller).identity, {"id": identity, "role": body["role"]})
     return json_response({"id": identity, "role": body["role"]})
 
 
-async def audit_log(request: web.Request) -> web.Response:
+async def audit_log(request: web.Request, caller: Caller | None) -> web.Response:
     query = read_query(request, ("after", "limit"))
     after = _revision(query.get("after", "0"), "after")
     limit = min(_revision(query.get("limit", "1000"), "limit"), 10_000)
@@ -332,15 +344,15 @@ def _pushed(revision: PolicyRevision, previous: int) -> web.Response:
     return json_response({**revision.summary(), "previous": previous, "diff": revision.diff}, 201)
 
 
-async def push_policy(request: web.Request) -> web.Response:
+async def push_policy(request: web.Request, caller: Caller | None) -> web.Response:
     s = _services(request)
     body = await read_body(request, {"policy": (str,), "comment": (str,)}, ("policy",))
     await _validate(s, body["policy"])
-    pushed = await s.store.push_policy(body["policy"], _caller(request), body.get("comment", ""))
+    pushed = await s.store.push_policy(body["policy"], _who(caller).identity, body.get("comment", ""))
     return _pushed(pushed, pushed.revision - 1)
 
 
-async def rollback_policy(request: web.Request) -> web.Response:
+async def rollback_policy(request: web.Request, caller: Caller | None) -> web.Response:
     s = _services(request)
     body = await read_body(request, {"revision": (int,), "comment": (str,)}, ("revision",))
     target = await s.store.policy_revision(body["revision"])
@@ -348,11 +360,13 @@ async def rollback_policy(request: web.Request) -> web.Response:
         raise ApiError(404, f"no policy revision {body['revision']}")
     await _validate(s, target.policy)  # the trust domain may have changed since
     comment = body.get("comment", f"rollback to revision {target.revision}")
-    pushed = await s.store.push_policy(target.policy, _caller(request), comment, rollback_of=target.revision)
+    pushed = await s.store.push_policy(
+        target.policy, _who(caller).identity, comment, rollback_of=target.revision
+    )
     return _pushed(pushed, pushed.revision - 1)
 
 
-async def policy_log(request: web.Request) -> web.Response:
+async def policy_log(request: web.Request, caller: Caller | None) -> web.Response:
     query = read_query(request, ("limit",))
     limit = min(_revision(query.get("limit", "100"), "limit"), 10_000)
     revisions = await _services(request).store.policy_log(limit)
@@ -366,12 +380,12 @@ async def _existing(s: Services, text: str) -> PolicyRevision:
     return found
 
 
-async def show_policy(request: web.Request) -> web.Response:
+async def show_policy(request: web.Request, caller: Caller | None) -> web.Response:
     found = await _existing(_services(request), request.match_info["revision"])
     return json_response({**found.summary(), "policy": found.policy, "diff": found.diff})
 
 
-async def diff_policy(request: web.Request) -> web.Response:
+async def diff_policy(request: web.Request, caller: Caller | None) -> web.Response:
     s = _services(request)
     query = read_query(request, ("from", "to"))
     if set(query) != {"from", "to"}:
@@ -383,7 +397,7 @@ async def diff_policy(request: web.Request) -> web.Response:
     return json_response({"from": before.revision, "to": after.revision, "diff": diff})
 
 
-async def stream(request: web.Request) -> web.StreamResponse:
+async def stream(request: web.Request, caller: Caller | None) -> web.StreamResponse:
     s = _services(request)
     try:
         held = parse_cursors(dict(request.query))
@@ -391,7 +405,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
         raise ApiError(400, str(exc)) from None
     ws = web.WebSocketResponse(heartbeat=max(s.config.heartbeat_s * 2, 1.0), max_msg_size=4096)
     await ws.prepare(request)
-    await s.store.audit("subscribed", _caller(request), {"held": held, "peer": request.remote})
+    await s.store.audit("subscribed", _who(caller).identity, {"held": held, "peer": request.remote})
     try:
         await serve_stream(ws, held, s.store, s.publisher, s.hub, s.config.heartbeat_s)
     finally:

@@ -12,10 +12,21 @@ from __future__ import annotations
 
 import logging
 import ssl
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from gateway.center.api import PUBLIC, ROUTES, TOKEN, ApiError, Handler, Route, Services, json_response
+from gateway.center.api import (
+    PUBLIC,
+    ROUTES,
+    SERVICES,
+    TOKEN,
+    ApiError,
+    Caller,
+    Route,
+    Services,
+    json_response,
+)
 from gateway.identity import IdentityError, identity_from_certificate
 
 log = logging.getLogger("ztgate.center.api")
@@ -27,8 +38,11 @@ def _error(status: int, message: str, **extra: object) -> web.Response:
     return json_response({"error": {"status": status, "message": message, **extra}}, status)
 
 
+Plain = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
 @web.middleware
-async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def _json_errors(request: web.Request, handler: Plain) -> web.StreamResponse:
     try:
         return await handler(request)
     except ApiError as error:
@@ -54,8 +68,9 @@ def _peer_identity(request: web.Request, trust_domain: str) -> str | None:
         raise ApiError(401, f"client certificate: {exc}") from None
 
 
-def _guarded(route: Route, services: Services) -> Handler:
+def _guarded(route: Route, services: Services) -> Plain:
     async def handle(request: web.Request) -> web.StreamResponse:
+        caller = None
         if route.access not in (PUBLIC, TOKEN):
             identity = _peer_identity(request, services.authority.trust_domain)
             if identity is None:
@@ -68,15 +83,15 @@ def _guarded(route: Route, services: Services) -> Handler:
                 raise ApiError(
                     403, f"{identity} has role {role or 'none'}; {route.path} needs one of: {need}"
                 )
-            request["identity"], request["role"] = identity, role
-        return await route.handler(request)
+            caller = Caller(identity, role)
+        return await route.handler(request, caller)
 
     return handle
 
 
 def build_app(services: Services) -> web.Application:
     app = web.Application(middlewares=[_json_errors], client_max_size=services.config.max_body_bytes)
-    app["services"] = services
+    app[SERVICES] = services
     for route in ROUTES:
         app.router.add_route(route.method, route.path, _guarded(route, services))
     return app
