@@ -133,3 +133,36 @@ def test_agent_config_errors(tmp_path: Path) -> None:
 )
 def test_parse_hostport(text: str, expected: tuple[str, int]) -> None:
     assert parse_hostport(text) == expected
+
+
+def test_a_gateway_with_a_center_takes_tls_and_policy_from_its_credentials(tmp_path: Path) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text('[gateway]\nname = "gw-1"\n[center]\ndir = "creds"\nmax_staleness_s = 600\n')
+    config = load_gateway_config(path)
+    assert config.policy is None and config.center is not None
+    assert config.center.credentials == tmp_path / "creds" and config.center.max_staleness_s == 600
+    assert config.center.startup_timeout_s == 300 and config.center.renew
+    assert (
+        config.tls.cert == tmp_path / "creds" / "cert.pem" and config.tls.ca == tmp_path / "creds" / "ca.pem"
+    )
+
+
+def test_a_center_and_a_policy_file_exclude_each_other(tmp_path: Path) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text('[gateway]\npolicy = "p.toml"\n[center]\ndir = "c"\nmax_staleness_s = 0\n')
+    with pytest.raises(ConfigError) as caught:
+        load_gateway_config(path)
+    text = str(caught.value)
+    assert f"{path}:2: gateway.policy: a gateway with a [center] takes its policy from the center" in text
+    assert f"{path}:5: center.max_staleness_s: 0: expected a number in 0.1..3.16224e+07" in text
+
+
+def test_an_agent_with_a_center_renews_from_its_credentials(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    listeners = '[[listeners]]\nlisten = "127.0.0.1:1502"\nasset = "plc-1"\ngateway = "gw:8443"\n'
+    path.write_text(f'[center]\ndir = "hmi"\n{listeners}')
+    config = load_agent_config(path)
+    assert config.center is not None and config.tls.key == tmp_path / "hmi" / "key.pem"
+    path.write_text(f'[center]\ndir = "hmi"\nmax_staleness_s = 5\n{listeners}')
+    with pytest.raises(ConfigError, match='unknown key "max_staleness_s"'):
+        load_agent_config(path)
