@@ -27,8 +27,8 @@ from gateway.center.authority import Authority, CsrError
 from gateway.center.config import CenterConfig
 from gateway.center.store import ROLES, PolicyRevision, Store, TokenError, unified_diff
 from gateway.center.stream import Hub, Publisher, parse_cursors, serve_stream
-from gateway.identity import IdentityError, parse_spiffe_id
 from policies import PolicyError, parse_policy
+from policies.spiffe import IdentityError, parse_spiffe_id
 
 __all__ = ["PUBLIC", "ROUTES", "SERVICES", "TOKEN", "ApiError", "Caller", "Route", "Services"]
 

@@ -27,7 +27,8 @@ from gateway.center.api import (
     Services,
     json_response,
 )
-from gateway.identity import IdentityError, identity_from_certificate
+from gateway.identity import identity_from_certificate
+from policies.spiffe import IdentityError
 
 log = logging.getLogger("ztgate.center.api")
 

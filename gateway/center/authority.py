@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from gateway import pki
 from gateway.center.bundles import encode_key
 from gateway.config import TlsFiles
-from gateway.identity import IdentityError, SpiffeId, parse_spiffe_id
+from policies.spiffe import IdentityError, SpiffeId, parse_spiffe_id
 
 __all__ = [
     "Authority",

@@ -22,8 +22,8 @@ from gateway.center.config import CenterConfig, load_center_config
 from gateway.center.db import open_database
 from gateway.center.store import ROLES, Store
 from gateway.credentials import CenterInfo, Credentials, make_csr
-from gateway.identity import IdentityError, parse_spiffe_id, parse_trust_domain
 from gateway.pki import PkiError
+from policies.spiffe import IdentityError, parse_spiffe_id, parse_trust_domain
 
 __all__ = ["SetupError", "init_center", "issue_credentials"]
 
