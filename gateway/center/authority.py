@@ -20,6 +20,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -111,10 +112,14 @@ class Authority:
         """The public keys gateways are to trust: the current one, then any announced next one."""
         return [encode_key(self.signing_key.public_key()), *self.next_keys]
 
+    @property
+    def extra_trust(self) -> Path:
+        return self.directory / EXTRA_TRUST
+
     def trust_bundle(self) -> str:
         """The CA certificates handed out with every certificate (PEM)."""
         text = self.ca.cert_path.read_text()
-        extra = self.directory / EXTRA_TRUST
+        extra = self.extra_trust
         if extra.is_file():
             text = text.rstrip("\n") + "\n" + extra.read_text()
         return text
@@ -168,11 +173,30 @@ class Authority:
             end = current.not_valid_after_utc.timestamp()
             names = current.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
             uris = names.get_values_for_type(x509.UniformResourceIdentifier)
-            if uris == [str(self.center_id)] and now < start + (end - start) / 2:
+            if uris == [str(self.center_id)] and now < start + (end - start) / 2 and self._ours(current):
                 return False
         certificate = self.issue(self.center_id, self.tls_public_key(), lifetime)
         pki.write_files([(path, certificate.public_bytes(serialization.Encoding.PEM), pki.CERT_MODE)])
         return True
+
+    def _ours(self, certificate: x509.Certificate) -> bool:
+        """Whether the current CA issued it (not after a CA rotation)."""
+        try:
+            certificate.verify_directly_issued_by(self.ca.certificate)
+        except (ValueError, TypeError, InvalidSignature):
+            return False
+        return True
+
+    def rotate_signing_key(self) -> str:
+        """Start a rotation (make ``signing-next.key``) or finish one (it becomes ``signing.key``; the
+        old key is kept as ``signing-old.key``). Returns what was done, for the operator."""
+        current, following = self.directory / SIGNING_KEY, self.directory / NEXT_SIGNING_KEY
+        if not following.is_file():
+            new_signing_key(following)
+            return f"made {following}: restart the center; gateways learn it from the next bundle"
+        current.replace(self.directory / "signing-old.key")
+        following.replace(current)
+        return f"{following} is now {current} (the old one is signing-old.key): restart the center"
 
 
 def load_authority(directory: Path, name: str) -> Authority:

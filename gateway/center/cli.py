@@ -143,6 +143,21 @@ def _cmd_credentials(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_rotate(args: argparse.Namespace) -> int:
+    from gateway.center.authority import load_authority
+    from gateway.center.config import load_center_config
+    from gateway.pki import PkiError
+
+    try:
+        config = load_center_config(args.config)
+        print(load_authority(config.keys, config.name).rotate_signing_key())
+    except ConfigError as error:
+        return _fail(f"configuration refused:\n{error}", 2)
+    except (PkiError, OSError) as error:
+        return _fail(str(error))
+    return 0
+
+
 # ------------------------------------------------------------------------------------------ API
 
 
@@ -295,6 +310,15 @@ def configure(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
     creds.add_argument("--id", required=True, help="an identity the store knows")
     creds.add_argument("--out", required=True, type=Path, help="credentials folder to write")
     creds.set_defaults(func=_cmd_credentials)
+
+    rotate = actions.add_parser(
+        "rotate-signing-key",
+        help="start a signing key rotation (a next key, announced to gateways), or finish it",
+        description="First run: make keys/signing-next.key, which every bundle then announces. Second run, "
+        "once every gateway trusts it: it becomes keys/signing.key. Restart the center after each.",
+    )
+    rotate.add_argument("--config", required=True, type=Path)
+    rotate.set_defaults(func=_cmd_rotate)
 
     token = actions.add_parser("token", help="one-time enrollment tokens")
     token_actions = token.add_subparsers(dest="token_action", metavar="ACTION", required=True)

@@ -56,6 +56,8 @@ class Center:
         self._renew_own_certificate()
         files = self.authority.tls_files
         self._context = https_server_context(files.cert, files.key, files.ca)
+        if self.authority.extra_trust.is_file():  # a CA rotation: certificates of both CAs are good
+            self._context.load_verify_locations(cafile=self.authority.extra_trust)
         services = Services(self.config, self.store, self.authority, self.publisher, self.hub)
         self._runner = web.AppRunner(build_app(services), access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()

@@ -11,7 +11,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.bundles import BUNDLE_FILE, CenterUnavailableError
-from gateway.center.bundles import sign
+from gateway.center.authority import load_authority
+from gateway.center.bundles import key_id, parse_key, sign
 from gateway.credentials import Credentials
 from gateway.server import Gateway
 from tests.center.harness import TD, Site, eventually, modbus_policy, read_rule
@@ -136,3 +137,26 @@ async def _quick_gateway(credentials: Credentials) -> None:
             for line in (credentials.directory / "tampered.jsonl").read_bytes().splitlines()
         ]
         assert refused[0]["event"] == "bundle_refused" and "bad signature" in refused[0]["reason"]
+
+
+async def test_the_signing_key_rotates_without_visiting_the_gateways(site: Site) -> None:
+    device, (gateway,), (credentials,) = await _lab(site, 1)
+    authority = load_authority(site.dir / "keys", "center")
+    old_key = authority.signing_keys()[0]
+    assert "made" in authority.rotate_signing_key()
+    await site.centers[0].stop()
+    site.centers.clear()
+    await site.start_center()
+    await eventually(lambda: site.events(gateway, event="signing_key_trusted"), what="the next key announced")
+    trusted = credentials.center().signing_keys
+    assert trusted[0] == old_key and len(trusted) == 2
+
+    assert "is now" in load_authority(site.dir / "keys", "center").rotate_signing_key()
+    await site.centers[0].stop()
+    site.centers.clear()
+    await site.start_center()
+    await site.push(modbus_policy({"plc-1": (device.port, "closed")}, read_rule(["plc-1"], "0-99")))
+    await eventually(lambda: gateway.policy.revision == "2", what="revision 2 signed with the new key")
+    signed_by = orjson.loads(orjson.loads((credentials.directory / BUNDLE_FILE).read_bytes())["body"])["key"]
+    assert signed_by == key_id(parse_key(trusted[1]))
+    assert site.events(gateway, event="bundle_refused") == []
