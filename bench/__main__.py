@@ -6,6 +6,7 @@ modbus-proxy, on loopback, in one interleaved run; then the scale figures and a 
     python -m bench --only ztgate,stunnel --repeat 5 --duration 10
     python -m bench scale                # only the scale figures
     python -m bench report bench/results/latest.json   # re-render the doc from a JSON result
+    python -m bench center               # policy push -> two gateways deciding by it (bench/center.py)
 
 See docs/performance.md for how to read the results.
 """
@@ -449,6 +450,10 @@ def report(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["center"]:  # its own measurement and options (bench/center.py)
+        from bench import center
+
+        return center.run(argv[1:])
     args = parse_args(argv)
     if args.command == "report":
         return report(args)

@@ -193,6 +193,8 @@ def test_demo_walkthrough(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "23 of 23 outcomes as the policy says." in result.stdout
+    assert "8 of 8 center steps as promised." in result.stdout
+    assert "token create --role gateway" in result.stdout and "exception 0x01" in result.stdout
     assert "exception 0x03" in result.stdout and "certificate rejected" in result.stdout
     assert "privilege violation 0x0F" in result.stdout and "BadUserAccessDenied" in result.stdout
     audit = (tmp_path / "demo" / "audit.jsonl").read_text()

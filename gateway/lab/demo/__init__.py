@@ -1,10 +1,13 @@
 """``ztgate demo``: a whole lab on loopback in one process.
 
-It makes a PKI in a work folder, starts simulated PLCs (Modbus TCP and EtherNet/IP), a gateway with an
-example policy (an operator who may read and write bounded setpoints during working hours; a vendor who
-may only read) and one agent per person, prints what runs where and what to try, and runs until Ctrl-C.
-``--walkthrough`` drives the lab with real clients instead, prints a table of requests and their
-outcomes, and stops; it exits non-zero if any outcome differs from what the policy promises.
+It starts a center in a work folder and pushes an example policy to it (an operator who may read and
+write bounded setpoints during working hours; a vendor who may only read), simulated PLCs (Modbus TCP,
+EtherNet/IP, OPC UA), a gateway and one agent per person, all enrolled with one-time tokens, prints
+what runs where and what to try, and runs until Ctrl-C. ``--walkthrough`` drives the lab with real
+clients instead, prints a table of requests and their outcomes, then shows the center at work (a push
+reaching the gateway; the center stopped, the gateway enforcing its last bundle, stale, then closing;
+the center back and a new revision applied), and stops; it exits non-zero if anything differs from
+what the policy promises.
 """
 
 from __future__ import annotations
@@ -17,9 +20,12 @@ from pathlib import Path
 
 from gateway.lab.demo.lab import print_banner, start_lab
 
+WALKTHROUGH_STALENESS_S = 3.0
+
 
 async def _main(args: argparse.Namespace) -> int:
-    lab = await start_lab(args.dir)
+    # The walkthrough stops the center and waits for the gateway's policy to go stale: seconds, not a day.
+    lab = await start_lab(args.dir, max_staleness_s=WALKTHROUGH_STALENESS_S if args.walkthrough else 86400.0)
     try:
         if args.walkthrough:
             from gateway.lab.demo.walkthrough import walkthrough

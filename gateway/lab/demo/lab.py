@@ -1,5 +1,10 @@
-"""The demo lab: a PKI in a work folder, simulated PLCs (Modbus TCP, EtherNet/IP and OPC UA), a gateway
-with an example policy and one agent per person, all on loopback in one process."""
+"""The demo lab: a center in a work folder, simulated PLCs (Modbus TCP, EtherNet/IP and OPC UA), a gateway
+and one agent per person, all on loopback in one process.
+
+The center is made with ``center init``; the example policy is pushed to it; the gateway, alice (an
+operator) and eve (a vendor) enroll with one-time tokens, and the gateway takes its policy from the
+center as a signed bundle. Only mallory, the intruder, has a certificate from another CA.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +22,13 @@ from pathlib import Path
 from gateway import pki
 from gateway.agent import Agent
 from gateway.audit import AuditLog
-from gateway.config import AgentConfig, AgentListener, TlsFiles
+from gateway.center.client import CenterClient
+from gateway.center.config import load_center_config
+from gateway.center.service import Center
+from gateway.center.setup import init_center
+from gateway.config import AgentConfig, AgentListener, CenterSettings, TlsFiles
+from gateway.credentials import Credentials
+from gateway.enroll import enroll
 from gateway.lab.sim.enip import EnipSim
 from gateway.lab.sim.modbus import ModbusSim
 from gateway.lab.sim.opcua import NAMESPACE_URI, OpcUaSim
@@ -27,6 +38,7 @@ TRUST_DOMAIN = "plant1.example"
 OPERATOR = f"spiffe://{TRUST_DOMAIN}/user/alice"
 VENDOR = f"spiffe://{TRUST_DOMAIN}/vendor/acme/eve"
 INTRUDER = f"spiffe://{TRUST_DOMAIN}/user/mallory"
+GATEWAY = f"spiffe://{TRUST_DOMAIN}/gateway/demo/gw-1"
 MODBUS_ASSET = "plc-1"
 ENIP_ASSET = "plc-2"
 OPCUA_ASSET = "opc-1"
@@ -41,6 +53,7 @@ PREFERRED_PORTS = {
     "opcua-plc": 48400,
     "gateway": 18443,
     "admin": 19100,
+    "center": 18600,
     ("operator", MODBUS_ASSET): 1502,
     ("vendor", MODBUS_ASSET): 2502,
     ("operator", ENIP_ASSET): 44818,
@@ -85,6 +98,7 @@ identity = {{ device_type = 0x0E, product_code = 55, revision = "20.11", product
 [assets.{OPCUA_ASSET}]
 protocol = "opcua"
 upstream = "opc.tcp://127.0.0.1:{opcua_port}/"   # the simulated OPC UA PLC (security None on loopback)
+on_stale = "static"   # keeps the last verified policy when the center is away too long (the others close)
 
 [groups]
 operators = ["{OPERATOR}"]
@@ -147,44 +161,84 @@ def _local_tz() -> str:
 @dataclass
 class DemoLab:
     work: Path
+    center: Center
+    admin: Credentials
     modbus_plc: ModbusSim
     enip_plc: EnipSim
     opcua_plc: OpcUaSim
     gateway: Gateway
-    files: dict[str, pki.IssuedFiles]
+    files: dict[str, TlsFiles]  # operator, vendor (enrolled), intruder (another CA)
+    enrolled: list[str] = field(default_factory=list)  # what enrollment printed, for the walkthrough
     agents: list[Agent] = field(default_factory=list)
     ports: dict[tuple[str, str], int] = field(default_factory=dict)  # (who, asset) -> local port
+
+    @property
+    def ca(self) -> Path:
+        return self.admin.tls.ca
+
+    async def stop_center(self) -> None:
+        await self.center.stop()
+
+    async def start_center(self) -> None:
+        """The center again, from its folder (same port, store and keys)."""
+        self.center = Center(self.center.config)
+        await self.center.start()
+
+    async def push(self, policy: str, comment: str) -> int:
+        async with CenterClient.for_credentials(self.admin) as client:
+            answer = await client.call("POST", "/v1/policy", {"policy": policy, "comment": comment})
+        return int(answer["revision"])
 
     async def stop(self) -> None:
         for agent in self.agents:
             await agent.stop()
         await self.gateway.stop()
+        await self.center.stop()
         await self.opcua_plc.stop()
         await self.enip_plc.stop()
         await self.modbus_plc.stop()
 
 
-def make_pki(work: Path) -> dict[str, pki.IssuedFiles]:
-    """A fresh work folder with the lab's CA and certificates."""
+def _intruder(work: Path) -> TlsFiles:
+    """Mallory: a certificate from a CA the gateway does not trust."""
+    pki.init_ca(work / "other-ca", TRUST_DOMAIN)
+    files = pki.issue(work / "other-ca", INTRUDER)
+    return TlsFiles(files.cert, files.key, work / "other-ca" / "ca.pem")
+
+
+def _clear(work: Path) -> None:
     if work.exists():
         shutil.rmtree(work)
-    work.mkdir(parents=True)
-    ca = work / "pki"
-    pki.init_ca(ca, TRUST_DOMAIN)
-    files = {
-        "gateway": pki.issue(ca, f"spiffe://{TRUST_DOMAIN}/gateway/demo/gw-1", dns_names=["localhost"]),
-        "operator": pki.issue(ca, OPERATOR),
-        "vendor": pki.issue(ca, VENDOR),
-    }
-    # An intruder with a certificate from a CA the gateway does not trust.
-    pki.init_ca(work / "other-ca", TRUST_DOMAIN)
-    files["intruder"] = pki.issue(work / "other-ca", INTRUDER)
-    return files
 
 
-async def start_lab(work: Path) -> DemoLab:
-    files = await asyncio.to_thread(make_pki, work)
-    ca = work / "pki" / "ca.pem"
+async def _start_center(work: Path) -> tuple[Center, Credentials]:
+    await asyncio.to_thread(_clear, work)
+    port = _free(PREFERRED_PORTS["center"])
+    config, admin = await init_center(work / "center", TRUST_DOMAIN, listen=f"127.0.0.1:{port}")
+    # Heartbeats every second, so that the demo's staleness moves visibly.
+    text = config.source.read_text().replace('keys = "keys"\n', 'keys = "keys"\nheartbeat_s = 1\n')
+    config.source.write_text(text)
+    center = Center(load_center_config(config.source))
+    await center.start()
+    return center, admin
+
+
+async def _enroll(
+    admin: Credentials, url: str, role: str, identity: str, folder: Path
+) -> tuple[Credentials, str]:
+    async with CenterClient.for_credentials(admin) as client:
+        token = await client.call("POST", "/v1/tokens", {"role": role, "id": identity, "ttl_s": 600})
+    credentials = await enroll(url, token["token"], token["fingerprint"], folder)
+    line = (
+        f"token create --role {role} --id {identity}  ->  ztgate enroll --token {token['token'][:12]}... "
+        f"--fingerprint {token['fingerprint'][:19]}... --dir {folder.parent.name}/{folder.name}"
+    )
+    return credentials, line
+
+
+async def start_lab(work: Path, *, max_staleness_s: float = 86400.0) -> DemoLab:
+    center, admin = await _start_center(work)
+    url = center.config.url
     modbus_plc = ModbusSim("127.0.0.1", _free(PREFERRED_PORTS["modbus-plc"]), units=(1,))
     await modbus_plc.start()
     enip_plc = EnipSim("127.0.0.1", _free(PREFERRED_PORTS["enip-plc"]))
@@ -194,19 +248,32 @@ async def start_lab(work: Path) -> DemoLab:
     policy = work / "policy.toml"
     now = datetime.now().astimezone()
     policy.write_text(policy_text(modbus_plc.port, enip_plc.port, opcua_plc.port, now, _local_tz()))
+    async with CenterClient.for_credentials(admin) as client:
+        await client.call("POST", "/v1/policy", {"policy": policy.read_text(), "comment": "the demo policy"})
+    gateway_credentials, gw_line = await _enroll(admin, url, "gateway", GATEWAY, work / "gw-1")
+    operator, op_line = await _enroll(admin, url, "user", OPERATOR, work / "alice")
+    vendor, ven_line = await _enroll(admin, url, "vendor", VENDOR, work / "eve")
     audit = AuditLog(
         gateway="demo-gw", file=work / "audit.jsonl", aggregate_reads_s=0.0, flush_interval_s=0.02
     )
+    settings = CenterSettings(gateway_credentials.directory, max_staleness_s=max_staleness_s)
     gateway = Gateway(
         name="demo-gw",
-        policy=policy,
-        tls=TlsFiles(files["gateway"].cert, files["gateway"].key, ca),
+        tls=settings.tls,
+        center=settings,
         listen=("127.0.0.1", _free(PREFERRED_PORTS["gateway"])),
         admin_listen=("127.0.0.1", _free(PREFERRED_PORTS["admin"])),
         audit=audit,
     )
     await gateway.start()
-    lab = DemoLab(work, modbus_plc, enip_plc, opcua_plc, gateway, files)
+    files = {
+        "operator": operator.tls,
+        "vendor": vendor.tls,
+        "intruder": await asyncio.to_thread(_intruder, work),
+    }
+    lab = DemoLab(
+        work, center, admin, modbus_plc, enip_plc, opcua_plc, gateway, files, [gw_line, op_line, ven_line]
+    )
     for who in ("operator", "vendor"):
         listeners = tuple(
             AgentListener(
@@ -220,7 +287,7 @@ async def start_lab(work: Path) -> DemoLab:
         agent = Agent(
             AgentConfig(
                 source=work / f"agent-{who}.toml",
-                tls=TlsFiles(files[who].cert, files[who].key, ca),
+                tls=files[who],
                 listeners=listeners,
                 connect_timeout_s=5.0,
             )
@@ -248,10 +315,12 @@ def print_banner(lab: DemoLab) -> None:
     ops_ua, ven_ua = lab.ports[("operator", OPCUA_ASSET)], lab.ports[("vendor", OPCUA_ASSET)]
     node = f"ns={lab.opcua_plc.namespace_index};s={TANK}"
     admin = f"http://127.0.0.1:{lab.gateway.admin_port}"
+    revision = lab.gateway.policy.revision
     print(
         f"""
-ztgate demo lab is running (work folder: {work}, policy revision {lab.gateway.policy.revision})
+ztgate demo lab is running (work folder: {work}; policy revision {revision}, from the center)
 
+  center                   {lab.center.config.url}   (folder {work}/center; admin credentials in admin/)
   Modbus PLC        {MODBUS_ASSET}   127.0.0.1:{lab.modbus_plc.port}   (setpoint: holding register {SETPOINT})
   EtherNet/IP PLC   {ENIP_ASSET}   127.0.0.1:{lab.enip_plc.port}   (Logix: Setpoint, Recipe, Tank1_Level...)
   OPC UA PLC        {OPCUA_ASSET}   127.0.0.1:{lab.opcua_plc.port}   ({node}.Level, .Setpoint, .Start()...)
@@ -272,6 +341,10 @@ Try (any Modbus, Logix or OPC UA tool works against the agents' ports):
   uacall -u opc.tcp://127.0.0.1:{ven_ua} -n "{node}" -m "{node}.Stop"      # eve may not call methods
   {z} policy explain {work}/policy.toml --subject {VENDOR} \\
         --asset {MODBUS_ASSET} --fc 6 --address {SETPOINT} --value 1200
+  export ZTGATE_CREDENTIALS={work}/center/admin
+  {z} center policy log                                          # the center's revisions
+  {z} center policy push {work}/policy.toml --comment "my change"   # edit it first: every gateway follows
+  curl -s {admin}/readyz                                       # the center link, staleness, certificate
   curl -s {admin}/sessions
   tail -f {work}/audit.jsonl
 

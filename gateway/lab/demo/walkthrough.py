@@ -110,9 +110,7 @@ class Clients:
             "127.0.0.1",
             port=self.lab.gateway.port,
             # Mallory trusts the gateway (its CA certificate is no secret) but holds another CA's certificate.
-            sslctx=client_context(
-                files.cert, files.key, self.lab.work / "pki" / "ca.pem", server_name=MODBUS_ASSET
-            ),
+            sslctx=client_context(files.cert, files.key, self.lab.ca, server_name=MODBUS_ASSET),
             timeout=2,
             retries=0,
             reconnect_delay=0,
@@ -241,25 +239,98 @@ def _decided_by(lab: DemoLab, identity: str | None) -> str:
     return rule if last.get("decision") == "allow" else f"{rule}: {last.get('reason')}"
 
 
-async def walkthrough(lab: DemoLab) -> int:
-    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # the table says what happened
-    logging.getLogger("pycomm3").setLevel(logging.CRITICAL)
-    logging.getLogger("asyncua").setLevel(logging.CRITICAL)
-    clients = Clients(lab)
-    await clients.open()
-    identities = {"operator": OPERATOR, "vendor": VENDOR}
-    names = {"operator": "alice (operator)", "vendor": "eve (vendor)", "intruder": "mallory (intruder)"}
-    rows: list[tuple[str, str, str, str]] = []
-    as_promised: list[bool] = []
-    try:
-        for step in STEPS:
-            outcome, text = await step.run(clients)
-            decided = _decided_by(lab, identities.get(step.who))
-            rows.append((names[step.who], step.text, text, decided))
-            as_promised.append(outcome == step.expect)
-    finally:
-        clients.close()
+async def _readyz(lab: DemoLab) -> dict[str, Any]:
+    import aiohttp
 
+    url = f"http://127.0.0.1:{lab.gateway.admin_port}/readyz"
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        found: dict[str, Any] = orjson.loads(await response.read())
+    return found
+
+
+async def _until(check: Callable[[], bool], timeout_s: float) -> bool:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not check():
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+async def center_tour(lab: DemoLab, clients: Clients) -> list[bool]:
+    """A push reaching the gateway; the center stopped, the gateway enforcing what it holds (stale,
+    then closing its Modbus and EtherNet/IP PLCs, the OPC UA PLC static); the center back, a new
+    revision applied. Prints each step; returns whether each went as promised."""
+    link = lab.gateway.link
+    assert link is not None
+    results: list[bool] = []
+
+    def say(ok: bool, text: str) -> None:
+        results.append(ok)
+        print(f"  {text}" + ("" if ok else "   <-- unexpected"))
+
+    async def alice_reads(address: int) -> Outcome:
+        return await clients.modbus_call("operator", "read_holding_registers", address, 1)
+
+    print("\nThe center (its policy log: ztgate center policy log, with the admin's credentials):")
+    policy = (lab.work / "policy.toml").read_text()
+    outcome, text = await alice_reads(50)
+    say(outcome == 0, f"revision {lab.gateway.policy.revision}: alice reads holding register 50: {text}")
+    narrower = policy.replace(
+        'modbus = [{ fc = [1, 2, 3, 4], address = "0-99" }]',
+        'modbus = [{ fc = [1, 2, 3, 4], address = "0-9" }]',
+    )
+    revision = await lab.push(narrower, "operators read registers 0-9 only")
+    pushed = asyncio.get_running_loop().time()
+    reached = await _until(lambda: lab.gateway.policy.revision == str(revision), 5.0)
+    took_ms = (asyncio.get_running_loop().time() - pushed) * 1000
+    say(
+        reached,
+        f"pushed revision {revision} (registers 0-9 only): the gateway applied it {took_ms:.0f} ms later",
+    )
+    outcome, text = await alice_reads(50)
+    say(outcome == 2, f"revision {revision}: alice reads holding register 50: {text}")
+
+    await lab.stop_center()
+    await _until(lambda: not link.connected, 5.0)
+    await asyncio.sleep(1.0)  # pacing for the reader: let the staleness show
+    outcome, text = await alice_reads(5)
+    ready = (await _readyz(lab))["center"]
+    say(
+        outcome == 0 and not ready["connected"],
+        f"center stopped: alice reads register 5: {text} (the last bundle decides)",
+    )
+    limit = ready["max_staleness_s"]
+    print(f"  /readyz: center connected {ready['connected']}, stale for {ready['stale_s']} s of {limit:g}")
+    await _until(lambda: link.stale, link.max_staleness_s + 5)
+    outcome, text = await alice_reads(5)
+    say(
+        outcome == 1,
+        f"past max_staleness_s: alice reads register 5 on {MODBUS_ASSET} (on_stale closed): {text}",
+    )
+    print(f"    decided by: {_decided_by(lab, OPERATOR)}")
+    outcome, text = await clients.opcua("operator", lambda c, ns: _ua_read(c, ns, "Level"))
+    say(
+        outcome == 0,
+        f"past max_staleness_s: alice reads Tank1.Level on {OPCUA_ASSET} (on_stale static): {text}",
+    )
+    ready = (await _readyz(lab))["center"]
+    print(f"  /readyz: stale {ready['stale']}, closed assets {ready['closed_assets']} (not ready)")
+
+    await lab.start_center()
+    revision = await lab.push(policy, "operators read registers 0-99 again")
+    caught_up = await _until(lambda: lab.gateway.policy.revision == str(revision) and not link.stale, 15.0)
+    say(
+        caught_up,
+        f"center back, revision {revision} pushed: the gateway caught up and reopened {MODBUS_ASSET}",
+    )
+    outcome, text = await alice_reads(50)
+    say(outcome == 0, f"revision {revision}: alice reads holding register 50: {text}")
+    return results
+
+
+def _print_table(lab: DemoLab, rows: list[tuple[str, str, str, str]], as_promised: list[bool]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     header = ("who", "request", "outcome", "decided by (from the audit trail)")
     print()
@@ -274,7 +345,35 @@ async def walkthrough(lab: DemoLab) -> int:
             print("\nThe audit record of the refused Modbus setpoint write:")
             print(orjson.dumps(event, option=orjson.OPT_INDENT_2).decode())
             break
+
+
+async def walkthrough(lab: DemoLab) -> int:
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # the table says what happened
+    logging.getLogger("pycomm3").setLevel(logging.CRITICAL)
+    logging.getLogger("asyncua").setLevel(logging.CRITICAL)
+    logging.getLogger("ztgate").setLevel(logging.CRITICAL)  # the center tour says what happened
+    clients = Clients(lab)
+    await clients.open()
+    identities = {"operator": OPERATOR, "vendor": VENDOR}
+    names = {"operator": "alice (operator)", "vendor": "eve (vendor)", "intruder": "mallory (intruder)"}
+    rows: list[tuple[str, str, str, str]] = []
+    as_promised: list[bool] = []
+    print("Enrolled with one-time tokens (ztgate center token create, then ztgate enroll on each host):")
+    for line in lab.enrolled:
+        print(f"  {line}")
+    try:
+        for step in STEPS:
+            outcome, text = await step.run(clients)
+            decided = _decided_by(lab, identities.get(step.who))
+            rows.append((names[step.who], step.text, text, decided))
+            as_promised.append(outcome == step.expect)
+        _print_table(lab, rows, as_promised)
+        tour = await center_tour(lab, clients)
+    finally:
+        clients.close()
     failures = as_promised.count(False)
     print(f"\n{len(rows) - failures} of {len(rows)} outcomes as the policy says.")
+    tour_failures = tour.count(False)
+    print(f"{len(tour) - tour_failures} of {len(tour)} center steps as promised.")
     print(f"Audit trail: {lab.work}/audit.jsonl")
-    return 1 if failures else 0
+    return 1 if failures or tour_failures else 0
