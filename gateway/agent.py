@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import signal
 import ssl
@@ -19,9 +18,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
+from gateway.cli import log_to_stderr
 from gateway.config import AgentConfig, AgentListener, ConfigError, TlsFiles, load_agent_config
 from gateway.credentials import Credentials
 from gateway.renewal import Renewer
+from gateway.runtime import cancel_tasks
 from gateway.tls import TlsMaterial, client_context
 
 log = logging.getLogger("ztgate.agent")
@@ -221,9 +222,7 @@ class Agent:
 
     async def stop(self) -> None:
         if self._renewing is not None:
-            self._renewing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._renewing
+            await cancel_tasks([self._renewing])
         for server in self._servers:
             server.close()
         for server in self._servers:
@@ -243,11 +242,7 @@ def configure(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    log_to_stderr(args.log_level)
     try:
         config = load_agent_config(args.config)
     except ConfigError as error:

@@ -22,7 +22,6 @@ takes the one on disk or waits for the center.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -40,6 +39,7 @@ from gateway.audit import AuditLog
 from gateway.center.bundles import BundleError, Document, key_id, parse_key, verify
 from gateway.credentials import Credentials
 from gateway.policy_store import PolicyStore
+from gateway.runtime import cancel_tasks
 from gateway.tls import client_context
 from policies import Policy, PolicyError, parse_policy
 
@@ -282,11 +282,7 @@ class CenterLink:
         self._tasks.append(loop.create_task(self._watch_staleness()))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_tasks(self._tasks)
         self._tasks.clear()
         if self.last_contact is not None:
             self._write_state()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from collections.abc import Callable, Sequence
 
@@ -28,6 +29,13 @@ LAB_COMMANDS = {
     "client": "gateway.lab.client",  # ztgate client modbus|enip read|write
     "demo": "gateway.lab.demo",  # ztgate demo
 }
+
+
+def log_to_stderr(level: str) -> None:
+    """The log format of every long-running command (gateway, agent, center)."""
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,11 +4,13 @@ reach for globals and tests can build a runtime of their own."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import itertools
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -163,3 +165,13 @@ def tune_garbage_collector() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(70_000, 20, 20)
+
+
+async def cancel_tasks(tasks: Iterable[asyncio.Task[None]]) -> None:
+    """Cancel background tasks and wait until each has ended."""
+    found = list(tasks)
+    for task in found:
+        task.cancel()
+    for task in found:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import signal
 import ssl
@@ -24,6 +23,7 @@ from gateway.admin import start_admin, watch_center, watch_certificate
 from gateway.admission import HandshakeLimits
 from gateway.audit import AuditLog
 from gateway.bundles import CenterLink, CenterUnavailableError
+from gateway.cli import log_to_stderr
 from gateway.config import CenterSettings, ConfigError, GatewayConfig, TlsFiles, load_gateway_config
 from gateway.credentials import Credentials, CredentialsError
 from gateway.enip.session import EnipSession
@@ -36,7 +36,7 @@ from gateway.opcua.upstream import OpcUaPool
 from gateway.overlay import OverlayListener, SessionFactory
 from gateway.policy_store import PolicyStore
 from gateway.renewal import Renewer
-from gateway.runtime import PoolFactory, Runtime, SessionLimits, tune_garbage_collector
+from gateway.runtime import PoolFactory, Runtime, SessionLimits, cancel_tasks, tune_garbage_collector
 from gateway.tls import TlsMaterial, server_context
 from policies import Policy, PolicyError
 
@@ -187,11 +187,7 @@ class Gateway:
         return await self.runtime.policies.reload(trigger)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_tasks(self._tasks)
         if self.link is not None:
             await self.link.stop()
         if self.listener is not None:
@@ -227,11 +223,7 @@ def configure(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    log_to_stderr(args.log_level)
     try:
         config = load_gateway_config(args.config)
     except ConfigError as error:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import re
 import signal
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.center.client import CenterClient, CenterError
+from gateway.cli import log_to_stderr
 from gateway.config import ConfigError
 from gateway.credentials import Credentials, CredentialsError
 
@@ -84,11 +84,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from gateway.center.service import Center
     from gateway.pki import PkiError
 
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    log_to_stderr(args.log_level)
     try:
         config = load_center_config(args.config)
         center = Center(config)

@@ -6,7 +6,6 @@ certificate. ``ztgate center serve --config center.toml`` runs one; tests and th
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 import time
@@ -21,6 +20,7 @@ from gateway.center.config import CenterConfig
 from gateway.center.db import open_database
 from gateway.center.store import Store
 from gateway.center.stream import Hub, Publisher
+from gateway.runtime import cancel_tasks
 from gateway.tls import https_server_context
 
 log = logging.getLogger("ztgate.center")
@@ -97,9 +97,7 @@ class Center:
 
     async def stop(self) -> None:
         if self._renewal is not None:
-            self._renewal.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._renewal
+            await cancel_tasks([self._renewal])
         if self._runner is not None:
             await self._runner.cleanup()
         await self.store.close()
