@@ -208,12 +208,15 @@ class Site:
         return [e for e in events if all(e.get(k) == v for k, v in match.items())]
 
     async def close(self) -> None:
-        for closer in self.closers:
-            await closer()
-        for gateway in self.gateways:
-            await gateway.stop()
-        for center in self.centers:
-            await center.stop()
+        # The center processes go whatever else fails on the way: none may outlive the test.
+        try:
+            for closer in self.closers:
+                await closer()
+            for gateway in self.gateways:
+                await gateway.stop()
+        finally:
+            for center in self.centers:
+                await center.stop()
 
 
 async def admin_get(gateway: Gateway, path: str) -> tuple[int, bytes]:
