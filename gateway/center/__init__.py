@@ -1,4 +1,4 @@
-"""The center: the policy administration point of a ztgate site (DESIGN.md §2, §7a).
+"""The center: the policy administration point of a ztgate site (docs/center.md).
 
 It holds identities and their roles, one-time enrollment tokens, the certificates it issued and the
 policy revisions, and its own audit, in one store (SQLite, or PostgreSQL for several replicas). It

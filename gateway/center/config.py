@@ -9,7 +9,7 @@ url = "https://127.0.0.1:8600"    # how gateways, agents and people reach it (pr
 store = "sqlite:center.db"        # or "postgresql://user@host/db" for several replicas
 keys = "keys"                     # CA, signing key, TLS key (docs/center.md)
 
-[certificates]                    # lifetimes in seconds, at most DESIGN §7's
+[certificates]                    # lifetimes in seconds (docs/architecture.md, "Identity and certificates")
 gateway_s = 604800
 ```
 """
@@ -28,8 +28,9 @@ from policies.errors import FieldPath
 
 __all__ = ["LIFETIME_KINDS", "CenterConfig", "load_center_config"]
 
-# The kinds of certificates the center issues, and their default lifetimes (DESIGN §7): users and
-# vendors at most 12 h, agents 24 h (up to 72 h), gateways 7 days, the center's own 30 days.
+# The kinds of certificates the center issues, and their default lifetimes (docs/architecture.md,
+# "Identity and certificates"): users and vendors at most 12 h, agents 24 h (up to 72 h), gateways
+# 7 days, the center's own 30 days.
 LIFETIME_KINDS = ("gateway", "agent", "user", "vendor", "center")
 _DEFAULT_LIFETIME_S = {kind: PROFILES[kind].default_lifetime.total_seconds() for kind in LIFETIME_KINDS}
 

@@ -41,7 +41,8 @@ url = "{url}"
 store = "{store}"
 keys = "keys"
 
-# Certificate lifetimes in seconds; the defaults are DESIGN §7's, and these are the maximums.
+# Certificate lifetimes in seconds: the defaults, which are also the maximums
+# (ztgate's docs/architecture.md, "Identity and certificates").
 [certificates]
 gateway_s = 604800
 agent_s = 86400

@@ -69,7 +69,7 @@ async def test_enrollment_issues_a_certificate_for_the_key_made_here(site: Site)
     assert stat.S_IMODE((folder / "key.pem").stat().st_mode) == 0o600
     assert str(identity_from_certificate(certificate.public_bytes(serialization.Encoding.DER), TD)) == HMI
     lifetime = certificate.not_valid_after_utc - certificate.not_valid_before_utc
-    assert lifetime.total_seconds() <= 24 * 3600 + 300  # an agent's default (DESIGN §7), plus clock skew
+    assert lifetime.total_seconds() <= 24 * 3600 + 300  # an agent's default, plus clock skew
     info = orjson.loads((folder / "center.json").read_bytes())
     assert (info["id"], info["role"], info["fingerprint"]) == (HMI, "agent", token["fingerprint"])
     identities = {
