@@ -63,7 +63,7 @@ class ServiceRequest:
     # its header's RequestHandle and Timestamp are the first request's (see DecodedRequest).
     request: Any
     body: bytes = b""  # the request as the client encoded it (type id first): relayed when unchanged
-    # A request the codec has seen before (a repeated Read): its operations, and the memo slot.
+    # A request the codec has seen before (a repeated Read): its cache entry, with its operations.
     repeat: Repeat | None = None
 
     @property

@@ -104,12 +104,11 @@ def nodeid_end(body: bytes, offset: int) -> int:
 
 
 class Repeat:
-    """One request in a :class:`RepeatCache`: the decoded request it was first seen as, its operations,
-    and ``memo``, a slot where the layer above keeps what it derived from them (the gateway: its
-    decisions, with what they depend on). Shared by every request that repeats it: nobody mutates
-    ``request`` or ``operations``."""
+    """One request in a :class:`RepeatCache`: the decoded request it was first seen as and its operations.
+    Shared by every request that repeats it: nobody mutates ``request`` or ``operations``. The layer
+    above may key what it derived from them by the entry (the gateway: its decisions)."""
 
-    __slots__ = ("key", "memo", "operations", "request", "service", "token_span")
+    __slots__ = ("key", "operations", "request", "service", "token_span")
 
     def __init__(
         self,
@@ -126,7 +125,6 @@ class Repeat:
         # Where the RequestHeader's AuthenticationToken starts and ends in the body (the same in every
         # repeat: the bytes before the Timestamp are part of the key).
         self.token_span = token_span
-        self.memo: Any = None
 
 
 class RepeatCache:

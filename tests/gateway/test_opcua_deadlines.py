@@ -8,26 +8,27 @@ import asyncio
 import pytest
 import uvloop
 
-from gateway.opcua.upstream import _Deadlines, _Reply
+from gateway.opcua.asyncua_adapter import Reply
+from gateway.opcua.upstream import _Deadlines
 
 LOOPS = {"uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}
 
 
 class Outcomes:
     def __init__(self) -> None:
-        self.replies: dict[str, _Reply] = {}
+        self.replies: dict[str, Reply] = {}
         self.order: list[tuple[str, str]] = []
         self.changed = asyncio.Event()
 
-    def reply(self, name: str) -> _Reply:
+    def reply(self, name: str) -> Reply:
         def answered(body: bytes | None, error: BaseException | None) -> None:
             self.order.append((name, "timeout" if isinstance(error, TimeoutError) else f"answer {body!r}"))
             self.changed.set()
 
-        self.replies[name] = waiter = _Reply(answered, lambda: self.order.append((name, "late")))
+        self.replies[name] = waiter = Reply(answered, lambda: self.order.append((name, "late")))
         return waiter
 
-    def waiting(self) -> list[_Reply]:
+    def waiting(self) -> list[Reply]:
         return [w for w in self.replies.values() if not w.done()]
 
     async def until(self, count: int) -> None:

@@ -14,7 +14,7 @@ from asyncua.common.connection import SecureConnection, TransportLimits
 from asyncua.crypto.security_policies import SecurityPolicyNone
 from asyncua.ua.ua_binary import nodeid_to_binary, struct_to_binary
 
-from gateway.opcua.upstream import _frame_request
+from gateway.opcua.asyncua_adapter import frame_request
 from protocols.opcua.messages import nodeid_end
 from protocols.opcua.spec import SEQUENCE_WRAP_ABOVE
 
@@ -56,7 +56,7 @@ def test_framing_equals_asyncuas(nodes: int, max_send_buffer: int) -> None:
     body = read_body(nodes)
     ours, theirs = connection(max_send_buffer, 41), connection(max_send_buffer, 41)
     span = (4, nodeid_end(body, 4))
-    framed = _frame_request(ours, body, DEVICE_TOKEN, 1234, span, 77)
+    framed = frame_request(ours, body, DEVICE_TOKEN, 1234, span, 77)
     expected = theirs.message_to_binary(patched(body, 1234), ua.MessageType.SecureMessage, 77)
     assert framed == expected
     assert ours._sequence_number == theirs._sequence_number > 41
@@ -68,8 +68,8 @@ def test_sequence_numbers_wrap_as_the_codec_counts() -> None:
     asyncua's own framing would go on to 2**32 - 1, which a server accepts as well."""
     body = read_body(1)
     ours = connection(65535, SEQUENCE_WRAP_ABOVE)
-    framed = _frame_request(ours, body, DEVICE_TOKEN, 1, (4, nodeid_end(body, 4)), 9)
+    framed = frame_request(ours, body, DEVICE_TOKEN, 1, (4, nodeid_end(body, 4)), 9)
     assert struct.unpack_from("<I", framed, 16)[0] == SEQUENCE_WRAP_ABOVE + 1
     assert ours._sequence_number == 0  # the next chunk is number 1
-    framed = _frame_request(ours, body, DEVICE_TOKEN, 2, (4, nodeid_end(body, 4)), 10)
+    framed = frame_request(ours, body, DEVICE_TOKEN, 2, (4, nodeid_end(body, 4)), 10)
     assert struct.unpack_from("<I", framed, 16)[0] == 1
