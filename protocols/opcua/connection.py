@@ -232,16 +232,10 @@ class OpcUaServerConnection:
             )
         # Part 6, 6.7.2.2 - 6.7.2.4: message header, TokenId, SequenceNumber, RequestId, then the body.
         _type, chunk_type, _size, channel_id, token_id, sequence_number, request_id = _SYMMETRIC_UNPACK(data)
-        # Every chunk but a few is on the current token, one past the last sequence number: that case is
-        # decided here, renewals, wraps and refusals (with their reasons) in the two checks.
-        channel, token = self.channel, self.channel.current
-        current = token is not None and token_id == token.token_id and now < token.expires_at
-        if not current or channel_id != channel.channel_id:
-            channel.check_token(channel_id, token_id, now)
-        previous = self._peer_sequence_number
-        if previous is not None and sequence_number == previous + 1:
+        if self._in_step(channel_id, token_id, sequence_number, now):
             self._peer_sequence_number = sequence_number
-        else:
+        else:  # renewals, wraps and refusals (with their reasons)
+            self.channel.check_token(channel_id, token_id, now)
             self._check_sequence_number(sequence_number)
         if chunk.message_type == CLO:
             self.state = ConnectionState.CLOSED
@@ -271,19 +265,12 @@ class OpcUaServerConnection:
         message_type, chunk_type, size, channel_id, token_id, sequence_number, request_id = _SYMMETRIC_UNPACK(
             data
         )
-        token = self.channel.current
-        previous = self._peer_sequence_number
         if (
             message_type != MSG
             or chunk_type != FINAL
             or size != len(data)
             or size > self._reader.max_chunk_size
-            or channel_id != self.channel.channel_id
-            or token is None
-            or token_id != token.token_id
-            or now >= token.expires_at
-            or previous is None
-            or sequence_number != previous + 1
+            or not self._in_step(channel_id, token_id, sequence_number, now)
         ):
             return None
         timestamp_at = repeat.token_span[1]
@@ -296,6 +283,21 @@ class OpcUaServerConnection:
         self.repeats.hits += 1
         handle: int = _HANDLE.unpack_from(body, handle_end - 4)[0]
         return ServiceRequest(request_id, handle, repeat.service, repeat.request, body, repeat)
+
+    def _in_step(self, channel_id: int, token_id: int, sequence_number: int, now: float) -> bool:
+        """Whether a MSG or CLO chunk's security header is the one expected: this channel, its current
+        token still alive, the sequence number one past the last. Every chunk but a few is; the rest go
+        through the full checks, which renew, wrap or refuse."""
+        token = self.channel.current
+        previous = self._peer_sequence_number
+        return (
+            token is not None
+            and token_id == token.token_id
+            and now < token.expires_at
+            and channel_id == self.channel.channel_id
+            and previous is not None
+            and sequence_number == previous + 1
+        )
 
     def _hello(self, chunk: Chunk) -> Hello:
         hello = decode_hello(chunk)
