@@ -173,8 +173,8 @@ class AsyncuaLink:
         """Frame the client's request bytes with the session's token, handle and request id, and register
         ``waiter`` as its recipient; False when the connection is gone (nothing sent).
         ``token_span``: where the client's AuthenticationToken is in ``body``, when already known."""
-        protocol = self._protocol()
-        if protocol is None:
+        protocol: Any = self._client.uaclient.protocol  # _protocol() in line: runs for every relay
+        if protocol is None or protocol.transport is None:
             return False
         protocol._request_handle += 1
         token = protocol.authentication_token

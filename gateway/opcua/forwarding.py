@@ -133,13 +133,13 @@ class Forwarding:
         is gone (nothing sent, nothing counted)."""
         reply = partial(self._answered, event, decided, reduction, started)
         self.in_flight += 1
-        timeout_s = self._timeout_s(event)
         try:
-            if request is None:
+            if request is None:  # never a Publish or Republish: those carry subscription ids
                 token_span = event.repeat.token_span if event.repeat is not None else None
+                timeout_s = self._session.view.asset.response_timeout_s
                 device.send_raw(event.body, timeout_s, reply, self._late_reply, token_span)
             else:
-                device.send(request, timeout_s, reply, self._late_reply)
+                device.send(request, self._timeout_s(event), reply, self._late_reply)
         except UpstreamUnavailableError:
             self.in_flight -= 1
             return False
