@@ -42,6 +42,7 @@ from gateway.opcua.upstream import OpcUaPool, UpstreamUnavailableError
 from gateway.runtime import Runtime
 from gateway.session import Session, SessionInfo
 from policies import Decision, SubjectView, browse_path_of
+from policies.decision import VERDICT_DENY
 from protocols.opcua.connection import ConnectionState, OpcUaServerConnection
 from protocols.opcua.events import CloseChannel, Hello, OpenChannel, RejectedRequest, ServiceRequest
 from protocols.opcua.operations import Operation
@@ -51,6 +52,18 @@ BAD_SESSION_ID_INVALID: Final = StatusCodes.BadSessionIdInvalid
 BAD_SESSION_NOT_ACTIVATED: Final = StatusCodes.BadSessionNotActivated
 BAD_IDENTITY_TOKEN_REJECTED: Final = StatusCodes.BadIdentityTokenRejected
 BAD_TOO_MANY_SESSIONS: Final = StatusCodes.BadTooManySessions
+BAD_SERVER_NOT_CONNECTED: Final = StatusCodes.BadServerNotConnected
+# Requests outside the client's session, refused (and audited) before any rule is asked.
+_NOT_ACTIVATED: Final = Decision(
+    VERDICT_DENY, None, BAD_SESSION_NOT_ACTIVATED, "exception", "no activated session on this channel"
+)
+_OTHER_SESSION: Final = Decision(
+    VERDICT_DENY,
+    None,
+    BAD_SESSION_ID_INVALID,
+    "exception",
+    "authentication token of no session on this channel",
+)
 MAX_IN_FLIGHT = 32  # requests of one client on their way to the device (Publish requests wait long)
 IN_FLIGHT_LIMIT: Final = "in-flight limit"  # the reason the session stops reading, while it does
 
@@ -231,12 +244,12 @@ class OpcUaSession(Session):
             local(self, event)
             return
         if not self._activated:
-            self._fault(event, BAD_SESSION_NOT_ACTIVATED)
+            self._refuse_service(event, _NOT_ACTIVATED)
             return
         token = event.request.RequestHeader.AuthenticationToken
         if token is not self._token_seen:
             if token != self._token:
-                self._fault(event, BAD_SESSION_ID_INVALID)
+                self._refuse_service(event, _OTHER_SESSION)
                 return
             self._token_seen = token
         repeat = event.repeat
@@ -257,14 +270,26 @@ class OpcUaSession(Session):
         if not decision.allowed:
             self._refuse_service(event, decision)
             return
-        codec = event.service.operations
-        if codec is None:
+        if event.service.operations is None:
             forwarding.forward(event, decided_whole(self.view, name, namespaces, decision))
             return
+        if not namespaces:
+            # The device has not answered yet: node ids are decided on its namespace array, which comes
+            # with its session.
+            forwarding.spawn(event, self._decide_once_connected(event, decision, now))
+            return
+        self._decide_operations(event, namespaces, now)
+
+    def _decide_operations(self, event: ServiceRequest, namespaces: tuple[str, ...], now: float) -> None:
+        """Decide each operation of an allowed service, and forward what is allowed."""
+        name = event.service.name
+        codec = event.service.operations
+        assert codec is not None
+        repeat = event.repeat
         listed = list(repeat.operations) if repeat is not None else codec.operations(event.request)
-        operations = forwarding.tracking.resolve(name, event.request, listed)
+        operations = self._forwarding.tracking.resolve(name, event.request, listed)
         if self.view.needs_browse_paths(name):
-            forwarding.spawn(event, self._decide_on_paths(event, operations, now))
+            self._forwarding.spawn(event, self._decide_on_paths(event, operations, now))
             return
         decisions = [self.view.decide_opcua(op, namespaces, now) for op in operations]
         decided = decided_operations(self.view, name, namespaces, operations, decisions)
@@ -272,6 +297,18 @@ class OpcUaSession(Session):
             # The same bytes decide the same under this view and namespace array: kept for the next.
             self._memo.keep(repeat, decided)
         self._forward_operations(event, decided)
+
+    async def _decide_once_connected(self, event: ServiceRequest, decision: Decision, now: float) -> None:
+        """Decide the operations of an allowed service once the device's session (and namespace array) is
+        there; BadServerNotConnected, audited as the device's outcome, when it does not come."""
+        started = monotonic()
+        try:
+            await self._forwarding.device_session()
+        except UpstreamUnavailableError:
+            self._fault(event, BAD_SERVER_NOT_CONNECTED)
+            self._account(event, decision, "device unavailable", started)
+            return
+        self._decide_operations(event, self._forwarding.namespaces(), now)
 
     def _refuse_service(self, event: ServiceRequest, decision: Decision) -> None:
         self.denied += 1

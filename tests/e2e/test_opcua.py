@@ -789,6 +789,96 @@ async def test_a_request_under_another_authentication_token_is_refused_every_tim
     assert await client.get_node(level).read_value() == 50.0
 
 
+async def test_requests_outside_the_clients_session_are_refused_and_audited(lab: Lab, plc: OpcUaSim) -> None:
+    """asyncua's client, driven step by step: a Read before ActivateSession, and one under a token that is
+    not the session's, get their ServiceFaults, and each refusal is in the audit with its status and why;
+    the session goes on."""
+    url = await _lab(lab, plc)
+    client = Client(url, timeout=5, watchdog_intervall=600)
+    level = tank(2, "Level")  # the simulator's namespace, index 2 on the device
+    params = ua.ReadParameters(NodesToRead=[read_id(level)])
+    await client.connect_socket()
+    try:
+        await client.send_hello()
+        await client.open_secure_channel()
+        await client.create_session()
+        with pytest.raises(UaStatusCodeError) as early:
+            await client.uaclient.read(params)
+        assert early.value.code == ua.StatusCodes.BadSessionNotActivated
+        await client.activate_session()
+        assert (await client.uaclient.read(params))[0].Value.Value == 50.0
+        protocol = client.uaclient.protocol
+        assert protocol is not None
+        token = protocol.authentication_token
+        protocol.authentication_token = ua.NodeId(b"\x01" * 32, 1, ua.NodeIdType.ByteString)
+        with pytest.raises(UaStatusCodeError) as forged:
+            await client.uaclient.read(params)
+        assert forged.value.code == ua.StatusCodes.BadSessionIdInvalid
+        protocol.authentication_token = token
+        assert (await client.uaclient.read(params))[0].Value.Value == 50.0
+    finally:
+        await client.disconnect()
+    refused = [
+        (e["service"], e["status"], e["reason"], e["outcome"], e["rule"])
+        for e in lab.audit_events(event="decision", decision="deny")
+    ]
+    assert refused == [
+        (
+            "Read",
+            ua.StatusCodes.BadSessionNotActivated,
+            "no activated session on this channel",
+            "refused",
+            None,
+        ),
+        (
+            "Read",
+            ua.StatusCodes.BadSessionIdInvalid,
+            "authentication token of no session on this channel",
+            "refused",
+            None,
+        ),
+    ]
+    end = await lab.wait_for_event(event="session_end", protocol="opcua")
+    assert end["denied"] == 2
+
+
+async def test_a_device_that_never_answers_gives_bad_server_not_connected(lab: Lab) -> None:
+    """A device that takes the TCP connection and then says nothing: the gateway never gets its namespace
+    array, so it cannot tell which node a request names. An asyncua client's Read is answered
+    BadServerNotConnected - what the device's state is - and audited as allowed but unanswered, never as
+    a policy's refusal."""
+    silent: list[asyncio.StreamWriter] = []
+
+    async def hold(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        silent.append(writer)
+
+    device = await asyncio.start_server(hold, "127.0.0.1", 0)
+    try:
+        port = device.sockets[0].getsockname()[1]
+        rules = f"""
+[[rules]]
+id = "operators-level"
+subjects = ["group:operators"]
+assets = ["opc-1"]
+opcua = [{{ service = "Read", {NS}, node = "{TANK}.Level" }}]
+"""
+        await lab.start_gateway(opcua_policy_text(port, rules, asset_extra="connect_timeout_s = 0.5"))
+        agent_port = await lab.start_agent("alice", "opc-1", "opcua")
+        async with Client(f"opc.tcp://127.0.0.1:{agent_port}/", timeout=5, watchdog_intervall=600) as client:
+            with pytest.raises(UaStatusCodeError) as down:
+                await read(client, [read_id(tank(2, "Level"))])
+            assert down.value.code == ua.StatusCodes.BadServerNotConnected
+        assert silent, "the device never saw the gateway"
+    finally:
+        for writer in silent:
+            writer.close()
+        device.close()
+        await device.wait_closed()
+    assert lab.audit_events(event="decision", decision="deny") == []
+    (unanswered,) = lab.audit_events(event="decision", service="Read")
+    assert (unanswered["decision"], unanswered["outcome"]) == ("allow", "device unavailable")
+
+
 async def test_requests_past_the_in_flight_limit_in_one_read_are_all_answered(
     lab: Lab, served: tuple[Client, ua.NodeId]
 ) -> None:
