@@ -28,15 +28,7 @@ from typing import Any, ClassVar, Final
 from asyncua import ua
 from asyncua.ua.status_codes import StatusCodes
 
-from gateway.opcua.decisions import (
-    AGGREGATED as _AGGREGATED,
-)
-from gateway.opcua.decisions import (
-    Decided,
-    DecisionMemo,
-    decided_operations,
-    decided_whole,
-)
+from gateway.opcua.decisions import AGGREGATED, Decided, DecisionMemo, decided_operations, decided_whole
 from gateway.opcua.forwarding import Forwarding
 from gateway.opcua.upstream import OpcUaPool, UpstreamUnavailableError
 from gateway.runtime import Runtime
@@ -45,6 +37,7 @@ from policies import Decision, SubjectView, browse_path_of
 from policies.decision import VERDICT_DENY
 from protocols.opcua.connection import ConnectionState, OpcUaServerConnection
 from protocols.opcua.events import CloseChannel, Hello, OpenChannel, RejectedRequest, ServiceRequest
+from protocols.opcua.messages import Repeat
 from protocols.opcua.operations import Operation
 from protocols.opcua.spec import OpcUaProtocolError, Status
 
@@ -100,7 +93,7 @@ class OpcUaSession(Session):
         self._resuming = False
         # The last repeated request of this client (its cache entry): the one data_received looks for
         # first. Only a hint of what comes next; every request is decided in _service.
-        self._express: Any = None
+        self._express: Repeat | None = None
         self._memo = DecisionMemo()
         self._forwarding = Forwarding(self, self._asset_pool())
         self._histogram = self.runtime.metrics.histogram("opcua", self.view.asset.name)
@@ -362,7 +355,7 @@ class OpcUaSession(Session):
         latency_s = monotonic() - started
         self._histogram.observe(latency_s)
         name = event.name
-        aggregate = answered and name in _AGGREGATED and self.runtime.audit.aggregates_reads
+        aggregate = answered and name in AGGREGATED and self.runtime.audit.aggregates_reads
         by_rule = decided.by_rule
         if by_rule is None or not aggregate:
             outcome = "ok" if answered else "device unavailable"
