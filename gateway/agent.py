@@ -22,13 +22,16 @@ from gateway.cli import log_to_stderr
 from gateway.config import AgentConfig, AgentListener, ConfigError, TlsFiles, load_agent_config
 from gateway.credentials import Credentials
 from gateway.renewal import Renewer
+from gateway.renewal_proof import prove_renewal
 from gateway.runtime import cancel_tasks
-from gateway.tls import TlsMaterial, client_context
+from gateway.tls import RENEWAL_ALPN, TlsMaterial, client_context
 
 log = logging.getLogger("ztgate.agent")
 
 # A session the gateway ends this soon after the handshake, with no byte ever received, was refused.
 REFUSAL_WINDOW_S = 2.0
+# A proof of renewal that fails is tried again after 1, 2, 4, ... s, this many times in all.
+PROOF_ATTEMPTS = 5
 
 _ALERT_HINTS = {
     "UNKNOWN_CA": "this agent's certificate is not from the gateway's CA",
@@ -131,6 +134,7 @@ class _Local(asyncio.Protocol):
             overlay.transport.close()
             return
         self.overlay = overlay
+        self.agent.live.add(self)
         log.info("%s: connected through %s:%d", self.name, host, port)
         if self.early and overlay.transport is not None:
             overlay.transport.write(b"".join(self.early))
@@ -152,6 +156,7 @@ class _Local(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.agent.live.discard(self)
         if self.overlay is not None and self.overlay.transport is not None:
             self.overlay.transport.close()
         elif self._task is not None and not self._task.done():
@@ -160,6 +165,7 @@ class _Local(asyncio.Protocol):
     def close(self) -> None:
         if not self.closed and self.transport is not None:
             self.closed = True
+            self.agent.live.discard(self)
             self.transport.close()
 
     def pause_reading(self) -> None:
@@ -183,10 +189,12 @@ Contexts = dict[str | None, ssl.SSLContext]  # by the ALPN protocol a listener o
 
 
 def _overlay_contexts(protocols: frozenset[str | None]) -> Callable[[TlsFiles], Contexts]:
-    """One client context per ALPN protocol the listeners offer, all from the agent's certificate."""
+    """One client context per ALPN protocol the listeners offer, and one for proofs of renewal, all
+    from the agent's certificate."""
 
     def build(files: TlsFiles) -> Contexts:
-        return {p: client_context(files.cert, files.key, files.ca, alpn=p) for p in protocols}
+        offered = {*protocols, RENEWAL_ALPN}
+        return {p: client_context(files.cert, files.key, files.ca, alpn=p) for p in offered}
 
     return build
 
@@ -199,6 +207,9 @@ class Agent:
         self._renewing: asyncio.Task[None] | None = None
         self._servers: list[asyncio.Server] = []
         self.bound: list[tuple[AgentListener, tuple[str, int]]] = []
+        self.live: set[_Local] = set()  # local connections whose overlay connection is up
+        self._proofs: set[asyncio.Task[None]] = set()
+        self.proofs_sent = 0
 
     def context_for(self, listener: AgentListener) -> ssl.SSLContext:
         # Taken per connection: after a renewal, new connections present the new certificate.
@@ -210,6 +221,7 @@ class Agent:
         protocols = frozenset(listener.protocol for listener in self.config.listeners)
         # Built now: unreadable certificate files fail the start, not the first connection.
         self.tls = TlsMaterial(self.config.tls, _overlay_contexts(protocols))
+        self.tls.subscribe(self._renewed)
         center = self.config.center
         if center is not None and center.renew:
             self.renewer = Renewer(Credentials(center.credentials), [self.tls])
@@ -220,7 +232,43 @@ class Agent:
             host, port = server.sockets[0].getsockname()[:2]
             self.bound.append((listener, (host, port)))
 
+    def _renewed(self, material: TlsMaterial[Contexts]) -> None:
+        """A new certificate: prove it to every gateway that carries a live session of this agent, so
+        that those sessions do not end with the old certificate."""
+        loop = asyncio.get_running_loop()
+        for gateway in sorted({local.listener.gateway for local in self.live}):
+            task = loop.create_task(self._prove(gateway, material.current[RENEWAL_ALPN]))
+            self._proofs.add(task)
+            task.add_done_callback(self._proofs.discard)
+
+    async def _prove(self, gateway: tuple[str, int], context: ssl.SSLContext) -> None:
+        host, port = gateway
+        timeout_s = self.config.connect_timeout_s
+        for attempt in range(PROOF_ATTEMPTS):
+            try:
+                answer = await prove_renewal(host, port, context, timeout_s)
+            except (OSError, ssl.SSLError, TimeoutError, ValueError) as exc:
+                retry_s = 2.0**attempt
+                log.warning(
+                    "cannot prove the renewed certificate to gateway %s:%d (attempt %d of %d): %s",
+                    host, port, attempt + 1, PROOF_ATTEMPTS, exc or "timeout",
+                )  # fmt: skip
+                if attempt + 1 < PROOF_ATTEMPTS:
+                    await asyncio.sleep(retry_s)
+                continue
+            self.proofs_sent += 1
+            log.info(
+                "renewed certificate proved to gateway %s:%d: %s live session(s) now end at %s",
+                host, port, answer.get("extended"), answer.get("not_after"),
+            )  # fmt: skip
+            return
+        log.error(
+            "gave up proving the renewed certificate to gateway %s:%d: its sessions end when the old "
+            "certificate expires", host, port,
+        )  # fmt: skip
+
     async def stop(self) -> None:
+        await cancel_tasks(self._proofs)
         if self._renewing is not None:
             await cancel_tasks([self._renewing])
         for server in self._servers:

@@ -35,9 +35,10 @@ from typing import Final, cast
 
 from gateway.admission import CAPACITY, RATE, SOURCE_LIMIT, HandshakeLimits, SourceTable, source_of
 from gateway.refusals import RefusalAudit
+from gateway.renewal_proof import ProvenCertificates
 from gateway.runtime import Runtime
 from gateway.session import Session, SessionInfo
-from gateway.tls import SNI_ATTRIBUTE, TlsMaterial, certificate_not_after, peer_identity
+from gateway.tls import RENEWAL_ALPN, SNI_ATTRIBUTE, TlsMaterial, certificate_not_after, peer_identity
 from policies import SubjectView
 from policies.spiffe import IdentityError
 
@@ -111,6 +112,7 @@ class OverlayListener:
         self._max_sessions = max_sessions
         self._sources = SourceTable(self.limits)
         self._refusals = RefusalAudit(runtime.audit, interval_s=self.limits.refusal_audit_interval_s)
+        self.proofs = ProvenCertificates(runtime)
         # Insertion order is arrival order: the oldest of each kind is the first item.
         self._waiting: dict[int, _Pending] = {}  # no byte received yet
         self._handshaking: dict[int, _Pending] = {}  # ClientHello received, TLS handshake running
@@ -336,6 +338,10 @@ class OverlayListener:
         except IdentityError as exc:
             self._refuse(transport, pending, server_name, None, "identity", f"certificate identity: {exc}")
             return
+        alpn = ssl_object.selected_alpn_protocol()
+        if alpn == RENEWAL_ALPN:
+            self.proofs.prove(transport, identity, peer)
+            return
         if not server_name:
             self._refuse(transport, pending, None, identity, "no_sni", "no SNI: the client named no asset")
             return
@@ -355,7 +361,6 @@ class OverlayListener:
                 self._refuse(transport, pending, server_name, identity, "no_access", reason)
             return
         factory = self._factories.get(view.asset.protocol)
-        alpn = ssl_object.selected_alpn_protocol()
         if factory is None:
             self._refuse(
                 transport,
@@ -377,7 +382,7 @@ class OverlayListener:
             peer=peer,
             alpn=alpn,
             started=self.runtime.clock(),
-            certificate_not_after=certificate_not_after(ssl_object),
+            certificate_not_after=self.proofs.session_end(identity, certificate_not_after(ssl_object)),
         )
         session = factory(self.runtime, info, view)
         transport.set_protocol(session)

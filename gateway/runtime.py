@@ -43,6 +43,8 @@ class LiveSession(Protocol):
 
     def close(self, reason: str) -> None: ...
 
+    def extend_certificate(self, identity: str, not_after: float, policy: Policy) -> bool: ...
+
 
 class SessionRegistry:
     """Live sessions by id; ids are unique per process and sortable by start."""

@@ -47,6 +47,8 @@ class Session(asyncio.Protocol):
         self.counts: dict[int | str | tuple[int | str, str], int] = {}
         self._paused_by: set[str] = set()
         self._expiry: asyncio.TimerHandle | None = None
+        # Moves later when the identity proves a renewed certificate (gateway/renewal_proof.py).
+        self.certificate_not_after = info.certificate_not_after
         self._idle_check: asyncio.TimerHandle | None = None
         self._requests_at_idle_check = 0
 
@@ -67,10 +69,7 @@ class Session(asyncio.Protocol):
             }
         )
         loop = asyncio.get_running_loop()
-        not_after = self.info.certificate_not_after
-        if not_after is not None:
-            delay_s = max(0.0, not_after - self.runtime.clock())
-            self._expiry = loop.call_later(delay_s, self.close, "client certificate expired")
+        self._schedule_expiry()
         idle_s = self.runtime.limits.idle_timeout_s
         if idle_s > 0:
             self._idle_check = loop.call_later(idle_s, self._check_idle)
@@ -107,6 +106,28 @@ class Session(asyncio.Protocol):
         self.closing = True
         self.close_reason = reason
         self.transport.abort()
+
+    def _schedule_expiry(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+        not_after = self.certificate_not_after
+        if not_after is not None:
+            delay_s = max(0.0, not_after - self.runtime.clock())
+            loop = asyncio.get_running_loop()
+            self._expiry = loop.call_later(delay_s, self.close, "client certificate expired")
+
+    def extend_certificate(self, identity: str, not_after: float, policy: Policy) -> bool:
+        """``identity`` proved a certificate valid until ``not_after``: if this is its session, the
+        policy in force still lets it near the asset, and that is later than the session's end, the
+        session now ends then. A session the policy no longer grants is left to revalidation."""
+        if self.closing or identity != self.info.identity:
+            return False
+        current = self.certificate_not_after
+        if current is None or not_after <= current or policy.view(identity, self.info.asset) is None:
+            return False
+        self.certificate_not_after = not_after
+        self._schedule_expiry()
+        return True
 
     def _release(self) -> None:
         """Drop references to shared resources; subclasses extend."""
@@ -191,4 +212,7 @@ class Session(asyncio.Protocol):
             "denied": self.denied,
             "policy_revision": self.view.policy_revision,
             "paused": sorted(self._paused_by),
+            "certificate_not_after": None
+            if self.certificate_not_after is None
+            else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.certificate_not_after)),
         }

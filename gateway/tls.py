@@ -32,6 +32,8 @@ T = TypeVar("T")
 
 # Protocol names a client may offer in ALPN; a client that offers one must reach an asset of that protocol.
 ALPN_PROTOCOLS = ("modbus", "enip", "opcua")
+# Reserved ALPN value of a proof of renewal (gateway/renewal_proof.py): no asset, no session.
+RENEWAL_ALPN = "ztgate-renewal"
 
 
 def _base_context(purpose: int, cert: Path | None, key: Path | None, ca: Path) -> ssl.SSLContext:
@@ -64,7 +66,7 @@ def server_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
     """The gateway's overlay context: client certificates required and verified against ``ca``; the
     SNI of each connection is kept on its SSLObject under :data:`SNI_ATTRIBUTE`."""
     context = _base_context(ssl.PROTOCOL_TLS_SERVER, cert, key, ca)
-    context.set_alpn_protocols(list(ALPN_PROTOCOLS))
+    context.set_alpn_protocols([*ALPN_PROTOCOLS, RENEWAL_ALPN])
     # With OP_NO_TICKET, OpenSSL's TLS 1.3 server still issues *stateful* tickets and keeps each session
     # (with the client's certificate) in its cache, up to 20,480: resumable, and ~11 KiB each (the fuzz
     # campaign saw the gateway grow by 240 MiB). No ticket at all: nothing cached, nothing to resume.

@@ -1,11 +1,15 @@
 """Renewal under traffic: a Modbus client polls through agent -> gateway while both renew their
-certificates (lifetimes of a few seconds); not one request fails and no session drops. A renewal
-that fails shows in /readyz, the metrics and the audit, and is retried until it succeeds."""
+certificates (lifetimes of a few seconds); not one request fails and no session drops, also long
+after the certificates the session was opened with have expired (the agent proves each renewal to
+the gateway). A renewal that fails shows in /readyz, the metrics and the audit, and is retried until
+it succeeds."""
 
 from __future__ import annotations
 
 import asyncio
 import ssl
+import time
+from typing import Any
 
 import orjson
 import pytest
@@ -14,6 +18,8 @@ from pymodbus.client import AsyncModbusTcpClient
 
 from gateway.agent import Agent
 from gateway.config import AgentConfig, AgentListener, CenterSettings
+from gateway.credentials import Credentials
+from gateway.server import Gateway
 from gateway.tls import client_context
 from tests.center.harness import TD, Site, admin_get, eventually, modbus_policy, read_rule
 
@@ -39,9 +45,10 @@ async def _served_serial(port: int, site: Site) -> int:
     return x509.load_der_x509_certificate(der).serial_number
 
 
-@pytest.mark.both_loops
-async def test_polling_through_agent_and_gateway_while_both_renew(site: Site) -> None:
-    await site.init(lifetimes={"gateway": LIFETIME_S, "agent": LIFETIME_S})
+async def _renewing_site(site: Site, lifetime_s: float) -> tuple[Gateway, Agent, Credentials, Credentials]:
+    """A center issuing gateway and agent certificates of ``lifetime_s``, a gateway and an agent
+    enrolled with it, both renewing."""
+    await site.init(lifetimes={"gateway": lifetime_s, "agent": lifetime_s})
     await site.start_center()
     device = await site.device()
     await site.push(modbus_policy({"plc-1": (device.port, "closed")}, read_rule(["plc-1"])))
@@ -59,30 +66,56 @@ async def test_polling_through_agent_and_gateway_while_both_renew(site: Site) ->
     )
     await agent.start()
     site.closers.append(agent.stop)
+    return gateway, agent, gw_credentials, hmi_credentials
+
+
+class _Poller:
+    """A pymodbus client reading holding register 7 through the agent, as fast as it is answered."""
+
+    def __init__(self, client: AsyncModbusTcpClient) -> None:
+        self.client = client
+        self.results: list[int] = []
+        self._stop = asyncio.Event()
+        self._task = asyncio.create_task(self._poll())
+
+    @classmethod
+    async def start(cls, site: Site, agent: Agent) -> _Poller:
+        client = AsyncModbusTcpClient(
+            "127.0.0.1", port=agent.bound[0][1][1], timeout=3, retries=0, reconnect_delay=0
+        )
+        assert await client.connect()
+
+        async def close() -> None:
+            client.close()
+
+        site.closers.append(close)
+        return cls(client)
+
+    async def _poll(self) -> None:
+        while not self._stop.is_set():
+            result = await self.client.read_holding_registers(7, count=1, device_id=1)
+            self.results.append(-1 if result.isError() else result.registers[0])
+
+    async def stop(self) -> list[int]:
+        self._stop.set()
+        await self._task
+        return self.results
+
+
+def _not_after(pem: bytes) -> float:
+    return x509.load_pem_x509_certificate(pem).not_valid_after_utc.timestamp()
+
+
+@pytest.mark.both_loops
+async def test_polling_through_agent_and_gateway_while_both_renew(site: Site) -> None:
+    gateway, agent, gw_credentials, hmi_credentials = await _renewing_site(site, LIFETIME_S)
     first = {
         "gateway": _serial(gw_credentials.tls.cert.read_bytes()),
         "agent": _serial(hmi_credentials.tls.cert.read_bytes()),
     }
     site.alice = await site.enroll("user", f"spiffe://{TD}/user/alice", "alice")
-
-    client = AsyncModbusTcpClient(
-        "127.0.0.1", port=agent.bound[0][1][1], timeout=3, retries=0, reconnect_delay=0
-    )
-    assert await client.connect()
-
-    async def close() -> None:
-        client.close()
-
-    site.closers.append(close)
-    results: list[int] = []
-    stop = asyncio.Event()
-
-    async def poll() -> None:
-        while not stop.is_set():
-            result = await client.read_holding_registers(7, count=1, device_id=1)
-            results.append(-1 if result.isError() else result.registers[0])
-
-    poller = asyncio.create_task(poll())
+    poller = await _Poller.start(site, agent)
+    results = poller.results
     assert gateway.renewer is not None and agent.renewer is not None
     await eventually(
         lambda: gateway.renewer.renewals >= 1 and agent.renewer.renewals >= 1,  # type: ignore[union-attr]
@@ -91,8 +124,7 @@ async def test_polling_through_agent_and_gateway_while_both_renew(site: Site) ->
     )
     count = len(results)
     await eventually(lambda: len(results) > count + 10, what="traffic after the renewals")
-    stop.set()
-    await poller
+    await poller.stop()
 
     assert results and set(results) == {(7 * 7 + 3) & 0xFFFF}  # not one request failed
     assert site.events(gateway, event="session_end") == []  # no session dropped
@@ -108,6 +140,42 @@ async def test_polling_through_agent_and_gateway_while_both_renew(site: Site) ->
     assert renewed and renewed[0]["serial"] == f"{now['gateway']:x}"
     identities = {e["actor"] for e in await site.audit("renewed")}
     assert identities == {f"spiffe://{TD}/gateway/site1/gw-1", HMI}
+
+
+# Renewed at 1.6-2 s, again 1.6-2 s later, and so on: the test runs past the first certificates' end.
+SHORT_LIFETIME_S = 4.0
+
+
+@pytest.mark.both_loops
+async def test_a_session_outlives_the_certificates_it_was_opened_with(site: Site) -> None:
+    gateway, agent, gw_credentials, hmi_credentials = await _renewing_site(site, SHORT_LIFETIME_S)
+    first_end = max(
+        _not_after(gw_credentials.tls.cert.read_bytes()), _not_after(hmi_credentials.tls.cert.read_bytes())
+    )
+    poller = await _Poller.start(site, agent)
+    # Well past the end of both certificates the session was opened with (wall clock: certificates).
+    await eventually(
+        lambda: time.time() > first_end + SHORT_LIFETIME_S / 2, timeout_s=SHORT_LIFETIME_S * 3, what="time"
+    )
+    count = len(poller.results)
+    await eventually(lambda: len(poller.results) > count + 10, what="traffic after the first end")
+    results = await poller.stop()
+
+    assert results and set(results) == {(7 * 7 + 3) & 0xFFFF}  # not one request failed
+    assert site.events(gateway, event="session_end") == []  # no session dropped
+    (start,) = site.events(gateway, event="session_start")
+    assert agent.renewer is not None and agent.renewer.renewals >= 2
+    proofs = site.events(gateway, event="renewal_proved", identity=HMI)
+    assert len(proofs) >= 2 and all(p["sessions"] == [start["session"]] for p in proofs)
+    assert agent.proofs_sent == len(proofs)
+    (live,) = (await admin_get_json(gateway, "/sessions"))["sessions"]
+    assert live["certificate_not_after"] == proofs[-1]["not_after"]
+
+
+async def admin_get_json(gateway: Gateway, path: str) -> Any:
+    status, body = await admin_get(gateway, path)
+    assert status == 200
+    return orjson.loads(body)
 
 
 async def test_a_failed_renewal_shows_and_is_retried(site: Site) -> None:

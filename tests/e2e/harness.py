@@ -96,6 +96,8 @@ def make_pki(root: Path) -> Pki:
     clients["expired"] = pki_module.issue(
         ca, ALICE, name="alice-expired", not_before=now - timedelta(days=2), not_after=now - timedelta(days=1)
     )
+    # Alice before a renewal: her certificate ends an hour before the usual one.
+    clients["alice-short"] = pki_module.issue(ca, ALICE, name="alice-short", lifetime=timedelta(hours=1))
     clients["no-spiffe"] = _issue_raw(ca, ca, "no-spiffe", [])
     other = root / "other-ca"
     pki_module.init_ca(other, TD)
