@@ -168,6 +168,7 @@ def write_agent_config(lab: Lab, name: str, gateway_port: int, asset: str, proto
     path.write_text(
         f"""[agent]
 gateway = "127.0.0.1:{gateway_port}"
+gateway_id = "{GATEWAY_ID}"
 connect_timeout_s = 5
 
 [tls]

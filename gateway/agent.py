@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import signal
+import socket
 import ssl
 import sys
 from collections.abc import Callable
@@ -21,10 +23,11 @@ from typing import cast
 from gateway.cli import log_to_stderr
 from gateway.config import AgentConfig, AgentListener, ConfigError, TlsFiles, load_agent_config
 from gateway.credentials import Credentials
+from gateway.identity import PeerPin
 from gateway.renewal import Renewer
 from gateway.renewal_proof import prove_renewal
 from gateway.runtime import cancel_tasks
-from gateway.tls import RENEWAL_ALPN, TlsMaterial, client_context
+from gateway.tls import AGENT_ROLE, RENEWAL_ALPN, PinMismatchError, TlsMaterial, client_context
 
 log = logging.getLogger("ztgate.agent")
 
@@ -52,6 +55,96 @@ def explain_refusal(asset: str, exc: BaseException | None) -> str:
         f"gateway refused the session for asset {asset!r}: the asset is unknown, or this identity has no "
         "rule for it (the gateway's audit log has the reason)"
     )
+
+
+class ConnectError(Exception):
+    """An overlay connection was not made; the message names the cause, for the agent's log."""
+
+
+async def _tcp_connect(host: str, port: int, deadline: float) -> socket.socket:
+    """A connected socket to host:port (each address in turn), or ConnectError saying why not."""
+    loop = asyncio.get_running_loop()
+    where = f"gateway {host}:{port}"
+    try:
+        infos = await asyncio.wait_for(
+            loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), max(0.0, deadline - loop.time())
+        )
+    except (OSError, TimeoutError) as exc:
+        raise ConnectError(f"cannot resolve the gateway's host name {host!r}: {exc or 'timeout'}") from None
+    problem = ""
+    for family, kind, proto, _, address in infos:
+        sock = socket.socket(family, kind, proto)
+        sock.setblocking(False)
+        timeout_s = max(0.0, deadline - loop.time())
+        try:
+            await asyncio.wait_for(loop.sock_connect(sock, address), timeout_s)
+        except TimeoutError:
+            sock.close()
+            problem = (
+                f"no TCP connection to {where} within the connect timeout: the host is down or "
+                "unreachable, or a firewall drops the packets"
+            )
+            continue
+        except ConnectionRefusedError:
+            sock.close()
+            problem = f"{where} refused the TCP connection: nothing listens there (gateway down? wrong port?)"
+            continue
+        except OSError as exc:
+            sock.close()
+            problem = f"cannot reach {where}: {exc}"
+            continue
+        return sock
+    raise ConnectError(problem or f"cannot resolve the gateway's host name {host!r}: no address")
+
+
+async def connect_overlay(
+    factory: Callable[[], _Overlay], listener: AgentListener, context: ssl.SSLContext, timeout_s: float
+) -> _Overlay:
+    """TCP, then TLS with SNI = the asset, within ``timeout_s`` in all. Each failure raises
+    ConnectError naming its cause: name resolution, TCP (refused, no answer), the gateway's
+    certificate (not the pinned gateway, not from our CA), the gateway's refusal of this agent's
+    certificate (its TLS alert), or a handshake that did not finish in time."""
+    loop = asyncio.get_running_loop()
+    host, port = listener.gateway
+    where = f"gateway {host}:{port}"
+    deadline = loop.time() + timeout_s
+    sock = await _tcp_connect(host, port, deadline)
+    tls_timeout_s = max(0.01, deadline - loop.time())
+    try:
+        _, overlay = await asyncio.wait_for(
+            loop.create_connection(
+                factory,
+                sock=sock,
+                ssl=context,
+                server_hostname=listener.asset,
+                ssl_handshake_timeout=tls_timeout_s,
+            ),
+            tls_timeout_s + 0.5,  # the handshake timeout comes first; this only backs it up
+        )
+    except ssl.SSLCertVerificationError as exc:
+        sock.close()
+        if isinstance(exc, PinMismatchError):
+            raise ConnectError(f"{where} is not the gateway this agent is pinned to: {exc}") from None
+        reason = exc.verify_message or str(exc)
+        raise ConnectError(f"the certificate of {where} failed this agent's check: {reason}") from None
+    except ssl.SSLError as exc:
+        sock.close()
+        raise ConnectError(explain_refusal(listener.asset, exc)) from None
+    except (TimeoutError, ConnectionAbortedError) as exc:
+        sock.close()
+        if isinstance(exc, TimeoutError) or "handshake" in str(exc).lower():
+            raise ConnectError(
+                f"{where} accepted the TCP connection but did not finish the TLS handshake within "
+                f"{timeout_s:g} s: the gateway is overloaded, or what listens there is not a gateway"
+            ) from None
+        raise ConnectError(f"{where} closed the connection during the TLS handshake: {exc}") from None
+    except OSError as exc:
+        sock.close()
+        raise ConnectError(
+            f"{where} closed the connection during the TLS handshake ({exc.__class__.__name__}): it "
+            "refused this host before authentication (too many connections from it?)"
+        ) from None
+    return overlay
 
 
 class _Overlay(asyncio.Protocol):
@@ -107,26 +200,16 @@ class _Local(asyncio.Protocol):
         self._task = asyncio.get_running_loop().create_task(self._connect())
 
     async def _connect(self) -> None:
-        loop = asyncio.get_running_loop()
         host, port = self.listener.gateway
         try:
-            _, overlay = await asyncio.wait_for(
-                loop.create_connection(
-                    lambda: _Overlay(self),
-                    host,
-                    port,
-                    ssl=self.agent.context_for(self.listener),
-                    server_hostname=self.listener.asset,
-                    ssl_handshake_timeout=self.agent.config.connect_timeout_s,
-                ),
+            overlay = await connect_overlay(
+                lambda: _Overlay(self),
+                self.listener,
+                self.agent.context_for(self.listener),
                 self.agent.config.connect_timeout_s,
             )
-        except ssl.SSLError as exc:
-            log.warning("%s: %s", self.name, explain_refusal(self.listener.asset, exc))
-            self.close()
-            return
-        except (TimeoutError, OSError) as exc:
-            log.warning("%s: cannot reach gateway %s:%d: %s", self.name, host, port, exc or "timeout")
+        except ConnectError as exc:
+            log.warning("%s: %s", self.name, exc)
             self.close()
             return
         if self.closed:
@@ -185,16 +268,36 @@ class _Local(asyncio.Protocol):
             self.overlay.transport.resume_reading()
 
 
-Contexts = dict[str | None, ssl.SSLContext]  # by the ALPN protocol a listener offers
+# By (the ALPN protocol offered, the gateway pinned): every listener's, and one for proofs of renewal
+# per gateway.
+Contexts = dict[tuple[str | None, PeerPin], ssl.SSLContext]
 
 
-def _overlay_contexts(protocols: frozenset[str | None]) -> Callable[[TlsFiles], Contexts]:
-    """One client context per ALPN protocol the listeners offer, and one for proofs of renewal, all
-    from the agent's certificate."""
+def gateway_pin(listener: AgentListener, trust_domain: str) -> PeerPin:
+    """The gateway identity ``listener`` accepts: its ``gateway_id``, or else any gateway id of the
+    agent's trust domain whose last segment is the first label of the gateway's host name
+    (gw-1.plant1.example -> spiffe://plant1.example/gateway/*/gw-1). Raises ValueError for an address."""
+    if listener.gateway_id is not None:
+        return PeerPin(trust_domain, "gateway", exact=listener.gateway_id)
+    host = listener.gateway[0]
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return PeerPin(trust_domain, "gateway", name=host.split(".", 1)[0])
+    raise ValueError(
+        f"listener for {listener.asset}: the gateway {host} is an address, so its SPIFFE id cannot be "
+        "derived from its name: set gateway_id"
+    )
+
+
+def _overlay_contexts(keys: frozenset[tuple[str | None, PeerPin]]) -> Callable[[TlsFiles], Contexts]:
+    """The client contexts the listeners and proofs of renewal need, all from the agent's certificate."""
 
     def build(files: TlsFiles) -> Contexts:
-        offered = {*protocols, RENEWAL_ALPN}
-        return {p: client_context(files.cert, files.key, files.ca, alpn=p) for p in offered}
+        return {
+            (alpn, pin): client_context(files.cert, files.key, files.ca, alpn=alpn, peer=pin)
+            for alpn, pin in keys
+        }
 
     return build
 
@@ -207,6 +310,7 @@ class Agent:
         self._renewing: asyncio.Task[None] | None = None
         self._servers: list[asyncio.Server] = []
         self.bound: list[tuple[AgentListener, tuple[str, int]]] = []
+        self.pins: dict[AgentListener, PeerPin] = {}
         self.live: set[_Local] = set()  # local connections whose overlay connection is up
         self._proofs: set[asyncio.Task[None]] = set()
         self.proofs_sent = 0
@@ -214,13 +318,17 @@ class Agent:
     def context_for(self, listener: AgentListener) -> ssl.SSLContext:
         # Taken per connection: after a renewal, new connections present the new certificate.
         assert self.tls is not None
-        return self.tls.current[listener.protocol]
+        return self.tls.current[(listener.protocol, self.pins[listener])]
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        protocols = frozenset(listener.protocol for listener in self.config.listeners)
-        # Built now: unreadable certificate files fail the start, not the first connection.
-        self.tls = TlsMaterial(self.config.tls, _overlay_contexts(protocols))
+        # Read now: a certificate of the wrong role, or unreadable files, fail the start, not the
+        # first connection.
+        own = AGENT_ROLE.check(self.config.tls.cert)
+        self.pins = {listener: gateway_pin(listener, own.trust_domain) for listener in self.config.listeners}
+        keys = {(listener.protocol, pin) for listener, pin in self.pins.items()}
+        keys |= {(RENEWAL_ALPN, pin) for pin in self.pins.values()}
+        self.tls = TlsMaterial(self.config.tls, _overlay_contexts(frozenset(keys)), role=AGENT_ROLE)
         self.tls.subscribe(self._renewed)
         center = self.config.center
         if center is not None and center.renew:
@@ -236,8 +344,8 @@ class Agent:
         """A new certificate: prove it to every gateway that carries a live session of this agent, so
         that those sessions do not end with the old certificate."""
         loop = asyncio.get_running_loop()
-        for gateway in sorted({local.listener.gateway for local in self.live}):
-            task = loop.create_task(self._prove(gateway, material.current[RENEWAL_ALPN]))
+        for gateway, pin in {(local.listener.gateway, self.pins[local.listener]) for local in self.live}:
+            task = loop.create_task(self._prove(gateway, material.current[(RENEWAL_ALPN, pin)]))
             self._proofs.add(task)
             task.add_done_callback(self._proofs.discard)
 
@@ -306,7 +414,7 @@ async def _serve(config: AgentConfig) -> int:
     agent = Agent(config)
     try:
         await agent.start()
-    except (OSError, ssl.SSLError) as error:
+    except (OSError, ssl.SSLError, ValueError) as error:
         print(f"ztgate agent: cannot start: {error}", file=sys.stderr)
         return 1
     for listener, (host, port) in agent.bound:

@@ -38,6 +38,7 @@ from gateway import pki
 from gateway.audit import AuditLog
 from gateway.center.bundles import BundleError, Document, key_id, parse_key, verify
 from gateway.credentials import Credentials
+from gateway.identity import PeerPin
 from gateway.policy_store import PolicyStore
 from gateway.runtime import cancel_tasks
 from gateway.tls import client_context
@@ -302,7 +303,7 @@ class CenterLink:
 
     async def _subscribe(self) -> None:
         tls = self.credentials.tls  # the files as they are now: a renewed certificate is used from here on
-        context = client_context(tls.cert, tls.key, tls.ca, peer=(self.info.trust_domain, "center"))
+        context = client_context(tls.cert, tls.key, tls.ca, peer=PeerPin(self.info.trust_domain, "center"))
         timeout = aiohttp.ClientWSTimeout(ws_receive=self._receive_timeout_s)
         async with (
             aiohttp.ClientSession() as session,

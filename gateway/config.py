@@ -6,7 +6,9 @@ Relative paths in a file are relative to the file's own folder, so a lab folder 
 
 from __future__ import annotations
 
+import ipaddress
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from policies import toml
 from policies.errors import PolicyError, PolicyIssue, format_path, syntax_issue
 from policies.fields import FieldChecker, expected
 from policies.locator import LineLocator
+from policies.spiffe import IdentityError, parse_spiffe_id
 
 
 class ConfigError(PolicyError):
@@ -85,6 +88,8 @@ class AgentListener:
     asset: str
     gateway: tuple[str, int]
     protocol: str | None
+    # The gateway's SPIFFE id, pinned; None: derived from the gateway's host name (gateway/agent.py).
+    gateway_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -332,13 +337,40 @@ def load_gateway_config(path: Path) -> GatewayConfig:
     )
 
 
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _gateway_id(check: ConfigChecker) -> Callable[[object, tuple[str | int, ...]], str | None]:
+    def parse(value: object, where: tuple[str | int, ...]) -> str | None:
+        text = check.string(value, where)
+        if text is None:
+            return None
+        try:
+            found = parse_spiffe_id(text)
+        except IdentityError as exc:
+            check.error(where, str(exc))
+            return None
+        if found.kind != "gateway":
+            check.error(where, f"{text} is a {found.kind} id, not a gateway's (spiffe://<td>/gateway/...)")
+            return None
+        return text
+
+    return parse
+
+
 def load_agent_config(path: Path) -> AgentConfig:
     text, doc = read_toml(path)
     check = ConfigChecker(path.absolute().parent)
     check.keys(doc, (), ("agent", "tls", "listeners", "center"))
     center = _center(check, doc, gateway=False)
-    agent = check.section(doc, "agent", ("gateway", "connect_timeout_s"))
+    agent = check.section(doc, "agent", ("gateway", "gateway_id", "connect_timeout_s"))
     default_gateway = agent.get("gateway")
+    default_gateway_id = check.optional(agent, "gateway_id", ("agent",), _gateway_id(check), None)
     connect_timeout = check.optional(
         agent, "connect_timeout_s", ("agent",), lambda v, p: check.number(v, p, 0.1, 120), 5.0
     )
@@ -353,7 +385,7 @@ def load_agent_config(path: Path) -> AgentConfig:
         table = check.table(item, where)
         if table is None:
             continue
-        check.keys(table, where, ("listen", "asset", "gateway", "protocol"))
+        check.keys(table, where, ("listen", "asset", "gateway", "gateway_id", "protocol"))
         listen = check.address(table, "listen", where, None)
         asset = check.string(table.get("asset"), (*where, "asset")) if "asset" in table else None
         if "asset" not in table:
@@ -364,8 +396,15 @@ def load_agent_config(path: Path) -> AgentConfig:
         protocol = check.optional(
             table, "protocol", where, lambda v, p: check.choice(v, p, ("modbus", "enip", "opcua")), None
         )
+        gateway_id = check.optional(table, "gateway_id", where, _gateway_id(check), default_gateway_id)
+        if gateway is not None and gateway_id is None and _is_address(gateway[0]):
+            check.error(
+                (*where, "gateway_id"),
+                f"required: the gateway {gateway[0]} is an address, so its SPIFFE id cannot be derived "
+                "from its name (the agent pins the gateway's id)",
+            )
         if listen is not None and asset is not None and gateway is not None:
-            listeners.append(AgentListener(listen, asset, gateway, protocol))
+            listeners.append(AgentListener(listen, asset, gateway, protocol, gateway_id))
     raise_problems(path, text, check)
     assert tls is not None and connect_timeout is not None
     return AgentConfig(

@@ -40,7 +40,7 @@ from gateway.runtime import Runtime
 from gateway.session import Session, SessionInfo
 from gateway.tls import RENEWAL_ALPN, SNI_ATTRIBUTE, TlsMaterial, certificate_not_after, peer_identity
 from policies import SubjectView
-from policies.spiffe import IdentityError
+from policies.spiffe import CLIENT_KINDS, IdentityError
 
 log = logging.getLogger("ztgate.overlay")
 
@@ -334,9 +334,16 @@ class OverlayListener:
         server_name: str | None = getattr(ssl_object, SNI_ATTRIBUTE, None)
         policy = self.runtime.policies.current
         try:
-            identity = str(peer_identity(ssl_object, policy.trust_domain))
+            spiffe_id = peer_identity(ssl_object, policy.trust_domain)
         except IdentityError as exc:
             self._refuse(transport, pending, server_name, None, "identity", f"certificate identity: {exc}")
+            return
+        identity = str(spiffe_id)
+        if spiffe_id.kind not in CLIENT_KINDS:
+            # A gateway's (or the center's) certificate serves; whoever holds one opens no session.
+            kinds = ", ".join(sorted(CLIENT_KINDS))
+            reason = f"a {spiffe_id.kind} identity opens no session: only {kinds} identities do"
+            self._refuse(transport, pending, server_name, identity, "identity", reason)
             return
         alpn = ssl_object.selected_alpn_protocol()
         if alpn == RENEWAL_ALPN:

@@ -37,7 +37,7 @@ from gateway.overlay import OverlayListener, SessionFactory
 from gateway.policy_store import PolicyStore
 from gateway.renewal import Renewer
 from gateway.runtime import PoolFactory, Runtime, SessionLimits, cancel_tasks, tune_garbage_collector
-from gateway.tls import TlsMaterial, server_context
+from gateway.tls import GATEWAY_ROLE, TlsMaterial, server_context
 from policies import Policy, PolicyError
 
 log = logging.getLogger("ztgate.gateway")
@@ -133,7 +133,7 @@ class Gateway:
         runtime.policies.subscribe(runtime.upstreams.sync)
         runtime.policies.subscribe(runtime.sessions.revalidate)
         runtime.upstreams.sync(runtime.policies.current)
-        self.tls = TlsMaterial(self._tls, _serving_context, clock=runtime.clock)
+        self.tls = TlsMaterial(self._tls, _serving_context, role=GATEWAY_ROLE, clock=runtime.clock)
         listener = self.listener = OverlayListener(
             runtime,
             self.tls,

@@ -17,14 +17,17 @@ import logging
 import ssl
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
 
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from gateway.config import TlsFiles
-from gateway.identity import identity_from_certificate
-from policies.spiffe import IdentityError, SpiffeId
+from gateway.identity import PeerPin, identity_from_certificate
+from policies.spiffe import CLIENT_KINDS, IdentityError, SpiffeId
 
 log = logging.getLogger("ztgate.tls")
 
@@ -120,14 +123,15 @@ def client_context(
     *,
     alpn: str | None = None,
     server_name: str | None = None,
-    peer: tuple[str, str] | None = None,
+    peer: PeerPin | None = None,
 ) -> ssl.SSLContext:
     """A client's context (the agent, the center's clients, tests, tools): verifies the server's chain,
     not its name. Without ``cert`` and ``key`` it presents no certificate (enrollment).
 
     ``server_name`` fixes the SNI (the asset) for every connection made with this context, whatever
-    host name the caller passes. ``peer`` = (trust domain, kind) makes the handshake fail unless the
-    server's certificate proves a SPIFFE id of that kind in that trust domain (``center``).
+    host name the caller passes. ``peer`` makes the handshake fail unless the server's certificate
+    proves a SPIFFE id the pin accepts (the center's kind; the agent's gateway), before a byte of
+    application data leaves.
     """
     context = _base_context(ssl.PROTOCOL_TLS_CLIENT, cert, key, ca)
     assert isinstance(context, _FixedServerNameContext)
@@ -137,7 +141,7 @@ def client_context(
     if alpn is not None:
         context.set_alpn_protocols([alpn])
     if peer is not None:
-        context.peer_check = _kind_check(*peer)
+        context.peer_check = _pin_check(peer)
         context.sslobject_class = _PeerCheckedObject
     return context
 
@@ -156,14 +160,26 @@ def pinning_context(check: Callable[[bytes], None]) -> ssl.SSLContext:
     return context
 
 
-def _kind_check(trust_domain: str, kind: str) -> Callable[[bytes], None]:
+class PinMismatchError(ssl.SSLCertVerificationError):
+    """The server's certificate is valid, but proves another identity than the one pinned."""
+
+    def __str__(self) -> str:
+        # uvloop hands the exception on with its args wrapped once more; say the problem, not a tuple.
+        found: object = self.args
+        while isinstance(found, tuple) and len(found) == 1:
+            found = found[0]
+        return str(found)
+
+
+def _pin_check(pin: PeerPin) -> Callable[[bytes], None]:
     def check(der: bytes) -> None:
         try:
-            found = identity_from_certificate(der, trust_domain)
+            found = identity_from_certificate(der, None)
         except IdentityError as exc:
             raise ssl.SSLCertVerificationError(f"the server's certificate: {exc}") from None
-        if found.kind != kind:
-            raise ssl.SSLCertVerificationError(f"the server is {found}, not a {kind}")
+        problem = pin.problem(found)
+        if problem is not None:
+            raise PinMismatchError(problem)
 
     return check
 
@@ -193,22 +209,76 @@ def certificate_dates(path: Path) -> tuple[float, float]:
     return certificate.not_valid_before_utc.timestamp(), certificate.not_valid_after_utc.timestamp()
 
 
+class CertificateRoleError(ValueError):
+    """A process was given a certificate for another role; the message names the file and the role."""
+
+
+@dataclass(frozen=True)
+class Role:
+    """What a process's own certificate must be: one of ``kinds``, usable for serving TLS or not."""
+
+    process: str
+    kinds: frozenset[str]
+    server: bool
+
+    def check(self, path: Path) -> SpiffeId:
+        """The SPIFFE id of the certificate in ``path``; raises CertificateRoleError (and OSError,
+        ValueError for a file that holds no certificate)."""
+        certificate = x509.load_pem_x509_certificate(path.read_bytes())
+        try:
+            found = identity_from_certificate(certificate.public_bytes(Encoding.DER), None)
+        except IdentityError as exc:
+            raise CertificateRoleError(f"{path}: {exc}") from None
+        if found.kind not in self.kinds:
+            *others, last = sorted(self.kinds)
+            wanted = f"{', '.join(others)} or {last}" if others else last
+            raise CertificateRoleError(
+                f"{path} holds a {found.kind} certificate ({found}); "
+                f"the {self.process} takes only {wanted} certificates"
+            )
+        usage = ExtendedKeyUsageOID.SERVER_AUTH if self.server else ExtendedKeyUsageOID.CLIENT_AUTH
+        try:
+            usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        except x509.ExtensionNotFound:
+            return found
+        if usage not in usages:
+            side = "serverAuth" if self.server else "clientAuth"
+            raise CertificateRoleError(
+                f"{path} holds a {found.kind} certificate ({found}) without the {side} key usage "
+                f"the {self.process} needs"
+            )
+        return found
+
+
+GATEWAY_ROLE = Role("gateway", frozenset({"gateway"}), server=True)
+CENTER_ROLE = Role("center", frozenset({"center"}), server=True)
+# Users and vendors run the agent on their own laptops too; a server's certificate never does.
+AGENT_ROLE = Role("agent", CLIENT_KINDS, server=False)
+
+
 class TlsMaterial(Generic[T]):
     """What ``build`` makes of a certificate, key and CA (a context, or several), rebuilt on demand.
 
-    :meth:`reload` reads the files again; a broken set (unreadable, key not matching the certificate)
-    raises and the material in use stays. Callers take :attr:`current` for every new connection, so a
-    live connection keeps the context it was made with. The certificate's dates are kept for renewal,
-    readiness and expiry gauges.
+    :meth:`reload` reads the files again; a broken set (unreadable, key not matching the certificate,
+    a certificate of another ``role``) raises and the material in use stays. Callers take
+    :attr:`current` for every new connection, so a live connection keeps the context it was made
+    with. The certificate's dates are kept for renewal, readiness and expiry gauges.
     """
 
     def __init__(
-        self, files: TlsFiles, build: Callable[[TlsFiles], T], *, clock: Callable[[], float] = time.time
+        self,
+        files: TlsFiles,
+        build: Callable[[TlsFiles], T],
+        *,
+        role: Role | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.files = files
         self._build = build
+        self._role = role
         self._clock = clock
         self._listeners: list[Callable[[TlsMaterial[T]], None]] = []
+        self.identity = role.check(files.cert) if role is not None else None
         self.current: T = build(files)
         self.not_before, self.not_after = certificate_dates(files.cert)
         self.loaded_at = clock()
@@ -220,9 +290,11 @@ class TlsMaterial(Generic[T]):
 
     def reload(self) -> None:
         """Rebuild from the files; raises (OSError, ssl.SSLError, ValueError) and keeps the old on failure."""
+        identity = self._role.check(self.files.cert) if self._role is not None else None
         built = self._build(self.files)
         dates = certificate_dates(self.files.cert)
         self.current = built
+        self.identity = identity
         self.not_before, self.not_after = dates
         self.loaded_at = self._clock()
         self.reloads += 1

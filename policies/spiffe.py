@@ -12,9 +12,11 @@ import re
 from dataclasses import dataclass
 
 __all__ = [
+    "CLIENT_KINDS",
     "MAX_SPIFFE_ID_BYTES",
     "MAX_TRUST_DOMAIN_CHARS",
     "SCHEME_PREFIX",
+    "SERVER_KINDS",
     "IdentityError",
     "SpiffeId",
     "parse_spiffe_id",
@@ -23,6 +25,11 @@ __all__ = [
     "spiffe_id_problem",
     "trust_domain_problem",
 ]
+
+# The kinds of ids (first path segment) that open overlay sessions, and those that only serve. A
+# server identity never opens a session, and no policy pattern matches one.
+CLIENT_KINDS = frozenset({"user", "vendor", "agent"})
+SERVER_KINDS = frozenset({"gateway", "center"})
 
 # SPIFFE-ID spec §2.3: implementations need not accept more, and a bound keeps hostile input cheap.
 MAX_SPIFFE_ID_BYTES = 2048

@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable
 
 from policies.errors import quote
-from policies.spiffe import SCHEME_PREFIX, spiffe_id_problem, trust_domain_problem
+from policies.spiffe import SCHEME_PREFIX, SERVER_KINDS, spiffe_id_problem, trust_domain_problem
 
 __all__ = ["GROUP_PREFIX", "SubjectIndex", "check_group_name", "check_subject", "check_trust_domain"]
 
@@ -90,8 +90,11 @@ class SubjectIndex:
             rules.append(rule_index)
 
     def rules_for(self, subject: str) -> set[int]:
-        """Indices of every rule with a subject entry matching ``subject``."""
+        """Indices of every rule with a subject entry matching ``subject``. Patterns never match a
+        server's id (``/gateway/``, ``/center/``): ``spiffe://td/*`` means every client, not them."""
         found: set[int] = set(self._exact.get(subject, ()))
+        if _kind(subject) in SERVER_KINDS:
+            return found
         for length in self._prefix_lengths:
             if length > len(subject):
                 break
@@ -99,6 +102,11 @@ class SubjectIndex:
             if rules is not None:
                 found.update(rules)
         return found
+
+
+def _kind(subject: str) -> str:
+    """The first path segment of a SPIFFE id ("spiffe://td/KIND/...")."""
+    return subject[len(SCHEME_PREFIX) :].split("/", 2)[1] if subject.count("/") >= 3 else ""
 
 
 def expand(subjects: Iterable[str], groups: dict[str, tuple[str, ...]]) -> list[str]:

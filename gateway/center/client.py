@@ -21,6 +21,7 @@ from cryptography.exceptions import InvalidSignature
 from gateway.center.authority import fingerprint, spki_der
 from gateway.center.bundles import BundleError, parse_key
 from gateway.credentials import Credentials
+from gateway.identity import PeerPin
 from gateway.tls import client_context, pinning_context
 
 __all__ = ["CenterClient", "CenterError", "PinnedCenter"]
@@ -54,7 +55,7 @@ class CenterClient:
     def for_credentials(cls, credentials: Credentials, *, url: str | None = None) -> CenterClient:
         info = credentials.center()
         tls = credentials.tls
-        context = client_context(tls.cert, tls.key, tls.ca, peer=(info.trust_domain, "center"))
+        context = client_context(tls.cert, tls.key, tls.ca, peer=PeerPin(info.trust_domain, "center"))
         return cls(url or info.url, context)
 
     async def __aenter__(self) -> CenterClient:

@@ -21,7 +21,7 @@ from gateway.center.db import open_database
 from gateway.center.store import Store
 from gateway.center.stream import Hub, Publisher
 from gateway.runtime import cancel_tasks
-from gateway.tls import https_server_context
+from gateway.tls import CENTER_ROLE, https_server_context
 
 log = logging.getLogger("ztgate.center")
 
@@ -55,6 +55,7 @@ class Center:
         self.store.db.on_notify(self.hub.changed)
         self._renew_own_certificate()
         files = self.authority.tls_files
+        CENTER_ROLE.check(files.cert)
         self._context = https_server_context(files.cert, files.key, files.ca)
         if self.authority.extra_trust.is_file():  # a CA rotation: certificates of both CAs are good
             self._context.load_verify_locations(cafile=self.authority.extra_trust)

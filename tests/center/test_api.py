@@ -20,6 +20,7 @@ from gateway.center.config import load_center_config
 from gateway.center.service import Center
 from gateway.center.setup import init_center, issue_credentials
 from gateway.credentials import Credentials
+from gateway.identity import PeerPin
 from gateway.pki import issue
 from gateway.tls import client_context, pinning_context
 from tests.center.harness import TD, modbus_policy, read_rule
@@ -116,7 +117,7 @@ async def _raw(
 ) -> tuple[int, dict[str, Any]]:
     """A request with exactly these bytes, as the admin."""
     tls = running.admin.tls
-    context = client_context(tls.cert, tls.key, tls.ca, peer=(TD, "center"))
+    context = client_context(tls.cert, tls.key, tls.ca, peer=PeerPin(TD, "center"))
     async with (
         aiohttp.ClientSession() as session,
         session.request(
@@ -195,7 +196,7 @@ async def test_roles_come_from_the_store_and_a_wrong_one_is_refused_and_audited(
     # A certificate from the CA for an identity the store does not know: no role, refused.
     keys = running.center.config.keys
     stranger = issue(keys, f"spiffe://{TD}/user/mallory", out_dir=running.root / "mallory")
-    context = client_context(stranger.cert, stranger.key, keys / "ca.pem", peer=(TD, "center"))
+    context = client_context(stranger.cert, stranger.key, keys / "ca.pem", peer=PeerPin(TD, "center"))
     client = CenterClient(running.url, context)
     running.clients.append(client)
     with pytest.raises(CenterError) as refused:

@@ -59,7 +59,15 @@ async def _renewing_site(site: Site, lifetime_s: float) -> tuple[Gateway, Agent,
         AgentConfig(
             source=site.root / "agent.toml",
             tls=hmi_credentials.tls,
-            listeners=(AgentListener(("127.0.0.1", 0), "plc-1", ("127.0.0.1", gateway.port), "modbus"),),
+            listeners=(
+                AgentListener(
+                    ("127.0.0.1", 0),
+                    "plc-1",
+                    ("127.0.0.1", gateway.port),
+                    "modbus",
+                    f"spiffe://{TD}/gateway/site1/gw-1",
+                ),
+            ),
             connect_timeout_s=5.0,
             center=CenterSettings(hmi_credentials.directory),
         )

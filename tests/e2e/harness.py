@@ -31,6 +31,8 @@ ALICE = f"spiffe://{TD}/user/alice"
 BOB = f"spiffe://{TD}/user/bob"
 VENDOR = f"spiffe://{TD}/vendor/acme/eve"
 HMI = f"spiffe://{TD}/agent/site1/hmi-3"
+GATEWAY = f"spiffe://{TD}/gateway/site1/gw-1"
+ROGUE = f"spiffe://{TD}/gateway/site9/rogue"
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,7 @@ def _issue_raw(ca_dir: Path, out: Path, name: str, uris: list[str]) -> pki_modul
 def make_pki(root: Path) -> Pki:
     ca = root / "ca"
     pki_module.init_ca(ca, TD)
-    gateway = pki_module.issue(ca, f"spiffe://{TD}/gateway/site1/gw-1", dns_names=["localhost"])
+    gateway = pki_module.issue(ca, GATEWAY, dns_names=["localhost"])
     clients = {
         "alice": pki_module.issue(ca, ALICE),
         "bob": pki_module.issue(ca, BOB),
@@ -96,6 +98,9 @@ def make_pki(root: Path) -> Pki:
     clients["expired"] = pki_module.issue(
         ca, ALICE, name="alice-expired", not_before=now - timedelta(days=2), not_after=now - timedelta(days=1)
     )
+    # A rogue: a gateway certificate from the same CA, for another gateway than the agents' own.
+    clients["rogue"] = pki_module.issue(ca, ROGUE, name="rogue")
+    clients["gateway"] = gateway  # a gateway's certificate, presented as a client's
     # Alice before a renewal: her certificate ends an hour before the usual one.
     clients["alice-short"] = pki_module.issue(ca, ALICE, name="alice-short", lifetime=timedelta(hours=1))
     clients["no-spiffe"] = _issue_raw(ca, ca, "no-spiffe", [])
@@ -269,7 +274,9 @@ class Lab:
         config = AgentConfig(
             source=self.dir / "agent.toml",
             tls=self.pki.tls(who),
-            listeners=(AgentListener(("127.0.0.1", 0), asset, ("127.0.0.1", self.gateway.port), protocol),),
+            listeners=(
+                AgentListener(("127.0.0.1", 0), asset, ("127.0.0.1", self.gateway.port), protocol, GATEWAY),
+            ),
             connect_timeout_s=5.0,
         )
         agent = Agent(config)

@@ -84,10 +84,10 @@ async def test_a_session_that_starts_after_a_proof_ends_with_the_proven_certific
     assert _ends(lab)[ALICE] == _utc(_not_after(lab, "alice"))
 
 
-async def test_a_proof_needs_a_verified_certificate(lab: Lab) -> None:
+async def test_a_proof_needs_a_verified_client_certificate(lab: Lab) -> None:
     port = await lab.start_device()
     await lab.start_gateway(policy_text(port, RULES))
-    for who in ("expired", "other-ca"):
+    for who in ("expired", "other-ca", "gateway"):  # not verified; or no client's identity
         files = lab.pki.clients[who]
         context = client_context(files.cert, files.key, lab.pki.ca, alpn=RENEWAL_ALPN)
         try:

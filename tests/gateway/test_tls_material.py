@@ -12,6 +12,7 @@ import uvloop
 
 from gateway import pki
 from gateway.config import TlsFiles
+from gateway.identity import PeerPin
 from gateway.tls import TlsMaterial, client_context, https_server_context, server_context
 
 TD = "plant1.example"
@@ -87,7 +88,7 @@ def test_a_client_accepts_only_the_kind_of_server_it_asked_for(
     gateway = pki.issue(ca, f"spiffe://{TD}/gateway/s/gw", out_dir=tmp_path, name="gw")
     alice = pki.issue(ca, f"spiffe://{TD}/user/alice", out_dir=tmp_path, name="alice")
     ca_file = ca / "ca.pem"
-    wants_center = client_context(alice.cert, alice.key, ca_file, peer=(TD, "center"))
+    wants_center = client_context(alice.cert, alice.key, ca_file, peer=PeerPin(TD, "center"))
 
     async def scenario() -> None:
         await _handshake(https_server_context(center.cert, center.key, ca_file), wants_center)
@@ -95,11 +96,11 @@ def test_a_client_accepts_only_the_kind_of_server_it_asked_for(
             ssl.SSLCertVerificationError, match=r"is spiffe://plant1\.example/gateway/s/gw, not a center"
         ):
             await _handshake(https_server_context(gateway.cert, gateway.key, ca_file), wants_center)
-        other = client_context(alice.cert, alice.key, ca_file, peer=("other.example", "center"))
+        other = client_context(alice.cert, alice.key, ca_file, peer=PeerPin("other.example", "center"))
         with pytest.raises(ssl.SSLCertVerificationError, match="trust domain"):
             await _handshake(https_server_context(center.cert, center.key, ca_file), other)
         # Without a client certificate the center's context still completes the handshake.
-        anonymous = client_context(None, None, ca_file, peer=(TD, "center"))
+        anonymous = client_context(None, None, ca_file, peer=PeerPin(TD, "center"))
         await _handshake(https_server_context(center.cert, center.key, ca_file), anonymous)
 
     with asyncio.Runner(loop_factory=LOOPS[loop_name]) as runner:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import HMI, Pki, policy_text
+from tests.e2e.harness import GATEWAY, HMI, Pki, policy_text
 from tests.processes import REPO_ROOT, GatewayProcess, SimProcess
 
 LAB_SCRIPT = Path(__file__).with_name("lab.sh")
@@ -78,7 +78,7 @@ async def plant(namespaces: Namespaces, pki: Pki, tmp_path: Path) -> AsyncIterat
     agent_config = tmp_path / "agent.toml"
     hmi = pki.clients["hmi"]
     agent_config.write_text(
-        f'[agent]\ngateway = "{GATEWAY_ON_HMI}:8443"\n'
+        f'[agent]\ngateway = "{GATEWAY_ON_HMI}:8443"\ngateway_id = "{GATEWAY}"\n'
         f'[tls]\ncert = "{hmi.cert}"\nkey = "{hmi.key}"\nca = "{pki.ca}"\n'
         '[[listeners]]\nlisten = "127.0.0.1:1502"\nasset = "plc-1"\nprotocol = "modbus"\n'
     )

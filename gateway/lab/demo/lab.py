@@ -281,6 +281,7 @@ async def start_lab(work: Path, *, max_staleness_s: float = 86400.0) -> DemoLab:
                 asset,
                 ("127.0.0.1", gateway.port),
                 protocol,
+                GATEWAY,
             )
             for asset, protocol in ASSETS
         )
