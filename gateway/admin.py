@@ -111,19 +111,30 @@ def watch_center(runtime: Runtime, link: CenterLink) -> None:
     counters["ztgate_bundles_refused"] = lambda: float(link.refused)
 
 
-def watch_certificate(runtime: Runtime, material: TlsMaterial[Any], renewer: Renewer) -> None:
-    """The serving certificate and its renewal in /readyz (not ready while a renewal is overdue) and
-    in the metrics."""
+def watch_certificate(runtime: Runtime, material: TlsMaterial[Any], renewer: Renewer | None) -> None:
+    """The serving certificate in /readyz (not ready while it is expired or not yet valid, or while a
+    renewal is overdue) and in the metrics: every certificate's seconds to expiry, and the renewal."""
 
     def status() -> dict[str, Any]:
-        found = {**material.status(), **renewer.status()}
-        found["ready"] = not found["overdue"]
+        found = material.status()
+        if renewer is not None:
+            found.update(renewer.status())
+            found["ready"] = found["ready"] and not found["overdue"]
         return found
 
     runtime.status["certificate"] = status
     gauges, counters = runtime.metrics.gauges, runtime.metrics.counters
+    runtime.metrics.labelled_gauges["ztgate_certificate_expiry_seconds"] = (
+        "Seconds until the certificate's notAfter (negative: expired): the serving certificate (leaf) "
+        "and each CA certificate trusted",
+        ("certificate", "file", "subject"),
+        material.expiry_seconds,
+    )
     gauges["ztgate_certificate_not_after_seconds"] = lambda: material.not_after
     gauges["ztgate_certificate_expires_in_seconds"] = lambda: material.not_after - runtime.clock()
+    counters["ztgate_certificate_reloads"] = lambda: float(material.reloads)
+    if renewer is None:
+        return
     gauges["ztgate_certificate_renewal_overdue"] = lambda: float(renewer.failures > 0)
     counters["ztgate_certificate_renewals"] = lambda: float(renewer.renewals)
     counters["ztgate_certificate_renewal_failures"] = lambda: float(renewer.failures_total)

@@ -303,8 +303,10 @@ def _overlay_contexts(keys: frozenset[tuple[str | None, PeerPin]]) -> Callable[[
 
 
 class Agent:
-    def __init__(self, config: AgentConfig) -> None:
+    def __init__(self, config: AgentConfig, *, watch_tls_s: float = 1.0) -> None:
         self.config = config
+        self._watch_tls_s = watch_tls_s
+        self._watching: asyncio.Task[None] | None = None
         self.tls: TlsMaterial[Contexts] | None = None
         self.renewer: Renewer | None = None
         self._renewing: asyncio.Task[None] | None = None
@@ -330,6 +332,8 @@ class Agent:
         keys |= {(RENEWAL_ALPN, pin) for pin in self.pins.values()}
         self.tls = TlsMaterial(self.config.tls, _overlay_contexts(frozenset(keys)), role=AGENT_ROLE)
         self.tls.subscribe(self._renewed)
+        # Files replaced on disk are taken like a SIGHUP; the log warns as the certificate nears its end.
+        self._watching = loop.create_task(self.tls.watch(self._watch_tls_s))
         center = self.config.center
         if center is not None and center.renew:
             self.renewer = Renewer(Credentials(center.credentials), [self.tls])
@@ -375,7 +379,15 @@ class Agent:
             "certificate expires", host, port,
         )  # fmt: skip
 
+    def reload_tls(self, trigger: str = "request") -> bool:
+        """Read certificate, key and CA again (SIGHUP): new connections take them, live ones keep
+        theirs, and the new certificate is proved to the gateways. False, logged, if they do not load."""
+        assert self.tls is not None
+        return self.tls.try_reload(trigger)
+
     async def stop(self) -> None:
+        if self._watching is not None:
+            await cancel_tasks([self._watching])
         await cancel_tasks(self._proofs)
         if self._renewing is not None:
             await cancel_tasks([self._renewing])
@@ -424,6 +436,7 @@ async def _serve(config: AgentConfig) -> int:
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, agent.reload_tls, "SIGHUP")
     await stop.wait()
     await agent.stop()
     return 0

@@ -72,6 +72,10 @@ class Metrics:
         self.protocol_errors: dict[tuple[str, str], int] = {}
         self.upstream_sources: list[Callable[[], list[UpstreamState]]] = []
         self.gauges: dict[str, Callable[[], float]] = {}
+        # name -> (help, label names, read: [(label values, value)]), read at scrape time
+        self.labelled_gauges: dict[
+            str, tuple[str, tuple[str, ...], Callable[[], Iterable[tuple[tuple[str, ...], float]]]]
+        ] = {}
         self.counters: dict[str, Callable[[], float]] = {}
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(_Collector(self))
@@ -178,6 +182,11 @@ class _Collector(Collector):
         for name, read in m.gauges.items():
             gauge = GaugeMetricFamily(name, name.replace("_", " "))
             gauge.add_metric((), read())
+            yield gauge
+        for name, (text, label_names, read_labelled) in m.labelled_gauges.items():
+            gauge = GaugeMetricFamily(name, text, labels=label_names)
+            for values, value in read_labelled():
+                gauge.add_metric(values, value)
             yield gauge
         for name, read in m.counters.items():
             counter = CounterMetricFamily(name, name.replace("_", " "))

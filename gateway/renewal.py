@@ -109,7 +109,7 @@ class Renewer:
             raise ValueError("the center returned a certificate for another key")
         self.credentials.replace_certificate(key, str(answer["certificate"]), str(answer["ca"]))
         for material in self.materials:
-            material.reload()
+            material.reload("renewal")
         self.renewals += 1
         self.failures = 0
         self.last_error = None

@@ -75,6 +75,7 @@ class Gateway:
         max_sessions: int = 20_000,
         handshake_limits: HandshakeLimits | None = None,
         watch_policy_s: float | None = 1.0,
+        watch_tls_s: float = 1.0,
     ) -> None:
         if (policy is None) == (center is None):
             raise ValueError("a gateway takes its policy from a file or from a center, one of the two")
@@ -91,6 +92,7 @@ class Gateway:
         self._max_sessions = max_sessions
         self._handshake_limits = handshake_limits or HandshakeLimits()
         self._watch_policy_s = watch_policy_s if center is None else None
+        self._watch_tls_s = watch_tls_s
         self.listener: OverlayListener | None = None
         self.addresses: list[tuple[str, int]] = []
         self.admin_port: int | None = None
@@ -149,8 +151,11 @@ class Gateway:
         if self._center is not None and self._center.renew:
             credentials = Credentials(self._center.credentials)
             self.renewer = Renewer(credentials, [self.tls], audit=self.audit, clock=runtime.clock)
-            watch_certificate(runtime, self.tls, self.renewer)
             self._tasks.append(loop.create_task(self.renewer.run()))
+        watch_certificate(runtime, self.tls, self.renewer)
+        self.tls.subscribe(self._certificate_loaded)
+        # Files replaced on disk are taken like a SIGHUP; the log warns as the certificate nears its end.
+        self._tasks.append(loop.create_task(self.tls.watch(self._watch_tls_s)))
         if self._admin_listen is not None:
             self._admin, self.admin_port = await start_admin(runtime, *self._admin_listen)
         if self._watch_policy_s:
@@ -182,6 +187,26 @@ class Gateway:
         self._build_runtime(PolicyStore.from_center(policy, self.audit))
         self.link.start(self.runtime.policies)
         watch_center(self.runtime, self.link)
+
+    def _certificate_loaded(self, material: TlsMaterial[ssl.SSLContext]) -> None:
+        self.audit.emit(
+            {
+                "event": "certificate_loaded",
+                "trigger": material.last_trigger,
+                "cert": str(material.files.cert),
+                "identity": str(material.identity),
+                "not_after": material.status()["not_after"],
+            }
+        )
+
+    def reload_tls(self, trigger: str = "request") -> bool:
+        """Read certificate, key and CA again (SIGHUP); live sessions keep theirs. False, logged and
+        audited, when the files do not load: the previous ones stay."""
+        if self.tls.try_reload(trigger):
+            return True
+        error = self.tls.reload_error
+        self.audit.emit({"event": "certificate_load_failed", "trigger": trigger, "error": error})
+        return False
 
     async def reload_policy(self, trigger: str = "request") -> bool:
         return await self.runtime.policies.reload(trigger)
@@ -278,6 +303,7 @@ async def _serve(config: GatewayConfig) -> int:
 
     def on_hup() -> None:
         audit.reopen()
+        gateway.reload_tls("SIGHUP")
         task = loop.create_task(gateway.reload_policy("SIGHUP"))
         reloads.add(task)
         task.add_done_callback(reloads.discard)

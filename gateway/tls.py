@@ -13,6 +13,7 @@ old one keeps it to its end, so a renewal drops no session.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 import time
@@ -256,13 +257,21 @@ CENTER_ROLE = Role("center", frozenset({"center"}), server=True)
 AGENT_ROLE = Role("agent", CLIENT_KINDS, server=False)
 
 
+# A certificate is near its end from this fraction of its lifetime before notAfter: a warning is logged.
+EXPIRY_WARNING_FRACTION = 0.2
+
+Signature = tuple[tuple[int, int, int], ...]  # (inode, size, mtime_ns) of cert, key and CA
+
+
 class TlsMaterial(Generic[T]):
     """What ``build`` makes of a certificate, key and CA (a context, or several), rebuilt on demand.
 
     :meth:`reload` reads the files again; a broken set (unreadable, key not matching the certificate,
     a certificate of another ``role``) raises and the material in use stays. Callers take
     :attr:`current` for every new connection, so a live connection keeps the context it was made
-    with. The certificate's dates are kept for renewal, readiness and expiry gauges.
+    with: a reload (renewal, SIGHUP, files replaced) drops no session. :meth:`watch` reloads when the
+    files change and warns in the log as the certificate nears its end. The certificate's dates, and
+    the CA certificates', are kept for renewal, readiness and expiry gauges.
     """
 
     def __init__(
@@ -278,39 +287,152 @@ class TlsMaterial(Generic[T]):
         self._role = role
         self._clock = clock
         self._listeners: list[Callable[[TlsMaterial[T]], None]] = []
+        self._signature = self._stat()
         self.identity = role.check(files.cert) if role is not None else None
         self.current: T = build(files)
         self.not_before, self.not_after = certificate_dates(files.cert)
+        self.ca_not_after = ca_dates(files.ca)
         self.loaded_at = clock()
         self.reloads = 0
+        self.reload_error: str | None = None  # the last reload that failed, until one succeeds
+        self.last_trigger = "start"
+        self._logged: set[str] = set()  # expiry messages logged for the certificate in use
+        self._seen = self._signature  # what the files looked like at the last look
 
     def subscribe(self, listener: Callable[[TlsMaterial[T]], None]) -> None:
         """Call ``listener(material)`` after every successful reload."""
         self._listeners.append(listener)
 
-    def reload(self) -> None:
+    def reload(self, trigger: str = "request") -> None:
         """Rebuild from the files; raises (OSError, ssl.SSLError, ValueError) and keeps the old on failure."""
-        identity = self._role.check(self.files.cert) if self._role is not None else None
-        built = self._build(self.files)
-        dates = certificate_dates(self.files.cert)
+        signature = self._stat()
+        try:
+            identity = self._role.check(self.files.cert) if self._role is not None else None
+            built = self._build(self.files)
+            dates = certificate_dates(self.files.cert)
+            ca = ca_dates(self.files.ca)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            self.reload_error = f"{trigger}: {exc}"
+            raise
         self.current = built
         self.identity = identity
         self.not_before, self.not_after = dates
+        self.ca_not_after = ca
+        self._signature = self._seen = signature
         self.loaded_at = self._clock()
         self.reloads += 1
-        log.info("TLS material reloaded from %s (valid until %s)", self.files.cert, _utc(dates[1]))
+        self.reload_error = None
+        self._logged.clear()
+        self.last_trigger = trigger
+        log.info(
+            "TLS material reloaded from %s (%s; valid until %s)", self.files.cert, trigger, _utc(dates[1])
+        )
         for listener in self._listeners:
             listener(self)
 
+    def try_reload(self, trigger: str) -> bool:
+        """:meth:`reload`, but a set that does not load is logged (and kept in :attr:`reload_error`)
+        instead of raised: False, and the previous material stays."""
+        try:
+            self.reload(trigger)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            log.error("TLS files do not load (%s), keeping the previous ones: %s", trigger, exc)
+            return False
+        return True
+
+    # ------------------------------------------------------------------------- files and expiry
+
+    def _stat(self) -> Signature:
+        found = []
+        for path in (self.files.cert, self.files.key, self.files.ca):
+            try:
+                info = path.stat()
+            except OSError:
+                found.append((0, -1, 0))
+            else:
+                found.append((info.st_ino, info.st_size, info.st_mtime_ns))
+        return tuple(found)
+
+    def poll(self) -> bool:
+        """Reload if the files changed and have stayed so since the last look (a writer replacing
+        them one by one, or in pieces, is not caught half-way); True if reloaded. A set that does not
+        load is logged once and retried when the files change again."""
+        now = self._stat()
+        settled = now == self._seen
+        self._seen = now
+        if not settled or now == self._signature:
+            return False
+        self._signature = now  # a set that does not load is logged once, and tried at the next change
+        return self.try_reload("files changed")
+
+    def validity_problem(self) -> str | None:
+        """Why the certificate in use cannot serve now (expired, not yet valid), or None."""
+        now = self._clock()
+        if now >= self.not_after:
+            return f"the certificate {self.files.cert} expired at {_utc(self.not_after)}"
+        if now < self.not_before:
+            return f"the certificate {self.files.cert} is not valid before {_utc(self.not_before)}"
+        return None
+
+    def check_expiry(self) -> None:
+        """Log, once per certificate loaded: an error when it is expired or not yet valid, a warning
+        from :data:`EXPIRY_WARNING_FRACTION` of its lifetime before its end."""
+        problem = self.validity_problem()
+        if problem is not None:
+            if problem not in self._logged:
+                self._logged.add(problem)
+                log.error("%s: new TLS handshakes fail until it is replaced", problem)
+            return
+        lifetime_s = self.not_after - self.not_before
+        left_s = self.not_after - self._clock()
+        if left_s <= lifetime_s * EXPIRY_WARNING_FRACTION and "near" not in self._logged:
+            self._logged.add("near")
+            log.warning(
+                "the certificate %s expires at %s (%.0f s left of a %.0f s lifetime): renew it",
+                self.files.cert, _utc(self.not_after), left_s, lifetime_s,
+            )  # fmt: skip
+
+    async def watch(self, interval_s: float) -> None:
+        """Every ``interval_s``: :meth:`poll` the files, :meth:`check_expiry`. Until cancelled."""
+        self.check_expiry()
+        while True:
+            await asyncio.sleep(interval_s)
+            self.poll()
+            self.check_expiry()
+
+    def expiry_seconds(self) -> list[tuple[tuple[str, str, str], float]]:
+        """For the ``ztgate_certificate_expiry_seconds`` gauge: ((certificate, file, subject),
+        seconds until notAfter) for the certificate in use and each CA certificate trusted."""
+        now = self._clock()
+        found = [(("leaf", str(self.files.cert), str(self.identity or "")), self.not_after - now)]
+        ca = str(self.files.ca)
+        found += [(("ca", ca, subject), not_after - now) for subject, not_after in self.ca_not_after]
+        return found
+
     def status(self) -> dict[str, object]:
-        """For /readyz: the certificate's file and dates, seconds left."""
-        return {
+        """For /readyz: the certificate's file and dates, seconds left; not ready while it cannot serve."""
+        problem = self.validity_problem()
+        found: dict[str, object] = {
             "cert": str(self.files.cert),
+            "identity": None if self.identity is None else str(self.identity),
             "not_before": _utc(self.not_before),
             "not_after": _utc(self.not_after),
             "expires_in_s": round(self.not_after - self._clock(), 1),
             "reloads": self.reloads,
+            "reload_error": self.reload_error,
+            "ready": problem is None,
         }
+        if problem is not None:
+            found["reason"] = problem
+        return found
+
+
+def ca_dates(path: Path) -> list[tuple[str, float]]:
+    """(subject, notAfter) of every certificate in a CA bundle."""
+    return [
+        (certificate.subject.rfc4514_string(), certificate.not_valid_after_utc.timestamp())
+        for certificate in x509.load_pem_x509_certificates(path.read_bytes())
+    ]
 
 
 def _utc(epoch: float) -> str:

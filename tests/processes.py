@@ -16,6 +16,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from gateway.config import TlsFiles
 from tests.e2e.harness import Pki
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -108,6 +109,7 @@ class GatewayProcess:
         extra_args: Sequence[str] = (),
         listen: str = "127.0.0.1:0",
         prefix: Sequence[str] = (),
+        tls: TlsFiles | None = None,
     ) -> None:
         self.dir = directory
         self.policy_path = directory / "policy.toml"
@@ -116,13 +118,8 @@ class GatewayProcess:
         self.policy_path.write_text(policy)
         lines = ["[gateway]", 'name = "gw-proc"', f'listen = "{listen}"', 'policy = "policy.toml"']
         lines += [f"{key} = {_toml_value(value)}" for key, value in (gateway or {}).items()]
-        lines += [
-            "",
-            "[tls]",
-            f'cert = "{pki.gateway.cert}"',
-            f'key = "{pki.gateway.key}"',
-            f'ca = "{pki.ca}"',
-        ]
+        tls = tls or TlsFiles(pki.gateway.cert, pki.gateway.key, pki.ca)
+        lines += ["", "[tls]", f'cert = "{tls.cert}"', f'key = "{tls.key}"', f'ca = "{tls.ca}"']
         lines += ["", "[admin]", 'listen = "127.0.0.1:0"']
         lines += ["", "[audit]", 'file = "audit.jsonl"', "stdout = false"]
         if overlay:

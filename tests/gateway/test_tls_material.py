@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +14,14 @@ import uvloop
 from gateway import pki
 from gateway.config import TlsFiles
 from gateway.identity import PeerPin
-from gateway.tls import TlsMaterial, client_context, https_server_context, server_context
+from gateway.tls import (
+    GATEWAY_ROLE,
+    CertificateRoleError,
+    TlsMaterial,
+    client_context,
+    https_server_context,
+    server_context,
+)
 
 TD = "plant1.example"
 LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
@@ -105,3 +113,61 @@ def test_a_client_accepts_only_the_kind_of_server_it_asked_for(
 
     with asyncio.Runner(loop_factory=LOOPS[loop_name]) as runner:
         runner.run(scenario())
+
+
+def test_expiry_is_logged_from_a_fifth_of_the_lifetime_before_the_end(
+    ca: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    issued = pki.issue(ca, f"spiffe://{TD}/gateway/s/gw", out_dir=tmp_path, name="gw")
+    now = [0.0]
+    material = TlsMaterial(TlsFiles(issued.cert, issued.key, ca / "ca.pem"), _serving, clock=lambda: now[0])
+    lifetime_s = material.not_after - material.not_before
+    caplog.set_level(logging.WARNING, logger="ztgate.tls")
+
+    def logged() -> list[tuple[int, str]]:
+        found = [(r.levelno, r.getMessage()) for r in caplog.records]
+        caplog.clear()
+        return found
+
+    now[0] = material.not_after - lifetime_s * 0.21
+    material.check_expiry()
+    assert logged() == [] and material.status()["ready"] is True
+    now[0] = material.not_after - lifetime_s * 0.19
+    material.check_expiry()
+    material.check_expiry()  # once per certificate, not once per check
+    (warning,) = logged()
+    assert warning[0] == logging.WARNING and f"{issued.cert} expires at" in warning[1]
+    now[0] = material.not_after + 1
+    material.check_expiry()
+    (error,) = logged()
+    assert error[0] == logging.ERROR and "expired at" in error[1]
+    status = material.status()
+    assert status["ready"] is False and "expired at" in str(status["reason"])
+    now[0] = material.not_before - 1
+    assert "is not valid before" in str(material.validity_problem())
+
+
+def test_poll_reloads_only_files_that_have_settled(ca: Path, tmp_path: Path) -> None:
+    issued = pki.issue(ca, f"spiffe://{TD}/gateway/s/gw", out_dir=tmp_path, name="gw")
+    material = TlsMaterial(TlsFiles(issued.cert, issued.key, ca / "ca.pem"), _serving)
+    assert material.poll() is False
+    pki.issue(ca, f"spiffe://{TD}/gateway/s/gw", out_dir=tmp_path, name="gw")
+    assert material.poll() is False  # changed since the last look: maybe still being written
+    assert material.poll() is True and material.reloads == 1 and material.last_trigger == "files changed"
+    assert material.poll() is False
+    # A half-replaced pair (a new certificate, the old key) does not load: logged once, kept.
+    other = pki.issue(ca, f"spiffe://{TD}/gateway/s/gw", out_dir=tmp_path / "x", name="gw")
+    issued.cert.write_bytes(other.cert.read_bytes())
+    assert [material.poll() for _ in range(3)] == [False, False, False]
+    assert material.reloads == 1 and material.reload_error is not None
+
+
+def test_a_certificate_of_another_role_is_refused_and_not_reloaded(ca: Path, tmp_path: Path) -> None:
+    gw = pki.issue(ca, f"spiffe://{TD}/gateway/s/gw", out_dir=tmp_path, name="gw")
+    material = TlsMaterial(TlsFiles(gw.cert, gw.key, ca / "ca.pem"), _serving, role=GATEWAY_ROLE)
+    alice = pki.issue(ca, f"spiffe://{TD}/user/alice", out_dir=tmp_path, name="alice")
+    gw.cert.write_bytes(alice.cert.read_bytes())
+    gw.key.write_bytes(alice.key.read_bytes())
+    with pytest.raises(CertificateRoleError, match=rf"^{gw.cert} holds a user certificate"):
+        material.reload("test")
+    assert str(material.identity) == f"spiffe://{TD}/gateway/s/gw"
