@@ -38,7 +38,14 @@ from gateway.refusals import RefusalAudit
 from gateway.renewal_proof import ProvenCertificates
 from gateway.runtime import Runtime
 from gateway.session import Session, SessionInfo
-from gateway.tls import RENEWAL_ALPN, SNI_ATTRIBUTE, TlsMaterial, certificate_not_after, peer_identity
+from gateway.tls import (
+    HANDSHAKE_SOCKET,
+    RENEWAL_ALPN,
+    SNI_ATTRIBUTE,
+    TlsMaterial,
+    certificate_not_after,
+    peer_identity,
+)
 from policies import SubjectView
 from policies.spiffe import CLIENT_KINDS, IdentityError
 
@@ -295,6 +302,7 @@ class OverlayListener:
         loop = asyncio.get_running_loop()
         # The sweep enforces the (shrinking) timeout; this one only backs it up.
         timeout_s = max(self.limits.handshake_timeout_s - (loop.time() - pending.started), self._sweep_s)
+        HANDSHAKE_SOCKET.set(pending.sock)  # this task's context: a refused certificate's alert goes here
         try:
             await loop.connect_accepted_socket(
                 lambda: _Handshaken(self, pending),

@@ -14,10 +14,13 @@ old one keeps it to its end, so a renewal drops no session.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -40,9 +43,15 @@ ALPN_PROTOCOLS = ("modbus", "enip", "opcua")
 RENEWAL_ALPN = "ztgate-renewal"
 
 
-def _base_context(purpose: int, cert: Path | None, key: Path | None, ca: Path) -> ssl.SSLContext:
+def _base_context(
+    purpose: int, cert: Path | None, key: Path | None, ca: Path, *, alerting: bool = False
+) -> ssl.SSLContext:
     context = (
-        _FixedServerNameContext(purpose) if purpose == ssl.PROTOCOL_TLS_CLIENT else ssl.SSLContext(purpose)
+        _FixedServerNameContext(purpose)
+        if purpose == ssl.PROTOCOL_TLS_CLIENT
+        else _ServerContext(purpose)
+        if alerting
+        else ssl.SSLContext(purpose)
     )
     context.minimum_version = ssl.TLSVersion.TLSv1_3
     context.maximum_version = ssl.TLSVersion.TLSv1_3
@@ -59,6 +68,50 @@ def _base_context(purpose: int, cert: Path | None, key: Path | None, ca: Path) -
 
 # The attribute of a server-side SSLObject where the SNI the client sent is kept.
 SNI_ATTRIBUTE = "ztgate_server_name"
+_OUTGOING_ATTRIBUTE = "ztgate_outgoing"
+
+# The socket a server-side handshake runs on, set by the listener around the handshake (the event
+# loop runs the transport's callbacks in a copy of the context that created it).
+HANDSHAKE_SOCKET: ContextVar[socket.socket | None] = ContextVar("ztgate_handshake_socket", default=None)
+
+
+class _AlertingServerObject(ssl.SSLObject):
+    """A server-side SSLObject that makes sure a refused client certificate's TLS alert reaches the
+    client. OpenSSL writes the alert (certificate expired, unknown CA, ...) into the outgoing buffer
+    and fails the handshake; asyncio's and uvloop's TLS layers then close the socket without sending
+    that buffer, and the client (whose TLS 1.3 handshake had already completed) sees only a closed
+    connection, which looks like any other refusal. The same holds for a missing certificate and any
+    other failed handshake. The alert is what lets an agent say "your
+    certificate expired" rather than "unknown asset"; it tells nothing an OpenSSL server would not."""
+
+    def do_handshake(self) -> None:
+        try:
+            super().do_handshake()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise
+        except ssl.SSLError:
+            outgoing: ssl.MemoryBIO | None = getattr(self, _OUTGOING_ATTRIBUTE, None)
+            sock = HANDSHAKE_SOCKET.get()
+            if outgoing is not None and sock is not None and outgoing.pending:
+                with contextlib.suppress(OSError):
+                    sock.send(outgoing.read())
+            raise
+
+
+class _ServerContext(ssl.SSLContext):
+    sslobject_class = _AlertingServerObject
+
+    def wrap_bio(
+        self,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+        server_side: bool = False,
+        server_hostname: str | bytes | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLObject:
+        ssl_object = super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
+        setattr(ssl_object, _OUTGOING_ATTRIBUTE, outgoing)
+        return ssl_object
 
 
 def _remember_server_name(ssl_object: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> None:
@@ -69,7 +122,7 @@ def _remember_server_name(ssl_object: ssl.SSLObject, server_name: str | None, _:
 def server_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
     """The gateway's overlay context: client certificates required and verified against ``ca``; the
     SNI of each connection is kept on its SSLObject under :data:`SNI_ATTRIBUTE`."""
-    context = _base_context(ssl.PROTOCOL_TLS_SERVER, cert, key, ca)
+    context = _base_context(ssl.PROTOCOL_TLS_SERVER, cert, key, ca, alerting=True)
     context.set_alpn_protocols([*ALPN_PROTOCOLS, RENEWAL_ALPN])
     # With OP_NO_TICKET, OpenSSL's TLS 1.3 server still issues *stateful* tickets and keeps each session
     # (with the client's certificate) in its cache, up to 20,480: resumable, and ~11 KiB each (the fuzz
