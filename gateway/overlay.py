@@ -355,7 +355,7 @@ class OverlayListener:
             return
         alpn = ssl_object.selected_alpn_protocol()
         if alpn == RENEWAL_ALPN:
-            self.proofs.prove(transport, identity, peer)
+            self.proofs.prove(transport, identity, pending.source, peer)
             return
         if not server_name:
             self._refuse(transport, pending, None, identity, "no_sni", "no SNI: the client named no asset")
@@ -397,7 +397,10 @@ class OverlayListener:
             peer=peer,
             alpn=alpn,
             started=self.runtime.clock(),
-            certificate_not_after=self.proofs.session_end(identity, certificate_not_after(ssl_object)),
+            certificate_not_after=self.proofs.session_end(
+                identity, pending.source, certificate_not_after(ssl_object)
+            ),
+            source=pending.source,
         )
         session = factory(self.runtime, info, view)
         transport.set_protocol(session)

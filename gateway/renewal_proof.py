@@ -6,14 +6,17 @@ renewal (or reload) the agent proves the new certificate to every gateway it has
 short mTLS handshake presenting it, with the reserved ALPN value :data:`RENEWAL_ALPN` instead of an
 asset. The gateway accepts the proof only as OpenSSL verified it (chain to the CA in force, validity
 period) from a client identity (user, vendor, agent), and moves the end of that identity's live
-sessions to the new certificate's notAfter — only sessions the policy in force still grants (a
-locked-out identity extends nothing; revalidation ends those), and never earlier than they already
-end. A proof for another identity touches nothing of this one: sessions are matched by SPIFFE id. The
+sessions from the same source address to the new certificate's notAfter — only sessions the policy
+in force still grants (a locked-out identity extends nothing; revalidation ends those), and never
+earlier than they already end. A proof for another identity touches nothing of this one: sessions
+are matched by SPIFFE id, and by source, so a copy of an old certificate in use elsewhere is not
+kept alive by its owner's renewals. The
 gateway answers with one JSON object (sessions extended, the new end) and closes; each proof is
 audited (``renewal_proved``).
 
-The gateway also remembers the newest proven notAfter per identity, so a session whose handshake
-with the old certificate was still under way when the proof arrived ends at the proven time as well.
+The gateway also remembers the newest proven notAfter per identity and source, so a session whose
+handshake with the old certificate was still under way when the proof arrived ends at the proven
+time as well.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ log = logging.getLogger("ztgate.renewal")
 __all__ = ["RENEWAL_ALPN", "ProvenCertificates", "prove_renewal"]
 
 MAX_ANSWER_BYTES = 4096
+# Proven ends remembered for sessions still to come; beyond this, a proof extends live sessions only.
+MAX_REMEMBERED = 100_000
 
 
 class ProvenCertificates:
@@ -41,28 +46,30 @@ class ProvenCertificates:
 
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
-        self._not_after: dict[str, float] = {}  # identity -> newest proven notAfter, until it passes
+        # (identity, source) -> newest proven notAfter, until it passes
+        self._not_after: dict[tuple[str, str], float] = {}
 
-    def session_end(self, identity: str, not_after: float | None) -> float | None:
-        """When a new session of ``identity`` whose certificate ends at ``not_after`` should end."""
-        proven = self._not_after.get(identity)
+    def session_end(self, identity: str, source: str, not_after: float | None) -> float | None:
+        """When a new session of ``identity`` from ``source`` whose certificate ends at ``not_after``
+        should end."""
+        proven = self._not_after.get((identity, source))
         if not_after is None or proven is None or proven <= not_after:
             return not_after
         return proven
 
-    def prove(self, transport: asyncio.Transport, identity: str, peer: str) -> None:
-        """A verified proof handshake by ``identity``: extend, audit, answer, close."""
+    def prove(self, transport: asyncio.Transport, identity: str, source: str, peer: str) -> None:
+        """A verified proof handshake by ``identity`` from ``source``: extend, audit, answer, close."""
         ssl_object = transport.get_extra_info("ssl_object")
         not_after = certificate_not_after(ssl_object)
         serial = str((ssl_object.getpeercert() or {}).get("serialNumber", "")).lower()
         extended: list[str] = []
         if not_after is not None:
-            self._remember(identity, not_after)
+            self._remember((identity, source), not_after)
             policy = self._runtime.policies.current
             extended = [
                 session.id
                 for session in self._runtime.sessions
-                if session.extend_certificate(identity, not_after, policy)
+                if session.extend_certificate(identity, source, not_after, policy)
             ]
         answer: dict[str, Any] = {
             "identity": identity,
@@ -82,13 +89,15 @@ class ProvenCertificates:
         transport.write(orjson.dumps(answer))
         transport.close()
 
-    def _remember(self, identity: str, not_after: float) -> None:
+    def _remember(self, key: tuple[str, str], not_after: float) -> None:
         now = self._runtime.clock()
-        # Forget what has passed: the table holds at most one entry per identity with a valid certificate.
-        for name in [name for name, until in self._not_after.items() if until <= now]:
-            del self._not_after[name]
-        if not_after > self._not_after.get(identity, 0.0):
-            self._not_after[identity] = not_after
+        # Forget what has passed: one entry per identity with a valid certificate and source it proved from.
+        for passed in [k for k, until in self._not_after.items() if until <= now]:
+            del self._not_after[passed]
+        if key not in self._not_after and len(self._not_after) >= MAX_REMEMBERED:
+            return
+        if not_after > self._not_after.get(key, 0.0):
+            self._not_after[key] = not_after
 
 
 async def prove_renewal(host: str, port: int, context: ssl.SSLContext, timeout_s: float) -> dict[str, Any]:

@@ -24,6 +24,7 @@ class SessionInfo:
     alpn: str | None
     started: float  # wall clock
     certificate_not_after: float | None
+    source: str = ""  # the peer's address as admission counts it (IPv4, or an IPv6 /64)
 
 
 class Session(asyncio.Protocol):
@@ -116,11 +117,12 @@ class Session(asyncio.Protocol):
             loop = asyncio.get_running_loop()
             self._expiry = loop.call_later(delay_s, self.close, "client certificate expired")
 
-    def extend_certificate(self, identity: str, not_after: float, policy: Policy) -> bool:
-        """``identity`` proved a certificate valid until ``not_after``: if this is its session, the
-        policy in force still lets it near the asset, and that is later than the session's end, the
-        session now ends then. A session the policy no longer grants is left to revalidation."""
-        if self.closing or identity != self.info.identity:
+    def extend_certificate(self, identity: str, source: str, not_after: float, policy: Policy) -> bool:
+        """``identity`` proved, from ``source``, a certificate valid until ``not_after``: if this is
+        its session from that source, the policy in force still lets it near the asset, and that is
+        later than the session's end, the session now ends then. A session the policy no longer
+        grants is left to revalidation."""
+        if self.closing or identity != self.info.identity or source != self.info.source:
             return False
         current = self.certificate_not_after
         if current is None or not_after <= current or policy.view(identity, self.info.asset) is None:

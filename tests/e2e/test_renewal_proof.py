@@ -3,10 +3,12 @@ of that identity's live sessions, and only that identity's."""
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import time
 from typing import Any
 
+import orjson
 from cryptography import x509
 
 from gateway.renewal_proof import prove_renewal
@@ -31,11 +33,18 @@ def _utc(epoch: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
-async def _prove(lab: Lab, who: str) -> dict[str, Any]:
+async def _prove(lab: Lab, who: str, source: str = "127.0.0.1") -> dict[str, Any]:
     assert lab.gateway is not None
     files = lab.pki.clients[who]
     context = client_context(files.cert, files.key, lab.pki.ca, alpn=RENEWAL_ALPN)
-    return await prove_renewal("127.0.0.1", lab.gateway.port, context, 5.0)
+    if source == "127.0.0.1":
+        return await prove_renewal("127.0.0.1", lab.gateway.port, context, 5.0)
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", lab.gateway.port, ssl=context, local_addr=(source, 0)
+    )
+    answer = await asyncio.wait_for(reader.read(4096), 5)
+    writer.close()
+    return orjson.loads(answer)  # type: ignore[no-any-return]
 
 
 def _ends(lab: Lab) -> dict[str, str]:
@@ -57,6 +66,9 @@ async def test_a_proof_extends_its_identity_sessions_and_no_others(lab: Lab) -> 
     # with the certificate he proves.
     answer = await _prove(lab, "bob")
     assert answer["extended"] == 0 and _ends(lab) == before
+    # Alice's renewed certificate, proved from another host, is no proof for her sessions from this one.
+    answer = await _prove(lab, "alice", source="127.0.0.2")
+    assert answer["extended"] == 0 and _ends(lab) == before
     # Alice's renewed certificate moves her session's end to its notAfter.
     answer = await _prove(lab, "alice")
     assert answer == {"identity": ALICE, "extended": 1, "not_after": _utc(_not_after(lab, "alice"))}
@@ -68,10 +80,15 @@ async def test_a_proof_extends_its_identity_sessions_and_no_others(lab: Lab) -> 
     for client in (alice, bob):
         assert not (await client.read_holding_registers(0, count=1, device_id=1)).isError()
     proofs = lab.audit_events(event="renewal_proved")
-    assert [(p["identity"], len(p["sessions"])) for p in proofs] == [(BOB, 0), (ALICE, 1), (ALICE, 0)]
+    assert [(p["identity"], len(p["sessions"])) for p in proofs] == [
+        (BOB, 0),
+        (ALICE, 0),
+        (ALICE, 1),
+        (ALICE, 0),
+    ]
     (start,) = lab.audit_events(event="session_start", identity=ALICE)
-    assert proofs[1]["sessions"] == [start["session"]]
-    assert proofs[1]["not_after"] == _utc(_not_after(lab, "alice"))
+    assert proofs[2]["sessions"] == [start["session"]] and proofs[2]["peer"].startswith("127.0.0.1:")
+    assert proofs[2]["not_after"] == _utc(_not_after(lab, "alice"))
     # A proof is no session.
     assert len(lab.audit_events(event="session_start")) == 2
 
