@@ -4,11 +4,14 @@ Chain, validity period and the CA's name constraints are OpenSSL's job (``CERT_R
 identity a verified certificate proves is read with :func:`gateway.identity.identity_from_certificate`.
 Host names are not checked anywhere: the overlay authenticates workloads by SPIFFE id, and SNI names
 the asset, not the gateway. A client that must reach one kind of peer (the center) checks the peer's
-SPIFFE id inside the handshake, before a byte of application data leaves.
+SPIFFE id inside the handshake (:class:`gateway.identity.PeerPin`: the center's kind, the agent's
+gateway), before a byte of application data leaves. The overlay's server side makes sure a refused
+client certificate's TLS alert reaches the client.
 
 :class:`TlsMaterial` holds contexts built from certificate files and rebuilds them when the files are
-replaced (a renewed certificate): new handshakes take the new context, and a connection made with the
-old one keeps it to its end, so a renewal drops no session.
+replaced (a renewal, SIGHUP, files changed on disk): new handshakes take the new context, and a
+connection made with the old one keeps it to its end, so a reload drops no session. It checks that the
+certificate fits the process's :class:`Role`, and watches its dates (readiness, gauges, log warnings).
 """
 
 from __future__ import annotations
@@ -81,8 +84,8 @@ class _AlertingServerObject(ssl.SSLObject):
     and fails the handshake; asyncio's and uvloop's TLS layers then close the socket without sending
     that buffer, and the client (whose TLS 1.3 handshake had already completed) sees only a closed
     connection, which looks like any other refusal. The same holds for a missing certificate and any
-    other failed handshake. The alert is what lets an agent say "your
-    certificate expired" rather than "unknown asset"; it tells nothing an OpenSSL server would not."""
+    other failed handshake. The alert is what lets an agent say "your certificate expired" rather
+    than "unknown asset"; it tells nothing an OpenSSL server would not."""
 
     def do_handshake(self) -> None:
         try:
