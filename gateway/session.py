@@ -1,6 +1,10 @@
 """What every overlay session does whatever its protocol: bookkeeping, audit of its start and end,
-continuous validation against the current policy and the client certificate's expiry, and the
-backpressure switches between the client's transport and its requests."""
+the decision record and the refusal path (count, audit, then answer, drop or close), protocol errors,
+the batched write to the client, continuous validation against the current policy and the client
+certificate's expiry, and the backpressure switches between the client's transport and its requests.
+
+The record fields are documented once, in ``docs/audit.md``, and held to it by ``gateway/audit_schema.py``.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
 from gateway.runtime import Runtime
-from policies import Policy, SubjectView
+from policies import Decision, Policy, SubjectView
 
 
 @dataclass(frozen=True)
@@ -29,9 +33,13 @@ class SessionInfo:
 
 class Session(asyncio.Protocol):
     """Base of the protocol session engines. Subclasses implement ``data_received`` and
-    ``_view_changed``; they call :meth:`pause_requests` / :meth:`resume_requests` for in-flight caps."""
+    ``_view_changed``; they call :meth:`pause_requests` / :meth:`resume_requests` for in-flight caps.
+
+    Replies a subclass gathers in ``_out`` leave in one write at :meth:`flush`; ``_in_flight`` counts the
+    requests on their way to the device (what :meth:`busy` and the status page report)."""
 
     protocol_name: ClassVar[str]
+    code_hex_digits: ClassVar[int] = 2  # of a refusal or failure code in hex
 
     def __init__(self, runtime: Runtime, info: SessionInfo, view: SubjectView) -> None:
         self.runtime = runtime
@@ -52,6 +60,9 @@ class Session(asyncio.Protocol):
         self.certificate_not_after = info.certificate_not_after
         self._idle_check: asyncio.TimerHandle | None = None
         self._requests_at_idle_check = 0
+        self._out: list[bytes] = []
+        self._in_flight = 0
+        self._close_after_flush: str | None = None
 
     # ------------------------------------------------------------------------------- lifecycle
 
@@ -85,6 +96,7 @@ class Session(asyncio.Protocol):
         self.runtime.sessions.remove(self)
         self.runtime.metrics.add_requests(self.request_counts())
         self.counts.clear()
+        self._out.clear()
         self._release()
         self.runtime.audit.emit(
             {
@@ -146,8 +158,21 @@ class Session(asyncio.Protocol):
         )
 
     def busy(self) -> bool:
-        """Whether requests of this session are still on their way; subclasses say."""
-        return False
+        """Whether requests of this session are still on their way to the device."""
+        return self._in_flight > 0
+
+    def flush(self) -> None:
+        """Write the replies gathered in ``_out`` in one write; then end the session if a refusal with
+        ``action = "close"`` asked for it (the replies before it still go out)."""
+        out = self._out
+        if out:
+            if self.transport is not None and not self.closing:
+                self.transport.write(b"".join(out) if len(out) > 1 else out[0])
+            out.clear()
+        if self._close_after_flush is not None and not self.closing and self.transport is not None:
+            self.closing = True
+            self.close_reason = self._close_after_flush
+            self.transport.close()
 
     # ------------------------------------------------------------------- continuous validation
 
@@ -165,6 +190,98 @@ class Session(asyncio.Protocol):
 
     def _view_changed(self) -> None:
         """The policy changed under a live session; subclasses refresh what they derived from the view."""
+
+    # ----------------------------------------------------------------------- audit, refusals
+
+    def record(self, event: str, revision: str | None = None) -> dict[str, Any]:
+        """The fields every record of this session starts with."""
+        return {
+            "event": event,
+            "session": self.id,
+            "identity": self.info.identity,
+            "asset": self.info.asset,
+            "protocol": self.protocol_name,
+            "policy_revision": revision or self.view.policy_revision,
+        }
+
+    def code_name(self, code: int) -> str:
+        """The protocol's own name for a refusal or failure code (Modbus exception, CIP general
+        status, OPC UA StatusCode); subclasses say."""
+        raise NotImplementedError
+
+    def code_fields(self, code: int, prefix: str = "") -> dict[str, Any]:
+        """A refusal or failure code as number, the protocol's name for it and hex."""
+        return {
+            f"{prefix}code": code,
+            f"{prefix}code_name": self.code_name(code),
+            f"{prefix}code_hex": f"0x{code:0{self.code_hex_digits}X}",
+        }
+
+    def decision_record(
+        self,
+        target: dict[str, Any],
+        decision: Decision,
+        revision: str,
+        outcome: str,
+        latency_s: float | None = None,
+        code: int = 0,
+    ) -> dict[str, Any]:
+        """The one decision record of every protocol: the session's fields, what the request touches
+        (``target``, the protocol's own fields), the decision and what came of it.
+
+        ``action`` is what the gateway did (``forward``, or the deny action: ``exception``, ``drop``,
+        ``close``); ``code`` is what the client got from the gateway itself: the refusal's code, or the
+        code of the gateway's answer when the device could not answer (``code`` 0: none). A would-deny
+        carries what enforcing it would have done as ``would_action`` and ``would_code``."""
+        record = self.record("decision", revision)
+        record.update(target)
+        record["decision"] = decision.verdict
+        record["rule"] = decision.rule_id
+        record["action"] = decision.action
+        if decision.verdict != "allow":
+            record["reason"] = decision.reason
+            if decision.allowed:
+                record["would_action"] = self.view.asset.deny.action
+                record.update(self.code_fields(decision.exception_code, "would_"))
+            else:
+                code = code or decision.exception_code
+        if code:
+            record.update(self.code_fields(code))
+        if decision.monitor_rule_id is not None:
+            record["monitor_rule"] = decision.monitor_rule_id
+        record["outcome"] = outcome
+        if latency_s is not None:
+            record["latency_us"] = int(latency_s * 1e6)
+        return record
+
+    def refuse(self, operation: int | str, target: dict[str, Any], decision: Decision) -> str:
+        """The refusal path of every protocol: count, audit, and for ``close`` write the replies gathered
+        before it and end the session (nothing after it is read or forwarded). Returns the action; for
+        ``exception`` the caller answers with the decision's code in its protocol's terms, for ``drop``
+        it answers nothing."""
+        self.denied += 1
+        self._count(operation, "deny")
+        self.runtime.audit.emit(self.decision_record(target, decision, self.view.policy_revision, "refused"))
+        action = decision.action
+        if action == "close":
+            self._close_after_flush = f"refused by rule {decision.rule_id}"
+            self.flush()
+        return action
+
+    def protocol_error(
+        self, reason: str, *, side: str = "client", close: str | None = None, code: int = 0, **target: Any
+    ) -> None:
+        """Count and audit a message that breaks the protocol; with ``close``, end the session for it."""
+        self.runtime.metrics.count_protocol_error(self.protocol_name, side)
+        record = self.record("protocol_error")
+        record.update(target)
+        record["side"] = side
+        record["reason"] = reason
+        if code:
+            record.update(self.code_fields(code))
+        self.runtime.audit.emit(record)
+        if close is not None:
+            self.close(close)
 
     # ------------------------------------------------------------------------------- metrics
 
@@ -217,4 +334,5 @@ class Session(asyncio.Protocol):
             "certificate_not_after": None
             if self.certificate_not_after is None
             else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.certificate_not_after)),
+            "in_flight": self._in_flight,
         }

@@ -18,7 +18,7 @@ from gateway.session import Session, SessionInfo
 from gateway.upstream import Failure
 from policies import Decision, SubjectView
 from protocols.modbus import ModbusProtocolError, Request, ServerConnection, encode_exception
-from protocols.modbus.spec import ExceptionCode
+from protocols.modbus.spec import ExceptionCode, exception_name, function_name
 
 GATEWAY_PATH_UNAVAILABLE = ExceptionCode.GATEWAY_PATH_UNAVAILABLE.value
 TARGET_FAILED_TO_RESPOND = ExceptionCode.GATEWAY_TARGET_DEVICE_FAILED_TO_RESPOND.value
@@ -37,6 +37,7 @@ def request_fields(request: Request) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "unit": request.unit_id,
         "fc": request.function_code,
+        "func": function_name(request.function_code),
         "tid": request.transaction_id,
     }
     if request.sub_function >= 0:
@@ -61,10 +62,7 @@ class ModbusSession(Session):
     def __init__(self, runtime: Runtime, info: SessionInfo, view: SubjectView) -> None:
         super().__init__(runtime, info, view)
         self._codec = ServerConnection()
-        self._out: list[bytes] = []
-        self._in_flight = 0
         self._max_in_flight = runtime.limits.max_in_flight
-        self._close_after_flush: str | None = None
         self._resume_scheduled = False
         self._bind_view()
 
@@ -88,8 +86,8 @@ class ModbusSession(Session):
     def _view_changed(self) -> None:
         self._bind_view()
 
-    def _release(self) -> None:
-        self._out.clear()
+    def code_name(self, code: int) -> str:
+        return exception_name(code)
 
     # ---------------------------------------------------------------------------- client side
 
@@ -138,48 +136,29 @@ class ModbusSession(Session):
         self.flush()
 
     def _refuse(self, request: Request, decision: Decision) -> None:
-        self.denied += 1
-        action = decision.action
-        if action == "exception":
+        fc = request.function_code
+        if self.refuse(fc, request_fields(request), decision) == "exception":
             self._out.append(
-                encode_exception(
-                    request.transaction_id, request.unit_id, request.function_code, decision.exception_code
-                )
+                encode_exception(request.transaction_id, request.unit_id, fc, decision.exception_code)
             )
-        elif action == "close":
-            self._close_after_flush = f"refused by rule {decision.rule_id}"
-        self._count(request.function_code, "deny")
-        self._audit(request, decision, self.view.policy_revision, "refused", None)
 
     def _malformed(self, exc: ModbusProtocolError) -> bool:
         """Answer a malformed request (or end the session); True if the session is over."""
-        self.runtime.metrics.count_protocol_error("modbus", "client")
-        event = self._base_event(self.view.policy_revision)
-        event.update(event="protocol_error", side="client", reason=str(exc))
         if exc.close:
-            self.runtime.audit.emit(event)
-            self.close(f"malformed request framing: {exc}")
+            self.protocol_error(str(exc), close=f"malformed request framing: {exc}")
             return True
-        event.update(
-            unit=exc.unit_id, fc=exc.function_code, tid=exc.transaction_id, exception=exc.exception_code
-        )
-        self.runtime.audit.emit(event)
         assert exc.exception_code is not None
-        self._out.append(
-            encode_exception(exc.transaction_id, exc.unit_id, exc.function_code, exc.exception_code)
+        fc = exc.function_code
+        self.protocol_error(
+            str(exc),
+            code=exc.exception_code,
+            unit=exc.unit_id,
+            fc=fc,
+            func=function_name(fc),
+            tid=exc.transaction_id,
         )
+        self._out.append(encode_exception(exc.transaction_id, exc.unit_id, fc, exc.exception_code))
         return False
-
-    def flush(self) -> None:
-        out = self._out
-        if out:
-            if self.transport is not None and not self.closing:
-                self.transport.write(b"".join(out) if len(out) > 1 else out[0])
-            out.clear()
-        if self._close_after_flush is not None and not self.closing and self.transport is not None:
-            self.closing = True
-            self.close_reason = self._close_after_flush
-            self.transport.close()
 
     # -------------------------------------------------------------------------- upstream side
 
@@ -265,10 +244,8 @@ class ModbusSession(Session):
             and decision.verdict == "allow"
             and fc in _READ_ONLY_FUNCTION_CODES
         ):
-            fields = self._base_event(pending.revision)
-            fields.update(
-                event="decision", unit=request.unit_id, fc=fc, decision="allow", rule=decision.rule_id
-            )
+            target = {"unit": request.unit_id, "fc": fc, "func": function_name(fc)}
+            fields = self.decision_record(target, decision, pending.revision, "ok")
             key = (self.id, request.unit_id, fc, decision.rule_id, pending.revision)
             # Remember it: the next read of the same kind under the same decision takes the fast path.
             self._last_decision = decision
@@ -290,16 +267,7 @@ class ModbusSession(Session):
         if IN_FLIGHT_LIMIT not in self._paused_by:
             self.resume_requests(IN_FLIGHT_LIMIT)
 
-    # ------------------------------------------------------------------------- audit, metrics
-
-    def _base_event(self, revision: str) -> dict[str, Any]:
-        return {
-            "session": self.id,
-            "identity": self.info.identity,
-            "asset": self.info.asset,
-            "protocol": "modbus",
-            "policy_revision": revision,
-        }
+    # ------------------------------------------------------------------------------------ audit
 
     def _audit(
         self,
@@ -310,34 +278,10 @@ class ModbusSession(Session):
         latency_s: float | None,
         gateway_exception: int = 0,
     ) -> None:
-        """One decision record. ``exception`` is what the client got from the gateway itself: the
-        refusal, or 0x0A/0x0B when the device could not answer; a would-deny carries the code it
-        would have got as ``would_exception``."""
-        event = self._base_event(revision)
-        event["event"] = "decision"
-        event.update(request_fields(request))
-        event["decision"] = decision.verdict
-        event["rule"] = decision.rule_id
-        if decision.verdict != "allow":
-            event["reason"] = decision.reason
-            if decision.allowed:
-                event["would_exception"] = decision.exception_code
-            else:
-                event["exception"] = decision.exception_code
-                event["action"] = decision.action
-        if decision.monitor_rule_id is not None:
-            event["monitor_rule"] = decision.monitor_rule_id
-        event["outcome"] = outcome
-        if gateway_exception:
-            event["exception"] = gateway_exception
-        if latency_s is not None:
-            event["latency_us"] = int(latency_s * 1e6)
-        self.runtime.audit.emit(event)
-
-    def busy(self) -> bool:
-        return self._in_flight > 0
-
-    def describe(self) -> dict[str, Any]:
-        info = super().describe()
-        info["in_flight"] = self._in_flight
-        return info
+        """One decision record of a forwarded request; ``gateway_exception`` is 0x0A/0x0B when the
+        device could not answer and the gateway did."""
+        self.runtime.audit.emit(
+            self.decision_record(
+                request_fields(request), decision, revision, outcome, latency_s, gateway_exception
+            )
+        )

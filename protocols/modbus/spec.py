@@ -67,6 +67,20 @@ class MeiType(IntEnum):
     READ_DEVICE_IDENTIFICATION = 0x0E
 
 
+_FUNCTION_NAMES = {code.value: code.name for code in FunctionCode}
+_EXCEPTION_NAMES = {code.value: code.name for code in ExceptionCode}
+
+
+def function_name(function_code: int) -> str:
+    """``READ_HOLDING_REGISTERS`` for 3; the hex value for codes the specification does not name."""
+    return _FUNCTION_NAMES.get(function_code) or f"0x{function_code:02X}"
+
+
+def exception_name(code: int) -> str:
+    """``ILLEGAL_FUNCTION`` for 1; the hex value for codes the specification does not name."""
+    return _EXCEPTION_NAMES.get(code) or f"0x{code:02X}"
+
+
 EXCEPTION_FLAG = 0x80
 
 # MBAP (implementation guide §3.1.3): the length field counts the unit id and the PDU.

@@ -36,4 +36,4 @@ async def test_random_test_client_fails_visibly_when_the_policy_forbids_writes(l
     result = await run_random_test_client("127.0.0.1", local, unit=17, loops=1)
     assert not result.passed
     refused = lab.audit_events(event="decision", decision="deny")
-    assert refused and {e["exception"] for e in refused} == {1}
+    assert refused and {e["code"] for e in refused} == {1}

@@ -62,7 +62,7 @@ async def test_agent_path_reads_writes_and_refusals(lab: Lab) -> None:
     refused = [e for e in events if e["decision"] == "deny"]
     assert len(refused) == 1
     assert refused[0]["rule"] == "operators-setpoint"
-    assert refused[0]["values"] == [1501] and refused[0]["exception"] == 3 and refused[0]["write"] == [40, 40]
+    assert refused[0]["values"] == [1501] and refused[0]["code"] == 3 and refused[0]["write"] == [40, 40]
     allowed_write = next(e for e in events if e["fc"] == 6 and e["decision"] == "allow")
     assert allowed_write["rule"] == "operators-setpoint" and allowed_write["values"] == [1200]
     assert allowed_write["outcome"] == "ok" and allowed_write["latency_us"] >= 0
@@ -105,7 +105,7 @@ async def test_every_refusal_code(
     assert result.exception_code == code
     identity = ALICE if who == "alice" else VENDOR
     event = (lab.audit_events(event="decision", identity=identity, decision="deny"))[-1]
-    assert event["exception"] == code
+    assert event["code"] == code
     assert event["rule"] == rule
     assert event["reason"]
     # FC 8 is audited with its sub-function (0x0A, clear counters), FC 43 with its MEI type (14).
@@ -175,7 +175,7 @@ async def test_monitor_asset_forwards_and_audits_would_deny(lab: Lab) -> None:
     assert (await client.read_holding_registers(40, count=1, device_id=1)).registers == [2000]
     event = lab.audit_events(event="decision", fc=6)[-1]
     assert event["decision"] == "would-deny"
-    assert event["rule"] == "operators-setpoint" and event["would_exception"] == 3
+    assert event["rule"] == "operators-setpoint" and event["would_code"] == 3
     assert "exception" not in event and event["outcome"] == "ok"
 
 
@@ -249,4 +249,4 @@ async def test_allowed_reads_are_aggregated_denies_are_not(lab: Lab) -> None:
     assert reads[0]["aggregated"] is True and reads[0]["count"] == 15 and reads[0]["span"] == [0, 24]
     assert reads[0]["rule"] == "operators-read" and reads[0]["identity"] == ALICE
     denies = [e for e in events if e.get("decision") == "deny"]
-    assert len(denies) == 3 and all(e["fc"] == 5 and e["exception"] == 1 for e in denies)
+    assert len(denies) == 3 and all(e["fc"] == 5 and e["code"] == 1 for e in denies)

@@ -181,7 +181,7 @@ async def test_response_timeout_answers_0x0b_and_drops_the_late_reply(lab: Lab) 
     assert result.registers == [10]
     assert device.connections == 1
     timeout_event = lab.audit_events(event="decision", outcome="device did not answer in time")
-    assert timeout_event and timeout_event[0]["exception"] == 0x0B
+    assert timeout_event and timeout_event[0]["code"] == 0x0B
 
 
 async def test_an_unmatched_reply_is_dropped_and_counted(lab: Lab) -> None:
@@ -243,7 +243,7 @@ async def test_connect_timeout_answers_0x0b_at_once_and_the_audit_says_why(lab: 
         assert "TimeoutError" in failed["reason"]
         # Answered when the connect gave up ("device unreachable"), not at the request's deadline
         # ("no upstream connection in time").
-        refused = await lab.wait_for_event(event="decision", exception=0x0B)
+        refused = await lab.wait_for_event(event="decision", code=0x0B)
         assert refused["outcome"] == "device unreachable: TimeoutError"
     finally:
         for sock in (*fillers, listener):
