@@ -54,7 +54,14 @@ from protocols.enip.services import (
     parse_forward_close,
     parse_forward_open,
 )
-from protocols.enip.spec import ClassCode, EncapsulationCommand, EncapsulationStatus, GeneralStatus, Service
+from protocols.enip.spec import (
+    ClassCode,
+    EncapsulationCommand,
+    EncapsulationStatus,
+    GeneralStatus,
+    Service,
+    general_status_name,
+)
 
 _Command = EncapsulationCommand
 _Status = GeneralStatus
@@ -129,8 +136,6 @@ class EnipSession(Session):
         self._codec = EncapsulationConnection()
         self._handle = 0
         self._connections: dict[int, _ClientConnection] = {}
-        self._out: list[bytes] = []
-        self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._bind_view()
 
@@ -143,13 +148,12 @@ class EnipSession(Session):
     def _view_changed(self) -> None:
         self._bind_view()
 
+    def code_name(self, code: int) -> str:
+        return general_status_name(code)
+
     def _release(self) -> None:
-        self._out.clear()
         for task in self._tasks:
             task.cancel()
-
-    def busy(self) -> bool:
-        return self._in_flight > 0
 
     # ---------------------------------------------------------------------- encapsulation
 
@@ -178,13 +182,10 @@ class EnipSession(Session):
 
     def _malformed(self, error: CipProtocolError) -> bool:
         """Answer a malformed message (or end the session); True when the session is over."""
-        self.runtime.metrics.count_protocol_error("enip", "client")
-        event = self._event("protocol_error")
-        event.update(side="client", reason=str(error))
-        self.runtime.audit.emit(event)
         if error.close:
-            self.close(f"malformed encapsulation: {error}")
+            self.protocol_error(str(error), close=f"malformed encapsulation: {error}")
             return True
+        self.protocol_error(str(error))
         if error.encapsulation_status is not None and error.command is not None:
             self._reply(
                 EncapsulationMessage(
@@ -195,13 +196,6 @@ class EnipSession(Session):
 
     def _reply(self, message: EncapsulationMessage) -> None:
         self._out.append(message.encode())
-
-    def flush(self) -> None:
-        out = self._out
-        if out:
-            if self.transport is not None and not self.closing:
-                self.transport.write(b"".join(out) if len(out) > 1 else out[0])
-            out.clear()
 
     def _registered(self, message: EncapsulationMessage) -> bool:
         if self._handle and message.session_handle == self._handle:
@@ -262,10 +256,13 @@ class EnipSession(Session):
         connection_id, sequence, body = connected_message(message, parse_send_data(message))
         connection = self._connections.get(connection_id)
         if connection is None:
-            # Data on a connection that does not exist is dropped, as a target does (Vol 2 §2-6).
-            event = self._event("protocol_error")
-            event.update(side="client", reason=f"connected data for unknown connection 0x{connection_id:08X}")
-            self.runtime.audit.emit(event)
+            # Data on a connection that does not exist is dropped, as a target does (Vol 2 §2-6); the
+            # metrics did not count it before either, so the record goes straight to the audit.
+            record = self.record("protocol_error")
+            record.update(
+                side="client", reason=f"connected data for unknown connection 0x{connection_id:08X}"
+            )
+            self.runtime.audit.emit(record)
             return
         self._request(body, _Answer(message.sender_context, connection.t_o_connection_id, sequence))
 
@@ -298,7 +295,7 @@ class EnipSession(Session):
             request = parse_request(body)
         except CipProtocolError as error:
             self._answer(answer, reply_for_error(error, body[0] & 0x7F if body else 0))
-            self._protocol_error(str(error))
+            self.protocol_error(str(error))
             return
         if request.service in _LOCAL and request.path.class_id == ClassCode.CONNECTION_MANAGER:
             self._connection_manager(request, answer)
@@ -307,21 +304,21 @@ class EnipSession(Session):
             leaves = flatten(request)
         except CipProtocolError as error:
             self._answer(answer, reply_for_error(error, request.service))
-            self._protocol_error(str(error))
+            self.protocol_error(str(error))
             return
         now = self.runtime.clock()
         revision = self.view.policy_revision
         decide = self.view.decide_enip
         local: list[MessageRouterResponse | None] = []
         decisions: list[Decision | None] = []
-        drop = close = False
+        drop = False
         for leaf in leaves:
             self.requests += 1
             reply = error_reply(leaf)
             if reply is not None:
                 local.append(reply)
                 decisions.append(None)
-                self._protocol_error(f"embedded request: {leaf.error}")
+                self.protocol_error(f"embedded request: {leaf.error}")
                 continue
             if leaf.class_id == ClassCode.CONNECTION_MANAGER and leaf.service in _LOCAL:
                 local.append(refusal(leaf, _Status.SERVICE_NOT_SUPPORTED))
@@ -332,17 +329,13 @@ class EnipSession(Session):
             if decision.allowed:
                 local.append(None)
                 continue
-            self.denied += 1
-            drop |= decision.action == "drop"
-            close |= decision.action == "close"
+            action = self.refuse(leaf.name or leaf.service, leaf_fields(leaf), decision)
+            drop |= action != "exception"
             local.append(refusal(leaf, decision.exception_code))
-            self._count(leaf.name or leaf.service, "deny")
-            self._audit(leaf, decision, revision, "refused", None, decision.exception_code)
-        if close:
-            self.close(f"refused by rule {next(d.rule_id for d in decisions if d and not d.allowed)}")
-            return
         if drop:
-            return  # a refusal the client must not hear about: no reply for the whole message
+            # A refusal the client must not hear about (drop; close after what is already answered):
+            # no reply for the whole message.
+            return
         upstream = rebuild(request, local)
         if upstream is None:
             self._answer(answer, join_replies(request, local, None))
@@ -405,9 +398,9 @@ class EnipSession(Session):
                 and leaf.name in READ_SERVICES
                 and self.runtime.audit.aggregates_reads
             ):
-                fields = self._event("decision", record.revision)
-                fields.update(leaf_fields(leaf), decision="allow", rule=decision.rule_id)
-                fields.pop("values", None)
+                target = leaf_fields(leaf)
+                target.pop("values", None)
+                fields = self.decision_record(target, decision, record.revision, "ok")
                 key = (
                     self.id,
                     leaf.name,
@@ -428,12 +421,7 @@ class EnipSession(Session):
         self.requests += 1
         decision = self.view.decide_enip(leaf, self.runtime.clock())
         if not decision.allowed:
-            self.denied += 1
-            self._count(leaf.name or leaf.service, "deny")
-            self._audit(leaf, decision, self.view.policy_revision, "refused", None, decision.exception_code)
-            if decision.action == "close":
-                self.close(f"refused by rule {decision.rule_id}")
-            elif decision.action == "exception":
+            if self.refuse(leaf.name or leaf.service, leaf_fields(leaf), decision) == "exception":
                 self._answer(answer, refusal(leaf, decision.exception_code))
             return
         self._count(leaf.name or leaf.service, decision.verdict)
@@ -497,22 +485,6 @@ class EnipSession(Session):
 
     # --------------------------------------------------------------------------------- audit
 
-    def _event(self, kind: str, revision: str | None = None) -> dict[str, Any]:
-        return {
-            "event": kind,
-            "session": self.id,
-            "identity": self.info.identity,
-            "asset": self.info.asset,
-            "protocol": "enip",
-            "policy_revision": revision or self.view.policy_revision,
-        }
-
-    def _protocol_error(self, reason: str) -> None:
-        self.runtime.metrics.count_protocol_error("enip", "client")
-        event = self._event("protocol_error")
-        event.update(side="client", reason=reason)
-        self.runtime.audit.emit(event)
-
     def _audit(
         self,
         leaf: CipRequest,
@@ -522,27 +494,13 @@ class EnipSession(Session):
         latency_s: float | None,
         status: int,
     ) -> None:
-        event = self._event("decision", revision)
-        event.update(leaf_fields(leaf))
-        event["decision"] = decision.verdict
-        event["rule"] = decision.rule_id
-        if decision.verdict != "allow":
-            event["reason"] = decision.reason
-            if decision.allowed:
-                event["would_status"] = decision.exception_code
-            else:
-                event["action"] = decision.action
-        if decision.monitor_rule_id is not None:
-            event["monitor_rule"] = decision.monitor_rule_id
-        if status:
-            event["status"] = status
-        event["outcome"] = outcome
-        if latency_s is not None:
-            event["latency_us"] = int(latency_s * 1e6)
-        self.runtime.audit.emit(event)
+        """One decision record of a request the gateway forwarded or answered for the device; ``status``
+        is the general status of the gateway's own answer when the device could not give one."""
+        self.runtime.audit.emit(
+            self.decision_record(leaf_fields(leaf), decision, revision, outcome, latency_s, status)
+        )
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
-        info["in_flight"] = self._in_flight
         info["connections"] = len(self._connections)
         return info

@@ -235,6 +235,14 @@ class GeneralStatus(IntEnum):
     MEMBER_NOT_SETTABLE = 0x29
 
 
+_GENERAL_STATUS_NAMES = {status.value: status.name for status in GeneralStatus}
+
+
+def general_status_name(status: int) -> str:
+    """``PRIVILEGE_VIOLATION`` for 0x0F; the hex value for codes Vol 1 does not name."""
+    return _GENERAL_STATUS_NAMES.get(status) or f"0x{status:02X}"
+
+
 class ConnectionManagerStatus(IntEnum):
     """Vol 1 §3-5.6: extended status words that go with general status 0x01 (connection failure)."""
 
