@@ -264,9 +264,18 @@ class Session(asyncio.Protocol):
         self.runtime.audit.emit(self.decision_record(target, decision, self.view.policy_revision, "refused"))
         action = decision.action
         if action == "close":
-            self._close_after_flush = f"refused by rule {decision.rule_id}"
+            reason = f"refused by rule {decision.rule_id}"
+            last = self._last_words(decision.exception_code, reason)
+            if last is not None:
+                self._out.append(last)
+            self._close_after_flush = reason
             self.flush()
         return action
+
+    def _last_words(self, code: int, reason: str) -> bytes | None:
+        """What the protocol sends before it closes a session for a refusal (OPC UA: an Error message
+        with the code); nothing by default."""
+        return None
 
     def protocol_error(
         self, reason: str, *, side: str = "client", close: str | None = None, code: int = 0, **target: Any

@@ -34,12 +34,12 @@ from gateway.opcua.upstream import OpcUaPool, UpstreamUnavailableError
 from gateway.runtime import Runtime
 from gateway.session import Session, SessionInfo
 from policies import Decision, SubjectView, browse_path_of
-from policies.decision import VERDICT_DENY
+from policies.decision import ACTION_FORWARD, VERDICT_ALLOW, VERDICT_DENY
 from protocols.opcua.connection import ConnectionState, OpcUaServerConnection
 from protocols.opcua.events import CloseChannel, Hello, OpenChannel, RejectedRequest, ServiceRequest
 from protocols.opcua.messages import Repeat
 from protocols.opcua.operations import Operation
-from protocols.opcua.spec import OpcUaProtocolError, Status
+from protocols.opcua.spec import OpcUaProtocolError, Status, status_name
 
 BAD_SESSION_ID_INVALID: Final = StatusCodes.BadSessionIdInvalid
 BAD_SESSION_NOT_ACTIVATED: Final = StatusCodes.BadSessionNotActivated
@@ -76,8 +76,24 @@ def node_text(node: ua.NodeId | None) -> str | None:
     return None if node is None else audit_text(node.to_string())
 
 
+def operation_fields(service: str, op: Operation) -> dict[str, Any]:
+    """The audit fields that say what one operation of an OPC UA request touches."""
+    fields: dict[str, Any] = {"service": service, "index": op.index}
+    if op.node_id is not None:
+        fields["node"] = node_text(op.node_id)
+    if op.attribute_id is not None:
+        fields["attribute"] = op.attribute_id
+    if op.method_id is not None:
+        fields["method"] = node_text(op.method_id)
+    if op.value is not None:
+        value = op.value.Value
+        fields["values"] = audit_text(str(value.Value)[:200]) if value is not None else None
+    return fields
+
+
 class OpcUaSession(Session):
     protocol_name: ClassVar[str] = "opcua"
+    code_hex_digits: ClassVar[int] = 8
 
     def __init__(self, runtime: Runtime, info: SessionInfo, view: SubjectView) -> None:
         super().__init__(runtime, info, view)
@@ -143,11 +159,11 @@ class OpcUaSession(Session):
             try:
                 event = codec.next_event(now)
             except OpcUaProtocolError as error:
-                self._protocol_error(error.reason)
                 if error.close:
                     self._write(codec.send_error(error.status, error.reason))
-                    self.close(f"protocol error: {error.reason}")
+                    self.protocol_error(error.reason, close=f"protocol error: {error.reason}")
                     return
+                self.protocol_error(error.reason)
                 continue
             if event is None:
                 return
@@ -160,7 +176,7 @@ class OpcUaSession(Session):
                 self._write(event.reply)
             elif isinstance(event, RejectedRequest):
                 self._write(event.reply)
-                self._protocol_error(event.reason)
+                self.protocol_error(event.reason)
             else:
                 assert isinstance(event, CloseChannel)
                 self.close("client closed the secure channel")
@@ -304,12 +320,7 @@ class OpcUaSession(Session):
         self._decide_operations(event, self._forwarding.namespaces(), now)
 
     def _refuse_service(self, event: ServiceRequest, decision: Decision) -> None:
-        self.denied += 1
-        self._count(event.name, "deny")
-        self._audit_operation(event, None, decision, "refused", None)
-        if decision.action == "close":
-            self.close(f"refused by rule {decision.rule_id}")
-        elif decision.action == "exception":
+        if self.refuse(event.name, {"service": event.name}, decision) == "exception":
             self._fault(event, decision.exception_code)
 
     async def _decide_on_paths(self, event: ServiceRequest, operations: list[Operation], now: float) -> None:
@@ -330,11 +341,12 @@ class OpcUaSession(Session):
         """Refused operations audited and never sent; the rest forwarded."""
         name = event.service.name
         if not decided.all_allowed:
+            answered = True
             for op, decision in zip(decided.operations, decided.decisions, strict=True):
                 if not decision.allowed:
-                    self.denied += 1
-                    self._count(name, decision.verdict)
-                    self._audit_operation(event, op, decision, "refused", None)
+                    answered &= self.refuse(name, operation_fields(name, op), decision) == "exception"
+            if not answered:
+                return  # drop (or close): no response for the whole request, nothing goes to the device
         self._forwarding.forward(event, decided)
 
     def _account_forwarded(
@@ -476,24 +488,14 @@ class OpcUaSession(Session):
 
     # ------------------------------------------------------------------------------------ audit
 
-    def _base(self, kind: str) -> dict[str, Any]:
-        return {
-            "event": kind,
-            "session": self.id,
-            "identity": self.info.identity,
-            "asset": self.info.asset,
-            "protocol": "opcua",
-            "policy_revision": self.view.policy_revision,
-        }
+    def code_name(self, code: int) -> str:
+        return status_name(code)
 
-    def _protocol_error(self, reason: str) -> None:
-        self.runtime.metrics.count_protocol_error("opcua", "client")
-        event = self._base("protocol_error")
-        event.update(side="client", reason=reason)
-        self.runtime.audit.emit(event)
+    def _last_words(self, code: int, reason: str) -> bytes | None:
+        return self._codec.send_error(code, reason) if self._answerable() else None
 
     def _audit_upstream(self, state: str, reason: str | None) -> None:
-        event = self._base("upstream")
+        event = self.record("upstream")
         event.update(state=state, reason=reason)
         self.runtime.audit.emit(event)
 
@@ -502,49 +504,33 @@ class OpcUaSession(Session):
         latency_s = monotonic() - started
         self._histogram.observe(latency_s)
         self._count(event.name, decision.verdict)
-        self._audit_operation(event, None, decision, outcome, latency_s)
+        self.runtime.audit.emit(
+            self.decision_record(
+                {"service": event.name}, decision, self.view.policy_revision, outcome, latency_s
+            )
+        )
 
     def _aggregate(self, service: str, rule_id: str | None, latency_s: float, count: int) -> None:
         key = (self.id, service, rule_id, self.view.policy_revision)
         fields = self._read_fields.get(key)
         if fields is None:  # one dict per (service, rule, revision): the audit log copies, never mutates
-            fields = self._base("decision")
-            fields.update(service=service, decision="allow", rule=rule_id)
+            allowed = Decision(VERDICT_ALLOW, rule_id, 0, ACTION_FORWARD, "")
+            fields = self.decision_record({"service": service}, allowed, self.view.policy_revision, "ok")
             self._read_fields[key] = fields
         self.runtime.audit.aggregate_read(key, fields, None, latency_s, count)
 
     def _audit_operation(
         self,
         event: ServiceRequest,
-        op: Operation | None,
+        op: Operation,
         decision: Decision,
         outcome: str,
         latency_s: float | None,
     ) -> None:
-        record = self._base("decision")
-        record["service"] = event.name
-        if op is not None:
-            record["index"] = op.index
-            if op.node_id is not None:
-                record["node"] = node_text(op.node_id)
-            if op.attribute_id is not None:
-                record["attribute"] = op.attribute_id
-            if op.method_id is not None:
-                record["method"] = node_text(op.method_id)
-            if op.value is not None:
-                value = op.value.Value
-                record["values"] = audit_text(str(value.Value)[:200]) if value is not None else None
-        record["decision"] = decision.verdict
-        record["rule"] = decision.rule_id
-        if decision.verdict != "allow":
-            record["reason"] = decision.reason
-            record["status"] = decision.exception_code
-        if decision.monitor_rule_id is not None:
-            record["monitor_rule"] = decision.monitor_rule_id
-        record["outcome"] = outcome
-        if latency_s is not None:
-            record["latency_us"] = int(latency_s * 1e6)
-        self.runtime.audit.emit(record)
+        target = operation_fields(event.name, op)
+        self.runtime.audit.emit(
+            self.decision_record(target, decision, self.view.policy_revision, outcome, latency_s)
+        )
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()

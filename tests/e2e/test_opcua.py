@@ -819,7 +819,7 @@ async def test_requests_outside_the_clients_session_are_refused_and_audited(lab:
     finally:
         await client.disconnect()
     refused = [
-        (e["service"], e["status"], e["reason"], e["outcome"], e["rule"])
+        (e["service"], e["code"], e["reason"], e["outcome"], e["rule"])
         for e in lab.audit_events(event="decision", decision="deny")
     ]
     assert refused == [
