@@ -6,31 +6,17 @@ Both only append to memory; a daemon thread serialises with orjson and writes on
 or broken sink never stalls the data path. What cannot be queued or written is counted (``dropped``) and
 reported in-band with an ``audit_dropped`` event as soon as a sink accepts lines again.
 
-Event schema (one JSON object per line; protocol fields come from the caller, unknown keys pass through)
+The records' fields are the callers'; they are defined once in ``gateway/audit_schema.py`` and documented
+in ``docs/audit.md``. This module adds two: ``gateway`` (the name of this gateway, when absent) and ``time``
+(RFC 3339 UTC with microseconds, always ``YYYY-MM-DDTHH:MM:SS.ffffffZ``; callers may pass an epoch float or
+nothing, and the writer formats it, off the hot path). Unknown keys pass through.
 
-=================== ======================================================================================
-``time``            RFC 3339 UTC with microseconds, always ``YYYY-MM-DDTHH:MM:SS.ffffffZ``. Callers may pass
-                    an epoch float (or nothing: emit stamps it); the writer formats it, off the hot path.
-``gateway``         name of this gateway (added when absent)
-``event``           ``session_start`` | ``session_end`` | ``decision`` | ``session_refused`` | ``upstream``
-                    | ``audit_dropped`` | ``audit_error``
-``session``         session id
-``identity``        SPIFFE id of the client
-``asset``           asset name (the SNI)
-``protocol``        ``modbus`` | ``enip`` | ``opcua``
-``operation``       protocol operation name (e.g. ``read_holding_registers``)
-``decision``        ``allow`` | ``deny`` | ``would-deny`` (a monitor-mode rule)
-``rule``            id of the deciding rule (absent/null for the default deny)
-``policy_revision`` revision of the compiled policy that decided
-``latency_us``      integer microseconds; aggregated events carry ``{"avg": int, "max": int}``
-protocol fields     e.g. Modbus ``unit``, ``fc``, ``sub_function``, ``address`` ``[start, end]`` (inclusive),
-                    ``values``; OPC UA ``node``, ``attribute``; CIP ``class``, ``service``, ``tag``
-=================== ======================================================================================
-
-Aggregated allowed reads carry ``"aggregated": true``, ``count``, ``interval_s``, ``time`` (first read),
-``time_last`` (last read) and ``span`` ``[lo, hi]``: the union of the address spans, named differently from
-``address`` because it may cover addresses that no single request asked for. With aggregation off,
-:meth:`AuditLog.aggregate_read` writes one ordinary event per read with ``address`` and ``latency_us``.
+Aggregated allowed reads carry the caller's fields plus ``"aggregated": true``, ``count``, ``interval_s``,
+``time`` (first read), ``time_last`` (last read), ``latency_us`` ``{"avg": int, "max": int}`` and, when the
+caller passed spans, ``span`` ``[lo, hi]``: the union of the address spans, named differently from
+``address`` because it may cover addresses that no single request asked for. A read that cannot be
+aggregated (aggregation off, or past ``aggregate_key_limit``) is written as one ordinary event with
+``address`` (its span, when it has one) and ``latency_us``.
 
 ``audit_dropped`` events carry ``reason`` (``queue_full`` | ``write_error``) and ``count``; ``audit_error``
 replaces an event orjson could not encode and carries ``error`` and ``repr`` (a truncated repr of the event).

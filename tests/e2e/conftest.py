@@ -17,3 +17,6 @@ async def lab(pki: Pki, tmp_path: Path) -> AsyncIterator[Lab]:
         yield lab
     finally:
         await lab.close()
+    # Every e2e run's audit records, of all three protocols, held to the one documented schema.
+    problems = lab.schema_problems()
+    assert not problems, "audit records off the schema (docs/audit.md):\n" + "\n".join(problems[:20])

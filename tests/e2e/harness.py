@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pymodbus.client import AsyncModbusTcpClient, AsyncModbusTlsClient
 
+from gateway import audit_schema
 from gateway import pki as pki_module
 from gateway.admission import HandshakeLimits
 from gateway.agent import Agent
@@ -323,3 +324,16 @@ class Lab:
             await self.gateway.stop()
         if self.device is not None:
             await self.device.stop()
+
+    def schema_problems(self) -> list[str]:
+        """Every audit record this lab's gateway wrote, held to the one schema (gateway/audit_schema.py):
+        what is wrong, record by record. The e2e fixture fails a test whose records break it."""
+        if not self.audit_path.exists():
+            return []
+        found = []
+        for number, line in enumerate(self.audit_path.read_bytes().splitlines(), 1):
+            record = orjson.loads(line)
+            found += [
+                f"{self.audit_path.name}:{number}: {problem}" for problem in audit_schema.problems(record)
+            ]
+        return found
