@@ -266,7 +266,12 @@ def problems(record: dict[str, Any]) -> list[str]:
         verdict = record.get("decision")
         needed: tuple[str, ...] = ()
         if verdict == "deny":
-            needed = ("reason", "code", "code_name", "code_hex")
+            # An aggregate stands for a kind; each request's reason names its own addresses or values.
+            needed = (
+                ("code", "code_name", "code_hex")
+                if record.get("aggregated")
+                else ("reason", "code", "code_name", "code_hex")
+            )
         elif verdict == "would-deny":
             needed = ("reason", "would_action", "would_code", "would_code_name", "would_code_hex")
         elif verdict != "allow":

@@ -10,6 +10,7 @@ import ipaddress
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, fields
+from functools import partial
 from pathlib import Path
 
 from gateway.admission import HandshakeLimits
@@ -80,6 +81,9 @@ class GatewayConfig:
     audit_queue_limit: int
     overlay: HandshakeLimits
     center: CenterSettings | None = None
+    client_local_answers_per_s: float = 1000.0
+    identity_local_answers_per_s: float = 2000.0
+    client_refusal_audit_interval_s: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -171,6 +175,20 @@ class ConfigChecker(FieldChecker):
         if cert is None or key is None or ca is None:
             return None
         return TlsFiles(cert, key, ca)
+
+
+# [gateway]: the pacing of what the gateway answers itself (gateway/pacing.py): (lowest, default).
+_PACING_DEFAULTS: dict[str, tuple[float, float]] = {
+    "client_local_answers_per_s": (1, 1000.0),
+    "identity_local_answers_per_s": (1, 2000.0),
+    "client_refusal_audit_interval_s": (0, 1.0),
+}
+
+
+def _rate_or_interval(
+    check: ConfigChecker, low: float, value: object, path: tuple[str | int, ...]
+) -> float | None:
+    return check.number(value, path, low, 1e9)
 
 
 # [overlay]: every field of HandshakeLimits, with its bounds. Integers are counts, floats seconds or rates.
@@ -275,8 +293,9 @@ def load_gateway_config(path: Path) -> GatewayConfig:
     gw = check.section(
         doc,
         "gateway",
-        ("name", "listen", "policy", "loop", "max_sessions", "client_max_in_flight", "client_idle_timeout_s"),
-    )
+        ("name", "listen", "policy", "loop", "max_sessions", "client_max_in_flight", "client_idle_timeout_s",
+         *_PACING_DEFAULTS),
+    )  # fmt: skip
     name = check.optional(gw, "name", ("gateway",), check.string, socket.gethostname())
     listen = check.address(gw, "listen", ("gateway",), "127.0.0.1:8443")
     if "center" in doc and "policy" in gw:
@@ -294,6 +313,10 @@ def load_gateway_config(path: Path) -> GatewayConfig:
     idle_timeout = check.optional(
         gw, "client_idle_timeout_s", ("gateway",), lambda v, p: check.number(v, p, 0, 86400), 0.0
     )
+    pacing = {
+        key: check.optional(gw, key, ("gateway",), partial(_rate_or_interval, check, low), default)
+        for key, (low, default) in _PACING_DEFAULTS.items()
+    }
     tls = check.tls(doc, center)
 
     admin = check.section(doc, "admin", ("listen",))
@@ -327,6 +350,7 @@ def load_gateway_config(path: Path) -> GatewayConfig:
         max_sessions=max_sessions,
         client_max_in_flight=max_in_flight,
         client_idle_timeout_s=idle_timeout,
+        **{key: value for key, value in pacing.items() if value is not None},
         admin_listen=admin_listen,
         audit_file=audit_file,
         audit_stdout=audit_stdout,

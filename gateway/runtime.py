@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.audit import AuditLog
 from gateway.metrics import Metrics, UpstreamState
+from gateway.pacing import IdentityBuckets
 
 if TYPE_CHECKING:
     from gateway.policy_store import PolicyStore
@@ -28,6 +29,13 @@ class SessionLimits:
 
     max_in_flight: int = 16  # requests a client may have unanswered before the gateway stops reading it
     idle_timeout_s: float = 0.0  # 0: sessions may stay idle (HMIs poll; an engineer's tool may sit idle)
+    # Requests the gateway answers itself (refusals, overload answers) per second: one session, and all
+    # sessions of one identity together; past that the session stops reading (gateway/pacing.py).
+    local_answers_per_s: float = 1000.0
+    identity_local_answers_per_s: float = 2000.0
+    # Refusals and overload answers are audited per session and kind: the first in full, then one count
+    # per kind and interval, and the last counts when the session ends; 0: each on its own line.
+    refusal_audit_interval_s: float = 1.0
 
 
 class LiveSession(Protocol):
@@ -144,6 +152,7 @@ class Runtime:
     sessions: SessionRegistry = field(default_factory=SessionRegistry)
     clock: Callable[[], float] = time.time  # wall clock for policy windows and audit; tests inject one
     upstreams: UpstreamRegistry = field(init=False)
+    identity_buckets: IdentityBuckets = field(default_factory=IdentityBuckets)
     # More of /readyz: name -> what to show; a "ready": false in it makes the gateway not ready.
     status: dict[str, Callable[[], dict[str, Any]]] = field(default_factory=dict)
 

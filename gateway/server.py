@@ -281,7 +281,11 @@ async def _serve(config: GatewayConfig) -> int:
             admin_listen=config.admin_listen,
             audit=audit,
             limits=SessionLimits(
-                max_in_flight=config.client_max_in_flight, idle_timeout_s=config.client_idle_timeout_s
+                max_in_flight=config.client_max_in_flight,
+                idle_timeout_s=config.client_idle_timeout_s,
+                local_answers_per_s=config.client_local_answers_per_s,
+                identity_local_answers_per_s=config.identity_local_answers_per_s,
+                refusal_audit_interval_s=config.client_refusal_audit_interval_s,
             ),
             max_sessions=config.max_sessions,
             handshake_limits=config.overlay,

@@ -11,10 +11,19 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from time import monotonic
 from typing import Any, ClassVar, cast
 
+from gateway.pacing import TokenBucket
+from gateway.refusals import SessionRefusals
 from gateway.runtime import Runtime
 from policies import Decision, Policy, SubjectView
+
+PACED = "local answers budget"  # why a session stopped reading, while it pays for its local answers
+# The fields of a refusal record that are the same for every request of its kind: what an aggregate of
+# refusals carries, with the protocol's kind fields (Session.kind_fields).
+_KIND_SUMMARY = ("event", "session", "identity", "asset", "protocol", "policy_revision", "decision", "rule",
+                 "action", "code", "code_name", "code_hex", "outcome")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,8 @@ class Session(asyncio.Protocol):
 
     protocol_name: ClassVar[str]
     code_hex_digits: ClassVar[int] = 2  # of a refusal or failure code in hex
+    # The target fields that make a request's kind, for the aggregates of refusals and overload answers.
+    kind_fields: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, runtime: Runtime, info: SessionInfo, view: SubjectView) -> None:
         self.runtime = runtime
@@ -63,12 +74,21 @@ class Session(asyncio.Protocol):
         self._out: list[bytes] = []
         self._in_flight = 0
         self._close_after_flush: str | None = None
+        limits = runtime.limits
+        self._refusals = SessionRefusals(runtime.audit, limits.refusal_audit_interval_s, clock=runtime.clock)
+        self._summary_keys = (*_KIND_SUMMARY, *self.kind_fields)
+        self._budget = TokenBucket(limits.local_answers_per_s)
+        self._identity_budget: TokenBucket | None = None
+        self.paced = False  # stopped reading until its local answers are paid for (gateway/pacing.py)
 
     # ------------------------------------------------------------------------------- lifecycle
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
         self.runtime.sessions.add(self)
+        self._identity_budget = self.runtime.identity_buckets.acquire(
+            self.info.identity, self.runtime.limits.identity_local_answers_per_s
+        )
         self.runtime.audit.emit(
             {
                 "event": "session_start",
@@ -94,6 +114,10 @@ class Session(asyncio.Protocol):
             if timer is not None:
                 timer.cancel()
         self.runtime.sessions.remove(self)
+        if self._identity_budget is not None:
+            self.runtime.identity_buckets.release(self.info.identity)
+            self._identity_budget = None
+        self._refusals.close()  # the last counts, exact, before the session's end
         self.runtime.metrics.add_requests(self.request_counts())
         self.counts.clear()
         self._out.clear()
@@ -261,8 +285,12 @@ class Session(asyncio.Protocol):
         it answers nothing."""
         self.denied += 1
         self._count(operation, "deny")
-        self.runtime.audit.emit(self.decision_record(target, decision, self.view.policy_revision, "refused"))
+        revision = self.view.policy_revision
         action = decision.action
+        key = (*[target.get(name) for name in self.kind_fields], decision.rule_id, decision.exception_code)
+        record = self.decision_record(target, decision, revision, "refused")
+        self._refusals.note((*key, action, revision), record, self._summary_keys)
+        self.local_answer()
         if action == "close":
             reason = f"refused by rule {decision.rule_id}"
             last = self._last_words(decision.exception_code, reason)
@@ -271,6 +299,48 @@ class Session(asyncio.Protocol):
             self._close_after_flush = reason
             self.flush()
         return action
+
+    def overloaded(
+        self,
+        target: dict[str, Any],
+        decision: Decision,
+        revision: str,
+        outcome: str,
+        latency_s: float,
+        code: int,
+    ) -> None:
+        """Audit an allowed request the gateway answered itself because it could not take it (the asset's
+        queue full, the asset reconfigured): aggregated and paced like a refusal."""
+        key = (*[target.get(name) for name in self.kind_fields], decision.rule_id, code, outcome, revision)
+        record = self.decision_record(target, decision, revision, outcome, latency_s, code)
+        self._refusals.note(("overload", *key), record, self._summary_keys)
+        self.local_answer()
+
+    def local_answer(self) -> None:
+        """One request answered by the gateway itself: take it from the session's and the identity's
+        budget; when either is in debt, stop reading the client until it is paid."""
+        now = monotonic()
+        wait_s = self._budget.take(now)
+        if self._identity_budget is not None:
+            wait_s = max(wait_s, self._identity_budget.take(now))
+        if wait_s > 0 and not self.paced and not self.closing:
+            self.paced = True
+            self.pause_requests(PACED)
+            asyncio.get_running_loop().call_later(wait_s, self._paid)
+
+    def _paid(self) -> None:
+        self.paced = False
+        if self.closing:
+            return
+        # What the client sent before the pause is still in the codec: answer it first (and maybe pause
+        # again); only then let the transport deliver more.
+        self._paused_by.discard(PACED)
+        self._read_buffered()
+        if not self.paced:
+            self.resume_requests(PACED)
+
+    def _read_buffered(self) -> None:
+        """Process the requests the codec already holds; subclasses say how."""
 
     def _last_words(self, code: int, reason: str) -> bytes | None:
         """What the protocol sends before it closes a session for a refusal (OPC UA: an Error message

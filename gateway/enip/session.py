@@ -130,6 +130,7 @@ def leaf_fields(leaf: CipRequest) -> dict[str, Any]:
 
 class EnipSession(Session):
     protocol_name: ClassVar[str] = "enip"
+    kind_fields: ClassVar[tuple[str, ...]] = ("service", "service_code")
 
     def __init__(self, runtime: Runtime, info: SessionInfo, view: SubjectView) -> None:
         super().__init__(runtime, info, view)
@@ -158,9 +159,12 @@ class EnipSession(Session):
     # ---------------------------------------------------------------------- encapsulation
 
     def data_received(self, data: bytes) -> None:
+        self._codec.receive_data(data)
+        self._read_buffered()
+
+    def _read_buffered(self) -> None:
         codec = self._codec
-        codec.receive_data(data)
-        while not self.closing:
+        while not self.closing and not self.paced:
             try:
                 message = codec.next_message()
             except CipProtocolError as error:
@@ -379,8 +383,21 @@ class EnipSession(Session):
             for leaf, reply in zip(record.leaves, record.local, strict=True)
         ]
         self._answer(record.answer, join_replies(record.request, local, None))
-        self._finish(pending, record, reason, now, status)
+        if failure.overload:
+            self._overloaded(pending, record, reason, now, status)
+        else:
+            self._finish(pending, record, reason, now, status)
         return first and not self.closing
+
+    def _overloaded(
+        self, pending: EnipPending, record: _Forwarded, reason: str, now: float, status: int
+    ) -> None:
+        latency_s = now - pending.started
+        self._histogram.observe(latency_s)
+        for leaf, reply, decision in zip(record.leaves, record.local, record.decisions, strict=True):
+            if reply is None and decision is not None:
+                self._count(leaf.name or leaf.service, decision.verdict)
+                self.overloaded(leaf_fields(leaf), decision, record.revision, reason, latency_s, status)
 
     def _finish(
         self, pending: EnipPending, record: _Forwarded, outcome: str, now: float, status: int

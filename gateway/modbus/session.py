@@ -58,6 +58,7 @@ def request_fields(request: Request) -> dict[str, Any]:
 
 class ModbusSession(Session):
     protocol_name: ClassVar[str] = "modbus"
+    kind_fields: ClassVar[tuple[str, ...]] = ("unit", "fc", "func")
 
     def __init__(self, runtime: Runtime, info: SessionInfo, view: SubjectView) -> None:
         super().__init__(runtime, info, view)
@@ -104,7 +105,10 @@ class ModbusSession(Session):
         now = self.runtime.clock()
         started = monotonic()
         limit = self._max_in_flight
-        while self._in_flight < limit and not self.closing:
+        # Requests answered here count against the in-flight limit until this batch's write: a client
+        # sending only refused requests gets no more answers per turn of the loop than one in flight.
+        local = 0
+        while self._in_flight + local < limit and not self.closing and not self.paced:
             try:
                 request = codec.next_request()
             except ModbusProtocolError as exc:
@@ -129,9 +133,12 @@ class ModbusSession(Session):
                 )
             else:
                 self._refuse(request, decision)
+                local += 1
         else:
-            if not self.closing and codec.buffered_bytes:
+            if not self.closing and codec.buffered_bytes and self._in_flight + local >= limit:
                 self.pause_requests(IN_FLIGHT_LIMIT)
+                if self._in_flight < limit:  # stopped by local answers, written below: read on after them
+                    self._maybe_resume()
         # Requests for the device leave with the pool's end-of-turn flush (UpstreamPool.mark_dirty).
         self.flush()
 
@@ -214,7 +221,13 @@ class ModbusSession(Session):
             self._maybe_resume()
         latency_s = now - pending.started
         self._histogram.observe(latency_s)
-        self._account(pending, latency_s, reason, gateway_exception=code)
+        if failure.overload:
+            self._count(request.function_code, pending.decision.verdict)
+            self.overloaded(
+                request_fields(request), pending.decision, pending.revision, reason, latency_s, code
+            )
+        else:
+            self._account(pending, latency_s, reason, gateway_exception=code)
         return first and not self.closing
 
     def _maybe_resume(self) -> None:
@@ -256,6 +269,9 @@ class ModbusSession(Session):
             self._aggregate_read(key, fields, (lo, lo + request.read_count - 1), latency_s)
             return
         self._audit(request, decision, pending.revision, outcome, latency_s, gateway_exception)
+
+    def _read_buffered(self) -> None:
+        self._process()
 
     def _resume_after_in_flight(self) -> None:
         self._resume_scheduled = False

@@ -94,6 +94,7 @@ def operation_fields(service: str, op: Operation) -> dict[str, Any]:
 class OpcUaSession(Session):
     protocol_name: ClassVar[str] = "opcua"
     code_hex_digits: ClassVar[int] = 8
+    kind_fields: ClassVar[tuple[str, ...]] = ("service",)
 
     def __init__(self, runtime: Runtime, info: SessionInfo, view: SubjectView) -> None:
         super().__init__(runtime, info, view)
@@ -155,7 +156,7 @@ class OpcUaSession(Session):
     def _process(self, now: float) -> None:
         """Every event in what the codec holds, until it needs more bytes or the session pauses."""
         codec = self._codec
-        while not self.closing:
+        while not self.closing and not self.paced:
             try:
                 event = codec.next_event(now)
             except OpcUaProtocolError as error:
@@ -209,6 +210,9 @@ class OpcUaSession(Session):
         self._process(self.runtime.clock())  # stops again at the limit, still paused
         if self._forwarding.in_flight < MAX_IN_FLIGHT:
             self.resume_requests(IN_FLIGHT_LIMIT)
+
+    def _read_buffered(self) -> None:
+        self._process(self.runtime.clock())
 
     def _answerable(self) -> bool:
         # A device's answer may arrive after the client's channel ended (CloseSecureChannel, or an

@@ -228,7 +228,8 @@ class Lab:
             policy=self.policy_path,
             tls=TlsFiles(self.pki.gateway.cert, self.pki.gateway.key, self.pki.ca),
             audit=audit,
-            limits=limits,
+            # Refusals one line each unless a test asks for their aggregation, as for reads.
+            limits=limits or SessionLimits(refusal_audit_interval_s=0.0),
             watch_policy_s=watch_policy_s,
             handshake_limits=handshake_limits,
             max_sessions=max_sessions,

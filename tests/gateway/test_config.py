@@ -87,6 +87,25 @@ def test_overlay_limits_are_read_and_checked(tmp_path: Path) -> None:
     assert expected in str(caught.value)
 
 
+def test_the_pacing_of_local_answers_is_read_and_checked(tmp_path: Path) -> None:
+    tail = '[tls]\ncert = "c"\nkey = "k"\nca = "a"\n'
+    path = tmp_path / "gw.toml"
+    path.write_text('[gateway]\npolicy = "p.toml"\n' + tail)
+    config = load_gateway_config(path)
+    assert (config.client_local_answers_per_s, config.identity_local_answers_per_s) == (1000.0, 2000.0)
+    assert config.client_refusal_audit_interval_s == 1.0
+    path.write_text(
+        '[gateway]\npolicy = "p.toml"\nclient_local_answers_per_s = 50\nclient_refusal_audit_interval_s = 0\n'
+        + tail
+    )
+    config = load_gateway_config(path)
+    assert config.client_local_answers_per_s == 50 and config.client_refusal_audit_interval_s == 0
+    path.write_text('[gateway]\npolicy = "p.toml"\nidentity_local_answers_per_s = 0\n' + tail)  # line 3
+    with pytest.raises(ConfigError) as caught:
+        load_gateway_config(path)
+    assert f"{path}:3: gateway.identity_local_answers_per_s: 0: expected a number in 1.." in str(caught.value)
+
+
 def test_syntax_error_names_line_and_column(tmp_path: Path) -> None:
     path = tmp_path / "gw.toml"
     path.write_text("[gateway]\npolicy = \n")
