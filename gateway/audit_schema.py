@@ -215,6 +215,23 @@ GATEWAY_EVENTS: Final[dict[str, dict[str, Field]]] = {
         ("identity", _STR, "the client's SPIFFE id, when known"),
         *((f.name, f.types, f.meaning) for f in AGGREGATE.values() if f.name != "span"),
     ),
+    "certificate_loaded": _fields(
+        ("trigger", _STR, "what loaded it (`start`, `SIGHUP`, `watch`, ...)"),
+        ("cert", _STR, "the certificate file"),
+        ("identity", _STR, "the SPIFFE id it carries"),
+        ("not_after", (str, type(None)), "when it expires (RFC 3339)"),
+    ),
+    "certificate_load_failed": _fields(
+        ("trigger", _STR, "what tried to load it"),
+        ("error", (str, type(None)), "why it did not load (the previous one stays)"),
+    ),
+    "renewal_proved": _fields(
+        ("identity", _STR, "the client that proved a renewed certificate"),
+        ("peer", _STR, "where the proof came from"),
+        ("serial", (str, int), "the renewed certificate's serial"),
+        ("not_after", (str, type(None)), "its end (RFC 3339)"),
+        ("sessions", _LIST, "the live sessions it extended"),
+    ),
     "audit_dropped": _fields(
         ("reason", _STR, "`queue_full` \\| `write_error`"),
         ("count", _INT, "records lost since the last report"),
