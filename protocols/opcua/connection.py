@@ -365,14 +365,13 @@ class OpcUaServerConnection:
             decoded = decode_request_through(body, self.repeats)
         except RequestDecodeError as refused:
             fault = service_fault(refused.request_handle, refused.status, self._now)
-            return RejectedRequest(
-                request_id,
-                refused.request_handle,
-                refused.type_id,
-                refused.status,
-                refused.reason,
-                self._send_body(request_id, encode_message(fault), refused.request_handle),
-            )
+            too_large = self.responses_too_large
+            reply = self._send_body(request_id, encode_message(fault), refused.request_handle)
+            status, reason = refused.status, refused.reason
+            if self.responses_too_large != too_large:  # the client's limits leave no room for the fault
+                status = Status.BAD_RESPONSE_TOO_LARGE
+                reason = f"{reason}; the ServiceFault exceeds the client's limits"
+            return RejectedRequest(request_id, refused.request_handle, refused.type_id, status, reason, reply)
         return ServiceRequest(
             request_id, decoded.request_handle, decoded.service, decoded.request, body, decoded.repeat
         )
