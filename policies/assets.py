@@ -221,7 +221,7 @@ class AssetChecks(OpcuaAssetChecks):
             "max_sessions": self.optional(
                 table, "max_sessions", path, lambda v, p: self.integer(v, p, 1, 64), 1
             ),
-            "connection_size": self.optional(table, "connection_size", path, connection_size, 500),
+            "connection_size": self.optional(table, "connection_size", path, connection_size, 511),
             "large_forward_open": large,
             "route": self.optional(table, "route", path, self.route, ()),
             "identity": self.optional(table, "identity", path, self.identity, EnipIdentity()),

@@ -146,7 +146,7 @@ class Asset:
     response_timeout_s: float = 2.0
     # EtherNet/IP only.
     max_sessions: int = 1  # encapsulation sessions (TCP connections) to the device
-    connection_size: int = 500  # bytes per class-3 connection the gateway opens
+    connection_size: int = 511  # bytes per class-3 connection the gateway opens (and grants its clients)
     large_forward_open: bool = False
     route: tuple[PortSegment, ...] = ()  # the route from the device's address to the CPU, e.g. 1/0
     identity: EnipIdentity = EnipIdentity()

@@ -49,6 +49,7 @@ from protocols.enip.message_router import parse_request, reply_to
 from protocols.enip.requests import error_reply, reply_for_error
 from protocols.enip.services import (
     ForwardCloseReply,
+    ForwardOpen,
     ForwardOpenFailure,
     ForwardOpenReply,
     parse_forward_close,
@@ -56,6 +57,7 @@ from protocols.enip.services import (
 )
 from protocols.enip.spec import (
     ClassCode,
+    ConnectionManagerStatus,
     EncapsulationCommand,
     EncapsulationStatus,
     GeneralStatus,
@@ -65,6 +67,7 @@ from protocols.enip.spec import (
 
 _Command = EncapsulationCommand
 _Status = GeneralStatus
+_CM = ConnectionManagerStatus
 MAX_CLIENT_CONNECTIONS = 8  # class-3 connections one client session may hold at the gateway
 MAX_AUDITED_VALUES = 32
 READ_SERVICES = frozenset(
@@ -449,23 +452,49 @@ class EnipSession(Session):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _cannot_grant(self, forward_open: ForwardOpen) -> tuple[tuple[int, ...], str] | None:
+        """Why the gateway cannot grant a client's Forward Open, as a target says it (Vol 1 §3-5.6):
+        extended status words and the reason audited; None when it can."""
+        if forward_open.transport_class != 3:
+            # Only explicit messaging is relayed: no I/O connections.
+            reason = f"transport class {forward_open.transport_class}, only class 3 is relayed"
+            return (_CM.TRANSPORT_CLASS_NOT_SUPPORTED,), reason
+        carried = self.view.asset.connection_size
+        requested = max(forward_open.o_t.size, forward_open.t_o.size)
+        if requested > carried:
+            # Every message on the client's connection travels on the gateway's own connection to the
+            # device, so it may be no larger. The second word is the size that would be granted: clients
+            # fall back to it (libplctag reads it; pycomm3 and pylogix retry with a regular Forward Open).
+            reason = f"connection size {requested} bytes above the {carried} the device connection carries"
+            return (_CM.INVALID_CONNECTION_SIZE, carried), reason
+        if len(self._connections) >= MAX_CLIENT_CONNECTIONS:
+            return (_CM.OUT_OF_CONNECTIONS,), f"{MAX_CLIENT_CONNECTIONS} connections already open"
+        return None
+
     async def _forward_open(
         self, request: MessageRouterRequest, answer: _Answer, leaf: CipRequest, decision: Decision
     ) -> None:
         forward_open = parse_forward_open(request.data, large=request.service == Service.LARGE_FORWARD_OPEN)
         failure = ForwardOpenFailure(*forward_open.triad).encode()
-        if forward_open.transport_class != 3 or len(self._connections) >= MAX_CLIENT_CONNECTIONS:
-            # Only explicit messaging is relayed: no I/O connections, and a few connections per client.
-            extended = (0x0103,) if forward_open.transport_class != 3 else (0x0113,)
+        refused = self._cannot_grant(forward_open)
+        if refused is not None:
+            extended, reason = refused
             self._answer(answer, reply_to(request.service, _Status.CONNECTION_FAILURE, extended, failure))
-            self._audit(leaf, decision, self.view.policy_revision, "refused by the gateway", None, 1)
+            self._audit(
+                leaf, decision, self.view.policy_revision, f"refused by the gateway: {reason}", None, 1
+            )
             self.flush()
             return
         # Answer only once the gateway holds a connection of its own to the device.
         try:
             await asyncio.wait_for(self._pool.link_ready.wait(), self.view.asset.connect_timeout_s)
         except TimeoutError:
-            self._answer(answer, reply_to(request.service, _Status.CONNECTION_FAILURE, (0x0204,), failure))
+            self._answer(
+                answer,
+                reply_to(
+                    request.service, _Status.CONNECTION_FAILURE, (_CM.UNCONNECTED_REQUEST_TIMED_OUT,), failure
+                ),
+            )
             self._audit(leaf, decision, self.view.policy_revision, "device unreachable", None, 1)
             self.flush()
             return
@@ -498,7 +527,10 @@ class EnipSession(Session):
                 self._audit(leaf, decision, self.view.policy_revision, "ok", None, 0)
                 return
         failure = ForwardOpenFailure(*forward_close.triad).encode()
-        self._answer(answer, reply_to(request.service, _Status.CONNECTION_FAILURE, (0x0107,), failure))
+        self._answer(
+            answer,
+            reply_to(request.service, _Status.CONNECTION_FAILURE, (_CM.CONNECTION_NOT_FOUND,), failure),
+        )
 
     # --------------------------------------------------------------------------------- audit
 

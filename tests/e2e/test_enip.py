@@ -298,3 +298,24 @@ async def test_list_identity_is_answered_by_the_gateway(lab: Lab, plc: EnipSim) 
     identity = await in_thread(lambda: CIPDriver.list_identity(f"127.0.0.1:{port}"))
     assert identity["product_name"] == "Line 1 PLC" and identity["product_code"] == 55
     assert not any(r.service == 0x63 for r in plc.received)
+
+
+async def test_pycomm3_defaults_read_an_array_over_the_assets_connection_size(lab: Lab, plc: EnipSim) -> None:
+    # The asset's connection to the device is 500 bytes; pycomm3 asks for 4,000. Refused with
+    # 0x01/0x0109 and 500, it opens 500 bytes and reads the 800-byte array in fragments, as it does
+    # directly against the device. (Granted 4,000, its one Read Tag got a partial transfer, 0x06.)
+    await lab.start_gateway(enip_policy_text(plc.port, RULES, asset_extra="connection_size = 500"))
+    port = await lab.start_agent("alice", "plc-2", "enip")
+    trend = [float(i) for i in range(200)]
+    plc.set_tag("Trend", trend)
+
+    def run() -> tuple[Any, int]:
+        with LogixDriver(f"127.0.0.1:{port}") as driver:
+            return driver.read("Trend{200}"), driver.connection_size
+
+    result, size = await in_thread(run)
+    assert result.error is None and result.value == trend and size == 500
+    refused = lab.audit_events(event="decision", service="large_forward_open")
+    assert [(e["decision"], e["status"]) for e in refused] == [("allow", 1)]
+    assert "connection size 4000 bytes above the 500" in refused[0]["outcome"]
+    assert not [r for r in plc.received if r.tag == "Trend" and r.service == 0x4C]  # fragments only

@@ -14,7 +14,7 @@ from pycomm3.cip.data_types import Array, DataTypes
 from pylogix import PLC  # type: ignore[import-untyped]
 
 from tests.e2e.harness import Lab, enip_policy_text
-from tests.peers.cpppo_server import CpppoProcess
+from tests.peers.cpppo_server import TAGS, CpppoProcess
 
 T = TypeVar("T")
 
@@ -165,3 +165,35 @@ async def test_garbage_closes_that_session_only(lab: Lab, cpppo: CpppoProcess) -
             return comm.Read("Count").Status
 
     assert await in_thread(run) == "Success"
+
+
+async def test_pycomm3_defaults_fall_back_to_the_connection_size_the_gateway_carries(lab: Lab) -> None:
+    # pycomm3 asks for a 4,000-byte Large Forward Open; the asset's own connection to the device is 500
+    # bytes. A device refuses what it cannot carry with 0x01/0x0109 and the size it can:
+    # so does the gateway, pycomm3 falls back to a 500-byte Forward Open, and reads 2,400 bytes in
+    # fragments. Granting the 4,000 bytes made pycomm3 send one Read Tag that the device answered with
+    # a partial transfer (0x06), an error to pycomm3.
+    server = CpppoProcess((*TAGS, "Big=DINT[600]"))
+    await server.start()
+    try:
+        await lab.start_gateway(enip_policy_text(server.port, RULES, asset_extra="connection_size = 500"))
+        port = await lab.start_agent("alice", "plc-2", "enip")
+
+        def run() -> Any:
+            driver = logix(port)
+            driver._tags["Big"] = _atomic("Big", "DINT", 600)
+            with driver:
+                return driver.read("Big{600}"), driver.connection_size
+
+        result, size = await in_thread(run)
+    finally:
+        await server.stop()
+    assert result.error is None and result.value == [0] * 600
+    assert size == 500
+    large, small = (
+        lab.audit_events(event="decision", service=s) for s in ("large_forward_open", "forward_open")
+    )
+    assert [(e["status"], e["outcome"]) for e in large] == [
+        (1, "refused by the gateway: connection size 4000 bytes above the 500 the device connection carries")
+    ]
+    assert [e["outcome"] for e in small] == ["ok"]

@@ -34,7 +34,7 @@ def test_enip_asset_defaults_follow_the_reference() -> None:
     asset = parse_policy(enip_head(route=None)).assets["logix-1"]
     assert (asset.protocol, asset.upstream_host, asset.upstream_port) == ("enip", "10.0.0.7", 44818)
     assert asset.deny == DenyAction("exception", 0x0F, 0x0F, 0x0F, 0x08)
-    assert (asset.max_sessions, asset.max_connections, asset.connection_size) == (1, 1, 500)
+    assert (asset.max_sessions, asset.max_connections, asset.connection_size) == (1, 1, 511)
     assert (asset.large_forward_open, asset.route, asset.mode) == (False, (), "enforce")
     assert (asset.queue_limit, asset.connect_timeout_s, asset.response_timeout_s) == (64, 3.0, 2.0)
     assert asset.identity == EnipIdentity(1, 0x2B, 1, 1, 1, 0, "EtherNet/IP Device")
