@@ -52,6 +52,7 @@ from protocols.enip.services import (
     ForwardOpen,
     ForwardOpenFailure,
     ForwardOpenReply,
+    failure_for,
     parse_forward_close,
     parse_forward_open,
 )
@@ -129,6 +130,19 @@ def leaf_fields(leaf: CipRequest) -> dict[str, Any]:
     if leaf.route:
         fields["route"] = "/".join(str(hop) for hop in leaf.route)
     return fields
+
+
+def _connection_request_error(
+    request: MessageRouterRequest, error: CipProtocolError
+) -> MessageRouterResponse:
+    """The reply a target gives a Forward Open or Forward Close that does not parse: the length errors
+    (0x13, 0x15) and bad parameters as they are, a connection path that cannot be read as 0x01 with
+    0x0315 (invalid segment in the connection path), each with the triad when the request carries it."""
+    status = error.general_status or _Status.INVALID_PARAMETER_VALUE
+    extended = error.extended_status
+    if status == _Status.PATH_SEGMENT_ERROR:
+        status, extended = _Status.CONNECTION_FAILURE, (_CM.INVALID_SEGMENT_IN_CONNECTION_PATH,)
+    return reply_to(request.service, status, extended, failure_for(request.service, request.data))
 
 
 class EnipSession(Session):
@@ -437,8 +451,13 @@ class EnipSession(Session):
     # -------------------------------------------------------------- Connection Manager (local)
 
     def _connection_manager(self, request: MessageRouterRequest, answer: _Answer) -> None:
-        leaf = flatten(request)[0]
         self.requests += 1
+        try:
+            leaf = flatten(request)[0]
+        except CipProtocolError as error:
+            self._answer(answer, _connection_request_error(request, error))
+            self._protocol_error(str(error))
+            return
         decision = self.view.decide_enip(leaf, self.runtime.clock())
         if not decision.allowed:
             if self.refuse(leaf.name or leaf.service, leaf_fields(leaf), decision) == "exception":

@@ -28,6 +28,10 @@ _FORWARD_OPEN_REPLY = struct.Struct("<IIHHIIIBB")
 _FORWARD_OPEN_FAILURE = struct.Struct("<HHIBB")
 _FORWARD_CLOSE = struct.Struct("<BBHHIBB")
 _FORWARD_CLOSE_REPLY = struct.Struct("<HHIBB")
+_TRIAD = struct.Struct("<HHI")
+# Where the connection triad starts in each Connection Manager request (after the tick, the timeout and,
+# for Forward Open, the two connection ids).
+_TRIAD_OFFSETS = {Service.FORWARD_OPEN: 10, Service.LARGE_FORWARD_OPEN: 10, Service.FORWARD_CLOSE: 2}
 
 
 def _exact_length(data: bytes, length: int, what: str, service: int) -> None:
@@ -328,6 +332,15 @@ class ForwardOpenFailure:
         )
 
 
+def failure_for(service: int, data: bytes) -> bytes:
+    """The data of the failure reply to a Forward Open or Forward Close that did not parse: the triad
+    it carries, as a target echoes it (Vol 1 §3-5.5.1.1), or nothing when the request is too short."""
+    offset = _TRIAD_OFFSETS[service]
+    if len(data) < offset + _TRIAD.size:
+        return b""
+    return ForwardOpenFailure(*_TRIAD.unpack_from(data, offset)).encode()
+
+
 @dataclass(frozen=True, slots=True)
 class ForwardClose:
     priority_time_tick: int
@@ -404,6 +417,7 @@ __all__ = [
     "ForwardOpenFailure",
     "ForwardOpenReply",
     "UnconnectedSend",
+    "failure_for",
     "join_messages",
     "join_requests",
     "join_responses",
