@@ -64,6 +64,7 @@ from protocols.enip.epath import (
 from protocols.enip.errors import CipProtocolError
 from protocols.enip.logix import (
     AttributeList,
+    NoData,
     Opaque,
     Payload,
     ReadModifyWrite,
@@ -156,6 +157,7 @@ __all__ = [
     "MessageRouterRequest",
     "MessageRouterResponse",
     "NetworkSegment",
+    "NoData",
     "NullAddressItem",
     "Opaque",
     "Payload",

@@ -7,6 +7,10 @@ count, data), Read-Modify-Write 0x4E (mask size, OR masks, AND masks), Read/Writ
 Their data is parsed exactly: a write of an atomic type must carry exactly the bytes its count and type
 call for, because its values are what the policy bounds. Data of services whose values the codec cannot
 type (attribute values, structures, strings) is kept as it is and flagged opaque.
+
+Bytes after the fields a service defines are refused (0x15 too much data), except for the services in
+``TRAILING_BYTES_IGNORED``: there devices are known to ignore them and clients are known to send them.
+Such a request is decided on what it declares and forwarded as the canonical encoding of that alone.
 """
 
 from __future__ import annotations
@@ -112,9 +116,17 @@ class AttributeList:
 
 
 @dataclass(frozen=True, slots=True)
+class NoData:
+    """A service that takes no request data (Get_Attributes_All, Get_Attribute_Single): what a client
+    appends anyway is ignored and never forwarded."""
+
+    def encode(self) -> bytes:
+        return b""
+
+
+@dataclass(frozen=True, slots=True)
 class Opaque:
-    """Service data the codec keeps as it is: attribute values of unknown type, Reset's type byte,
-    and the data some clients append where none belongs (pycomm3 adds ``00 00`` to Get_Attributes_All)."""
+    """Service data the codec keeps as it is: attribute values of unknown type, Reset's type byte."""
 
     data: bytes
     writes: bool = False  # the data is a value that gets written (Set_Attribute_*)
@@ -123,7 +135,7 @@ class Opaque:
         return self.data
 
 
-Payload = ReadTag | WriteTag | ReadModifyWrite | AttributeList | Opaque
+Payload = ReadTag | WriteTag | ReadModifyWrite | AttributeList | NoData | Opaque
 
 
 def _exact(data: bytes, length: int, what: str, service: int) -> None:
@@ -231,14 +243,42 @@ def _attribute_list_parser(service: int, what: str) -> Callable[[bytes], Payload
         (count,) = _U16.unpack_from(data)
         if count == 0:
             raise cip_error(_Status.INVALID_PARAMETER_VALUE, f"{what} of no attributes", service=service)
-        _exact(data, 2 + 2 * count, what, service)
+        length = 2 + 2 * count
+        trailing = (None, service) in TRAILING_BYTES_IGNORED
+        _exact(data[:length] if trailing else data, length, what, service)
         return AttributeList(struct.unpack_from(f"<{count}H", data, 2))
 
     return parse
 
 
+def _no_data(data: bytes) -> Payload:
+    return NoData()
+
+
 def _opaque(writes: bool) -> Callable[[bytes], Payload]:
     return lambda data: Opaque(data, writes)
+
+
+# Where bytes after the declared fields are ignored, and why (each is still decided in full, and only its
+# canonical encoding forwarded). pycomm3 1.2.16's generic messages over UCMM append their route path
+# (``00 00`` when empty) after the request data; Logix controllers, OpENer (GetAttributeList reads the
+# count and ids and no more), cpppo and our simulator answer these services all the same:
+# - Get_Attribute_List 0x03: the count says how many ids there are;
+# - Get_Attributes_All 0x01, Get_Attribute_Single 0x0E: they take no request data at all;
+# - Write Tag 0x4D and Read-Modify-Write 0x4E: pycomm3 sends such bytes with every single-tag and bit
+#   write, and Logix controllers ignore them (see their parsers).
+# Everything else stays exact: Read Tag, the fragmented services and Get Instance Attribute List (no
+# client is known to append bytes to them, and no device to ignore them), and the writes of attributes,
+# whose data the codec cannot delimit.
+TRAILING_BYTES_IGNORED: frozenset[tuple[int | None, int]] = frozenset(
+    (
+        (None, Service.GET_ATTRIBUTE_LIST),
+        (None, Service.GET_ATTRIBUTES_ALL),
+        (None, Service.GET_ATTRIBUTE_SINGLE),
+        (ClassCode.SYMBOL, Service.WRITE_TAG),
+        (ClassCode.SYMBOL, Service.READ_MODIFY_WRITE_TAG),
+    )
+)
 
 
 # Tag services by class (0x6B for a symbolic path too), common services on every class (key None).
@@ -254,6 +294,8 @@ PAYLOAD_PARSERS: dict[tuple[int | None, int], Callable[[bytes], Payload]] = {
     (None, Service.GET_ATTRIBUTE_LIST): _attribute_list_parser(
         Service.GET_ATTRIBUTE_LIST, "Get_Attribute_List"
     ),
+    (None, Service.GET_ATTRIBUTES_ALL): _no_data,
+    (None, Service.GET_ATTRIBUTE_SINGLE): _no_data,
     (None, Service.SET_ATTRIBUTE_LIST): _opaque(writes=True),
     (None, Service.SET_ATTRIBUTE_SINGLE): _opaque(writes=True),
     (None, Service.SET_ATTRIBUTES_ALL): _opaque(writes=True),
@@ -309,8 +351,10 @@ def parse_read_tag_reply(data: bytes) -> ReadTagReply:
 
 __all__ = [
     "PAYLOAD_PARSERS",
+    "TRAILING_BYTES_IGNORED",
     "WRITING_SERVICES",
     "AttributeList",
+    "NoData",
     "Opaque",
     "Payload",
     "ReadModifyWrite",

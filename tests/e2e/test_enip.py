@@ -319,3 +319,38 @@ async def test_pycomm3_defaults_read_an_array_over_the_assets_connection_size(la
     assert [(e["decision"], e["status"]) for e in refused] == [("allow", 1)]
     assert "connection size 4000 bytes above the 500" in refused[0]["outcome"]
     assert not [r for r in plc.received if r.tag == "Trend" and r.service == 0x4C]  # fragments only
+
+
+async def test_generic_get_attribute_list_with_trailing_bytes_is_decided_and_forwarded_without_them(
+    lab: Lab, plc: EnipSim
+) -> None:
+    # pycomm3's generic messages over UCMM append their route path (here empty: 00 00) after the request
+    # data. Devices ignore it; the gateway decides the attribute ids it decoded and forwards only them.
+    port = await _lab(lab, plc)
+
+    def run() -> tuple[Any, Any]:
+        with CIPDriver(f"127.0.0.1:{port}") as driver:
+            allowed = driver.generic_message(
+                service=Services.get_attribute_list,
+                class_code=0x8B,
+                instance=1,
+                request_data=b"\x01\x00\x06\x00",  # one attribute: 6, the wall clock's UTC time
+                connected=False,
+            )
+            refused = driver.generic_message(
+                service=Services.get_attribute_list,
+                class_code=0xF5,  # TCP/IP Interface: the read-only preset does not name it
+                instance=1,
+                request_data=b"\x01\x00\x05\x00",
+                connected=False,
+            )
+            return allowed, refused
+
+    allowed, refused = await in_thread(run)
+    assert allowed.error is None and len(allowed.value) == 2 + 2 + 2 + 8  # count, id, status, ULINT
+    assert privileged(refused.error)
+    clock = [r for r in plc.received if r.class_id == 0x8B]
+    assert [(r.service, r.data) for r in clock] == [(0x03, b"\x01\x00\x06\x00")]  # no trailing bytes
+    assert not [r for r in plc.received if r.class_id == 0xF5]
+    denied = lab.audit_events(event="decision", decision="deny", service="get_attribute_list")
+    assert [(e["class"], e["instance"]) for e in denied] == [(0xF5, 1)]

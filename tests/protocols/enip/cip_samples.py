@@ -271,7 +271,9 @@ def leaf_requests(draw: st.DrawFn) -> MessageRouterRequest:
     service = draw(st.sampled_from((0x01, 0x05, 0x0E, 0x10)))
     if path.class_id in (2, 6) and path.instance_id == 1 and len(path.segments) == 2:
         path = object_path(1, 1)
-    return MessageRouterRequest(service, path, draw(st.binary(max_size=6)))
+    # Get_Attributes_All and Get_Attribute_Single take no data: their canonical form has none.
+    data = b"" if service in (0x01, 0x0E) else draw(st.binary(max_size=6))
+    return MessageRouterRequest(service, path, data)
 
 
 def nested_requests(max_leaves: int = 6) -> st.SearchStrategy[MessageRouterRequest]:

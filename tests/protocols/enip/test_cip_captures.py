@@ -44,6 +44,8 @@ NON_CANONICAL = {
     ("pycomm3_single_write", 10): (0x4D, 18),
     # pycomm3 1.2.16 slices the AND mask by the mask's value instead of its size: 8 bytes for a DINT.
     ("pycomm3_bit_write", 10): (0x4E, 4),
+    # pycomm3 1.2.16's generic messages over UCMM append their (empty) route path to Get_Attributes_All.
+    ("pycomm3_generic", 2): (0x01, 2),
 }
 
 
@@ -200,10 +202,13 @@ def test_pycomm3_reads_long_arrays_with_read_tag_fragmented() -> None:
 
 
 def test_pycomm3_generic_message_appends_an_empty_route_to_plain_requests() -> None:
-    # generic_message(connected=False) adds its (empty) route path to the request data: 00 00.
-    (leaf,) = flatten(parse_request(request("pycomm3_generic", 2)))
+    # generic_message(connected=False) adds its (empty) route path to the request data: 00 00. Devices
+    # ignore it, and Get_Attributes_All takes no data: it is not forwarded.
+    parsed = parse_request(request("pycomm3_generic", 2))
+    assert parsed.data == b"\x00\x00"
+    (leaf,) = flatten(parsed)
     assert (leaf.name, leaf.class_id, leaf.instance_id) == ("get_attributes_all", 1, 1)
-    assert leaf.request is not None and leaf.request.data == b"\x00\x00"
+    assert leaf.request is not None and leaf.request.data == b""
     (reset,) = flatten(parse_request(request("pycomm3_generic", 10)))
     assert (reset.name, reset.class_id, reset.service) == ("reset", 1, 0x05)
 

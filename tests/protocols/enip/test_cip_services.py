@@ -26,6 +26,7 @@ from protocols.enip import (
     ForwardOpenReply,
     MessageRouterRequest,
     MessageRouterResponse,
+    NoData,
     Opaque,
     PortSegment,
     ReadModifyWrite,
@@ -49,6 +50,7 @@ from protocols.enip import (
     spec,
     split_multiple_service_packet,
 )
+from protocols.enip.logix import TRAILING_BYTES_IGNORED
 from tests.protocols.enip.cip_samples import (
     MESSAGE_ROUTER,
     forward_closes,
@@ -350,11 +352,47 @@ def test_tag_service_refusals(service: int, hex_data: str, status: int) -> None:
 
 
 def test_common_services_keep_their_data() -> None:
-    assert parse_payload(0x01, 0x01, b"\x00\x00") == Opaque(b"\x00\x00")  # pycomm3's stray route bytes
+    assert parse_payload(0x01, 0x01, b"\x00\x00") == NoData()  # pycomm3's stray route bytes: not forwarded
+    assert parse_payload(0x01, 0x0E, b"") == NoData()
     assert parse_payload(0x01, 0x05, b"\x01") == Opaque(b"\x01")
     assert parse_payload(0xF5, 0x10, b"\x01\x02") == Opaque(b"\x01\x02", writes=True)
     assert parse_payload(0x8B, 0x03, b"\x01\x00\x0b\x00") == AttributeList((11,))
-    refused(TOO_MUCH_DATA, parse_payload, 0x8B, 0x03, b"\x01\x00\x0b\x00\x00")
+    assert parse_payload(0x8B, 0x03, b"\x01\x00\x0b\x00\x00\x00") == AttributeList((11,))
+    refused(NOT_ENOUGH_DATA, parse_payload, 0x8B, 0x03, b"\x02\x00\x0b\x00\x00")
+
+
+# One well-formed request of each service whose trailing bytes the codec decides on (class, service, data).
+_WELL_FORMED = [
+    (0x8B, 0x03, b"\x01\x00\x06\x00"),
+    (0x01, 0x01, b""),
+    (0x01, 0x0E, b""),
+    (0x6B, 0x4D, struct.pack("<HHi", 0xC4, 1, 7)),
+    (0x6B, 0x4E, b"\x01\x00\x01\xfe"),
+    (0x6B, 0x4C, b"\x01\x00"),
+    (0x6B, 0x52, b"\x01\x00\x00\x00\x00\x00"),
+    (0x6B, 0x53, struct.pack("<HHIi", 0xC4, 1, 0, 7)),
+    (0x6B, 0x55, b"\x01\x00\x01\x00"),
+]
+
+
+@pytest.mark.parametrize(("class_id", "service", "data"), _WELL_FORMED)
+def test_trailing_bytes_are_ignored_exactly_where_the_table_says(
+    class_id: int, service: int, data: bytes
+) -> None:
+    key = (class_id if class_id == 0x6B else None, service)
+    payload = parse_payload(class_id, service, data)
+    if key in TRAILING_BYTES_IGNORED:
+        # Decided on what it declares, forwarded as the canonical encoding of that alone.
+        assert parse_payload(class_id, service, data + b"\x00\x00") == payload
+        assert payload.encode() == data
+    else:
+        with pytest.raises(CipProtocolError):  # 0x15, or 0x03 when the bytes break a fragment's elements
+            parse_payload(class_id, service, data + b"\x00\x00")
+
+
+def test_the_trailing_bytes_table_names_only_tested_services() -> None:
+    tested = {(c if c == 0x6B else None, s) for c, s, _ in _WELL_FORMED}
+    assert tested >= TRAILING_BYTES_IGNORED
     # Class-specific codes on a class the codec does not know stay opaque: 0x4D on the File object.
     assert parse_payload(0x37, 0x4D, b"\x01") == Opaque(b"\x01")
 
