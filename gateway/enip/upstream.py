@@ -216,18 +216,13 @@ class EnipLink(Link[EnipPending]):
     def data_received(self, data: bytes) -> None:
         codec = self._codec
         codec.receive_data(data)
-        pool = self.pool
         now = monotonic()
         while True:
             try:
                 message = codec.next_message()
             except CipProtocolError as error:
-                if error.close:
-                    pool.upstream_fault(f"malformed encapsulation: {error}")
-                    self.abort("malformed encapsulation")
-                    return
-                pool.upstream_fault(f"encapsulation: {error}")
-                continue
+                self._out_of_step(f"malformed encapsulation: {error}")
+                return
             if message is None:
                 break
             if not self.ready:
@@ -236,12 +231,32 @@ class EnipLink(Link[EnipPending]):
                     self._waiting.set_result(message)
                 continue
             self._reply(message, now)
+            if self.transport is None or self.transport.is_closing():
+                return  # out of step: what follows on this link is not read
+        self.batch_done()
+
+    def _out_of_step(self, reason: str) -> None:
+        """A reply that cannot be read, or cannot be matched to a request: the device did answer, badly.
+        Each request in flight on this link gets 0x22 (invalid reply received) now, rather than a
+        timeout, and the link, whose byte stream can no longer be trusted, is closed and reopened.
+        Nothing is sent again (a write may have run)."""
+        pool = self.pool
+        pool.upstream_fault(reason)
+        now = monotonic()
+        for key in list(self.in_flight):
+            pending = self.answered(key)
+            if pending is not None and pending.session.fail(pending, Failure.MALFORMED_REPLY, reason, now):
+                pool.touched.append(pending.session)
+        self.abort(reason)
+        self.ready = False  # no queued request is moved onto it while it closes
         self.batch_done()
 
     def _reply(self, message: EncapsulationMessage, now: float) -> None:
         pool = self.pool
+        if message.command == _Command.NOP:
+            return  # either side may send a NOP; it needs no answer (Vol 2 §2-4.1)
         if message.command not in (_Command.SEND_RR_DATA, _Command.SEND_UNIT_DATA):
-            pool.upstream_fault(f"unexpected encapsulation command 0x{message.command:04X}")
+            self._out_of_step(f"unexpected encapsulation command 0x{message.command:04X}")
             return
         if message.status:
             # The device refuses our session (e.g. it restarted and forgot it): nothing on this link can
@@ -262,7 +277,7 @@ class EnipLink(Link[EnipPending]):
                 key = _CONTEXT.unpack(message.sender_context)[0]
                 body = unconnected_message(message, send)
         except CipProtocolError as error:
-            pool.upstream_fault(f"malformed reply: {error}")
+            self._out_of_step(f"malformed reply: {error}")
             return
         pending = self.answered(key)
         if pending is None:

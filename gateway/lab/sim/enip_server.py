@@ -7,6 +7,11 @@ router request in a CPF unconnected data item) and SendUnitData (class 3 connect
 a Forward Open and a sequence count, echoed in the reply). A repeated sequence count is answered with
 the previous reply and not carried out again, as class 3 duplicate detection requires.
 
+Faults on purpose (``EnipServer.fault``, for tests of what a gateway does when its device misbehaves;
+the protocol itself is never mocked): the replies to SendRRData and SendUnitData requests, once a fault is
+set, are garbled (a CPF whose item count is 0), cut short (a message router reply of one byte), never sent,
+or replaced by closing the connection. Registering a session and everything else answer as usual.
+
 Bounded: TCP clients, sessions (RegisterSession answered 0x0002 insufficient memory past the cap),
 connections (Forward Open answered 0x01/0x0113), the encapsulation message size (the codec's cap: an
 oversized header is answered 0x0065 and the connection closed), and the bytes buffered towards a client
@@ -21,7 +26,8 @@ import ipaddress
 import itertools
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from enum import StrEnum
 from typing import cast
 
 from gateway.lab.sim.enip_objects import UNCONNECTED_ROOM
@@ -29,10 +35,12 @@ from gateway.lab.sim.enip_router import Context, MessageRouter
 from protocols.enip import (
     CipLimits,
     CipProtocolError,
+    ConnectedDataItem,
     EncapsulationCommand,
     EncapsulationConnection,
     EncapsulationMessage,
     EncapsulationStatus,
+    UnconnectedDataItem,
     check_empty_request,
     connected_message,
     list_identity_data,
@@ -63,6 +71,15 @@ class Caps:
 DEFAULT_CAPS = Caps()
 
 
+class Fault(StrEnum):
+    """What the simulator does with a reply to SendRRData or SendUnitData instead of sending it."""
+
+    GARBLED = "garbled"  # the CPF cannot be read: an item count of 0
+    SHORT = "short"  # the message router reply is cut to its first byte
+    SILENT = "silent"  # no reply at all
+    CLOSE = "close"  # the TCP connection is closed instead
+
+
 class EnipServer:
     """The listener and what its connections share: the message router (objects, tags, connections and
     the log of requests) and the session table."""
@@ -74,6 +91,7 @@ class EnipServer:
         self.sessions: dict[int, _EnipProtocol] = {}
         self.clients: set[_EnipProtocol] = set()
         self.commands: dict[int, int] = {}  # encapsulation commands received, by command code
+        self.fault: Fault | None = None
         self._handles = itertools.count(0x5E55_0001)
         self._server: asyncio.AbstractServer | None = None
         self.host = ""
@@ -189,6 +207,22 @@ class _EnipProtocol(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(message.encode())
 
+    def _answer(self, request: EncapsulationMessage, reply: EncapsulationMessage) -> None:
+        """Send the reply to a SendRRData or SendUnitData request, or the fault set in its place."""
+        fault = self.server.fault
+        if fault is None:
+            self._send(reply)
+        elif fault is Fault.GARBLED:
+            self._send(replace(reply, data=reply.data[:6] + b"\x00\x00"))
+        elif fault is Fault.SHORT:
+            send = parse_send_data(reply)
+            *address, data = send.items
+            assert isinstance(data, UnconnectedDataItem | ConnectedDataItem)
+            cut = replace(send, items=(*address, replace(data, message=data.message[:1])))
+            self._send(replace(reply, data=cut.encode()))
+        elif fault is Fault.CLOSE:
+            self.close()
+
     def _refuse(self, message: EncapsulationMessage, status: int) -> None:
         self._send(message.reply(b"", status=status))
 
@@ -247,7 +281,7 @@ class _EnipProtocol(asyncio.Protocol):
             return
         context = Context(self.session, connected=False, room=UNCONNECTED_ROOM)
         reply = self.server.router.handle(request, context)
-        self._send(message.reply(send_rr_data(reply.encode())))
+        self._answer(message, message.reply(send_rr_data(reply.encode())))
 
     def _send_unit_data(self, message: EncapsulationMessage) -> None:
         if not self._checked(message):
@@ -270,7 +304,7 @@ class _EnipProtocol(asyncio.Protocol):
             reply = self.server.router.handle(request, context).encode()
             connection.last_sequence, connection.last_reply = sequence & _MAX_SEQUENCE, reply
         # SendUnitData has no reply of its own: the answer travels on the T->O connection.
-        self._send(message.reply(send_unit_data(connection.t_o_id, sequence, reply)))
+        self._answer(message, message.reply(send_unit_data(connection.t_o_id, sequence, reply)))
 
 
-__all__ = ["DEFAULT_CAPS", "Caps", "EnipServer"]
+__all__ = ["DEFAULT_CAPS", "Caps", "EnipServer", "Fault"]
