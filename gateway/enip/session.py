@@ -478,7 +478,7 @@ class EnipSession(Session):
             # Only explicit messaging is relayed: no I/O connections.
             reason = f"transport class {forward_open.transport_class}, only class 3 is relayed"
             return (_CM.TRANSPORT_CLASS_NOT_SUPPORTED,), reason
-        carried = self.view.asset.connection_size
+        carried = self._pool.connection_size
         requested = max(forward_open.o_t.size, forward_open.t_o.size)
         if requested > carried:
             # Every message on the client's connection travels on the gateway's own connection to the
@@ -495,15 +495,6 @@ class EnipSession(Session):
     ) -> None:
         forward_open = parse_forward_open(request.data, large=request.service == Service.LARGE_FORWARD_OPEN)
         failure = ForwardOpenFailure(*forward_open.triad).encode()
-        refused = self._cannot_grant(forward_open)
-        if refused is not None:
-            extended, reason = refused
-            self._answer(answer, reply_to(request.service, _Status.CONNECTION_FAILURE, extended, failure))
-            self._audit(
-                leaf, decision, self.view.policy_revision, f"refused by the gateway: {reason}", None, 1
-            )
-            self.flush()
-            return
         # Answer only once the gateway holds a connection of its own to the device.
         try:
             await asyncio.wait_for(self._pool.link_ready.wait(), self.view.asset.connect_timeout_s)
@@ -515,6 +506,16 @@ class EnipSession(Session):
                 ),
             )
             self._audit(leaf, decision, self.view.policy_revision, "device unreachable", None, 1)
+            self.flush()
+            return
+        # Decided once the device connection is up: the size it carries is known only then.
+        refused = self._cannot_grant(forward_open)
+        if refused is not None:
+            extended, reason = refused
+            self._answer(answer, reply_to(request.service, _Status.CONNECTION_FAILURE, extended, failure))
+            self._audit(
+                leaf, decision, self.view.policy_revision, f"refused by the gateway: {reason}", None, 1
+            )
             self.flush()
             return
         o_t_connection_id = random.randrange(1, 1 << 32)

@@ -41,7 +41,13 @@ from protocols.enip import (
 )
 from protocols.enip.message_router import parse_response
 from protocols.enip.services import ForwardClose, ForwardOpen, parse_forward_open_reply
-from protocols.enip.spec import ClassCode, EncapsulationCommand, Service
+from protocols.enip.spec import (
+    ClassCode,
+    ConnectionManagerStatus,
+    EncapsulationCommand,
+    GeneralStatus,
+    Service,
+)
 
 log = logging.getLogger("ztgate.enip.upstream")
 
@@ -53,6 +59,7 @@ RPI_US = 2_000_000  # class 3 explicit connections are driven by requests; the R
 TRANSPORT_CLASS_3_SERVER = 0xA3  # direction server, application trigger, class 3
 POINT_TO_POINT_LOW = (2 << 13) | (0 << 10)  # connection type point to point, priority low
 VARIABLE_SIZE = 1 << 9
+MIN_CONNECTION_SIZE = 64  # the least policies/assets.py accepts: a smaller offer is not worth a connection
 MESSAGE_ROUTER_PATH = (
     LogicalSegment(LogicalType.CLASS_ID, ClassCode.MESSAGE_ROUTER),
     LogicalSegment(LogicalType.INSTANCE_ID, 1),
@@ -96,6 +103,16 @@ class EnipPending(Pending):
         self.reply = reply  # the session's own record for the answer
 
 
+def _size_offered(response: MessageRouterResponse) -> int | None:
+    """The connection size a target offers when it refuses ours: 0x01 with 0x0109 and the size it
+    supports as the second word (as libplctag reads it), else None."""
+    extended = response.extended_status
+    refused = response.general_status == GeneralStatus.CONNECTION_FAILURE and len(extended) >= 2
+    if refused and extended[0] == ConnectionManagerStatus.INVALID_CONNECTION_SIZE:
+        return extended[1]
+    return None
+
+
 class EnipLink(Link[EnipPending]):
     """One TCP connection to the device with its encapsulation session and CIP connection."""
 
@@ -109,6 +126,7 @@ class EnipLink(Link[EnipPending]):
         self._next_context = FIRST_CONTEXT
         self._sequence = random.randrange(0x10000)
         self.o_t_connection_id: int | None = None  # the device's id for what we send: None = unconnected
+        self.connection_size: int | None = None  # bytes the device granted the connection
         self.t_o_connection_id = random.randrange(1, 1 << 32)
         self._serial = random.randrange(1 << 16)
         self._originator_serial = random.randrange(1 << 32)
@@ -134,10 +152,9 @@ class EnipLink(Link[EnipPending]):
         self.session_handle = reply.session_handle
         await self._open_connection()
 
-    def _forward_open(self) -> ForwardOpen:
+    def _forward_open(self, size: int) -> ForwardOpen:
         asset = self.pool.asset
         large = asset.large_forward_open
-        size = asset.connection_size
         flags = POINT_TO_POINT_LOW | VARIABLE_SIZE
         parameters = (flags << 16 | size) if large else (flags | size)
         path = EPath((*asset.route, *MESSAGE_ROUTER_PATH))
@@ -147,16 +164,27 @@ class EnipLink(Link[EnipPending]):
             TRANSPORT_CLASS_3_SERVER, path,
         )  # fmt: skip
 
-    async def _open_connection(self) -> None:
-        forward_open = self._forward_open()
+    async def _request_connection(self, size: int) -> MessageRouterResponse:
+        forward_open = self._forward_open(size)
         request = MessageRouterRequest(forward_open.service, CONNECTION_MANAGER_PATH, forward_open.encode())
         reply = await self._exchange(
             EncapsulationMessage(
                 _Command.SEND_RR_DATA, self.session_handle, data=send_rr_data(request.encode())
             )
         )
+        return parse_response(unconnected_message(reply, parse_send_data(reply)))
+
+    async def _open_connection(self) -> None:
+        size = self.pool.asset.connection_size
         try:
-            response = parse_response(unconnected_message(reply, parse_send_data(reply)))
+            response = await self._request_connection(size)
+            smaller = _size_offered(response)
+            if smaller is not None and MIN_CONNECTION_SIZE <= smaller < size:
+                # The device carries less than the asset says: take what it offers, as clients do, and
+                # grant clients no more than that.
+                log.info("%s: device grants %d connection bytes, not %d", self.pool.asset.name, smaller, size)
+                size = smaller
+                response = await self._request_connection(size)
             if not response.ok:
                 raise CipProtocolError(f"general status 0x{response.general_status:02X}")
             opened = parse_forward_open_reply(response.data)
@@ -169,6 +197,7 @@ class EnipLink(Link[EnipPending]):
         self.o_t_connection_id = opened.o_t_connection_id
         # The target may choose the T->O id itself; its replies come under the id its reply names.
         self.t_o_connection_id = opened.t_o_connection_id
+        self.connection_size = size
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._waiting is not None and not self._waiting.done():
@@ -302,3 +331,10 @@ class EnipUpstreamPool(UpstreamPool):
         super().__init__(asset, runtime)
         # A link is a TCP connection with its encapsulation session, and carries one CIP connection.
         self.max_connections = asset.max_sessions
+
+    @property
+    def connection_size(self) -> int:
+        """The largest connection a client may be granted: what every connected link carries (the
+        asset's ``connection_size``, or less where the device granted less)."""
+        sizes = [link.connection_size for link in self.connections if isinstance(link, EnipLink)]
+        return min((size for size in sizes if size is not None), default=self.asset.connection_size)

@@ -8,10 +8,13 @@ from __future__ import annotations
 import asyncio
 import struct
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
+from pycomm3 import LogixDriver
 
 from gateway.lab.sim.enip import EnipSim
+from gateway.lab.sim.enip_server import Caps
 from protocols.enip import (
     EncapsulationConnection,
     EncapsulationMessage,
@@ -150,3 +153,27 @@ async def test_a_malformed_forward_open_gets_the_status_a_target_gives(
     # The session goes on: the well-formed Forward Open after it is granted.
     granted = await client.request(Service.FORWARD_OPEN, forward_open(500, large=False, serial=7).encode())
     assert granted.general_status == 0
+
+
+async def test_a_device_that_carries_less_sets_the_size_clients_are_granted(lab: Lab) -> None:
+    # The asset asks for 511 bytes (the default); this device takes at most 500 and says so (0x0109,
+    # 500). The gateway opens its connection at 500, as a client falls back, and grants clients no more.
+    async with EnipSim(static=True, caps=Caps(max_connection_size=500)) as plc:
+        await lab.start_gateway(enip_policy_text(plc.port, RULES))
+        raw = RawClient(*await lab.raw_connection("alice", "plc-2"))
+        await raw.register()
+        refused = await raw.request(Service.FORWARD_OPEN, forward_open(504, large=False).encode())
+        granted = await raw.request(Service.FORWARD_OPEN, forward_open(500, large=False).encode())
+        port = await lab.start_agent("alice", "plc-2", "enip")
+
+        def run() -> Any:
+            with LogixDriver(f"127.0.0.1:{port}") as driver:
+                return driver.read("Recipe{10}").value
+
+        assert await asyncio.wait_for(asyncio.to_thread(run), 60) == [100 * (i + 1) for i in range(10)]
+    assert (refused.general_status, refused.extended_status) == (0x01, (0x0109, 500))
+    assert granted.general_status == 0
+    opens = [r for r in plc.received if r.service == Service.FORWARD_OPEN]
+    assert [(r.general_status, r.extended_status) for r in opens] == [(0x01, (0x0109, 500)), (0, ())]
+    reads = [r for r in plc.received if r.tag == "Recipe"]
+    assert reads and all(r.connected for r in reads)  # on the gateway's connection of 500 bytes

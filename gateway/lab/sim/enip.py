@@ -313,7 +313,9 @@ class EnipSim:
 def _connection_manager(identity: Identity, caps: Caps) -> ConnectionManager:
     # Logix took Large Forward Open with v20: an older controller answers it 0x08 and pycomm3 falls back.
     large = identity.revision[0] >= MIN_LARGE_FORWARD_OPEN_REVISION
-    return ConnectionManager(max_connections=caps.max_connections, large_forward_open=large)
+    return ConnectionManager(
+        max_connections=caps.max_connections, large_forward_open=large, max_size=caps.max_connection_size
+    )
 
 
 async def start_enip_sim(

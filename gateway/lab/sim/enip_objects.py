@@ -137,9 +137,12 @@ def _check_connection_path(path: EPath) -> int | None:
 class ConnectionManager:
     """Class 3 connections made by Forward Open, capped in number, each bound to its session."""
 
-    def __init__(self, *, max_connections: int, large_forward_open: bool) -> None:
+    def __init__(
+        self, *, max_connections: int, large_forward_open: bool, max_size: int | None = None
+    ) -> None:
         self.max_connections = max_connections
         self.large_forward_open = large_forward_open
+        self.max_size = max_size  # a smaller device than a Logix controller
         self._by_id: dict[int, Connection] = {}
         self._ids = itertools.count(0x0E5E_0001)
 
@@ -157,6 +160,7 @@ class ConnectionManager:
         if path_status is not None:
             return _failure(service, (path_status,), request)
         limit = MAX_LARGE_CONNECTION_SIZE if request.large else MAX_CONNECTION_SIZE
+        limit = limit if self.max_size is None else min(limit, self.max_size)
         for size in (request.o_t.size, request.t_o.size):
             # At least a sequence count and a reply header; the second word tells the size supported.
             if not MIN_CONNECTION_SIZE <= size <= limit:

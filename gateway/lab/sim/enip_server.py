@@ -66,6 +66,7 @@ class Caps:
     max_clients: int = 32  # TCP connections
     max_sessions: int = 32
     max_connections: int = 32  # class 3 connections, across sessions
+    max_connection_size: int | None = None  # bytes a Forward Open may ask for; None: what Logix takes
 
 
 DEFAULT_CAPS = Caps()
