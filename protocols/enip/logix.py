@@ -261,8 +261,9 @@ def _opaque(writes: bool) -> Callable[[bytes], Payload]:
 
 # Where bytes after the declared fields are ignored, and why (each is still decided in full, and only its
 # canonical encoding forwarded). pycomm3 1.2.16's generic messages over UCMM append their route path
-# (``00 00`` when empty) after the request data; Logix controllers, OpENer (GetAttributeList reads the
-# count and ids and no more), cpppo and our simulator answer these services all the same:
+# (``00 00`` when empty) after the request data, and devices answer these services all the same: OpENer
+# (GetAttributeList reads the count and the ids and no more), Micro800 controllers (pycomm3's
+# get_plc_info reaches them so), cpppo and our simulator:
 # - Get_Attribute_List 0x03: the count says how many ids there are;
 # - Get_Attributes_All 0x01, Get_Attribute_Single 0x0E: they take no request data at all;
 # - Write Tag 0x4D and Read-Modify-Write 0x4E: pycomm3 sends such bytes with every single-tag and bit
