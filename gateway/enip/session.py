@@ -456,7 +456,7 @@ class EnipSession(Session):
             leaf = flatten(request)[0]
         except CipProtocolError as error:
             self._answer(answer, _connection_request_error(request, error))
-            self._protocol_error(str(error))
+            self.protocol_error(str(error))
             return
         decision = self.view.decide_enip(leaf, self.runtime.clock())
         if not decision.allowed:
