@@ -14,6 +14,7 @@ from functools import partial
 from pathlib import Path
 
 from gateway.admission import HandshakeLimits
+from gateway.policy_store import DEFAULT_QUIET_S
 from policies import toml
 from policies.errors import PolicyError, PolicyIssue, format_path, syntax_issue
 from policies.fields import FieldChecker, expected
@@ -69,6 +70,7 @@ class GatewayConfig:
     name: str
     listen: tuple[str, int]
     policy: Path | None  # None: from the center
+    policy_quiet_s: float  # a policy file changed in place is loaded after this long unchanged
     tls: TlsFiles
     loop: str  # "uvloop" | "asyncio"
     max_sessions: int
@@ -293,14 +295,26 @@ def load_gateway_config(path: Path) -> GatewayConfig:
     gw = check.section(
         doc,
         "gateway",
-        ("name", "listen", "policy", "loop", "max_sessions", "client_max_in_flight", "client_idle_timeout_s",
-         *_PACING_DEFAULTS),
-    )  # fmt: skip
+        (
+            "name",
+            "listen",
+            "policy",
+            "policy_quiet_s",
+            "loop",
+            "max_sessions",
+            "client_max_in_flight",
+            "client_idle_timeout_s",
+            *_PACING_DEFAULTS,
+        ),
+    )
     name = check.optional(gw, "name", ("gateway",), check.string, socket.gethostname())
     listen = check.address(gw, "listen", ("gateway",), "127.0.0.1:8443")
     if "center" in doc and "policy" in gw:
         check.error(("gateway", "policy"), "a gateway with a [center] takes its policy from the center")
     policy = check.path(gw, "policy", ("gateway",), required="center" not in doc)
+    policy_quiet = check.optional(
+        gw, "policy_quiet_s", ("gateway",), lambda v, p: check.number(v, p, 0, 3600), DEFAULT_QUIET_S
+    )
     loop = check.optional(
         gw, "loop", ("gateway",), lambda v, p: check.choice(v, p, ("uvloop", "asyncio")), "uvloop"
     )
@@ -338,13 +352,14 @@ def load_gateway_config(path: Path) -> GatewayConfig:
     raise_problems(path, text, check)
     assert name is not None and listen is not None and loop is not None and tls is not None
     assert max_sessions is not None and max_in_flight is not None and audit_stdout is not None
-    assert idle_timeout is not None
+    assert idle_timeout is not None and policy_quiet is not None
     assert aggregate is not None and queue_limit is not None and overlay is not None
     return GatewayConfig(
         source=path,
         name=name,
         listen=listen,
         policy=policy,
+        policy_quiet_s=policy_quiet,
         tls=tls,
         loop=loop,
         max_sessions=max_sessions,

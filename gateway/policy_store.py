@@ -6,6 +6,12 @@ second and must not stall the data path), checked completely, and only then swap
 attribute assignment: every request is decided entirely under one revision. A file with errors is
 refused with the same messages ``ztgate policy check`` prints, and the last good policy stays.
 
+A file is watched by polling its stat. A file replaced whole (a new inode: ``mv``, a Kubernetes
+ConfigMap's symlink swap, an editor that saves a new file) is complete when it appears, so it is loaded
+at once, as on SIGHUP. A file rewritten in place may be caught half-way through: it is loaded only once
+its size, mtime and content hash have stayed the same for ``quiet_s`` (default 3 s), so a writer that
+pauses between two writes is not read in between.
+
 In center mode (:meth:`PolicyStore.from_center`) there is no file: the bundle subscriber
 (:mod:`gateway.bundles`) compiles each verified revision and hands it to :meth:`PolicyStore.install`.
 Either way, assets can be closed on top of the verified policy (:meth:`PolicyStore.set_refusals`: a
@@ -16,9 +22,12 @@ enforced, ``verified`` what was loaded.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +39,32 @@ log = logging.getLogger("ztgate.policy")
 Listener = Callable[[Policy], None]
 
 
+DEFAULT_QUIET_S = 3.0
+
+
 def _stat_key(path: Path) -> tuple[int, int, int] | None:
     try:
         st = os.stat(path)
     except OSError:
         return None
     return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def _digest(path: Path) -> bytes | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).digest()
+    except OSError:
+        return None
+
+
+@dataclass
+class PendingChange:
+    """A file changed in place, waiting to stay unchanged for the quiet period."""
+
+    stat: tuple[int, int, int]
+    digest: bytes | None
+    since: float  # the watcher's clock when the file was last seen to change
+    polls: int = 1  # how many polls have seen it unchanged since then
 
 
 class PolicyStore:
@@ -52,6 +81,7 @@ class PolicyStore:
         self.last_error: str | None = None
         self.reloads = 0
         self.failed_reloads = 0
+        self.pending: PendingChange | None = None
         self._lock = asyncio.Lock()
 
     @classmethod
@@ -69,6 +99,7 @@ class PolicyStore:
             return False  # a center's policy changes by bundles only
         async with self._lock:
             self._stat = _stat_key(self.path)
+            self.pending = None
             loop = asyncio.get_running_loop()
             try:
                 policy = await loop.run_in_executor(None, load_policy, self.path)
@@ -139,12 +170,42 @@ class PolicyStore:
         for listener in self._listeners:
             listener(self.current)
 
-    async def watch(self, interval_s: float = 1.0) -> None:
-        """Poll the file's stat; reload when it changed. Runs until cancelled."""
+    async def watch(
+        self,
+        interval_s: float = 1.0,
+        quiet_s: float = DEFAULT_QUIET_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """Poll the file's stat every ``interval_s``. Reload a file replaced whole at once, and a file
+        changed in place once it has stayed unchanged for ``quiet_s``. Runs until cancelled."""
         while True:
             await asyncio.sleep(interval_s)
-            if _stat_key(self.path) != self._stat:
-                try:
-                    await self.reload("file changed")
-                except Exception:  # a bug in a listener must not stop the watcher
-                    log.exception("policy reload failed")
+            trigger = self._poll(quiet_s, clock())
+            if trigger is None:
+                continue
+            try:
+                await self.reload(trigger)
+            except Exception:  # a bug in a listener must not stop the watcher
+                log.exception("policy reload failed")
+
+    def _poll(self, quiet_s: float, now: float) -> str | None:
+        """One look at the file: the reload trigger when it is time to load it, else None."""
+        stat = _stat_key(self.path)
+        if stat == self._stat or stat is None:  # unchanged, or gone for now (the old policy stays)
+            self.pending = None
+            return None
+        if self._stat is None or stat[2] != self._stat[2]:
+            self.pending = None
+            return "file replaced"
+        digest = _digest(self.path)
+        pending = self.pending
+        if pending is None or pending.stat != stat or pending.digest != digest:
+            if pending is None:
+                log.info("policy file %s changed in place: loaded after %g s unchanged", self.path, quiet_s)
+            self.pending = PendingChange(stat, digest, now)
+            return None
+        pending.polls += 1
+        if now - pending.since < quiet_s:
+            return None
+        self.pending = None
+        return "file changed"

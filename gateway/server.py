@@ -34,7 +34,7 @@ from gateway.modbus.upstream import ModbusUpstreamPool
 from gateway.opcua.session import OpcUaSession
 from gateway.opcua.upstream import OpcUaPool
 from gateway.overlay import OverlayListener, SessionFactory
-from gateway.policy_store import PolicyStore
+from gateway.policy_store import DEFAULT_QUIET_S, PolicyStore
 from gateway.renewal import Renewer
 from gateway.runtime import PoolFactory, Runtime, SessionLimits, cancel_tasks, tune_garbage_collector
 from gateway.tls import GATEWAY_ROLE, TlsMaterial, server_context
@@ -76,6 +76,7 @@ class Gateway:
         handshake_limits: HandshakeLimits | None = None,
         watch_policy_s: float | None = 1.0,
         watch_tls_s: float = 1.0,
+        policy_quiet_s: float = DEFAULT_QUIET_S,
     ) -> None:
         if (policy is None) == (center is None):
             raise ValueError("a gateway takes its policy from a file or from a center, one of the two")
@@ -93,6 +94,7 @@ class Gateway:
         self._handshake_limits = handshake_limits or HandshakeLimits()
         self._watch_policy_s = watch_policy_s if center is None else None
         self._watch_tls_s = watch_tls_s
+        self._policy_quiet_s = policy_quiet_s
         self.listener: OverlayListener | None = None
         self.addresses: list[tuple[str, int]] = []
         self.admin_port: int | None = None
@@ -159,7 +161,8 @@ class Gateway:
         if self._admin_listen is not None:
             self._admin, self.admin_port = await start_admin(runtime, *self._admin_listen)
         if self._watch_policy_s:
-            self._tasks.append(loop.create_task(runtime.policies.watch(self._watch_policy_s)))
+            watch = runtime.policies.watch(self._watch_policy_s, self._policy_quiet_s)
+            self._tasks.append(loop.create_task(watch))
         self.audit.emit(
             {
                 "event": "gateway_start",
@@ -289,6 +292,7 @@ async def _serve(config: GatewayConfig) -> int:
             ),
             max_sessions=config.max_sessions,
             handshake_limits=config.overlay,
+            policy_quiet_s=config.policy_quiet_s,
         )
     except PolicyError as error:
         print(f"ztgate gateway: policy refused:\n{error}", file=sys.stderr)

@@ -212,6 +212,7 @@ class Lab:
         aggregate_reads_s: float = 0.0,
         limits: SessionLimits | None = None,
         watch_policy_s: float | None = None,
+        policy_quiet_s: float = 3.0,
         handshake_limits: HandshakeLimits | None = None,
         max_sessions: int = 20_000,
     ) -> Gateway:
@@ -231,6 +232,7 @@ class Lab:
             # Refusals one line each unless a test asks for their aggregation, as for reads.
             limits=limits or SessionLimits(refusal_audit_interval_s=0.0),
             watch_policy_s=watch_policy_s,
+            policy_quiet_s=policy_quiet_s,
             handshake_limits=handshake_limits,
             max_sessions=max_sessions,
             **kwargs,

@@ -13,6 +13,7 @@ from typing import Any
 from pymodbus.client import AsyncModbusTlsClient
 
 from gateway.tls import client_context
+from tests.center.harness import eventually
 from tests.e2e.harness import ALICE, Lab, policy_text
 
 READS = """
@@ -108,7 +109,7 @@ async def test_broken_policy_is_refused_and_the_old_one_keeps_working(lab: Lab) 
 
 async def test_file_change_is_picked_up(lab: Lab) -> None:
     port = await lab.start_device()
-    gateway = await lab.start_gateway(policy_text(port, READS), watch_policy_s=0.05)
+    gateway = await lab.start_gateway(policy_text(port, READS), watch_policy_s=0.05, policy_quiet_s=0.2)
     client = await lab.client("alice")
     assert (await client.write_register(150, 1, device_id=1)).exception_code == 1
     lab.policy_path.write_text(policy_text(port, READS + WRITES))
@@ -188,3 +189,100 @@ file = "audit.jsonl"
     # A clean stop flushes the audit trail.
     audit = (tmp_path / "audit.jsonl").read_text()
     assert '"trigger":"SIGHUP"' in audit and ALICE in audit and '"event":"gateway_stop"' in audit
+
+
+RECIPES = """
+[[rules]]
+id = "no-recipes"
+effect = "deny"
+subjects = ["group:operators"]
+assets = ["plc-1"]
+modbus = [{ fc = [3], address = "500-599" }]
+"""
+
+
+class StepClock:
+    """The watcher's clock, moved by the test: a quiet period passes when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_policy_written_in_place_in_pieces_never_decides_a_request_half_written(lab: Lab) -> None:
+    port = await lab.start_device()
+    before = policy_text(port, READS.replace("0-999", "0-99"))
+    full = policy_text(port, READS + RECIPES)
+    half = full[: full.index('[[rules]]\nid = "no-recipes"')]  # valid on its own: reads 500-599 allowed
+    gateway = await lab.start_gateway(before)
+    first = gateway.policy.revision
+    store = gateway.runtime.policies
+    clock = StepClock()
+    watcher = asyncio.create_task(store.watch(0.01, 3.0, clock))
+    client = await lab.client("alice")
+    outcomes: list[int] = []  # exception code of each read of address 550 (0: allowed)
+    stop = asyncio.Event()
+
+    async def traffic() -> None:
+        while not stop.is_set():
+            result = await client.read_holding_registers(550, count=1, device_id=1)
+            outcomes.append(result.exception_code if result.isError() else 0)
+
+    async def watched(polls: int) -> None:
+        """The watcher has looked at the file as it is now at least ``polls`` times, and requests went on."""
+        sent = len(outcomes)
+        await eventually(
+            lambda: store.pending is not None and store.pending.polls >= polls and len(outcomes) > sent + 2,
+            what="the watcher saw the change and requests were decided meanwhile",
+        )
+
+    running = asyncio.create_task(traffic())
+    try:
+        file = os.open(lab.policy_path, os.O_WRONLY | os.O_TRUNC)  # in place: the same inode
+        try:
+            os.write(file, half.encode())
+            await watched(3)
+            clock.now += 1.6  # the writer pauses 1.6 s ...
+            await watched(6)
+            os.write(file, full[len(half) :].encode())  # ... and writes the rest
+        finally:
+            os.close(file)
+        await watched(3)
+        assert gateway.policy.revision == first
+        clock.now += 2.9
+        await watched(6)  # still inside the quiet period: the old policy decides
+        clock.now += 0.2
+        loaded = await lab.wait_for_event(event="policy_loaded")
+        sent = len(outcomes)
+        await eventually(lambda: len(outcomes) > sent + 2, what="requests went on after the swap")
+    finally:
+        stop.set()
+        await running
+        watcher.cancel()
+    assert loaded["trigger"] == "file changed"
+    assert len(lab.audit_events(event="policy_loaded")) == 1, "only the complete file was ever loaded"
+    revisions = {e["policy_revision"] for e in lab.audit_events(event="decision", fc=3)}
+    assert revisions == {loaded["previous_revision"], loaded["policy_revision"]}
+    assert 0 not in outcomes, "a read that both the old and the full policy refuse was allowed"
+    denied_by = {e["rule"] for e in lab.audit_events(event="decision", decision="deny")}
+    assert "no-recipes" in denied_by
+
+
+async def test_a_policy_replaced_by_rename_is_loaded_at_once(lab: Lab) -> None:
+    port = await lab.start_device()
+    gateway = await lab.start_gateway(policy_text(port, READS))
+    clock = StepClock()  # never moves: no quiet period can pass
+    watcher = asyncio.create_task(gateway.runtime.policies.watch(0.01, 3.0, clock))
+    client = await lab.client("alice")
+    try:
+        assert (await client.write_register(150, 1, device_id=1)).exception_code == 1
+        staged = lab.policy_path.with_name(".policy.toml.new")
+        staged.write_text(policy_text(port, READS + WRITES))
+        os.replace(staged, lab.policy_path)
+        loaded = await lab.wait_for_event(event="policy_loaded")
+    finally:
+        watcher.cancel()
+    assert loaded["trigger"] == "file replaced"
+    assert not (await client.write_register(150, 1, device_id=1)).isError()
