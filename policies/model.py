@@ -28,6 +28,7 @@ __all__ = [
     "DENY_ACTIONS",
     "EFFECTS",
     "ENIP_DENY",
+    "EVERY_FUNCTION_CODE",
     "MODBUS_DENY",
     "MODES",
     "ON_STALE",
@@ -56,6 +57,7 @@ DENY_ACTIONS = ("exception", "drop", "close")
 # FC 8 (Diagnostics) and FC 43 (Encapsulated Interface Transport) are decided per sub-function / MEI
 # type: their sub-functions range from harmless counters to "force listen-only mode".
 SUBFUNCTION_CODES = frozenset((8, 43))
+EVERY_FUNCTION_CODE = frozenset(range(1, 128))  # fc = "*" (128..255 are exception responses)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +189,8 @@ class ModbusEntry:
 
     def describe(self) -> str:
         """The entry in policy-like notation, for explanations."""
-        parts = ["fc " + ", ".join(str(fc) for fc in sorted(self.function_codes))]
+        every = self.function_codes == EVERY_FUNCTION_CODE
+        parts = ["fc *" if every else "fc " + ", ".join(str(fc) for fc in sorted(self.function_codes))]
         for name, ranges in (
             ("subfunction", self.subfunctions),
             ("unit", self.units),

@@ -8,11 +8,11 @@ from typing import cast
 from policies.assets import UNIT_BOUNDS
 from policies.errors import FieldPath
 from policies.fields import FieldChecker
-from policies.model import SUBFUNCTION_CODES, ModbusEntry
+from policies.model import EVERY_FUNCTION_CODE, SUBFUNCTION_CODES, ModbusEntry
 from policies.ranges import IntervalSet
 from protocols.modbus import spec
 
-__all__ = ["PRESETS", "ModbusEntryChecks"]
+__all__ = ["EVERY_FC", "PRESETS", "ModbusEntryChecks"]
 
 PRESETS: dict[str, frozenset[int]] = {
     "read-only": frozenset(spec.PRESET_READ_ONLY),
@@ -28,6 +28,7 @@ _FILE_BOUNDS = (0, 0xFFFF)
 _VALUE_BOUNDS = (0, 0xFFFF)
 _SUBFUNCTION_BOUNDS = (0, 0xFFFF)
 _FC_BOUNDS = (1, 127)  # 128..255 are exception responses, never requests
+EVERY_FC = "*"  # fc = "*": every function code, 1..127, and every sub-function of FC 8 and 43
 _RANGE_BOUNDS = {
     "subfunction": _SUBFUNCTION_BOUNDS,
     "unit": UNIT_BOUNDS,
@@ -77,8 +78,11 @@ class ModbusEntryChecks(FieldChecker):
             bounds = _RANGE_BOUNDS.get(name)
             if bounds is not None:
                 fields[name] = self.ranges(field_value, path, name, bounds)
+        every = table.get("fc") == EVERY_FC
+        if every and "subfunction" not in table:
+            fields["subfunction"] = IntervalSet.single(*_SUBFUNCTION_BOUNDS)
         per_subfunction = codes & SUBFUNCTION_CODES
-        if per_subfunction and "subfunction" not in table:
+        if per_subfunction and "subfunction" not in fields:
             named = " and ".join(f"FC {fc}" for fc in sorted(per_subfunction))
             self.error(path, f"{named} is decided per sub-function: list them, e.g. subfunction = [0, 11]")
         if "subfunction" in table and codes and not per_subfunction:
@@ -95,6 +99,8 @@ class ModbusEntryChecks(FieldChecker):
     def function_codes(self, value: object, entry_path: FieldPath) -> list[int]:
         if type(value) is int and 1 <= value <= 127:
             return [value]
+        if value == EVERY_FC:
+            return sorted(EVERY_FUNCTION_CODE)
         items = value if isinstance(value, list) else [value]
         # Nearly every file spells codes correctly: check that in one pass before the careful one
         # (``type(...) is int`` keeps booleans out, which ``isinstance`` would let in).
@@ -106,6 +112,11 @@ class ModbusEntryChecks(FieldChecker):
         codes: list[int] = []
         for index, item in enumerate(items):
             item_path = (*path, index) if isinstance(value, list) else path
+            if isinstance(item, str):
+                self.error(
+                    item_path, f'{item!r}: a function code is a number (1..127); fc = "*" names every one'
+                )
+                continue
             code = self.integer(item, item_path, *_FC_BOUNDS)
             if code is not None:
                 codes.append(code)

@@ -97,6 +97,32 @@ def test_policy_explain_reports_what_the_codec_refuses(
     assert "codec refuses" in out and "exception 3" in out
 
 
+def test_policy_check_and_explain_take_every_function_code(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "policy.toml"
+    path.write_text(
+        POLICY
+        + """
+[[rules]]
+id = "no-vendor-tools"
+effect = "deny"
+subjects = ["spiffe://plant1.example/vendor/*"]
+assets = ["plc-1"]
+modbus = [{ fc = "*" }]
+"""
+    )
+    assert main(["policy", "check", str(path)]) == 0
+    assert "2 rule(s)" in capsys.readouterr().out
+    vendor = "spiffe://plant1.example/vendor/acme/eve"
+    args = ["policy", "explain", str(path), "--subject", vendor, "--asset", "plc-1"]
+    assert main([*args, "--fc", "90"]) == 1
+    out = capsys.readouterr().out
+    assert "no-vendor-tools" in out and "fc *" in out
+    assert main([*args, "--fc", "8", "--sub", "4"]) == 1
+    assert "no-vendor-tools" in capsys.readouterr().out
+
+
 def test_policy_explain_at_a_time(policy: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["policy", "explain", str(policy), "--subject", ALICE, "--asset", "plc-1", "--fc", "3"]
     assert main([*args, "--at", "2026-11-26T07:30:00"]) == 2

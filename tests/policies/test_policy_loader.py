@@ -293,6 +293,8 @@ RULE = '[[rules]]\nid = "a"\nsubjects = ["spiffe://plant1.example/user/x"]\nasse
         (head() + RULE + "description = 1\n", "rules[0].description", "expected a string"),
         (head() + RULE + "modbus = [{ fc = [] }]", "rules[0].modbus[0].fc", "the array is empty"),
         (head() + RULE + "modbus = [{ fc = 43 }]", "rules[0].modbus[0]", "FC 43 is decided per sub-function"),
+        (head() + RULE + 'modbus = [{ fc = "all" }]', "rules[0].modbus[0].fc", 'fc = "*" names every one'),
+        (head() + RULE + 'modbus = [{ fc = [3, "*"] }]', "rules[0].modbus[0].fc[1]", 'fc = "*" names every'),
         (
             head() + RULE + "modbus = [{ fc = 3, file = [[1]] }]",
             "rules[0].modbus[0].file[0]",

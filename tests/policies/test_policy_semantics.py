@@ -178,6 +178,32 @@ def test_vendor_codes_need_a_rule_naming_them() -> None:
     assert decide(policy(allow("{ fc = 90 }")), opaque(90)).verdict == "allow"
 
 
+def test_fc_star_names_every_function_code_and_sub_function() -> None:
+    p = policy(allow('{ fc = "*", unit = 1 }') + deny('{ fc = "*" }', "cut", BOB))
+    every = (
+        read(3, 0),
+        write_registers(0, [1, 2]),
+        read_files((1, 0, 1)),
+        diagnostics(4),  # force listen-only mode: named by "*" without listing sub-functions
+        device_id(13),
+        no_data(17),
+        opaque(90),  # a vendor code
+        opaque(127),
+    )
+    for request in every:
+        assert outcome(decide(p, request)) == ("allow", "r", 0), request
+        assert outcome(decide(p, request, subject=BOB))[:2] == ("deny", "cut"), request
+    assert decide(p, read(3, 0, unit=2)).verdict == "deny"  # the entry's other fields still hold
+
+
+def test_fc_star_with_subfunction_narrows_only_fc8_and_fc43() -> None:
+    p = policy(allow('{ fc = "*", subfunction = [0, 14] }'))
+    assert decide(p, diagnostics(0)).verdict == "allow"
+    assert decide(p, device_id(14)).verdict == "allow"
+    assert outcome(decide(p, diagnostics(4))) == ("deny", None, 1)
+    assert decide(p, write_register(0, 1)).verdict == "allow"
+
+
 # ----------------------------------------------------------------------------- deny rules, codes
 
 
