@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Generic, TypeVar
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
@@ -46,6 +48,45 @@ ALPN_PROTOCOLS = ("modbus", "enip", "opcua")
 RENEWAL_ALPN = "ztgate-renewal"
 
 
+class TlsFileError(ValueError):
+    """A certificate, key or CA file that cannot be used; the message names the file and why."""
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise TlsFileError(f"{path}: cannot read the {what}: {error.strerror}") from None
+
+
+def load_files(context: ssl.SSLContext, cert: Path | None, key: Path | None, ca: Path | None) -> None:
+    """Load the certificate, key and CA files into ``context``. OpenSSL's own errors name no file
+    ("PEM lib"), so each file is read and parsed first, and a refusal names the file at fault."""
+    if cert is not None and key is not None:
+        cert_pem, key_pem = _read(cert, "certificate"), _read(key, "private key")
+        try:
+            x509.load_pem_x509_certificates(cert_pem)
+        except ValueError:
+            raise TlsFileError(f"{cert}: not a PEM certificate") from None
+        try:
+            serialization.load_pem_private_key(key_pem, password=None)
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            raise TlsFileError(f"{key}: not an unencrypted PEM private key") from None
+        try:
+            context.load_cert_chain(cert, key)
+        except ssl.SSLError as error:
+            if error.reason == "KEY_VALUES_MISMATCH":
+                raise TlsFileError(f"{key}: not the private key of the certificate {cert}") from None
+            raise TlsFileError(f"{cert}, {key}: {error}") from None
+    if ca is not None:
+        ca_pem = _read(ca, "CA bundle")
+        try:
+            x509.load_pem_x509_certificates(ca_pem)
+            context.load_verify_locations(cafile=ca)
+        except (ValueError, ssl.SSLError):
+            raise TlsFileError(f"{ca}: not a PEM CA bundle (no certificate in it)") from None
+
+
 def _base_context(
     purpose: int, cert: Path | None, key: Path | None, ca: Path, *, alerting: bool = False
 ) -> ssl.SSLContext:
@@ -58,9 +99,7 @@ def _base_context(
     )
     context.minimum_version = ssl.TLSVersion.TLSv1_3
     context.maximum_version = ssl.TLSVersion.TLSv1_3
-    if cert is not None and key is not None:
-        context.load_cert_chain(cert, key)
-    context.load_verify_locations(cafile=ca)
+    load_files(context, cert, key, ca)
     context.verify_mode = ssl.CERT_REQUIRED
     context.verify_flags |= ssl.VERIFY_X509_STRICT
     # No session tickets: every connection is authenticated with a full handshake against the current

@@ -64,7 +64,11 @@ def fingerprint(tls_public_key: ec.EllipticCurvePublicKey, signing_key: Ed25519P
 
 def _load_ed25519(path: Path) -> Ed25519PrivateKey:
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        pem = path.read_bytes()
+    except OSError as exc:
+        raise pki.PkiError(f"{path}: cannot read the signing key: {exc.strerror}") from None
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
     except (ValueError, TypeError) as exc:
         raise pki.PkiError(f"{path} is not an unencrypted PEM private key: {exc}") from None
     if not isinstance(key, Ed25519PrivateKey):

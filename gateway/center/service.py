@@ -21,7 +21,7 @@ from gateway.center.db import open_database
 from gateway.center.store import Store
 from gateway.center.stream import Hub, Publisher
 from gateway.runtime import cancel_tasks
-from gateway.tls import CENTER_ROLE, https_server_context
+from gateway.tls import CENTER_ROLE, https_server_context, load_files
 
 log = logging.getLogger("ztgate.center")
 
@@ -58,7 +58,7 @@ class Center:
         CENTER_ROLE.check(files.cert)
         self._context = https_server_context(files.cert, files.key, files.ca)
         if self.authority.extra_trust.is_file():  # a CA rotation: certificates of both CAs are good
-            self._context.load_verify_locations(cafile=self.authority.extra_trust)
+            load_files(self._context, None, None, self.authority.extra_trust)
         services = Services(self.config, self.store, self.authority, self.publisher, self.hub)
         self._runner = web.AppRunner(build_app(services), access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
@@ -83,7 +83,7 @@ class Center:
         if self.authority.ensure_tls_certificate(lifetime, now=self.clock()) and self._context is not None:
             files = self.authority.tls_files
             # Same context, new chain: handshakes from now on present it; live connections keep theirs.
-            self._context.load_cert_chain(files.cert, files.key)
+            load_files(self._context, files.cert, files.key, None)
             log.info("renewed the center's TLS certificate")
 
     async def _renew_loop(self) -> None:
