@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import cast
 
 from gateway.cli import log_to_stderr
-from gateway.config import AgentConfig, AgentListener, ConfigError, TlsFiles, load_agent_config
+from gateway.config import AgentConfig, AgentListener, ConfigError, TlsFiles, is_loopback, load_agent_config
 from gateway.credentials import Credentials
 from gateway.identity import PeerPin
 from gateway.renewal import Renewer
@@ -339,6 +339,17 @@ class Agent:
             self.renewer = Renewer(Credentials(center.credentials), [self.tls])
             self._renewing = loop.create_task(self.renewer.run())
         for listener in self.config.listeners:
+            host, port = listener.listen
+            if not is_loopback(host):
+                log.warning(
+                    "LISTENING ON A NON-LOOPBACK ADDRESS %s:%d (allow_remote = true): anyone who "
+                    "reaches this plaintext port uses asset %s with this agent's identity (certificate "
+                    "%s); firewall it to the hosts that need it",
+                    host,
+                    port,
+                    listener.asset,
+                    self.config.tls.cert,
+                )
             server = await loop.create_server(lambda li=listener: _Local(self, li), *listener.listen)  # type: ignore[misc]
             self._servers.append(server)
             host, port = server.sockets[0].getsockname()[:2]

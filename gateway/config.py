@@ -105,6 +105,17 @@ class AgentConfig:
     listeners: tuple[AgentListener, ...]
     connect_timeout_s: float
     center: CenterSettings | None = None
+    allow_remote: bool = False  # listeners may be on addresses other hosts reach
+
+
+def is_loopback(host: str) -> bool:
+    """Whether only this host can reach ``host`` (an address literal or ``localhost``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to any address
 
 
 class ConfigChecker(FieldChecker):
@@ -407,12 +418,13 @@ def load_agent_config(path: Path) -> AgentConfig:
     check = ConfigChecker(path.absolute().parent)
     check.keys(doc, (), ("agent", "tls", "listeners", "center"))
     center = _center(check, doc, gateway=False)
-    agent = check.section(doc, "agent", ("gateway", "gateway_id", "connect_timeout_s"))
+    agent = check.section(doc, "agent", ("gateway", "gateway_id", "connect_timeout_s", "allow_remote"))
     default_gateway = agent.get("gateway")
     default_gateway_id = check.optional(agent, "gateway_id", ("agent",), _gateway_id(check), None)
     connect_timeout = check.optional(
         agent, "connect_timeout_s", ("agent",), lambda v, p: check.number(v, p, 0.1, 120), 5.0
     )
+    allow_remote = check.optional(agent, "allow_remote", ("agent",), check.boolean, False)
     tls = check.tls(doc, center)
     listeners: list[AgentListener] = []
     raw = doc.get("listeners")
@@ -426,6 +438,13 @@ def load_agent_config(path: Path) -> AgentConfig:
             continue
         check.keys(table, where, ("listen", "asset", "gateway", "gateway_id", "protocol"))
         listen = check.address(table, "listen", where, None)
+        if listen is not None and not is_loopback(listen[0]) and allow_remote is False:
+            # Whoever reaches a listener speaks with the agent's identity, and the port is plaintext.
+            check.error(
+                (*where, "listen"),
+                f"{listen[0]} is not a loopback address: anyone who reaches this plaintext port acts "
+                "with this agent's identity; listen on 127.0.0.1, or set [agent] allow_remote = true",
+            )
         asset = check.string(table.get("asset"), (*where, "asset")) if "asset" in table else None
         if "asset" not in table:
             check.error((*where, "asset"), "required: the asset this port reaches")
@@ -445,7 +464,12 @@ def load_agent_config(path: Path) -> AgentConfig:
         if listen is not None and asset is not None and gateway is not None:
             listeners.append(AgentListener(listen, asset, gateway, protocol, gateway_id))
     raise_problems(path, text, check)
-    assert tls is not None and connect_timeout is not None
+    assert tls is not None and connect_timeout is not None and allow_remote is not None
     return AgentConfig(
-        source=path, tls=tls, listeners=tuple(listeners), connect_timeout_s=connect_timeout, center=center
+        source=path,
+        tls=tls,
+        listeners=tuple(listeners),
+        connect_timeout_s=connect_timeout,
+        center=center,
+        allow_remote=allow_remote,
     )

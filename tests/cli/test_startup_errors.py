@@ -1,5 +1,6 @@
-"""Start-up refusals of the real commands for a key that is missing or is garbage: the message names
-the file, and the command exits with a failure status (issue 16)."""
+"""Start-up refusals and warnings of the real commands (issue 16): a key that is missing or is garbage
+(the message names the file, and the command exits with a failure status), and an agent listening
+off loopback."""
 
 from __future__ import annotations
 
@@ -91,3 +92,31 @@ def test_center_names_a_bad_key(center_folder: Path, tmp_path: Path, name: str, 
     key = folder / "keys" / name
     break_key(key, how)
     expect_refusal(ztgate("center", "serve", "--config", str(folder / "center.toml")), "center", key, how)
+
+
+def agent_config(pki: Pki, folder: Path, listen: str, extra: str = "") -> Path:
+    files = pki.clients["hmi"]
+    config = folder / "agent.toml"
+    config.write_text(
+        f'[agent]\ngateway = "127.0.0.1:1"\n{extra}'
+        f'[tls]\ncert = "{files.cert}"\nkey = "{files.key}"\nca = "{pki.ca}"\n'
+        f'[[listeners]]\nlisten = "{listen}"\nasset = "plc-1"\n'
+    )
+    return config
+
+
+def test_agent_refuses_to_listen_off_loopback_without_allow_remote(pki: Pki, tmp_path: Path) -> None:
+    config = agent_config(pki, tmp_path, "0.0.0.0:0")
+    result = ztgate("agent", "--config", str(config))
+    assert result.returncode == 2
+    assert f"{config}:8: listeners[0].listen: 0.0.0.0 is not a loopback address" in result.stderr
+
+
+def test_agent_warns_loudly_when_allowed_to_listen_off_loopback(pki: Pki, tmp_path: Path) -> None:
+    # 192.0.2.1 (TEST-NET-1) is on no interface here: the warning comes before the bind, which fails,
+    # so nothing ever listens beyond loopback.
+    config = agent_config(pki, tmp_path, "192.0.2.1:0", "allow_remote = true\n")
+    result = ztgate("agent", "--config", str(config))
+    assert result.returncode == 1 and "ztgate agent: cannot start:" in result.stderr
+    warning = next(line for line in result.stderr.splitlines() if "NON-LOOPBACK" in line)
+    assert "WARNING" in warning and "192.0.2.1:0" in warning and "plc-1" in warning

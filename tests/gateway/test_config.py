@@ -185,3 +185,30 @@ def test_an_agent_with_a_center_renews_from_its_credentials(tmp_path: Path) -> N
     path.write_text(f'[center]\ndir = "hmi"\nmax_staleness_s = 5\n{listeners}')
     with pytest.raises(ConfigError, match='unknown key "max_staleness_s"'):
         load_agent_config(path)
+
+
+AGENT_HEAD = '[agent]\ngateway = "gw.example:8443"\n{extra}[tls]\ncert = "c"\nkey = "k"\nca = "a"\n'
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:502", "[::]:502", "192.0.2.7:502", "hmi-3.example:502"])
+def test_an_agent_listener_off_loopback_needs_allow_remote(tmp_path: Path, listen: str) -> None:
+    path = tmp_path / "agent.toml"
+    listeners = (
+        '[[listeners]]\nlisten = "127.0.0.1:1502"\nasset = "plc-1"\n'
+        f'[[listeners]]\nlisten = "{listen}"\nasset = "plc-2"\n'
+    )
+    path.write_text(AGENT_HEAD.format(extra="") + listeners)
+    with pytest.raises(ConfigError) as caught:
+        load_agent_config(path)
+    assert len(caught.value.issues) == 1
+    assert str(caught.value).startswith(f"{path}:11: listeners[1].listen: ")  # the line of the listen key
+    assert "not a loopback address" in str(caught.value) and "allow_remote = true" in str(caught.value)
+    path.write_text(AGENT_HEAD.format(extra="allow_remote = true\n") + listeners)
+    assert load_agent_config(path).allow_remote
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:502", "127.3.0.1:502", "[::1]:502", "localhost:502", ":502"])
+def test_an_agent_listener_on_loopback_needs_nothing(tmp_path: Path, listen: str) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(AGENT_HEAD.format(extra="") + f'[[listeners]]\nlisten = "{listen}"\nasset = "plc-1"\n')
+    assert not load_agent_config(path).allow_remote
