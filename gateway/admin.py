@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
+from gateway.metrics import UpstreamState
 from gateway.runtime import Runtime
 
 if TYPE_CHECKING:
@@ -27,32 +28,69 @@ def _json(body: Any, status: int = 200) -> web.Response:
     )
 
 
+def _asset_state(state: UpstreamState, closed: str | None) -> dict[str, Any]:
+    """One asset's readiness: ``up`` (a connection to a device that answers, or has not been asked
+    anything yet), ``not_answering`` (connected, but a request timed out and the device has sent
+    nothing since), ``unreachable`` (no connection), or ``closed`` (the policy refuses every request
+    on it: a stale center policy's ``on_stale = "closed"``)."""
+    if closed is not None:
+        condition, reason = "closed", closed
+    elif state.connected:
+        condition, reason = "up", None
+    elif state.not_answering:
+        condition, reason = "not_answering", "a request timed out and the device has sent nothing since"
+    else:
+        condition, reason = "unreachable", state.last_error
+    return {
+        "protocol": state.protocol,
+        "ready": condition == "up",
+        "state": condition,
+        "connections": state.connected,
+        "not_answering": state.not_answering,
+        "reason": reason,
+    }
+
+
 def build_app(runtime: Runtime) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         return _json({"status": "ok", "gateway": runtime.name})
 
-    async def readyz(_: web.Request) -> web.Response:
-        policy = runtime.policies.current
-        upstreams = [
-            {"asset": state.asset, "protocol": state.protocol, "connected": state.connected}
+    def readiness() -> tuple[bool, dict[str, Any], dict[str, dict[str, Any]]]:
+        """Whether the gateway itself can serve (every status source ready), its body, and the assets."""
+        refusals = runtime.policies.refusals
+        assets = {
+            state.asset: _asset_state(state, refusals.get(state.asset))
             for state in runtime.upstreams.states()
-        ]
-        unreachable = [item["asset"] for item in upstreams if not item["connected"]]
-        ready = not unreachable
+        }
+        policy = runtime.policies.current
         body: dict[str, Any] = {
-            "ready": ready,
             "policy_revision": policy.revision,
             "policy_origin": runtime.policies.origin,
             "policy_error": runtime.policies.last_error,
-            "upstreams": upstreams,
         }
-        if unreachable:
-            body["unreachable"] = unreachable
+        ready = True
         for name, source in runtime.status.items():
             body[name] = source()
             ready = ready and body[name].get("ready", True)
-        body["ready"] = ready
+        return ready, body, assets
+
+    async def readyz(_: web.Request) -> web.Response:
+        # One dead device does not take the gateway out of service: it is ready while it can serve
+        # at least one of its assets; each asset's own answer is /readyz/<asset>.
+        ready, body, assets = readiness()
+        down = sorted(name for name, asset in assets.items() if not asset["ready"])
+        ready = ready and (not assets or len(down) < len(assets))
+        body = {"ready": ready, **body, "assets": assets, "assets_down": down}
         return _json(body, 200 if ready else 503)
+
+    async def readyz_asset(request: web.Request) -> web.Response:
+        name = request.match_info["asset"]
+        ready, body, assets = readiness()
+        if name not in assets:
+            return _json({"ready": False, "asset": name, "reason": "no such asset in the policy"}, 404)
+        asset = assets[name]
+        ready = ready and asset["ready"]
+        return _json({**body, "asset": name, **asset, "ready": ready}, 200 if ready else 503)
 
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(body=runtime.metrics.render(), headers={"Content-Type": PROMETHEUS_CONTENT_TYPE})
@@ -63,6 +101,7 @@ def build_app(runtime: Runtime) -> web.Application:
     app = web.Application()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/readyz/{asset}", readyz_asset)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/sessions", sessions)
     return app

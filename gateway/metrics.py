@@ -56,6 +56,8 @@ class UpstreamState:
     late_replies: int
     timeouts: int
     connect_failures: int
+    not_answering: int = 0  # open connections on which the device let a request time out, silent since
+    last_error: str | None = None  # why the last connection attempt failed or the last one was lost
 
 
 class Metrics:
@@ -153,7 +155,12 @@ class _Collector(Collector):
         labels = ("protocol", "asset")
         families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {
             "connected": GaugeMetricFamily(
-                "ztgate_upstream_connections", "Open connections to the device", labels=labels
+                "ztgate_upstream_connections", "Open connections to a device that answers", labels=labels
+            ),
+            "not_answering": GaugeMetricFamily(
+                "ztgate_upstream_not_answering",
+                "Open connections on which a request timed out and the device sent nothing since",
+                labels=labels,
             ),
             "max_connections": GaugeMetricFamily(
                 "ztgate_upstream_max_connections", "Connection cap towards the device", labels=labels

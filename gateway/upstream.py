@@ -88,6 +88,8 @@ class Link(asyncio.Protocol, Generic[P]):
         self._timer: asyncio.TimerHandle | None = None
         self.closed = False
         self.ready = False  # the handshake is done and the pool hands it requests
+        # A request timed out and the device has sent nothing since: it accepts TCP but does not answer.
+        self.silent = False
 
     # ---------------------------------------------------------------------- protocol hooks
 
@@ -144,6 +146,7 @@ class Link(asyncio.Protocol, Generic[P]):
         deadlines = self._deadlines
         while deadlines and deadlines[0].key == NOT_IN_FLIGHT:
             deadlines.popleft()
+        self.silent = False  # the device spoke
         self.pool.refill(self)
         self.pool.flush()
 
@@ -192,6 +195,7 @@ class Link(asyncio.Protocol, Generic[P]):
             del in_flight[pending.key]
             pending.key = NOT_IN_FLIGHT
             self.pool.timeouts += 1
+            self.silent = True
             if pending.session.fail(pending, Failure.TIMEOUT, Failure.TIMEOUT.value, now):
                 touched.append(pending.session)
         if deadlines:
@@ -252,10 +256,13 @@ class UpstreamPool:
                 link.close_gracefully()
 
     def state(self) -> UpstreamState:
+        silent = sum(link.silent for link in self.connections)
         return UpstreamState(
             asset=self.asset.name,
             protocol=self.protocol_name,
-            connected=len(self.connections),
+            connected=len(self.connections) - silent,
+            not_answering=silent,
+            last_error=self.last_error,
             max_connections=self.max_connections,
             in_flight=sum(len(link.in_flight) for link in self.connections),
             queued=len(self.queue),

@@ -326,6 +326,7 @@ class OpcUaPool:
             late_replies=self.late_replies,
             timeouts=self.timeouts,
             connect_failures=self.connect_failures,
+            last_error=self.last_error,
         )
 
     def _event(self, kind: str, reason: str | None) -> None:
