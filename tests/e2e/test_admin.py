@@ -81,11 +81,14 @@ async def test_health_readiness_metrics_sessions(lab: Lab) -> None:
 
 
 class SilentDevice:
-    """A device that accepts TCP connections, reads what it is sent, and never answers."""
+    """A device that accepts TCP connections, reads what it is sent, and never answers; until told to
+    (``answers = True``): then a Modbus device in trouble, answering every request with exception 0x04
+    (server device failure)."""
 
     def __init__(self) -> None:
         self.connections = 0
         self.received = 0
+        self.answers = False
         self._writers: list[asyncio.StreamWriter] = []
 
     async def start(self) -> int:
@@ -95,8 +98,14 @@ class SilentDevice:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         self._writers.append(writer)
-        while data := await reader.read(4096):
-            self.received += len(data)
+        while header := await reader.read(7):  # MBAP: tid, protocol, length, unit
+            self.received += len(header)
+            if len(header) < 7:
+                header += await reader.readexactly(7 - len(header))
+            pdu = await reader.readexactly(int.from_bytes(header[4:6]) - 1)
+            self.received += len(pdu)
+            if self.answers:
+                writer.write(header[:4] + (3).to_bytes(2) + header[6:7] + bytes((pdu[0] | 0x80, 0x04)))
 
     async def stop(self) -> None:
         self._server.close()
@@ -184,3 +193,22 @@ upstream = "opc.tcp://127.0.0.1:{opcua_port}"
 async def get_text(url: str) -> tuple[int, str]:
     async with aiohttp.ClientSession() as http, http.get(url) as response:
         return response.status, await response.text()
+
+
+async def test_a_silent_modbus_device_that_speaks_again_is_up_again(lab: Lab) -> None:
+    device = SilentDevice()
+    silent_port = await device.start()
+    policy = policy_text(silent_port, RULES, asset_extra="response_timeout_s = 0.3")
+    gateway = await lab.start_gateway(policy)
+    url = f"http://127.0.0.1:{gateway.admin_port}/readyz/plc-1"
+    try:
+        client = await lab.client("alice")
+        assert (await client.read_holding_registers(0, count=1, device_id=1)).exception_code == 0x0B
+        status, text = await get_text(url)
+        assert status == 503 and '"state": "not_answering"' in text
+        device.answers = True
+        assert (await client.read_holding_registers(0, count=1, device_id=1)).exception_code == 0x04
+        status, text = await get_text(url)
+        assert status == 200 and '"state": "up"' in text
+    finally:
+        await device.stop()
