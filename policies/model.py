@@ -250,6 +250,7 @@ class OpcuaEntry:
     preset: str | None = None
     service_sets: tuple[str, ...] = ()
     named_services: frozenset[str] = frozenset()  # those given in ``service``
+    every_service: bool = False  # service = "*"
 
     @property
     def per_operation(self) -> bool:
@@ -270,7 +271,9 @@ class OpcuaEntry:
             parts.append(f"preset {self.preset}")
         if self.service_sets:
             parts.append("service_set " + ", ".join(self.service_sets))
-        if self.named_services or (self.preset is None and not self.service_sets):
+        if self.every_service:
+            parts.append("service *")
+        elif self.named_services or (self.preset is None and not self.service_sets):
             parts.append("service " + ", ".join(sorted(self.named_services or self.services)))
         for name, field_value in (
             ("node", None if self.nodes is None else ", ".join(str(p) for p in self.nodes)),

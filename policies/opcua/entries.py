@@ -18,6 +18,8 @@ from policies.opcua.nodes import MethodPair, NodePattern, parse_id, parse_namesp
 from policies.opcua.paths import BrowsePathPrefix, parse_browse_path
 from policies.opcua.services import (
     ATTRIBUTE_SERVICES,
+    EVERY_SERVICE,
+    NAMEABLE_SERVICES,
     NODE_SERVICES,
     OPERATION_SERVICES,
     PRESETS,
@@ -108,6 +110,15 @@ class OpcuaEntryChecks(FieldChecker):
             values = self.opcua_value_bounds(table["value"], (*path, "value"))
         if len(self.problems) > before:
             return None
+        every = named >= NAMEABLE_SERVICES
+        if every and any(name in table for name in _OPERATION_FIELDS):
+            self.error(
+                (*path, "service"),
+                '"*" names services decided as a whole request too, and node, browse_path, attribute,'
+                " method and value only apply to operations: name the operation services (Read, Write,"
+                " Call, Browse, ...)",
+            )
+            return None
         self.combine_opcua(path, table, frozenset(named), frozenset(services))
         if len(self.problems) > before:
             return None
@@ -121,6 +132,7 @@ class OpcuaEntryChecks(FieldChecker):
             preset,
             tuple(sets),
             frozenset(named),
+            every,
         )
         self._opcua_memo[key] = entry
         return entry
@@ -130,6 +142,9 @@ class OpcuaEntryChecks(FieldChecker):
     def opcua_services(self, value: object, path: FieldPath) -> set[str]:
         names: set[str] = set()
         for item_path, item in self._items(value, path, "service"):
+            if item == EVERY_SERVICE:
+                names |= NAMEABLE_SERVICES
+                continue
             if not isinstance(item, str):
                 self.error(item_path, expected(item, 'a service name such as "Read"'))
                 continue

@@ -27,8 +27,10 @@ __all__ = [
     "ATTRIBUTE_SERVICES",
     "ATTRIBUTE_VALUE",
     "COUPLED_SERVICES",
+    "EVERY_SERVICE",
     "EXPLICIT_ONLY",
     "GATEWAY_SERVICES",
+    "NAMEABLE_SERVICES",
     "NODE_SERVICES",
     "OPERATION_SERVICES",
     "PRESETS",
@@ -47,6 +49,9 @@ GATEWAY_SERVICES = frozenset(
     if service.service_set in (ServiceSet.SECURE_CHANNEL, ServiceSet.SESSION)
     or service.name in ("FindServers", "FindServersOnNetwork", "GetEndpoints")
 )
+# service = "*": every service a rule can name (the gateway's own excepted), EXPLICIT_ONLY included.
+EVERY_SERVICE = "*"
+NAMEABLE_SERVICES = frozenset(service.name for service in SERVICES if service.name not in GATEWAY_SERVICES)
 # Change the server's address space or history, query it past node rules, register servers, or move
 # subscriptions between sessions (and so between identities): only an entry naming them opens them.
 EXPLICIT_ONLY = frozenset(

@@ -13,7 +13,7 @@ from policies import DenyAction, OpcUaUser, PolicyError, parse_policy
 from policies.opcua.nodes import UA_NAMESPACE, NodePattern, parse_id
 from policies.opcua.paths import parse_browse_path
 from policies.opcua.services import PRESETS, SERVICE_SETS
-from tests.policies.opcua_helpers import PLANT, opcua_head, rule
+from tests.policies.opcua_helpers import PLANT, opcua_head, opcua_policy, rule
 from tests.policies.policy_helpers import issues, only_issue
 
 
@@ -179,6 +179,8 @@ def test_entries_hold_what_they_name() -> None:
     assert third.values is not None and str(third.values) == "0..10, 20"
     assert third.nodes == (NodePattern(PLANT, parse_id("s=Plant.Setpoint")[0]),)
     assert "service Browse, Read" in first.describe()
+    star = opcua_policy(rule('{ service = "*" }')).rules[0].opcua[0]
+    assert star.every_service and star.describe() == "service *"
     assert "browse_path /Objects/Plant, /Objects/{urn:x}Diag" in second.describe()
 
 
@@ -197,6 +199,7 @@ ENTRY_MISTAKES = [
     ('{ service = "CreateSession" }', "service", "is answered by the gateway itself"),
     ('{ service = ["Read", "GetEndpoints"] }', "service[1]", "is answered by the gateway itself"),
     ("{ service = [] }", "service", "the array is empty: name at least one service"),
+    ('{ service = "*", attribute = "Value" }', "service", '"*" names services decided as a whole'),
     ("{ service = 631 }", "service", '631: expected a service name such as "Read"'),
     (
         '{ service_set = "NodeManagement" }',

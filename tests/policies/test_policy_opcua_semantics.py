@@ -118,6 +118,17 @@ def test_what_no_preset_or_set_opens_opens_when_named(service: str) -> None:
     assert outcome(decide_service(named, service)) == ("allow", "r", 0)
 
 
+def test_service_star_names_every_service_a_rule_can_name() -> None:
+    p = opcua_policy(rule('{ service = "*" }') + rule('{ service = "*" }', "cut", BOB, effect="deny"))
+    for service in ("Read", "Write", "Call", "Browse", "Publish", "AddNodes", "HistoryUpdate", "QueryFirst"):
+        assert outcome(decide_service(p, service)) == ("allow", "r", 0), service
+        assert outcome(decide_service(p, service, subject=BOB)) == ("deny", "cut", DENIED), service
+    assert outcome(decide(p, write("Plant.Line1.Tank1.Setpoint", 1.0, DOUBLE))) == ("allow", "r", 0)
+    assert outcome(decide(p, read("Plant.Line1.Tank1.Level"), subject=BOB)) == ("deny", "cut", DENIED)
+    for service in ("CreateSession", "GetEndpoints"):  # still the gateway's own
+        assert "answered by the gateway itself" in decide_service(p, service).reason
+
+
 def test_unknown_services_get_service_unsupported_and_the_gateways_own_are_never_forwarded() -> None:
     p = opcua_policy(rule('{ preset = "read-write" }'))
     assert outcome(decide_service(p, "FlyToTheMoon")) == ("deny", None, UNSUPPORTED)
