@@ -56,11 +56,14 @@ def compile_view(subject: str, asset: Asset, rules: Sequence[Rule], revision: st
 def _compile_enip(view: SubjectView, rules: Sequence[Rule], allowed: dict[str, Decision]) -> None:
     pairs: dict[tuple[int, int], list[EnipCandidate]] = {}
     common: dict[int, list[EnipCandidate]] = {}
+    every: list[EnipCandidate] = []  # service = "*": in every table, and the table of what no other names
     order = 0
     for rule in rules:
         for entry in rule.enip:
             candidate = EnipCandidate(rule, entry, order, allowed[rule.id])
             order += 1
+            if entry.every_service:
+                every.append(candidate)
             for class_id, service in entry.services:
                 if class_id is None:
                     common.setdefault(service, []).append(candidate)
@@ -71,10 +74,14 @@ def _compile_enip(view: SubjectView, rules: Sequence[Rule], allowed: dict[str, D
         candidates = named
         if service < FIRST_CLASS_SPECIFIC_SERVICE and service in common:
             # A common service named for one class and for any class: one table, in file order.
-            candidates = sorted({id(c): c for c in (*named, *common[service])}.values(), key=_order)
+            candidates = [*named, *common[service]]
+        candidates = sorted({id(c): c for c in (*candidates, *every)}.values(), key=_order)
         pair_tables[(class_id, service)] = EnipTable(view, class_id, candidates)
-    common_tables = {service: EnipTable(view, None, candidates) for service, candidates in common.items()}
-    view.install_enip(pair_tables, common_tables)
+    common_tables = {
+        service: EnipTable(view, None, sorted([*candidates, *every], key=_order))
+        for service, candidates in common.items()
+    }
+    view.install_enip(pair_tables, common_tables, EnipTable(view, None, every) if every else None)
 
 
 def _compile_opcua(view: SubjectView, rules: Sequence[Rule], allowed: dict[str, Decision]) -> None:

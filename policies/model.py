@@ -216,13 +216,16 @@ class EnipEntry:
     values: ValueBounds | None = None
     preset: str | None = None
     named_services: frozenset[ServiceKey] = frozenset()  # those given in ``service``, not by the preset
+    every_service: bool = False  # service = "*": every service on every class; ``services`` is empty
 
     def describe(self) -> str:
         """The entry in policy-like notation, for explanations."""
         parts = []
+        if self.every_service:
+            parts.append("service *")
         if self.preset is not None:
             parts.append(f"preset {self.preset}")
-        if self.named_services or self.preset is None:
+        if not self.every_service and (self.named_services or self.preset is None):
             parts.append("service " + describe_keys(self.named_services or self.services))
         for name, field_value in (
             ("class", None if self.classes is None else hex_ranges(self.classes)),

@@ -56,6 +56,7 @@ class SubjectView:
         "_constant_denials",
         "_deny_action",
         "_enip_common",
+        "_enip_every",
         "_enip_pairs",
         "_monitor_asset",
         "_opcua",
@@ -89,6 +90,7 @@ class SubjectView:
         self._tables: dict[int, KeyTable | SubFunctionTable] = {}
         self._enip_pairs: dict[tuple[int | None, int], EnipTable] = {}
         self._enip_common: dict[int, EnipTable] = {}
+        self._enip_every: EnipTable | None = None
         self._opcua: dict[str, OpcuaTable] = {}
         self._opcua_read: OpcuaTable | None = None
         self._opcua_paths: frozenset[str] = frozenset()
@@ -102,11 +104,16 @@ class SubjectView:
         self._tables = tables
 
     def install_enip(
-        self, pairs: dict[tuple[int | None, int], EnipTable], common: dict[int, EnipTable]
+        self,
+        pairs: dict[tuple[int | None, int], EnipTable],
+        common: dict[int, EnipTable],
+        every: EnipTable | None = None,
     ) -> None:
-        """``pairs``: tables by (class, service); ``common``: common services named for any class."""
+        """``pairs``: tables by (class, service); ``common``: common services named for any class;
+        ``every``: the entries naming every service (``service = "*"``), for what no other table holds."""
         self._enip_pairs = pairs
         self._enip_common = common
+        self._enip_every = every
 
     def install_opcua(self, tables: dict[str, OpcuaTable]) -> None:
         """``tables``: by service name (Part 4's spelling)."""
@@ -170,7 +177,7 @@ class SubjectView:
         table = self._enip_pairs.get((request.class_id, service))
         if table is None and service < FIRST_CLASS_SPECIFIC_SERVICE:
             table = self._enip_common.get(service)
-        return table
+        return self._enip_every if table is None else table
 
     @staticmethod
     def request_tag(request: CipRequest) -> RequestTag | None:
@@ -192,7 +199,9 @@ class SubjectView:
             if request.service < FIRST_CLASS_SPECIFIC_SERVICE:
                 table = self._enip_common.get(request.service)
             if table is None:
-                return self.no_enip_rule(request)
+                table = self._enip_every
+                if table is None:
+                    return self.no_enip_rule(request)
         return table.decide(request, now)
 
     def no_enip_rule(self, request: CipRequest) -> Decision:

@@ -18,12 +18,13 @@ from policies.values import ValueBounds, parse_value_bounds
 from protocols.enip.logix import WRITING_SERVICES
 from protocols.enip.spec import FIRST_CLASS_SPECIFIC_SERVICE, ClassCode
 
-__all__ = ["ENIP_ENTRY_KEYS", "EnipEntryChecks", "writes"]
+__all__ = ["ENIP_ENTRY_KEYS", "EVERY_SERVICE", "EnipEntryChecks", "writes"]
 
 ENIP_ENTRY_KEYS = ("service", "preset", "class", "instance", "attribute", "tag", "value")
 _KEY_SET = frozenset(ENIP_ENTRY_KEYS)
 _RANGE_BOUNDS = {"class": CLASS_BOUNDS, "instance": (0, 0xFFFF_FFFF), "attribute": (0, 0xFFFF)}
 _SYMBOL = int(ClassCode.SYMBOL)
+EVERY_SERVICE = "*"  # service = "*": every service on every class (narrowed by class, instance, attribute)
 
 
 def writes(key: ServiceKey) -> bool:
@@ -58,7 +59,16 @@ class EnipEntryChecks(FieldChecker):
         if not table.keys() <= _KEY_SET:
             self.keys(table, path, ENIP_ENTRY_KEYS)
         named: frozenset[ServiceKey] = frozenset()
-        if "service" in table:
+        every = table.get("service") == EVERY_SERVICE
+        if every:
+            for key in ("preset", "tag", "value"):
+                if key in table:
+                    self.error(
+                        (*path, key),
+                        'goes with named services, not with service = "*" (every service on every'
+                        " class): name the services",
+                    )
+        elif "service" in table:
             named = frozenset(self.services(table["service"], (*path, "service")))
         preset = None
         if "preset" in table:
@@ -78,11 +88,19 @@ class EnipEntryChecks(FieldChecker):
         if len(self.problems) > before:
             return None
         classes = ranges.get("class")
-        services = self.combine(path, table, named, preset, classes)
+        services = frozenset[ServiceKey]() if every else self.combine(path, table, named, preset, classes)
         if services is None:
             return None
         entry = EnipEntry(
-            services, classes, ranges.get("instance"), ranges.get("attribute"), tags, values, preset, named
+            services,
+            classes,
+            ranges.get("instance"),
+            ranges.get("attribute"),
+            tags,
+            values,
+            preset,
+            named,
+            every,
         )
         memo[key] = entry
         return entry
@@ -93,6 +111,9 @@ class EnipEntryChecks(FieldChecker):
             self.error(path, "the array is empty: name at least one service")
         keys: list[ServiceKey] = []
         for index, item in enumerate(items):
+            if item == EVERY_SERVICE:
+                self.error((*path, index), 'service = "*" stands alone, not in a list')
+                continue
             key, problem = parse_service(item)
             item_path = (*path, index) if isinstance(value, list) else path
             if problem is not None:

@@ -48,7 +48,7 @@ def describe_enip_request(request: CipRequest) -> str:
 def _names_service(rule: Rule, request: CipRequest) -> bool:
     class_id, service = request.class_id, request.service
     for entry in rule.enip:
-        if (class_id, service) in entry.services:
+        if entry.every_service or (class_id, service) in entry.services:
             return True
         if (
             service < FIRST_CLASS_SPECIFIC_SERVICE

@@ -380,3 +380,60 @@ def test_client_enip_reads_and_writes_tags() -> None:
     finally:
         sim.terminate()
         sim.wait(10)
+
+
+EVERYTHING_DENIED = """
+trust_domain = "plant1.example"
+
+[assets.plc-1]
+protocol = "modbus"
+upstream = "127.0.0.1:5020"
+
+[assets.plc-2]
+protocol = "enip"
+upstream = "127.0.0.1:44818"
+
+[assets.opc-1]
+protocol = "opcua"
+upstream = "opc.tcp://127.0.0.1:4840/"
+
+[[rules]]
+id = "ops"
+subjects = ["spiffe://plant1.example/*"]
+assets = ["*"]
+modbus = [{ preset = "read-write" }]
+enip = [{ preset = "read-write" }]
+opcua = [{ preset = "read-write" }]
+
+[[rules]]
+id = "vendor-cut-off"
+effect = "deny"
+subjects = ["spiffe://plant1.example/vendor/*"]
+assets = ["*"]
+modbus = [{ fc = "*" }]
+enip = [{ service = "*" }]
+opcua = [{ service = "*" }]
+"""
+
+
+@pytest.mark.parametrize(
+    ("asset", "args"),
+    [
+        ("plc-1", ["--fc", "3"]),
+        ("plc-2", ["--service", "read_tag", "--tag", "Setpoint"]),
+        ("opc-1", ["--service", "Read", "--node", "i=2253"]),
+    ],
+)
+def test_every_service_of_each_protocol_in_check_and_explain(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], asset: str, args: list[str]
+) -> None:
+    path = tmp_path / "policy.toml"
+    path.write_text(EVERYTHING_DENIED)
+    assert main(["policy", "check", str(path)]) == 0
+    capsys.readouterr()
+    explain = ["policy", "explain", str(path), "--asset", asset, *args]
+    assert main([*explain, "--subject", ALICE]) == 0
+    assert "allowed by rule ops" in capsys.readouterr().out
+    assert main([*explain, "--subject", "spiffe://plant1.example/vendor/acme/eve"]) == 1
+    out = capsys.readouterr().out
+    assert "denied by rule vendor-cut-off" in out and ("fc *" in out or "service *" in out), out

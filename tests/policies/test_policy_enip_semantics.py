@@ -91,6 +91,36 @@ def test_a_named_vendor_pair_is_decided_like_any_other() -> None:
     assert decide(p, attribute_request(0x4B, 0x64, 1)).verdict == "allow"
 
 
+def test_service_star_names_every_service_on_every_class() -> None:
+    # Alice may do anything; Bob may read tags, but a "*" deny later in the file cuts him off everywhere,
+    # in the tables other rules made (read_tag) and in what no other rule names.
+    p = enip_policy(
+        rule('{ service = "*" }')
+        + rule('{ service = "read_tag" }', "bob-reads", BOB)
+        + rule('{ service = "*" }', "cut", BOB, effect="deny")
+    )
+    every = (
+        read_tag("Line1.Speed"),
+        write_tag("Line1.Speed", [7]),
+        read_modify_write("Line1.Flags"),
+        forward_open(),
+        attribute_request(0x05, 0x01, 1),  # reset the Identity object
+        attribute_request(0x10, 0xF5, 1, 3),  # set_attribute_single on TCP/IP Interface
+        attribute_request(0x4B, 0x64, 1),  # a vendor's own service
+    )
+    for request in every:
+        assert outcome(decide(p, request)) == ("allow", "r", 0), request
+        assert outcome(decide(p, request, subject=BOB)) == ("deny", "cut", 0x0F), request
+
+
+def test_service_star_is_narrowed_by_class() -> None:
+    p = enip_policy(rule('{ service = "*", class = 0x01 }') + deny_rule('{ service = "*", class = 0xF5 }'))
+    assert decide(p, attribute_request(0x05, 0x01, 1)).verdict == "allow"
+    assert decide(p, attribute_request(0x0E, 0x01, 1, 7)).verdict == "allow"
+    assert outcome(decide(p, attribute_request(0x10, 0xF5, 1, 3))) == ("deny", "d", 0x0F)
+    assert decide(p, read_tag("Line1.Speed")).verdict == "deny"
+
+
 def test_unknown_services_get_0x08_known_ones_0x0f() -> None:
     p = enip_policy(rule('{ preset = "read-write" }'))
     unknown = decide(p, attribute_request(0x4B, 0x64, 1))
