@@ -22,6 +22,18 @@ def test_gateway_config_defaults_and_relative_paths(tmp_path: Path) -> None:
     assert config.admin_listen == ("127.0.0.1", 9100)
     assert config.loop == "uvloop" and config.audit_file is None and config.audit_aggregate_reads_s == 1.0
     assert config.audit_stdout, "without a file the audit trail must go somewhere"
+    assert config.policy_quiet_s == 3.0
+
+
+def test_policy_quiet_period_is_read_and_checked(tmp_path: Path) -> None:
+    path = tmp_path / "gw.toml"
+    tls = '[tls]\ncert = "c"\nkey = "k"\nca = "a"\n'
+    path.write_text(f'[gateway]\npolicy = "p.toml"\npolicy_quiet_s = 0.5\n{tls}')
+    assert load_gateway_config(path).policy_quiet_s == 0.5
+    path.write_text(f'[gateway]\npolicy = "p.toml"\npolicy_quiet_s = -1\n{tls}')
+    with pytest.raises(ConfigError) as caught:
+        load_gateway_config(path)
+    assert str(caught.value).startswith(f"{path}:3: gateway.policy_quiet_s: ")
 
 
 def test_admin_can_be_disabled(tmp_path: Path) -> None:
