@@ -46,6 +46,8 @@ Each --unit gets its own tables and plant. A unit id that is not served is answe
 (server device failure): that is pymodbus's answer when no catch-all device is configured, and like a
 real device the simulator has none (unit 0 is refused because pymodbus would make it the catch-all).
 --static keeps the initial values (scan 0) for deterministic tests: nothing changes on its own.
+--fault KIND puts a fault front before the server (gateway/lab/sim/faults.py): wrong-tid, late, short
+or trickle, on --fault-replies replies (default 1; 0 for all) after --fault-after good ones.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from gateway.lab.sim.cli import add_simulator_parser, format_hostport, mode_text, serve
+from gateway.lab.sim.faults import FAULT_KINDS, Fault, FaultFront
 from gateway.lab.sim.plant import INITIAL_SETPOINT, Commands, Plant
 from gateway.lab.sim.scans import run_scans
 
@@ -200,6 +203,7 @@ class ModbusSim:
         units: Sequence[int] = (1,),
         static: bool = False,
         interval_s: float = 1.0,
+        fault: Fault | None = None,
     ) -> None:
         units = tuple(units)
         if not units:
@@ -218,6 +222,8 @@ class ModbusSim:
         self.static = static
         self.interval_s = interval_s
         self.scans = 0
+        self.fault = fault
+        self.front: FaultFront | None = None  # on host:port when there is a fault; the server behind it
         self._server: ModbusTcpServer | None = None
         self._scanner: asyncio.Task[None] | None = None
         self._units: dict[int, _Unit] = {}
@@ -246,9 +252,10 @@ class ModbusSim:
 
             return action
 
+        listen = (self.host, 0 if self.fault is not None else self.port)
         server = ModbusTcpServer(
             [_device(unit, capture(unit)) for unit in self.units],
-            address=(self.host, self.port),
+            address=listen,
             trace_pdu=self._trace_pdu,
         )
         for unit in self.units:
@@ -279,8 +286,13 @@ class ModbusSim:
             raise RuntimeError("pymodbus's listener has no socket")
         # A name such as "localhost" may bind several sockets (each its own port when port is 0);
         # report the first one's real address so host:port always reaches this simulator.
-        self.host, self.port = sockets[0].getsockname()[:2]
+        device_host, device_port = sockets[0].getsockname()[:2]
         self._server = server
+        if self.fault is not None:
+            self.front = FaultFront(self.fault, (device_host, device_port), self.host, self.port)
+            await self.front.start()
+            device_host, device_port = self.front.host, self.front.port
+        self.host, self.port = device_host, device_port
         if not self.static:
             self._scanner = asyncio.create_task(
                 run_scans(self.interval_s, self.step), name="modbus-sim-scans"
@@ -292,6 +304,9 @@ class ModbusSim:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._scanner
             self._scanner = None
+        if self.front is not None:
+            await self.front.stop()
+            self.front = None
         if self._server is not None:
             await self._server.shutdown()  # type: ignore[no-untyped-call]
             self._server = None
@@ -416,9 +431,10 @@ async def start_modbus_sim(
     units: Sequence[int] = (1,),
     static: bool = False,
     interval_s: float = 1.0,
+    fault: Fault | None = None,
 ) -> ModbusSim:
     """Start a simulator; with port 0 the system picks a free port, read back from ``ModbusSim.port``."""
-    sim = ModbusSim(host, port, units=units, static=static, interval_s=interval_s)
+    sim = ModbusSim(host, port, units=units, static=static, interval_s=interval_s, fault=fault)
     await sim.start()
     return sim
 
@@ -447,6 +463,11 @@ def configure(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
         metavar="ID",
         help="unit id to serve, 1-255; repeat for several (default 1)",
     )
+    parser.add_argument("--fault", choices=FAULT_KINDS, help="spoil replies on purpose (see above)")
+    parser.add_argument("--fault-after", type=int, default=0, metavar="N", help="good replies first")
+    parser.add_argument(
+        "--fault-replies", type=int, default=1, metavar="N", help="replies to spoil (0: all; default 1)"
+    )
     parser.set_defaults(func=run)
 
 
@@ -461,7 +482,17 @@ def run(args: argparse.Namespace) -> int:
     def listening(sim: ModbusSim) -> str:
         served = ", ".join(map(str, sim.units))
         where = format_hostport(sim.host, sim.port)
-        return f"listening on {where}, units {served} ({mode_text(args.static, args.interval_s)})"
+        faulty = f", fault {sim.fault.kind}" if sim.fault is not None else ""
+        return f"listening on {where}, units {served} ({mode_text(args.static, args.interval_s)}){faulty}"
 
-    start = partial(start_modbus_sim, host, port, units=units, static=args.static, interval_s=args.interval_s)
+    fault = None
+    if args.fault is not None:
+        try:
+            fault = Fault(args.fault, args.fault_after, args.fault_replies or None)
+        except ValueError as exc:
+            print(f"ztgate sim modbus: {exc}", file=sys.stderr)
+            return 2
+    start = partial(
+        start_modbus_sim, host, port, units=units, static=args.static, interval_s=args.interval_s, fault=fault
+    )
     return asyncio.run(serve("modbus", start, listening))
