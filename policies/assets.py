@@ -17,6 +17,7 @@ from policies.model import (
     ENIP_DENY,
     MODBUS_DENY,
     MODES,
+    ON_DESYNC,
     ON_STALE,
     OPCUA_DENY,
     PROTOCOLS,
@@ -42,14 +43,16 @@ _COMMON_KEYS = (
     "connect_timeout_s",
     "response_timeout_s",
 )
+# What the shared upstream pool (gateway/upstream.py) takes from an asset of a protocol that uses it.
+_POOL_KEYS = ("max_connections", "queue_timeout_s", "on_desync")
 _PROTOCOL_KEYS = {
-    "modbus": ("max_connections", "unit_ids", "unit_map", "max_in_flight"),
-    "enip": ("max_connections", "max_sessions", "connection_size", "large_forward_open", "route", "identity"),
+    "modbus": (*_POOL_KEYS, "unit_ids", "unit_map", "max_in_flight", "preserve_order"),
+    "enip": (*_POOL_KEYS, "max_sessions", "connection_size", "large_forward_open", "route", "identity"),
     "opcua": OPCUA_KEYS,
 }
 _ALL_KEYS = tuple(dict.fromkeys(_COMMON_KEYS + tuple(k for keys in _PROTOCOL_KEYS.values() for k in keys)))
 _DEFAULT_DENY = {"modbus": MODBUS_DENY, "enip": ENIP_DENY, "opcua": OPCUA_DENY}
-_DENY_KEYS = ("action", "function", "address", "value", "unsupported")
+_DENY_KEYS = ("action", "function", "address", "value", "unsupported", "unit")
 _IDENTITY_KEYS = ("vendor_id", "device_type", "product_code", "revision", "serial", "product_name")
 
 _DNS_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
@@ -132,6 +135,10 @@ class AssetChecks(OpcuaAssetChecks):
             settings["endpoint_path"] = endpoint_path
         else:
             settings["max_connections"] = count("max_connections", 1, 1000, 1)
+            settings["queue_timeout_s"] = seconds("queue_timeout_s", 0.4)
+            settings["on_desync"] = self.optional(
+                table, "on_desync", path, lambda v, p: self.choice(v, p, ON_DESYNC), "reconnect"
+            )
             if enip:
                 settings.update(self.enip_settings(table, path))
             else:
@@ -176,6 +183,7 @@ class AssetChecks(OpcuaAssetChecks):
             "unit_ids": unit_ids,
             "unit_map": None if unit_map is None else MappingProxyType(unit_map),
             "max_in_flight": max_in_flight,
+            "preserve_order": self.optional(table, "preserve_order", path, self.boolean, False),
         }
 
     def unit_map(self, value: object, path: FieldPath, unit_ids: frozenset[int]) -> dict[int, int] | None:
@@ -367,6 +375,8 @@ class AssetChecks(OpcuaAssetChecks):
                 "applies to enip and opcua assets only (Modbus refuses unknown function codes with the"
                 " function code)",
             )
+        if protocol != "modbus" and "unit" in table:
+            self.error((*path, "unit"), "applies to modbus assets only (the code for an unknown unit id)")
         default = _DEFAULT_DENY[protocol]
         action = self.optional(
             table, "action", path, lambda v, p: self.choice(v, p, DENY_ACTIONS), default.action
@@ -379,8 +389,9 @@ class AssetChecks(OpcuaAssetChecks):
 
         function, address = code("function", default.function), code("address", default.address)
         value_code, unsupported = code("value", default.value), code("unsupported", default.unsupported)
+        unit = code("unit", default.unit)
         if len(self.problems) > before:
             return None
         assert action is not None and function is not None and address is not None
-        assert value_code is not None and unsupported is not None
-        return DenyAction(action, function, address, value_code, unsupported)
+        assert value_code is not None and unsupported is not None and unit is not None
+        return DenyAction(action, function, address, value_code, unsupported, unit)

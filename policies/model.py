@@ -31,6 +31,7 @@ __all__ = [
     "EVERY_FUNCTION_CODE",
     "MODBUS_DENY",
     "MODES",
+    "ON_DESYNC",
     "ON_STALE",
     "OPCUA_DENY",
     "OPCUA_PORT",
@@ -49,6 +50,9 @@ __all__ = [
 
 PROTOCOLS = ("modbus", "enip", "opcua")
 MODES = ("enforce", "monitor")
+# A reply under another id to a link's only request in flight: close the link and open a new one (the
+# device's stream is out of step), or keep it and wait for what comes next.
+ON_DESYNC = ("reconnect", "wait")
 # What an asset does when the gateway's policy has gone stale (no word from the center for longer than
 # max_staleness_s): refuse every request, or keep enforcing the last verified policy.
 ON_STALE = ("closed", "static")
@@ -66,14 +70,15 @@ class DenyAction:
     exception code, a CIP general status on an EtherNet/IP asset, an OPC UA StatusCode (uint32) on an
     OPC UA asset. ``function`` is for a refused function code or service, ``address`` for a refused
     target (unit, addresses; tag, class, instance, attribute, route; node, attribute, method), ``value``
-    for a written value out of bounds, and ``unsupported`` (EtherNet/IP, OPC UA) for a service the
-    gateway does not know."""
+    for a written value out of bounds, ``unsupported`` (EtherNet/IP, OPC UA) for a service the
+    gateway does not know, and ``unit`` (Modbus) for a unit id the asset does not have."""
 
     action: str = "exception"
     function: int = 1
     address: int = 2
     value: int = 3
     unsupported: int = 1
+    unit: int = 0x0A  # Modbus only: a unit id the asset does not have (gateway path unavailable)
 
 
 MODBUS_DENY = DenyAction()
@@ -146,6 +151,13 @@ class Asset:
     queue_limit: int = 64
     connect_timeout_s: float = 3.0
     response_timeout_s: float = 2.0
+    # Modbus and EtherNet/IP: how long a request may wait, from the moment the gateway read it, before it
+    # must be on its way to the device (below the 0.5 s many clients give up after), and what a link
+    # does when the device answers out of step (see ON_DESYNC).
+    queue_timeout_s: float = 0.4
+    on_desync: str = "reconnect"
+    # Modbus: answer a session's requests in the order they came (refusals wait for earlier replies).
+    preserve_order: bool = False
     # EtherNet/IP only.
     max_sessions: int = 1  # encapsulation sessions (TCP connections) to the device
     connection_size: int = 511  # bytes per class-3 connection the gateway opens (and grants its clients)

@@ -86,6 +86,7 @@ class SubjectView:
             "address": asset.deny.address,
             "value": asset.deny.value,
             "unsupported": asset.deny.unsupported,
+            "unit": asset.deny.unit,
         }
         self._tables: dict[int, KeyTable | SubFunctionTable] = {}
         self._enip_pairs: dict[tuple[int | None, int], EnipTable] = {}
@@ -165,7 +166,7 @@ class SubjectView:
             reason = (
                 f"unit {request.unit_id} is not configured for asset {self.asset.name} (unit_ids {units})"
             )
-            decision = self.deny(None, "address", reason)
+            decision = self.deny(None, "unit", reason)
             self._remember(key, decision)
         return decision
 
@@ -331,7 +332,7 @@ class SubjectView:
     def deny(
         self, rule_id: str | None, kind: str, reason: str, monitor_rule_id: str | None = None
     ) -> Decision:
-        """A refusal with the asset's code for ``kind`` (function, address, value or unsupported)."""
+        """A refusal with the asset's code for ``kind`` (function, address, value, unsupported or unit)."""
         code = self._codes[kind]
         if self._monitor_asset:
             return Decision(VERDICT_WOULD_DENY, rule_id, code, ACTION_FORWARD, reason, monitor_rule_id)

@@ -121,7 +121,7 @@ async def test_unit_not_configured_and_unknown_function_code(lab: Lab) -> None:
     await lab.start_gateway(policy_text(port, RULES))
     client = await lab.client("alice")
     result = await client.read_holding_registers(0, count=1, device_id=2)
-    assert result.isError() and result.exception_code == 2
+    assert result.isError() and result.exception_code == 0x0A  # gateway path unavailable
     event = lab.audit_events(event="decision", decision="deny")[-1]
     assert event["unit"] == 2 and event["rule"] is None
 

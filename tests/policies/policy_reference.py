@@ -184,10 +184,15 @@ def reference_decide(
         return None
     asset = policy.assets[asset_name]
     rules = [r for r in policy.rules if subject_matches(policy, r, subject) and names_asset(r, asset_name)]
-    codes = {"function": asset.deny.function, "address": asset.deny.address, "value": asset.deny.value}
+    codes = {
+        "function": asset.deny.function,
+        "address": asset.deny.address,
+        "value": asset.deny.value,
+        "unit": asset.deny.unit,
+    }
     monitor_rule_id = None
-    if request.unit_id not in asset.unit_ids:
-        allowed, rule_id, kind = False, None, "address"
+    if request.unit_id not in asset.unit_ids:  # no path to that unit: the gateway's own exception
+        allowed, rule_id, kind = False, None, "unit"
     else:
         allowed, rule_id, kind = _evaluate(rules, request, now, with_monitor=False)
         monitored = _evaluate(rules, request, now, with_monitor=True)

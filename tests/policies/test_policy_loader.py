@@ -58,6 +58,27 @@ def test_asset_defaults_follow_the_reference() -> None:
     assert asset.deny == DenyAction("exception", 1, 2, 3)
     assert (asset.max_connections, asset.max_in_flight, asset.queue_limit) == (1, 1, 64)
     assert (asset.connect_timeout_s, asset.response_timeout_s) == (3.0, 2.0)
+    assert (asset.queue_timeout_s, asset.on_desync, asset.preserve_order) == (0.4, "reconnect", False)
+    assert asset.deny.unit == 0x0A
+
+
+def test_device_fault_settings_and_their_mistakes_at_their_lines() -> None:
+    extra = 'queue_timeout_s = 0.25\non_desync = "wait"\npreserve_order = true\ndeny = { unit = 11 }\n'
+    asset = parse_policy(head(asset_extra=extra)).assets["plc-1"]
+    assert (asset.queue_timeout_s, asset.on_desync, asset.preserve_order) == (0.25, "wait", True)
+    assert asset.deny.unit == 11
+    assert only_issue(head(asset_extra="queue_timeout_s = 0")) == (
+        7,
+        "assets.plc-1.queue_timeout_s",
+        "0 is outside (0, 3600] seconds",
+    )
+    assert only_issue(head(asset_extra='on_desync = "retry"')) == (
+        7,
+        "assets.plc-1.on_desync",
+        '"retry" is not one of: reconnect, wait',
+    )
+    line, path, message = only_issue(head(asset_extra='preserve_order = "yes"'))
+    assert (line, path) == (7, "assets.plc-1.preserve_order") and "true or false" in message
 
 
 def test_asset_settings() -> None:

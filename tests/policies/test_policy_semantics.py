@@ -404,13 +404,13 @@ def test_monitor_asset_forwards_what_it_would_deny() -> None:
 # ---------------------------------------------------------------------------------------- units
 
 
-def test_unit_not_configured_is_an_address_refusal_without_rule() -> None:
+def test_unit_not_configured_is_refused_gateway_path_unavailable_without_rule() -> None:
     p = policy(allow("{ fc = 3 }"), units="[1]")
     refused = decide(p, read(3, 0, unit=2))
-    assert outcome(refused) == ("deny", None, 2)
+    assert outcome(refused) == ("deny", None, 0x0A)
     assert "unit 2" in refused.reason
     broadcast = decide(p, read(3, 0, unit=0))
-    assert outcome(broadcast) == ("deny", None, 2)
+    assert outcome(broadcast) == ("deny", None, 0x0A)
 
 
 def test_unit_map_translates_client_units() -> None:
