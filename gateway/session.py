@@ -56,6 +56,7 @@ class Session(asyncio.Protocol):
         self.runtime = runtime
         self.info = info
         self.id = info.id
+        self.identity = info.identity  # the lane of the upstream pools' fair queue
         self.view = view
         self.transport: asyncio.Transport | None = None
         self.closing = False

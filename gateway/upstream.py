@@ -7,9 +7,15 @@ request that may have reached the device is never sent twice: when a connection 
 flight on it fails; only requests still queued — never sent — move on to another connection.
 
 Bounds: ``max_connections`` links, ``max_in_flight`` requests on each, ``queue_limit`` requests waiting
-beyond that (more fail at once), ``response_timeout_s`` for the device to answer once a request is
-sent, and as long again for a request to leave the queue. Writes are batched per turn of the event
-loop; replies to each client are flushed once per batch of device bytes.
+beyond that, shared fairly between identities (:class:`FairQueue`), ``queue_timeout_s`` from the moment
+the gateway read a request until it must have left the queue (or it is answered as not sent, never sent
+late), and ``response_timeout_s`` for the device to answer once it is sent. Writes are batched per turn
+of the event loop; replies to each client are flushed once per batch of device bytes.
+
+A device out of step: on a link with one request in flight, a reply under an id that is neither that
+request's nor one that recently timed out answers that request at once as failed, and the link is
+closed and reopened when the asset says ``on_desync = "reconnect"``. A reply still incomplete when its
+request times out leaves the link's framing in doubt: the link is closed.
 
 A protocol supplies a :class:`Link` subclass (how to send a request and match replies, plus any
 handshake the device needs before it takes requests) and maps :class:`Failure` to its own error codes.
@@ -33,7 +39,9 @@ log = logging.getLogger("ztgate.upstream")
 
 BACKOFF_INITIAL_S = 0.05
 BACKOFF_MAX_S = 2.0
-NOT_IN_FLIGHT = -1  # Pending.key while queued, and once answered, failed or expired
+NOT_IN_FLIGHT = -1  # Pending.key once answered, failed or expired
+QUEUED = -2  # Pending.key while it waits in the pool's queue
+RECENTLY_EXPIRED_KEYS = 256  # per link: ids whose reply, if it still comes, is late rather than out of step
 
 
 class Failure(Enum):
@@ -42,7 +50,8 @@ class Failure(Enum):
     QUEUE_FULL = "upstream queue full"
     RECONFIGURED = "asset reconfigured"
     TIMEOUT = "device did not answer in time"
-    QUEUE_TIMEOUT = "no upstream connection in time"
+    QUEUE_TIMEOUT = "not sent within queue_timeout_s"
+    DESYNC = "reply with another id"
     CONNECTION_LOST = "upstream connection lost"
     UNREACHABLE = "device unreachable"
     MALFORMED_REPLY = "malformed reply"
@@ -55,6 +64,8 @@ class Failure(Enum):
 
 class Client(Protocol):
     """What a pool needs from the session that submitted a request."""
+
+    identity: str  # its SPIFFE id: the queue is shared fairly between identities
 
     def fail(self, pending: Any, failure: Failure, reason: str, now: float) -> bool: ...
 
@@ -90,6 +101,11 @@ class Link(asyncio.Protocol, Generic[P]):
         self.ready = False  # the handshake is done and the pool hands it requests
         # A request timed out and the device has sent nothing since: it accepts TCP but does not answer.
         self.silent = False
+        self.abort_reason: str | None = None  # why the gateway closed it, for the audit
+        self.last_data_at = 0.0  # monotonic() of the last bytes from the device
+        # Ids of requests that timed out (or were given up) recently: a reply under one is late, not a
+        # sign that the device is out of step. Insertion-ordered, bounded.
+        self._given_up: dict[int, None] = {}
 
     # ---------------------------------------------------------------------- protocol hooks
 
@@ -99,6 +115,10 @@ class Link(asyncio.Protocol, Generic[P]):
     def send(self, pending: P, now: float) -> None:
         """Encode ``pending`` under an id of this link's own and :meth:`track` it."""
         raise NotImplementedError
+
+    def partial_reply_bytes(self) -> int:
+        """Bytes of a reply received but not yet complete (a protocol's framer knows)."""
+        return 0
 
     # -------------------------------------------------------------------------- sending
 
@@ -134,10 +154,38 @@ class Link(asyncio.Protocol, Generic[P]):
         """The request a reply with ``key`` answers, taken off this link; None if nothing waits for it."""
         pending = self.in_flight.pop(key, None)
         if pending is None:
-            self.pool.late_replies += 1
+            self.unmatched(key)
             return None
         pending.key = NOT_IN_FLIGHT
         return pending
+
+    def unmatched(self, key: int) -> None:
+        """A reply under ``key`` matches no request in flight. Late (its request was given up) or
+        unattributable (several in flight) it is dropped and counted. With exactly one request in
+        flight it can only be meant for that one: the device is out of step. That request is answered
+        at once rather than at its deadline, and the link is reopened if the asset says so."""
+        pool = self.pool
+        pool.late_replies += 1
+        if key in self._given_up or len(self.in_flight) != 1:
+            return
+        ((waiting_key, pending),) = self.in_flight.items()
+        reason = f"reply with {pool.id_name} {key} to request {waiting_key}"
+        self._give_up(pending)
+        pool.desyncs += 1
+        if pending.session.fail(pending, Failure.DESYNC, reason, monotonic()):
+            pool.touched.append(pending.session)
+        reconnect = pool.asset.on_desync == "reconnect"
+        pool.event("desync", f"{reason}: {'reconnecting' if reconnect else 'waiting'} (on_desync)")
+        if reconnect:
+            self.abort(f"device out of step: {reason}")
+
+    def _give_up(self, pending: P) -> None:
+        del self.in_flight[pending.key]
+        given_up = self._given_up
+        given_up[pending.key] = None
+        if len(given_up) > RECENTLY_EXPIRED_KEYS:
+            del given_up[next(iter(given_up))]
+        pending.key = NOT_IN_FLIGHT
 
     def batch_done(self) -> None:
         """End of a batch of replies: forget answered requests, refill free slots, write."""
@@ -163,8 +211,11 @@ class Link(asyncio.Protocol, Generic[P]):
             self.transport.close()
 
     def abort(self, reason: str) -> None:
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and not self.closed and self.abort_reason is None:
             log.warning("%s: closing upstream connection: %s", self.pool.asset.name, reason)
+            self.abort_reason = reason
+            self.ready = False
+            self.pool.detach(self)  # no new request may go out on it before connection_lost runs
             self.transport.abort()
 
     def fail_in_flight(self, reason: str) -> None:
@@ -182,8 +233,16 @@ class Link(asyncio.Protocol, Generic[P]):
         self._timer = None
         now = monotonic()
         deadlines = self._deadlines
-        in_flight = self.in_flight
         touched = self.pool.touched
+        partial = self.partial_reply_bytes()
+        reason = Failure.TIMEOUT.value
+        if partial:
+            # Bytes still arriving one by one, or a reply cut short: say which, from when the last came.
+            reason = (
+                f"{reason}: {partial} bytes of a reply had arrived,"
+                f" the last {(now - self.last_data_at) * 1000:.0f} ms before"
+            )
+        expired = False
         while deadlines:
             pending = deadlines[0]
             if pending.key == NOT_IN_FLIGHT:
@@ -192,16 +251,126 @@ class Link(asyncio.Protocol, Generic[P]):
             if pending.deadline > now:
                 break
             deadlines.popleft()
-            del in_flight[pending.key]
-            pending.key = NOT_IN_FLIGHT
+            self._give_up(pending)
+            expired = True
             self.pool.timeouts += 1
             self.silent = True
-            if pending.session.fail(pending, Failure.TIMEOUT, Failure.TIMEOUT.value, now):
+            if pending.session.fail(pending, Failure.TIMEOUT, reason, now):
                 touched.append(pending.session)
-        if deadlines:
+        if expired and partial:
+            # The rest of that reply may never come, or come glued to the next one: the framing of this
+            # connection can no longer be trusted.
+            self.abort(f"incomplete reply at a response deadline ({partial} bytes)")
+        if deadlines and not self.closed:
             self._timer = self.pool.loop.call_at(deadlines[0].deadline, self._expire)
         self.pool.refill(self)
         self.pool.flush()
+
+
+class FairQueue:
+    """The requests waiting for a link, shared fairly between identities.
+
+    Each identity has a lane; links take from the lanes in turn, one request each (deficit round-robin
+    in which every request costs the same quantum). Of ``limit`` places an identity may hold its share,
+    ``limit`` divided by the identities waiting (rounded up). Beyond that it is refused, and when the
+    queue is full an identity still under its share takes the place of the newest request of the
+    identity holding the most, which is refused instead: it was never sent. So a greedy identity fills
+    only its own share, and the others never wait behind more than one of its requests per turn.
+
+    Every request's deadline follows from its arrival, so the oldest waiting request is the first to
+    expire: ``arrivals`` keeps that order for the pool's single queue timer (sent and refused entries
+    are skipped when they reach its front).
+    """
+
+    __slots__ = ("_lanes", "arrivals", "limit", "size")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.size = 0
+        self._lanes: dict[str, deque[Pending]] = {}  # in turn order: the next lane to serve first
+        self.arrivals: deque[Pending] = deque()
+
+    def __len__(self) -> int:
+        return self.size
+
+    def share(self, lane: str) -> int:
+        """How many places ``lane`` may hold now."""
+        waiting = len(self._lanes) + (lane not in self._lanes)
+        return -(-self.limit // waiting)
+
+    def offer(self, pending: Pending, lane: str) -> tuple[bool, Pending | None]:
+        """Queue ``pending`` in ``lane``: (accepted, the request pushed out to make room, if any)."""
+        lanes = self._lanes
+        queued = lanes.get(lane)
+        if len(queued or ()) >= self.share(lane):
+            return False, None
+        pushed_out = None
+        if self.size >= self.limit:
+            fullest = max(lanes.values(), key=len)
+            pushed_out = fullest.pop()
+            pushed_out.key = NOT_IN_FLIGHT
+            self.size -= 1
+            if not fullest:
+                del lanes[next(name for name, q in lanes.items() if q is fullest)]
+        if queued is None:
+            queued = lanes[lane] = deque()
+        pending.key = QUEUED
+        queued.append(pending)
+        self.arrivals.append(pending)
+        self.size += 1
+        return True, pushed_out
+
+    def pop(self) -> Pending | None:
+        """The next request in turn, or None."""
+        lanes = self._lanes
+        if not lanes:
+            return None
+        lane = next(iter(lanes))
+        queued = lanes.pop(lane)
+        pending = queued.popleft()
+        if queued:
+            lanes[lane] = queued  # to the back of the turn
+        self.size -= 1
+        pending.key = NOT_IN_FLIGHT
+        return pending
+
+    def expire(self, now: float) -> list[Pending]:
+        """Take out every request whose deadline is ``now`` or earlier (they are at their lanes' fronts)."""
+        arrivals = self.arrivals
+        expired: list[Pending] = []
+        while arrivals:
+            pending = arrivals[0]
+            if pending.key != QUEUED:
+                arrivals.popleft()
+                continue
+            if pending.deadline > now:
+                break
+            arrivals.popleft()
+            lane = pending.session.identity
+            queued = self._lanes[lane]
+            queued.remove(pending)  # at or near the front: every lane is in arrival order
+            if not queued:
+                del self._lanes[lane]
+            pending.key = NOT_IN_FLIGHT
+            self.size -= 1
+            expired.append(pending)
+        return expired
+
+    def next_deadline(self) -> float | None:
+        arrivals = self.arrivals
+        while arrivals and arrivals[0].key != QUEUED:
+            arrivals.popleft()
+        return arrivals[0].deadline if arrivals else None
+
+    def drain(self) -> list[Pending]:
+        """Everything waiting, emptied out."""
+        out = [p for queued in self._lanes.values() for p in queued]
+        for pending in out:
+            pending.key = NOT_IN_FLIGHT
+        self._lanes.clear()
+        self.arrivals.clear()
+        self.size = 0
+        return out
 
 
 class UpstreamPool:
@@ -209,21 +378,24 @@ class UpstreamPool:
 
     protocol_name: ClassVar[str]
     link_class: ClassVar[type[Link[Any]]]
+    id_name: ClassVar[str] = "id"  # what the protocol calls a link's match key, for the audit
 
     def __init__(self, asset: Asset, runtime: Runtime) -> None:
         self.asset = asset
         self.runtime = runtime
         self.response_timeout_s = asset.response_timeout_s
+        self.queue_timeout_s = asset.queue_timeout_s
         self.max_in_flight = asset.max_in_flight
         self.max_connections = asset.max_connections
         self.connections: list[Link[Any]] = []
-        self.queue: deque[Pending] = deque()
+        self.queue = FairQueue(asset.queue_limit)
         # Per batch: links with unsent output, sessions with unsent replies.
         self.dirty: list[Link[Any]] = []
         self.touched: list[Client] = []
         self._flush_scheduled = False
         self.late_replies = 0
         self.timeouts = 0
+        self.desyncs = 0
         self.connect_failures = 0
         self._connecting = 0
         self._backoff_s = BACKOFF_INITIAL_S
@@ -248,8 +420,8 @@ class UpstreamPool:
         if self._reconnect is not None:
             self._reconnect.cancel()
         now = monotonic()
-        while self.queue:
-            self._fail(self.queue.popleft(), Failure.RECONFIGURED, Failure.RECONFIGURED.value, now)
+        for pending in self.queue.drain():
+            self._fail(pending, Failure.RECONFIGURED, Failure.RECONFIGURED.value, now)
         self.flush()
         for link in list(self.connections):
             if not link.in_flight:
@@ -274,21 +446,35 @@ class UpstreamPool:
     # --------------------------------------------------------------------------------- submit
 
     def submit(self, pending: Pending) -> None:
-        """Send now if a link has a free slot, else queue (bounded)."""
+        """Send now if a link has a free slot and nothing waits, else queue (bounded, fair)."""
         max_in_flight = self.max_in_flight
-        for link in self.connections:
-            if len(link.in_flight) < max_in_flight:
-                link.send(pending, pending.started)
-                return
+        if not self.queue.size:
+            for link in self.connections:
+                if len(link.in_flight) < max_in_flight:
+                    link.send(pending, pending.started)
+                    return
         now = pending.started
         if self._retired:
             self._fail(pending, Failure.RECONFIGURED, Failure.RECONFIGURED.value, now)
             return
-        if len(self.queue) >= self.asset.queue_limit:
-            self._fail(pending, Failure.QUEUE_FULL, Failure.QUEUE_FULL.value, now)
+        # The deadline runs from the moment the gateway read the request, not from when it is sent.
+        pending.deadline = now + self.queue_timeout_s
+        lane = pending.session.identity
+        accepted, pushed_out = self.queue.offer(pending, lane)
+        if not accepted:
+            queue = self.queue
+            reason = (
+                f"{Failure.QUEUE_FULL.value}: this identity holds its share"
+                f" ({queue.share(lane)} of queue_limit {queue.limit})"
+            )
+            self._fail(pending, Failure.QUEUE_FULL, reason, now)
             return
-        pending.deadline = now + self.response_timeout_s
-        self.queue.append(pending)
+        if pushed_out is not None:
+            reason = (
+                f"{Failure.QUEUE_FULL.value}: its place went to another identity under its share"
+                f" (queue_limit {self.queue.limit})"
+            )
+            self._fail(pushed_out, Failure.QUEUE_FULL, reason, now)
         if self._queue_timer is None:
             self._queue_timer = self.loop.call_at(pending.deadline, self._expire_queue)
         if len(self.connections) + self._connecting < self.max_connections and self._reconnect is None:
@@ -299,13 +485,19 @@ class UpstreamPool:
             self.touched.append(pending.session)
 
     def refill(self, link: Link[Any]) -> None:
-        """A slot freed up on ``link``: move queued requests onto it."""
+        """A slot freed up on ``link``: move queued requests onto it, in turn between identities. One
+        whose deadline has passed is answered instead, never sent late (a timer may fire late)."""
         queue = self.queue
-        if not queue or link.closed or not link.ready:
+        if not queue.size or link.closed or not link.ready:
             return
         now = monotonic()
-        while queue and len(link.in_flight) < self.max_in_flight:
-            link.send(queue.popleft(), now)
+        while queue.size and len(link.in_flight) < self.max_in_flight:
+            pending = queue.pop()
+            assert pending is not None
+            if pending.deadline <= now:
+                self._queue_timed_out(pending, now)
+            else:
+                link.send(pending, now)
 
     def mark_dirty(self, link: Link[Any]) -> None:
         """``link`` has requests to write. They leave at the end of this turn of the event loop, so the
@@ -332,13 +524,25 @@ class UpstreamPool:
     def _expire_queue(self) -> None:
         self._queue_timer = None
         now = monotonic()
-        queue = self.queue
-        while queue and queue[0].deadline <= now:
-            self.timeouts += 1
-            self._fail(queue.popleft(), Failure.QUEUE_TIMEOUT, Failure.QUEUE_TIMEOUT.value, now)
-        if queue:
-            self._queue_timer = self.loop.call_at(queue[0].deadline, self._expire_queue)
+        for pending in self.queue.expire(now):
+            self._queue_timed_out(pending, now)
+        deadline = self.queue.next_deadline()
+        if deadline is not None:
+            self._queue_timer = self.loop.call_at(deadline, self._expire_queue)
         self.flush()
+
+    def _queue_timed_out(self, pending: Pending, now: float) -> None:
+        """Never sent: say what held it up."""
+        self.timeouts += 1
+        waited = f"{Failure.QUEUE_TIMEOUT.value} ({self.queue_timeout_s:g} s)"
+        if self.connections:
+            in_flight = sum(len(link.in_flight) for link in self.connections)
+            reason = f"{waited}: the device was busy with {in_flight} earlier requests"
+        else:
+            reason = f"{waited}: no upstream connection" + (
+                f" ({self.last_error})" if self.last_error else ""
+            )
+        self._fail(pending, Failure.QUEUE_TIMEOUT, reason, now)
 
     # ---------------------------------------------------------------------------- connecting
 
@@ -377,7 +581,7 @@ class UpstreamPool:
         self.link_ready.set()
         self._backoff_s = BACKOFF_INITIAL_S
         if not self.ever_connected or self.last_error is not None:
-            self._event("connected", None)
+            self.event("connected", None)
         self.ever_connected = True
         self.last_error = None
         self.refill(link)
@@ -388,13 +592,13 @@ class UpstreamPool:
 
     def _connect_failed(self, reason: str) -> None:
         if self.last_error != reason:
-            self._event("connect_failed", reason)
+            self.event("connect_failed", reason)
         self.last_error = reason
         if not self.connections:
             # Nothing can carry the queue: tell its clients now rather than at their deadline.
             now = monotonic()
-            while self.queue:
-                self._fail(self.queue.popleft(), Failure.UNREACHABLE, f"device unreachable: {reason}", now)
+            for pending in self.queue.drain():
+                self._fail(pending, Failure.UNREACHABLE, f"device unreachable: {reason}", now)
             self.flush()
         self._schedule_reconnect()
 
@@ -405,16 +609,23 @@ class UpstreamPool:
         self._backoff_s = min(self._backoff_s * 2, BACKOFF_MAX_S)
         self._reconnect = self.loop.call_later(delay_s, self._open)
 
-    def connection_lost(self, link: Link[Any], exc: Exception | None) -> None:
+    def detach(self, link: Link[Any]) -> None:
+        """``link`` takes no more requests."""
         if link in self.connections:
             self.connections.remove(link)
             if not self.connections:
                 self.link_ready.clear()
-        reason = f"upstream connection lost: {exc}" if exc else "upstream connection closed"
+
+    def connection_lost(self, link: Link[Any], exc: Exception | None) -> None:
+        self.detach(link)
+        if link.abort_reason is not None:
+            reason = f"upstream connection closed by the gateway: {link.abort_reason}"
+        else:
+            reason = f"upstream connection lost: {exc}" if exc else "upstream connection closed"
         if link.in_flight:
             link.fail_in_flight(reason)
         if not self._retired:
-            self._event("disconnected", reason)
+            self.event("disconnected", reason)
             self.last_error = reason
             self._schedule_reconnect()
         # Requests that never left keep waiting for the next link (another one, or a new one).
@@ -424,9 +635,9 @@ class UpstreamPool:
 
     def upstream_fault(self, reason: str) -> None:
         self.runtime.metrics.count_protocol_error(self.protocol_name, "upstream")
-        self._event("malformed_reply", reason)
+        self.event("malformed_reply", reason)
 
-    def _event(self, kind: str, reason: str | None) -> None:
+    def event(self, kind: str, reason: str | None) -> None:
         event = {
             "event": "upstream",
             "asset": self.asset.name,

@@ -30,7 +30,7 @@ class ModbusClient(Client, Protocol):
 class PendingRequest(Pending):
     """A Modbus request on its way to the device and back."""
 
-    __slots__ = ("decision", "device_unit", "request", "revision")
+    __slots__ = ("decision", "device_unit", "reply", "request", "revision")
 
     session: ModbusClient
 
@@ -52,10 +52,14 @@ class PendingRequest(Pending):
         self.decision = decision
         self.revision = revision  # of the policy that decided: the audit names it, not a later one
         self.device_unit = device_unit
+        self.reply: bytes | None = None  # the answer, held while earlier ones are awaited (preserve_order)
 
 
 class ModbusLink(Link[PendingRequest]):
     """One Modbus TCP connection to the device: its transaction ids are the match keys."""
+
+    def partial_reply_bytes(self) -> int:
+        return self._codec.buffered_bytes
 
     pool: ModbusUpstreamPool
 
@@ -94,8 +98,8 @@ class ModbusLink(Link[PendingRequest]):
         pool = self.pool
         touched = pool.touched
         in_flight = self.in_flight
-        now = monotonic()
-        while True:
+        now = self.last_data_at = monotonic()
+        while self.abort_reason is None:
             try:
                 frame = codec.next_frame()
             except ModbusProtocolError as exc:
@@ -108,7 +112,7 @@ class ModbusLink(Link[PendingRequest]):
             tid, unit, pdu = frame
             pending = in_flight.pop(tid, None)  # Link.answered, written out
             if pending is None:
-                pool.late_replies += 1
+                self.unmatched(tid)  # late, or the device is out of step
                 continue
             pending.key = NOT_IN_FLIGHT
             session = pending.session
@@ -136,3 +140,4 @@ class ModbusLink(Link[PendingRequest]):
 class ModbusUpstreamPool(UpstreamPool):
     protocol_name: ClassVar[str] = "modbus"
     link_class: ClassVar[type[Link[Any]]] = ModbusLink
+    id_name: ClassVar[str] = "transaction id"
