@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from bisect import bisect_left
+from collections import deque
 from time import monotonic
 from typing import Any, ClassVar
 
@@ -65,6 +66,9 @@ class ModbusSession(Session):
         self._codec = ServerConnection()
         self._max_in_flight = runtime.limits.max_in_flight
         self._resume_scheduled = False
+        # preserve_order: every answer not yet sent, in the order the requests came (a forwarded request
+        # until its reply is in). Fixed for the session's life, so no answer is ever held by a reload.
+        self._ordered: deque[PendingRequest | bytes] | None = deque() if view.asset.preserve_order else None
         self._bind_view()
 
     def _bind_view(self) -> None:
@@ -90,6 +94,11 @@ class ModbusSession(Session):
     def code_name(self, code: int) -> str:
         return exception_name(code)
 
+    def _release(self) -> None:
+        super()._release()
+        if self._ordered is not None:
+            self._ordered.clear()
+
     # ---------------------------------------------------------------------------- client side
 
     def data_received(self, data: bytes) -> None:
@@ -107,8 +116,15 @@ class ModbusSession(Session):
         limit = self._max_in_flight
         # Requests answered here count against the in-flight limit until this batch's write: a client
         # sending only refused requests gets no more answers per turn of the loop than one in flight.
+        # Under preserve_order the answers held for order count against it too.
         local = 0
-        while self._in_flight + local < limit and not self.closing and not self.paced:
+        ordered = self._ordered
+        while (
+            self._in_flight + local < limit
+            and not self.closing
+            and not self.paced
+            and (ordered is None or len(ordered) < limit)
+        ):
             try:
                 request = codec.next_request()
             except ModbusProtocolError as exc:
@@ -121,23 +137,20 @@ class ModbusSession(Session):
             decision = decide(request, now)
             if decision.allowed:
                 self._in_flight += 1
-                pool.submit(
-                    PendingRequest(
-                        self,
-                        request,
-                        decision,
-                        revision,
-                        unit_map.get(request.unit_id, request.unit_id),
-                        started,
-                    )
+                pending = PendingRequest(
+                    self, request, decision, revision, unit_map.get(request.unit_id, request.unit_id), started
                 )
+                if self._ordered is not None:
+                    self._ordered.append(pending)
+                pool.submit(pending)
             else:
                 self._refuse(request, decision)
                 local += 1
         else:
-            if not self.closing and codec.buffered_bytes and self._in_flight + local >= limit:
+            held = ordered is not None and len(ordered) >= limit
+            if not self.closing and codec.buffered_bytes and (self._in_flight + local >= limit or held):
                 self.pause_requests(IN_FLIGHT_LIMIT)
-                if self._in_flight < limit:  # stopped by local answers, written below: read on after them
+                if self._in_flight < limit and not held:  # stopped by local answers, written below
                     self._maybe_resume()
         # Requests for the device leave with the pool's end-of-turn flush (UpstreamPool.mark_dirty).
         self.flush()
@@ -145,7 +158,7 @@ class ModbusSession(Session):
     def _refuse(self, request: Request, decision: Decision) -> None:
         fc = request.function_code
         if self.refuse(fc, request_fields(request), decision) == "exception":
-            self._out.append(
+            self._answer(
                 encode_exception(request.transaction_id, request.unit_id, fc, decision.exception_code)
             )
 
@@ -164,8 +177,31 @@ class ModbusSession(Session):
             func=function_name(fc),
             tid=exc.transaction_id,
         )
-        self._out.append(encode_exception(exc.transaction_id, exc.unit_id, fc, exc.exception_code))
+        self._answer(encode_exception(exc.transaction_id, exc.unit_id, fc, exc.exception_code))
         return False
+
+    def _answer(self, reply: bytes) -> None:
+        """A local answer: sent with this batch, or after the earlier replies under preserve_order."""
+        ordered = self._ordered
+        if ordered:
+            ordered.append(reply)
+        else:
+            self._out.append(reply)
+
+    def _answer_in_order(self) -> None:
+        """preserve_order: move every answer now complete at the front of the order to the output."""
+        ordered = self._ordered
+        assert ordered is not None
+        out = self._out
+        while ordered:
+            head = ordered[0]
+            if isinstance(head, bytes):
+                out.append(head)
+            elif head.reply is not None:
+                out.append(head.reply)
+            else:
+                break
+            ordered.popleft()
 
     # -------------------------------------------------------------------------- upstream side
 
@@ -176,7 +212,11 @@ class ModbusSession(Session):
         here without calls: it runs once per request at full load."""
         out = self._out
         first = not out
-        out.append(reply)
+        if self._ordered is None:
+            out.append(reply)
+        else:
+            pending.reply = reply
+            self._answer_in_order()
         self._in_flight -= 1
         if self._paused_by:
             self._maybe_resume()
@@ -204,7 +244,7 @@ class ModbusSession(Session):
                     (lo, lo + request.read_count - 1),
                     latency_s,
                 )
-        return first and not self.closing
+        return first and bool(out) and not self.closing
 
     def fail(self, pending: PendingRequest, failure: Failure, reason: str, now: float) -> bool:
         """The device cannot answer the request: exception 0x0A when the gateway could not take it
@@ -213,9 +253,12 @@ class ModbusSession(Session):
         code = GATEWAY_PATH_UNAVAILABLE if failure.overload else TARGET_FAILED_TO_RESPOND
         first = not self._out
         request = pending.request
-        self._out.append(
-            encode_exception(request.transaction_id, request.unit_id, request.function_code, code)
-        )
+        reply = encode_exception(request.transaction_id, request.unit_id, request.function_code, code)
+        if self._ordered is None:
+            self._out.append(reply)
+        else:
+            pending.reply = reply
+            self._answer_in_order()
         self._in_flight -= 1
         if self._paused_by:
             self._maybe_resume()
@@ -228,7 +271,7 @@ class ModbusSession(Session):
             )
         else:
             self._account(pending, latency_s, reason, gateway_exception=code)
-        return first and not self.closing
+        return first and bool(self._out) and not self.closing
 
     def _maybe_resume(self) -> None:
         if IN_FLIGHT_LIMIT in self._paused_by and not self._resume_scheduled:
