@@ -7,6 +7,7 @@ modbus-proxy, on loopback, in one interleaved run; then the scale figures and a 
     python -m bench scale                # only the scale figures
     python -m bench report bench/results/latest.json   # re-render the doc from a JSON result
     python -m bench center               # policy push -> two gateways deciding by it (bench/center.py)
+    python -m bench fairness             # a poller's p99 idle and while another identity floods
 
 See docs/performance.md for how to read the results.
 """
@@ -450,6 +451,10 @@ def report(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["fairness"]:  # its own measurement and options (bench/fairness.py)
+        from bench import fairness
+
+        return fairness.run(argv[1:])
     if argv[:1] == ["center"]:  # its own measurement and options (bench/center.py)
         from bench import center
 
