@@ -88,7 +88,9 @@ async def _measure(work: Path, args: argparse.Namespace, supervisor: Supervisor)
 
     ca_dir = work / "ca"
     ca = pki.init_ca(ca_dir, TD)
-    gateway_files = pki.issue(ca_dir, f"spiffe://{TD}/gateway/bench/gw-1", out_dir=work, name="gw")
+    gateway_files = pki.issue(
+        ca_dir, f"spiffe://{TD}/gateway/bench/gw-1", out_dir=work, name="gw", dns_names=["plc-1"]
+    )
     poller = pki.issue(ca_dir, POLLER, out_dir=work, name="poller")
     flooder = pki.issue(ca_dir, FLOODER, out_dir=work, name="flooder")
     _, device_port = start_server(supervisor)
@@ -119,9 +121,13 @@ async def _measure(work: Path, args: argparse.Namespace, supervisor: Supervisor)
     ]  # fmt: skip
     flood = supervisor.spawn("flooder", flood_argv, cwd=REPO, pipes=True)
     await asyncio.sleep(1.0)  # the flooder's warm-up: its connections are up and the queue full
+    polled = time.perf_counter()
     loaded = await _poll(client, args.samples)
     if not flood.alive():
-        raise RuntimeError("the flood ended before the poll: raise --flood-s")
+        raise RuntimeError(
+            f"the flood ended before the poll ({time.perf_counter() - polled:.1f} s, exit status"
+            f" {flood.popen.returncode}): raise --flood-s; the flooder's log:\n{flood.log_tail()}"
+        )
     assert flood.popen.stdout is not None
     stdout = await asyncio.to_thread(flood.popen.stdout.read)  # its report, when its window ends
     client.close()
@@ -152,7 +158,7 @@ def run(argv: list[str]) -> int:
     parser.add_argument("--connections", type=int, default=8, help="flooder connections (default 8)")
     parser.add_argument("--depth", type=int, default=32, help="flooder reads in flight per connection")
     parser.add_argument(
-        "--flood-s", type=float, default=15.0, help="the flood's measured window, longer than the poll"
+        "--flood-s", type=float, default=30.0, help="the flood's measured window, longer than the poll"
     )
     args = parser.parse_args(argv)
     started = datetime.now(UTC)
