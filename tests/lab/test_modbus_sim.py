@@ -336,3 +336,36 @@ def test_parse_hostport() -> None:
     assert parse_hostport("127.0.0.1:5020") == ("127.0.0.1", 5020)
     assert parse_hostport("[::1]:0") == ("::1", 0)
     assert parse_hostport("localhost:502") == ("localhost", 502)
+
+
+# ------------------------------------------------------------------------------------ fault front
+
+
+async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tid: int) -> bytes:
+    """One FC 4 read of IR 7 (the unit id) under ``tid``; the whole reply frame."""
+    writer.write(bytes.fromhex(f"{tid:04x} 0000 0006 01 04 0007 0001"))
+    header = await asyncio.wait_for(reader.readexactly(6), 5)
+    return header + await asyncio.wait_for(reader.readexactly(int.from_bytes(header[4:6], "big")), 5)
+
+
+async def test_the_fault_front_spoils_only_the_chosen_replies() -> None:
+    from gateway.lab.sim.faults import Fault
+
+    async with ModbusSim(static=True, fault=Fault("wrong-tid", after=1, replies=1)) as sim:
+        reader, writer = await asyncio.open_connection(sim.host, sim.port)
+        good = bytes.fromhex("0000 0005 01 04 02 0001")
+        assert await _exchange(reader, writer, 0x10) == bytes.fromhex("0010") + good
+        assert await _exchange(reader, writer, 0x11) == bytes.fromhex("0012") + good  # spoiled
+        assert await _exchange(reader, writer, 0x12) == bytes.fromhex("0012") + good
+        assert sim.front is not None and (sim.front.replies, sim.front.spoiled) == (3, 1)
+        writer.close()
+
+
+def test_fault_settings_are_checked() -> None:
+    from gateway.lab.sim.faults import Fault
+
+    with pytest.raises(ValueError, match="expected one of wrong-tid, late, short, trickle"):
+        Fault("slow")
+    with pytest.raises(ValueError, match="replies 1 or more"):
+        Fault("late", replies=0)
+    assert Fault("short", after=2, replies=None).applies(9) and not Fault("short", after=2).applies(3)
