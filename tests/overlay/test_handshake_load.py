@@ -34,8 +34,9 @@ def enough_file_descriptors() -> None:
 async def gateway(pki: Pki, tmp_path: Path) -> AsyncIterator[GatewayProcess]:
     sim = SimProcess("modbus")
     await sim.start()
-    # The device's queue takes a whole reconnect storm's first reads: its fairness is not what is tested.
-    policy = policy_text(sim.port, RULES, asset_extra="queue_limit = 1000")
+    # The device's queue takes a whole reconnect storm's first reads, however long they wait on this
+    # machine: its fairness and deadlines are not what is tested.
+    policy = policy_text(sim.port, RULES, asset_extra="queue_limit = 1000\nqueue_timeout_s = 10")
     process = GatewayProcess(pki, tmp_path, policy, overlay={"refusal_audit_interval_s": 1.0})
     try:
         await process.start()
