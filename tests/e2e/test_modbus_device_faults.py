@@ -62,7 +62,7 @@ async def test_a_reply_with_the_wrong_transaction_id_is_answered_0x0b_at_once(
     assert (
         event["outcome"] == f"reply with transaction id {(request_tid + 1) & 0xFFFF} to request {request_tid}"
     )
-    assert event["exception"] == 0x0B
+    assert event["code"] == 0x0B
     desync = await lab.wait_for_event(event="upstream", state="desync")
     assert desync["reason"].startswith(event["outcome"])
     # The next request gets the device's own answer (unit 1's IR 7 holds its unit id).

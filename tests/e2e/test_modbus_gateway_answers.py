@@ -41,7 +41,7 @@ async def test_an_unknown_unit_id_is_answered_gateway_path_unavailable(
     result = await client.read_input_registers(7, count=1, device_id=9)
     assert result.isError() and result.exception_code == code
     event = await lab.wait_for_event(event="decision", unit=9)
-    assert event["exception"] == code and event["reason"].startswith("unit 9 is not configured")
+    assert event["code"] == code and event["reason"].startswith("unit 9 is not configured")
     # A unit the asset has, but outside the caller's rule, is still an address refusal.
     assert (await client.read_input_registers(1000, count=1, device_id=1)).exception_code == 0x02
 
@@ -107,5 +107,5 @@ async def test_a_flooding_identity_fills_only_its_share_of_the_queue(lab: Lab) -
     await asyncio.wait_for(asyncio.gather(poll(), *(flood(c) for c in flooders)), 60)
     assert outcomes["alice"] == {"ok": 40}
     assert outcomes["bob"].get(0x0A, 0) > 0 and outcomes["bob"].get("ok", 0) > 0
-    refused = lab.audit_events(event="decision", identity="spiffe://plant1.example/user/bob", exception=0x0A)
+    refused = lab.audit_events(event="decision", identity="spiffe://plant1.example/user/bob", code=0x0A)
     assert refused and all(e["outcome"].startswith("upstream queue full: ") for e in refused)
