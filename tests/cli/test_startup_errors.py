@@ -69,7 +69,7 @@ def test_agent_names_a_bad_key(pki: Pki, tmp_path: Path, how: str) -> None:
     cert, key = copy_files(pki, "hmi", tmp_path)
     config = tmp_path / "agent.toml"
     config.write_text(
-        f'[agent]\ngateway = "127.0.0.1:1"\n[tls]\ncert = "{cert}"\nkey = "{key}"\nca = "{pki.ca}"\n'
+        f'[agent]\ngateway = "localhost:1"\n[tls]\ncert = "{cert}"\nkey = "{key}"\nca = "{pki.ca}"\n'
         '[[listeners]]\nlisten = "127.0.0.1:0"\nasset = "plc-1"\n'
     )
     break_key(key, how)
@@ -98,7 +98,7 @@ def agent_config(pki: Pki, folder: Path, listen: str, extra: str = "") -> Path:
     files = pki.clients["hmi"]
     config = folder / "agent.toml"
     config.write_text(
-        f'[agent]\ngateway = "127.0.0.1:1"\n{extra}'
+        f'[agent]\ngateway = "localhost:1"\n{extra}'
         f'[tls]\ncert = "{files.cert}"\nkey = "{files.key}"\nca = "{pki.ca}"\n'
         f'[[listeners]]\nlisten = "{listen}"\nasset = "plc-1"\n'
     )
