@@ -1,10 +1,12 @@
-"""Audit trail: one JSON line per decision and per session start/end, to a file and/or stdout.
+"""Audit trail: one JSON line per decision and per session start/end, to one or more sinks.
 
 The session code calls :meth:`AuditLog.emit` for every event it must record individually (session start and
 end, denies, writes, refusals, upstream faults) and :meth:`AuditLog.aggregate_read` for every allowed read.
-Both only append to memory; a daemon thread serialises with orjson and writes one batch per wake-up, so a slow
-or broken sink never stalls the data path. What cannot be queued or written is counted (``dropped``) and
-reported in-band with an ``audit_dropped`` event as soon as a sink accepts lines again.
+Both only append to memory; a daemon thread serialises with orjson and hands one batch per wake-up to every
+sink (:mod:`gateway.sinks`: a file, stdout, syslog), each with a queue and a writer thread of its own, so a
+slow or broken sink never stalls the data path or the other sinks. What cannot be queued or written is
+counted (``dropped``, by kind) and reported in-band with an ``audit_dropped`` event as soon as a sink accepts
+lines again.
 
 The records' fields are the callers'; they are defined once in ``gateway/audit_schema.py`` and documented
 in ``docs/audit.md``. This module adds two: ``gateway`` (the name of this gateway, when absent) and ``time``
@@ -18,12 +20,14 @@ caller passed spans, ``span`` ``[lo, hi]``: the union of the address spans, name
 aggregated (aggregation off, or past ``aggregate_key_limit``) is written as one ordinary event with
 ``address`` (its span, when it has one) and ``latency_us``.
 
-``audit_dropped`` events carry ``reason`` (``queue_full`` | ``write_error``) and ``count``; ``audit_error``
-replaces an event orjson could not encode and carries ``error`` and ``repr`` (a truncated repr of the event).
+``audit_dropped`` events carry ``reason`` (``queue_full`` | ``write_error`` | ``spool_full`` | ``evicted`` |
+``oversized``) and ``count``; ``audit_error`` replaces an event orjson could not encode and carries ``error``
+and ``repr`` (a truncated repr of the event).
 
-Bounds: the queue holds ``queue_limit`` events; when it is full ``emit`` refuses the *newest* event and counts
-it, so the file stays a gap-free prefix plus an ``audit_dropped`` marker. At most ``aggregate_key_limit`` keys
-are aggregated per interval; reads under further keys are written one by one.
+Bounds: the queue holds ``queue_limit`` events; past it ``emit`` refuses the *newest* allowed read and counts
+it, and every other event (refusals, writes, session events) still goes in, up to twice ``queue_limit``; only
+beyond that are they refused and counted too. At most ``aggregate_key_limit`` keys are aggregated per
+interval; reads under further keys are written one by one.
 
 Threading: ``emit`` may be called from any thread (the queue-full counter is exact when only one does).
 ``aggregate_read`` must be called from one thread only (the event loop): its per-key counters are updated
@@ -34,19 +38,20 @@ without a lock. The event dict passed to ``emit`` belongs to the audit log after
 from __future__ import annotations
 
 import collections
-import io
 import logging
 import math
 import os
-import sys
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any, Final
 
 import orjson
 
-__all__ = ["AuditLog"]
+from gateway.sinks import KINDS, Record, Sink, record_kind
+from gateway.sinks.file import FileSink, StdoutSink
+
+__all__ = ["AuditLog", "ReadEvent"]
 
 _log = logging.getLogger(__name__)
 
@@ -54,6 +59,12 @@ _DUMPS_OPTIONS: Final = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
 _REPR_LIMIT: Final = 2000
 
 Event = dict[str, Any]
+
+
+class ReadEvent(dict[str, Any]):
+    """An allowed read's event (one read, or an interval's aggregate): the first to go when room runs out."""
+
+    __slots__ = ()
 
 
 class _Aggregate:
@@ -82,6 +93,7 @@ class AuditLog:
         gateway: str,
         file: str | os.PathLike[str] | None = None,
         stdout: bool = False,
+        sinks: Sequence[Sink] = (),
         aggregate_reads_s: float = 1.0,
         queue_limit: int = 100_000,
         flush_interval_s: float = 0.05,
@@ -95,8 +107,13 @@ class AuditLog:
         if not flush_interval_s > 0:
             raise ValueError(f"flush_interval_s must be > 0, not {flush_interval_s!r}")
         self._gateway = gateway
-        self._path = os.fspath(file) if file is not None else None
-        self._stdout = stdout
+        self.sinks: list[Sink] = list(sinks)
+        if file is not None:
+            self.sinks.append(FileSink("file", file, flush_interval_s=flush_interval_s))
+        if stdout:
+            self.sinks.append(StdoutSink("stdout", flush_interval_s=flush_interval_s))
+        for sink in self.sinks:
+            sink.marker = self._marker
         self._aggregate_s = aggregate_reads_s
         self._aggregate_off = aggregate_reads_s == 0
         self._queue_limit = queue_limit
@@ -115,17 +132,11 @@ class AuditLog:
 
         # Each counter has one writing thread (the emitting thread or the writer), so += loses no update.
         self._dropped_full = 0  # emit()
-        self._dropped_write = 0  # writer
-        self._written = 0  # writer
+        self._dropped_full_kinds: dict[str, int] = dict.fromkeys(KINDS, 0)  # emit()
+        self._handed = 0  # writer
         self._unserialisable = 0  # writer
         self._reported_full = 0
-        self._reported_write = 0
 
-        self._file: io.FileIO | None = None
-        self._file_id: tuple[int, int] | None = None
-        self._reopen_requested = False
-        self._torn = False  # a failed write may have left half a line at the end of the file
-        self._failing = False
         self._full_streak = False
         self._full_seen = 0
         self._finished = False
@@ -140,10 +151,14 @@ class AuditLog:
     # -- hot path ------------------------------------------------------------------------------------------
 
     def emit(self, event: Event) -> None:
-        """Queue one event; never blocks. Drops and counts it when the queue is full."""
+        """Queue one event; never blocks. Drops and counts it when the queue is full: an allowed read at
+        ``queue_limit``, any other event only at twice that."""
         queue = self._queue
-        if len(queue) >= self._queue_limit:
+        if len(queue) >= self._queue_limit and (
+            type(event) is ReadEvent or len(queue) >= 2 * self._queue_limit or self._closed
+        ):
             self._dropped_full += 1
+            self._dropped_full_kinds[record_kind(event, type(event) is ReadEvent)] += 1
             return
         if "time" not in event:
             event["time"] = self._clock()
@@ -193,7 +208,7 @@ class AuditLog:
             self._agg_seq += 1
 
     def _emit_read(self, fields: Event, span: tuple[int, int] | None, latency_s: float) -> None:
-        event = dict(fields)  # the caller may reuse one fields dict for many reads
+        event = ReadEvent(fields)  # the caller may reuse one fields dict for many reads
         event.setdefault("event", "decision")
         if span is not None:
             event["address"] = [span[0], span[1]]
@@ -209,51 +224,83 @@ class AuditLog:
 
     @property
     def dropped(self) -> int:
-        """Events lost: refused because the queue was full, or not accepted by every sink."""
-        return self._dropped_full + self._dropped_write
+        """Events lost: refused because the queue was full, or lost by a sink (each sink's losses count)."""
+        return self._dropped_full + sum(sum(sink.dropped.values()) for sink in self.sinks)
+
+    def dropped_by_kind(self) -> dict[str, int]:
+        """Events lost by kind (read, refusal, decision, event), the queue's and every sink's."""
+        found = dict(self._dropped_full_kinds)
+        for sink in self.sinks:
+            for kind, count in sink.dropped.items():
+                found[kind] += count
+        return found
 
     @property
     def written(self) -> int:
-        return self._written
+        """Lines every sink has written (the count of the sink that wrote fewest)."""
+        return min((sink.written for sink in self.sinks), default=0)
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        return len(self._queue) + sum(sink.queued for sink in self.sinks)
+
+    @property
+    def healthy(self) -> bool:
+        """Whether a record emitted now will be written: every sink takes records and the queue has room."""
+        return len(self._queue) < self._queue_limit and all(sink.healthy for sink in self.sinks)
+
+    @property
+    def blocks_new_sessions(self) -> bool:
+        """A full spool whose policy is ``block_new_sessions``: no new session may start."""
+        return any(sink.blocks_new_sessions for sink in self.sinks)
+
+    def status(self) -> dict[str, Any]:
+        """The audit trail's state for /readyz."""
+        return {
+            "ready": self.healthy,
+            "queued": len(self._queue),
+            "blocks_new_sessions": self.blocks_new_sessions,
+            "sinks": [sink.status() for sink in self.sinks],
+        }
 
     def render_counters(self) -> dict[str, int]:
+        lost: dict[str, int] = {}
+        for sink in self.sinks:
+            for reason, count in sink.lost.items():
+                lost[reason] = lost.get(reason, 0) + count
         return {
             "dropped": self.dropped,
-            "dropped_queue_full": self._dropped_full,
-            "dropped_write_error": self._dropped_write,
-            "written": self._written,
-            "queued": len(self._queue),
+            "dropped_queue_full": self._dropped_full + lost.get("queue_full", 0),
+            "dropped_write_error": lost.get("write_error", 0),
+            "written": self.written,
+            "queued": self.queued,
             "unserialisable": self._unserialisable,
         }
 
     # -- lifecycle -----------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Open the sinks and start the writer thread. A sink that cannot be opened is logged and retried."""
+        """Open the sinks and start the writer threads. A sink that cannot be opened is logged and retried."""
         if self._thread is not None or self._closed:
             raise RuntimeError("AuditLog.start() may be called once, before close()")
-        if self._path is not None:
-            with self._cycle_lock:
-                try:
-                    self._ensure_file()
-                except OSError as exc:
-                    self._note_failure(exc)
+        for sink in self.sinks:
+            sink.start()
         self._thread = threading.Thread(target=self._run, name="ztgate-audit", daemon=True)
         self._thread.start()
 
     def reopen(self) -> None:
-        """Reopen the file before the next batch (logrotate postrotate, SIGHUP). Safe in a signal handler."""
-        self._reopen_requested = True
+        """Reopen files before the next batch (logrotate postrotate, SIGHUP). Safe in a signal handler."""
+        for sink in self.sinks:
+            sink.reopen()
 
     def flush(self) -> None:
-        """Run one writer cycle now, in the calling thread (tests, and callers that need the file current)."""
+        """Run one writer cycle now, in the calling thread, and have every sink write what it holds (tests,
+        and callers that need the file current)."""
         with self._cycle_lock:
             if not self._finished:
                 self._cycle(final=False)
+        for sink in self.sinks:
+            sink.drain()
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Write pending aggregates and events, stop the writer, close the file; waits at most timeout_s."""
@@ -293,7 +340,8 @@ class AuditLog:
                 self._cycle(final=True)
             finally:
                 self._finished = True
-                self._close_file()
+                for sink in self.sinks:
+                    sink.close()
 
     # -- writer --------------------------------------------------------------------------------------------
 
@@ -304,10 +352,8 @@ class AuditLog:
         # emit() keeps appending; iterating the deque itself would raise on a concurrent append.
         events = [queue.popleft() for _ in range(len(queue))]
         self._collect_aggregates(now, final, events)
-        real = len(events)
-        # Drop reports are synthetic: they are rebuilt from the counters until a sink accepts one, and a
-        # failed report is not itself counted as dropped, or a dead disk would inflate `dropped` every cycle.
-        full, write = self._dropped_full, self._dropped_write
+        # The queue's drop report goes to every sink with this batch; each sink reports its own losses.
+        full = self._dropped_full
         if full != self._reported_full:
             events.append(self._drop_event(now, "queue_full", full - self._reported_full))
         # Log when a streak of queue-full cycles begins, not on every cycle of it.
@@ -315,15 +361,13 @@ class AuditLog:
         if new_drops and not self._full_streak:
             _log.warning("audit queue full: dropping events (%d so far)", full)
         self._full_streak, self._full_seen = new_drops, full
-        if write != self._reported_write:
-            events.append(self._drop_event(now, "write_error", write - self._reported_write))
         if not events:
             return
-        if self._write(events):
-            self._written += len(events)
-            self._reported_full, self._reported_write = full, write
-        else:
-            self._dropped_write += real
+        records = [self._record(event) for event in events]
+        self._handed += len(records)
+        self._reported_full = full
+        for sink in self.sinks:
+            sink.offer(records)
 
     def _next_boundary(self, now: float) -> float:
         # Boundaries are aligned to multiples of the interval so aggregates from several gateways line up.
@@ -361,7 +405,7 @@ class AuditLog:
 
     def _drain_aggregates(self, aggregates: dict[Hashable, _Aggregate], events: list[Event]) -> None:
         for agg in list(aggregates.values()):
-            event = dict(agg.fields)
+            event = ReadEvent(agg.fields)
             event.setdefault("event", "decision")
             event["time"] = agg.first
             event["time_last"] = self._format_time(agg.last)
@@ -385,22 +429,25 @@ class AuditLog:
             "count": count,
         }
 
-    def _write(self, events: list[Event]) -> bool:
-        """Write one batch to every sink; True only if all of them took it."""
-        # Appending to one bytearray lets each line's bytes object be freed at once; collecting them for a
-        # join() kept them all alive and measured 8x slower (fresh memory per line).
-        data = bytearray()
-        for event in events:
-            data += self._serialise(event)
-        ok = True
-        if self._path is not None:
-            ok = self._write_file(data)
-        if self._stdout:
-            ok = self._write_stdout(data) and ok
-        if ok and self._failing:
-            self._failing = False
-            _log.warning("audit sinks writable again")
-        return ok
+    def _record(self, event: Event) -> Record:
+        line = self._serialise(event)
+        stamp = event.get("time")
+        name = event.get("event")
+        return Record(
+            record_kind(event, type(event) is ReadEvent),
+            stamp if isinstance(stamp, str) else "",
+            name if isinstance(name, str) else "",
+            line,
+        )
+
+    def _marker(self, reason: str, count: int) -> Record:
+        """A sink's report of records it lost (called from the sink's thread: no shared time cache)."""
+        now = self._clock()
+        micros = round(now * 1e6) % 1_000_000
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{micros:06d}Z"
+        event = self._drop_event(now, reason, count)
+        event["time"] = stamp
+        return Record("event", stamp, "audit_dropped", orjson.dumps(event, option=_DUMPS_OPTIONS))
 
     def _serialise(self, event: Event) -> bytes:
         if "gateway" not in event:
@@ -445,88 +492,3 @@ class AuditLog:
         except (OverflowError, OSError, ValueError):
             return repr(stamp)
         return f"{self._time_prefix}.{micros:06d}Z"
-
-    # -- sinks ---------------------------------------------------------------------------------------------
-
-    def _write_file(self, data: bytearray) -> bool:
-        try:
-            file = self._ensure_file()
-            view = memoryview(data)
-            while view:
-                count = file.write(view)
-                if not count:
-                    raise OSError(f"short write to {self._path}")
-                view = view[count:]
-        except OSError as exc:
-            self._note_failure(exc)
-            self._torn = True
-            self._close_file()
-            return False
-        return True
-
-    def _ensure_file(self) -> io.FileIO:
-        assert self._path is not None
-        file = self._file
-        if file is not None and (self._reopen_requested or self._rotated()):
-            self._close_file()
-            file = None
-        if file is None:
-            self._reopen_requested = False
-            # Unbuffered: the batch is the buffer. A BufferedWriter would keep the bytes of a failed write and
-            # flush them later on close(), writing events we had already counted as dropped.
-            file = open(self._path, "ab", buffering=0)  # noqa: SIM115 - lives until rotation or close()
-            try:
-                stat = os.fstat(file.fileno())
-                if self._torn and file.tell() > 0 and not self._ends_with_newline():
-                    file.write(b"\n")  # finish a torn line so the next event starts a parsable one
-            except OSError:
-                file.close()
-                raise
-            self._torn = False
-            self._file, self._file_id = file, (stat.st_dev, stat.st_ino)
-        return file
-
-    def _rotated(self) -> bool:
-        # One stat per batch notices logrotate's rename or a deleted file even without reopen().
-        assert self._path is not None
-        try:
-            stat = os.stat(self._path)
-        except FileNotFoundError:
-            return True
-        return (stat.st_dev, stat.st_ino) != self._file_id
-
-    def _ends_with_newline(self) -> bool:
-        assert self._path is not None
-        with open(self._path, "rb") as reader:
-            reader.seek(-1, os.SEEK_END)
-            return reader.read(1) == b"\n"
-
-    def _close_file(self) -> None:
-        file, self._file, self._file_id = self._file, None, None
-        if file is not None:
-            try:
-                file.close()
-            except OSError:
-                self._torn = True
-
-    def _write_stdout(self, data: bytearray) -> bool:
-        out = sys.stdout  # looked up per batch: tests and daemons replace it
-        try:
-            out.flush()  # text already buffered by print() goes first, so lines never interleave
-            buffer = getattr(out, "buffer", None)
-            if buffer is not None:
-                buffer.write(data)
-                buffer.flush()
-            else:
-                out.write(data.decode())
-                out.flush()
-        except (OSError, ValueError, AttributeError) as exc:
-            self._note_failure(exc)
-            return False
-        return True
-
-    def _note_failure(self, exc: BaseException) -> None:
-        # Log once per failure streak: a full disk would otherwise log twenty lines a second.
-        if not self._failing:
-            self._failing = True
-            _log.warning("audit sink failed (%s); counting dropped events until it recovers", exc)

@@ -15,6 +15,10 @@ from pathlib import Path
 
 from gateway.admission import HandshakeLimits
 from gateway.policy_store import DEFAULT_QUIET_S
+from gateway.sinks import SinkSettings
+from gateway.sinks.build import SINK_TYPES
+from gateway.sinks.spool import ON_FULL_POLICIES
+from gateway.sinks.syslog import FACILITIES, TRANSPORTS, SyslogSettings
 from policies import toml
 from policies.errors import PolicyError, PolicyIssue, format_path, syntax_issue
 from policies.fields import FieldChecker, expected
@@ -77,10 +81,10 @@ class GatewayConfig:
     client_max_in_flight: int
     client_idle_timeout_s: float
     admin_listen: tuple[str, int] | None
-    audit_file: Path | None
-    audit_stdout: bool
+    audit_sinks: tuple[SinkSettings, ...]
     audit_aggregate_reads_s: float
     audit_queue_limit: int
+    audit_on_failure: str  # "closed" | "open"
     overlay: HandshakeLimits
     center: CenterSettings | None = None
     client_local_answers_per_s: float = 1000.0
@@ -349,10 +353,13 @@ def load_gateway_config(path: Path) -> GatewayConfig:
     if admin.get("listen", "127.0.0.1:9100") != "":
         admin_listen = check.address(admin, "listen", ("admin",), "127.0.0.1:9100")
 
-    audit = check.section(doc, "audit", ("file", "stdout", "aggregate_reads_s", "queue_limit"))
-    audit_file = check.path(audit, "file", ("audit",), required=False)
-    # Without a file the audit trail goes to stdout: denies are always recorded somewhere.
-    audit_stdout = check.optional(audit, "stdout", ("audit",), check.boolean, audit_file is None)
+    audit = check.section(
+        doc, "audit", ("file", "stdout", "aggregate_reads_s", "queue_limit", "on_failure", "sinks")
+    )
+    sinks = _audit_sinks(check, audit, name or "ztgate")
+    on_failure = check.optional(
+        audit, "on_failure", ("audit",), lambda v, p: check.choice(v, p, ("closed", "open")), "closed"
+    )
     aggregate = check.optional(
         audit, "aggregate_reads_s", ("audit",), lambda v, p: check.number(v, p, 0, 3600), 1.0
     )
@@ -362,7 +369,7 @@ def load_gateway_config(path: Path) -> GatewayConfig:
     overlay = _overlay(check, doc)
     raise_problems(path, text, check)
     assert name is not None and listen is not None and loop is not None and tls is not None
-    assert max_sessions is not None and max_in_flight is not None and audit_stdout is not None
+    assert max_sessions is not None and max_in_flight is not None and on_failure is not None
     assert idle_timeout is not None and policy_quiet is not None
     assert aggregate is not None and queue_limit is not None and overlay is not None
     return GatewayConfig(
@@ -378,10 +385,10 @@ def load_gateway_config(path: Path) -> GatewayConfig:
         client_idle_timeout_s=idle_timeout,
         **{key: value for key, value in pacing.items() if value is not None},
         admin_listen=admin_listen,
-        audit_file=audit_file,
-        audit_stdout=audit_stdout,
+        audit_sinks=sinks,
         audit_aggregate_reads_s=aggregate,
         audit_queue_limit=queue_limit,
+        audit_on_failure=on_failure,
         overlay=overlay,
         center=center,
     )
@@ -411,6 +418,133 @@ def _gateway_id(check: ConfigChecker) -> Callable[[object, tuple[str | int, ...]
         return text
 
     return parse
+
+
+_SINK_KEYS: dict[str, tuple[str, ...]] = {
+    "file": ("path", "rotate_mib", "keep"),
+    "stdout": (),
+    "syslog": (
+        "transport", "address", "hostname", "app_name", "facility", "ca", "cert", "key", "server_name",
+        "spool_dir", "spool_mib", "on_spool_full", "connect_timeout_s", "max_datagram_bytes",
+    ),
+}  # fmt: skip
+
+
+def _audit_sinks(check: ConfigChecker, audit: dict[str, object], gateway: str) -> tuple[SinkSettings, ...]:
+    """``[[audit.sinks]]``, or the older ``file``/``stdout`` keys (not both): where the records go."""
+    if "sinks" not in audit:
+        path = check.path(audit, "file", ("audit",), required=False)
+        # Without a file the audit trail goes to stdout: denies are always recorded somewhere.
+        stdout = check.optional(audit, "stdout", ("audit",), check.boolean, path is None)
+        found = [SinkSettings("file", "file", path=path)] if path is not None else []
+        return tuple(found + ([SinkSettings("stdout", "stdout")] if stdout else []))
+    for old in ("file", "stdout"):
+        if old in audit:
+            check.error(
+                ("audit", old), "use a [[audit.sinks]] entry: file and stdout cannot be mixed with sinks"
+            )
+    raw = audit["sinks"]
+    if not isinstance(raw, list) or not raw:
+        check.error(("audit", "sinks"), "expected one or more [[audit.sinks]] tables")
+        return ()
+    found, names = [], set()
+    for index, item in enumerate(raw):
+        where: tuple[str | int, ...] = ("audit", "sinks", index)
+        table = check.table(item, where)
+        if table is None:
+            continue
+        kind = check.optional(table, "type", where, lambda v, p: check.choice(v, p, SINK_TYPES), None)
+        if kind is None:
+            if "type" not in table:
+                check.error((*where, "type"), f"required: one of {', '.join(SINK_TYPES)}")
+            continue
+        check.keys(table, where, ("type", "name", "queue_limit", *_SINK_KEYS[kind]))
+        name = check.optional(table, "name", where, check.string, f"{kind}-{index}")
+        if name in names:
+            check.error((*where, "name"), f"another sink is already named {name!r}")
+        names.add(name)
+        queue_limit = check.optional(
+            table, "queue_limit", where, lambda v, p: check.integer(v, p, 1, 10_000_000), 100_000
+        )
+        assert name is not None and queue_limit is not None
+        if kind == "file":
+            path = check.path(table, "path", where, required=True)
+            rotate = check.optional(
+                table, "rotate_mib", where, lambda v, p: check.number(v, p, 0, 1_000_000), 0.0
+            )
+            keep = check.optional(table, "keep", where, lambda v, p: check.integer(v, p, 1, 1000), 5)
+            if path is not None and rotate is not None and keep is not None:
+                found.append(
+                    SinkSettings(
+                        "file", name, path=path, rotate_mib=rotate, keep=keep, queue_limit=queue_limit
+                    )
+                )
+        elif kind == "stdout":
+            found.append(SinkSettings("stdout", name, queue_limit=queue_limit))
+        else:
+            syslog = _syslog(check, table, where, gateway)
+            if syslog is not None:
+                found.append(SinkSettings("syslog", name, syslog=syslog, queue_limit=queue_limit))
+    return tuple(found)
+
+
+def _syslog(
+    check: ConfigChecker, table: dict[str, object], where: tuple[str | int, ...], gateway: str
+) -> SyslogSettings | None:
+    transport = check.optional(table, "transport", where, lambda v, p: check.choice(v, p, TRANSPORTS), "tls")
+    address = check.address(table, "address", where, None)
+    spooled = transport != "udp"
+    spool_dir = check.path(table, "spool_dir", where, required=spooled)
+    if not spooled and spool_dir is not None:
+        check.error((*where, "spool_dir"), "a UDP sink has no spool: UDP is lossy by design (RFC 5426)")
+    ca = check.path(table, "ca", where, required=transport == "tls")
+    cert = check.path(table, "cert", where, required=False)
+    key = check.path(table, "key", where, required=cert is not None)
+    if transport != "tls":
+        for field in ("ca", "cert", "key", "server_name"):
+            if field in table:
+                check.error((*where, field), 'only a sink with transport = "tls" takes TLS settings')
+    if key is not None and cert is None:
+        check.error((*where, "cert"), "required with key: the client certificate")
+    values = {
+        "hostname": check.optional(table, "hostname", where, check.string, gateway),
+        "app_name": check.optional(table, "app_name", where, check.string, "ztgate"),
+        "facility": check.optional(
+            table, "facility", where, lambda v, p: check.choice(v, p, FACILITIES), "local0"
+        ),
+        "server_name": check.optional(table, "server_name", where, check.string, None),
+        "spool_mib": check.optional(
+            table, "spool_mib", where, lambda v, p: check.number(v, p, 0.01, 1_000_000), 256.0
+        ),
+        "on_spool_full": check.optional(
+            table,
+            "on_spool_full",
+            where,
+            lambda v, p: check.choice(v, p, ON_FULL_POLICIES),
+            "drop_oldest_reads",
+        ),
+        "connect_timeout_s": check.optional(
+            table, "connect_timeout_s", where, lambda v, p: check.number(v, p, 0.1, 600), 5.0
+        ),
+        "max_datagram_bytes": check.optional(
+            table, "max_datagram_bytes", where, lambda v, p: check.integer(v, p, 480, 65_507), 8192
+        ),
+    }
+    if (
+        transport is None
+        or address is None
+        or any(v is None for k, v in values.items() if k != "server_name")
+    ):
+        return None
+    return SyslogSettings(
+        transport=transport,
+        address=address,
+        ca=ca,
+        cert=cert,
+        key=key,
+        spool_dir=spool_dir,
+        **values,  # type: ignore[arg-type]
+    )
 
 
 def load_agent_config(path: Path) -> AgentConfig:

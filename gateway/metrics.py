@@ -79,6 +79,10 @@ class Metrics:
             str, tuple[str, tuple[str, ...], Callable[[], Iterable[tuple[tuple[str, ...], float]]]]
         ] = {}
         self.counters: dict[str, Callable[[], float]] = {}
+        # name -> (label names, a callable returning (label values, value) pairs), read at scrape time
+        self.labeled: dict[
+            str, tuple[str, tuple[str, ...], Callable[[], Iterable[tuple[tuple[str, ...], float]]]]
+        ] = {}
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(_Collector(self))
 
@@ -199,3 +203,9 @@ class _Collector(Collector):
             counter = CounterMetricFamily(name, name.replace("_", " "))
             counter.add_metric((), read())
             yield counter
+        for name, (kind, label_names, read_labeled) in m.labeled.items():
+            make = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+            labeled = make(name, name.replace("_", " "), labels=label_names)
+            for values, value in read_labeled():
+                labeled.add_metric(values, value)
+            yield labeled

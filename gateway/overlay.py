@@ -334,6 +334,9 @@ class OverlayListener:
         if len(self.runtime.sessions) >= self._max_sessions:
             self._refuse(transport, pending, None, None, CAPACITY, "gateway at its session limit")
             return
+        if self.runtime.audit.blocks_new_sessions:
+            self._refuse(transport, pending, None, None, CAPACITY, "audit spool full (block_new_sessions)")
+            return
         self._route(transport, pending)
 
     def _route(self, transport: asyncio.Transport, pending: _Pending) -> None:

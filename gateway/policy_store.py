@@ -77,6 +77,7 @@ class PolicyStore:
         self.verified: Policy = load_policy(path) if policy is None else policy
         self.current: Policy = self.verified
         self.refusals: Mapping[str, str] = {}
+        self.reads_only: str | None = None  # why every asset refuses all but reads, when it does
         self.origin = "file" if policy is None else "center"
         self.last_error: str | None = None
         self.reloads = 0
@@ -155,6 +156,8 @@ class PolicyStore:
 
     def _enforced(self, policy: Policy) -> Policy:
         refusals = {asset: reason for asset, reason in self.refusals.items() if asset in policy.assets}
+        if self.reads_only is not None:
+            return policy.with_refusals(refusals, dict.fromkeys(policy.assets, self.reads_only))
         return policy.with_refusals(refusals) if refusals else policy
 
     def set_refusals(self, refusals: Mapping[str, str]) -> None:
@@ -163,6 +166,15 @@ class PolicyStore:
         if dict(refusals) == dict(self.refusals):
             return
         self.refusals = dict(refusals)
+        self.current = self._enforced(self.verified)
+        self._notify()
+
+    def set_reads_only(self, reason: str | None) -> None:
+        """Refuse every request but reads on every asset, for ``reason``, from now on (None lifts it):
+        what ``[audit] on_failure = "closed"`` enforces while the audit trail cannot be written."""
+        if reason == self.reads_only:
+            return
+        self.reads_only = reason
         self.current = self._enforced(self.verified)
         self._notify()
 

@@ -22,6 +22,7 @@ from aiohttp import web
 from gateway.admin import start_admin, watch_center, watch_certificate
 from gateway.admission import HandshakeLimits
 from gateway.audit import AuditLog
+from gateway.audit_guard import guard_audit, watch_audit
 from gateway.bundles import CenterLink, CenterUnavailableError
 from gateway.cli import log_to_stderr
 from gateway.config import CenterSettings, ConfigError, GatewayConfig, TlsFiles, load_gateway_config
@@ -37,6 +38,7 @@ from gateway.overlay import OverlayListener, SessionFactory
 from gateway.policy_store import DEFAULT_QUIET_S, PolicyStore
 from gateway.renewal import Renewer
 from gateway.runtime import PoolFactory, Runtime, SessionLimits, cancel_tasks, tune_garbage_collector
+from gateway.sinks import build_sink
 from gateway.tls import GATEWAY_ROLE, TlsMaterial, server_context
 from policies import Policy, PolicyError
 
@@ -77,11 +79,13 @@ class Gateway:
         watch_policy_s: float | None = 1.0,
         watch_tls_s: float = 1.0,
         policy_quiet_s: float = DEFAULT_QUIET_S,
+        audit_on_failure: str = "closed",
     ) -> None:
         if (policy is None) == (center is None):
             raise ValueError("a gateway takes its policy from a file or from a center, one of the two")
         self.name = name
         self.audit = audit if audit is not None else AuditLog(gateway=name)
+        self._audit_on_failure = audit_on_failure
         self.clock = clock
         self._limits = limits or SessionLimits()
         self._center = center
@@ -116,8 +120,7 @@ class Gateway:
         self.runtime.attach_upstreams(POOL_FACTORIES)
         metrics = self.runtime.metrics
         metrics.gauges["ztgate_sessions_live"] = lambda: float(len(self.runtime.sessions))
-        metrics.gauges["ztgate_audit_queued"] = lambda: float(self.audit.queued)
-        metrics.counters["ztgate_audit_dropped"] = lambda: float(self.audit.dropped)
+        watch_audit(self.runtime, self.audit)
         metrics.counters["ztgate_policy_reloads"] = lambda: float(self.runtime.policies.reloads)
         metrics.counters["ztgate_policy_reloads_failed"] = lambda: float(self.runtime.policies.failed_reloads)
 
@@ -163,6 +166,7 @@ class Gateway:
         if self._watch_policy_s:
             watch = runtime.policies.watch(self._watch_policy_s, self._policy_quiet_s)
             self._tasks.append(loop.create_task(watch))
+        self._tasks.append(loop.create_task(guard_audit(runtime, self.audit, self._audit_on_failure)))
         self.audit.emit(
             {
                 "event": "gateway_start",
@@ -267,13 +271,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve(config: GatewayConfig) -> int:
-    audit = AuditLog(
-        gateway=config.name,
-        file=config.audit_file,
-        stdout=config.audit_stdout,
-        aggregate_reads_s=config.audit_aggregate_reads_s,
-        queue_limit=config.audit_queue_limit,
-    )
+    try:
+        audit = AuditLog(
+            gateway=config.name,
+            sinks=[build_sink(settings) for settings in config.audit_sinks],
+            aggregate_reads_s=config.audit_aggregate_reads_s,
+            queue_limit=config.audit_queue_limit,
+        )
+    except (OSError, ValueError, ssl.SSLError) as error:
+        print(f"ztgate gateway: cannot start the audit trail: {error}", file=sys.stderr)
+        return 1
     try:
         gateway = Gateway(
             name=config.name,
@@ -293,6 +300,7 @@ async def _serve(config: GatewayConfig) -> int:
             max_sessions=config.max_sessions,
             handshake_limits=config.overlay,
             policy_quiet_s=config.policy_quiet_s,
+            audit_on_failure=config.audit_on_failure,
         )
     except PolicyError as error:
         print(f"ztgate gateway: policy refused:\n{error}", file=sys.stderr)

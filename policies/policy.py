@@ -60,16 +60,21 @@ class Policy:
                     self._by_asset[name].add(rule.index)
         self._views: OrderedDict[tuple[str, str], SubjectView | None] = OrderedDict()
         self.refusals: Mapping[str, str] = MappingProxyType({})  # asset -> why it refuses everything
+        self.reads_only: Mapping[str, str] = MappingProxyType({})  # asset -> why it refuses all but reads
 
-    def with_refusals(self, refusals: Mapping[str, str]) -> Policy:
+    def with_refusals(
+        self, refusals: Mapping[str, str], reads_only: Mapping[str, str] | None = None
+    ) -> Policy:
         """This policy, with every request on the assets in ``refusals`` (asset name -> reason) refused
-        for that reason. Same revision, rules and indexes; only the views of those assets change."""
-        unknown = set(refusals) - set(self.assets)
+        for that reason, and every request but reads on the assets in ``reads_only``. Same revision, rules
+        and indexes; only the views of those assets change."""
+        unknown = (set(refusals) | set(reads_only or {})) - set(self.assets)
         if unknown:
             raise ValueError(f"no such assets: {', '.join(sorted(unknown))}")
         refusing = copy.copy(self)
         refusing._views = OrderedDict()
         refusing.refusals = MappingProxyType(dict(refusals))
+        refusing.reads_only = MappingProxyType(dict(reads_only or {}))
         return refusing
 
     def view(self, subject: str, asset: str) -> SubjectView | None:
@@ -96,7 +101,10 @@ class Policy:
             return None
         view = compile_view(subject, self.assets[asset], [self.rules[i] for i in indices], self.revision)
         reason = self.refusals.get(asset)
-        return view if reason is None else RefusingView(view, reason)
+        if reason is not None:
+            return RefusingView(view, reason)
+        reason = self.reads_only.get(asset)
+        return view if reason is None else RefusingView(view, reason, reads=True)
 
     def explain_modbus(self, subject: str, asset: str, request: Request, now: float) -> Explanation:
         """Decide ``request`` as the gateway would and say why, for ``ztgate policy explain``."""

@@ -1,5 +1,7 @@
 """Views that refuse every request on an asset, whatever the rules say: what a gateway enforces on an
-asset it must close (its policy went stale past the limit the center set; later, a lock).
+asset it must close (its policy went stale past the limit the center set; later, a lock). A view that
+lets reads through refuses every other request: what a gateway enforces while its audit trail cannot be
+written (``[audit] on_failure = "closed"``), where an allowed read needs no record of its own.
 
 A refusing view keeps the identity's access to the asset (a session still opens, so the client gets
 its refusals in protocol terms instead of a vanished device) but decides every request with one
@@ -15,6 +17,7 @@ from policies.decision import VERDICT_DENY, Decision
 from policies.view import SubjectView
 from protocols.enip.requests import CipRequest
 from protocols.modbus.pdu import Request
+from protocols.modbus.spec import READ_FUNCTION_CODES
 from protocols.opcua.operations import Operation
 
 __all__ = ["RefusingView"]
@@ -28,14 +31,19 @@ class RefusingView(SubjectView):
     action.
     """
 
-    __slots__ = ("refusal",)
+    __slots__ = ("base", "reads", "refusal")
 
-    def __init__(self, base: SubjectView, reason: str) -> None:
+    def __init__(self, base: SubjectView, reason: str, *, reads: bool = False) -> None:
         super().__init__(base.subject, base.asset, base.policy_revision, base.rules)
         deny = base.asset.deny
         self.refusal = Decision(VERDICT_DENY, None, deny.function, deny.action, reason)
+        self.base = base
+        # Reads go on as the rules decide them (Modbus only so far; CIP and OPC UA refuse everything).
+        self.reads = reads
 
     def decide_modbus(self, request: Request, now: float) -> Decision:
+        if self.reads and request.function_code in READ_FUNCTION_CODES:
+            return self.base.decide_modbus(request, now)
         return self.refusal
 
     def decide_enip(self, request: CipRequest, now: float) -> Decision:

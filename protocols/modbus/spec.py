@@ -126,3 +126,5 @@ PRESET_READ_WRITE = (*PRESET_READ_ONLY, 5, 6, 15, 16, 21, 22, 23)
 PRESET_PROGRAMMING = (40, 42, 90, 125, 126)
 
 WRITE_FUNCTION_CODES = frozenset((5, 6, 15, 16, 21, 22, 23))
+# Reads of data (coils, discrete inputs, holding and input registers) and nothing else.
+READ_FUNCTION_CODES = frozenset((1, 2, 3, 4))

@@ -8,6 +8,8 @@ import pytest
 
 from gateway.admission import HandshakeLimits
 from gateway.config import ConfigError, load_agent_config, load_gateway_config, parse_hostport
+from gateway.sinks import SinkSettings
+from gateway.sinks.syslog import SyslogSettings
 
 
 def test_gateway_config_defaults_and_relative_paths(tmp_path: Path) -> None:
@@ -20,8 +22,10 @@ def test_gateway_config_defaults_and_relative_paths(tmp_path: Path) -> None:
     assert config.tls.cert == tmp_path / "c.pem" and config.tls.ca == Path("/etc/ca.pem")
     assert config.listen == ("127.0.0.1", 8443)
     assert config.admin_listen == ("127.0.0.1", 9100)
-    assert config.loop == "uvloop" and config.audit_file is None and config.audit_aggregate_reads_s == 1.0
-    assert config.audit_stdout, "without a file the audit trail must go somewhere"
+    assert config.loop == "uvloop" and config.audit_aggregate_reads_s == 1.0
+    # Without a file the audit trail must go somewhere; refusing requests is the default on failure.
+    assert config.audit_sinks == (SinkSettings("stdout", "stdout"),)
+    assert config.audit_on_failure == "closed"
     assert config.policy_quiet_s == 3.0
 
 
@@ -34,6 +38,76 @@ def test_policy_quiet_period_is_read_and_checked(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_gateway_config(path)
     assert str(caught.value).startswith(f"{path}:3: gateway.policy_quiet_s: ")
+
+
+GATEWAY = '[gateway]\nname = "gw-1"\npolicy = "p.toml"\n[tls]\ncert = "c"\nkey = "k"\nca = "a"\n'
+
+
+def test_older_audit_file_settings_still_work(tmp_path: Path) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text(GATEWAY + '[audit]\nfile = "audit.jsonl"\n')
+    assert load_gateway_config(path).audit_sinks == (
+        SinkSettings("file", "file", path=tmp_path / "audit.jsonl"),
+    )
+    path.write_text(GATEWAY + '[audit]\nfile = "audit.jsonl"\nstdout = true\non_failure = "open"\n')
+    config = load_gateway_config(path)
+    assert [sink.type for sink in config.audit_sinks] == ["file", "stdout"]
+    assert config.audit_on_failure == "open"
+
+
+def test_audit_sinks(tmp_path: Path) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text(
+        GATEWAY + "[[audit.sinks]]\n"
+        'type = "file"\npath = "audit.jsonl"\nrotate_mib = 100\nkeep = 3\n'
+        "[[audit.sinks]]\n"
+        'name = "siem"\ntype = "syslog"\ntransport = "tls"\naddress = "siem.example:6514"\n'
+        'ca = "siem-ca.pem"\ncert = "gw.pem"\nkey = "gw.key"\nspool_dir = "spool"\nspool_mib = 64\n'
+        'on_spool_full = "block_new_sessions"\n'
+        "[[audit.sinks]]\n"
+        'type = "syslog"\ntransport = "udp"\naddress = "127.0.0.1:514"\nfacility = "auth"\n'
+    )
+    file, tls, udp = load_gateway_config(path).audit_sinks
+    assert file == SinkSettings("file", "file-0", path=tmp_path / "audit.jsonl", rotate_mib=100.0, keep=3)
+    assert tls.name == "siem" and tls.syslog is not None
+    assert tls.syslog == SyslogSettings(
+        transport="tls",
+        address=("siem.example", 6514),
+        hostname="gw-1",
+        ca=tmp_path / "siem-ca.pem",
+        cert=tmp_path / "gw.pem",
+        key=tmp_path / "gw.key",
+        spool_dir=tmp_path / "spool",
+        spool_mib=64.0,
+        on_spool_full="block_new_sessions",
+    )
+    assert udp.syslog is not None and udp.syslog.spool_dir is None and udp.syslog.facility == "auth"
+
+
+def test_audit_sink_errors_name_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text(
+        GATEWAY + '[audit]\nfile = "a.jsonl"\non_failure = "sometimes"\n'
+        "[[audit.sinks]]\n"
+        'type = "syslog"\ntransport = "tls"\naddress = "siem.example:6514"\n'
+        "[[audit.sinks]]\n"
+        'type = "syslog"\ntransport = "udp"\naddress = "127.0.0.1:514"\nspool_dir = "s"\nca = "x"\n'
+        "[[audit.sinks]]\n"
+        'type = "carrier-pigeon"\n'
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_gateway_config(path)
+    text = str(caught.value)
+    for expected in (
+        ":9: audit.file: use a [[audit.sinks]] entry",
+        ":10: audit.on_failure:",
+        ":11: audit.sinks[0].spool_dir: required",
+        ":11: audit.sinks[0].ca: required",
+        "audit.sinks[1].spool_dir: a UDP sink has no spool",
+        "audit.sinks[1].ca: only a sink with transport",
+        "audit.sinks[2].type:",
+    ):
+        assert expected in text, text
 
 
 def test_admin_can_be_disabled(tmp_path: Path) -> None:

@@ -1,0 +1,216 @@
+"""The part every audit sink shares: records, their kinds, a bounded queue and a writer thread.
+
+A record's *kind* decides what may be dropped first when something is full:
+
+============ ===========================================================================================
+``read``     an allowed read (one read, or an interval's aggregate of them)
+``refusal``  a refused request or session (a deny, a would-deny, ``session_refused``)
+``decision`` every other decision (writes, and reads the device failed)
+``event``    everything else: session start and end, policy loads, upstream faults, drop reports
+============ ===========================================================================================
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, Final, NamedTuple
+
+__all__ = ["KINDS", "Record", "Sink", "record_kind"]
+
+_log = logging.getLogger(__name__)
+
+KINDS: Final = ("read", "refusal", "decision", "event")
+_REFUSED: Final = frozenset(("deny", "would-deny"))
+
+
+class Record(NamedTuple):
+    """One serialised audit event: ``line`` is its JSON text with the newline, ``time`` its RFC 3339
+    stamp and ``event`` its event type (the syslog sink puts both in the header without parsing)."""
+
+    kind: str
+    time: str
+    event: str
+    line: bytes
+
+
+def record_kind(event: dict[str, Any], read: bool) -> str:
+    """The kind of an event; ``read`` is True for the allowed reads the audit log aggregates."""
+    if read:
+        return "read"
+    if event.get("decision") in _REFUSED or event.get("event") == "session_refused":
+        return "refusal"
+    if event.get("event") == "decision":
+        return "decision"
+    return "event"
+
+
+# A report of records a sink lost: (reason, count) -> a record to write in-band once the sink works again.
+MarkerFactory = Callable[[str, int], Record]
+
+
+class Sink:
+    """A bounded queue in front of one destination, written by a thread of its own.
+
+    Subclasses implement :meth:`_deliver` (write one batch; True when it was taken) and may override
+    :meth:`_open`, :meth:`_close` and :meth:`status`. What cannot be queued or written is counted per kind
+    (``dropped``) and reported in-band with an ``audit_dropped`` record once the sink writes again.
+    """
+
+    type_name = "sink"
+
+    def __init__(self, name: str, *, queue_limit: int = 100_000, flush_interval_s: float = 0.05) -> None:
+        if queue_limit < 1:
+            raise ValueError("queue_limit must be >= 1")
+        self.name = name
+        self.queue_limit = queue_limit
+        self.flush_interval_s = flush_interval_s
+        self.marker: MarkerFactory | None = None
+        self._queue: collections.deque[Record] = collections.deque()
+        self.dropped: dict[str, int] = dict.fromkeys(KINDS, 0)  # by kind
+        self.lost: dict[str, int] = {}  # by reason: queue_full, write_error, spool_full, oversized
+        self.written = 0
+        self._unreported: dict[str, int] = {}  # reason -> records lost and not yet reported in-band
+        self.failing = False
+        self._lock = threading.Lock()  # one writer cycle at a time: the thread, drain() and close()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    # -- the audit log's side ------------------------------------------------------------------------------
+
+    def offer(self, records: Sequence[Record]) -> None:
+        """Queue a batch; never blocks. What does not fit is dropped and counted by kind."""
+        queue = self._queue
+        room = self.queue_limit - len(queue)
+        if room >= len(records):
+            queue.extend(records)
+        else:
+            queue.extend(records[: max(room, 0)])
+            self.lose([record.kind for record in records[max(room, 0) :]], "queue_full")
+        self._wake.set()
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    @property
+    def healthy(self) -> bool:
+        """Whether records given to this sink now reach its destination or its spool."""
+        return not self.failing
+
+    @property
+    def blocks_new_sessions(self) -> bool:
+        return False
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "type": self.type_name,
+            "ready": self.healthy,
+            "state": "ok" if self.healthy else "failing",
+            "queued": self.queued,
+            "written": self.written,
+            "dropped": dict(self.dropped),
+            "lost": dict(self.lost),
+        }
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        with self._lock:
+            self._open()
+        self._thread = threading.Thread(target=self._run, name=f"ztgate-audit-{self.name}", daemon=True)
+        self._thread.start()
+
+    def reopen(self) -> None:
+        """Reopen the destination before the next batch (SIGHUP). Safe in a signal handler."""
+
+    def drain(self) -> None:
+        """Write what is queued now, in the calling thread."""
+        with self._lock:
+            if not self._closed:
+                self._cycle()
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        thread = self._thread
+        if thread is not None:
+            self._stop.set()
+            self._wake.set()
+            thread.join(timeout_s)
+            if thread.is_alive():
+                _log.warning("audit sink %s did not finish within %.1f s", self.name, timeout_s)
+                return
+        with self._lock:
+            if not self._closed:
+                try:
+                    self._cycle()
+                finally:
+                    self._closed = True
+                    self._close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.flush_interval_s)
+            self._wake.clear()
+            try:
+                self.drain()
+            except Exception:
+                _log.exception("audit sink %s: writer cycle failed", self.name)
+
+    # -- writer --------------------------------------------------------------------------------------------
+
+    def _cycle(self) -> None:
+        queue = self._queue
+        records = [queue.popleft() for _ in range(len(queue))]
+        reported = dict(self._unreported)
+        markers = self._markers(reported)
+        if not records and not markers:
+            return
+        batch = records + markers
+        if self._deliver(batch):
+            self.written += len(batch)
+            # _deliver may itself have lost records (a full spool): those are reported next time.
+            for reason, count in reported.items():
+                self._unreported[reason] -= count
+            if self.failing:
+                self.failing = False
+                _log.warning("audit sink %s writable again", self.name)
+        else:
+            self.lose([record.kind for record in records], "write_error")
+
+    def _markers(self, reported: dict[str, int]) -> list[Record]:
+        marker = self.marker
+        if marker is None:
+            return []
+        return [marker(reason, count) for reason, count in reported.items() if count]
+
+    def lose(self, kinds: Sequence[str], reason: str) -> None:
+        """Count records of these kinds as lost for ``reason``, to be reported in-band."""
+        if not kinds:
+            return
+        dropped = self.dropped
+        for kind in kinds:
+            dropped[kind] += 1
+        self.lost[reason] = self.lost.get(reason, 0) + len(kinds)
+        self._unreported[reason] = self._unreported.get(reason, 0) + len(kinds)
+
+    def note_failure(self, exc: BaseException) -> None:
+        # Log once per failure streak: a full disk would otherwise log twenty lines a second.
+        if not self.failing:
+            self.failing = True
+            _log.warning(
+                "audit sink %s failed (%s); counting dropped records until it recovers", self.name, exc
+            )
+
+    def _open(self) -> None:
+        """Open the destination at start; a failure is noted and retried by the writer."""
+
+    def _close(self) -> None:
+        """Release the destination."""
+
+    def _deliver(self, records: list[Record]) -> bool:
+        raise NotImplementedError
