@@ -4,6 +4,7 @@ agents, all on loopback, all on ports chosen by the kernel."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,6 +25,7 @@ from gateway.audit import AuditLog
 from gateway.config import AgentConfig, AgentListener, TlsFiles
 from gateway.runtime import SessionLimits
 from gateway.server import Gateway
+from gateway.sinks import Sink
 from gateway.tls import client_context
 from tests.peers.modbus_server import InProcessServer, ServerProcess
 
@@ -215,11 +217,14 @@ class Lab:
         policy_quiet_s: float = 3.0,
         handshake_limits: HandshakeLimits | None = None,
         max_sessions: int = 20_000,
+        audit_sinks: Sequence[Sink] = (),
+        audit_on_failure: str = "closed",
     ) -> Gateway:
         self.policy_path.write_text(policy)
         audit = AuditLog(
             gateway="gw-test",
             file=self.audit_path,
+            sinks=audit_sinks,
             aggregate_reads_s=aggregate_reads_s,
             flush_interval_s=0.01,
         )
@@ -235,6 +240,7 @@ class Lab:
             policy_quiet_s=policy_quiet_s,
             handshake_limits=handshake_limits,
             max_sessions=max_sessions,
+            audit_on_failure=audit_on_failure,
             **kwargs,
         )
         await self.gateway.start()
