@@ -148,13 +148,13 @@ class Spool:
             buffer = bytearray()
             for kind, message in records:
                 size = _HEADER.size + len(message)
-                if used + len(buffer) + size > self.limit_bytes:
+                if used + size > self.limit_bytes:
                     if self.on_full == "drop_oldest_reads" and size <= self.limit_bytes:
                         self._write(buffer)
                         buffer = bytearray()
                         self._evict_reads(used + size - self.limit_bytes)
                         used = self.pending_bytes
-                    if used + len(buffer) + size > self.limit_bytes:
+                    if used + size > self.limit_bytes:
                         refused.append(kind)
                         self.full = True
                         continue
@@ -164,6 +164,7 @@ class Spool:
                     self._roll()
                 buffer += _HEADER.pack(len(message), KIND_CODES[kind])
                 buffer += message
+                used += size
                 self._counts[self._write_seq] += 1
             self._write(buffer)
             os.fsync(self._file.fileno())

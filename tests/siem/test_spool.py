@@ -1,0 +1,118 @@
+"""The syslog sink's disk spool on its own: order, replay after a restart, a torn append, and what each
+policy does when the spool is full."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.sinks.spool import Spool
+
+LIMIT_MIB = 0.01  # 10,485 bytes
+RECORD_BYTES = 100  # on disk, with the 5-byte header: 104 fit in the limit, 105 do not
+
+
+def message(kind: str, n: int) -> tuple[str, bytes]:
+    return kind, f"{kind}-{n:05d}".encode().ljust(RECORD_BYTES - 5, b".")
+
+
+def drain(spool: Spool) -> list[bytes]:
+    out = []
+    while True:
+        batch, cursor = spool.read(4096)
+        if not batch:
+            return out
+        out += [payload for _kind, payload in batch]
+        spool.commit(cursor, len(batch))
+
+
+def test_records_come_out_in_order_across_segments(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, limit_mib=1, segment_bytes=1000)
+    sent = [message("decision", n) for n in range(200)]
+    for start in range(0, 200, 7):
+        assert spool.append(sent[start : start + 7]) == []
+    assert spool.pending_records == 200
+    assert len(list(tmp_path.glob("*.seg"))) > 10
+    assert drain(spool) == [payload for _kind, payload in sent]
+    assert spool.pending_records == 0 and spool.pending_bytes == 0
+    assert len(list(tmp_path.glob("*.seg"))) == 1  # sent segments are deleted
+
+
+def test_a_restart_replays_what_was_not_sent(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, limit_mib=1, segment_bytes=1000)
+    sent = [message("refusal", n) for n in range(50)]
+    spool.append(sent)
+    batch, cursor = spool.read(1000)  # about ten records reach the collector
+    spool.commit(cursor, len(batch))
+    unsent, _ = spool.read(1000)  # read, but the connection dies before they are written
+    spool.release()
+    spool.close()
+
+    again = Spool(tmp_path, limit_mib=1, segment_bytes=1000)
+    assert again.pending_records == 50 - len(batch)
+    assert again.data_ready.is_set()
+    rest = drain(again)
+    assert rest[: len(unsent)] == [payload for _kind, payload in unsent]
+    assert rest == [payload for _kind, payload in sent[len(batch) :]]
+
+
+def test_a_torn_append_is_cut_off_at_start(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, limit_mib=1)
+    spool.append([message("decision", n) for n in range(3)])
+    spool.close()
+    segment = next(tmp_path.glob("*.seg"))
+    with open(segment, "ab") as file:
+        file.write(b"\x00\x00\x00\x64\x02half a rec")  # a crash in the middle of an append
+    again = Spool(tmp_path, limit_mib=1)
+    assert again.pending_records == 3
+    again.append([message("decision", 3)])
+    assert drain(again) == [message("decision", n)[1] for n in range(4)]
+
+
+def test_drop_oldest_reads_keeps_every_refusal_and_decision(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, limit_mib=LIMIT_MIB, segment_bytes=1000)
+    records = []
+    for n in range(100):  # 10,000 bytes: a read, a refusal, a decision, a read, ...
+        records.append(message(("read", "refusal", "decision", "read")[n % 4], n))
+    assert spool.append(records) == []
+    more = [message("refusal", n) for n in range(100, 130)]  # 3,000 bytes more than fit
+    assert spool.append(more) == []
+    assert spool.evicted == 30 and not spool.full
+    out = drain(spool)
+    kept = [payload for kind, payload in records if kind != "read"]
+    reads = [payload for kind, payload in records if kind == "read"]
+    # The oldest reads went, the newest stayed; everything else is there, in its order.
+    assert [p for p in out if not p.startswith(b"read")] == kept + [payload for _kind, payload in more]
+    assert [p for p in out if p.startswith(b"read")] == reads[30:]
+    assert out == [p for _kind, p in records + more if not (p.startswith(b"read") and p in reads[:30])]
+
+
+def test_drop_oldest_reads_refuses_new_records_once_no_read_is_left(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, limit_mib=LIMIT_MIB, segment_bytes=1000)
+    spool.append([message("read", n) for n in range(4)] + [message("decision", n) for n in range(104)])
+    assert spool.evicted == 4
+    assert spool.append([message("refusal", 200), message("read", 201)]) == ["refusal", "read"]
+    assert spool.full
+    drain(spool)
+    assert not spool.full
+    assert spool.append([message("refusal", 202)]) == []
+
+
+def test_block_new_sessions_refuses_records_and_stays_full_until_sent(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, limit_mib=LIMIT_MIB, on_full="block_new_sessions", segment_bytes=1000)
+    assert spool.append([message("read", n) for n in range(105)]) == ["read"]
+    assert spool.full and spool.evicted == 0  # nothing already spooled is dropped
+    assert spool.append([message("refusal", 300)]) == ["refusal"]
+    batch, cursor = spool.read(500)
+    spool.commit(cursor, len(batch))
+    assert spool.full  # a little room is not enough: it waits for a segment's worth
+    drain(spool)
+    assert not spool.full
+
+
+def test_bad_settings_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="on_full"):
+        Spool(tmp_path, limit_mib=1, on_full="drop_newest")
+    with pytest.raises(ValueError, match="size limit"):
+        Spool(tmp_path, limit_mib=0)
