@@ -110,7 +110,9 @@ class GatewayProcess:
         listen: str = "127.0.0.1:0",
         prefix: Sequence[str] = (),
         tls: TlsFiles | None = None,
+        audit: Sequence[str] | None = None,
     ) -> None:
+        """``audit``: the lines of the config after ``[audit]`` (default: the file ``audit.jsonl``)."""
         self.dir = directory
         self.policy_path = directory / "policy.toml"
         self.audit_path = directory / "audit.jsonl"
@@ -121,7 +123,8 @@ class GatewayProcess:
         tls = tls or TlsFiles(pki.gateway.cert, pki.gateway.key, pki.ca)
         lines += ["", "[tls]", f'cert = "{tls.cert}"', f'key = "{tls.key}"', f'ca = "{tls.ca}"']
         lines += ["", "[admin]", 'listen = "127.0.0.1:0"']
-        lines += ["", "[audit]", 'file = "audit.jsonl"', "stdout = false"]
+        audit_lines = audit if audit is not None else ['file = "audit.jsonl"', "stdout = false"]
+        lines += ["", "[audit]", *audit_lines]
         if overlay:
             lines += ["", "[overlay]", *(f"{key} = {_toml_value(value)}" for key, value in overlay.items())]
         self.config_path.write_text("\n".join(lines) + "\n")

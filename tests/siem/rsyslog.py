@@ -4,11 +4,12 @@ One :class:`Rsyslog` listens on one transport: ``tcp`` (imtcp, octet counting is
 RFC 6587 framing), ``tls`` (imtcp with the gnutls network stream driver, RFC 5425, checking the client's
 certificate against the CA when one is given) or ``udp`` (imudp, RFC 5426). It parses each message as
 RFC 5424 and writes one JSON object per message (the header fields as rsyslog parsed them, and MSG) to
-``out.jsonl``, which :meth:`Rsyslog.messages` reads. TCP listens on port 0 and reports its port through
-imtcp's port file; imudp has no such file, so the port of a UDP socket is found from the socket
-inodes the process holds (``/proc``). The process runs under ``timeout`` so it ends by itself even if a
-test dies before stopping it; :meth:`Rsyslog.stop` ends it by its pid. ``./run test`` installs rsyslog
-and rsyslog-gnutls; without them these tests skip with the reason, except under ``./run test``.
+``out.jsonl``, which :meth:`Rsyslog.messages` reads. TCP first listens on port 0 and reports its port
+through imtcp's port file; imudp has no such file, and a collector started again on its port writes
+none, so the ports are also found from the socket inodes the process holds (``/proc``). The process runs
+under ``timeout`` so it ends by itself even if a test dies before stopping it; :meth:`Rsyslog.stop` ends
+it by its pid. ``./run test`` installs rsyslog and rsyslog-gnutls; without them these tests skip with the
+reason, except under ``./run test``.
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ def _config(directory: Path, transport: str, tls: CollectorTls | None, port: int
             f' defaultNetstreamDriverKeyFile="{tls.key}"'
         )
     lines[-1] += ")"
+    # One worker on the main queue: with rsyslog's default of several, batches can reach the file out
+    # of the order they arrived in, and the tests check order.
+    lines.append('main_queue(queue.workerThreads="1")')
     if transport == "udp":
         lines.append('module(load="imudp")')
         lines.append(f'input(type="imudp" address="127.0.0.1" port="{port}" ruleset="out")')
@@ -127,19 +131,19 @@ class Rsyslog:
             time.sleep(0.02)
 
     def _bound_port(self) -> int:
-        if self.transport != "udp":
-            try:
+        if self.transport != "udp" and not self.port:
+            try:  # imtcp writes the port it got for port 0 (only then)
                 text = (self.dir / "port").read_text().strip()
             except FileNotFoundError:
                 return 0
             return int(text) if text.isdigit() else 0
+        ports = self._listening_ports()
         if self.port:
-            return self.port if self._udp_ports() else 0
-        ports = self._udp_ports()
+            return self.port if self.port in ports else 0
         return ports[0] if ports else 0
 
-    def _udp_ports(self) -> list[int]:
-        """The ports of the UDP sockets rsyslogd (the child of ``timeout``) holds."""
+    def _listening_ports(self) -> list[int]:
+        """The ports rsyslogd (the child of ``timeout``) listens on: TCP sockets in LISTEN, or UDP."""
         assert self.process is not None
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
         try:
@@ -154,10 +158,11 @@ class Rsyslog:
                         target = os.readlink(f"/proc/{pid}/fd/{fd}")
                         if target.startswith("socket:["):
                             inodes.add(target[8:-1])
+        table, listening = ("udp", "07") if self.transport == "udp" else ("tcp", "0A")
         ports = []
-        for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
             fields = line.split()
-            if fields[9] in inodes:
+            if fields[9] in inodes and fields[3] == listening:
                 ports.append(int(fields[1].split(":")[1], 16))
         return ports
 
@@ -178,6 +183,10 @@ class Rsyslog:
         if not self.out.exists():
             return []
         return [orjson.loads(line) for line in self.out.read_bytes().splitlines() if line.strip()]
+
+    def count(self) -> int:
+        """Messages written so far (lines, without parsing them)."""
+        return self.out.read_bytes().count(b"\n") if self.out.exists() else 0
 
     def wait_for(self, count: int, timeout_s: float = 30.0) -> list[dict[str, Any]]:
         """The messages once at least ``count`` have arrived (or what arrived by the deadline)."""
