@@ -11,7 +11,8 @@ already sent may be sent again; none is lost.
 The size limit counts the records not yet sent. When a record does not fit, ``drop_oldest_reads``
 rewrites the oldest segments without their allowed-read records until it fits (every refusal and every
 other decision stays); when there is no read left to drop, or under ``block_new_sessions``, the new
-record is refused, counted by kind, and :attr:`Spool.full` stays set until the sender has made room.
+record is refused, counted by kind, and :attr:`Spool.full` stays set until the sender has brought the
+spool down to three quarters of its limit.
 """
 
 from __future__ import annotations
@@ -70,7 +71,10 @@ class Spool:
         self.limit_bytes = int(limit_mib * 1024 * 1024)
         self.on_full = on_full
         # Small enough that dropping reads rewrites little at a time, large enough to keep files few.
-        self.segment_bytes = segment_bytes or max(64 * 1024, min(self.limit_bytes // 16, 16 * 1024 * 1024))
+        self.segment_bytes = segment_bytes or max(4096, min(self.limit_bytes // 16, 16 * 1024 * 1024))
+        # Once full, the spool takes records again when the sender has brought it down to 3/4 of the limit,
+        # so a collector that trickles does not make it flap between full and not.
+        self.resume_bytes = self.limit_bytes * 3 // 4
         self.full = False
         self.evicted = 0  # read records dropped to make room
         self._lock = threading.Lock()
@@ -266,7 +270,7 @@ class Spool:
             if offset >= self._sizes[seq] and seq != self._write_seq:
                 self._drop_segment(seq)
             self._save_cursor()
-            if self.full and self.pending_bytes <= self.limit_bytes - self.segment_bytes:
+            if self.full and self.pending_bytes <= self.resume_bytes:
                 self.full = False
 
     def release(self) -> None:

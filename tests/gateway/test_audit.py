@@ -17,6 +17,7 @@ import orjson
 import pytest
 
 from gateway.audit import AuditLog
+from gateway.sinks.file import FileSink
 
 T0 = 1_700_000_000.0  # a whole second, so interval boundaries fall on T0 + n
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
@@ -454,3 +455,24 @@ def test_rejects_bad_settings() -> None:
         AuditLog(gateway="g", queue_limit=0)
     with pytest.raises(ValueError):
         AuditLog(gateway="g", flush_interval_s=0)
+
+
+def test_file_is_created_0640_and_rotates_by_size(tmp_path: Path, clock: FakeClock) -> None:
+    path = tmp_path / "audit.jsonl"
+    # About 1 KiB per rotation; each event is about 100 bytes.
+    sink = FileSink("file", path, rotate_mib=1 / 1024, keep=2)
+    log = AuditLog(gateway="gw-1", sinks=[sink], clock=clock)
+    log.start()
+    assert path.stat().st_mode & 0o777 == 0o640
+    for n in range(40):
+        log.emit({"event": "decision", "n": n, "pad": "x" * 60})
+        log.flush()
+    log.close()
+    assert sink.rotations >= 3
+    assert not (tmp_path / "audit.jsonl.3").exists()  # keep = 2
+    kept = lines(tmp_path / "audit.jsonl.2") + lines(tmp_path / "audit.jsonl.1") + lines(path)
+    numbers = [event["n"] for event in kept]
+    assert numbers == list(range(numbers[0], 40)) and len(numbers) < 40  # the newest, in order, none torn
+    for name in ("audit.jsonl", "audit.jsonl.1", "audit.jsonl.2"):
+        assert (tmp_path / name).stat().st_size <= 1024
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o640

@@ -106,7 +106,7 @@ def test_block_new_sessions_refuses_records_and_stays_full_until_sent(tmp_path: 
     assert spool.append([message("refusal", 300)]) == ["refusal"]
     batch, cursor = spool.read(500)
     spool.commit(cursor, len(batch))
-    assert spool.full  # a little room is not enough: it waits for a segment's worth
+    assert spool.full  # a little room is not enough: it waits until three quarters of the limit
     drain(spool)
     assert not spool.full
 
