@@ -8,7 +8,10 @@ kept on disk; staleness tracked, and assets closed when it passes the limit.
 - **Apply.** A newer policy revision is compiled in a worker thread and installed in the
   :class:`~gateway.policy_store.PolicyStore`; its envelope is written to ``bundle.json`` next to the
   credentials, so the gateway restarts without the center. Only the newest pending revision is
-  compiled, and other kinds of documents (issue 14's locks) need not wait for it.
+  compiled, and other kinds of documents need not wait for it.
+- **Locks.** A ``locks`` document is installed as it arrives (:class:`gateway.locks.LockSet`): the
+  gateway cuts the live sessions a new lock matches and refuses matching handshakes; it is kept in
+  ``locks.json`` and loaded at start, and a lock whose TTL runs out lifts itself (``lock_expired``).
 - **Stale.** The center confirms what the gateway holds with every heartbeat. When it has not for
   ``max_staleness_s`` (the center away, or the gateway behind), the policy is stale: assets with
   ``on_stale = "closed"`` refuse every request with reason "policy stale" (``policy_stale``), those
@@ -39,6 +42,7 @@ from gateway.audit import AuditLog
 from gateway.center.bundles import BundleError, Document, key_id, parse_key, verify
 from gateway.credentials import Credentials
 from gateway.identity import PeerPin
+from gateway.locks import Lock, LockError, LockSet
 from gateway.policy_store import PolicyStore
 from gateway.runtime import cancel_tasks
 from gateway.tls import client_context
@@ -46,9 +50,10 @@ from policies import Policy, PolicyError, parse_policy
 
 log = logging.getLogger("ztgate.center_link")
 
-__all__ = ["BUNDLE_FILE", "CenterLink", "CenterUnavailableError"]
+__all__ = ["BUNDLE_FILE", "LOCKS_FILE", "CenterLink", "CenterUnavailableError"]
 
 BUNDLE_FILE = "bundle.json"
+LOCKS_FILE = "locks.json"
 STATE_FILE = "bundle-state.json"
 STATIC_AUDIT_INTERVAL_S = 3600.0
 _STATE_WRITE_INTERVAL_S = 10.0
@@ -78,6 +83,7 @@ class CenterLink:
         for text in self.info.signing_keys:
             self._trust(text)
         self.store: PolicyStore | None = None
+        self.locks = LockSet(clock)
         self.revision = 0  # the policy revision in force
         self.last_contact: float | None = None  # when the center last confirmed what we hold
         self.last_heartbeat_at = 0.0  # the center's issued_at, never accepted going backwards
@@ -121,6 +127,8 @@ class CenterLink:
         self._learn_keys(document)
         if document.kind == "heartbeat":
             self._heartbeat(document)
+        elif document.kind == "locks":
+            self._take_locks(document)
         elif document.revision < self.revision:
             self._refuse(f"revision {document.revision} is older than revision {self.revision} in force")
         elif document.revision == self.revision:
@@ -132,11 +140,10 @@ class CenterLink:
 
     def _verified(self, envelope: bytes) -> Document:
         document = verify(envelope, self._keys)
-        if document.kind == "policy":
-            if document.fields["trust_domain"] != self.info.trust_domain:
-                raise BundleError(f"for trust domain {document.fields['trust_domain']!r}, not ours")
-            if float(document.fields["not_after"]) <= self._clock():
-                raise BundleError(f"revision {document.revision} expired (not_after passed)")
+        if document.kind != "heartbeat" and document.fields["trust_domain"] != self.info.trust_domain:
+            raise BundleError(f"for trust domain {document.fields['trust_domain']!r}, not ours")
+        if document.kind == "policy" and float(document.fields["not_after"]) <= self._clock():
+            raise BundleError(f"revision {document.revision} expired (not_after passed)")
         return document
 
     def _refuse(self, reason: str) -> None:
@@ -161,7 +168,7 @@ class CenterLink:
             return
         self.last_heartbeat_at = document.issued_at
         heads = document.fields["heads"]
-        if int(heads.get("policy", 0)) <= self.revision:
+        if int(heads.get("policy", 0)) <= self.revision and int(heads.get("locks", 0)) <= self.locks.revision:
             self._confirmed()
 
     def _confirmed(self) -> None:
@@ -171,6 +178,37 @@ class CenterLink:
             self._write_state()
         if self.stale:
             self._set_stale(False, 0.0)
+
+    # ------------------------------------------------------------------------------ locks
+
+    def _take_locks(self, document: Document) -> None:
+        """Install a ``locks`` document at once (no compiling): new handshakes that match are refused
+        from here on, and the listeners cut the live sessions that match."""
+        if document.revision < self.locks.revision:
+            self._refuse(f"locks revision {document.revision} is older than {self.locks.revision} in force")
+            return
+        try:
+            locks = [Lock.from_json(item) for item in document.fields["locks"]]
+        except (LockError, AttributeError) as exc:
+            self._refuse(f"locks revision {document.revision}: {exc}")
+            return
+        self._keep(document, LOCKS_FILE)
+        if document.revision == self.locks.revision:
+            return  # a freshly signed copy of what we hold
+        added, removed = self.locks.replace(document.revision, locks)
+        self._audit.emit(
+            {
+                "event": "locks_loaded",
+                "locks_revision": document.revision,
+                "added": [lock.id for lock in added],
+                "removed": [lock.id for lock in removed],
+                "in_force": len(locks),
+            }
+        )
+
+    def _expire_locks(self) -> None:
+        for lock in self.locks.expired():
+            self._audit.emit({"event": "lock_expired", "lock": lock.id, "target": lock.target})
 
     # ------------------------------------------------------------------------------ apply
 
@@ -213,13 +251,14 @@ class CenterLink:
             log.info("caught up from revision %d to %d", previous, document.revision)
         self._confirmed()
 
-    def _keep(self, document: Document) -> None:
-        pki.write_files([(self.bundle_path, document.envelope, pki.CERT_MODE)])
+    def _keep(self, document: Document, name: str = BUNDLE_FILE) -> None:
+        pki.write_files([(self.credentials.directory / name, document.envelope, pki.CERT_MODE)])
 
     # ---------------------------------------------------------------------------- startup
 
     async def initial(self, timeout_s: float) -> Policy:
         """The policy to start with: the verified bundle on disk, else the center's first one."""
+        self._load_saved_locks()
         saved = await self._load_saved()
         if saved is not None:
             return saved
@@ -257,6 +296,32 @@ class CenterLink:
             {"event": "bundle_loaded", "file": str(self.bundle_path), "policy_revision": str(self.revision)}
         )
         return policy
+
+    def _load_saved_locks(self) -> None:
+        """The locks kept on disk, so that a restarted gateway enforces them before the center answers
+        (or without it). Their document's ``not_after`` does not matter: a lock only takes access away."""
+        path = self.credentials.directory / LOCKS_FILE
+        try:
+            envelope = path.read_bytes()
+        except FileNotFoundError:
+            return
+        try:
+            document = self._verified(envelope)
+            if document.kind != "locks":
+                raise BundleError(f"a {document.kind} document, not locks")
+            locks = [Lock.from_json(item) for item in document.fields["locks"]]
+        except (BundleError, LockError, AttributeError) as exc:
+            self._refuse(f"{path}: {exc}")
+            return
+        self.locks.replace(document.revision, locks)
+        self._audit.emit(
+            {
+                "event": "locks_loaded",
+                "file": str(path),
+                "locks_revision": document.revision,
+                "in_force": len(locks),
+            }
+        )
 
     def _read_state(self) -> dict[str, Any]:
         try:
@@ -309,7 +374,7 @@ class CenterLink:
             aiohttp.ClientSession() as session,
             session.ws_connect(
                 f"{self.info.url}/v1/stream",
-                params={"policy": str(self.revision)},
+                params={"policy": str(self.revision), "locks": str(self.locks.revision)},
                 ssl=context,
                 timeout=timeout,
                 max_msg_size=0,
@@ -351,6 +416,7 @@ class CenterLink:
         interval_s = min(1.0, self.max_staleness_s / 10)
         while True:
             await asyncio.sleep(interval_s)
+            self._expire_locks()
             now = self._clock()
             age = now - (self.last_contact if self.last_contact is not None else now)
             if age > self.max_staleness_s and not self.stale:

@@ -17,6 +17,7 @@ COMMANDS = (
     "gateway.agent",  # ztgate agent
     "gateway.pki",  # ztgate ca init|issue
     "gateway.center.cli",  # ztgate center init|serve|token|policy|...
+    "gateway.center.lock_cli",  # ztgate lock create|ls|rm
     "gateway.enroll",  # ztgate enroll
     "gateway.policy_cmd",  # ztgate policy check|explain
 )

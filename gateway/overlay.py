@@ -2,10 +2,10 @@
 connection to that asset's protocol session engine.
 
 Every refusal after a successful handshake — no SPIFFE id, another trust domain, an unknown asset, an
-identity that no rule lets near the asset, an ALPN for another protocol — ends the connection the same
-way, before a single application byte, so a client learns nothing about which assets exist. Chain
-failures (unknown CA, expired) are refused by OpenSSL inside the handshake. Either way the audit
-trail gets one ``session_refused`` event with the real reason.
+identity that no rule lets near the asset, a lock from the center, an ALPN for another protocol —
+ends the connection the same way, before a single application byte, so a client learns nothing
+about which assets exist. Chain failures (unknown CA, expired) are refused by OpenSSL inside the
+handshake. Either way the audit trail gets one ``session_refused`` event with the real reason.
 
 The listener accepts sockets itself and runs the handshake with ``connect_accepted_socket`` rather
 than ``create_server(ssl=...)``: that way a failed handshake raises here, where it can be audited,
@@ -377,6 +377,11 @@ class OverlayListener:
             else:
                 reason = f"no rule grants {identity} access to {server_name}"
                 self._refuse(transport, pending, server_name, identity, "no_access", reason)
+            return
+        lock = self.runtime.locks.match(identity, server_name, [rule.id for rule in view.rules])
+        if lock is not None:
+            reason = f"lock {lock.id}: {lock.reason}"
+            self._refuse(transport, pending, server_name, identity, "locked", reason)
             return
         factory = self._factories.get(view.asset.protocol)
         if factory is None:

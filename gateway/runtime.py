@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.audit import AuditLog
+from gateway.locks import Lock, LockSet
 from gateway.metrics import Metrics, UpstreamState
 from gateway.pacing import IdentityBuckets
 
@@ -52,6 +53,9 @@ class LiveSession(Protocol):
     def close(self, reason: str) -> None: ...
 
     def extend_certificate(self, identity: str, source: str, not_after: float, policy: Policy) -> bool: ...
+    def locked_by(self, locks: LockSet) -> Lock | None: ...
+
+    def cut(self, lock: Lock) -> None: ...
 
 
 class SessionRegistry:
@@ -90,6 +94,13 @@ class SessionRegistry:
     def close_all(self, reason: str) -> None:
         for session in self:
             session.close(reason)
+
+    def cut_locked(self, locks: LockSet, added: list[Lock]) -> None:
+        """Cut every live session a lock in force stops (a :class:`LockSet` listener)."""
+        for session in self:
+            lock = session.locked_by(locks)
+            if lock is not None:
+                session.cut(lock)
 
 
 class UpstreamPool(Protocol):
@@ -151,6 +162,8 @@ class Runtime:
     limits: SessionLimits = field(default_factory=SessionLimits)
     sessions: SessionRegistry = field(default_factory=SessionRegistry)
     clock: Callable[[], float] = time.time  # wall clock for policy windows and audit; tests inject one
+    # Locks from the center (gateway.bundles); a gateway on a policy file has none.
+    locks: LockSet = field(default_factory=lambda: LockSet(time.time))
     upstreams: UpstreamRegistry = field(init=False)
     identity_buckets: IdentityBuckets = field(default_factory=IdentityBuckets)
     # More of /readyz: name -> what to show; a "ready": false in it makes the gateway not ready.

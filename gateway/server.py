@@ -192,6 +192,8 @@ class Gateway:
             self.audit.close()
             raise
         self._build_runtime(PolicyStore.from_center(policy, self.audit))
+        self.runtime.locks = self.link.locks
+        self.runtime.locks.subscribe(self.runtime.sessions.cut_locked)
         self.link.start(self.runtime.policies)
         watch_center(self.runtime, self.link)
 

@@ -16,6 +16,7 @@ from typing import Any, ClassVar, cast
 
 from gateway.pacing import TokenBucket
 from gateway.refusals import SessionRefusals
+from gateway.locks import Lock, LockSet
 from gateway.runtime import Runtime
 from policies import Decision, Policy, SubjectView
 
@@ -167,6 +168,29 @@ class Session(asyncio.Protocol):
         self.certificate_not_after = not_after
         self._schedule_expiry()
         return True
+
+    def locked_by(self, locks: LockSet) -> Lock | None:
+        """The lock in force that stops this session, if any."""
+        return locks.match(self.info.identity, self.info.asset, [rule.id for rule in self.view.rules])
+
+    def cut(self, lock: Lock) -> None:
+        """End the session because of ``lock``: audited with the lock's id and reason, then closed the
+        way every session closes (the TCP connection, and with it an OPC UA secure channel, goes)."""
+        if self.closing:
+            return
+        self.runtime.audit.emit(
+            {
+                "event": "session_cut",
+                "session": self.id,
+                "identity": self.info.identity,
+                "asset": self.info.asset,
+                "protocol": self.protocol_name,
+                "lock": lock.id,
+                "target": lock.target,
+                "reason": lock.reason,
+            }
+        )
+        self.close(f"lock {lock.id}: {lock.reason}")
 
     def _release(self) -> None:
         """Drop references to shared resources; subclasses extend."""

@@ -27,6 +27,7 @@ from gateway.center.authority import Authority, CsrError
 from gateway.center.config import CenterConfig
 from gateway.center.store import ROLES, PolicyRevision, Store, TokenError, unified_diff
 from gateway.center.stream import Hub, Publisher, parse_cursors, serve_stream
+from gateway.locks import Lock, LockError, check_reason, parse_target
 from policies import PolicyError, parse_policy
 from policies.spiffe import IdentityError, parse_spiffe_id
 
@@ -35,6 +36,8 @@ __all__ = ["PUBLIC", "ROUTES", "SERVICES", "TOKEN", "ApiError", "Caller", "Route
 PUBLIC = "public"  # no certificate, no token: the center's public description
 TOKEN = "token"  # no certificate: a one-time enrollment token in the body
 READERS = frozenset({"admin", "approver", "viewer"})
+LOCKERS = frozenset({"admin", "approver"})
+MAX_LOCK_TTL_S = 366 * 86400.0
 RENEWERS = frozenset({"gateway", "agent"})  # users and vendors enroll again; their certificates end
 TOKEN_PREFIX = "ztg1_"
 _TOKEN_REFUSALS = {
@@ -238,6 +241,10 @@ async def renew(request: web.Request, caller: Caller | None) -> web.Response:
     s = _services(request)
     body = await read_body(request, {"csr": (str,)}, ("csr",))
     identity = _who(caller).identity
+    for lock in await s.store.locks():
+        if lock.covers_identity(identity):
+            await s.store.audit("renew_refused", identity, {"lock": lock.id, "reason": lock.reason})
+            raise ApiError(403, f"{identity} is locked (lock {lock.id}): {lock.reason}")
     try:
         sid, key = s.authority.check_csr(body["csr"], identity)
     except CsrError as exc:
@@ -397,6 +404,48 @@ async def diff_policy(request: web.Request, caller: Caller | None) -> web.Respon
     return json_response({"from": before.revision, "to": after.revision, "diff": diff})
 
 
+# -------------------------------------------------------------------------------------- locks
+
+
+async def create_lock(request: web.Request, caller: Caller | None) -> web.Response:
+    s = _services(request)
+    body = await read_body(
+        request, {"target": (str,), "reason": (str,), "ttl_s": (int, float)}, ("target", "reason")
+    )
+    try:
+        kind, value = parse_target(body["target"], s.authority.trust_domain)
+        reason = check_reason(body["reason"])
+    except LockError as exc:
+        raise ApiError(400, str(exc)) from None
+    ttl_s = body.get("ttl_s")
+    if ttl_s is not None and not 0 < float(ttl_s) <= MAX_LOCK_TTL_S:
+        raise ApiError(400, f"ttl_s must be in (0, {MAX_LOCK_TTL_S:g}]")
+    now = s.store.clock()
+    lock = Lock(
+        id="lk-" + secrets.token_hex(6),
+        kind=kind,
+        value=value,
+        reason=reason,
+        created_by=_who(caller).identity,
+        created_at=now,
+        expires_at=None if ttl_s is None else now + float(ttl_s),
+    )
+    await s.store.create_lock(lock)
+    return json_response(lock.to_json(), 201)
+
+
+async def list_locks(request: web.Request, caller: Caller | None) -> web.Response:
+    return json_response({"locks": [lock.to_json() for lock in await _services(request).store.locks()]})
+
+
+async def remove_lock(request: web.Request, caller: Caller | None) -> web.Response:
+    lock_id = request.match_info["lock"]
+    removed = await _services(request).store.remove_lock(lock_id, _who(caller).identity)
+    if removed is None:
+        raise ApiError(404, f"no lock {lock_id[:40]!r} in force")
+    return json_response(removed.to_json())
+
+
 async def stream(request: web.Request, caller: Caller | None) -> web.StreamResponse:
     s = _services(request)
     try:
@@ -428,5 +477,8 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/policy/revisions/{revision}", READERS, show_policy),
     Route("GET", "/v1/policy/diff", READERS, diff_policy),
     Route("GET", "/v1/audit", READERS, audit_log),
+    Route("POST", "/v1/locks", LOCKERS, create_lock),
+    Route("GET", "/v1/locks", READERS, list_locks),
+    Route("DELETE", "/v1/locks/{lock}", LOCKERS, remove_lock),
     Route("GET", "/v1/stream", frozenset({"gateway"}), stream),
 )

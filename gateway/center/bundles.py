@@ -5,11 +5,14 @@ the center's Ed25519 key. On the wire and on disk it travels as an envelope, ``{
 canonical JSON as a string>, "signature": <base64>}``: the verifier checks the signature over the
 exact bytes it received before it parses them, so nothing depends on re-serialising JSON alike.
 
-Kinds (:data:`KIND_ORDER` is the order a stream sends what a gateway lacks, most urgent first; issue
-14's locks and grants go before ``policy`` so that they overtake a policy revision still queued):
+Kinds (:data:`KIND_ORDER` is the order a stream sends what a gateway lacks, most urgent first: ``locks``
+go before ``policy`` so that they overtake a policy revision still queued):
 
 - ``policy``: ``revision`` (a number that only grows), ``policy`` (the TOML text), ``policy_sha256``,
   ``issued_at``, ``not_after`` (a gateway never loads it afterwards), ``trust_domain``;
+- ``locks``: ``revision`` (the ``locks`` head: it grows with every lock created or removed), ``locks``
+  (every lock in force: :meth:`gateway.locks.Lock.to_json`), ``issued_at``, ``not_after``,
+  ``trust_domain``. A gateway enforces it whatever its ``not_after``: a lock only takes access away;
 - ``heartbeat``: ``heads`` (the newest revision of every kind), ``issued_at``; sent while nothing
   changes, it tells a gateway that what it holds is still the newest (its staleness clock restarts).
 
@@ -45,7 +48,7 @@ __all__ = [
 ]
 
 FORMAT = 1
-KIND_ORDER = ("policy",)
+KIND_ORDER = ("locks", "policy")
 _KINDS = frozenset((*KIND_ORDER, "heartbeat"))
 # What a document of each kind must carry, with the JSON types allowed.
 _FIELDS: Mapping[str, Mapping[str, tuple[type, ...]]] = {
@@ -53,6 +56,13 @@ _FIELDS: Mapping[str, Mapping[str, tuple[type, ...]]] = {
         "revision": (int,),
         "policy": (str,),
         "policy_sha256": (str,),
+        "issued_at": (int, float),
+        "not_after": (int, float),
+        "trust_domain": (str,),
+    },
+    "locks": {
+        "revision": (int,),
+        "locks": (list,),
         "issued_at": (int, float),
         "not_after": (int, float),
         "trust_domain": (str,),

@@ -24,7 +24,7 @@ from gateway.cli import log_to_stderr
 from gateway.config import ConfigError
 from gateway.credentials import Credentials, CredentialsError
 
-__all__ = ["configure", "parse_duration"]
+__all__ = ["configure", "parse_duration", "when", "with_api"]
 
 CREDENTIALS_ENV = "ZTGATE_CREDENTIALS"
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
@@ -39,7 +39,7 @@ def parse_duration(text: str) -> float:
     return float(match[1]) * _UNITS[match[2]]
 
 
-def _when(epoch: float) -> str:
+def when(epoch: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(epoch))
 
 
@@ -183,7 +183,7 @@ def _token_create(args: argparse.Namespace) -> Callable[[CenterClient], Awaitabl
         answer = await client.call("POST", "/v1/tokens", body)
         print(f"token        {answer['token']}")
         print(f"id           {answer['id']} (role {answer['role']})")
-        print(f"expires      {_when(answer['expires_at'])} (single use)")
+        print(f"expires      {when(answer['expires_at'])} (single use)")
         print(f"fingerprint  {answer['fingerprint']}")
         print("enroll with:")
         print(
@@ -199,7 +199,7 @@ def _print_revisions(revisions: list[dict[str, Any]]) -> None:
     print(f"{'rev':>5}  {'when':20}  {'author':40}  comment")
     for r in revisions:
         note = r["comment"] + (f" (rollback to {r['rollback_of']})" if r.get("rollback_of") else "")
-        print(f"{r['revision']:>5}  {_when(r['created_at']):20}  {r['author']:40}  {note}")
+        print(f"{r['revision']:>5}  {when(r['created_at']):20}  {r['author']:40}  {note}")
 
 
 def _policy(args: argparse.Namespace) -> Callable[[CenterClient], Awaitable[int]]:
@@ -261,13 +261,13 @@ def _audit(args: argparse.Namespace) -> Callable[[CenterClient], Awaitable[int]]
         answer = await client.call("GET", "/v1/audit", params={"after": str(args.after)})
         for event in answer["events"]:
             actor = event["actor"] or "-"
-            print(f"{event['seq']:>6} {_when(event['at'])} {event['event']:18} {actor} {event['detail']}")
+            print(f"{event['seq']:>6} {when(event['at'])} {event['event']:18} {actor} {event['detail']}")
         return 0
 
     return work
 
 
-def _with_api(parser: argparse.ArgumentParser, make: Callable[[argparse.Namespace], Any]) -> None:
+def with_api(parser: argparse.ArgumentParser, make: Callable[[argparse.Namespace], Any]) -> None:
     parser.add_argument(
         "--creds", type=Path, metavar="DIR", help=f"an admin's credentials (${CREDENTIALS_ENV})"
     )
@@ -322,37 +322,37 @@ def configure(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
     create.add_argument("--role", required=True, help="admin, approver, viewer, gateway, agent, user, vendor")
     create.add_argument("--id", required=True, metavar="SPIFFE_ID")
     create.add_argument("--ttl", type=parse_duration, default=3600.0, help="how long it may be used (1h)")
-    _with_api(create, _token_create)
+    with_api(create, _token_create)
 
     identity = actions.add_parser("identity", help="identities and their roles")
     identity_actions = identity.add_subparsers(dest="identity_action", metavar="ACTION", required=True)
-    _with_api(identity_actions.add_parser("list", help="every identity and its role"), _identity)
+    with_api(identity_actions.add_parser("list", help="every identity and its role"), _identity)
     set_role = identity_actions.add_parser("set", help="give an identity a role")
     set_role.add_argument("--id", required=True, metavar="SPIFFE_ID")
     set_role.add_argument("--role", required=True)
-    _with_api(set_role, _identity)
+    with_api(set_role, _identity)
 
     policy = actions.add_parser("policy", help="policy revisions")
     policy_actions = policy.add_subparsers(dest="policy_action", metavar="ACTION", required=True)
     push = policy_actions.add_parser("push", help="check a policy file and make it the next revision")
     push.add_argument("file", type=Path)
     push.add_argument("--comment", default="", help="why")
-    _with_api(push, _policy)
+    with_api(push, _policy)
     log = policy_actions.add_parser("log", help="the revisions, newest first")
     log.add_argument("--limit", type=int, default=20)
-    _with_api(log, _policy)
+    with_api(log, _policy)
     show = policy_actions.add_parser("show", help="a revision's policy text (or its diff)")
     show.add_argument("revision", type=int)
     show.add_argument("--diff", action="store_true", help="the diff against the revision before it")
-    _with_api(show, _policy)
+    with_api(show, _policy)
     diff = policy_actions.add_parser("diff", help="the diff between two revisions")
     diff.add_argument("a", type=int)
     diff.add_argument("b", type=int)
-    _with_api(diff, _policy)
+    with_api(diff, _policy)
     rollback = policy_actions.add_parser("rollback", help="make an old revision's policy the next revision")
     rollback.add_argument("revision", type=int)
-    _with_api(rollback, _policy)
+    with_api(rollback, _policy)
 
     audit = actions.add_parser("audit", help="the center's audit trail")
     audit.add_argument("--after", type=int, default=0, metavar="SEQ")
-    _with_api(audit, _audit)
+    with_api(audit, _audit)

@@ -7,8 +7,8 @@ migrations this code does not know (a newer center wrote it). Add a migration at
 one that has shipped.
 
 Times are epoch seconds (double precision). Identities, tokens and certificates are keyed by SPIFFE id
-and hash; ``heads`` holds the newest revision of each kind of document the center streams (``policy``
-now; issue 14 adds ``locks`` and ``grants`` as rows here and tables of their own).
+and hash; ``heads`` holds the newest revision of each kind of document the center streams (``policy``,
+``locks``).
 """
 
 from __future__ import annotations
@@ -74,6 +74,24 @@ CREATE TABLE audit (
     event TEXT NOT NULL,
     detail TEXT NOT NULL
 );
+""",
+    ),
+    (
+        2,
+        "locks",
+        """
+CREATE TABLE locks (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    value TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    expires_at DOUBLE PRECISION,
+    removed_at DOUBLE PRECISION,
+    removed_by TEXT
+);
+INSERT INTO heads (kind, value) VALUES ('locks', 0);
 """,
     ),
 )

@@ -1,5 +1,5 @@
 """What the center keeps: identities and roles, enrollment tokens, issued certificates, policy
-revisions, the heads of what it streams, and its own audit. One class over either database.
+revisions, locks, the heads of what it streams, and its own audit. One class over either database.
 
 Every change that gateways must hear about bumps a row of ``heads`` and announces its kind in the same
 transaction (:meth:`gateway.center.db.Transaction.notify`), so a replica on the same PostgreSQL wakes
@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from gateway.center.db import Database, Row, Transaction
+from gateway.locks import Lock
 
 __all__ = ["ROLES", "PolicyRevision", "Store", "TokenError", "token_hash"]
 
@@ -77,6 +78,19 @@ class PolicyRevision:
             "comment": self.comment,
             "rollback_of": self.rollback_of,
         }
+
+
+def _lock(row: Row) -> Lock:
+    expires = row["expires_at"]
+    return Lock(
+        id=row["id"],
+        kind=row["kind"],
+        value=row["value"],
+        reason=row["reason"],
+        created_by=row["created_by"],
+        created_at=float(row["created_at"]),
+        expires_at=None if expires is None else float(expires),
+    )
 
 
 def token_hash(token: str) -> str:
@@ -269,6 +283,54 @@ class Store:
     async def policy_log(self, limit: int = 100) -> list[PolicyRevision]:
         rows = await self.db.fetch("SELECT * FROM policy_revisions ORDER BY revision DESC LIMIT ?", limit)
         return [PolicyRevision.from_row(row) for row in rows]
+
+    # ------------------------------------------------------------------------------------- locks
+
+    async def create_lock(self, lock: Lock) -> None:
+        """Store ``lock`` (already checked) and announce a new ``locks`` head."""
+        async with self.db.transaction() as tx:
+            await tx.execute(
+                "INSERT INTO locks (id, kind, value, reason, created_by, created_at, expires_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                lock.id,
+                lock.kind,
+                lock.value,
+                lock.reason,
+                lock.created_by,
+                lock.created_at,
+                lock.expires_at,
+            )
+            await tx.execute("UPDATE heads SET value = value + 1 WHERE kind = 'locks'")
+            await self._audit(tx, "lock_created", lock.created_by, lock.to_json())
+            await tx.notify("locks")
+
+    async def remove_lock(self, lock_id: str, by: str) -> Lock | None:
+        """Lift a lock in force; None if there is none of that id (unknown, removed or expired)."""
+        now = self.clock()
+        async with self.db.transaction() as tx:
+            row = await tx.fetchone(
+                "SELECT * FROM locks WHERE id = ? AND removed_at IS NULL "
+                "AND (expires_at IS NULL OR expires_at > ?)",
+                lock_id,
+                now,
+            )
+            if row is None:
+                return None
+            await tx.execute("UPDATE locks SET removed_at = ?, removed_by = ? WHERE id = ?", now, by, lock_id)
+            await tx.execute("UPDATE heads SET value = value + 1 WHERE kind = 'locks'")
+            lock = _lock(row)
+            await self._audit(tx, "lock_removed", by, {"id": lock_id, "target": lock.target})
+            await tx.notify("locks")
+        return lock
+
+    async def locks(self) -> list[Lock]:
+        """The locks in force now (not removed, TTL not run out), oldest first."""
+        rows = await self.db.fetch(
+            "SELECT * FROM locks WHERE removed_at IS NULL AND (expires_at IS NULL OR expires_at > ?) "
+            "ORDER BY created_at, id",
+            self.clock(),
+        )
+        return [_lock(row) for row in rows]
 
     # ------------------------------------------------------------------------------------- audit
 

@@ -1,6 +1,6 @@
 """The subscription: one WebSocket per gateway, over which the center sends signed documents.
 
-A gateway connects with the revision it holds of each kind (``GET /v1/stream?policy=7``). The center
+A gateway connects with the revision it holds of each kind (``GET /v1/stream?policy=7&locks=3``). The center
 then sends, most urgent kind first (:data:`gateway.center.bundles.KIND_ORDER`), the newest document of
 every kind the gateway lacks, and again whenever a change is committed: its own, or another replica's
 announced through PostgreSQL. Only the newest document of a kind is ever queued, so catching up after
@@ -70,7 +70,7 @@ class Publisher:
         self._validity_s = validity_s
         self._clock = clock
         self._cache: dict[tuple[str, int], tuple[float, bytes]] = {}
-        self.builders: dict[str, Callable[[int], Any]] = {"policy": self._policy}
+        self.builders: dict[str, Callable[[int], Any]] = {"policy": self._policy, "locks": self._locks}
 
     async def document(self, kind: str, head: int) -> bytes | None:
         now = self._clock()
@@ -96,6 +96,16 @@ class Publisher:
             "revision": found.revision,
             "policy": found.policy,
             "policy_sha256": found.sha256,
+            "trust_domain": self._authority.trust_domain,
+        }
+
+    async def _locks(self, revision: int) -> dict[str, Any]:
+        # The locks in force now, whatever head they were asked under: a later change only bumps the head
+        # again, and the gateway ignores locks whose TTL ran out after signing.
+        return {
+            "kind": "locks",
+            "revision": revision,
+            "locks": [lock.to_json() for lock in await self._store.locks()],
             "trust_domain": self._authority.trust_domain,
         }
 

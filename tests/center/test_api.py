@@ -109,7 +109,7 @@ async def test_without_a_client_certificate_only_the_public_routes_answer(runnin
         with pytest.raises(CenterError) as refused:
             await anonymous.call(method, path, body)
         assert refused.value.status == 401 and "client certificate is required" in refused.value.message
-    assert await running.center.store.heads() == {"policy": 0}
+    assert await running.center.store.heads() == {"policy": 0, "locks": 0}
 
 
 async def _raw(

@@ -11,6 +11,7 @@ import pytest
 from gateway.center.db import PostgresDatabase, SqliteDatabase, StoreError
 from gateway.center.migrations import MIGRATIONS
 from gateway.center.store import Store, TokenError
+from gateway.locks import Lock
 
 ALICE = "spiffe://plant1.example/user/alice"
 HMI = "spiffe://plant1.example/agent/site1/hmi-3"
@@ -116,13 +117,13 @@ async def test_policy_revisions_number_up_keep_diffs_and_announce(store: Store) 
             three.set()
 
     store.db.on_notify(hear)
-    assert await store.heads() == {"policy": 0}
+    assert await store.heads() == {"policy": 0, "locks": 0}
     first = await store.push_policy("a = 1\n", ALICE, "first")
     second = await store.push_policy("a = 2\n", ALICE)
     back = await store.push_policy(first.policy, ALICE, "back", rollback_of=1)
     assert [first.revision, second.revision, back.revision] == [1, 2, 3]
     assert "-a = 1\n+a = 2\n" in second.diff and second.diff.startswith("--- revision 1\n+++ revision 2\n")
-    assert await store.heads() == {"policy": 3}
+    assert await store.heads() == {"policy": 3, "locks": 0}
     shown = await store.policy_revision(2)
     assert shown == second
     assert await store.policy_revision(9) is None
@@ -146,3 +147,23 @@ async def test_certificates_and_audit_are_kept(store: Store) -> None:
     log = await store.audit_log()
     assert (log[-1]["event"], log[-1]["actor"], log[-1]["detail"]) == ("enrolled", HMI, {"serial": "abc"})
     assert await store.audit_log(after=log[-1]["seq"]) == []
+
+
+async def test_locks_are_kept_removed_and_lift_at_their_ttl(store: Store) -> None:
+    clock = store.clock
+    assert isinstance(clock, Clock)
+    forever = Lock("lk-1", "identity", ALICE, "badge lost", ALICE, clock.now)
+    brief = Lock("lk-2", "agent", HMI, "stolen", ALICE, clock.now, expires_at=clock.now + 60)
+    await store.create_lock(forever)
+    await store.create_lock(brief)
+    assert await store.locks() == [forever, brief]
+    assert (await store.heads())["locks"] == 2
+    clock.now += 61
+    assert await store.locks() == [forever]
+    assert await store.remove_lock("lk-2", ALICE) is None  # expired: nothing to remove
+    assert await store.remove_lock("lk-1", ALICE) == forever
+    assert await store.remove_lock("lk-1", ALICE) is None
+    assert await store.locks() == []
+    assert (await store.heads())["locks"] == 3
+    events = [(e["event"], e["detail"]["id"]) for e in await store.audit_log()]
+    assert events == [("lock_created", "lk-1"), ("lock_created", "lk-2"), ("lock_removed", "lk-1")]
