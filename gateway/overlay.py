@@ -37,7 +37,7 @@ from gateway.admission import CAPACITY, RATE, SOURCE_LIMIT, HandshakeLimits, Sou
 from gateway.refusals import RefusalAudit
 from gateway.renewal_proof import ProvenCertificates
 from gateway.runtime import Runtime
-from gateway.session import Session, SessionInfo
+from gateway.session import Session, SessionInfo, session_denial_reason
 from gateway.tls import (
     HANDSHAKE_SOCKET,
     RENEWAL_ALPN,
@@ -377,6 +377,11 @@ class OverlayListener:
             else:
                 reason = f"no rule grants {identity} access to {server_name}"
                 self._refuse(transport, pending, server_name, identity, "no_access", reason)
+            return
+        denial = policy.session_denial(identity, server_name)
+        if denial is not None:
+            reason = f"rule {denial.id}: {session_denial_reason(denial)}"
+            self._refuse(transport, pending, server_name, identity, "denied", reason)
             return
         lock = self.runtime.locks.match(identity, server_name, [rule.id for rule in view.rules])
         if lock is not None:

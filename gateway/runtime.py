@@ -10,7 +10,7 @@ import gc
 import itertools
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -55,7 +55,7 @@ class LiveSession(Protocol):
     def extend_certificate(self, identity: str, source: str, not_after: float, policy: Policy) -> bool: ...
     def locked_by(self, locks: LockSet) -> Lock | None: ...
 
-    def cut(self, lock: Lock) -> None: ...
+    def cut(self, by: str, reason: str, detail: Mapping[str, str]) -> None: ...
 
 
 class SessionRegistry:
@@ -100,7 +100,7 @@ class SessionRegistry:
         for session in self:
             lock = session.locked_by(locks)
             if lock is not None:
-                session.cut(lock)
+                session.cut(f"lock {lock.id}", lock.reason, {"lock": lock.id, "target": lock.target})
 
 
 class UpstreamPool(Protocol):

@@ -10,21 +10,27 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from time import monotonic
 from typing import Any, ClassVar, cast
 
+from gateway.locks import Lock, LockSet
 from gateway.pacing import TokenBucket
 from gateway.refusals import SessionRefusals
-from gateway.locks import Lock, LockSet
 from gateway.runtime import Runtime
 from policies import Decision, Policy, SubjectView
+from policies.model import Rule
 
 PACED = "local answers budget"  # why a session stopped reading, while it pays for its local answers
 # The fields of a refusal record that are the same for every request of its kind: what an aggregate of
 # refusals carries, with the protocol's kind fields (Session.kind_fields).
 _KIND_SUMMARY = ("event", "session", "identity", "asset", "protocol", "policy_revision", "decision", "rule",
                  "action", "code", "code_name", "code_hex", "outcome")  # fmt: skip
+
+
+def session_denial_reason(rule: Rule) -> str:
+    return rule.description or "the policy denies this session"
 
 
 @dataclass(frozen=True)
@@ -173,9 +179,10 @@ class Session(asyncio.Protocol):
         """The lock in force that stops this session, if any."""
         return locks.match(self.info.identity, self.info.asset, [rule.id for rule in self.view.rules])
 
-    def cut(self, lock: Lock) -> None:
-        """End the session because of ``lock``: audited with the lock's id and reason, then closed the
-        way every session closes (the TCP connection, and with it an OPC UA secure channel, goes)."""
+    def cut(self, by: str, reason: str, detail: Mapping[str, str]) -> None:
+        """End the session because of a lock or a session deny rule (``by``, "lock lk-..." or "rule
+        ID"; ``detail`` names it in the audit record), then close it the way every session closes: the
+        TCP connection goes, and with it an OPC UA secure channel and session."""
         if self.closing:
             return
         self.runtime.audit.emit(
@@ -185,12 +192,12 @@ class Session(asyncio.Protocol):
                 "identity": self.info.identity,
                 "asset": self.info.asset,
                 "protocol": self.protocol_name,
-                "lock": lock.id,
-                "target": lock.target,
-                "reason": lock.reason,
+                "policy_revision": self.view.policy_revision,
+                **detail,
+                "reason": reason,
             }
         )
-        self.close(f"lock {lock.id}: {lock.reason}")
+        self.close(f"{by}: {reason}")
 
     def _release(self) -> None:
         """Drop references to shared resources; subclasses extend."""
@@ -230,6 +237,11 @@ class Session(asyncio.Protocol):
         view = policy.view(self.info.identity, self.info.asset)
         if view is None:
             self.close(f"policy {policy.revision} no longer grants access to {self.info.asset}")
+            return
+        denial = policy.session_denial(self.info.identity, self.info.asset)
+        if denial is not None:
+            detail = {"rule": denial.id, "policy_revision": policy.revision}
+            self.cut(f"rule {denial.id}", session_denial_reason(denial), detail)
             return
         if view.asset.protocol != self.protocol_name:
             self.close(f"asset {self.info.asset} is now {view.asset.protocol}")

@@ -21,6 +21,7 @@ __all__ = [
     "cloaked_explanation",
     "decision_line",
     "rule_line",
+    "session_denied_explanation",
     "window_lines",
 ]
 
@@ -96,6 +97,26 @@ def cloaked_explanation(
     lines = [
         "decision: deny: the connection is refused at the handshake (the asset is cloaked)",
         "rule: none",
+        f"reason: {decision.reason}",
+        f"subject: {subject}",
+        f"request: {request}",
+        f"time: {at_text(now)}",
+        f"policy: {source} revision {revision}",
+    ]
+    return Explanation(decision, lines)
+
+
+def session_denied_explanation(
+    rule: Rule, subject: str, request: str, now: float, source: str, revision: str
+) -> Explanation:
+    """A ``scope = "session"`` deny rule refuses the subject any session to the asset."""
+    reason = f"rule {rule.id} denies every session of this subject to this asset"
+    if rule.description:
+        reason += f" ({rule.description})"
+    decision = Decision(VERDICT_DENY, rule.id, 0, "close", reason + "; the connection is refused")
+    lines = [
+        "decision: deny: the connection is refused at the handshake, and live sessions are cut",
+        f"rule: {rule.id} (effect deny, scope session)",
         f"reason: {decision.reason}",
         f"subject: {subject}",
         f"request: {request}",

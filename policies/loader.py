@@ -23,7 +23,7 @@ from policies.errors import FieldPath, PolicyError, PolicyIssue, format_path, qu
 from policies.fields import expected
 from policies.locator import LineLocator
 from policies.modbus.entries import ModbusEntryChecks
-from policies.model import EFFECTS, MODES, PolicyModel, Rule
+from policies.model import EFFECTS, MODES, SCOPES, PolicyModel, Rule
 from policies.opcua.entries import OpcuaEntryChecks
 from policies.subjects import GROUP_PREFIX, check_group_name, check_subject, check_trust_domain
 from policies.timewindow import TimeWindow, parse_days, parse_hours, parse_time_zone
@@ -33,7 +33,19 @@ __all__ = ["parse_model"]
 T = TypeVar("T")
 
 _TOP_KEYS = ("trust_domain", "assets", "groups", "rules")
-_RULE_KEYS = ("id", "description", "effect", "mode", "subjects", "assets", "when", "modbus", "enip", "opcua")
+_RULE_KEYS = (
+    "id",
+    "description",
+    "effect",
+    "scope",
+    "mode",
+    "subjects",
+    "assets",
+    "when",
+    "modbus",
+    "enip",
+    "opcua",
+)
 _RULE_KEY_SET = frozenset(_RULE_KEYS)
 _WHEN_KEYS = ("days", "hours", "tz")
 
@@ -197,9 +209,13 @@ class _Loader(AssetChecks, ModbusEntryChecks, EnipEntryChecks, OpcuaEntryChecks)
             table, path, "opcua", self.opcua_entry, '[{ preset = "read-only", node = "Plant.Line1.*" }]'
         )
         self.check_protocols(path, asset_names, {"modbus": modbus, "enip": enip, "opcua": opcua})
+        scope = table.get("scope", "request")
+        if scope != "request":
+            scope = self.session_scope(table, path, scope, effect, mode)
         if len(self.problems) > before:
             return None
         assert rule_id is not None and description is not None and effect is not None and mode is not None
+        assert scope is not None
         return Rule(
             index,
             rule_id,
@@ -212,7 +228,26 @@ class _Loader(AssetChecks, ModbusEntryChecks, EnipEntryChecks, OpcuaEntryChecks)
             tuple(modbus),
             tuple(enip),
             tuple(opcua),
+            scope,
         )
+
+    def session_scope(
+        self, table: dict[str, object], path: FieldPath, scope: object, effect: str | None, mode: str | None
+    ) -> str | None:
+        """``scope = "session"``: a deny rule for whole sessions, so nothing of a request's to match on."""
+        checked = self.choice(scope, (*path, "scope"), SCOPES)
+        if checked != "session":
+            return checked
+        if effect != "deny":
+            self.error((*path, "scope"), 'scope = "session" is for deny rules (effect = "deny")')
+        if mode == "monitor":
+            self.error((*path, "scope"), 'scope = "session" cuts sessions: it cannot be in mode "monitor"')
+        for key in ("modbus", "enip", "opcua", "when"):
+            if key in table:
+                self.error(
+                    (*path, key), f'a scope = "session" rule denies whole sessions: it takes no "{key}"'
+                )
+        return checked
 
     def entry_list(
         self,

@@ -36,6 +36,7 @@ __all__ = [
     "OPCUA_DENY",
     "OPCUA_PORT",
     "PROTOCOLS",
+    "SCOPES",
     "SUBFUNCTION_CODES",
     "Asset",
     "DenyAction",
@@ -57,6 +58,9 @@ ON_DESYNC = ("reconnect", "wait")
 # max_staleness_s): refuse every request, or keep enforcing the last verified policy.
 ON_STALE = ("closed", "static")
 EFFECTS = ("allow", "deny")
+# A rule decides requests, or (deny rules only) whole sessions: an identity's sessions to the rule's
+# assets are refused at the handshake and cut when the rule arrives.
+SCOPES = ("request", "session")
 DENY_ACTIONS = ("exception", "drop", "close")
 # FC 8 (Diagnostics) and FC 43 (Encapsulated Interface Transport) are decided per sub-function / MEI
 # type: their sub-functions range from harmless counters to "force listen-only mode".
@@ -320,6 +324,7 @@ class Rule:
     modbus: tuple[ModbusEntry, ...] = ()
     enip: tuple[EnipEntry, ...] = ()
     opcua: tuple[OpcuaEntry, ...] = ()
+    scope: str = "request"
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -11,13 +11,13 @@ import copy
 import hashlib
 import os
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 
 from policies.compiler import compile_view
 from policies.enip.explain import describe_enip_request, explain_enip_view
 from policies.errors import PolicyError, PolicyIssue
-from policies.explain import Explanation, cloaked_explanation
+from policies.explain import Explanation, cloaked_explanation, session_denied_explanation
 from policies.loader import parse_model
 from policies.modbus.explain import describe_request, explain_view
 from policies.model import Asset, PolicyModel, Rule
@@ -49,8 +49,15 @@ class Policy:
         self._subjects = SubjectIndex()
         self._by_asset: dict[str, set[int]] = {name: set() for name in model.assets}
         self._every_asset: set[int] = set()  # rules with assets = ["*"], kept apart: no assets x rules
+        # Session deny rules decide whether a session may exist at all, never a request: kept out of the
+        # views, in an index of their own.
+        self._session_subjects = SubjectIndex()
         groups = dict(model.groups)
         for rule in model.rules:
+            if rule.scope == "session":
+                for subject in expand(rule.subjects, groups):
+                    self._session_subjects.add(subject, rule.index)
+                continue
             for subject in expand(rule.subjects, groups):
                 self._subjects.add(subject, rule.index)
             if "*" in rule.assets:
@@ -106,30 +113,32 @@ class Policy:
         reason = self.reads_only.get(asset)
         return view if reason is None else RefusingView(view, reason, reads=True)
 
+    def session_denial(self, subject: str, asset: str) -> Rule | None:
+        """The first ``scope = "session"`` deny rule that refuses ``subject`` any session to ``asset``;
+        it wins over every allow rule."""
+        for index in sorted(self._session_subjects.rules_for(subject)):
+            rule = self.rules[index]
+            if "*" in rule.assets or asset in rule.assets:
+                return rule
+        return None
+
     def explain_modbus(self, subject: str, asset: str, request: Request, now: float) -> Explanation:
         """Decide ``request`` as the gateway would and say why, for ``ztgate policy explain``."""
+        refused = self._refused(subject, asset, lambda: describe_request(request), now)
+        if refused is not None:
+            return refused
         view = self.view(subject, asset)
-        if view is None:
-            return cloaked_explanation(
-                subject,
-                asset,
-                asset in self.assets,
-                describe_request(request),
-                now,
-                self.source,
-                self.revision,
-            )
+        assert view is not None
         return explain_view(view, request, now, self.source)
 
     def explain_enip(self, subject: str, asset: str, request: CipRequest, now: float) -> Explanation:
         """Decide one EtherNet/IP request (as :func:`protocols.enip.flatten` yields it) as the gateway
         would and say why, for ``ztgate policy explain``."""
+        refused = self._refused(subject, asset, lambda: describe_enip_request(request), now)
+        if refused is not None:
+            return refused
         view = self.view(subject, asset)
-        if view is None:
-            text = describe_enip_request(request)
-            return cloaked_explanation(
-                subject, asset, asset in self.assets, text, now, self.source, self.revision
-            )
+        assert view is not None
         return explain_enip_view(view, request, now, self.source)
 
     def explain_opcua(
@@ -147,15 +156,27 @@ class Policy:
         namespace array; ``browse_path`` the node's path, as the gateway would pass it."""
         if operation is not None and operation.service != service:
             raise ValueError(f"the operation is a {operation.service} operation, not {service}")
+        refused = self._refused(
+            subject, asset, lambda: describe_opcua_request(service, operation, namespaces, browse_path), now
+        )
+        if refused is not None:
+            return refused
         view = self.view(subject, asset)
-        if view is None:
-            text = describe_opcua_request(service, operation, namespaces, browse_path)
-            return self._cloaked(subject, asset, text, now)
+        assert view is not None
         return explain_opcua_view(view, service, operation, namespaces, now, self.source, browse_path)
 
-    def _cloaked(self, subject: str, asset: str, request: str, now: float) -> Explanation:
-        known = asset in self.assets
-        return cloaked_explanation(subject, asset, known, request, now, self.source, self.revision)
+    def _refused(
+        self, subject: str, asset: str, describe: Callable[[], str], now: float
+    ) -> Explanation | None:
+        """Why no session of ``subject`` to ``asset`` would exist (in the gateway's order: the asset
+        cloaked, then a session deny rule), or None when one would."""
+        if self.view(subject, asset) is None:
+            known = asset in self.assets
+            return cloaked_explanation(subject, asset, known, describe(), now, self.source, self.revision)
+        rule = self.session_denial(subject, asset)
+        if rule is not None:
+            return session_denied_explanation(rule, subject, describe(), now, self.source, self.revision)
+        return None
 
     def __repr__(self) -> str:
         return f"Policy({self.source!r}, revision={self.revision}, rules={len(self.rules)})"
