@@ -23,7 +23,7 @@ from policies.errors import FieldPath, PolicyError, PolicyIssue, format_path, qu
 from policies.fields import expected
 from policies.locator import LineLocator
 from policies.modbus.entries import ModbusEntryChecks
-from policies.model import EFFECTS, MODES, SCOPES, PolicyModel, Rule
+from policies.model import EFFECTS, MODES, SCOPES, TEST_EXPECTATIONS, PolicyModel, PolicyTest, Rule
 from policies.opcua.entries import OpcuaEntryChecks
 from policies.subjects import GROUP_PREFIX, check_group_name, check_subject, check_trust_domain
 from policies.timewindow import TimeWindow, parse_days, parse_hours, parse_time_zone
@@ -32,7 +32,8 @@ __all__ = ["parse_model"]
 
 T = TypeVar("T")
 
-_TOP_KEYS = ("trust_domain", "assets", "groups", "rules")
+_TOP_KEYS = ("trust_domain", "assets", "groups", "rules", "tests")
+_TEST_KEYS = ("name", "subject", "asset", "request", "expect", "rule", "at")
 _RULE_KEYS = (
     "id",
     "description",
@@ -101,6 +102,7 @@ class _Loader(AssetChecks, ModbusEntryChecks, EnipEntryChecks, OpcuaEntryChecks)
         self._protocols = {name: asset.protocol for name, asset in assets.items()}
         groups = self.groups(data.get("groups", {}), trust_domain)
         rules = self.rules(data.get("rules", []), trust_domain, declared_assets, groups)
+        tests = self.tests(data.get("tests", []), trust_domain, declared_assets, {r.id for r in rules})
         if self.problems or trust_domain is None:
             return None
         return PolicyModel(
@@ -108,7 +110,59 @@ class _Loader(AssetChecks, ModbusEntryChecks, EnipEntryChecks, OpcuaEntryChecks)
             assets=MappingProxyType(assets),
             groups=MappingProxyType(groups),
             rules=tuple(rules),
+            tests=tuple(tests),
         )
+
+    # ------------------------------------------------------------------------------------- tests
+
+    def tests(
+        self, value: object, trust_domain: str | None, assets: set[str], rule_ids: set[str]
+    ) -> list[PolicyTest]:
+        if not isinstance(value, list):
+            self.error(("tests",), expected(value, "an array of tables ([[tests]])"))
+            return []
+        found: list[PolicyTest] = []
+        names: set[str] = set()
+        for index, body in enumerate(value):
+            path: FieldPath = ("tests", index)
+            table = self.table(body, path)
+            if table is None:
+                continue
+            before = len(self.problems)
+            self.keys(table, path, _TEST_KEYS)
+            missing = [key for key in ("name", "subject", "asset", "request", "expect") if key not in table]
+            for key in missing:
+                self.error(path, f'missing required key "{key}"')
+            if missing:
+                continue
+            name = self.string(table["name"], (*path, "name"))
+            if name is not None and name in names:
+                self.error((*path, "name"), f"another test is named {quote(name)}")
+            names.add(name or "")
+            subject = self.string(table["subject"], (*path, "subject"))
+            if subject is not None and trust_domain is not None:
+                problem = check_subject(subject, trust_domain)
+                if problem is None and "*" in subject:
+                    problem = "a test's subject is one SPIFFE id, not a pattern"
+                if problem is not None:
+                    self.error((*path, "subject"), problem)
+            asset = self.string(table["asset"], (*path, "asset"))
+            if asset is not None and asset not in assets:
+                self.error((*path, "asset"), f"{quote(asset)}: no such asset")
+            request = self.table(table["request"], (*path, "request"))
+            expect = self.choice(table["expect"], (*path, "expect"), TEST_EXPECTATIONS)
+            rule = self.string(table["rule"], (*path, "rule")) if "rule" in table else None
+            if rule is not None and rule not in rule_ids:
+                self.error((*path, "rule"), f"{quote(rule)}: no rule has this id")
+            at = self.string(table["at"], (*path, "at")) if "at" in table else None
+            if len(self.problems) > before:
+                continue
+            assert name is not None and subject is not None and asset is not None
+            assert request is not None and expect is not None
+            found.append(
+                PolicyTest(index, name, subject, asset, MappingProxyType(dict(request)), expect, rule, at)
+            )
+        return found
 
     # ------------------------------------------------------------------------------------ groups
 

@@ -38,6 +38,7 @@ __all__ = [
     "PROTOCOLS",
     "SCOPES",
     "SUBFUNCTION_CODES",
+    "TEST_EXPECTATIONS",
     "Asset",
     "DenyAction",
     "EnipEntry",
@@ -46,6 +47,7 @@ __all__ = [
     "OpcUaUser",
     "OpcuaEntry",
     "PolicyModel",
+    "PolicyTest",
     "Rule",
 ]
 
@@ -327,9 +329,31 @@ class Rule:
     scope: str = "request"
 
 
+TEST_EXPECTATIONS = ("allow", "deny")
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyTest:
+    """One ``[[tests]]`` table: a promise the site wrote down, checked against every revision.
+
+    ``request`` holds ``ztgate policy explain``'s options (``fc``, ``address``, ``value``, ``service``,
+    ``tag``, ``node``...) as the file gives them; :mod:`gateway.policy_tests` builds and decides it.
+    """
+
+    index: int
+    name: str
+    subject: str
+    asset: str
+    request: Mapping[str, object]
+    expect: str
+    rule: str | None = None  # the rule that must decide, if given
+    at: str | None = None  # ISO 8601 with an offset; default: when the tests run
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class PolicyModel:
     trust_domain: str
     assets: Mapping[str, Asset]
     groups: Mapping[str, tuple[str, ...]]
     rules: tuple[Rule, ...]
+    tests: tuple[PolicyTest, ...] = ()

@@ -20,7 +20,7 @@ from policies.errors import PolicyError, PolicyIssue
 from policies.explain import Explanation, cloaked_explanation, session_denied_explanation
 from policies.loader import parse_model
 from policies.modbus.explain import describe_request, explain_view
-from policies.model import Asset, PolicyModel, Rule
+from policies.model import Asset, PolicyModel, PolicyTest, Rule
 from policies.opcua.explain import describe_opcua_request, explain_opcua_view
 from policies.refusals import RefusingView
 from policies.subjects import SubjectIndex, expand
@@ -46,6 +46,7 @@ class Policy:
         self.assets: Mapping[str, Asset] = model.assets
         self.groups: Mapping[str, tuple[str, ...]] = model.groups
         self.rules: tuple[Rule, ...] = model.rules
+        self.tests: tuple[PolicyTest, ...] = model.tests
         self._subjects = SubjectIndex()
         self._by_asset: dict[str, set[int]] = {name: set() for name in model.assets}
         self._every_asset: set[int] = set()  # rules with assets = ["*"], kept apart: no assets x rules

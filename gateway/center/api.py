@@ -28,7 +28,8 @@ from gateway.center.config import CenterConfig
 from gateway.center.store import ROLES, PolicyRevision, Store, TokenError, unified_diff
 from gateway.center.stream import Hub, Publisher, parse_cursors, serve_stream
 from gateway.locks import Lock, LockError, check_reason, parse_target
-from policies import PolicyError, parse_policy
+from gateway.policy_tests import TestOutcome, failures_text, run_tests
+from policies import Policy, PolicyError, parse_policy
 from policies.spiffe import IdentityError, parse_spiffe_id
 
 __all__ = ["PUBLIC", "ROUTES", "SERVICES", "TOKEN", "ApiError", "Caller", "Route", "Services"]
@@ -330,10 +331,16 @@ async def audit_log(request: web.Request, caller: Caller | None) -> web.Response
 # ------------------------------------------------------------------------------------- policy
 
 
+def _checked(text: str) -> tuple[Policy, list[TestOutcome]]:
+    policy = parse_policy(text, "policy.toml")
+    return policy, run_tests(policy)
+
+
 async def _validate(s: Services, text: str) -> None:
-    """Exactly what ``ztgate policy check`` does, and the trust domain must be the center's."""
+    """Exactly what ``ztgate policy check`` does (the policy's own tests too), and the trust domain
+    must be the center's."""
     try:
-        policy = await asyncio.get_running_loop().run_in_executor(None, parse_policy, text, "policy.toml")
+        policy, outcomes = await asyncio.get_running_loop().run_in_executor(None, _checked, text)
     except PolicyError as error:
         issues = [
             {"line": i.line, "column": i.column, "path": i.path, "message": i.message} for i in error.issues
@@ -345,6 +352,22 @@ async def _validate(s: Services, text: str) -> None:
             f"the policy is for trust domain {policy.trust_domain}, "
             f"the center for {s.authority.trust_domain}",
         )
+    failed = [outcome for outcome in outcomes if not outcome.passed]
+    if failed:
+        tests = [
+            {
+                "name": o.test.name,
+                "index": o.test.index,
+                "expect": o.test.expect,
+                "expect_rule": o.test.rule,
+                "got": o.verdict,
+                "rule": o.rule,
+                "note": o.note,
+            }
+            for o in failed
+        ]
+        message = f"policy refused: {len(failed)} of {len(outcomes)} policy test(s) failed:\n"
+        raise ApiError(422, message + failures_text(outcomes), tests=tests)
 
 
 def _pushed(revision: PolicyRevision, previous: int) -> web.Response:

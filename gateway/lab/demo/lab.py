@@ -144,6 +144,45 @@ effect = "deny"
 subjects = ["spiffe://{TRUST_DOMAIN}/*"]
 assets = ["{ENIP_ASSET}"]
 enip = [{{ service = ["reset", "start", "stop"] }}]
+
+# Promises the site wrote down: every revision (ztgate policy check, center policy push) must keep them.
+[[tests]]
+name = "no vendor may ever write coils 0-99 on {MODBUS_ASSET}"
+subject = "{VENDOR}"
+asset = "{MODBUS_ASSET}"
+request = {{ fc = 15, address = 0, count = 100, value = [1] }}
+expect = "deny"
+
+[[tests]]
+name = "operators can always read {MODBUS_ASSET}"
+subject = "{OPERATOR}"
+asset = "{MODBUS_ASSET}"
+request = {{ fc = 3, address = 0, count = 10 }}
+expect = "allow"
+rule = "operators-read"
+
+[[tests]]
+name = "nobody resets {ENIP_ASSET}"
+subject = "{OPERATOR}"
+asset = "{ENIP_ASSET}"
+request = {{ service = "reset", class = "0x01", instance = 1 }}
+expect = "deny"
+rule = "nobody-resets"
+
+[[tests]]
+name = "operators can always read the tank level on {OPCUA_ASSET}"
+subject = "{OPERATOR}"
+asset = "{OPCUA_ASSET}"
+request = {{ service = "Read", node = "nsu={NAMESPACE_URI};s={TANK}.Level" }}
+expect = "allow"
+rule = "operators-read"
+
+[[tests]]
+name = "the vendor cannot write the setpoint on {OPCUA_ASSET}"
+subject = "{VENDOR}"
+asset = "{OPCUA_ASSET}"
+request = {{ service = "Write", node = "nsu={NAMESPACE_URI};s={TANK}.Setpoint", ua_value = ["1200"] }}
+expect = "deny"
 """
 
 
