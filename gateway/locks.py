@@ -109,6 +109,10 @@ class Lock:
         """Whether this lock stops ``identity`` itself (its certificate's renewal, say)."""
         return self.kind in IDENTITY_KINDS and self.matches(identity, "", ())
 
+    def audit_fields(self) -> dict[str, str]:
+        """What names this lock in a gateway's audit record of a session it cut."""
+        return {"lock": self.id, "target": self.target}
+
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id,

@@ -100,7 +100,7 @@ class SessionRegistry:
         for session in self:
             lock = session.locked_by(locks)
             if lock is not None:
-                session.cut(f"lock {lock.id}", lock.reason, {"lock": lock.id, "target": lock.target})
+                session.cut(f"lock {lock.id}", lock.reason, lock.audit_fields())
 
 
 class UpstreamPool(Protocol):

@@ -247,6 +247,10 @@ class Session(asyncio.Protocol):
             self.close(f"asset {self.info.asset} is now {view.asset.protocol}")
             return
         self.view = view
+        lock = self.locked_by(self.runtime.locks)  # a grant lock names a rule this revision may add
+        if lock is not None:
+            self.cut(f"lock {lock.id}", lock.reason, lock.audit_fields())
+            return
         self._view_changed()
 
     def _view_changed(self) -> None:
