@@ -168,6 +168,15 @@ SESSION_EVENTS: Final[dict[str, tuple[dict[str, Field], ...]]] = {
     "decision": (SESSION, DECISION, AGGREGATE),
     "protocol_error": (SESSION, PROTOCOL_ERROR, DECISION),
     "upstream": (SESSION, UPSTREAM, _fields(("reason", (str, type(None)), "what happened"))),
+    "session_cut": (
+        SESSION,
+        _fields(
+            ("lock", _STR, "the lock that cut it (docs/access.md)"),
+            ("target", _STR, "the lock's target (`identity=...`, `prefix=...`, ...)"),
+            ("rule", _STR, "the session deny rule that cut it (`scope = \"session\"`)"),
+            ("reason", _STR, "the lock's or the rule's reason"),
+        ),
+    ),
 }
 _REQUIRED: Final = {
     "session_start": ("session", "identity", "asset", "protocol", "policy_revision", "peer"),
@@ -176,6 +185,7 @@ _REQUIRED: Final = {
                  "outcome"),
     "protocol_error": ("session", "identity", "asset", "protocol", "policy_revision", "side", "reason"),
     "upstream": ("asset", "protocol", "state"),
+    "session_cut": ("session", "identity", "asset", "protocol", "reason"),
 }  # fmt: skip
 # Which of a group's fields each session event may carry (the rest of the group is not theirs).
 _ONLY: Final = {
@@ -231,6 +241,17 @@ GATEWAY_EVENTS: Final[dict[str, dict[str, Field]]] = {
         ("serial", (str, int), "the renewed certificate's serial"),
         ("not_after", (str, type(None)), "its end (RFC 3339)"),
         ("sessions", _LIST, "the live sessions it extended"),
+    ),
+    "locks_loaded": _fields(
+        ("locks_revision", _INT, "the revision of the center's set of locks"),
+        ("file", _STR, "`locks.json`, when loaded at start"),
+        ("added", _LIST, "lock ids new in this set"),
+        ("removed", _LIST, "lock ids no longer in it"),
+        ("in_force", _INT, "locks in force"),
+    ),
+    "lock_expired": _fields(
+        ("lock", _STR, "the lock whose TTL ran out"),
+        ("target", _STR, "its target"),
     ),
     "audit_dropped": _fields(
         ("reason", _STR, "`queue_full` \\| `write_error`"),
