@@ -43,6 +43,8 @@ log = logging.getLogger("ztgate.opcua")
 BAD_SERVER_NOT_CONNECTED: Final = StatusCodes.BadServerNotConnected
 BAD_TIMEOUT: Final = StatusCodes.BadTimeout
 BAD_INTERNAL_ERROR: Final = StatusCodes.BadInternalError
+BAD_SESSION_CLOSED: Final = StatusCodes.BadSessionClosed
+SESSION_CLOSED: Final = "session closed"  # the outcome of a request whose client session ended first
 MAX_PUBLISH_WAIT_S = 120.0
 
 
@@ -61,7 +63,7 @@ class ClientSide(Protocol):
     def _fault(self, event: ServiceRequest, status: int) -> None: ...
 
     def _account_forwarded(
-        self, event: ServiceRequest, decided: Decided, answered: bool, started: float
+        self, event: ServiceRequest, decided: Decided, answered: bool, started: float, outcome: str = ""
     ) -> None: ...
 
     def _audit_upstream(self, state: str, reason: str | None) -> None: ...
@@ -78,6 +80,9 @@ class Forwarding:
         self.device: DeviceSession | None = None
         self._connecting: asyncio.Task[None] | None = None
         self.tracking = SessionTracking()
+        # Which client session a request was sent for: one ended (CloseSession, the channel closed)
+        # makes the answers still on their way to it answers to nobody's request.
+        self._generation = 0
         self.in_flight = 0  # requests on their way to the device, and tasks of this session's
         self._tasks: set[asyncio.Task[None]] = set()
         # Kept: asyncio.get_running_loop() is a getpid() system call per call in CPython 3.11.
@@ -91,8 +96,19 @@ class Forwarding:
     def release(self) -> None:
         for task in self._tasks:
             task.cancel()
+        self.end_device_session()
+
+    def end_device_session(self) -> None:
+        """Let the device session go with everything it held (closing it deletes its subscriptions on
+        the device), and forget what was tracked of it: the client's session that used it is over.
+        Requests still waiting on it are answered as the connection closes."""
+        if self._connecting is not None:
+            self._connecting.cancel()  # its place under max_sessions is given back as it ends
+            self._connecting = None
+        self.tracking = SessionTracking()
+        self._generation += 1
         if self.device is not None:
-            self.pool.sessions -= 1
+            self.pool.release_session()
             asyncio.get_running_loop().create_task(self.device.close())
             self.device = None
 
@@ -131,7 +147,7 @@ class Forwarding:
     ) -> bool:
         """Send on ``device`` now, the answer to come to :meth:`_answered`; False when the session there
         is gone (nothing sent, nothing counted)."""
-        reply = partial(self._answered, event, decided, reduction, started)
+        reply = partial(self._answered, event, decided, reduction, started, self._generation)
         self.in_flight += 1
         try:
             if request is None:  # never a Publish or Republish: those carry subscription ids
@@ -144,7 +160,7 @@ class Forwarding:
             self.in_flight -= 1
             return False
         except (ConnectionError, OSError, UaError) as error:
-            self._answered(event, decided, reduction, started, None, error)
+            reply(None, error)
         except Exception:  # a bug of ours must not leave the client waiting, nor let anything through
             self.in_flight -= 1
             log.exception("%s: %s request failed in the gateway", self._session.id, event.name)
@@ -160,10 +176,15 @@ class Forwarding:
         reduction: Reduction | None,
         started: float,
     ) -> None:
+        generation = self._generation
         try:
             device = await self.device_session()
         except UpstreamUnavailableError as error:
             self._unanswered(event, decided, started, error)
+            return
+        if generation != self._generation:  # the client's session ended while this one waited
+            self._session._fault(event, BAD_SESSION_CLOSED)
+            self._session._account_forwarded(event, decided, False, started, SESSION_CLOSED)
             return
         if not self._send(device, event, decided, request, reduction, started):
             self._unanswered(event, decided, started, UpstreamUnavailableError("no session on the device"))
@@ -174,13 +195,19 @@ class Forwarding:
         decided: Decided,
         reduction: Reduction | None,
         started: float,
+        generation: int,
         body: bytes | None,
         error: BaseException | None,
     ) -> None:
         self.in_flight -= 1
         session = self._session
         try:
-            if body is None:
+            if generation != self._generation:
+                # Its session ended meanwhile: BadSessionClosed (Part 4, 5.6.4) where a channel is left to
+                # hear it, and nothing the device or the gateway did wrong.
+                session._fault(event, BAD_SESSION_CLOSED)
+                session._account_forwarded(event, decided, False, started, SESSION_CLOSED)
+            elif body is None:
                 self._unanswered(event, decided, started, error or ConnectionError("no response"))
             else:
                 if decided.relay:
@@ -263,7 +290,7 @@ class Forwarding:
             return device
         if device is not None:  # lost: forget it; the next request opens a new one
             self.device = None
-            self.pool.sessions -= 1
+            self.pool.release_session()
             self.tracking = SessionTracking()  # the device's subscriptions went with its session
             asyncio.get_running_loop().create_task(device.close())
             self._session._audit_upstream("disconnected", "device session lost")
@@ -275,24 +302,29 @@ class Forwarding:
         return self.device
 
     async def _open_device(self) -> None:
+        """Open a device session under one of the asset's ``max_sessions`` places, taken before the
+        device is asked (clients arriving together cannot all pass the count while the first opens) and
+        given back whenever no session comes of it."""
         pool = self.pool
-        if pool.sessions >= pool.max_sessions:
+        if not pool.reserve_session():
             self._session._audit_upstream("connect_failed", f"max_sessions ({pool.max_sessions}) reached")
             return
         asset = self._session.view.asset
         device = DeviceSession(asset)
+        kept = False
         try:
             await device.open()
+            kept = not self._session.closing
         except Exception as exc:  # whatever asyncua raises on the way: the device is not there
             pool.connect_failures += 1
-            await device.close()
             self._session._audit_upstream("connect_failed", connect_failure(asset, exc))
-            return
-        if self._session.closing:
-            await device.close()
-            return
-        self.device = device
-        pool.sessions += 1
+        finally:
+            if kept:
+                self.device = device
+            else:
+                pool.release_session()
+                # Not awaited: a cancelled open (the session ended meanwhile) must still let go.
+                asyncio.get_running_loop().create_task(device.close())
 
     # ------------------------------------------------------------------------------- tasks
 

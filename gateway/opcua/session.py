@@ -354,17 +354,18 @@ class OpcUaSession(Session):
         self._forwarding.forward(event, decided)
 
     def _account_forwarded(
-        self, event: ServiceRequest, decided: Decided, answered: bool, started: float
+        self, event: ServiceRequest, decided: Decided, answered: bool, started: float, outcome: str = ""
     ) -> None:
         """A forwarded request answered (or not) by the device: a service decided as a whole, or its
-        allowed operations."""
+        allowed operations. ``outcome`` when it is neither "ok" nor "device unavailable"."""
+        outcome = outcome or ("ok" if answered else "device unavailable")
         if decided.whole is not None:
-            self._account(event, decided.whole, "ok" if answered else "device unavailable", started)
+            self._account(event, decided.whole, outcome, started)
         else:
-            self._account_allowed(event, decided, answered, started)
+            self._account_allowed(event, decided, answered, started, outcome)
 
     def _account_allowed(
-        self, event: ServiceRequest, decided: Decided, answered: bool, started: float
+        self, event: ServiceRequest, decided: Decided, answered: bool, started: float, outcome: str
     ) -> None:
         """Latency once per request; the allowed operations counted, and audited (allowed reads
         aggregated per rule, everything else one record per operation)."""
@@ -374,7 +375,6 @@ class OpcUaSession(Session):
         aggregate = answered and name in AGGREGATED and self.runtime.audit.aggregates_reads
         by_rule = decided.by_rule
         if by_rule is None or not aggregate:
-            outcome = "ok" if answered else "device unavailable"
             counted: dict[str | None, int] = {}
             for op, decision in zip(decided.operations, decided.decisions, strict=True):
                 if not decision.allowed:
@@ -462,9 +462,15 @@ class OpcUaSession(Session):
         self._respond(event, ua.ActivateSessionResponse(Parameters=result))
 
     def _close_session(self, event: ServiceRequest) -> None:
+        # The device session goes with the client's: its subscriptions are deleted on the device (the
+        # client's DeleteSubscriptions = false keeps them for a TransferSubscriptions that no other
+        # gateway session could make), and a next session on this channel starts from nothing.
         self._activated = False
         self._token = self._token_seen = None
         self._session_id = None
+        self._express = None
+        self._memo.clear()
+        self._forwarding.end_device_session()
         self._respond(event, ua.CloseSessionResponse())
 
     def _register_nodes(self, event: ServiceRequest) -> None:

@@ -16,16 +16,22 @@ counts device sessions against ``max_sessions``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Final
 
 from asyncua import ua
 from asyncua.client.client import Client
+from asyncua.crypto import security_policies
+from asyncua.crypto.uacrypto import CertProperties
 from asyncua.ua.object_ids import ObjectIds
-from asyncua.ua.uaerrors import UaError
+from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from gateway.metrics import UpstreamState
 from gateway.opcua.asyncua_adapter import AsyncuaLink, Reply, ReplyCallback
@@ -37,6 +43,7 @@ BACKOFF_MAX_S = 5.0
 MAX_BROWSE_DEPTH = 32  # hierarchy levels between the Root and a node; deeper is a loop or a trap
 MAX_CACHED_PATHS = 10_000
 ROOT = ua.NodeId(ua.Int32(ObjectIds.RootFolder), ua.Int16(0))
+log = logging.getLogger("ztgate.opcua.upstream")
 
 
 # libuv's timers count milliseconds: a timer may run up to one early for the float deadline it was set at.
@@ -173,59 +180,143 @@ def read_password(asset: Asset) -> str | None:
     return Path(password_file).read_text().strip() if password_file else None
 
 
-def application_uri(certificate: Path) -> str | None:
-    """The URI in a certificate's subjectAltName (PEM or DER), if it has one."""
-    data = certificate.read_bytes()
-    cert = (
-        x509.load_pem_x509_certificate(data)
-        if b"-----BEGIN" in data
-        else x509.load_der_x509_certificate(data)
-    )
+def load_certificate(path: Path) -> x509.Certificate:
+    """An X.509 certificate from a PEM or DER file, told apart by what is in it (never by the file's name);
+    ValueError naming the file when it is neither."""
+    data = path.read_bytes()
     try:
-        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return None
-    uris = names.get_values_for_type(x509.UniformResourceIdentifier)
-    return uris[0] if uris else None
+        if b"-----BEGIN" in data:
+            return x509.load_pem_x509_certificate(data)
+        return x509.load_der_x509_certificate(data)
+    except ValueError as error:
+        raise ValueError(f"{path}: not an X.509 certificate in PEM or DER ({error})") from None
+
+
+def load_private_key(path: Path) -> PrivateKeyTypes:
+    """An unencrypted private key from a PEM or DER file, told apart by what is in it; ValueError naming
+    the file when it is neither."""
+    data = path.read_bytes()
+    try:
+        if b"-----BEGIN" in data:
+            return serialization.load_pem_private_key(data, password=None)
+        return serialization.load_der_private_key(data, password=None)
+    except (ValueError, TypeError) as error:  # TypeError: encrypted, and no password to give
+        raise ValueError(f"{path}: not an unencrypted private key in PEM or DER ({error})") from None
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What the gateway shows the device of itself, and the device's certificate when pinned, loaded."""
+
+    certificate: x509.Certificate | None
+    key: PrivateKeyTypes | None
+    device: x509.Certificate | None
+
+    @property
+    def application_uri(self) -> str | None:
+        """The URI in the certificate's subjectAltName, if it has one."""
+        if self.certificate is None:
+            return None
+        try:
+            names = self.certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            return None
+        uris = names.get_values_for_type(x509.UniformResourceIdentifier)
+        return uris[0] if uris else None
+
+
+def load_credentials(asset: Asset) -> Credentials:
+    """The asset's application certificate and key and pinned device certificate, read from their files
+    (read for every new device session, so replaced files take effect without a restart)."""
+    return Credentials(
+        load_certificate(Path(asset.application_cert)) if asset.application_cert else None,
+        load_private_key(Path(asset.application_key)) if asset.application_key else None,
+        load_certificate(Path(asset.device_cert)) if asset.device_cert else None,
+    )
+
+
+def _der(certificate: x509.Certificate) -> CertProperties:
+    return CertProperties(certificate.public_bytes(serialization.Encoding.DER), extension="der")
 
 
 async def configure_security(client: Client, asset: Asset, password: str | None) -> None:
-    """The asset's security policy, mode and user token on an asyncua client."""
-    if asset.application_cert is not None:
+    """The asset's security policy, mode and user token on an asyncua client, with the certificates and
+    key loaded here (asyncua would tell PEM from DER by the file's extension)."""
+    loaded = await asyncio.to_thread(load_credentials, asset)
+    uri = loaded.application_uri
+    if uri is not None:
         # The ApplicationUri the gateway states must be the one in its certificate (Part 4, 5.6.2).
-        uri = await asyncio.to_thread(application_uri, Path(asset.application_cert))
-        if uri is not None:
-            client.application_uri = uri
+        client.application_uri = uri
     if asset.security_mode != "None":
-        if asset.application_cert is None or asset.application_key is None:
+        if loaded.certificate is None or loaded.key is None:
             raise ValueError(
                 f"{asset.name}: {asset.security_policy} {asset.security_mode} needs application_cert"
                 " and application_key"
             )
+        key = loaded.key.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
         # Without device_cert asyncua takes the certificate the device's endpoint offers, unchecked.
-        pinned = f",{asset.device_cert}" if asset.device_cert else ""
-        await client.set_security_string(
-            f"{asset.security_policy},{asset.security_mode},{asset.application_cert},{asset.application_key}"
-            + pinned
+        await client.set_security(
+            getattr(security_policies, f"SecurityPolicy{asset.security_policy}"),
+            _der(loaded.certificate),
+            CertProperties(key, extension="der"),
+            server_certificate=None if loaded.device is None else _der(loaded.device),
+            mode=getattr(ua.MessageSecurityMode, asset.security_mode),
         )
     user = asset.user
     if user.kind == "username" and user.username:
         client.set_user(user.username)
         if password is not None:
             client.set_password(password)
-    elif user.kind == "certificate" and asset.application_cert and asset.application_key:
-        await client.load_client_certificate(asset.application_cert)
-        await client.load_private_key(Path(asset.application_key))
+    elif user.kind == "certificate" and loaded.certificate is not None and loaded.key is not None:
+        client.user_certificate = loaded.certificate
+        client.user_private_key = loaded.key
+
+
+# Status codes by which a device says it refused the gateway's application certificate.
+_CERTIFICATE_REFUSALS: Final = frozenset(
+    (
+        ua.StatusCodes.BadSecurityChecksFailed,
+        ua.StatusCodes.BadCertificateUntrusted,
+        ua.StatusCodes.BadCertificateInvalid,
+        ua.StatusCodes.BadCertificateUriInvalid,
+        ua.StatusCodes.BadCertificateUseNotAllowed,
+        ua.StatusCodes.BadCertificateTimeInvalid,
+        ua.StatusCodes.BadCertificateRevoked,
+        ua.StatusCodes.BadCertificateRevocationUnknown,
+        ua.StatusCodes.BadCertificateIssuerRevocationUnknown,
+        ua.StatusCodes.BadSecurityPolicyRejected,
+    )
+)
+
+
+def _refused_certificate(asset: Asset, exc: BaseException) -> bool:
+    if asset.security_mode == "None":
+        return False
+    if isinstance(exc, UaStatusCodeError):
+        return exc.code in _CERTIFICATE_REFUSALS
+    # asyncua asserts on the OPN answer of a device that closed the channel instead of answering it.
+    return isinstance(exc, AssertionError | ConnectionResetError | asyncio.IncompleteReadError)
 
 
 def connect_failure(asset: Asset, exc: BaseException) -> str:
-    """Why a device session did not open, for the audit record and /readyz."""
+    """Why a device session did not open, in words a person can act on: for the audit record, the log and
+    /readyz."""
     if isinstance(exc, TimeoutError):
         reason = f"no session within connect_timeout_s ({asset.connect_timeout_s} s)"
         if asset.device_cert:  # a device whose key is not the pinned one cannot read our OPN: silence
             reason += f"; is device_cert ({asset.device_cert}) the device's certificate?"
         return reason
-    return f"{exc.__class__.__name__}: {exc}"
+    detail = f"{exc.__class__.__name__}: {exc}" if str(exc) else exc.__class__.__name__
+    if _refused_certificate(asset, exc):
+        return (
+            f"the device rejected the gateway's application certificate ({asset.application_cert}):"
+            f" add it to the device's trust list ({detail})"
+        )
+    if isinstance(exc, ConnectionRefusedError):
+        return f"nothing accepts connections at {asset.endpoint_url} ({detail})"
+    return detail
 
 
 class OpcUaPool:
@@ -251,6 +342,17 @@ class OpcUaPool:
     def max_sessions(self) -> int:
         return self.asset.max_sessions
 
+    def reserve_session(self) -> bool:
+        """Take one of the asset's ``max_sessions`` places for a device session about to open; False when
+        all are taken. Synchronous: no other session can take the same place meanwhile."""
+        if self.sessions >= self.max_sessions:
+            return False
+        self.sessions += 1
+        return True
+
+    def release_session(self) -> None:
+        self.sessions -= 1
+
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._keep_control())
 
@@ -268,7 +370,7 @@ class OpcUaPool:
             session = DeviceSession(self.asset)
             try:
                 await session.open()
-            except (OSError, TimeoutError, ConnectionError, UaError) as exc:
+            except Exception as exc:  # whatever the failure, retried: a person may fix it meanwhile
                 self.connect_failures += 1
                 self._event("connect_failed", connect_failure(self.asset, exc))
                 await session.close()
@@ -331,8 +433,10 @@ class OpcUaPool:
 
     def _event(self, kind: str, reason: str | None) -> None:
         if kind == "connect_failed" and reason == self.last_error:
-            return
+            return  # said once; /readyz goes on saying it
         self.last_error = reason
+        if reason is not None:
+            log.warning("%s: device %s %s: %s", self.asset.name, self.asset.endpoint_url, kind, reason)
         event: dict[str, Any] = {
             "event": "upstream",
             "asset": self.asset.name,

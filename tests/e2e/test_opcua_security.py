@@ -8,10 +8,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from asyncua import Client, Server, ua
+from asyncua.common.utils import ServiceError
 from asyncua.crypto.cert_gen import setup_self_signed_certificate
 from asyncua.crypto.permission_rules import User, UserRole
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from gateway.lab.sim.opcua import stop_server
@@ -147,3 +151,87 @@ async def test_a_device_with_another_certificate_than_the_pinned_one_is_not_spok
     failed = lab.audit_events(event="upstream", state="connect_failed")
     assert failed and "is device_cert" in failed[0]["reason"]
     assert users.seen == []  # no session was activated on it
+
+
+async def test_certificate_and_key_are_read_by_their_content_not_their_file_name(
+    lab: Lab, secured: tuple[Server, Users, Path]
+) -> None:
+    server, users, directory = secured
+    cert, key = await _gateway_certificate(directory)  # a DER certificate and a PEM key
+    loaded = x509.load_der_x509_certificate(cert.read_bytes())
+    renamed_cert = directory / "gateway-certificate"  # PEM, under a name asyncua would read as DER
+    renamed_cert.write_bytes(loaded.public_bytes(serialization.Encoding.PEM))
+    private = serialization.load_pem_private_key(key.read_bytes(), password=None)
+    renamed_key = directory / "gateway-key.pem"  # DER, under a name asyncua would read as PEM
+    renamed_key.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    state = await _read_server_state(lab, _port(server), _asset(renamed_cert, renamed_key, '"certificate"'))
+    assert state == ua.ServerState.Running
+    assert users.seen and all(seen == (None, True) for seen in users.seen)
+
+
+async def test_a_garbage_key_is_named_and_retried_until_it_is_fixed(
+    lab: Lab, secured: tuple[Server, Users, Path]
+) -> None:
+    server, _users, directory = secured
+    cert, key = await _gateway_certificate(directory)
+    good_key = key.read_bytes()
+    key.write_bytes(b"-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
+    gateway = await lab.start_gateway(
+        opcua_policy_text(_port(server), RULES, asset_extra=_asset(cert, key, '"certificate"'))
+    )
+    failed = await lab.wait_for_event(event="upstream", state="connect_failed")
+    assert f"{key}: not an unencrypted private key" in failed["reason"]
+    status, body = await _readyz(gateway.admin_port)
+    assert status == 503 and body["reason"] == failed["reason"]
+    key.write_bytes(good_key)  # the control task kept trying: fixed, it connects
+    await lab.wait_for_event(event="upstream", state="connected", timeout_s=20)
+    status, body = await _readyz(gateway.admin_port)
+    assert status == 200 and body["reason"] is None
+
+
+async def test_a_device_that_does_not_trust_the_gateway_is_named_until_it_does(
+    lab: Lab, secured: tuple[Server, Users, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    server, users, directory = secured
+    trusted = False
+
+    async def trust_list(_certificate: x509.Certificate, _app: ua.ApplicationDescription) -> None:
+        if not trusted:
+            raise ServiceError(ua.StatusCodes.BadCertificateUntrusted)
+
+    server.set_certificate_validator(trust_list)
+    cert, key = await _gateway_certificate(directory)
+    extra = _asset(cert, key, '"certificate"')
+    gateway = await lab.start_gateway(opcua_policy_text(_port(server), RULES, asset_extra=extra))
+    failed = await lab.wait_for_event(event="upstream", state="connect_failed")
+    assert failed["reason"].startswith(
+        f"the device rejected the gateway's application certificate ({cert}): add it to the device's"
+        " trust list"
+    )
+    assert failed["reason"] in caplog.text  # and in the log, at WARNING
+    status, body = await _readyz(gateway.admin_port)
+    assert status == 503 and body["reason"] == failed["reason"]
+    # A client meanwhile gets BadServerNotConnected, audited with the same words.
+    agent_port = await lab.start_agent("alice", "opc-1", "opcua")
+    async with Client(f"opc.tcp://127.0.0.1:{agent_port}/", timeout=10, watchdog_intervall=600) as client:
+        with pytest.raises(ua.UaStatusCodeError) as refused:
+            await client.get_node(ua.NodeId(ua.ObjectIds.Server_ServerStatus_State)).read_value()
+        assert refused.value.code == ua.StatusCodes.BadServerNotConnected
+    sessions_failed = [
+        e for e in lab.audit_events(event="upstream", state="connect_failed") if "session" in e
+    ]
+    assert sessions_failed and sessions_failed[0]["reason"].startswith("the device rejected the gateway's")
+    trusted = True  # the operator adds the gateway's certificate to the device's trust list
+    await lab.wait_for_event(event="upstream", state="connected", timeout_s=20)
+    status, _body = await _readyz(gateway.admin_port)
+    assert status == 200
+    assert users.seen
+
+
+async def _readyz(admin_port: int) -> tuple[int, dict[str, Any]]:
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{admin_port}/readyz/opc-1") as response:
+        return response.status, await response.json()
