@@ -233,5 +233,6 @@ async def test_a_device_that_does_not_trust_the_gateway_is_named_until_it_does(
 
 
 async def _readyz(admin_port: int) -> tuple[int, dict[str, Any]]:
-    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{admin_port}/readyz/opc-1") as response:
+    url = f"http://127.0.0.1:{admin_port}/readyz/opc-1"
+    async with aiohttp.ClientSession() as http, http.get(url) as response:
         return response.status, await response.json()
