@@ -28,6 +28,7 @@ from asyncua.client.client import Client
 from asyncua.crypto import security_policies
 from asyncua.crypto.uacrypto import CertProperties
 from asyncua.ua.object_ids import ObjectIds
+from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -277,16 +278,16 @@ async def configure_security(client: Client, asset: Asset, password: str | None)
 # Status codes by which a device says it refused the gateway's application certificate.
 _CERTIFICATE_REFUSALS: Final = frozenset(
     (
-        ua.StatusCodes.BadSecurityChecksFailed,
-        ua.StatusCodes.BadCertificateUntrusted,
-        ua.StatusCodes.BadCertificateInvalid,
-        ua.StatusCodes.BadCertificateUriInvalid,
-        ua.StatusCodes.BadCertificateUseNotAllowed,
-        ua.StatusCodes.BadCertificateTimeInvalid,
-        ua.StatusCodes.BadCertificateRevoked,
-        ua.StatusCodes.BadCertificateRevocationUnknown,
-        ua.StatusCodes.BadCertificateIssuerRevocationUnknown,
-        ua.StatusCodes.BadSecurityPolicyRejected,
+        StatusCodes.BadSecurityChecksFailed,
+        StatusCodes.BadCertificateUntrusted,
+        StatusCodes.BadCertificateInvalid,
+        StatusCodes.BadCertificateUriInvalid,
+        StatusCodes.BadCertificateUseNotAllowed,
+        StatusCodes.BadCertificateTimeInvalid,
+        StatusCodes.BadCertificateRevoked,
+        StatusCodes.BadCertificateRevocationUnknown,
+        StatusCodes.BadCertificateIssuerRevocationUnknown,
+        StatusCodes.BadSecurityPolicyRejected,
     )
 )
 
