@@ -19,6 +19,7 @@ from pymodbus.client import AsyncModbusTlsClient
 from gateway.bundles import LOCKS_FILE
 from gateway.center.client import CenterClient, CenterError
 from gateway.credentials import Credentials
+from gateway.identity import PeerPin
 from gateway.renewal import make_csr
 from gateway.server import Gateway
 from gateway.tls import client_context
@@ -147,7 +148,7 @@ async def test_locks_travel_ahead_of_the_policy(site: Site) -> None:
     await _lock(site, f"identity={BOB}")
     await site.push(modbus_policy({"plc-1": (1, "closed")}, read_rule(["plc-1"])))
     tls = credentials[0].tls
-    context = client_context(tls.cert, tls.key, tls.ca, peer=(TD, "center"))
+    context = client_context(tls.cert, tls.key, tls.ca, peer=PeerPin(TD, "center"))
     kinds = []
     async with (
         aiohttp.ClientSession() as session,
