@@ -1,0 +1,581 @@
+"""Audit records in the schemas a SIEM already parses: ECS-style JSON, ArcSight CEF and OCSF.
+
+Pure functions, no I/O: a sink calls :func:`format_record` with one record as ``gateway/audit_schema.py``
+defines it (after the writer has set ``time`` and ``gateway``) and writes the line it gets back.
+
+- ``ztgate``: the flat record of ``docs/audit.md``, unchanged (the file sink's format so far).
+- ``json``: ECS field names, nested as ECS documents are (``source.ip`` is ``{"source": {"ip": ...}}``);
+  every flat field lands on exactly one path of :data:`ECS_PATHS` (or :data:`ECS_RANGES`), the rest of
+  the detail under ``ztgate.*``, and the protocol's target fields under ``ztgate.modbus.*``,
+  ``ztgate.cip.*`` and ``ztgate.opcua.*`` in the vocabulary of Zeek's ICSNPP logs.
+- ``cef``: ``CEF:0|ztgate|ztgate|<version>|<signature id>|<name>|<severity>|<extension>``; the header
+  holds only our own words (no record text), record text goes to the extension, escaped.
+- ``ocsf``: OCSF 1.8.0, one class per kind of record (see :data:`OCSF_CLASSES` and docs/audit.md).
+
+``python -m gateway.audit_formats`` prints the example section of docs/audit.md.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, Final
+
+import orjson
+
+from gateway import __version__
+
+FORMATS: Final = ("ztgate", "json", "cef", "ocsf")
+ECS_VERSION: Final = "8.17.0"
+OCSF_VERSION: Final = "1.8.0"
+PRODUCT: Final = "ztgate"
+
+Record = dict[str, Any]
+
+# ------------------------------------------------------------------------------------ severity
+
+# (CEF 0-10, also ECS event.severity; OCSF severity_id) by what happened. CEF bands: 0-3 low, 4-6 medium,
+# 7-8 high, 9-10 very high; OCSF: 1 informational, 2 low, 3 medium, 4 high.
+_INFO: Final = (1, 1)
+SEVERITY: Final[dict[str, tuple[int, int]]] = {
+    "decision:allow": _INFO,
+    "decision:would-deny": (5, 3),  # forwarded, but enforcing would have refused it
+    "decision:deny": (7, 4),
+    "protocol_error": (6, 3),
+    "session_refused": (5, 3),
+    "upstream:connected": _INFO,
+    "upstream": (4, 2),  # any other upstream state: the device is out of reach or misbehaves
+    "policy_rejected": (6, 3),
+    "certificate_load_failed": (6, 3),
+    "audit_dropped": (8, 4),  # the trail has a gap
+    "audit_error": (6, 3),
+}
+
+
+def signature(record: Record) -> str:
+    """The kind of a record: its event, with the decision or upstream state where those matter."""
+    event = str(record.get("event"))
+    if event == "decision":
+        return f"decision:{record.get('decision')}"
+    if event == "upstream" and record.get("state") == "connected":
+        return "upstream:connected"
+    return event
+
+
+def severity(record: Record) -> tuple[int, int]:
+    """(CEF severity, OCSF severity_id) of a record; informational unless :data:`SEVERITY` says more."""
+    return SEVERITY.get(signature(record), SEVERITY.get(str(record.get("event")), _INFO))
+
+
+def _failed(record: Record) -> bool:
+    event = record.get("event")
+    if event == "decision":
+        return record.get("decision") == "deny"
+    if event == "upstream":
+        return record.get("state") != "connected"
+    return event in _FAILURES
+
+
+_FAILURES: Final = frozenset(
+    (
+        "protocol_error",
+        "session_refused",
+        "policy_rejected",
+        "certificate_load_failed",
+        "audit_dropped",
+        "audit_error",
+    )
+)
+
+
+# ------------------------------------------------------------------------------------ ECS json
+
+# Flat field -> dotted ECS path. Fields not named here go to ``ztgate.<field>``.
+ECS_PATHS: Final[dict[str, str]] = {
+    "time": "@timestamp",
+    "gateway": "observer.name",
+    "event": "event.action",
+    "identity": "user.id",
+    "peer": "source.address",
+    "protocol": "network.protocol",
+    "rule": "rule.id",
+    "policy_revision": "rule.version",
+    "reason": "event.reason",
+    "time_last": "event.end",
+    "upstream": "destination.address",
+    "error": "error.message",
+}
+# Target fields by protocol, named after ICSNPP's logs (modbus_detailed, cip, opcua_binary): Modbus
+# ``tid``, ``unit``, ``func``; CIP ``cip_service``/``cip_service_code``, ``class_id``, ``instance_id``,
+# ``attribute_id``; OPC UA service and node ids. Names ICSNPP has no field for are ours, in its style.
+ICSNPP_PATHS: Final[dict[str, dict[str, str]]] = {
+    "modbus": {
+        "tid": "modbus.tid",
+        "unit": "modbus.unit",
+        "func": "modbus.func",
+        "fc": "modbus.func_code",
+        "sub_function": "modbus.subfunction_code",
+        "values": "modbus.request_values",
+        "values_count": "modbus.request_values_count",
+        "files": "modbus.file_records",
+    },
+    "enip": {
+        "service": "cip.service",
+        "service_code": "cip.service_code",
+        "class": "cip.class_id",
+        "instance": "cip.instance_id",
+        "attribute": "cip.attribute_id",
+        "tag": "cip.tag",
+        "elements": "cip.elements",
+        "route": "cip.route_path",
+        "values": "cip.values",
+        "values_count": "cip.values_count",
+    },
+    "opcua": {
+        "service": "opcua.service",
+        "index": "opcua.operation_index",
+        "node": "opcua.node_id",
+        "attribute": "opcua.attribute_id",
+        "method": "opcua.method_id",
+        "values": "opcua.values",
+    },
+}
+# Modbus ``[first, last]`` ranges become ICSNPP's start address and quantity.
+ECS_RANGES: Final[dict[str, tuple[str, str]]] = {
+    "read": ("modbus.read_start_address", "modbus.read_quantity"),
+    "write": ("modbus.write_start_address", "modbus.write_quantity"),
+    "address": ("modbus.address", "modbus.quantity"),
+}
+
+# event -> (event.category, event.type), from ECS's allowed values.
+_ECS_KIND: Final[dict[str, tuple[str, str]]] = {
+    "decision:allow": ("network", "allowed"),
+    "decision:would-deny": ("network", "allowed"),
+    "decision:deny": ("network", "denied"),
+    "protocol_error": ("network", "error"),
+    "session_start": ("session", "start"),
+    "session_end": ("session", "end"),
+    "session_refused": ("network", "denied"),
+    "upstream:connected": ("network", "connection"),
+    "upstream": ("network", "error"),
+    "gateway_start": ("process", "start"),
+    "gateway_stop": ("process", "end"),
+    "policy_loaded": ("configuration", "change"),
+    "policy_rejected": ("configuration", "error"),
+    "certificate_loaded": ("configuration", "change"),
+    "certificate_load_failed": ("configuration", "error"),
+    "renewal_proved": ("authentication", "info"),
+    "audit_dropped": ("process", "error"),
+    "audit_error": ("process", "error"),
+}
+
+
+def ecs_path(record: Record, field: str) -> str:
+    """Where a flat field goes in the ECS document (ranges excepted: :data:`ECS_RANGES`)."""
+    target = ICSNPP_PATHS.get(record.get("protocol"), {}).get(field)  # type: ignore[arg-type]
+    if target is not None:
+        return f"ztgate.{target}"
+    return ECS_PATHS.get(field, f"ztgate.{field}")
+
+
+def _put(document: dict[str, Any], path: str, value: Any) -> None:
+    *parents, leaf = path.split(".") if path != "@timestamp" else [path]
+    node = document
+    for name in parents:
+        node = node.setdefault(name, {})
+    node[leaf] = value
+
+
+def _split_peer(peer: str) -> tuple[str, int] | None:
+    host, _, port = peer.rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+def to_ecs(record: Record) -> dict[str, Any]:
+    """The record as an ECS document (nested objects)."""
+    sig = signature(record)
+    category, kind = _ECS_KIND.get(sig, _ECS_KIND.get(str(record.get("event")), ("process", "info")))
+    document: dict[str, Any] = {}
+    _put(document, "ecs.version", ECS_VERSION)
+    for name, value in record.items():
+        span = ECS_RANGES.get(name)
+        if span is not None and record.get("protocol") == "modbus" and _is_range(value):
+            _put(document, f"ztgate.{span[0]}", value[0])
+            _put(document, f"ztgate.{span[1]}", value[1] - value[0] + 1)
+        else:
+            _put(document, ecs_path(record, name), value)
+    _put(document, "event.kind", "event")
+    _put(document, "event.category", [category])
+    _put(document, "event.type", [kind])
+    _put(document, "event.outcome", "failure" if _failed(record) else "success")
+    _put(document, "event.severity", severity(record)[0])
+    _put(document, "observer.product", PRODUCT)
+    _put(document, "observer.vendor", PRODUCT)
+    _put(document, "observer.version", __version__)
+    if record.get("protocol") is not None:
+        _put(document, "network.transport", "tcp")
+    if isinstance(record.get("asset"), str):
+        _put(document, "tls.client.server_name", record["asset"])
+    peer = _split_peer(record["peer"]) if isinstance(record.get("peer"), str) else None
+    if peer is not None:
+        _put(document, "source.ip", peer[0])
+        _put(document, "source.port", peer[1])
+    latency = record.get("latency_us")
+    if isinstance(latency, int) and not isinstance(latency, bool):
+        _put(document, "event.duration", latency * 1000)  # ECS durations are nanoseconds
+    return document
+
+
+def _is_range(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(type(v) is int for v in value)
+        and value[0] <= value[1]
+    )
+
+
+# ------------------------------------------------------------------------------------ CEF
+
+# Flat field -> CEF key from ArcSight's extension dictionary; the rest become ``ztgate<Field>`` keys
+# (custom keys: letters and digits only, as the spec asks).
+CEF_KEYS: Final[dict[str, str]] = {
+    "gateway": "dvchost",
+    "event": "cat",
+    "identity": "suser",
+    "asset": "dhost",
+    "protocol": "app",
+    "session": "externalId",
+    "decision": "outcome",
+    "action": "act",
+    "reason": "reason",
+    "rule": "cs1",
+    "policy_revision": "cs2",
+    "peer": "cs3",
+    "upstream": "cs4",
+}
+_CEF_LABELS: Final = {"cs1": "rule", "cs2": "policyRevision", "cs3": "peer", "cs4": "upstream"}
+_CEF_NAMES: Final[dict[str, str]] = {
+    "decision:allow": "Request allowed",
+    "decision:would-deny": "Request would be denied (monitor mode)",
+    "decision:deny": "Request denied",
+    "protocol_error": "Protocol error",
+    "session_start": "Session started",
+    "session_end": "Session ended",
+    "session_refused": "Session refused",
+    "upstream:connected": "Device connected",
+    "upstream": "Device connection problem",
+    "gateway_start": "Gateway started",
+    "gateway_stop": "Gateway stopped",
+    "policy_loaded": "Policy loaded",
+    "policy_rejected": "Policy rejected",
+    "certificate_loaded": "Certificate loaded",
+    "certificate_load_failed": "Certificate not loaded",
+    "renewal_proved": "Renewed certificate proved",
+    "audit_dropped": "Audit records dropped",
+    "audit_error": "Audit record not encodable",
+}
+_HEADER_ESCAPES: Final = str.maketrans({"\\": "\\\\", "|": "\\|"})
+_EXTENSION_ESCAPES: Final = str.maketrans({"\\": "\\\\", "=": "\\=", "\n": "\\n", "\r": "\\r"})
+
+
+def cef_key(field: str) -> str:
+    key = CEF_KEYS.get(field)
+    if key is not None:
+        return key
+    return "ztgate" + "".join(part[:1].upper() + part[1:] for part in re.split(r"[^A-Za-z0-9]+", field))
+
+
+def _cef_value(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    return orjson.dumps(value).decode()  # numbers, booleans, lists, objects: as JSON text
+
+
+def _epoch_ms(time_text: Any) -> int | None:
+    if not isinstance(time_text, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(time_text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        return None
+    return int(moment.timestamp() * 1000)
+
+
+def to_cef(record: Record) -> tuple[tuple[str, ...], list[tuple[str, str]]]:
+    """The CEF header fields and extension pairs of a record, unescaped."""
+    # Only our own words in the header: a decision or state we do not know falls back to the event's.
+    sig = signature(record)
+    if sig not in _CEF_NAMES:
+        sig = str(record.get("event")) if record.get("event") in _CEF_NAMES else "unknown"
+    name = _CEF_NAMES.get(sig, "Audit record")
+    header = ("0", PRODUCT, PRODUCT, __version__, sig, name, str(severity(record)[0]))
+    pairs: list[tuple[str, str]] = []
+    rt = _epoch_ms(record.get("time"))
+    if rt is not None:
+        pairs.append(("rt", str(rt)))
+    for field, value in record.items():
+        key = cef_key(field)
+        pairs.append((key, _cef_value(value)))
+        if key in _CEF_LABELS:
+            pairs.append((f"{key}Label", _CEF_LABELS[key]))
+    return header, pairs
+
+
+def cef_line(header: tuple[str, ...], pairs: list[tuple[str, str]]) -> str:
+    version, *rest = header
+    head = "|".join([f"CEF:{version}", *(part.translate(_HEADER_ESCAPES) for part in rest)])
+    extension = " ".join(f"{key}={value.translate(_EXTENSION_ESCAPES)}" for key, value in pairs)
+    return f"{head}|{extension}"
+
+
+# ------------------------------------------------------------------------------------ OCSF
+
+# Which OCSF class each record takes, and why (docs/audit.md says the same):
+# - a decision (and a protocol error, a request that could not be decided) is one operation on the
+#   device's API by an authenticated actor: API Activity (6003), with the Security Control profile's
+#   action_id/disposition_id for allowed/denied. Authorize Session (3003) describes privileges granted to
+#   a logon session, not one request, and Network Activity has no actor or operation.
+# - the connection lifecycle (session start/end/refusal, the device connection): Network Activity (4001).
+# - the gateway's own records: Application Lifecycle (6002).
+OCSF_CLASSES: Final[dict[str, tuple[int, int, str]]] = {
+    # event: (category_uid, class_uid, class name)
+    "decision": (6, 6003, "API Activity"),
+    "protocol_error": (6, 6003, "API Activity"),
+    "session_start": (4, 4001, "Network Activity"),
+    "session_end": (4, 4001, "Network Activity"),
+    "session_refused": (4, 4001, "Network Activity"),
+    "upstream": (4, 4001, "Network Activity"),
+    "gateway_start": (6, 6002, "Application Lifecycle"),
+    "gateway_stop": (6, 6002, "Application Lifecycle"),
+    "policy_loaded": (6, 6002, "Application Lifecycle"),
+    "policy_rejected": (6, 6002, "Application Lifecycle"),
+    "certificate_loaded": (6, 6002, "Application Lifecycle"),
+    "certificate_load_failed": (6, 6002, "Application Lifecycle"),
+    "renewal_proved": (6, 6002, "Application Lifecycle"),
+    "audit_dropped": (6, 6002, "Application Lifecycle"),
+    "audit_error": (6, 6002, "Application Lifecycle"),
+}
+_OTHER: Final = 99
+# Network Activity: Open 1, Close 2, Fail 4, Refuse 5; Application Lifecycle: Start 3, Stop 4, Update 8.
+_OCSF_ACTIVITY: Final[dict[str, int]] = {
+    "session_start": 1,
+    "session_end": 2,
+    "session_refused": 5,
+    "upstream:connected": 1,
+    "gateway_start": 3,
+    "gateway_stop": 4,
+    "policy_loaded": 8,
+    "certificate_loaded": 8,
+}
+_UPSTREAM_ACTIVITY: Final = {"disconnected": 2, "connect_failed": 4}
+# API Activity: Read 2, Update 3, by the words of the operation's name (Modbus, CIP and OPC UA names).
+_API_WORDS: Final = (("write", 3), ("set", 3), ("read", 2), ("get", 2), ("browse", 2), ("translate", 2))
+# Security Control profile: action_id 1 Allowed, 2 Denied; disposition_id 1 Allowed, 2 Blocked,
+# 6 Dropped, 15 Detected (monitor mode: seen, let through).
+_DISPOSITION: Final = {"exception": 2, "close": 2, "drop": 6}
+_OCSF_OWN: Final = frozenset(
+    ("time", "gateway", "event", "identity", "session", "time_last", "count", "reason")
+)
+
+
+def _operation(record: Record) -> str:
+    return str(record.get("func") or record.get("service") or record.get("event"))
+
+
+def _api_activity(record: Record) -> int:
+    if "write" in record or "values" in record:
+        return 3
+    words = re.split(r"[^a-z]+", _operation(record).lower())
+    for word, activity in _API_WORDS:
+        if word in words:
+            return activity
+    return _OTHER
+
+
+def _ocsf_activity(record: Record) -> int:
+    event = str(record.get("event"))
+    if OCSF_CLASSES.get(event, (0, 0, ""))[1] == 6003:
+        return _api_activity(record)
+    if event == "upstream":
+        state = str(record.get("state"))
+        return 1 if state == "connected" else _UPSTREAM_ACTIVITY.get(state, _OTHER)
+    return _OCSF_ACTIVITY.get(event, _OTHER)
+
+
+def to_ocsf(record: Record) -> dict[str, Any]:
+    """The record as an OCSF event of the class :data:`OCSF_CLASSES` names for it."""
+    event = str(record.get("event"))
+    category_uid, class_uid, _ = OCSF_CLASSES.get(event, (6, 6002, "Application Lifecycle"))
+    activity = _ocsf_activity(record)
+    product = {"name": PRODUCT, "vendor_name": PRODUCT, "version": __version__}
+    metadata: dict[str, Any] = {"version": OCSF_VERSION, "product": product, "log_name": event}
+    if isinstance(record.get("session"), str):
+        metadata["correlation_uid"] = record["session"]
+    out: dict[str, Any] = {
+        "category_uid": category_uid,
+        "class_uid": class_uid,
+        "activity_id": activity,
+        "type_uid": class_uid * 100 + activity,
+        "time": _epoch_ms(record.get("time")) or 0,
+        "severity_id": severity(record)[1],
+        "metadata": metadata,
+        "message": _CEF_NAMES.get(signature(record), event),
+    }
+    if record.get("reason") is not None:
+        out["status_detail"] = record["reason"]
+    if record.get("aggregated"):
+        out["count"] = record.get("count")
+        out["start_time"] = out["time"]
+        out["end_time"] = _epoch_ms(record.get("time_last")) or out["time"]
+    if event == "decision":
+        verdict = record.get("decision")
+        out["action_id"] = 2 if verdict == "deny" else 1
+        out["disposition_id"] = (
+            _DISPOSITION.get(str(record.get("action")), 2)
+            if verdict == "deny"
+            else 15
+            if verdict == "would-deny"
+            else 1
+        )
+        metadata["profiles"] = ["security_control"]
+    if class_uid == 6003:
+        out["status_id"] = 1 if record.get("outcome") == "ok" else 2
+        if record.get("outcome") is not None:
+            out["status"] = record["outcome"]
+        if record.get("code_name") is not None:
+            out["status_code"] = record["code_name"]
+    session = record.get("session")
+    if class_uid in (6003, 4001):
+        if isinstance(record.get("identity"), str):
+            out["actor"] = {"user": {"uid": record["identity"]}}
+        source: dict[str, Any] = {}
+        peer = _split_peer(record["peer"]) if isinstance(record.get("peer"), str) else None
+        if peer is not None:
+            source.update(ip=peer[0], port=peer[1])
+        # A decision record has no address; its session id joins it to the session_start's endpoint.
+        if isinstance(session, str):
+            source["uid"] = session
+        if source:
+            out["src_endpoint"] = source
+        if isinstance(record.get("asset"), str):
+            out["dst_endpoint"] = {"name": record["asset"]}
+    if class_uid == 6003:
+        out["api"] = {"operation": _operation(record)}
+        if "actor" not in out:  # the schema requires an actor; a record without identity names the gateway
+            out["actor"] = {"app_name": str(record.get("gateway"))}
+        out.setdefault("src_endpoint", {"uid": str(session)})
+        if isinstance(record.get("asset"), str):
+            out["resources"] = [{"name": record["asset"], "type": "asset"}]
+    if class_uid == 6002:
+        out["app"] = {**product, "uid": str(record.get("gateway"))}
+    unmapped = {k: v for k, v in record.items() if k not in _OCSF_OWN}
+    out["unmapped"] = _ztgate_detail(record, unmapped)
+    return out
+
+
+def _ztgate_detail(record: Record, fields: Record) -> dict[str, Any]:
+    """The record's own fields, the target fields under their ICSNPP names (as in the ECS ``ztgate.*``)."""
+    detail: dict[str, Any] = {}
+    for name, value in fields.items():
+        path = ecs_path(record, name)
+        _put(detail, path.removeprefix("ztgate.") if path.startswith("ztgate.") else name, value)
+    return detail
+
+
+# ------------------------------------------------------------------------------------ entry point
+
+
+def _json(document: dict[str, Any]) -> str:
+    return orjson.dumps(document).decode()
+
+
+_FORMATTERS: Final[dict[str, Callable[[Record], str]]] = {
+    "ztgate": _json,
+    "json": lambda record: _json(to_ecs(record)),
+    "cef": lambda record: cef_line(*to_cef(record)),
+    "ocsf": lambda record: _json(to_ocsf(record)),
+}
+
+
+def format_record(record: Record, fmt: str) -> str:
+    """One record as one line (no newline) in ``fmt``; ValueError names the formats for an unknown one.
+
+    Text from the record never ends a line: JSON escapes control characters, CEF escapes CR and LF.
+    """
+    formatter = _FORMATTERS.get(fmt)
+    if formatter is None:
+        raise ValueError(f"unknown audit format {fmt!r}; one of {', '.join(FORMATS)}")
+    return formatter(record)
+
+
+# ------------------------------------------------------------------------------------ the docs
+
+_ENVELOPE: Final = {"time": "2026-12-07T12:00:00.000000Z", "gateway": "gw-1"}
+_ALICE: Final = {
+    "session": "d40926-000005",
+    "identity": "spiffe://plant1.example/user/alice",
+    "asset": "plc-1",
+    "protocol": "modbus",
+}
+# One record of each event, as the gateway writes them (tests hold them to gateway/audit_schema.py).
+EXAMPLES: Final[tuple[Record, ...]] = (
+    {**_ENVELOPE, "event": "session_start", **_ALICE, "policy_revision": "c3635534002a",
+     "peer": "127.0.0.1:50312"},
+    {**_ENVELOPE, "event": "decision", **_ALICE, "policy_revision": "c3635534002a", "unit": 1, "fc": 6,
+     "func": "WRITE_SINGLE_REGISTER", "tid": 7, "write": [40, 40], "values": [1501], "decision": "deny",
+     "rule": "operators-setpoint", "action": "exception", "reason": "value 1501 above 1500", "code": 3,
+     "code_name": "ILLEGAL_DATA_VALUE", "code_hex": "0x03", "outcome": "refused"},
+    {**_ENVELOPE, "event": "protocol_error", **_ALICE, "policy_revision": "c3635534002a", "side": "client",
+     "reason": "MBAP length 300 above 254"},
+    {**_ENVELOPE, "event": "upstream", **_ALICE, "policy_revision": "c3635534002a", "state": "connect_failed",
+     "upstream": "127.0.0.1:5020", "reason": "connection refused"},
+    {**_ENVELOPE, "event": "session_end", **_ALICE, "requests": 42, "denied": 1, "duration_s": 12.5,
+     "reason": "client closed"},
+    {**_ENVELOPE, "event": "gateway_start", "listen": ["127.0.0.1:8443"], "policy_revision": "c3635534002a",
+     "policy_origin": "file", "assets": ["plc-1", "plc-2", "opc-1"]},
+    {**_ENVELOPE, "event": "gateway_stop"},
+    {**_ENVELOPE, "event": "policy_loaded", "trigger": "SIGHUP", "file": "/etc/ztgate/policy.toml",
+     "policy_revision": "d1e2f3a4b5c6", "previous_revision": "c3635534002a", "rules": 12,
+     "assets": ["plc-1", "plc-2", "opc-1"]},
+    {**_ENVELOPE, "event": "policy_rejected", "trigger": "watch", "file": "/etc/ztgate/policy.toml",
+     "errors": ["/etc/ztgate/policy.toml:14: unknown function code 99"], "policy_revision": "c3635534002a"},
+    {**_ENVELOPE, "event": "session_refused", "peer": "127.0.0.1:50400", "source": "127.0.0.1",
+     "category": "handshake", "reason": "certificate signed by an unknown CA"},
+    {**_ENVELOPE, "event": "certificate_loaded", "trigger": "SIGHUP", "cert": "/etc/ztgate/gateway.crt",
+     "identity": "spiffe://plant1.example/gateway/gw-1", "not_after": "2027-03-07T12:00:00Z"},
+    {**_ENVELOPE, "event": "certificate_load_failed", "trigger": "watch",
+     "error": "/etc/ztgate/gateway.key: the key does not match the certificate"},
+    {**_ENVELOPE, "event": "renewal_proved", "identity": "spiffe://plant1.example/user/alice",
+     "peer": "127.0.0.1:50312", "serial": "4f1a9c", "not_after": "2027-01-07T12:00:00Z",
+     "sessions": ["d40926-000005"]},
+    {**_ENVELOPE, "event": "audit_dropped", "reason": "queue_full", "count": 17},
+    {**_ENVELOPE, "event": "audit_error", "error": "Integer exceeds 64-bit range", "repr": "{'event': ...}"},
+)  # fmt: skip
+
+
+def render_examples() -> str:
+    """The example section of docs/audit.md: each example record in every format."""
+    parts = [
+        "#### Severity by record\n",
+        "| record | CEF severity, ECS `event.severity` | OCSF `severity_id` |",
+    ]
+    parts.append("|---|---|---|")
+    parts += [f"| `{sig}` | {cef} | {ocsf} |" for sig, (cef, ocsf) in SEVERITY.items()]
+    parts += [f"| any other | {_INFO[0]} | {_INFO[1]} |", ""]
+    for record in EXAMPLES:
+        parts.append(f"#### `{record['event']}`\n")
+        for fmt in FORMATS:
+            parts.append(f"{fmt}:\n\n```\n{format_record(record, fmt)}\n```\n")
+    return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    print(render_examples(), end="")
