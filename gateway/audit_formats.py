@@ -369,7 +369,6 @@ _OCSF_ACTIVITY: Final[dict[str, int]] = {
     "session_start": 1,
     "session_end": 2,
     "session_refused": 5,
-    "upstream:connected": 1,
     "gateway_start": 3,
     "gateway_stop": 4,
     "policy_loaded": 8,
@@ -381,9 +380,8 @@ _API_WORDS: Final = (("write", 3), ("set", 3), ("read", 2), ("get", 2), ("browse
 # Security Control profile: action_id 1 Allowed, 2 Denied; disposition_id 1 Allowed, 2 Blocked,
 # 6 Dropped, 15 Detected (monitor mode: seen, let through).
 _DISPOSITION: Final = {"exception": 2, "close": 2, "drop": 6}
-_OCSF_OWN: Final = frozenset(
-    ("time", "gateway", "event", "identity", "session", "time_last", "count", "reason")
-)
+# Fields every OCSF event holds elsewhere than in ``unmapped`` (time, metadata, status_detail).
+_OCSF_PLACED: Final = frozenset(("time", "gateway", "event", "session", "reason"))
 
 
 def _operation(record: Record) -> str:
@@ -431,7 +429,9 @@ def to_ocsf(record: Record) -> dict[str, Any]:
     }
     if record.get("reason") is not None:
         out["status_detail"] = record["reason"]
+    placed = set(_OCSF_PLACED)
     if record.get("aggregated"):
+        placed.update(("count", "time_last"))
         out["count"] = record.get("count")
         out["start_time"] = out["time"]
         out["end_time"] = _epoch_ms(record.get("time_last")) or out["time"]
@@ -456,6 +456,7 @@ def to_ocsf(record: Record) -> dict[str, Any]:
     if class_uid in (6003, 4001):
         if isinstance(record.get("identity"), str):
             out["actor"] = {"user": {"uid": record["identity"]}}
+            placed.add("identity")
         source: dict[str, Any] = {}
         peer = _split_peer(record["peer"]) if isinstance(record.get("peer"), str) else None
         if peer is not None:
@@ -476,7 +477,7 @@ def to_ocsf(record: Record) -> dict[str, Any]:
             out["resources"] = [{"name": record["asset"], "type": "asset"}]
     if class_uid == 6002:
         out["app"] = {**product, "uid": str(record.get("gateway"))}
-    unmapped = {k: v for k, v in record.items() if k not in _OCSF_OWN}
+    unmapped = {k: v for k, v in record.items() if k not in placed}
     out["unmapped"] = _ztgate_detail(record, unmapped)
     return out
 

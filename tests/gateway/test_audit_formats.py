@@ -153,3 +153,18 @@ def test_the_ocsf_checker_refuses_a_missing_required_field() -> None:
     event["type_uid"] += 1
     event["metadata"]["version"] = "1.7.0"
     assert len(ocsf_problems(event)) == 2
+
+
+@pytest.mark.parametrize("record", EXAMPLES, ids=lambda r: r["event"])
+def test_ocsf_keeps_every_field_it_does_not_place_in_unmapped(record: dict[str, Any]) -> None:
+    event = audit_formats.to_ocsf(record)
+    placed = {"time", "gateway", "event", "session", "reason"}
+    if "actor" in event and "user" in event["actor"]:
+        placed.add("identity")
+    if record.get("aggregated"):
+        placed |= {"count", "time_last"}
+    unmapped = event["unmapped"]
+    for name in record.keys() - placed:
+        path = audit_formats.ecs_path(record, name)
+        key = path.removeprefix("ztgate.").split(".")[0] if path.startswith("ztgate.") else name
+        assert key in unmapped, name
