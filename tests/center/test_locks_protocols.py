@@ -23,6 +23,7 @@ from gateway.lab.sim.opcua import OpcUaSim
 from gateway.server import Gateway
 from tests.center.harness import TD, Site, eventually
 
+GATEWAY_ID = f"spiffe://{TD}/gateway/site1/gw-1"
 HMI_3 = f"spiffe://{TD}/agent/site1/hmi-3"
 HMI_4 = f"spiffe://{TD}/agent/site1/hmi-4"
 PLANT = "urn:ztgate:sim:plant"
@@ -139,7 +140,7 @@ async def _poll_opcua(poller: Poller, port: int) -> None:
 
 async def _agent(site: Site, credentials: Credentials, gateway: Gateway) -> Agent:
     listeners = tuple(
-        AgentListener(("127.0.0.1", 0), asset, ("127.0.0.1", gateway.port), protocol)
+        AgentListener(("127.0.0.1", 0), asset, ("127.0.0.1", gateway.port), protocol, GATEWAY_ID)
         for asset, protocol in (("plc-1", "modbus"), ("plc-2", "enip"), ("opc-1", "opcua"))
     )
     agent = Agent(
@@ -186,7 +187,7 @@ async def test_an_agent_lock_cuts_its_three_protocols_and_spares_the_other_agent
     async with EnipSim(static=True) as enip, OpcUaSim(static=True) as opcua:
         await site.push(_policy(device.port, enip.port, opcua.port))
         gateway = await site.start_gateway(
-            await site.enroll("gateway", f"spiffe://{TD}/gateway/site1/gw-1", "gw-1"), "gw-1"
+            await site.enroll("gateway", GATEWAY_ID, "gw-1"), "gw-1"
         )
         locked = await _agent(site, await site.enroll("agent", HMI_3, "hmi-3"), gateway)
         spared = await _agent(site, await site.enroll("agent", HMI_4, "hmi-4"), gateway)
