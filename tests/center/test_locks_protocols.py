@@ -186,9 +186,7 @@ async def test_an_agent_lock_cuts_its_three_protocols_and_spares_the_other_agent
     device = await site.device()
     async with EnipSim(static=True) as enip, OpcUaSim(static=True) as opcua:
         await site.push(_policy(device.port, enip.port, opcua.port))
-        gateway = await site.start_gateway(
-            await site.enroll("gateway", GATEWAY_ID, "gw-1"), "gw-1"
-        )
+        gateway = await site.start_gateway(await site.enroll("gateway", GATEWAY_ID, "gw-1"), "gw-1")
         locked = await _agent(site, await site.enroll("agent", HMI_3, "hmi-3"), gateway)
         spared = await _agent(site, await site.enroll("agent", HMI_4, "hmi-4"), gateway)
         async with _polling(locked, "hmi-3") as cut, _polling(spared, "hmi-4") as going_on:
