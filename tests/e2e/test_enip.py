@@ -316,7 +316,7 @@ async def test_pycomm3_defaults_read_an_array_over_the_assets_connection_size(la
     result, size = await in_thread(run)
     assert result.error is None and result.value == trend and size == 500
     refused = lab.audit_events(event="decision", service="large_forward_open")
-    assert [(e["decision"], e["status"]) for e in refused] == [("allow", 1)]
+    assert [(e["decision"], e["code"]) for e in refused] == [("allow", 1)]
     assert "connection size 4000 bytes above the 500" in refused[0]["outcome"]
     assert not [r for r in plc.received if r.tag == "Trend" and r.service == 0x4C]  # fragments only
 

@@ -193,7 +193,7 @@ async def test_pycomm3_defaults_fall_back_to_the_connection_size_the_gateway_car
     large, small = (
         lab.audit_events(event="decision", service=s) for s in ("large_forward_open", "forward_open")
     )
-    assert [(e["status"], e["outcome"]) for e in large] == [
+    assert [(e["code"], e["outcome"]) for e in large] == [
         (1, "refused by the gateway: connection size 4000 bytes above the 500 the device connection carries")
     ]
     assert [e["outcome"] for e in small] == ["ok"]

@@ -78,8 +78,8 @@ async def test_a_misbehaving_device_gives_the_client_a_cip_status_and_the_audit_
     finally:
         await in_thread(driver.close)
     decisions = lab.audit_events(event="decision", identity=ALICE, service="read_tag", tag="Setpoint")
-    failures = [e for e in decisions if e.get("status")]
-    assert len(failures) == 1 and failures[0]["status"] == status
+    failures = [e for e in decisions if e.get("code")]
+    assert len(failures) == 1 and failures[0]["code"] == status
     assert failures[0]["outcome"].startswith(outcome), failures[0]["outcome"]
     if status == 0x22:
         assert lab.audit_events(event="upstream", state="malformed_reply")
