@@ -1,17 +1,22 @@
 """Admin HTTP (aiohttp), on loopback by default: health, readiness, Prometheus metrics, live sessions.
 
 It shares the event loop with the data path and only reads state the data path keeps anyway; a scrape
-never takes a lock the data path needs.
+never takes a lock the data path needs. :func:`process_app` is what every process serves (the gateway,
+and the agent when ``[agent] admin`` is set): ``/healthz``, ``/readyz`` from its status sources, and
+``/metrics``; :func:`build_app` adds the gateway's assets and sessions.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 from aiohttp import web
 
-from gateway.metrics import UpstreamState
+from gateway.metrics import ProcessMetrics, UpstreamState
 from gateway.runtime import Runtime
 
 if TYPE_CHECKING:
@@ -20,6 +25,37 @@ if TYPE_CHECKING:
     from gateway.tls import TlsMaterial
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+# name -> what to show in /readyz; a "ready": false in it makes the process not ready.
+StatusSources = dict[str, Callable[[], dict[str, Any]]]
+
+
+class Observed(Protocol):
+    """What the admin endpoints of a process read: a gateway's :class:`Runtime`, an agent's
+    :class:`ProcessState`."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def metrics(self) -> ProcessMetrics: ...
+
+    @property
+    def status(self) -> StatusSources: ...
+
+    @property
+    def clock(self) -> Callable[[], float]: ...
+
+
+@dataclass
+class ProcessState:
+    """The admin state of a process without a gateway's runtime (the agent)."""
+
+    name: str
+    metrics: ProcessMetrics = field(default_factory=ProcessMetrics)
+    status: StatusSources = field(default_factory=dict)
+    clock: Callable[[], float] = time.time
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -51,65 +87,93 @@ def _asset_state(state: UpstreamState, closed: str | None) -> dict[str, Any]:
     }
 
 
-def build_app(runtime: Runtime) -> web.Application:
-    async def healthz(_: web.Request) -> web.Response:
-        return _json({"status": "ok", "gateway": runtime.name})
+def readiness(observed: Observed) -> tuple[bool, dict[str, Any]]:
+    """Whether every status source of the process is ready, and what each says."""
+    body: dict[str, Any] = {}
+    ready = True
+    for name, source in observed.status.items():
+        body[name] = source()
+        ready = ready and body[name].get("ready", True)
+    return ready, body
 
-    def readiness() -> tuple[bool, dict[str, Any], dict[str, dict[str, Any]]]:
-        """Whether the gateway itself can serve (every status source ready), its body, and the assets."""
-        refusals = runtime.policies.refusals
-        assets = {
-            state.asset: _asset_state(state, refusals.get(state.asset))
-            for state in runtime.upstreams.states()
-        }
-        policy = runtime.policies.current
-        body: dict[str, Any] = {
-            "policy_revision": policy.revision,
-            "policy_origin": runtime.policies.origin,
-            "policy_error": runtime.policies.last_error,
-        }
-        ready = True
-        for name, source in runtime.status.items():
-            body[name] = source()
-            ready = ready and body[name].get("ready", True)
-        return ready, body, assets
+
+def process_app(
+    observed: Observed,
+    process: str,
+    *,
+    fields: Callable[[], dict[str, Any]] = dict,
+    assets: Callable[[], dict[str, dict[str, Any]]] | None = None,
+) -> web.Application:
+    """``/healthz``, ``/readyz`` and ``/metrics`` of a ``process`` ("gateway", "agent"). ``/readyz``
+    shows ``fields()``, then every status source, then ``assets()`` when given."""
+
+    async def healthz(_: web.Request) -> web.Response:
+        return _json({"status": "ok", process: observed.name})
 
     async def readyz(_: web.Request) -> web.Response:
-        # One dead device does not take the gateway out of service: it is ready while it can serve
-        # at least one of its assets; each asset's own answer is /readyz/<asset>.
-        ready, body, assets = readiness()
-        down = sorted(name for name, asset in assets.items() if not asset["ready"])
-        ready = ready and (not assets or len(down) < len(assets))
-        body = {"ready": ready, **body, "assets": assets, "assets_down": down}
-        return _json(body, 200 if ready else 503)
-
-    async def readyz_asset(request: web.Request) -> web.Response:
-        name = request.match_info["asset"]
-        ready, body, assets = readiness()
-        if name not in assets:
-            return _json({"ready": False, "asset": name, "reason": "no such asset in the policy"}, 404)
-        asset = assets[name]
-        ready = ready and asset["ready"]
-        return _json({**body, "asset": name, **asset, "ready": ready}, 200 if ready else 503)
+        ready, found_status = readiness(observed)
+        body = {**fields(), **found_status}
+        if assets is not None:
+            # One dead device does not take the gateway out of service: it is ready while it can serve
+            # at least one of its assets; each asset's own answer is /readyz/<asset>.
+            found = assets()
+            down = sorted(name for name, asset in found.items() if not asset["ready"])
+            ready = ready and (not found or len(down) < len(found))
+            body = {**body, "assets": found, "assets_down": down}
+        return _json({"ready": ready, **body}, 200 if ready else 503)
 
     async def metrics(_: web.Request) -> web.Response:
-        return web.Response(body=runtime.metrics.render(), headers={"Content-Type": PROMETHEUS_CONTENT_TYPE})
-
-    async def sessions(_: web.Request) -> web.Response:
-        return _json({"sessions": runtime.sessions.describe()})
+        return web.Response(body=observed.metrics.render(), headers={"Content-Type": PROMETHEUS_CONTENT_TYPE})
 
     app = web.Application()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/readyz/{asset}", readyz_asset)
     app.router.add_get("/metrics", metrics)
+    return app
+
+
+def build_app(runtime: Runtime) -> web.Application:
+    """The gateway's: the process's endpoints with its policy and assets, ``/readyz/<asset>`` and
+    ``/sessions``."""
+
+    def policy_status() -> dict[str, Any]:
+        return {
+            "policy_revision": runtime.policies.current.revision,
+            "policy_origin": runtime.policies.origin,
+            "policy_error": runtime.policies.last_error,
+        }
+
+    def assets() -> dict[str, dict[str, Any]]:
+        refusals = runtime.policies.refusals
+        return {
+            state.asset: _asset_state(state, refusals.get(state.asset))
+            for state in runtime.upstreams.states()
+        }
+
+    async def readyz_asset(request: web.Request) -> web.Response:
+        name = request.match_info["asset"]
+        ready, body = readiness(runtime)
+        found = assets()
+        if name not in found:
+            return _json({"ready": False, "asset": name, "reason": "no such asset in the policy"}, 404)
+        asset = found[name]
+        ready = ready and asset["ready"]
+        return _json(
+            {**policy_status(), **body, "asset": name, **asset, "ready": ready}, 200 if ready else 503
+        )
+
+    async def sessions(_: web.Request) -> web.Response:
+        return _json({"sessions": runtime.sessions.describe()})
+
+    app = process_app(runtime, "gateway", fields=policy_status, assets=assets)
+    app.router.add_get("/readyz/{asset}", readyz_asset)
     app.router.add_get("/sessions", sessions)
     return app
 
 
-async def start_admin(runtime: Runtime, host: str, port: int) -> tuple[web.AppRunner, int]:
-    """Serve the admin app; returns the runner (for cleanup) and the bound port."""
-    runner = web.AppRunner(build_app(runtime), access_log=None)
+async def serve_admin(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """Serve an admin app; returns the runner (for cleanup) and the bound port."""
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
@@ -118,6 +182,11 @@ async def start_admin(runtime: Runtime, host: str, port: int) -> tuple[web.AppRu
     sockets = getattr(server, "sockets", None) or []
     bound = sockets[0].getsockname()[1] if sockets else port
     return runner, bound
+
+
+async def start_admin(runtime: Runtime, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """Serve the gateway's admin app; returns the runner (for cleanup) and the bound port."""
+    return await serve_admin(build_app(runtime), host, port)
 
 
 def watch_center(runtime: Runtime, link: CenterLink) -> None:
@@ -150,27 +219,40 @@ def watch_center(runtime: Runtime, link: CenterLink) -> None:
     counters["ztgate_bundles_refused"] = lambda: float(link.refused)
 
 
-def watch_certificate(runtime: Runtime, material: TlsMaterial[Any], renewer: Renewer | None) -> None:
-    """The serving certificate in /readyz (not ready while it is expired or not yet valid, or while a
-    renewal is overdue) and in the metrics: every certificate's seconds to expiry, and the renewal."""
+def watch_certificate(
+    observed: Observed,
+    material: TlsMaterial[Any],
+    renewer: Renewer | None,
+    *,
+    reload_failure_unready: bool = False,
+) -> None:
+    """A process's own certificate in /readyz (not ready while it is expired or not yet valid, or while
+    a renewal is overdue; with ``reload_failure_unready``, also while files put in its place do not
+    load) and in the metrics: every certificate's seconds to expiry, and the renewal."""
 
     def status() -> dict[str, Any]:
         found = material.status()
         if renewer is not None:
             found.update(renewer.status())
             found["ready"] = found["ready"] and not found["overdue"]
+        if reload_failure_unready and material.reload_error is not None:
+            found["ready"] = False
+            found.setdefault(
+                "reason",
+                f"the certificate files do not load ({material.reload_error}); the previous ones are in use",
+            )
         return found
 
-    runtime.status["certificate"] = status
-    gauges, counters = runtime.metrics.gauges, runtime.metrics.counters
-    runtime.metrics.labelled_gauges["ztgate_certificate_expiry_seconds"] = (
-        "Seconds until the certificate's notAfter (negative: expired): the serving certificate (leaf) "
-        "and each CA certificate trusted",
+    observed.status["certificate"] = status
+    gauges, counters = observed.metrics.gauges, observed.metrics.counters
+    observed.metrics.labelled_gauges["ztgate_certificate_expiry_seconds"] = (
+        "Seconds until the certificate's notAfter (negative: expired): the process's own certificate "
+        "(leaf) and each CA certificate trusted",
         ("certificate", "file", "subject"),
         material.expiry_seconds,
     )
     gauges["ztgate_certificate_not_after_seconds"] = lambda: material.not_after
-    gauges["ztgate_certificate_expires_in_seconds"] = lambda: material.not_after - runtime.clock()
+    gauges["ztgate_certificate_expires_in_seconds"] = lambda: material.not_after - observed.clock()
     counters["ztgate_certificate_reloads"] = lambda: float(material.reloads)
     if renewer is None:
         return

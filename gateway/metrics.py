@@ -60,8 +60,51 @@ class UpstreamState:
     last_error: str | None = None  # why the last connection attempt failed or the last one was lost
 
 
-class Metrics:
-    """All counters of one gateway process."""
+class ProcessMetrics:
+    """What any ztgate process exposes: gauges and counters read at scrape time (certificates, center
+    link, the agent's relays). The gateway's data path adds its own families (:class:`Metrics`)."""
+
+    def __init__(self) -> None:
+        self.gauges: dict[str, Callable[[], float]] = {}
+        # name -> (help, label names, read: [(label values, value)]), read at scrape time
+        self.labelled_gauges: dict[
+            str, tuple[str, tuple[str, ...], Callable[[], Iterable[tuple[tuple[str, ...], float]]]]
+        ] = {}
+        self.counters: dict[str, Callable[[], float]] = {}
+        # name -> ("counter" | "gauge", label names, read: [(label values, value)]), read at scrape time
+        self.labeled: dict[
+            str, tuple[str, tuple[str, ...], Callable[[], Iterable[tuple[tuple[str, ...], float]]]]
+        ] = {}
+        self._registry = CollectorRegistry(auto_describe=False)
+        self._registry.register(_Collector(self))
+
+    def render(self) -> bytes:
+        return generate_latest(self._registry)
+
+    def families(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
+        for name, read in self.gauges.items():
+            gauge = GaugeMetricFamily(name, name.replace("_", " "))
+            gauge.add_metric((), read())
+            yield gauge
+        for name, (text, label_names, read_labelled) in self.labelled_gauges.items():
+            gauge = GaugeMetricFamily(name, text, labels=label_names)
+            for values, value in read_labelled():
+                gauge.add_metric(values, value)
+            yield gauge
+        for name, read in self.counters.items():
+            counter = CounterMetricFamily(name, name.replace("_", " "))
+            counter.add_metric((), read())
+            yield counter
+        for name, (kind, label_names, read_labeled) in self.labeled.items():
+            make = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+            labeled = make(name, name.replace("_", " "), labels=label_names)
+            for values, value in read_labeled():
+                labeled.add_metric(values, value)
+            yield labeled
+
+
+class Metrics(ProcessMetrics):
+    """All counters of one gateway process: the data path's, and the process's."""
 
     def __init__(self) -> None:
         # (protocol, asset, operation, decision) -> count of requests of sessions that have ended;
@@ -73,18 +116,7 @@ class Metrics:
         self.refused_sessions: dict[str, int] = {}
         self.protocol_errors: dict[tuple[str, str], int] = {}
         self.upstream_sources: list[Callable[[], list[UpstreamState]]] = []
-        self.gauges: dict[str, Callable[[], float]] = {}
-        # name -> (help, label names, read: [(label values, value)]), read at scrape time
-        self.labelled_gauges: dict[
-            str, tuple[str, tuple[str, ...], Callable[[], Iterable[tuple[tuple[str, ...], float]]]]
-        ] = {}
-        self.counters: dict[str, Callable[[], float]] = {}
-        # name -> (label names, a callable returning (label values, value) pairs), read at scrape time
-        self.labeled: dict[
-            str, tuple[str, tuple[str, ...], Callable[[], Iterable[tuple[tuple[str, ...], float]]]]
-        ] = {}
-        self._registry = CollectorRegistry(auto_describe=False)
-        self._registry.register(_Collector(self))
+        super().__init__()
 
     def add_requests(self, counts: Iterable[tuple[tuple[str, str, int | str, str], int]]) -> None:
         requests = self.requests
@@ -111,22 +143,13 @@ class Metrics:
         key = (protocol, side)
         self.protocol_errors[key] = self.protocol_errors.get(key, 0) + 1
 
-    def render(self) -> bytes:
-        return generate_latest(self._registry)
-
-
-class _Collector(Collector):
-    def __init__(self, metrics: Metrics) -> None:
-        self._metrics = metrics
-
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
-        m = self._metrics
+    def families(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
         requests = CounterMetricFamily(
             "ztgate_requests",
             "Requests decided, by protocol, asset, operation and decision",
             labels=("protocol", "asset", "operation", "decision"),
         )
-        for (protocol, asset, operation, decision), count in m.request_totals().items():
+        for (protocol, asset, operation, decision), count in self.request_totals().items():
             requests.add_metric((protocol, asset, str(operation), decision), count)
         yield requests
 
@@ -135,14 +158,14 @@ class _Collector(Collector):
             "Time from decoding a forwarded request to answering the client",
             labels=("protocol", "asset"),
         )
-        for labels, histogram in list(m.latency.items()):
+        for labels, histogram in list(self.latency.items()):
             latency.add_metric(labels, histogram.buckets(), histogram.total_s)
         yield latency
 
         refused = CounterMetricFamily(
             "ztgate_sessions_refused", "Overlay sessions refused, by reason", labels=("reason",)
         )
-        for reason, count in list(m.refused_sessions.items()):
+        for reason, count in list(self.refused_sessions.items()):
             refused.add_metric((reason,), count)
         yield refused
 
@@ -151,11 +174,11 @@ class _Collector(Collector):
             "Malformed messages, by protocol and side (client or upstream)",
             labels=("protocol", "side"),
         )
-        for labels, count in list(m.protocol_errors.items()):
+        for labels, count in list(self.protocol_errors.items()):
             errors.add_metric(labels, count)
         yield errors
 
-        states = [state for source in m.upstream_sources for state in source()]
+        states = [state for source in self.upstream_sources for state in source()]
         labels = ("protocol", "asset")
         families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {
             "connected": GaugeMetricFamily(
@@ -189,23 +212,12 @@ class _Collector(Collector):
             for field, family in families.items():
                 family.add_metric((state.protocol, state.asset), getattr(state, field))
         yield from families.values()
+        yield from super().families()
 
-        for name, read in m.gauges.items():
-            gauge = GaugeMetricFamily(name, name.replace("_", " "))
-            gauge.add_metric((), read())
-            yield gauge
-        for name, (text, label_names, read_labelled) in m.labelled_gauges.items():
-            gauge = GaugeMetricFamily(name, text, labels=label_names)
-            for values, value in read_labelled():
-                gauge.add_metric(values, value)
-            yield gauge
-        for name, read in m.counters.items():
-            counter = CounterMetricFamily(name, name.replace("_", " "))
-            counter.add_metric((), read())
-            yield counter
-        for name, (kind, label_names, read_labeled) in m.labeled.items():
-            make = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
-            labeled = make(name, name.replace("_", " "), labels=label_names)
-            for values, value in read_labeled():
-                labeled.add_metric(values, value)
-            yield labeled
+
+class _Collector(Collector):
+    def __init__(self, metrics: ProcessMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
+        return self._metrics.families()
