@@ -17,9 +17,11 @@ import socket
 import ssl
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
+from gateway.admin import ProcessState, process_app, serve_admin, watch_certificate
 from gateway.cli import log_to_stderr
 from gateway.config import AgentConfig, AgentListener, ConfigError, TlsFiles, is_loopback, load_agent_config
 from gateway.credentials import Credentials
@@ -28,6 +30,9 @@ from gateway.renewal import Renewer
 from gateway.renewal_proof import prove_renewal
 from gateway.runtime import cancel_tasks
 from gateway.tls import AGENT_ROLE, RENEWAL_ALPN, PinMismatchError, TlsMaterial, client_context
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 log = logging.getLogger("ztgate.agent")
 
@@ -167,6 +172,7 @@ class _Overlay(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         loop_time = asyncio.get_running_loop().time()
         if self.received == 0 and loop_time - self.connected_at < REFUSAL_WINDOW_S and not self.local.closed:
+            self.local.agent.count(self.local.agent.refused, self.local.listener)
             log.warning("%s: %s", self.local.name, explain_refusal(self.local.listener.asset, exc))
         self.local.close()
 
@@ -209,6 +215,7 @@ class _Local(asyncio.Protocol):
                 self.agent.config.connect_timeout_s,
             )
         except ConnectError as exc:
+            self.agent.count(self.agent.connect_failures, self.listener)
             log.warning("%s: %s", self.name, exc)
             self.close()
             return
@@ -218,6 +225,7 @@ class _Local(asyncio.Protocol):
             return
         self.overlay = overlay
         self.agent.live.add(self)
+        self.agent.count(self.agent.relayed, self.listener)
         log.info("%s: connected through %s:%d", self.name, host, port)
         if self.early and overlay.transport is not None:
             overlay.transport.write(b"".join(self.early))
@@ -316,6 +324,16 @@ class Agent:
         self.live: set[_Local] = set()  # local connections whose overlay connection is up
         self._proofs: set[asyncio.Task[None]] = set()
         self.proofs_sent = 0
+        # By asset, for /metrics: overlay connections made, not made, and refused by the gateway.
+        self.relayed: dict[str, int] = {}
+        self.connect_failures: dict[str, int] = {}
+        self.refused: dict[str, int] = {}
+        self.admin_port: int | None = None
+        self._admin: web.AppRunner | None = None
+
+    @staticmethod
+    def count(counts: dict[str, int], listener: AgentListener) -> None:
+        counts[listener.asset] = counts.get(listener.asset, 0) + 1
 
     def context_for(self, listener: AgentListener) -> ssl.SSLContext:
         # Taken per connection: after a renewal, new connections present the new certificate.
@@ -338,6 +356,11 @@ class Agent:
         if center is not None and center.renew:
             self.renewer = Renewer(Credentials(center.credentials), [self.tls])
             self._renewing = loop.create_task(self.renewer.run())
+        if self.config.admin_listen is not None:
+            state = self._admin_state(str(own))
+            self._admin, self.admin_port = await serve_admin(
+                process_app(state, "agent"), *self.config.admin_listen
+            )
         for listener in self.config.listeners:
             host, port = listener.listen
             if not is_loopback(host):
@@ -354,6 +377,22 @@ class Agent:
             self._servers.append(server)
             host, port = server.sockets[0].getsockname()[:2]
             self.bound.append((listener, (host, port)))
+
+    def _admin_state(self, name: str) -> ProcessState:
+        """What the admin endpoints show: the agent's certificate (a reload that fails makes it not
+        ready, since nothing else would tell), its renewal, and its relays by asset."""
+        assert self.tls is not None
+        state = ProcessState(name)
+        watch_certificate(state, self.tls, self.renewer, reload_failure_unready=True)
+        labeled = state.metrics.labeled
+        for metric, counts in (
+            ("ztgate_agent_connections_relayed", self.relayed),
+            ("ztgate_agent_connect_failures", self.connect_failures),
+            ("ztgate_agent_sessions_refused", self.refused),
+        ):
+            labeled[metric] = ("counter", ("asset",), partial(_by_asset, counts))
+        state.metrics.gauges["ztgate_agent_connections_open"] = lambda: float(len(self.live))
+        return state
 
     def _renewed(self, material: TlsMaterial[Contexts]) -> None:
         """A new certificate: prove it to every gateway that carries a live session of this agent, so
@@ -397,6 +436,8 @@ class Agent:
         return self.tls.try_reload(trigger)
 
     async def stop(self) -> None:
+        if self._admin is not None:
+            await self._admin.cleanup()
         if self._watching is not None:
             await cancel_tasks([self._watching])
         await cancel_tasks(self._proofs)
@@ -407,6 +448,10 @@ class Agent:
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()
+
+
+def _by_asset(counts: dict[str, int]) -> list[tuple[tuple[str, ...], float]]:
+    return [((asset,), float(count)) for asset, count in counts.items()]
 
 
 def configure(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -439,10 +484,13 @@ async def _serve(config: AgentConfig) -> int:
         await agent.start()
     except (OSError, ssl.SSLError, ValueError) as error:
         print(f"ztgate agent: cannot start: {error}", file=sys.stderr)
+        await agent.stop()
         return 1
     for listener, (host, port) in agent.bound:
         gw_host, gw_port = listener.gateway
         log.info("%s:%d -> %s via %s:%d", host, port, listener.asset, gw_host, gw_port)
+    if agent.admin_port is not None and config.admin_listen is not None:
+        log.info("admin http://%s:%d", config.admin_listen[0], agent.admin_port)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):

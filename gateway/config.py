@@ -110,6 +110,7 @@ class AgentConfig:
     connect_timeout_s: float
     center: CenterSettings | None = None
     allow_remote: bool = False  # listeners may be on addresses other hosts reach
+    admin_listen: tuple[str, int] | None = None  # /healthz, /readyz, /metrics; None: off
 
 
 def is_loopback(host: str) -> bool:
@@ -552,13 +553,24 @@ def load_agent_config(path: Path) -> AgentConfig:
     check = ConfigChecker(path.absolute().parent)
     check.keys(doc, (), ("agent", "tls", "listeners", "center"))
     center = _center(check, doc, gateway=False)
-    agent = check.section(doc, "agent", ("gateway", "gateway_id", "connect_timeout_s", "allow_remote"))
+    agent = check.section(
+        doc, "agent", ("gateway", "gateway_id", "connect_timeout_s", "allow_remote", "admin")
+    )
     default_gateway = agent.get("gateway")
     default_gateway_id = check.optional(agent, "gateway_id", ("agent",), _gateway_id(check), None)
     connect_timeout = check.optional(
         agent, "connect_timeout_s", ("agent",), lambda v, p: check.number(v, p, 0.1, 120), 5.0
     )
     allow_remote = check.optional(agent, "allow_remote", ("agent",), check.boolean, False)
+    admin_listen = check.address(agent, "admin", ("agent",), None) if "admin" in agent else None
+    if admin_listen is not None and not is_loopback(admin_listen[0]) and allow_remote is False:
+        # Readiness and metrics name the agent's identity, certificate files and assets.
+        check.error(
+            ("agent", "admin"),
+            f"{admin_listen[0]} is not a loopback address: the admin endpoints tell this agent's "
+            "identity and certificate files to whoever reaches them; listen on 127.0.0.1, or set "
+            "[agent] allow_remote = true",
+        )
     tls = check.tls(doc, center)
     listeners: list[AgentListener] = []
     raw = doc.get("listeners")
@@ -606,4 +618,5 @@ def load_agent_config(path: Path) -> AgentConfig:
         connect_timeout_s=connect_timeout,
         center=center,
         allow_remote=allow_remote,
+        admin_listen=admin_listen,
     )

@@ -1,5 +1,6 @@
-"""Real processes for tests that must not share an event loop with the gateway: ``ztgate gateway`` and
-``ztgate sim`` started as an operator starts them, from a config file, with their output kept.
+"""Real processes for tests that must not share an event loop with the gateway: ``ztgate gateway``,
+``ztgate agent`` and ``ztgate sim`` started as an operator starts them, from a config file, with their
+output kept.
 
 The gateway's stderr (its log) is read continuously into :attr:`GatewayProcess.log`, so a test can
 assert that nothing escaped (no traceback) and a full pipe never stalls the gateway.
@@ -25,6 +26,7 @@ STOP_TIMEOUT_S = 10.0
 
 _OVERLAY_LINE = re.compile(rb"overlay on (\S+):(\d+)")
 _ADMIN_LINE = re.compile(rb"admin http://[^:]+:(\d+)")
+_AGENT_LISTENER_LINE = re.compile(rb"127\.0\.0\.1:(\d+) -> ")
 _SIM_LINE = re.compile(rb"listening on (?:opc\.tcp://)?(\S+?):(\d+)")
 
 
@@ -186,6 +188,75 @@ class GatewayProcess:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
         raise RuntimeError("no VmRSS")
+
+    async def stop(self) -> int | None:
+        if self.process is None:
+            return None
+        status = await _stop(self.process)
+        if self._reader is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(STOP_TIMEOUT_S):
+                    await self._reader
+        return status
+
+
+class AgentProcess:
+    """``ztgate agent --config`` with an admin listener on a port the system picks; :attr:`admin_port`
+    once started. Its log is kept in :attr:`log`."""
+
+    def __init__(
+        self, directory: Path, tls: TlsFiles, *, gateway: str = "localhost:1", asset: str = "plc-1"
+    ) -> None:
+        self.config_path = directory / "agent.toml"
+        lines = ["[agent]", f"gateway = {_toml_value(gateway)}", 'admin = "127.0.0.1:0"']
+        lines += [
+            "",
+            "[tls]",
+            *(f"{key} = {_toml_value(getattr(tls, key))}" for key in ("cert", "key", "ca")),
+        ]
+        lines += ["", "[[listeners]]", 'listen = "127.0.0.1:0"', f"asset = {_toml_value(asset)}"]
+        self.config_path.write_text("\n".join(lines) + "\n")
+        self.admin_port = 0
+        self.listen_port = 0
+        self.log: list[bytes] = []
+        self.process: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    async def start(self) -> int:
+        command = [sys.executable, "-m", "gateway", "agent", "--config", str(self.config_path)]
+        self.process = await asyncio.create_subprocess_exec(
+            *command, cwd=REPO_ROOT, env=_env(), stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        ready = asyncio.get_running_loop().create_future()
+        self._reader = asyncio.get_running_loop().create_task(self._read_log(ready))
+        try:
+            async with asyncio.timeout(START_TIMEOUT_S):
+                await ready
+        except BaseException:
+            await self.stop()
+            raise RuntimeError("the agent did not start:\n" + self.log_text()) from None
+        return self.admin_port
+
+    async def _read_log(self, ready: asyncio.Future[None]) -> None:
+        assert self.process is not None and self.process.stderr is not None
+        async for line in self.process.stderr:
+            self.log.append(line)
+            if not self.listen_port and (found := _AGENT_LISTENER_LINE.search(line)):
+                self.listen_port = int(found.group(1))
+            if not ready.done() and (found := _ADMIN_LINE.search(line)):
+                self.admin_port = int(found.group(1))
+                ready.set_result(None)
+        if not ready.done():
+            ready.set_exception(RuntimeError("the agent exited"))
+
+    def log_text(self) -> str:
+        return b"".join(self.log).decode(errors="replace")
 
     async def stop(self) -> int | None:
         if self.process is None:

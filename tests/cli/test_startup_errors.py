@@ -120,3 +120,10 @@ def test_agent_warns_loudly_when_allowed_to_listen_off_loopback(pki: Pki, tmp_pa
     assert result.returncode == 1 and "ztgate agent: cannot start:" in result.stderr
     warning = next(line for line in result.stderr.splitlines() if "NON-LOOPBACK" in line)
     assert "WARNING" in warning and "192.0.2.1:0" in warning and "plc-1" in warning
+
+
+def test_agent_refuses_an_admin_listener_off_loopback_without_allow_remote(pki: Pki, tmp_path: Path) -> None:
+    config = agent_config(pki, tmp_path, "127.0.0.1:0", 'admin = "0.0.0.0:9101"\n')
+    result = ztgate("agent", "--config", str(config))
+    assert result.returncode == 2
+    assert f"{config}:3: agent.admin: 0.0.0.0 is not a loopback address" in result.stderr
