@@ -1,11 +1,13 @@
 """The agent's admin endpoints (``[agent] admin``), on a real ``ztgate agent`` process: /readyz follows
 the agent's own certificate (not ready, with the reason, while it is expired or not yet valid or while
 files put in its place do not load; ready again after good files and SIGHUP), /metrics carries the
-``ztgate_certificate_expiry_seconds`` gauge and the agent's relay counters."""
+``ztgate_certificate_expiry_seconds`` gauge and the agent's relay counters (those with a gateway on
+an agent in the test's process)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -18,10 +20,19 @@ import orjson
 import pytest
 
 from gateway import pki as pki_module
-from gateway.config import TlsFiles
+from gateway.agent import Agent
+from gateway.config import AgentConfig, AgentListener, TlsFiles
 from tests.center.harness import eventually
-from tests.e2e.harness import HMI, Pki
+from tests.e2e.harness import GATEWAY, HMI, Lab, Pki, policy_text
 from tests.processes import AgentProcess
+
+RULES = """
+[[rules]]
+id = "agents-read"
+subjects = ["spiffe://plant1.example/agent/*"]
+assets = ["plc-1"]
+modbus = [{ fc = [3], address = "0-99" }]
+"""
 
 
 def _issue(pki: Pki, out: Path, **dates: datetime) -> TlsFiles:
@@ -35,7 +46,7 @@ def _issue(pki: Pki, out: Path, **dates: datetime) -> TlsFiles:
     return TlsFiles(issued.cert, issued.key, ca)
 
 
-async def _get(agent: AgentProcess, path: str) -> tuple[int, bytes]:
+async def _get(agent: AgentProcess | Agent, path: str) -> tuple[int, bytes]:
     url = f"http://127.0.0.1:{agent.admin_port}{path}"
     async with aiohttp.ClientSession() as session, session.get(url) as response:
         return response.status, await response.read()
@@ -144,3 +155,46 @@ async def _failures(agent: AgentProcess) -> dict[str, float]:
 async def _not_ready(agent: AgentProcess) -> tuple[int, dict[str, Any]] | None:
     status, body = await _readyz(agent)
     return (status, body) if status == 503 else None
+
+
+async def test_relays_refusals_and_failures_are_counted_by_asset(lab: Lab) -> None:
+    gateway = await lab.start_gateway(policy_text(await lab.start_device(), RULES))
+    at = ("127.0.0.1", gateway.port)
+    listeners = (
+        AgentListener(("127.0.0.1", 0), "plc-1", at, "modbus", GATEWAY),
+        AgentListener(("127.0.0.1", 0), "plc-9", at, "modbus", GATEWAY),  # no rule: refused
+        AgentListener(("127.0.0.1", 0), "plc-2", ("127.0.0.1", 1), "modbus", GATEWAY),  # nothing there
+    )
+    config = AgentConfig(
+        lab.dir / "agent.toml", lab.pki.tls("hmi"), listeners, 5.0, admin_listen=("127.0.0.1", 0)
+    )
+    agent = Agent(config)
+    await agent.start()
+    try:
+        ports = [port for _, (_, port) in agent.bound]
+        client = await lab.plain_client(ports[0])
+        assert not (await client.read_holding_registers(0, count=1, device_id=1)).isError()
+        for port in ports[1:]:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(bytes.fromhex("0001 0000 0006 01 03 0000 0001"))
+            with contextlib.suppress(ConnectionResetError):
+                assert await asyncio.wait_for(reader.read(260), 10) == b""  # closed, no answer
+            writer.close()
+
+        async def counted() -> dict[str, dict[str, float]] | None:
+            text = (await _get(agent, "/metrics"))[1].decode()
+            found = {
+                name: _samples(text, f"ztgate_agent_{name}_total")
+                for name in ("connections_relayed", "sessions_refused", "connect_failures")
+            }
+            return found if all(found.values()) else None
+
+        assert await eventually(counted, what="all three counted") == {
+            "connections_relayed": {'{asset="plc-1"}': 1.0, '{asset="plc-9"}': 1.0},
+            "sessions_refused": {'{asset="plc-9"}': 1.0},
+            "connect_failures": {'{asset="plc-2"}': 1.0},
+        }
+        text = (await _get(agent, "/metrics"))[1].decode()
+        assert "\nztgate_agent_connections_open 1.0\n" in text  # the pymodbus client's, still open
+    finally:
+        await agent.stop()
