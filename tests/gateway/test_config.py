@@ -298,3 +298,22 @@ def test_an_agent_listener_on_loopback_needs_nothing(tmp_path: Path, listen: str
     path = tmp_path / "agent.toml"
     path.write_text(AGENT_HEAD.format(extra="") + f'[[listeners]]\nlisten = "{listen}"\nasset = "plc-1"\n')
     assert not load_agent_config(path).allow_remote
+
+
+def test_an_agent_admin_listener_is_off_by_default_and_on_loopback_unless_allowed(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    listener = '[[listeners]]\nlisten = "127.0.0.1:1502"\nasset = "plc-1"\n'
+    path.write_text(AGENT_HEAD.format(extra="") + listener)
+    assert load_agent_config(path).admin_listen is None
+    path.write_text(AGENT_HEAD.format(extra='admin = "127.0.0.1:9101"\n') + listener)
+    assert load_agent_config(path).admin_listen == ("127.0.0.1", 9101)
+    for admin, said in (
+        ("0.0.0.0:9101", "0.0.0.0 is not a loopback address"),
+        ("9101", "expected host:port"),
+    ):
+        path.write_text(AGENT_HEAD.format(extra=f'admin = "{admin}"\n') + listener)
+        with pytest.raises(ConfigError) as caught:
+            load_agent_config(path)
+        assert str(caught.value).startswith(f"{path}:3: agent.admin: ") and said in str(caught.value)
+    path.write_text(AGENT_HEAD.format(extra='admin = "0.0.0.0:9101"\nallow_remote = true\n') + listener)
+    assert load_agent_config(path).admin_listen == ("0.0.0.0", 9101)
