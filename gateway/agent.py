@@ -490,7 +490,8 @@ async def _serve(config: AgentConfig) -> int:
         gw_host, gw_port = listener.gateway
         log.info("%s:%d -> %s via %s:%d", host, port, listener.asset, gw_host, gw_port)
     if agent.admin_port is not None and config.admin_listen is not None:
-        log.info("admin http://%s:%d", config.admin_listen[0], agent.admin_port)
+        host = config.admin_listen[0]
+        log.info("admin http://%s:%d", f"[{host}]" if ":" in host else host, agent.admin_port)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
