@@ -203,13 +203,18 @@ class MessageAssembler:
 
     Chunks of one message arrive one after another (Part 6, 6.7.3: "MessageChunks belonging to the same
     Message shall be sent sequentially"), so one partial message at a time is all there is to hold.
+
+    ``held_bytes`` is what the partial message holds; ``max_held_bytes`` is how much more room its caller
+    grants for it (a share of a budget that other connections draw on too): an intermediate chunk that
+    would take the partial message past it is refused with BadTcpNotEnoughResources.
     """
 
-    __slots__ = ("_parts", "_request_id", "_size", "max_chunk_count", "max_message_size")
+    __slots__ = ("_parts", "_request_id", "_size", "max_chunk_count", "max_held_bytes", "max_message_size")
 
     def __init__(self, max_message_size: int, max_chunk_count: int) -> None:
         self.max_message_size = max_message_size
         self.max_chunk_count = max_chunk_count
+        self.max_held_bytes = max_message_size
         self._parts: list[bytes] = []
         self._size = 0
         self._request_id = 0
@@ -217,6 +222,11 @@ class MessageAssembler:
     @property
     def pending(self) -> bool:
         return bool(self._parts)
+
+    @property
+    def held_bytes(self) -> int:
+        """The body bytes of the partial message held until its final chunk (0 between messages)."""
+        return self._size
 
     def add(self, chunk_type: bytes, request_id: int, body: bytes) -> bytes | None:
         """The whole message body after its final chunk; ``None`` while more chunks are due or after an
@@ -250,6 +260,12 @@ class MessageAssembler:
             self._parts.clear()
             self._size = 0
             return message
+        if size > self.max_held_bytes:
+            raise OpcUaProtocolError(
+                Status.BAD_TCP_NOT_ENOUGH_RESOURCES,
+                f"request {request_id}: holding {size} bytes of an unfinished message exceeds the "
+                f"{self.max_held_bytes} bytes of reassembly room left",
+            )
         self._parts.append(body)
         self._size = size
         self._request_id = request_id

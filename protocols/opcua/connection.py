@@ -27,6 +27,7 @@ the Error message, after which the connection only raises that error again:
     sequence number not one more than the last (or a wrap below 1024)     BadSequenceNumberInvalid
     a chunk above the negotiated receive buffer size                      BadTcpMessageTooLarge
     a message above max_message_size or max_chunk_count                   BadRequestTooLarge
+    a partial message above reassembly_room (a caller's shared budget)    BadTcpNotEnoughResources
     chunks of two messages interleaved; OPN/CLO not single chunks         BadTcpMessageTypeInvalid
     policy other than None / mode other than None                         BadSecurityPolicyRejected /
                                                                           BadSecurityModeRejected
@@ -174,6 +175,7 @@ class OpcUaServerConnection:
         self.responses_too_large = 0  # answered with BadResponseTooLarge instead
         self._reader = ChunkReader(MAX_HELLO_BYTES, _HELLO_ONLY)
         self._assembler = MessageAssembler(max_message_size, max_chunk_count)
+        self._partial_since = 0.0
         self._peer_sequence_number: int | None = None
         self._sequence_number = 1
         self._now = 0.0
@@ -185,6 +187,28 @@ class OpcUaServerConnection:
     @property
     def buffered_bytes(self) -> int:
         return self._reader.buffered_bytes
+
+    @property
+    def partial_bytes(self) -> int:
+        """Body bytes held for a message whose final chunk has not come yet (0 between messages)."""
+        return self._assembler.held_bytes
+
+    @property
+    def partial_since(self) -> float | None:
+        """When (the ``now`` of ``next_event``) the first chunk of the partial message came; None
+        between messages. A caller times reassembly out with it."""
+        return self._partial_since if self._assembler.pending else None
+
+    @property
+    def reassembly_room(self) -> int:
+        """How many bytes a partial message may hold; an intermediate chunk beyond it raises
+        BadTcpNotEnoughResources. A caller sharing a budget between connections sets it before
+        ``next_event``: what is left of the budget plus what this connection already holds."""
+        return self._assembler.max_held_bytes
+
+    @reassembly_room.setter
+    def reassembly_room(self, value: int) -> None:
+        self._assembler.max_held_bytes = value
 
     @property
     def channel_expires_at(self) -> float | None:
@@ -241,8 +265,12 @@ class OpcUaServerConnection:
             self.state = ConnectionState.CLOSED
             self._reader.discard()
             return CloseChannel(request_id)
-        message = self._assembler.add(chunk_type, request_id, data[SYMMETRIC_CHUNK_HEADER_BYTES:])
+        assembler = self._assembler
+        was_pending = assembler.pending
+        message = assembler.add(chunk_type, request_id, data[SYMMETRIC_CHUNK_HEADER_BYTES:])
         if message is None:
+            if not was_pending:
+                self._partial_since = now
             return None
         return self._service_request(request_id, message)
 

@@ -67,6 +67,7 @@ class Status:
     GOOD: Final = StatusCodes.Good
     BAD_TCP_MESSAGE_TYPE_INVALID: Final = StatusCodes.BadTcpMessageTypeInvalid
     BAD_TCP_MESSAGE_TOO_LARGE: Final = StatusCodes.BadTcpMessageTooLarge
+    BAD_TCP_NOT_ENOUGH_RESOURCES: Final = StatusCodes.BadTcpNotEnoughResources
     BAD_TCP_SECURE_CHANNEL_UNKNOWN: Final = StatusCodes.BadTcpSecureChannelUnknown
     BAD_TCP_ENDPOINT_URL_INVALID: Final = StatusCodes.BadTcpEndpointUrlInvalid
     BAD_CONNECTION_REJECTED: Final = StatusCodes.BadConnectionRejected
@@ -84,6 +85,7 @@ class Status:
     BAD_SERVICE_UNSUPPORTED: Final = StatusCodes.BadServiceUnsupported
     BAD_USER_ACCESS_DENIED: Final = StatusCodes.BadUserAccessDenied
     BAD_UNKNOWN_RESPONSE: Final = StatusCodes.BadUnknownResponse
+    BAD_TIMEOUT: Final = StatusCodes.BadTimeout
 
 
 def status_name(code: int) -> str:

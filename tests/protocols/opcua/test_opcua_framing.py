@@ -659,3 +659,62 @@ def test_an_array_of_null_variants_is_bounded_by_the_bytes_left() -> None:
     (event,) = feed(peer.conn, peer.msg_bytes(fine, 3))
     assert isinstance(event, ServiceRequest)
     assert event.request.Parameters.NodesToWrite[0].Value.Value.Value == [None, None, None]
+
+
+# --------------------------------------------------------------------------- reassembly accounting
+
+
+def test_partial_message_bytes_and_start_are_counted_until_the_final_chunk() -> None:
+    peer = opened()
+    assert (peer.conn.partial_bytes, peer.conn.partial_since) == (0, None)
+    whole = struct_to_binary(ua_read(10, 3))
+    assert feed(peer.conn, peer.msg_bytes(whole[:40], 2, chunk_type=b"C"), NOW + 1) == []
+    assert (peer.conn.partial_bytes, peer.conn.partial_since) == (40, NOW + 1)
+    assert feed(peer.conn, peer.msg_bytes(whole[40:60], 2, chunk_type=b"C"), NOW + 2) == []
+    assert (peer.conn.partial_bytes, peer.conn.partial_since) == (60, NOW + 1)  # since the first chunk
+    (event,) = feed(peer.conn, peer.msg_bytes(whole[60:], 2, chunk_type=b"F"), NOW + 3)
+    assert isinstance(event, ServiceRequest)
+    assert (peer.conn.partial_bytes, peer.conn.partial_since) == (0, None)
+    # An abort gives the bytes back as well, and the next partial message starts its own clock.
+    assert feed(peer.conn, peer.msg_bytes(whole[:30], 3, chunk_type=b"C"), NOW + 4) == []
+    assert peer.conn.partial_bytes == 30
+    assert feed(peer.conn, peer.msg_bytes(b"", 3, chunk_type=b"A"), NOW + 5) == []
+    assert (peer.conn.partial_bytes, peer.conn.partial_since) == (0, None)
+    assert feed(peer.conn, peer.msg_bytes(whole[:10], 4, chunk_type=b"C"), NOW + 6) == []
+    assert peer.conn.partial_since == NOW + 6
+
+
+def test_an_intermediate_chunk_beyond_the_reassembly_room_is_not_enough_resources() -> None:
+    peer = opened()
+    peer.conn.reassembly_room = 100
+    assert feed(peer.conn, peer.msg_bytes(b"x" * 60, 2, chunk_type=b"C")) == []
+    assert peer.conn.partial_bytes == 60
+    error = refused(peer.conn, peer.msg_bytes(b"y" * 41, 2, chunk_type=b"C"), S.BadTcpNotEnoughResources)
+    assert "101 bytes" in error.reason and "100 bytes" in error.reason
+
+
+def test_a_final_chunk_or_a_single_chunk_message_needs_no_room() -> None:
+    # Room is for what waits for more chunks: a message completed by its chunk is handed out at once.
+    peer = opened()
+    peer.conn.reassembly_room = 0
+    (event,) = feed(peer.conn, peer.read_bytes([ua.NodeId(1, 2)], 2))
+    assert isinstance(event, ServiceRequest)
+    peer.conn.reassembly_room = 50
+    whole = struct_to_binary(ua_read(10, 3))
+    assert len(whole) > 50
+    assert feed(peer.conn, peer.msg_bytes(whole[:50], 3, chunk_type=b"C")) == []
+    (event,) = feed(peer.conn, peer.msg_bytes(whole[50:], 3, chunk_type=b"F"))
+    assert isinstance(event, ServiceRequest) and event.request_id == 3
+
+
+def test_the_assembler_reports_what_it_holds() -> None:
+    assembler = MessageAssembler(max_message_size=100, max_chunk_count=10)
+    assert assembler.max_held_bytes == 100 and assembler.held_bytes == 0
+    assembler.add(b"C", 1, b"12345")
+    assembler.add(b"C", 1, b"678")
+    assert assembler.held_bytes == 8
+    assembler.max_held_bytes = 9
+    with pytest.raises(OpcUaProtocolError) as caught:
+        assembler.add(b"C", 1, b"90")
+    assert caught.value.status == S.BadTcpNotEnoughResources
+    assert assembler.held_bytes == 8  # the refused chunk was not kept
