@@ -58,6 +58,7 @@ ACCEPT_BATCH: Final = 256  # connections accepted per wake-up: a reconnect storm
 ACCEPT_PAUSE_S: Final = 0.1  # out of file descriptors: stop accepting this long, then try again
 TIMEOUT: Final = "timeout"
 HANDSHAKE: Final = "handshake"
+IDENTITY_SESSIONS: Final = "identity_sessions"  # an identity at max_sessions_per_identity
 # SO_LINGER on, 0 s: close() sends RST and keeps no TIME_WAIT state for connections refused in bulk.
 _RESET: Final = struct.pack("ii", 1, 0)
 
@@ -387,6 +388,12 @@ class OverlayListener:
         if lock is not None:
             reason = f"lock {lock.id}: {lock.reason}"
             self._refuse(transport, pending, server_name, identity, "locked", reason)
+            return
+        cap = self.runtime.limits.max_sessions_per_identity
+        if cap and self.runtime.sessions.of_identity(identity) >= cap:
+            # One identity cannot take every place: the cap is per identity, over all assets.
+            reason = f"{identity} has {cap} live sessions (max_sessions_per_identity)"
+            self._refuse(transport, pending, server_name, identity, IDENTITY_SESSIONS, reason)
             return
         factory = self._factories.get(view.asset.protocol)
         if factory is None:

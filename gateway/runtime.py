@@ -18,6 +18,7 @@ from gateway.audit import AuditLog
 from gateway.locks import Lock, LockSet
 from gateway.metrics import Metrics, UpstreamState
 from gateway.pacing import IdentityBuckets
+from gateway.reassembly import DEFAULT_REASSEMBLY_BUDGET_MIB, MIB, ReassemblyBudget
 
 if TYPE_CHECKING:
     from gateway.policy_store import PolicyStore
@@ -37,12 +38,20 @@ class SessionLimits:
     # Refusals and overload answers are audited per session and kind: the first in full, then one count
     # per kind and interval, and the last counts when the session ends; 0: each on its own line.
     refusal_audit_interval_s: float = 1.0
+    # Bytes all sessions together may hold for chunked messages not yet complete (gateway/reassembly.py),
+    # and how long one such message may stay incomplete before its session is closed.
+    reassembly_budget_bytes: int = int(DEFAULT_REASSEMBLY_BUDGET_MIB * MIB)
+    reassembly_timeout_s: float = 30.0
+    # Live sessions of one identity at once, over all assets; 0: no limit. Beyond it the overlay
+    # refuses the session (audited, category identity_sessions).
+    max_sessions_per_identity: int = 256
 
 
 class LiveSession(Protocol):
     """What the registry needs from a session, whatever its protocol."""
 
     id: str
+    identity: str
 
     def describe(self) -> dict[str, Any]: ...
 
@@ -63,6 +72,7 @@ class SessionRegistry:
 
     def __init__(self) -> None:
         self._sessions: dict[str, LiveSession] = {}
+        self._per_identity: dict[str, int] = {}
         self._prefix = os.urandom(3).hex()
         self._counter = itertools.count(1)
 
@@ -70,10 +80,19 @@ class SessionRegistry:
         return f"{self._prefix}-{next(self._counter):06x}"
 
     def add(self, session: LiveSession) -> None:
+        if session.id not in self._sessions:
+            self._per_identity[session.identity] = self._per_identity.get(session.identity, 0) + 1
         self._sessions[session.id] = session
 
     def remove(self, session: LiveSession) -> None:
-        self._sessions.pop(session.id, None)
+        if self._sessions.pop(session.id, None) is not None:
+            left = self._per_identity.pop(session.identity) - 1
+            if left:
+                self._per_identity[session.identity] = left
+
+    def of_identity(self, identity: str) -> int:
+        """How many live sessions ``identity`` has, over all assets."""
+        return self._per_identity.get(identity, 0)
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -168,9 +187,13 @@ class Runtime:
     identity_buckets: IdentityBuckets = field(default_factory=IdentityBuckets)
     # More of /readyz: name -> what to show; a "ready": false in it makes the gateway not ready.
     status: dict[str, Callable[[], dict[str, Any]]] = field(default_factory=dict)
+    reassembly: ReassemblyBudget = field(init=False)
 
     def __post_init__(self) -> None:
         self.metrics.live_requests = self.sessions.request_counts
+        self.reassembly = ReassemblyBudget(self.limits.reassembly_budget_bytes)
+        self.metrics.gauges["ztgate_reassembly_bytes"] = lambda: float(self.reassembly.held_bytes)
+        self.metrics.gauges["ztgate_reassembly_peak_bytes"] = lambda: float(self.reassembly.peak_bytes)
 
     def attach_upstreams(self, factories: dict[str, PoolFactory]) -> None:
         self.upstreams = UpstreamRegistry(self, factories)

@@ -58,6 +58,8 @@ class Session(asyncio.Protocol):
     code_hex_digits: ClassVar[int] = 2  # of a refusal or failure code in hex
     # The target fields that make a request's kind, for the aggregates of refusals and overload answers.
     kind_fields: ClassVar[tuple[str, ...]] = ()
+    # The idle timeout when client_idle_timeout_s is 0 (not set); 0: none.
+    default_idle_timeout_s: ClassVar[float] = 0.0
 
     def __init__(self, runtime: Runtime, info: SessionInfo, view: SubjectView) -> None:
         self.runtime = runtime
@@ -78,6 +80,7 @@ class Session(asyncio.Protocol):
         # Moves later when the identity proves a renewed certificate (gateway/renewal_proof.py).
         self.certificate_not_after = info.certificate_not_after
         self._idle_check: asyncio.TimerHandle | None = None
+        self._idle_s = 0.0
         self._requests_at_idle_check = 0
         self._out: list[bytes] = []
         self._in_flight = 0
@@ -110,7 +113,7 @@ class Session(asyncio.Protocol):
         )
         loop = asyncio.get_running_loop()
         self._schedule_expiry()
-        idle_s = self.runtime.limits.idle_timeout_s
+        idle_s = self._idle_s = self.runtime.limits.idle_timeout_s or self.default_idle_timeout_s
         if idle_s > 0:
             self._idle_check = loop.call_later(idle_s, self._check_idle)
 
@@ -206,12 +209,10 @@ class Session(asyncio.Protocol):
         # Compare request counts between checks instead of stamping a clock on every read: the data
         # path pays nothing, and a session idle for at least idle_timeout_s (at most twice that) ends.
         if self.requests == self._requests_at_idle_check and not self.busy():
-            self.close(f"idle for {self.runtime.limits.idle_timeout_s:g} s")
+            self.close(f"idle for {self._idle_s:g} s")
             return
         self._requests_at_idle_check = self.requests
-        self._idle_check = asyncio.get_running_loop().call_later(
-            self.runtime.limits.idle_timeout_s, self._check_idle
-        )
+        self._idle_check = asyncio.get_running_loop().call_later(self._idle_s, self._check_idle)
 
     def busy(self) -> bool:
         """Whether requests of this session are still on their way to the device."""

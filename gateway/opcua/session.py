@@ -57,6 +57,8 @@ _OTHER_SESSION: Final = Decision(
     "exception",
     "authentication token of no session on this channel",
 )
+MAX_SESSION_TIMEOUT_MS: Final = 3_600_000  # the bounds of CreateSession's RevisedSessionTimeout
+MIN_SESSION_TIMEOUT_MS: Final = 10_000
 MAX_IN_FLIGHT = 32  # requests of one client on their way to the device (Publish requests wait long)
 IN_FLIGHT_LIMIT: Final = "in-flight limit"  # the reason the session stops reading, while it does
 
@@ -95,6 +97,9 @@ class OpcUaSession(Session):
     protocol_name: ClassVar[str] = "opcua"
     code_hex_digits: ClassVar[int] = 8
     kind_fields: ClassVar[tuple[str, ...]] = ("service",)
+    # The longest session timeout CreateSession grants: a client silent for longer has no OPC UA
+    # session left to use (Part 4, 5.6.2), so its connection ends even when client_idle_timeout_s is 0.
+    default_idle_timeout_s: ClassVar[float] = MAX_SESSION_TIMEOUT_MS / 1000
 
     def __init__(self, runtime: Runtime, info: SessionInfo, view: SubjectView) -> None:
         super().__init__(runtime, info, view)
@@ -112,6 +117,10 @@ class OpcUaSession(Session):
         # first. Only a hint of what comes next; every request is decided in _service.
         self._express: Repeat | None = None
         self._memo = DecisionMemo()
+        # Bytes of a partial message charged to the gateway's reassembly budget, and the timer that
+        # ends a partial message which does not complete in time.
+        self._reassembly_held = 0
+        self._reassembly_timer: asyncio.TimerHandle | None = None
         self._forwarding = Forwarding(self, self._asset_pool())
         self._histogram = self.runtime.metrics.histogram("opcua", self.view.asset.name)
 
@@ -128,6 +137,10 @@ class OpcUaSession(Session):
 
     def _release(self) -> None:
         self._forwarding.release()
+        self._reassembly_held = self.runtime.reassembly.charge(self._reassembly_held, 0)
+        if self._reassembly_timer is not None:
+            self._reassembly_timer.cancel()
+            self._reassembly_timer = None
 
     def busy(self) -> bool:
         return self._forwarding.in_flight > 0
@@ -156,16 +169,26 @@ class OpcUaSession(Session):
     def _process(self, now: float) -> None:
         """Every event in what the codec holds, until it needs more bytes or the session pauses."""
         codec = self._codec
+        budget = self.runtime.reassembly
         while not self.closing and not self.paced:
+            # The codec may hold what is left of the gateway's budget besides what it holds already.
+            codec.reassembly_room = budget.room(self._reassembly_held)
             try:
                 event = codec.next_event(now)
             except OpcUaProtocolError as error:
                 if error.close:
                     self._write(codec.send_error(error.status, error.reason))
-                    self.protocol_error(error.reason, close=f"protocol error: {error.reason}")
+                    if error.status == Status.BAD_TCP_NOT_ENOUGH_RESOURCES:
+                        budget.refused += 1
+                    self.protocol_error(
+                        error.reason, close=f"protocol error: {error.reason}", code=error.status
+                    )
                     return
                 self.protocol_error(error.reason)
                 continue
+            finally:
+                if codec.partial_bytes != self._reassembly_held:
+                    self._held_partial()
             if event is None:
                 return
             if type(event) is ServiceRequest:
@@ -184,6 +207,35 @@ class OpcUaSession(Session):
                 return
             if self._limit_in_flight():
                 return
+
+    def _held_partial(self) -> None:
+        """The codec's partial message changed: charge the budget, and time a new partial message."""
+        held = self._codec.partial_bytes
+        self._reassembly_held = self.runtime.reassembly.charge(self._reassembly_held, held)
+        if held and self._reassembly_timer is None and not self.closing:
+            timeout_s = self.runtime.limits.reassembly_timeout_s
+            self._reassembly_timer = asyncio.get_running_loop().call_later(timeout_s, self._reassembly_due)
+
+    def _reassembly_due(self) -> None:
+        """A partial message may have outlived reassembly_timeout_s: end the channel if it did, and the
+        client had the chance to send the rest (reading from it was not paused)."""
+        self._reassembly_timer = None
+        since = self._codec.partial_since
+        if self.closing or since is None:
+            return
+        timeout_s = self.runtime.limits.reassembly_timeout_s
+        left_s = since + timeout_s - self.runtime.clock()
+        if left_s > 0 or self._paused_by:
+            self._reassembly_timer = asyncio.get_running_loop().call_later(
+                left_s if left_s > 0 else 1.0, self._reassembly_due
+            )
+            return
+        reason = (
+            f"a message of {self._codec.partial_bytes} bytes stayed incomplete for more than "
+            f"{timeout_s:g} s (reassembly_timeout_s)"
+        )
+        self._write(self._codec.send_error(Status.BAD_TIMEOUT, reason))
+        self.protocol_error(reason, close=f"protocol error: {reason}", code=Status.BAD_TIMEOUT)
 
     def _limit_in_flight(self) -> bool:
         """Stop reading from the client while MAX_IN_FLIGHT of its requests are on their way (True)."""
@@ -434,7 +486,7 @@ class OpcUaSession(Session):
         result = ua.CreateSessionResult(
             SessionId=self._session_id,
             AuthenticationToken=self._token,
-            RevisedSessionTimeout=min(max(requested, 10_000), 3_600_000),
+            RevisedSessionTimeout=min(max(requested, MIN_SESSION_TIMEOUT_MS), MAX_SESSION_TIMEOUT_MS),
             ServerNonce=os.urandom(32),
             ServerEndpoints=[self._endpoint()],
             MaxRequestMessageSize=self._codec.max_message_size,

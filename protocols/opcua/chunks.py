@@ -223,6 +223,11 @@ class MessageAssembler:
     def pending(self) -> bool:
         return bool(self._parts)
 
+    def discard(self) -> None:
+        """Forget the partial message (the connection failed or closed)."""
+        self._parts.clear()
+        self._size = 0
+
     @property
     def held_bytes(self) -> int:
         """The body bytes of the partial message held until its final chunk (0 between messages)."""

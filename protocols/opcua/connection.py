@@ -235,6 +235,7 @@ class OpcUaServerConnection:
             self._error = error
             self.state = ConnectionState.FAILED
             self._reader.discard()
+            self._assembler.discard()
             raise
         return None
 
@@ -264,6 +265,7 @@ class OpcUaServerConnection:
         if chunk.message_type == CLO:
             self.state = ConnectionState.CLOSED
             self._reader.discard()
+            self._assembler.discard()
             return CloseChannel(request_id)
         assembler = self._assembler
         was_pending = assembler.pending
@@ -470,6 +472,7 @@ class OpcUaServerConnection:
         """An Error message (Part 6, 7.1.2.5); afterwards the connection is closed."""
         self.state = ConnectionState.CLOSED if self._error is None else ConnectionState.FAILED
         self._reader.discard()
+        self._assembler.discard()
         return encode_error(status, reason)
 
     def _send_body(self, request_id: int, body: bytes, request_handle: int) -> bytes:
