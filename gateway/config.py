@@ -15,6 +15,7 @@ from pathlib import Path
 
 from gateway.admission import HandshakeLimits
 from gateway.policy_store import DEFAULT_QUIET_S
+from gateway.reassembly import DEFAULT_REASSEMBLY_BUDGET_MIB
 from gateway.sinks import SinkSettings
 from gateway.sinks.build import SINK_TYPES
 from gateway.sinks.spool import ON_FULL_POLICIES
@@ -90,6 +91,9 @@ class GatewayConfig:
     client_local_answers_per_s: float = 1000.0
     identity_local_answers_per_s: float = 2000.0
     client_refusal_audit_interval_s: float = 1.0
+    reassembly_budget_mib: float = DEFAULT_REASSEMBLY_BUDGET_MIB
+    reassembly_timeout_s: float = 30.0
+    max_sessions_per_identity: int = 256
 
 
 @dataclass(frozen=True)
@@ -321,6 +325,9 @@ def load_gateway_config(path: Path) -> GatewayConfig:
             "client_max_in_flight",
             "client_idle_timeout_s",
             *_PACING_DEFAULTS,
+            "reassembly_budget_mib",
+            "reassembly_timeout_s",
+            "max_sessions_per_identity",
         ),
     )
     name = check.optional(gw, "name", ("gateway",), check.string, socket.gethostname())
@@ -347,6 +354,19 @@ def load_gateway_config(path: Path) -> GatewayConfig:
         key: check.optional(gw, key, ("gateway",), partial(_rate_or_interval, check, low), default)
         for key, (low, default) in _PACING_DEFAULTS.items()
     }
+    reassembly_budget = check.optional(
+        gw,
+        "reassembly_budget_mib",
+        ("gateway",),
+        lambda v, p: check.number(v, p, 0.0625, 1_000_000),
+        DEFAULT_REASSEMBLY_BUDGET_MIB,
+    )
+    reassembly_timeout = check.optional(
+        gw, "reassembly_timeout_s", ("gateway",), lambda v, p: check.number(v, p, 0.1, 3600), 30.0
+    )
+    per_identity = check.optional(
+        gw, "max_sessions_per_identity", ("gateway",), lambda v, p: check.integer(v, p, 0, 1_000_000), 256
+    )
     tls = check.tls(doc, center)
 
     admin = check.section(doc, "admin", ("listen",))
@@ -372,6 +392,7 @@ def load_gateway_config(path: Path) -> GatewayConfig:
     assert name is not None and listen is not None and loop is not None and tls is not None
     assert max_sessions is not None and max_in_flight is not None and on_failure is not None
     assert idle_timeout is not None and policy_quiet is not None
+    assert reassembly_budget is not None and reassembly_timeout is not None and per_identity is not None
     assert aggregate is not None and queue_limit is not None and overlay is not None
     return GatewayConfig(
         source=path,
@@ -384,6 +405,9 @@ def load_gateway_config(path: Path) -> GatewayConfig:
         max_sessions=max_sessions,
         client_max_in_flight=max_in_flight,
         client_idle_timeout_s=idle_timeout,
+        reassembly_budget_mib=reassembly_budget,
+        reassembly_timeout_s=reassembly_timeout,
+        max_sessions_per_identity=per_identity,
         **{key: value for key, value in pacing.items() if value is not None},
         admin_listen=admin_listen,
         audit_sinks=sinks,

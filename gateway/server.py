@@ -36,6 +36,7 @@ from gateway.opcua.session import OpcUaSession
 from gateway.opcua.upstream import OpcUaPool
 from gateway.overlay import OverlayListener, SessionFactory
 from gateway.policy_store import DEFAULT_QUIET_S, PolicyStore
+from gateway.reassembly import MIB
 from gateway.renewal import Renewer
 from gateway.runtime import PoolFactory, Runtime, SessionLimits, cancel_tasks, tune_garbage_collector
 from gateway.sinks import build_sink
@@ -298,6 +299,9 @@ async def _serve(config: GatewayConfig) -> int:
                 local_answers_per_s=config.client_local_answers_per_s,
                 identity_local_answers_per_s=config.identity_local_answers_per_s,
                 refusal_audit_interval_s=config.client_refusal_audit_interval_s,
+                reassembly_budget_bytes=int(config.reassembly_budget_mib * MIB),
+                reassembly_timeout_s=config.reassembly_timeout_s,
+                max_sessions_per_identity=config.max_sessions_per_identity,
             ),
             max_sessions=config.max_sessions,
             handshake_limits=config.overlay,

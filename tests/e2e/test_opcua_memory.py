@@ -12,12 +12,14 @@ import struct
 
 import pytest
 from asyncua import Client, ua
+from asyncua.ua.ua_binary import struct_to_binary
 
 from gateway.lab.sim.opcua import OpcUaSim
 from gateway.opcua.session import OpcUaSession
 from gateway.runtime import SessionLimits
 from tests.e2e.harness import ALICE, BOB, Lab, opcua_policy_text
 from tests.e2e.test_opcua import PLANT, RULES, RawChannel, plc, raw_channel, tank
+from tests.e2e.test_opcua_sessions import wait_until
 
 __all__ = ["plc"]  # the fixture, used by name
 
@@ -27,12 +29,6 @@ CHANNELS = 20
 CHUNK_BODY_BYTES = 16 * 1024
 CHUNKS = 8  # 128 KiB per channel, 2.5 MiB in all: well past the budget
 TIMEOUT_S = 2.0
-
-
-async def wait_until(condition: object, timeout_s: float = 10.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not condition():  # type: ignore[operator]
-            await asyncio.sleep(0.02)
 
 
 async def ended_with(raw: RawChannel) -> int:
@@ -109,8 +105,6 @@ async def test_a_message_completed_in_time_is_served_and_gives_its_bytes_back(
     request = ua.ReadRequest()
     request.RequestHeader.AuthenticationToken = token
     request.Parameters.NodesToRead = [ua.ReadValueId(ua.NodeId(ua.ObjectIds.Server_ServerStatus_State), 13)]
-    from asyncua.ua.ua_binary import struct_to_binary
-
     body = struct_to_binary(request)
     raw.writer.write(raw.msg(body[:20], 4, chunk_type=b"C"))
     await wait_until(lambda: gateway.runtime.reassembly.held_bytes == 20)
@@ -148,7 +142,7 @@ async def test_client_idle_timeout_applies_to_opcua_sessions(lab: Lab, plc: OpcU
     raw = await raw_channel(lab)
     await raw.handshake()
     assert await raw.closed()
-    await wait_until(lambda: lab.audit_events(event="session_end", reason="idle for 0.3 s"))
+    await lab.wait_for_event(event="session_end", reason="idle for 0.3 s")
 
 
 async def test_opcua_sessions_have_an_idle_timeout_by_default(
@@ -161,4 +155,4 @@ async def test_opcua_sessions_have_an_idle_timeout_by_default(
     raw = await raw_channel(lab)
     await raw.handshake()
     assert await raw.closed()
-    await wait_until(lambda: lab.audit_events(event="session_end", reason="idle for 0.3 s"))
+    await lab.wait_for_event(event="session_end", reason="idle for 0.3 s")

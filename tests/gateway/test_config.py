@@ -192,6 +192,26 @@ def test_the_pacing_of_local_answers_is_read_and_checked(tmp_path: Path) -> None
     assert f"{path}:3: gateway.identity_local_answers_per_s: 0: expected a number in 1.." in str(caught.value)
 
 
+def test_reassembly_and_per_identity_limits_are_read_and_checked(tmp_path: Path) -> None:
+    tail = '[tls]\ncert = "c"\nkey = "k"\nca = "a"\n'
+    path = tmp_path / "gw.toml"
+    path.write_text('[gateway]\npolicy = "p.toml"\n' + tail)
+    config = load_gateway_config(path)
+    assert (config.reassembly_budget_mib, config.reassembly_timeout_s) == (64.0, 30.0)
+    assert config.max_sessions_per_identity == 256
+    path.write_text(
+        '[gateway]\npolicy = "p.toml"\nreassembly_budget_mib = 8\nreassembly_timeout_s = 5\n'
+        "max_sessions_per_identity = 0\n" + tail
+    )
+    config = load_gateway_config(path)
+    assert (config.reassembly_budget_mib, config.reassembly_timeout_s) == (8, 5)
+    assert config.max_sessions_per_identity == 0  # no cap
+    path.write_text('[gateway]\npolicy = "p.toml"\nreassembly_budget_mib = 0\n' + tail)  # line 3
+    with pytest.raises(ConfigError) as caught:
+        load_gateway_config(path)
+    assert f"{path}:3: gateway.reassembly_budget_mib: 0: expected a number in 0.0625.." in str(caught.value)
+
+
 def test_syntax_error_names_line_and_column(tmp_path: Path) -> None:
     path = tmp_path / "gw.toml"
     path.write_text("[gateway]\npolicy = \n")
