@@ -198,14 +198,14 @@ def test_reassembly_and_per_identity_limits_are_read_and_checked(tmp_path: Path)
     path.write_text('[gateway]\npolicy = "p.toml"\n' + tail)
     config = load_gateway_config(path)
     assert (config.reassembly_budget_mib, config.reassembly_timeout_s) == (64.0, 30.0)
-    assert config.max_sessions_per_identity == 256
+    assert config.max_sessions_per_identity == 0  # no cap unless set
     path.write_text(
         '[gateway]\npolicy = "p.toml"\nreassembly_budget_mib = 8\nreassembly_timeout_s = 5\n'
-        "max_sessions_per_identity = 0\n" + tail
+        "max_sessions_per_identity = 8\n" + tail
     )
     config = load_gateway_config(path)
     assert (config.reassembly_budget_mib, config.reassembly_timeout_s) == (8, 5)
-    assert config.max_sessions_per_identity == 0  # no cap
+    assert config.max_sessions_per_identity == 8
     path.write_text('[gateway]\npolicy = "p.toml"\nreassembly_budget_mib = 0\n' + tail)  # line 3
     with pytest.raises(ConfigError) as caught:
         load_gateway_config(path)
