@@ -167,28 +167,33 @@ class OpcUaSession(Session):
         self._process(now)
 
     def _process(self, now: float) -> None:
-        """Every event in what the codec holds, until it needs more bytes or the session pauses."""
+        """Every event in what the codec holds, until it needs more bytes or the session pauses; what a
+        partial message holds afterwards is charged to the gateway's reassembly budget."""
         codec = self._codec
-        budget = self.runtime.reassembly
+        # What is left of the budget besides what this codec holds already. Nothing else charges the
+        # budget until this returns, so the room stays the same for every chunk of this read.
+        codec.reassembly_room = self.runtime.reassembly.room(self._reassembly_held)
+        try:
+            self._events(codec, now)
+        finally:
+            if codec.partial_bytes != self._reassembly_held:
+                self._held_partial()
+
+    def _events(self, codec: OpcUaServerConnection, now: float) -> None:
         while not self.closing and not self.paced:
-            # The codec may hold what is left of the gateway's budget besides what it holds already.
-            codec.reassembly_room = budget.room(self._reassembly_held)
             try:
                 event = codec.next_event(now)
             except OpcUaProtocolError as error:
                 if error.close:
                     self._write(codec.send_error(error.status, error.reason))
                     if error.status == Status.BAD_TCP_NOT_ENOUGH_RESOURCES:
-                        budget.refused += 1
+                        self.runtime.reassembly.refused += 1
                     self.protocol_error(
                         error.reason, close=f"protocol error: {error.reason}", code=error.status
                     )
                     return
                 self.protocol_error(error.reason)
                 continue
-            finally:
-                if codec.partial_bytes != self._reassembly_held:
-                    self._held_partial()
             if event is None:
                 return
             if type(event) is ServiceRequest:
