@@ -89,15 +89,19 @@ class ChunkReader:
     A message type outside ``allowed_types`` is refused as soon as its three bytes are in, a chunk larger
     than ``max_chunk_size`` as soon as its header is in: no more than one chunk (plus what a single
     ``receive_data`` delivered) is ever buffered. The connection narrows both as its state advances.
+
+    A chunk that has not fully arrived is waited for only when its announced size is within
+    ``max_incomplete_bytes`` (the room its connection has left); otherwise BadTcpNotEnoughResources.
     """
 
-    __slots__ = ("_buffer", "allowed_types", "max_chunk_size")
+    __slots__ = ("_buffer", "allowed_types", "max_chunk_size", "max_incomplete_bytes")
 
     def __init__(self, max_chunk_size: int, allowed_types: frozenset[bytes]) -> None:
         # What a read brings while nothing is held is kept as it is: most reads are one whole chunk, which
         # then leaves without a copy. Anything held across reads is gathered in a bytearray.
         self._buffer: bytes | bytearray = b""
         self.max_chunk_size = max_chunk_size
+        self.max_incomplete_bytes = max_chunk_size
         self.allowed_types = allowed_types
 
     @property
@@ -142,6 +146,12 @@ class ChunkReader:
                 f"(allowed: {b''.join(allowed).decode()})",
             )
         if len(buffer) < size:
+            if size > self.max_incomplete_bytes:
+                raise OpcUaProtocolError(
+                    Status.BAD_TCP_NOT_ENOUGH_RESOURCES,
+                    f"{message_type.decode()} chunk of {size} bytes: only {self.max_incomplete_bytes} "
+                    "bytes of reassembly room left to wait for it",
+                )
             return None
         if len(buffer) == size:  # the common case: what arrived was one chunk (bytes: no copy)
             data = bytes(buffer)

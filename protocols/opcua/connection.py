@@ -27,7 +27,7 @@ the Error message, after which the connection only raises that error again:
     sequence number not one more than the last (or a wrap below 1024)     BadSequenceNumberInvalid
     a chunk above the negotiated receive buffer size                      BadTcpMessageTooLarge
     a message above max_message_size or max_chunk_count                   BadRequestTooLarge
-    a partial message above reassembly_room (a caller's shared budget)    BadTcpNotEnoughResources
+    a partial message, or a chunk waited for, beyond reassembly_room      BadTcpNotEnoughResources
     chunks of two messages interleaved; OPN/CLO not single chunks         BadTcpMessageTypeInvalid
     policy other than None / mode other than None                         BadSecurityPolicyRejected /
                                                                           BadSecurityModeRejected
@@ -176,6 +176,7 @@ class OpcUaServerConnection:
         self._reader = ChunkReader(MAX_HELLO_BYTES, _HELLO_ONLY)
         self._assembler = MessageAssembler(max_message_size, max_chunk_count)
         self._partial_since = 0.0
+        self._waiting_since: float | None = None
         self._peer_sequence_number: int | None = None
         self._sequence_number = 1
         self._now = 0.0
@@ -190,14 +191,18 @@ class OpcUaServerConnection:
 
     @property
     def partial_bytes(self) -> int:
-        """Body bytes held for a message whose final chunk has not come yet (0 between messages)."""
-        return self._assembler.held_bytes
+        """Bytes held beyond what was handed out: the body of a message whose final chunk has not come
+        yet, and what the reader buffers (a chunk not fully arrived). 0 between messages."""
+        return self._assembler.held_bytes + self._reader.buffered_bytes
 
     @property
     def partial_since(self) -> float | None:
-        """When (the ``now`` of ``next_event``) the first chunk of the partial message came; None
-        between messages. A caller times reassembly out with it."""
-        return self._partial_since if self._assembler.pending else None
+        """When (the ``now`` of ``next_event``) the first chunk of the partial message came, or else the
+        first bytes of a chunk not fully arrived; None when nothing is held. A caller times reassembly
+        out with it."""
+        if self._assembler.pending:
+            return self._partial_since
+        return self._waiting_since if self._reader.buffered_bytes else None
 
     @property
     def reassembly_room(self) -> int:
@@ -209,6 +214,7 @@ class OpcUaServerConnection:
     @reassembly_room.setter
     def reassembly_room(self, value: int) -> None:
         self._assembler.max_held_bytes = value
+        self._reader.max_incomplete_bytes = value - self._assembler.held_bytes
 
     @property
     def channel_expires_at(self) -> float | None:
@@ -228,9 +234,12 @@ class OpcUaServerConnection:
         self._now = now
         try:
             while (chunk := self._reader.next_chunk()) is not None:
+                self._waiting_since = None  # whatever the reader holds next is a chunk of its own
                 event = self._handle(chunk, now)
                 if event is not None:
                     return event
+            if self._waiting_since is None and self._reader.buffered_bytes:
+                self._waiting_since = now
         except OpcUaProtocolError as error:
             self._error = error
             self.state = ConnectionState.FAILED
@@ -273,7 +282,11 @@ class OpcUaServerConnection:
         if message is None:
             if not was_pending:
                 self._partial_since = now
+            # A next chunk waited for must fit beside what the partial message holds now.
+            self._reader.max_incomplete_bytes = assembler.max_held_bytes - assembler.held_bytes
             return None
+        if was_pending:
+            self._reader.max_incomplete_bytes = assembler.max_held_bytes
         return self._service_request(request_id, message)
 
     def take_repeat(self, data: bytes, now: float, repeat: Repeat) -> ServiceRequest | None:

@@ -718,3 +718,31 @@ def test_the_assembler_reports_what_it_holds() -> None:
         assembler.add(b"C", 1, b"90")
     assert caught.value.status == S.BadTcpNotEnoughResources
     assert assembler.held_bytes == 8  # the refused chunk was not kept
+
+
+def test_a_chunk_not_fully_arrived_counts_and_must_fit_the_room() -> None:
+    peer = opened()
+    peer.conn.reassembly_room = 1000
+    chunk = peer.msg_bytes(b"z" * 500, 2, chunk_type=b"C")
+    assert feed(peer.conn, chunk[:100], NOW + 1) == []
+    assert (peer.conn.partial_bytes, peer.conn.partial_since) == (100, NOW + 1)  # the reader's bytes
+    assert feed(peer.conn, chunk[100:200], NOW + 2) == []
+    assert peer.conn.partial_since == NOW + 1  # the same chunk, still coming
+    assert feed(peer.conn, chunk[200:], NOW + 3) == []
+    # Now the assembler's, from its first whole chunk (a message trickled in is timed per part: bounded).
+    assert (peer.conn.partial_bytes, peer.conn.partial_since) == (500, NOW + 3)
+    # The next chunk announces 524 bytes: 500 held + 524 > 1000, refused at its header, before its body.
+    second = peer.msg_bytes(b"z" * 500, 2, chunk_type=b"C")
+    error = refused(peer.conn, second[:24], S.BadTcpNotEnoughResources)
+    assert "524 bytes" in error.reason and "500 bytes of reassembly room" in error.reason
+    assert peer.conn.partial_bytes == 0  # a failed connection holds nothing
+
+
+def test_a_complete_chunk_restarts_the_clock_of_the_next_one() -> None:
+    peer = opened()
+    first = peer.read_bytes([ua.NodeId(1, 2)], 2)
+    second = peer.read_bytes([ua.NodeId(1, 2)], 3)
+    assert feed(peer.conn, first[:10], NOW + 1) == []
+    (event,) = feed(peer.conn, first[10:] + second[:10], NOW + 5)
+    assert isinstance(event, ServiceRequest)
+    assert (peer.conn.partial_bytes, peer.conn.partial_since) == (10, NOW + 5)
