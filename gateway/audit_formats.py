@@ -540,6 +540,8 @@ EXAMPLES: Final[tuple[Record, ...]] = (
      "upstream": "127.0.0.1:5020", "reason": "connection refused"},
     {**_ENVELOPE, "event": "session_end", **_ALICE, "requests": 42, "denied": 1, "duration_s": 12.5,
      "reason": "client closed"},
+    {**_ENVELOPE, "event": "session_cut", **_ALICE, "policy_revision": "c3635534002a", "lock": "lk-7f3a",
+     "target": "identity=spiffe://plant1.example/user/alice", "reason": "stolen laptop"},
     {**_ENVELOPE, "event": "gateway_start", "listen": ["127.0.0.1:8443"], "policy_revision": "c3635534002a",
      "policy_origin": "file", "assets": ["plc-1", "plc-2", "opc-1"]},
     {**_ENVELOPE, "event": "gateway_stop"},
@@ -557,6 +559,9 @@ EXAMPLES: Final[tuple[Record, ...]] = (
     {**_ENVELOPE, "event": "renewal_proved", "identity": "spiffe://plant1.example/user/alice",
      "peer": "127.0.0.1:50312", "serial": "4f1a9c", "not_after": "2027-01-07T12:00:00Z",
      "sessions": ["d40926-000005"]},
+    {**_ENVELOPE, "event": "locks_loaded", "locks_revision": 4, "added": ["lk-7f3a"], "removed": [],
+     "in_force": 1},
+    {**_ENVELOPE, "event": "lock_expired", "lock": "lk-7f3a", "target": "identity=spiffe://plant1.example/user/alice"},
     {**_ENVELOPE, "event": "audit_dropped", "reason": "queue_full", "count": 17},
     {**_ENVELOPE, "event": "audit_error", "error": "Integer exceeds 64-bit range", "repr": "{'event': ...}"},
 )  # fmt: skip
