@@ -14,12 +14,14 @@ reason, except under ``./run test``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -200,3 +202,27 @@ class Rsyslog:
 
 def available() -> bool:
     return shutil.which(RSYSLOGD) is not None
+
+
+# The policy the SIEM tests' gateways decide by: operators read 0-99 and write 0-9 on plc-1.
+RULES = """
+[[rules]]
+id = "operators-read"
+subjects = ["group:operators"]
+assets = ["plc-1"]
+modbus = [{ fc = [3], address = "0-99" }]
+
+[[rules]]
+id = "operators-write"
+subjects = ["group:operators"]
+assets = ["plc-1"]
+modbus = [{ fc = [6], address = "0-9" }]
+"""
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not condition():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,29 +21,7 @@ from gateway.audit_guard import AUDIT_UNAVAILABLE
 from gateway.sinks.file import FileSink
 from gateway.sinks.syslog import SyslogSettings, SyslogSink
 from tests.e2e.harness import Lab, policy_text
-from tests.siem.rsyslog import Rsyslog
-
-RULES = """
-[[rules]]
-id = "operators-read"
-subjects = ["group:operators"]
-assets = ["plc-1"]
-modbus = [{ fc = [3], address = "0-99" }]
-
-[[rules]]
-id = "operators-write"
-subjects = ["group:operators"]
-assets = ["plc-1"]
-modbus = [{ fc = [6], address = "0-9" }]
-"""
-
-
-async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not condition():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
+from tests.siem.rsyslog import RULES, Rsyslog, until
 
 
 async def readyz(lab: Lab) -> tuple[int, dict[str, Any]]:

@@ -19,26 +19,13 @@ import orjson
 from gateway.tls import client_context
 from tests.e2e.harness import Pki, policy_text
 from tests.processes import REPO_ROOT, GatewayProcess
-from tests.siem.rsyslog import Rsyslog
+from tests.siem.rsyslog import RULES, Rsyslog
 
 SESSIONS = 4
 REQUESTS_PER_SESSION = 25_000  # 100,000 decisions in all, half reads and half writes
 CHUNK = 500  # requests per client write
 LOAD_TIMEOUT_S = 120.0
 
-RULES = """
-[[rules]]
-id = "operators-read"
-subjects = ["group:operators"]
-assets = ["plc-1"]
-modbus = [{ fc = [3], address = "0-99" }]
-
-[[rules]]
-id = "operators-write"
-subjects = ["group:operators"]
-assets = ["plc-1"]
-modbus = [{ fc = [6], address = "0-9" }]
-"""
 # One upstream connection answering in order, and room for every session's pipeline.
 ASSET = "max_connections = 1\nmax_in_flight = 64\nqueue_limit = 1000"
 

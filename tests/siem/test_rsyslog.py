@@ -5,8 +5,6 @@ gateway wrote to its file next to it."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,30 +16,7 @@ from pymodbus.exceptions import ModbusIOException
 from gateway import pki as pki_module
 from gateway.sinks.syslog import FACILITIES, SyslogSettings, SyslogSink
 from tests.e2e.harness import TD, Lab, Pki, policy_text
-from tests.siem.rsyslog import CollectorTls, Rsyslog
-
-RULES = """
-[[rules]]
-id = "operators-read"
-subjects = ["group:operators"]
-assets = ["plc-1"]
-modbus = [{ fc = [3], address = "0-99" }]
-
-[[rules]]
-id = "operators-write"
-subjects = ["group:operators"]
-assets = ["plc-1"]
-modbus = [{ fc = [6], address = "0-9" }]
-"""
-
-
-async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not condition():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
-
+from tests.siem.rsyslog import RULES, CollectorTls, Rsyslog, until
 
 SIEM_ID = f"spiffe://{TD}/gateway/site1/siem"  # the collector's certificate (a server certificate)
 SEVERITY = {"refusal": 4, "decision": 5, "read": 6, "event": 6}
