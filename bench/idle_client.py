@@ -3,6 +3,10 @@ gateway's memory per idle session can be read from /proc without the client's me
 
     python -m bench.idle_client --port P --ca ca.pem --cert c.pem --key c.key --sni plc-1
 
+Each session comes from its own loopback address (127.2.0.1, 127.2.0.2, ...), as each HMI host's agent
+would: the overlay's per-source limits on pending handshakes and connection rate (``[overlay]``) would
+refuse thousands of handshakes from one address, which is what they are for.
+
 Reads target totals from stdin, one per line ("1000", then "10000"): opens sessions until that many are
 open, each doing one verified FC 3 read (so every session is fully set up, codec and all), then prints
 one JSON line ``{"open": N, "failed": F, "bad_replies": B, "seconds": S}``. "close" or end of input closes
@@ -36,6 +40,11 @@ def _expected(tid: int) -> bytes:
     return struct.pack(">HHHBBB", tid, 0, 3 + len(values), UNIT, 3, len(values)) + values
 
 
+def _source(n: int) -> str:
+    """The n-th session's own loopback address: 127.2.0.1 upwards, 250 per /24."""
+    return f"127.{2 + n // 62_500}.{(n // 250) % 250}.{n % 250 + 1}"
+
+
 class IdleSession(asyncio.Protocol):
     def __init__(self, tid: int) -> None:
         self.tid = tid
@@ -67,7 +76,7 @@ class Holder:
         self.failed = 0
         self.bad = 0
 
-    async def open_one(self, tid: int) -> None:
+    async def open_one(self, tid: int, n: int) -> None:
         loop = asyncio.get_running_loop()
         try:
             _, session = await asyncio.wait_for(
@@ -77,6 +86,7 @@ class Holder:
                     self.args.port,
                     ssl=self.context,
                     server_hostname=self.args.sni,
+                    local_addr=(_source(n), 0),
                 ),
                 self.args.timeout,
             )
@@ -92,13 +102,13 @@ class Holder:
         started = time.monotonic()
         limit = asyncio.Semaphore(self.args.concurrency)
 
-        async def bounded(tid: int) -> None:
+        async def bounded(n: int) -> None:
             async with limit:
-                await self.open_one(tid)
+                await self.open_one(n % 0xFFFF + 1, n)
 
         wanted = total - len(self.sessions)
-        base = len(self.sessions)
-        await asyncio.gather(*(bounded((base + i) % 0xFFFF + 1) for i in range(max(0, wanted))))
+        base = len(self.sessions) + self.failed
+        await asyncio.gather(*(bounded(base + i) for i in range(max(0, wanted))))
         return {
             "open": len([s for s in self.sessions if s.transport and not s.transport.is_closing()]),
             "failed": self.failed,

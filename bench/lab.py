@@ -193,8 +193,10 @@ def write_gateway_config(
     audit_file: Path,
     aggregate_reads_s: float = 1.0,
     client_max_in_flight: int = 16,
+    gateway_extra: str = "",
 ) -> Path:
-    """A gateway config: overlay and admin/metrics on kernel-chosen loopback ports, audit to a file."""
+    """A gateway config: overlay and admin/metrics on kernel-chosen loopback ports, audit to a file.
+    ``gateway_extra``: more ``[gateway]`` lines."""
     path = lab.directory / f"{name}.toml"
     path.write_text(
         f"""[gateway]
@@ -203,7 +205,7 @@ listen = "127.0.0.1:0"
 policy = "{policy}"
 loop = "uvloop"
 client_max_in_flight = {client_max_in_flight}
-
+{gateway_extra}
 [tls]
 cert = "{lab.server_cert}"
 key = "{lab.server_key}"

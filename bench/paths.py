@@ -255,9 +255,11 @@ def start_ztgate(
     src: Path = REPO,
     path_name: str = "ztgate",
     version: str | None = None,
+    gateway_extra: str = "",
 ) -> RunningPath:
     """A gateway process with a generated policy and config (see the module docstring), running the
-    code in ``src`` (the working tree, or an exported git ref)."""
+    code in ``src`` (the working tree, or an exported git ref); ``gateway_extra``: more ``[gateway]``
+    lines."""
     pool = pool or ctx.pool
     rules = rules or ctx.rules
     lab = ctx.lab
@@ -265,7 +267,9 @@ def start_ztgate(
     policy.write_text(policy_text(rules, ctx.server_port, pool))
     check_policy_allows(policy, [(w.mix, w.address, w.count) for w in ctx.workloads])
     audit = ctx.work / f"{name}-audit.jsonl"
-    config = write_gateway_config(lab, name, policy, audit_file=audit, aggregate_reads_s=aggregate_reads_s)
+    config = write_gateway_config(
+        lab, name, policy, audit_file=audit, aggregate_reads_s=aggregate_reads_s, gateway_extra=gateway_extra
+    )
     proc, overlay, admin = start_gateway_process(ctx.sup, name, config, src=src)
     label = f"ztgate, mutual TLS 1.3, {rules:,}-rule policy, audit + metrics"
     return RunningPath(

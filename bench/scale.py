@@ -61,7 +61,8 @@ def _read_json_line(proc: Proc, timeout_s: float) -> dict[str, Any]:
 
 def idle_sessions(ctx: PathContext, settings: ScaleSettings, log: Log) -> dict[str, Any]:
     """Open N idle mTLS sessions from a separate client process; the gateway's RSS growth per session."""
-    gateway = start_ztgate(ctx, name="ztgate-idle")
+    # One client identity opens every session here, far beyond the default per-identity cap.
+    gateway = start_ztgate(ctx, name="ztgate-idle", gateway_extra="max_sessions_per_identity = 0\n")
     assert gateway.proc is not None
     lab = ctx.lab
     client = ctx.sup.spawn(

@@ -27,6 +27,12 @@ RATE: Final = "rate"
 SOURCE_LIMIT: Final = "source_limit"
 CAPACITY: Final = "capacity"
 
+# Live sessions one identity may hold at once, over all assets, unless `[gateway]
+# max_sessions_per_identity` says otherwise. An agent's one identity carries every session of its host,
+# so the default leaves room for a busy HMI host or SCADA server, while one stolen or misbehaving
+# identity can hold at most about 5% of the default `max_sessions` (20,000) and cannot lock others out.
+DEFAULT_MAX_SESSIONS_PER_IDENTITY: Final = 1024
+
 
 @dataclass(frozen=True)
 class HandshakeLimits:

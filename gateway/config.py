@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 from functools import partial
 from pathlib import Path
 
-from gateway.admission import HandshakeLimits
+from gateway.admission import DEFAULT_MAX_SESSIONS_PER_IDENTITY, HandshakeLimits
 from gateway.policy_store import DEFAULT_QUIET_S
 from gateway.reassembly import DEFAULT_REASSEMBLY_BUDGET_MIB
 from gateway.sinks import SinkSettings
@@ -93,7 +93,7 @@ class GatewayConfig:
     client_refusal_audit_interval_s: float = 1.0
     reassembly_budget_mib: float = DEFAULT_REASSEMBLY_BUDGET_MIB
     reassembly_timeout_s: float = 30.0
-    max_sessions_per_identity: int = 0
+    max_sessions_per_identity: int = DEFAULT_MAX_SESSIONS_PER_IDENTITY
 
 
 @dataclass(frozen=True)
@@ -365,7 +365,11 @@ def load_gateway_config(path: Path) -> GatewayConfig:
         gw, "reassembly_timeout_s", ("gateway",), lambda v, p: check.number(v, p, 0.1, 3600), 30.0
     )
     per_identity = check.optional(
-        gw, "max_sessions_per_identity", ("gateway",), lambda v, p: check.integer(v, p, 0, 1_000_000), 0
+        gw,
+        "max_sessions_per_identity",
+        ("gateway",),
+        lambda v, p: check.integer(v, p, 0, 1_000_000),
+        DEFAULT_MAX_SESSIONS_PER_IDENTITY,
     )
     tls = check.tls(doc, center)
 

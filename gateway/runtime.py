@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from gateway.admission import DEFAULT_MAX_SESSIONS_PER_IDENTITY
 from gateway.audit import AuditLog
 from gateway.locks import Lock, LockSet
 from gateway.metrics import Metrics, UpstreamState
@@ -42,10 +43,9 @@ class SessionLimits:
     # and how long one such message may stay incomplete before its session is closed.
     reassembly_budget_bytes: int = int(DEFAULT_REASSEMBLY_BUDGET_MIB * MIB)
     reassembly_timeout_s: float = 30.0
-    # Live sessions of one identity at once, over all assets; 0: no limit (the default: an agent's one
-    # identity carries every session of its host). Beyond it the overlay refuses the session (audited,
-    # category identity_sessions).
-    max_sessions_per_identity: int = 0
+    # Live sessions of one identity at once, over all assets; 0: no limit. Beyond it the overlay refuses
+    # the session (audited, category identity_sessions).
+    max_sessions_per_identity: int = DEFAULT_MAX_SESSIONS_PER_IDENTITY
 
 
 class LiveSession(Protocol):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.admission import HandshakeLimits
+from gateway.admission import DEFAULT_MAX_SESSIONS_PER_IDENTITY, HandshakeLimits
 from gateway.config import ConfigError, load_agent_config, load_gateway_config, parse_hostport
 from gateway.sinks import SinkSettings
 from gateway.sinks.syslog import SyslogSettings
@@ -198,7 +198,7 @@ def test_reassembly_and_per_identity_limits_are_read_and_checked(tmp_path: Path)
     path.write_text('[gateway]\npolicy = "p.toml"\n' + tail)
     config = load_gateway_config(path)
     assert (config.reassembly_budget_mib, config.reassembly_timeout_s) == (64.0, 30.0)
-    assert config.max_sessions_per_identity == 0  # no cap unless set
+    assert config.max_sessions_per_identity == DEFAULT_MAX_SESSIONS_PER_IDENTITY == 1024
     path.write_text(
         '[gateway]\npolicy = "p.toml"\nreassembly_budget_mib = 8\nreassembly_timeout_s = 5\n'
         "max_sessions_per_identity = 8\n" + tail
