@@ -2,9 +2,10 @@
 
 ``initdb`` and ``pg_ctl`` run in a temporary folder on a free loopback port, as the ``postgres`` user
 when the tests run as root (PostgreSQL refuses to run as root), as the current user otherwise. The
-cluster lives for the test session; each test gets a database of its own. Without the package the
-tests that need it skip with the reason, except under ``./run test`` (``ZTGATE_REQUIRE_POSTGRES=1``),
-where a missing PostgreSQL is an error: CI must not go green without them.
+cluster lives for the test session (one per pytest-xdist worker that needs it); each test gets a
+database of its own. Without the package the tests that need it skip with the reason, except under
+``./run test`` (``ZTGATE_REQUIRE_POSTGRES=1``), where a missing PostgreSQL is an error: CI must not go
+green without them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from pathlib import Path
 import pytest
 
 REQUIRE_ENV = "ZTGATE_REQUIRE_POSTGRES"
+BIND_ATTEMPTS = 3
+SETTINGS = "-c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,6 @@ def cluster() -> Iterator[Cluster]:
         for path in (base, sockets):
             os.chown(path, owner.pw_uid, owner.pw_gid)
     runner = ["runuser", "-u", "postgres", "--"] if as_root else []
-    port = _free_port()
 
     def run(*args: str) -> None:
         result = subprocess.run([*runner, *args], capture_output=True, text=True, check=False, timeout=120)
@@ -108,10 +110,20 @@ def cluster() -> Iterator[Cluster]:
         run(
             str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "ztgate", "--no-sync", "-E", "UTF8"
         )
-        options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
-        run(
-            str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "60", "start"
-        )
+        # The port is free when probed but may be taken before the postmaster binds it (the suite's
+        # workers and other processes bind ports too): a bind failure tries another port.
+        for attempt in range(1, BIND_ATTEMPTS + 1):
+            port = _free_port()
+            options = f"-p {port} -k {sockets} {SETTINGS}"
+            try:
+                run(
+                    str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "60",
+                    "start",
+                )  # fmt: skip
+                break
+            except RuntimeError as exc:
+                if attempt == BIND_ATTEMPTS or "Address already in use" not in str(exc):
+                    raise
         try:
             yield Cluster("127.0.0.1", port, "ztgate", bin_dir)
         finally:
