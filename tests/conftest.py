@@ -15,6 +15,8 @@ from tests import postgres
 from tests.e2e.harness import Pki, make_pki
 from tests.postgres import Cluster
 
+pytest_plugins = ["tests.parallel"]  # the suite on pytest-xdist's workers
+
 LOOPS: Mapping[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "uvloop": uvloop.new_event_loop,
     "asyncio": asyncio.new_event_loop,
