@@ -93,6 +93,7 @@ async def _read_through(port: int, context: object, local: str | None = None) ->
         writer.close()
 
 
+@pytest.mark.alone  # its bounds are in wall-clock time: they need the machine (tests/parallel.py)
 async def test_valid_clients_get_in_within_1_s_during_a_handshake_flood(
     pki: Pki, gateway: GatewayProcess
 ) -> None:
@@ -122,6 +123,7 @@ async def test_valid_clients_get_in_within_1_s_during_a_handshake_flood(
     assert all(c["opened"] >= 600 and c["closed_by_server"] > 0 for c in counts), counts
 
 
+@pytest.mark.alone
 async def test_a_thousand_clients_reconnecting_at_once_all_get_in_within_10_s(
     pki: Pki, gateway: GatewayProcess
 ) -> None:
