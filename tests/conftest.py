@@ -1,6 +1,7 @@
 """Shared test set-up: end-to-end tests run once on uvloop and once on the standard asyncio loop; the
-overlay load tests drive their many clients from uvloop, the loop a gateway runs on; one PKI per run; a
-PostgreSQL cluster for the tests that need one (tests/postgres.py)."""
+overlay load tests drive their many clients from uvloop, the loop a gateway runs on; one PKI and, for
+the tests that need one, one PostgreSQL cluster (tests/postgres.py) per pytest-xdist worker; the
+workers' plugin (tests/parallel.py)."""
 
 from __future__ import annotations
 
