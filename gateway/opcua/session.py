@@ -376,7 +376,13 @@ class OpcUaSession(Session):
             await self._forwarding.device_session()
         except UpstreamUnavailableError:
             self._fault(event, BAD_SERVER_NOT_CONNECTED)
-            self._account(event, decision, "device unavailable", started)
+            self._account_unanswered(
+                event,
+                decided_whole(self.view, event.name, (), decision),
+                "device unavailable",
+                started,
+                BAD_SERVER_NOT_CONNECTED,
+            )
             return
         self._decide_operations(event, self._forwarding.namespaces(), now)
 
@@ -411,15 +417,44 @@ class OpcUaSession(Session):
         self._forwarding.forward(event, decided)
 
     def _account_forwarded(
-        self, event: ServiceRequest, decided: Decided, answered: bool, started: float, outcome: str = ""
+        self,
+        event: ServiceRequest,
+        decided: Decided,
+        answered: bool,
+        started: float,
+        outcome: str = "",
+        code: int = BAD_SERVER_NOT_CONNECTED,
     ) -> None:
         """A forwarded request answered (or not) by the device: a service decided as a whole, or its
-        allowed operations. ``outcome`` when it is neither "ok" nor "device unavailable"."""
-        outcome = outcome or ("ok" if answered else "device unavailable")
+        allowed operations. ``outcome`` when it is neither "ok" nor "device unavailable"; ``code``: what
+        the gateway answered in the device's place."""
+        if not answered:
+            self._account_unanswered(event, decided, outcome or "device unavailable", started, code)
+            return
+        outcome = outcome or "ok"
         if decided.whole is not None:
             self._account(event, decided.whole, outcome, started)
         else:
             self._account_allowed(event, decided, answered, started, outcome)
+
+    def _account_unanswered(
+        self, event: ServiceRequest, decided: Decided, outcome: str, started: float, code: int
+    ) -> None:
+        """An allowed request the device did not answer: audited per kind like the gateway's other own
+        answers (the first in full, then counted per interval), so a client that goes on polling through
+        a device outage writes a line per interval, not per request."""
+        latency_s = monotonic() - started
+        self._histogram.observe(latency_s)
+        revision = self.view.policy_revision
+        name = event.name
+        if decided.whole is not None:
+            self._count(name, decided.whole.verdict)
+            self.overloaded({"service": name}, decided.whole, revision, outcome, latency_s, code)
+            return
+        for op, decision in zip(decided.operations, decided.decisions, strict=True):
+            if decision.allowed:
+                self._count(name, decision.verdict)
+                self.overloaded(operation_fields(name, op), decision, revision, outcome, latency_s, code)
 
     def _account_allowed(
         self, event: ServiceRequest, decided: Decided, answered: bool, started: float, outcome: str

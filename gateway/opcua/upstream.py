@@ -16,11 +16,13 @@ counts device sessions against ``max_sessions``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from time import monotonic
 from typing import Any, ClassVar, Final
 
 from asyncua import ua
@@ -39,8 +41,13 @@ from gateway.opcua.asyncua_adapter import AsyncuaLink, Reply, ReplyCallback
 from gateway.runtime import Runtime
 from policies import Asset
 
+# The asset's reconnection to its device (the control session's loop, which every client session's new
+# device session waits for): at once, then after waits doubling from BACKOFF_INITIAL_S to BACKOFF_MAX_S,
+# each drawn between half and all of it (jitter: gateways and sessions do not come back in step).
 BACKOFF_INITIAL_S = 0.1
 BACKOFF_MAX_S = 5.0
+CONTROL_CHECK_S = 1.0  # how often the control session's socket is looked at
+SERVER_STATE = ua.NodeId(ua.Int32(ObjectIds.Server_ServerStatus_State), ua.Int16(0))
 MAX_BROWSE_DEPTH = 32  # hierarchy levels between the Root and a node; deeper is a loop or a trap
 MAX_CACHED_PATHS = 10_000
 ROOT = ua.NodeId(ua.Int32(ObjectIds.RootFolder), ua.Int16(0))
@@ -49,6 +56,10 @@ log = logging.getLogger("ztgate.opcua.upstream")
 
 # libuv's timers count milliseconds: a timer may run up to one early for the float deadline it was set at.
 _TIMER_SLACK_S: Final = 0.001
+
+
+def jittered(backoff_s: float) -> float:
+    return backoff_s * (0.5 + random.random() / 2)
 
 
 class UpstreamUnavailableError(Exception):
@@ -297,8 +308,10 @@ def _refused_certificate(asset: Asset, exc: BaseException) -> bool:
         return False
     if isinstance(exc, UaStatusCodeError):
         return exc.code in _CERTIFICATE_REFUSALS
-    # asyncua asserts on the OPN answer of a device that closed the channel instead of answering it.
-    return isinstance(exc, AssertionError | ConnectionResetError | asyncio.IncompleteReadError)
+    # asyncua asserts on the OPN answer of a device that closed the channel instead of answering it, or
+    # reports the connection lost (node-opcua closes it on a certificate it does not trust).
+    closed = isinstance(exc, AssertionError | ConnectionResetError | asyncio.IncompleteReadError)
+    return closed or type(exc) is ConnectionError
 
 
 def connect_failure(asset: Asset, exc: BaseException) -> str:
@@ -338,6 +351,11 @@ class OpcUaPool:
         self.last_error: str | None = None
         self.namespaces: tuple[str, ...] = ()
         self._paths: dict[ua.NodeId, tuple[ua.QualifiedName, ...] | None] = {}
+        # The last time (monotonic) the control session showed the device is there: a connection it
+        # opened, or a read on it started then; and the event of the next such time.
+        self._seen_at = 0.0
+        self._seen = asyncio.Event()
+        self._look = asyncio.Event()  # a client session asks whether the device is there: look now
 
     @property
     def max_sessions(self) -> int:
@@ -365,27 +383,60 @@ class OpcUaPool:
             asyncio.get_running_loop().create_task(self.control.close())
             self.control = None
 
+    async def device_back(self, since: float) -> None:
+        """Until the control session has shown the device to be there after ``since`` (monotonic): by a
+        connection it opened later, or a read on it started later. One look serves every session that
+        waits; while the device is away that is the loop's next reconnection, with its back-off."""
+        while self._seen_at <= since:
+            seen = self._seen
+            self._look.set()
+            await seen.wait()
+
+    def _saw_device(self, at: float) -> None:
+        self._seen_at = at
+        seen, self._seen = self._seen, asyncio.Event()
+        seen.set()
+
+    async def _device_answers(self, session: DeviceSession) -> bool:
+        """Whether the device answers a read of its ServerState on the control session now."""
+        try:
+            async with asyncio.timeout(self.asset.connect_timeout_s):
+                await session.client.get_node(SERVER_STATE).read_value()
+        except Exception:  # whatever the failure: the control session is no good
+            return False
+        return True
+
     async def _keep_control(self) -> None:
         backoff_s = BACKOFF_INITIAL_S
         while not self._retired:
             session = DeviceSession(self.asset)
+            opened = monotonic()
             try:
                 await session.open()
             except Exception as exc:  # whatever the failure, retried: a person may fix it meanwhile
                 self.connect_failures += 1
                 self._event("connect_failed", connect_failure(self.asset, exc))
                 await session.close()
-                await asyncio.sleep(backoff_s * (0.5 + random.random() / 2))
+                await asyncio.sleep(jittered(backoff_s))
                 backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
                 continue
             backoff_s = BACKOFF_INITIAL_S
             self.control, self.namespaces = session, session.namespaces
             self._paths.clear()  # a restarted device may have a new address space
             self._event("connected", None)
-            # asyncua's own watchdog reads ServerState and owns the connection-lost hook; the pool
-            # only looks at the socket once a second.
-            while session.alive and not self._retired:  # noqa: ASYNC110
-                await asyncio.sleep(1.0)
+            self._saw_device(opened)
+            # asyncua's own watchdog reads ServerState and owns the connection-lost hook; the pool looks
+            # at the socket every CONTROL_CHECK_S, and reads ServerState when a client session asks.
+            while session.alive and not self._retired:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._look.wait(), CONTROL_CHECK_S)
+                if not self._look.is_set() or not session.alive:
+                    continue
+                self._look.clear()  # asked again while reading: read again
+                looked = monotonic()
+                if not await self._device_answers(session):
+                    break
+                self._saw_device(looked)
             self.control = None
             if not self._retired:
                 self._event("disconnected", "control session lost")

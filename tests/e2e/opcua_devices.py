@@ -100,24 +100,33 @@ class AsyncuaDevice:
 
 
 class NodeOpcUaDevice:
-    def __init__(self, pki: Path) -> None:
+    """``secure``: Basic256Sha256 SignAndEncrypt only, and a client certificate trusted only after
+    :meth:`trust`."""
+
+    def __init__(self, pki: Path, *, secure: bool = False) -> None:
         self.pki = pki
         self.port = free_port()
+        self.secure = secure
         self._process: asyncio.subprocess.Process | None = None
 
     async def start(self, without: Sequence[str] = ()) -> None:
         arguments = ["--port", str(self.port), "--pki", str(self.pki), "--lifetime-s", "600"]
+        if self.secure:
+            arguments.append("--secure")
         for name in without:
             arguments += ["--without", name]
-        process = await asyncio.create_subprocess_exec(
-            "node",
-            str(PEER_DIR / "device.js"),
-            *arguments,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            cwd=PEER_DIR,
-        )
+        self.pki.mkdir(parents=True, exist_ok=True)
+        log = self.pki / "device.log"  # node-opcua's own messages, for a failure's explanation
+        with log.open("ab") as log_file:
+            process = await asyncio.create_subprocess_exec(
+                "node",
+                str(PEER_DIR / "device.js"),
+                *arguments,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log_file,
+                cwd=PEER_DIR,
+            )
         self._process = process
         assert process.stdout is not None
         try:
@@ -127,9 +136,8 @@ class NodeOpcUaDevice:
             line = b""
         if line.strip() != f"ready {self.port}".encode():
             await self.stop()
-            assert process.stderr is not None
-            error = (await process.stderr.read()).decode(errors="replace")
-            raise RuntimeError(f"node-opcua device did not start on port {self.port}: {line!r} {error}")
+            error = log.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"node-opcua device did not start on port {self.port}: {line!r}\n{error}")
 
     async def stop(self) -> None:
         """Kill the process (a device that dies, not one that says goodbye)."""
@@ -164,6 +172,10 @@ class NodeOpcUaDevice:
 
     async def subscriptions(self) -> int:
         return int(await self._command("subscriptions"))
+
+    async def trust(self, certificate: Path) -> None:
+        """Put a client's certificate (DER) into the device's trust list, as its operator would."""
+        await self._command(f"trust {certificate}")
 
 
 @contextlib.asynccontextmanager

@@ -628,10 +628,12 @@ class RawChannel:
         response = struct_from_binary(ua.OpenSecureChannelResponse, Buffer(_after_sequence(data)))
         self.token_id = response.Parameters.SecurityToken.TokenId
 
-    async def request(self, body: bytes, request_id: int, response_type: type[Any]) -> Any:
+    async def request(
+        self, body: bytes, request_id: int, response_type: type[Any], timeout_s: float = 5.0
+    ) -> Any:
         """Send one request body in a MSG chunk; its answer: ``response_type``, or a ServiceFault."""
         self.writer.write(self.msg(body, request_id))
-        kind, data = await self.message()
+        kind, data = await self.message(timeout_s)
         assert kind == b"MSGF", kind
         answer = data[24:]
         if answer.startswith(nodeid_to_binary(ua.NodeId(ua.ObjectIds.ServiceFault_Encoding_DefaultBinary))):

@@ -3,16 +3,25 @@
 // urn:ztgate:sim:plant, string node ids Plant, Plant.Line1, Plant.Line1.Tank1 and the tank's variables
 // and methods. SecurityPolicy None, anonymous sessions, loopback only.
 //
-//   node device.js --port PORT --pki DIR [--without NAME ...] [--lifetime-s S]
+//   node device.js --port PORT --pki DIR [--without NAME ...] [--secure] [--lifetime-s S]
 //
+// --secure: Basic256Sha256 SignAndEncrypt only (anonymous user tokens), and client certificates trusted
+// only once the "trust" command says so (unknown ones are rejected, as a device fresh from the box does).
 // Prints "ready PORT" once it listens. Commands on stdin, one a line, each answered with one line:
 //   set NAME VALUE     the variable's value, as a program on the device would set it  -> "ok"
 //   get NAME           -> its value as JSON
 //   sessions           -> how many sessions the server holds
 //   subscriptions      -> how many subscriptions the server holds
+//   trust FILE         a client's certificate (DER) into the trust list                       -> "ok"
 // It exits when stdin closes (the test that started it is gone) or after --lifetime-s (600 s by default).
 "use strict";
 
+// stdout carries the answers to the test's commands only: node-opcua's own messages go to stderr.
+const answer = process.stdout.write.bind(process.stdout);
+console.log = console.info = console.warn = console.debug = console.error;
+process.stdout.write = process.stderr.write.bind(process.stderr);
+
+const fs = require("fs");
 const path = require("path");
 const readline = require("readline");
 const {
@@ -46,9 +55,14 @@ const SETPOINT_LOW = 0.0;
 const SETPOINT_HIGH = 2500.0;
 
 function options(argv) {
-  const parsed = { port: 0, pki: "", without: new Set(), lifetimeS: 600 };
+  const parsed = { port: 0, pki: "", without: new Set(), lifetimeS: 600, secure: false };
   for (let i = 2; i < argv.length; i += 2) {
     const [flag, value] = [argv[i], argv[i + 1]];
+    if (flag === "--secure") {
+      parsed.secure = true;
+      i -= 1;
+      continue;
+    }
     if (value === undefined) throw new Error(`${flag}: a value is missing`);
     if (flag === "--port") parsed.port = Number(value);
     else if (flag === "--pki") parsed.pki = value;
@@ -64,7 +78,7 @@ async function main() {
   const opts = options(process.argv);
   const certificates = new OPCUACertificateManager({
     rootFolder: path.join(opts.pki, "server"),
-    automaticallyAcceptUnknownCertificate: true,
+    automaticallyAcceptUnknownCertificate: !opts.secure,
   });
   const users = new OPCUACertificateManager({
     rootFolder: path.join(opts.pki, "users"),
@@ -75,8 +89,8 @@ async function main() {
     host: "127.0.0.1",
     hostname: "127.0.0.1",
     resourcePath: "/",
-    securityModes: [MessageSecurityMode.None],
-    securityPolicies: [SecurityPolicy.None],
+    securityModes: [opts.secure ? MessageSecurityMode.SignAndEncrypt : MessageSecurityMode.None],
+    securityPolicies: [opts.secure ? SecurityPolicy.Basic256Sha256 : SecurityPolicy.None],
     allowAnonymous: true,
     disableDiscovery: true,
     serverCertificateManager: certificates,
@@ -145,7 +159,7 @@ async function main() {
   }
 
   await server.start();
-  const out = (line) => process.stdout.write(`${line}\n`);
+  const out = (line) => answer(`${line}\n`);
   out(`ready ${opts.port}`);
 
   const commands = {
@@ -160,6 +174,10 @@ async function main() {
     sessions: () => String(server.currentSessionCount),
     subscriptions: () => String(server.currentSubscriptionCount),
     pump: () => JSON.stringify(state.pumpCommand),
+    trust: async ([file]) => {
+      await certificates.trustCertificate(fs.readFileSync(file));
+      return "ok";
+    },
   };
   const stop = async () => {
     await server.shutdown(0);
@@ -169,11 +187,9 @@ async function main() {
   const input = readline.createInterface({ input: process.stdin });
   input.on("line", (line) => {
     const [command, ...args] = line.trim().split(/\s+/);
-    try {
-      out(commands[command](args));
-    } catch (error) {
-      out(`error ${error.message}`);
-    }
+    Promise.resolve()
+      .then(() => commands[command](args))
+      .then(out, (error) => out(`error ${error.message}`));
   });
   input.on("close", stop);
 }
