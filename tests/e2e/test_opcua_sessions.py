@@ -1,12 +1,14 @@
-"""OPC UA sessions over time, end to end (asyncua clients through agent -> gateway -> an asyncua server):
-the device-session limit under a crowd, a session closed and another opened on the same channel, and a
-channel closed with Publish requests pending."""
+"""OPC UA sessions over time, end to end (asyncua clients through agent -> gateway -> a device that is
+asyncua's server or node-opcua's, two independently written servers): the device-session limit under a
+crowd, a session closed and another opened on the same channel, and a channel closed with Publish
+requests pending."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 from asyncua import Client, ua
@@ -18,21 +20,17 @@ from gateway.lab.sim.opcua import OpcUaSim
 from gateway.opcua.session import OpcUaSession
 from gateway.opcua.upstream import OpcUaPool
 from tests.e2e.harness import Lab, opcua_policy_text
+from tests.e2e.opcua_devices import KINDS, AsyncuaDevice, Device, running_device
 from tests.e2e.test_opcua import PLANT, RULES, TANK, Changes, RawChannel, raw_channel, tank
 
 LIMIT = 8
 CROWD = 200
 
 
-@pytest.fixture
-async def plc() -> AsyncIterator[OpcUaSim]:
-    async with OpcUaSim(static=True) as running:
+@pytest.fixture(params=KINDS)
+async def device(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Device]:
+    async with running_device(request.param, tmp_path / "device-pki") as running:
         yield running
-
-
-def device_sessions(plc: OpcUaSim) -> int:
-    """Sessions the device holds now (the gateway's control session among them)."""
-    return len(plc._running().iserver._external_sessions)
 
 
 def pool_of(lab: Lab) -> OpcUaPool:
@@ -49,23 +47,32 @@ async def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> 
             await asyncio.sleep(0.02)
 
 
-async def test_max_sessions_holds_exactly_when_200_clients_connect_at_once(lab: Lab, plc: OpcUaSim) -> None:
+async def wait_until_async(condition: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -> None:
+    """:func:`wait_until` for a condition the device answers (node-opcua's runs in its own process)."""
+    async with asyncio.timeout(timeout_s):
+        while not await condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+
+
+async def test_max_sessions_holds_exactly_when_200_clients_connect_at_once(lab: Lab, device: Device) -> None:
     # connect_timeout_s far above the test's deadline: a refusal that waited for it would fail the test.
     extra = f"max_sessions = {LIMIT}\nconnect_timeout_s = 60"
     # One agent brings all 200 from one source: the overlay's per-source admission is not under test.
     crowd = HandshakeLimits(max_pending_per_source=4 * CROWD, source_burst=4 * CROWD)
-    await lab.start_gateway(opcua_policy_text(plc.port, RULES, asset_extra=extra), handshake_limits=crowd)
+    await lab.start_gateway(opcua_policy_text(device.port, RULES, asset_extra=extra), handshake_limits=crowd)
     port = await lab.start_agent("alice", "opc-1", "opcua")
-    await wait_until(lambda: pool_of(lab).control is not None)
+    await wait_until(lambda: pool_of(lab).control is not None, 30)
     peak = 0
-    register = plc._running().iserver.register_external_session
+    if isinstance(device, AsyncuaDevice):  # asyncua's server can be watched as each session registers
+        server = device.sim._running().iserver
+        register = server.register_external_session
 
-    def counting(session: object) -> None:
-        nonlocal peak
-        register(session)  # type: ignore[arg-type]
-        peak = max(peak, device_sessions(plc))
+        def counting(session: object) -> None:
+            nonlocal peak
+            register(session)  # type: ignore[arg-type]
+            peak = max(peak, len(server._external_sessions))
 
-    plc._running().iserver.register_external_session = counting  # type: ignore[method-assign]
+        server.register_external_session = counting  # type: ignore[method-assign]
     clients = [
         Client(f"opc.tcp://127.0.0.1:{port}/", timeout=30, watchdog_intervall=600) for _ in range(CROWD)
     ]
@@ -85,7 +92,9 @@ async def test_max_sessions_holds_exactly_when_200_clients_connect_at_once(lab: 
         assert outcomes.count(ua.StatusCodes.Good) == LIMIT
         assert outcomes.count(ua.StatusCodes.BadServerNotConnected) == CROWD - LIMIT
         assert pool_of(lab).sessions == LIMIT
-        assert peak == LIMIT + 1  # and the control session; never more, not even for a moment
+        assert await device.sessions() == LIMIT + 1  # and the control session
+        if isinstance(device, AsyncuaDevice):
+            assert peak == LIMIT + 1  # never more, not even for a moment
         refusals = lab.audit_events(event="upstream", reason=f"max_sessions ({LIMIT}) reached")
         assert len({event["session"] for event in refusals}) == CROWD - LIMIT
     finally:
@@ -100,7 +109,7 @@ async def test_max_sessions_holds_exactly_when_200_clients_connect_at_once(lab: 
 
 async def test_a_device_session_that_fails_to_open_gives_its_place_back(lab: Lab) -> None:
     # Nothing listens: every open fails, and none may keep a place under max_sessions.
-    with_nobody = OpcUaSim(static=True)
+    with_nobody = OpcUaSim(static=True)  # a port nothing listens on
     await with_nobody.start()
     port = with_nobody.port
     await with_nobody.stop()
@@ -159,23 +168,26 @@ async def _publish(raw: RawChannel, token: ua.NodeId, request_id: int) -> object
     return await raw.request(_with_token(ua.PublishRequest(), token), request_id, ua.PublishResponse)
 
 
+async def _none(count: Awaitable[int]) -> bool:
+    return await count == 0
+
+
 def _status(answer: object) -> int:
     return answer.ResponseHeader.ServiceResult.value  # type: ignore[attr-defined, no-any-return]
 
 
 @pytest.mark.parametrize("delete_subscriptions", [True, False])
 async def test_nothing_of_a_closed_session_reaches_the_next_on_the_same_channel(
-    lab: Lab, plc: OpcUaSim, delete_subscriptions: bool
+    lab: Lab, device: Device, delete_subscriptions: bool
 ) -> None:
-    await lab.start_gateway(opcua_policy_text(plc.port, RULES))
-    await wait_until(lambda: pool_of(lab).control is not None)
+    await lab.start_gateway(opcua_policy_text(device.port, RULES))
+    await wait_until(lambda: pool_of(lab).control is not None, 30)
     ns = pool_of(lab).namespaces.index(PLANT)
-    subscriptions = plc._running().iserver.subscription_service.subscriptions
     raw = await raw_channel(lab)
     await raw.handshake()
     first = await raw.session()
     assert await _subscribe(raw, first, tank(ns, "Level"), 10) == 1
-    assert len(subscriptions) == 1
+    assert await device.subscriptions() == 1
     published = await _publish(raw, first, 12)  # A's first data change: the Level as it is
     assert _status(published) == ua.StatusCodes.Good and published.Parameters.SubscriptionId == 1  # type: ignore[attr-defined]
     close = ua.CloseSessionRequest()
@@ -183,8 +195,8 @@ async def test_nothing_of_a_closed_session_reaches_the_next_on_the_same_channel(
     closed = await raw.request(_with_token(close, first), 13, ua.CloseSessionResponse)
     assert _status(closed) == ua.StatusCodes.Good
     # Deleted on the device either way: no gateway session could ever take them over.
-    await wait_until(lambda: not subscriptions)
-    await plc.set_value("Level", 77.0)  # a change A's subscription would have reported
+    await wait_until_async(lambda: _none(device.subscriptions()))
+    await device.set_value("Level", 77.0)  # a change A's subscription would have reported
     second = await raw.session()  # request ids 2 and 3 again: a new session on the same channel
     assert second != first
     answer = await _publish(raw, second, 14)
@@ -207,10 +219,10 @@ async def test_nothing_of_a_closed_session_reaches_the_next_on_the_same_channel(
 
 @pytest.mark.parametrize("how", ["disconnect", "channel only", "connection dropped"])
 async def test_a_channel_closed_with_publish_requests_pending_is_a_clean_close(
-    lab: Lab, plc: OpcUaSim, caplog: pytest.LogCaptureFixture, how: str
+    lab: Lab, device: Device, caplog: pytest.LogCaptureFixture, how: str
 ) -> None:
     caplog.set_level(logging.WARNING)
-    await lab.start_gateway(opcua_policy_text(plc.port, RULES))
+    await lab.start_gateway(opcua_policy_text(device.port, RULES))
     port = await lab.start_agent("alice", "opc-1", "opcua")
     client = Client(f"opc.tcp://127.0.0.1:{port}/", timeout=5, watchdog_intervall=600)
     await client.connect()
