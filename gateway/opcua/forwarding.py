@@ -67,7 +67,7 @@ SUBSCRIPTION_CARRIED: Final = StatusCodes.GoodSubscriptionTransferred
 SUBSCRIPTION_LOST: Final = StatusCodes.BadTimeout
 
 
-@dataclass
+@dataclass(eq=False)  # held requests are told apart by identity
 class _Held:
     """A Publish request held while the device is away: answered when it comes back, or at its timeout."""
 

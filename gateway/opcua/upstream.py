@@ -308,10 +308,8 @@ def _refused_certificate(asset: Asset, exc: BaseException) -> bool:
         return False
     if isinstance(exc, UaStatusCodeError):
         return exc.code in _CERTIFICATE_REFUSALS
-    # asyncua asserts on the OPN answer of a device that closed the channel instead of answering it, or
-    # reports the connection lost (node-opcua closes it on a certificate it does not trust).
-    closed = isinstance(exc, AssertionError | ConnectionResetError | asyncio.IncompleteReadError)
-    return closed or type(exc) is ConnectionError
+    # asyncua asserts on the OPN answer of a device that closed the channel instead of answering it.
+    return isinstance(exc, AssertionError | ConnectionResetError | asyncio.IncompleteReadError)
 
 
 def connect_failure(asset: Asset, exc: BaseException) -> str:
