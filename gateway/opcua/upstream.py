@@ -308,8 +308,10 @@ def _refused_certificate(asset: Asset, exc: BaseException) -> bool:
         return False
     if isinstance(exc, UaStatusCodeError):
         return exc.code in _CERTIFICATE_REFUSALS
-    # asyncua asserts on the OPN answer of a device that closed the channel instead of answering it.
-    return isinstance(exc, AssertionError | ConnectionResetError | asyncio.IncompleteReadError)
+    # asyncua asserts on the OPN answer of a device that closed the channel instead of answering it, and
+    # reports only "connection lost" for the Error message (BadSecurityChecksFailed) node-opcua sends.
+    closed = isinstance(exc, AssertionError | ConnectionResetError | asyncio.IncompleteReadError)
+    return closed or type(exc) is ConnectionError
 
 
 def connect_failure(asset: Asset, exc: BaseException) -> str:

@@ -1,6 +1,7 @@
 """The gateway's own session to the device under the asset's security: an asyncua server that takes only
-Basic256Sha256 SignAndEncrypt and username tokens (or X509 user tokens), and the client on the other side
-of the gateway unaware of any of it."""
+Basic256Sha256 SignAndEncrypt and username tokens (or X509 user tokens), node-opcua's server that trusts
+the gateway's certificate only once told to, and the client on the other side of the gateway unaware of any
+of it."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from gateway.lab.sim.opcua import stop_server
 from tests.e2e.harness import Lab, opcua_policy_text
+from tests.e2e.opcua_devices import NodeOpcUaDevice, require_node_opcua
 
 GATEWAY_URI = "urn:ztgate:gateway:gw-test"
 RULES = """
@@ -236,3 +238,42 @@ async def _readyz(admin_port: int) -> tuple[int, dict[str, Any]]:
     url = f"http://127.0.0.1:{admin_port}/readyz/opc-1"
     async with aiohttp.ClientSession() as http, http.get(url) as response:
         return response.status, await response.json()
+
+
+async def test_a_node_opcua_device_that_does_not_trust_the_gateway_is_named_until_it_does(
+    lab: Lab, tmp_path: Path
+) -> None:
+    # node-opcua's server, written independently of asyncua, rejects a client certificate it does not
+    # know (as a device fresh from the box does) until its operator trusts it.
+    require_node_opcua()
+    device = NodeOpcUaDevice(tmp_path / "device-pki", secure=True)
+    await device.start()
+    try:
+        cert, key = await _gateway_certificate(tmp_path)
+        extra = _asset(cert, key, '"anonymous"')
+        gateway = await lab.start_gateway(opcua_policy_text(device.port, RULES, asset_extra=extra))
+        failed = await lab.wait_for_event(event="upstream", state="connect_failed", timeout_s=20)
+        assert failed["reason"].startswith(
+            f"the device rejected the gateway's application certificate ({cert}): add it to the device's"
+            " trust list"
+        )
+        status, body = await _readyz(gateway.admin_port)
+        assert status == 503 and body["reason"] == failed["reason"]
+        agent_port = await lab.start_agent("alice", "opc-1", "opcua")
+        url = f"opc.tcp://127.0.0.1:{agent_port}/"
+        async with Client(url, timeout=10, watchdog_intervall=600) as client:
+            with pytest.raises(ua.UaStatusCodeError) as refused:
+                await client.get_node(ua.NodeId(ua.ObjectIds.Server_ServerStatus_State)).read_value()
+            assert refused.value.code == ua.StatusCodes.BadServerNotConnected
+        failures = lab.audit_events(event="upstream", state="connect_failed")
+        sessions_failed = [e["reason"] for e in failures if "session" in e]
+        assert sessions_failed and sessions_failed[0].startswith("the device rejected the gateway's")
+        await device.trust(cert)  # the operator trusts the gateway's certificate on the device
+        await lab.wait_for_event(event="upstream", state="connected", timeout_s=20)
+        status, _body = await _readyz(gateway.admin_port)
+        assert status == 200
+        async with Client(url, timeout=10) as client:  # SignAndEncrypt upstream, None on the client's side
+            state = await client.get_node(ua.NodeId(ua.ObjectIds.Server_ServerStatus_State)).read_value()
+        assert state == ua.ServerState.Running
+    finally:
+        await device.stop()

@@ -92,7 +92,6 @@ async function main() {
     securityModes: [opts.secure ? MessageSecurityMode.SignAndEncrypt : MessageSecurityMode.None],
     securityPolicies: [opts.secure ? SecurityPolicy.Basic256Sha256 : SecurityPolicy.None],
     allowAnonymous: true,
-    disableDiscovery: true,
     serverCertificateManager: certificates,
     userCertificateManager: users,
     serverCapabilities: { maxSessions: 1000 },
