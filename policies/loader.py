@@ -23,16 +23,38 @@ from policies.errors import FieldPath, PolicyError, PolicyIssue, format_path, qu
 from policies.fields import expected
 from policies.locator import LineLocator
 from policies.modbus.entries import ModbusEntryChecks
-from policies.model import EFFECTS, MODES, SCOPES, TEST_EXPECTATIONS, PolicyModel, PolicyTest, Rule
+from policies.model import (
+    EFFECTS,
+    MODES,
+    SCOPES,
+    TEST_EXPECTATIONS,
+    PolicyModel,
+    PolicyTest,
+    Rule,
+    VendorAccess,
+)
 from policies.opcua.entries import OpcuaEntryChecks
 from policies.subjects import GROUP_PREFIX, check_group_name, check_subject, check_trust_domain
-from policies.timewindow import TimeWindow, parse_days, parse_hours, parse_time_zone
+from policies.timewindow import (
+    Period,
+    TimeWindow,
+    Window,
+    parse_days,
+    parse_hours,
+    parse_instant,
+    parse_time_zone,
+)
 
 __all__ = ["parse_model"]
 
 T = TypeVar("T")
 
-_TOP_KEYS = ("trust_domain", "assets", "groups", "rules", "tests")
+_TOP_KEYS = ("trust_domain", "assets", "groups", "rules", "tests", "vendor_access")
+_VENDOR_KEYS = ("subjects", "assets", "max_window_s", "approvers", "modbus")
+# What a vendor may ask for is checked entry by entry against these fields alone (gateway/grants.py).
+_VENDOR_ENTRY_KEYS = frozenset(("fc", "preset", "address", "value"))
+MAX_APPROVERS = 5
+MAX_GRANT_WINDOW_S = 31 * 86400
 _TEST_KEYS = ("name", "subject", "asset", "request", "expect", "rule", "at")
 _RULE_KEYS = (
     "id",
@@ -48,7 +70,8 @@ _RULE_KEYS = (
     "opcua",
 )
 _RULE_KEY_SET = frozenset(_RULE_KEYS)
-_WHEN_KEYS = ("days", "hours", "tz")
+_WHEN_KEYS = ("days", "hours", "tz", "from", "until")
+_PERIOD_KEYS = frozenset(("from", "until"))
 
 _RULE_ID = re.compile(r"[!-~]+")  # printable ASCII without spaces: ids end up in audit records and logs
 
@@ -79,7 +102,7 @@ class _Loader(AssetChecks, ModbusEntryChecks, EnipEntryChecks, OpcuaEntryChecks)
         super().__init__()
         self._subject_memo: dict[str, str | None] = {}
         self._subjects_ok: set[str] = set()  # ids, patterns and group references already checked
-        self._window_memo: dict[str, TimeWindow] = {}
+        self._window_memo: dict[str, Window] = {}
         self._protocols: dict[str, str] = {}
 
     # --------------------------------------------------------------------------------- top level
@@ -103,6 +126,11 @@ class _Loader(AssetChecks, ModbusEntryChecks, EnipEntryChecks, OpcuaEntryChecks)
         groups = self.groups(data.get("groups", {}), trust_domain)
         rules = self.rules(data.get("rules", []), trust_domain, declared_assets, groups)
         tests = self.tests(data.get("tests", []), trust_domain, declared_assets, {r.id for r in rules})
+        vendor_access = (
+            self.vendor_access(data["vendor_access"], trust_domain, declared_assets, groups)
+            if "vendor_access" in data
+            else None
+        )
         if self.problems or trust_domain is None:
             return None
         return PolicyModel(
@@ -111,7 +139,52 @@ class _Loader(AssetChecks, ModbusEntryChecks, EnipEntryChecks, OpcuaEntryChecks)
             groups=MappingProxyType(groups),
             rules=tuple(rules),
             tests=tuple(tests),
+            vendor_access=vendor_access,
         )
+
+    # ----------------------------------------------------------------------------- vendor access
+
+    def vendor_access(
+        self,
+        value: object,
+        trust_domain: str | None,
+        assets: set[str],
+        groups: dict[str, tuple[str, ...]],
+    ) -> VendorAccess | None:
+        """``[vendor_access]``: who may ask for a just-in-time grant, on which assets, for which
+        operations, for how long at most, and how many approvers must say yes."""
+        path: FieldPath = ("vendor_access",)
+        table = self.table(value, path)
+        if table is None:
+            return None
+        before = len(self.problems)
+        self.keys(table, path, _VENDOR_KEYS)
+        for required in ("subjects", "assets", "max_window_s"):
+            if required not in table:
+                self.error(path, f'missing required key "{required}"')
+        subjects = (
+            self.rule_subjects(table["subjects"], path, trust_domain, groups) if "subjects" in table else []
+        )
+        names = self.rule_assets(table["assets"], path, assets) if "assets" in table else []
+        max_window_s = (
+            self.integer(table["max_window_s"], (*path, "max_window_s"), 1, MAX_GRANT_WINDOW_S)
+            if "max_window_s" in table
+            else None
+        )
+        approvers = self.integer(table.get("approvers", 1), (*path, "approvers"), 1, MAX_APPROVERS)
+        modbus = self.entry_list(table, path, "modbus", self.modbus_entry, '[{ fc = 3, address = "0-99" }]')
+        given = table.get("modbus")
+        for index, entry in enumerate(given if isinstance(given, list) else []):
+            if isinstance(entry, dict) and not entry.keys() <= _VENDOR_ENTRY_KEYS:
+                extra = ", ".join(sorted(entry.keys() - _VENDOR_ENTRY_KEYS))
+                self.error(
+                    (*path, "modbus", index),
+                    f"{extra}: what a vendor may ask for names fc, preset, address and value only",
+                )
+        if len(self.problems) > before:
+            return None
+        assert max_window_s is not None and approvers is not None
+        return VendorAccess(tuple(subjects), tuple(names), float(max_window_s), approvers, tuple(modbus))
 
     # ------------------------------------------------------------------------------------- tests
 
@@ -397,7 +470,7 @@ class _Loader(AssetChecks, ModbusEntryChecks, EnipEntryChecks, OpcuaEntryChecks)
             return None
         return text
 
-    def when(self, value: object, path: FieldPath) -> TimeWindow | None:
+    def when(self, value: object, path: FieldPath) -> Window | None:
         table = self.table(value, path)
         if table is None:
             return None
@@ -407,6 +480,8 @@ class _Loader(AssetChecks, ModbusEntryChecks, EnipEntryChecks, OpcuaEntryChecks)
             return known
         before = len(self.problems)
         self.keys(table, path, _WHEN_KEYS)
+        if table.keys() & _PERIOD_KEYS:
+            return self.period(table, path, key)
         days: frozenset[int] | None = frozenset(range(7))
         hours: tuple[int, int] | None = (0, 24 * 60)
         tz: str | None = "UTC"
@@ -427,3 +502,25 @@ class _Loader(AssetChecks, ModbusEntryChecks, EnipEntryChecks, OpcuaEntryChecks)
         assert days is not None and hours is not None and tz is not None
         window = self._window_memo[key] = TimeWindow(days, hours[0], hours[1], tz)
         return window
+
+    def period(self, table: dict[str, object], path: FieldPath, key: str) -> Period | None:
+        """``when = { from = ..., until = ... }``: open once, between two instants (a grant's rule)."""
+        before = len(self.problems)
+        if not table.keys() <= _PERIOD_KEYS or len(table) != 2:
+            self.error(path, 'a period is "from" and "until" together, without "days", "hours" or "tz"')
+            return None
+        bounds: list[float] = []
+        for name in ("from", "until"):
+            instant, problem = parse_instant(table[name])
+            if problem is not None:
+                self.error((*path, name), problem)
+            elif instant is not None:
+                bounds.append(instant)
+        if len(self.problems) > before:
+            return None
+        if bounds[1] <= bounds[0]:
+            self.error((*path, "until"), '"until" must come after "from"')
+            return None
+        period = Period(bounds[0], bounds[1])
+        self._window_memo[key] = period
+        return period

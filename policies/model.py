@@ -19,7 +19,7 @@ from policies.opcua.nodes import MethodPair, NodePattern
 from policies.opcua.paths import BrowsePathPrefix
 from policies.opcua.services import attribute_text
 from policies.ranges import IntervalSet
-from policies.timewindow import TimeWindow
+from policies.timewindow import Window
 from policies.values import ValueBounds
 from protocols.enip.epath import PortSegment
 from protocols.opcua.spec import Status
@@ -49,6 +49,7 @@ __all__ = [
     "PolicyModel",
     "PolicyTest",
     "Rule",
+    "VendorAccess",
 ]
 
 PROTOCOLS = ("modbus", "enip", "opcua")
@@ -322,7 +323,7 @@ class Rule:
     effect: str = "allow"
     mode: str = "enforce"
     description: str = ""
-    window: TimeWindow | None = None
+    window: Window | None = None
     modbus: tuple[ModbusEntry, ...] = ()
     enip: tuple[EnipEntry, ...] = ()
     opcua: tuple[OpcuaEntry, ...] = ()
@@ -350,6 +351,21 @@ class PolicyTest:
     at: str | None = None  # ISO 8601 with an offset; default: when the tests run
 
 
+@dataclass(frozen=True, slots=True)
+class VendorAccess:
+    """``[vendor_access]``: what a vendor may ask for as a just-in-time grant (gateway/grants.py).
+
+    ``subjects`` may ask; ``assets`` may be asked for; each operation asked for must lie inside one
+    of the ``modbus`` entries; a grant lasts at most ``max_window_s``; ``approvers`` people other
+    than the vendor must approve it."""
+
+    subjects: tuple[str, ...]
+    assets: tuple[str, ...]
+    max_window_s: float
+    approvers: int = 1
+    modbus: tuple[ModbusEntry, ...] = ()
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class PolicyModel:
     trust_domain: str
@@ -357,3 +373,4 @@ class PolicyModel:
     groups: Mapping[str, tuple[str, ...]]
     rules: tuple[Rule, ...]
     tests: tuple[PolicyTest, ...] = ()
+    vendor_access: VendorAccess | None = None

@@ -20,7 +20,7 @@ from policies.errors import PolicyError, PolicyIssue
 from policies.explain import Explanation, cloaked_explanation, session_denied_explanation
 from policies.loader import parse_model
 from policies.modbus.explain import describe_request, explain_view
-from policies.model import Asset, PolicyModel, PolicyTest, Rule
+from policies.model import Asset, PolicyModel, PolicyTest, Rule, VendorAccess
 from policies.opcua.explain import describe_opcua_request, explain_opcua_view
 from policies.refusals import RefusingView
 from policies.subjects import SubjectIndex, expand
@@ -47,6 +47,11 @@ class Policy:
         self.groups: Mapping[str, tuple[str, ...]] = model.groups
         self.rules: tuple[Rule, ...] = model.rules
         self.tests: tuple[PolicyTest, ...] = model.tests
+        self.vendor_access: VendorAccess | None = model.vendor_access
+        self._requesters = SubjectIndex()  # who may ask for a grant ([vendor_access] subjects)
+        if model.vendor_access is not None:
+            for subject in expand(model.vendor_access.subjects, dict(model.groups)):
+                self._requesters.add(subject, 0)
         self._subjects = SubjectIndex()
         self._by_asset: dict[str, set[int]] = {name: set() for name in model.assets}
         self._every_asset: set[int] = set()  # rules with assets = ["*"], kept apart: no assets x rules
@@ -113,6 +118,10 @@ class Policy:
             return RefusingView(view, reason)
         reason = self.reads_only.get(asset)
         return view if reason is None else RefusingView(view, reason, reads=True)
+
+    def may_request_grant(self, subject: str) -> bool:
+        """Whether ``subject`` is among those ``[vendor_access]`` lets ask for a grant."""
+        return bool(self._requesters.rules_for(subject))
 
     def session_denial(self, subject: str, asset: str) -> Rule | None:
         """The first ``scope = "session"`` deny rule that refuses ``subject`` any session to ``asset``;

@@ -1,4 +1,6 @@
-"""Time windows (``when = { days = "mon-fri", hours = "06:00-18:00", tz = "Europe/Berlin" }``).
+"""Time windows (``when = { days = "mon-fri", hours = "06:00-18:00", tz = "Europe/Berlin" }``), and
+periods (``when = { from = 2026-12-07T14:00:00Z, until = 2026-12-07T16:00:00Z }``): the once-only
+window of a just-in-time grant's rule, after which the gateway cuts the sessions it carried.
 
 A window follows the wall clock of its time zone, so it opens at 06:00 local time on both sides of a
 daylight-saving change. Whether it is open is a pure function of the instant asked about; the answer is
@@ -11,12 +13,21 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from policies.errors import quote
 
-__all__ = ["DAY_NAMES", "TimeWindow", "parse_days", "parse_hours", "parse_time_zone"]
+__all__ = [
+    "DAY_NAMES",
+    "Period",
+    "TimeWindow",
+    "Window",
+    "parse_days",
+    "parse_hours",
+    "parse_instant",
+    "parse_time_zone",
+]
 
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _DAY_INDEX = {name: index for index, name in enumerate(DAY_NAMES)}
@@ -98,6 +109,51 @@ class TimeWindow:
 
     def __repr__(self) -> str:
         return f"TimeWindow({self})"
+
+
+class Period:
+    """Open from ``start`` (inclusive) to ``end`` (exclusive), epoch seconds: once, never again."""
+
+    __slots__ = ("end", "start")
+
+    def __init__(self, start: float, end: float) -> None:
+        self.start = start
+        self.end = end
+
+    def is_open(self, now: float) -> bool:
+        return self.start <= now < self.end
+
+    def open_at(self, now: float) -> bool:
+        return self.start <= now < self.end
+
+    def __str__(self) -> str:
+        return f"{_utc(self.start)} until {_utc(self.end)}"
+
+    def __repr__(self) -> str:
+        return f"Period({self})"
+
+
+Window = TimeWindow | Period
+
+
+def _utc(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_instant(value: object) -> tuple[float | None, str | None]:
+    """A TOML offset date-time (``2026-12-07T14:00:00Z``) or the same as an ISO 8601 string -> epoch
+    seconds; a time without a UTC offset is refused (whose midnight would it be?)."""
+    moment = value
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            return None, f"{quote(value)}: expected a date and time such as 2026-12-07T14:00:00Z"
+    if not isinstance(moment, datetime):
+        return None, f"expected a date and time such as 2026-12-07T14:00:00Z, got {type(value).__name__}"
+    if moment.tzinfo is None:
+        return None, f"{moment.isoformat()}: needs a UTC offset, such as 2026-12-07T14:00:00Z"
+    return moment.timestamp(), None
 
 
 def _hhmm(minutes: int) -> str:

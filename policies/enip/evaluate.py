@@ -22,7 +22,7 @@ from policies.enip.services import hex_ranges, service_text
 from policies.enip.tags import RequestTag, TagPattern
 from policies.model import EnipEntry, Rule
 from policies.ranges import IntervalSet
-from policies.timewindow import TimeWindow
+from policies.timewindow import Window
 from policies.values import ValueBounds
 from protocols.enip.requests import CipRequest
 from protocols.enip.spec import ClassCode, Service
@@ -77,7 +77,7 @@ class EnipCandidate:
         self.rule_id = rule.id
         self.entry = entry
         self.order = order  # position in the file (rule, then entry), to merge candidate lists
-        self.window: TimeWindow | None = rule.window
+        self.window: Window | None = rule.window
         self.classes: IntervalSet | None = entry.classes
         self.instances: IntervalSet | None = entry.instances
         self.attributes: IntervalSet | None = entry.attributes

@@ -28,7 +28,7 @@ from typing import Protocol
 from policies.decision import Decision, MonitoredAllows, Refuser
 from policies.model import ModbusEntry, Rule
 from policies.ranges import IntervalSet, SegmentIndex
-from policies.timewindow import TimeWindow
+from policies.timewindow import Window
 from protocols.modbus.pdu import Request
 
 __all__ = [
@@ -64,7 +64,7 @@ class Candidate:
         self.rule = rule
         self.rule_id = rule.id
         self.entry = entry
-        self.window: TimeWindow | None = rule.window
+        self.window: Window | None = rule.window
         self.units: frozenset[int] | None = (
             None
             if entry.units is None

@@ -26,7 +26,7 @@ from policies.opcua.services import (
     COUPLED_SERVICES,
     attribute_text,
 )
-from policies.timewindow import TimeWindow
+from policies.timewindow import Window
 from policies.values import ValueBounds
 from protocols.opcua.operations import Operation
 
@@ -76,7 +76,7 @@ class OpcuaCandidate:
         self.rule_id = rule.id
         self.entry = entry
         self.order = order  # position in the file (rule, then entry)
-        self.window: TimeWindow | None = rule.window
+        self.window: Window | None = rule.window
         self.nodes = entry.nodes
         self.paths = entry.browse_paths
         self.attributes = entry.attributes
