@@ -105,7 +105,10 @@ AGGREGATE: Final = _fields(
 PROTOCOL_ERROR: Final = _fields(
     ("side", _STR, "`client` (or `upstream`): who broke the protocol"),
 )
-SESSION_START: Final = _fields(("peer", _STR, "the client's address and port"))
+SESSION_START: Final = _fields(
+    ("peer", _STR, "the client's address and port"),
+    ("grant", _STR, "the just-in-time grant the session stands on (docs/access.md)"),
+)
 SESSION_END: Final = _fields(
     ("requests", _INT, "requests the session made"),
     ("denied", _INT, "of them refused"),

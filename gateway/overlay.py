@@ -37,7 +37,14 @@ from gateway.admission import CAPACITY, RATE, SOURCE_LIMIT, HandshakeLimits, Sou
 from gateway.refusals import RefusalAudit
 from gateway.renewal_proof import ProvenCertificates
 from gateway.runtime import Runtime
-from gateway.session import Session, SessionInfo, session_denial_reason
+from gateway.session import (
+    Session,
+    SessionInfo,
+    grants_of,
+    only_grants,
+    open_grant,
+    session_denial_reason,
+)
 from gateway.tls import (
     HANDSHAKE_SOCKET,
     RENEWAL_ALPN,
@@ -388,6 +395,11 @@ class OverlayListener:
         if lock is not None:
             reason = f"lock {lock.id}: {lock.reason}"
             self._refuse(transport, pending, server_name, identity, "locked", reason)
+            return
+        if only_grants(view.rules) and open_grant(grants_of(view.rules), self.runtime.clock()) is None:
+            ids = ", ".join(rule.id for rule in grants_of(view.rules))
+            reason = f"only grants let {identity} near {server_name}, and none is open ({ids})"
+            self._refuse(transport, pending, server_name, identity, "no_access", reason)
             return
         cap = self.runtime.limits.max_sessions_per_identity
         if cap and self.runtime.sessions.of_identity(identity) >= cap:

@@ -21,7 +21,9 @@ from gateway.refusals import SessionRefusals
 from gateway.runtime import Runtime
 from policies import Decision, Policy, SubjectView
 from policies.model import Rule
+from policies.timewindow import Period
 
+_CERTIFICATE_ROUNDING_S = 1.0  # X.509 times are whole seconds
 PACED = "local answers budget"  # why a session stopped reading, while it pays for its local answers
 # The fields of a refusal record that are the same for every request of its kind: what an aggregate of
 # refusals carries, with the protocol's kind fields (Session.kind_fields).
@@ -31,6 +33,28 @@ _KIND_SUMMARY = ("event", "session", "identity", "asset", "protocol", "policy_re
 
 def session_denial_reason(rule: Rule) -> str:
     return rule.description or "the policy denies this session"
+
+
+def grants_of(rules: tuple[Rule, ...]) -> tuple[Rule, ...]:
+    """The rules of just-in-time grants among ``rules``: allow rules with a period (``when = { from,
+    until }``). A session that one of them carries is cut when its period ends."""
+    return tuple(
+        rule
+        for rule in rules
+        if rule.effect == "allow" and rule.scope == "request" and isinstance(rule.window, Period)
+    )
+
+
+def only_grants(rules: tuple[Rule, ...]) -> bool:
+    """Whether grants are all that let anyone near the asset: no standing allow rule among ``rules``."""
+    allows = [rule for rule in rules if rule.effect == "allow" and rule.scope == "request"]
+    return bool(allows) and all(isinstance(rule.window, Period) for rule in allows)
+
+
+def open_grant(grants: tuple[Rule, ...], now: float) -> Rule | None:
+    """Of ``grants``, the open one that ends first (None when none is open)."""
+    open_now = [rule for rule in grants if rule.window is not None and rule.window.is_open(now)]
+    return min(open_now, key=lambda rule: cast(Period, rule.window).end, default=None)
 
 
 @dataclass(frozen=True)
@@ -77,6 +101,7 @@ class Session(asyncio.Protocol):
         self.counts: dict[int | str | tuple[int | str, str], int] = {}
         self._paused_by: set[str] = set()
         self._expiry: asyncio.TimerHandle | None = None
+        self._grant_end: asyncio.TimerHandle | None = None  # the end of the grant it stands on, if any
         # Moves later when the identity proves a renewed certificate (gateway/renewal_proof.py).
         self.certificate_not_after = info.certificate_not_after
         self._idle_check: asyncio.TimerHandle | None = None
@@ -100,19 +125,22 @@ class Session(asyncio.Protocol):
         self._identity_budget = self.runtime.identity_buckets.acquire(
             self.info.identity, self.runtime.limits.identity_local_answers_per_s
         )
-        self.runtime.audit.emit(
-            {
-                "event": "session_start",
-                "session": self.id,
-                "identity": self.info.identity,
-                "asset": self.info.asset,
-                "protocol": self.protocol_name,
-                "peer": self.info.peer,
-                "policy_revision": self.view.policy_revision,
-            }
-        )
+        start = {
+            "event": "session_start",
+            "session": self.id,
+            "identity": self.info.identity,
+            "asset": self.info.asset,
+            "protocol": self.protocol_name,
+            "peer": self.info.peer,
+            "policy_revision": self.view.policy_revision,
+        }
+        grant = open_grant(grants_of(self.view.rules), self.runtime.clock())
+        if grant is not None:
+            start["grant"] = grant.id  # the grant's use, in the gateway's audit (docs/access.md)
+        self.runtime.audit.emit(start)
         loop = asyncio.get_running_loop()
         self._schedule_expiry()
+        self._schedule_grant_end()
         idle_s = self._idle_s = self.runtime.limits.idle_timeout_s or self.default_idle_timeout_s
         if idle_s > 0:
             self._idle_check = loop.call_later(idle_s, self._check_idle)
@@ -121,7 +149,7 @@ class Session(asyncio.Protocol):
         if exc is not None and not self.closing:
             self.close_reason = f"connection lost: {exc}"
         self.closing = True
-        for timer in (self._expiry, self._idle_check):
+        for timer in (self._expiry, self._idle_check, self._grant_end):
             if timer is not None:
                 timer.cancel()
         self.runtime.sessions.remove(self)
@@ -162,7 +190,48 @@ class Session(asyncio.Protocol):
         if not_after is not None:
             delay_s = max(0.0, not_after - self.runtime.clock())
             loop = asyncio.get_running_loop()
-            self._expiry = loop.call_later(delay_s, self.close, "client certificate expired")
+            self._expiry = loop.call_later(delay_s, self._certificate_expired)
+
+    def _certificate_expired(self) -> None:
+        # A grant's certificate ends with the grant, up to the second it was rounded down to: that
+        # end is the grant's, and audited as such.
+        grant = open_grant(grants_of(self.view.rules), self.runtime.clock())
+        if (
+            grant is not None
+            and cast(Period, grant.window).end - self.runtime.clock() <= _CERTIFICATE_ROUNDING_S
+        ):
+            self._end_of_grant(grant)
+            return
+        self.close("client certificate expired")
+
+    def _schedule_grant_end(self) -> None:
+        """A session a grant carries is cut by the gateway itself when the grant's period ends: a timer
+        from the rule's ``until``, no word from the center needed. A session that only grants let in
+        and none of them is open any more is cut now (a revision may bring such a view)."""
+        if self._grant_end is not None:
+            self._grant_end.cancel()
+            self._grant_end = None
+        grants = grants_of(self.view.rules)
+        if not grants:
+            return
+        now = self.runtime.clock()
+        grant = open_grant(grants, now)
+        if grant is not None:
+            delay_s = cast(Period, grant.window).end - now
+            self._grant_end = asyncio.get_running_loop().call_later(delay_s, self._grant_ended, grant)
+        elif only_grants(self.view.rules):
+            self._end_of_grant(max(grants, key=lambda rule: cast(Period, rule.window).end))
+
+    def _grant_ended(self, grant: Rule) -> None:
+        # The loop's timer and the wall clock may disagree by a hair: cut only once the period is over.
+        if grant.window is not None and grant.window.is_open(self.runtime.clock()):
+            self._schedule_grant_end()
+            return
+        self._end_of_grant(grant)
+
+    def _end_of_grant(self, rule: Rule) -> None:
+        reason = f"grant {rule.id} ended at {rule.window}"
+        self.cut(f"rule {rule.id}", reason, {"rule": rule.id})
 
     def extend_certificate(self, identity: str, source: str, not_after: float, policy: Policy) -> bool:
         """``identity`` proved, from ``source``, a certificate valid until ``not_after``: if this is
@@ -251,6 +320,9 @@ class Session(asyncio.Protocol):
         lock = self.locked_by(self.runtime.locks)  # a grant lock names a rule this revision may add
         if lock is not None:
             self.cut(f"lock {lock.id}", lock.reason, lock.audit_fields())
+            return
+        self._schedule_grant_end()
+        if self.closing:
             return
         self._view_changed()
 
