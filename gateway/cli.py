@@ -18,6 +18,7 @@ COMMANDS = (
     "gateway.pki",  # ztgate ca init|issue
     "gateway.center.cli",  # ztgate center init|serve|token|policy|...
     "gateway.center.lock_cli",  # ztgate lock create|ls|rm
+    "gateway.center.access_cli",  # ztgate access request|ls|approve|deny|revoke|cert
     "gateway.enroll",  # ztgate enroll
     "gateway.policy_cmd",  # ztgate policy check|explain
 )

@@ -13,9 +13,12 @@ field by field (unknown fields refused) before a handler touches the store.
 from __future__ import annotations
 
 import asyncio
+import math
+import re
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import orjson
@@ -25,7 +28,22 @@ from cryptography.hazmat.primitives import serialization
 
 from gateway.center.authority import Authority, CsrError
 from gateway.center.config import CenterConfig
-from gateway.center.store import ROLES, PolicyRevision, Store, TokenError, unified_diff
+from gateway.center.grants import (
+    GRANT_STATES,
+    GrantError,
+    check_grant_reason,
+    check_request,
+    compose,
+    parse_ops,
+)
+from gateway.center.store import (
+    ROLES,
+    GrantStateError,
+    PolicyRevision,
+    Store,
+    TokenError,
+    unified_diff,
+)
 from gateway.center.stream import Hub, Publisher, parse_cursors, serve_stream
 from gateway.locks import Lock, LockError, check_reason, parse_target
 from gateway.policy_tests import TestOutcome, failures_text, run_tests
@@ -39,6 +57,31 @@ TOKEN = "token"  # no certificate: a one-time enrollment token in the body
 READERS = frozenset({"admin", "approver", "viewer"})
 LOCKERS = frozenset({"admin", "approver"})
 MAX_LOCK_TTL_S = 366 * 86400.0
+# Who may ask for a just-in-time grant (the policy's [vendor_access] says which ids): never approve
+# their own request, whatever their role.
+REQUESTERS = frozenset({"vendor", "user", "approver", "admin"})
+MAX_GRANT_START_SKEW_S = 300.0  # a window may start this much in the past (clocks disagree)
+MAX_GRANT_LEAD_S = 30 * 86400.0  # and at most this far ahead
+_COMPOSE_ATTEMPTS = 5
+_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{0,252}")
+_GRANT_KEYS = (
+    "id",
+    "state",
+    "requester",
+    "asset",
+    "protocol",
+    "ops",
+    "reason",
+    "not_before",
+    "not_after",
+    "approvers_needed",
+    "approvals",
+    "created_at",
+    "decided_at",
+    "decided_by",
+    "decision",
+    "lock_id",
+)
 RENEWERS = frozenset({"gateway", "agent"})  # users and vendors enroll again; their certificates end
 TOKEN_PREFIX = "ztg1_"
 _TOKEN_REFUSALS = {
@@ -374,11 +417,25 @@ def _pushed(revision: PolicyRevision, previous: int) -> web.Response:
     return json_response({**revision.summary(), "previous": previous, "diff": revision.diff}, 201)
 
 
+async def _push_composed(
+    s: Services, admin: str, author: str, comment: str, rollback_of: int | None = None
+) -> PolicyRevision:
+    """Push the admin's text with the rules of the grants in force (gateway/center/grants.py), as
+    validated; composed again if another revision came first meanwhile."""
+    for _ in range(_COMPOSE_ATTEMPTS):
+        head = (await s.store.heads())["policy"]
+        text = compose(admin, await s.store.grants_in_force())
+        await _validate(s, text)
+        pushed = await s.store.push_policy(text, author, comment, rollback_of, after=head)
+        if pushed is not None:
+            return pushed
+    raise ApiError(503, "other revisions kept coming first; try again")
+
+
 async def push_policy(request: web.Request, caller: Caller | None) -> web.Response:
     s = _services(request)
     body = await read_body(request, {"policy": (str,), "comment": (str,)}, ("policy",))
-    await _validate(s, body["policy"])
-    pushed = await s.store.push_policy(body["policy"], _who(caller).identity, body.get("comment", ""))
+    pushed = await _push_composed(s, body["policy"], _who(caller).identity, body.get("comment", ""))
     return _pushed(pushed, pushed.revision - 1)
 
 
@@ -388,11 +445,9 @@ async def rollback_policy(request: web.Request, caller: Caller | None) -> web.Re
     target = await s.store.policy_revision(body["revision"])
     if target is None:
         raise ApiError(404, f"no policy revision {body['revision']}")
-    await _validate(s, target.policy)  # the trust domain may have changed since
+    # Validated again (the trust domain may have changed since), with the grants in force now.
     comment = body.get("comment", f"rollback to revision {target.revision}")
-    pushed = await s.store.push_policy(
-        target.policy, _who(caller).identity, comment, rollback_of=target.revision
-    )
+    pushed = await _push_composed(s, target.policy, _who(caller).identity, comment, target.revision)
     return _pushed(pushed, pushed.revision - 1)
 
 
@@ -469,6 +524,203 @@ async def remove_lock(request: web.Request, caller: Caller | None) -> web.Respon
     return json_response(removed.to_json())
 
 
+# ------------------------------------------------------------------------ just-in-time grants
+
+
+def _grant_answer(grant: dict[str, Any]) -> dict[str, Any]:
+    return {key: grant.get(key) for key in _GRANT_KEYS}
+
+
+async def _current_policy(s: Services) -> tuple[int, Policy]:
+    head = (await s.store.heads())["policy"]
+    found = await s.store.policy_revision(head)
+    if found is None:
+        raise ApiError(409, "no policy has been pushed yet: nothing may be granted")
+    return head, parse_policy(found.policy, f"revision {head}")
+
+
+async def request_access(request: web.Request, caller: Caller | None) -> web.Response:
+    """A vendor asks for a grant; checked against ``[vendor_access]`` of the policy in force."""
+    s = _services(request)
+    body = await read_body(
+        request,
+        {
+            "asset": (str,),
+            "protocol": (str,),
+            "ops": (str,),
+            "from": (int, float),
+            "for_s": (int, float),
+            "reason": (str,),
+        },
+        ("asset", "protocol", "ops", "for_s", "reason"),
+    )
+    requester = _who(caller).identity
+    now = s.store.clock()
+    start, window_s = float(body.get("from", now)), float(body["for_s"])
+    if not (math.isfinite(start) and math.isfinite(window_s)) or window_s <= 0:
+        raise ApiError(400, "malformed window: for_s must be a number of seconds above 0, from a time")
+    if start < now - MAX_GRANT_START_SKEW_S:
+        raise ApiError(400, f"malformed window: it starts {now - start:.0f} s in the past")
+    if start > now + MAX_GRANT_LEAD_S:
+        raise ApiError(400, f"malformed window: it starts more than {MAX_GRANT_LEAD_S / 86400:g} days ahead")
+    try:
+        reason = check_grant_reason(body["reason"])
+        operations = parse_ops(body["ops"])
+    except GrantError as exc:
+        raise ApiError(400, str(exc)) from None
+    if _NAME.fullmatch(body["asset"]) is None:
+        raise ApiError(400, f"unknown asset {body['asset'][:80]!r}")
+    _, policy = await _current_policy(s)
+    try:
+        needed = check_request(policy, requester, body["asset"], body["protocol"], operations, window_s)
+    except GrantError as exc:
+        if exc.status == 403:
+            detail = {"asset": body["asset"], "ops": body["ops"], "for_s": window_s, "reason": str(exc)}
+            await s.store.audit("grant_request_refused", requester, detail)
+        raise ApiError(exc.status, str(exc)) from None
+    grant = {
+        "id": "gr-" + secrets.token_hex(6),
+        "requester": requester,
+        "asset": body["asset"],
+        "protocol": body["protocol"],
+        "ops": ", ".join(op.text for op in operations),
+        "reason": reason,
+        "not_before": max(start, now),
+        "not_after": max(start, now) + window_s,
+        "approvers_needed": needed,
+        "created_at": now,
+    }
+    await s.store.create_grant(grant)
+    found = await s.store.grant(grant["id"])
+    assert found is not None
+    return json_response(_grant_answer(found), 201)
+
+
+async def list_access(request: web.Request, caller: Caller | None) -> web.Response:
+    """Pending requests by default (``?state=all`` or a state); a vendor sees its own only."""
+    query = read_query(request, ("state",))
+    state = query.get("state", "pending")
+    if state != "all" and state not in GRANT_STATES:
+        raise ApiError(400, f"state {state[:40]!r}: one of all, {', '.join(GRANT_STATES)}")
+    who = _who(caller)
+    mine = who.identity if who.role not in READERS else None
+    states = () if state == "all" else (state,)
+    grants = await _services(request).store.grants(states, mine)
+    return json_response({"grants": [_grant_answer(g) for g in grants]})
+
+
+async def approve_access(request: web.Request, caller: Caller | None) -> web.Response:
+    """One approval; the last one needed makes the grant a rule in the next revision, if that revision
+    passes the policy's tests (otherwise the grant is refused, naming the failed test)."""
+    s = _services(request)
+    await read_body(request, {}, ())
+    grant_id, approver = request.match_info["grant"], _who(caller).identity
+    try:
+        grant = await s.store.approve_grant(grant_id, approver)
+    except GrantStateError as exc:
+        raise ApiError(exc.status, exc.message) from None
+    if len(grant["approvals"]) < grant["approvers_needed"]:
+        return json_response(_grant_answer(grant))
+    for _ in range(_COMPOSE_ATTEMPTS):
+        head = (await s.store.heads())["policy"]
+        found = await s.store.policy_revision(head)
+        assert found is not None, "a grant is only requested under a policy"
+        text = compose(found.policy, [*await s.store.grants_in_force(), {**grant, "state": "approved"}])
+        try:
+            await _validate(s, text)
+        except ApiError as refused:
+            detail = {"tests": refused.extra.get("tests", []), "revision": head}
+            try:
+                await s.store.close_grant(grant_id, "refused", approver, refused.message, detail)
+            except GrantStateError:
+                pass
+            raise ApiError(422, f"grant {grant_id} refused: {refused.message}", **refused.extra) from None
+        try:
+            pushed = await s.store.activate_grant(grant_id, approver, text, head)
+        except GrantStateError as exc:
+            raise ApiError(exc.status, exc.message) from None
+        if pushed is not None:
+            approved = await s.store.grant(grant_id)
+            assert approved is not None
+            return json_response({**_grant_answer(approved), "revision": pushed.revision})
+    raise ApiError(503, "other revisions kept coming first; approve again")
+
+
+async def deny_access(request: web.Request, caller: Caller | None) -> web.Response:
+    s = _services(request)
+    body = await read_body(request, {"reason": (str,)}, ())
+    try:
+        why = check_grant_reason(body.get("reason", "denied"))
+        grant = await s.store.close_grant(request.match_info["grant"], "denied", _who(caller).identity, why)
+    except GrantError as exc:
+        raise ApiError(400, str(exc)) from None
+    except GrantStateError as exc:
+        raise ApiError(exc.status, exc.message) from None
+    return json_response(_grant_answer(grant))
+
+
+async def revoke_access(request: web.Request, caller: Caller | None) -> web.Response:
+    """End a grant early with a lock on it (``grant=ID``): every gateway cuts its sessions at once."""
+    s = _services(request)
+    body = await read_body(request, {"reason": (str,)}, ("reason",))
+    grant_id = request.match_info["grant"]
+    try:
+        reason = check_reason(body["reason"])
+        kind, value = parse_target(f"grant={grant_id}", s.authority.trust_domain)
+    except LockError as exc:
+        raise ApiError(400, str(exc)) from None
+    found = await s.store.grant(grant_id)
+    if found is None:
+        raise ApiError(404, f"no grant {grant_id[:40]!r}")
+    now = s.store.clock()
+    lock = Lock(
+        id="lk-" + secrets.token_hex(6),
+        kind=kind,
+        value=value,
+        reason=reason,
+        created_by=_who(caller).identity,
+        created_at=now,
+        # Until the grant's rule can no longer let anyone in; then the lock lifts itself.
+        expires_at=max(found["not_after"], now) + 60.0,
+    )
+    try:
+        revoked = await s.store.revoke_grant(grant_id, lock)
+    except GrantStateError as exc:
+        raise ApiError(exc.status, exc.message) from None
+    return json_response({**_grant_answer(revoked), "lock": lock.to_json()})
+
+
+async def grant_certificate(request: web.Request, caller: Caller | None) -> web.Response:
+    """The requester's certificate for an approved grant: it ends no later than the grant."""
+    s = _services(request)
+    body = await read_body(request, {"csr": (str,)}, ("csr",))
+    who = _who(caller)
+    grant = await s.store.grant(request.match_info["grant"])
+    if grant is None or grant["requester"] != who.identity:
+        raise ApiError(404, f"no grant {request.match_info['grant'][:40]!r} of {who.identity}")
+    now = s.store.clock()
+    if grant["state"] != "approved" or grant["not_after"] <= now:
+        raise ApiError(409, f"grant {grant['id']} is not in force ({grant['state']})")
+    for lock in await s.store.locks():
+        if lock.covers_identity(who.identity) or lock.matches(who.identity, grant["asset"], (grant["id"],)):
+            raise ApiError(403, f"{who.identity} is locked (lock {lock.id}): {lock.reason}")
+    try:
+        sid, key = s.authority.check_csr(body["csr"], who.identity)
+    except CsrError as exc:
+        raise ApiError(400, f"CSR refused: {exc}") from None
+    lifetime_s = min(s.config.lifetimes_s[sid.kind], grant["not_after"] - now)
+    certificate = s.authority.issue(sid, key, timedelta(seconds=lifetime_s))
+    async with s.store.db.transaction() as tx:
+        await _record(s, certificate, who.identity, f"grant {grant['id']}", tx)
+        detail = {
+            "id": grant["id"],
+            "serial": f"{certificate.serial_number:x}",
+            "not_after": grant["not_after"],
+        }
+        await s.store.audit("grant_certificate", who.identity, detail, tx)
+    return json_response({"grant": grant["id"], **_certificate_answer(s, certificate, who.role)})
+
+
 async def stream(request: web.Request, caller: Caller | None) -> web.StreamResponse:
     s = _services(request)
     try:
@@ -503,5 +755,11 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/locks", LOCKERS, create_lock),
     Route("GET", "/v1/locks", READERS, list_locks),
     Route("DELETE", "/v1/locks/{lock}", LOCKERS, remove_lock),
+    Route("POST", "/v1/access", REQUESTERS, request_access),
+    Route("GET", "/v1/access", REQUESTERS | READERS, list_access),
+    Route("POST", "/v1/access/{grant}/approve", LOCKERS, approve_access),
+    Route("POST", "/v1/access/{grant}/deny", LOCKERS, deny_access),
+    Route("POST", "/v1/access/{grant}/revoke", LOCKERS, revoke_access),
+    Route("POST", "/v1/access/{grant}/certificate", REQUESTERS, grant_certificate),
     Route("GET", "/v1/stream", frozenset({"gateway"}), stream),
 )

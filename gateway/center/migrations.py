@@ -8,7 +8,8 @@ one that has shipped.
 
 Times are epoch seconds (double precision). Identities, tokens and certificates are keyed by SPIFFE id
 and hash; ``heads`` holds the newest revision of each kind of document the center streams (``policy``,
-``locks``).
+``locks``). ``grants`` holds just-in-time grants (``state``: pending, approved, denied, refused,
+revoked) and ``grant_approvals`` who approved each, once per approver.
 """
 
 from __future__ import annotations
@@ -92,6 +93,36 @@ CREATE TABLE locks (
     removed_by TEXT
 );
 INSERT INTO heads (kind, value) VALUES ('locks', 0);
+""",
+    ),
+    (
+        3,
+        "just-in-time grants and their approvals",
+        """
+CREATE TABLE grants (
+    id TEXT PRIMARY KEY,
+    requester TEXT NOT NULL,
+    asset TEXT NOT NULL,
+    protocol TEXT NOT NULL,
+    ops TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    not_before DOUBLE PRECISION NOT NULL,
+    not_after DOUBLE PRECISION NOT NULL,
+    approvers_needed BIGINT NOT NULL,
+    state TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    decided_at DOUBLE PRECISION,
+    decided_by TEXT,
+    decision TEXT,
+    lock_id TEXT
+);
+CREATE INDEX grants_by_state ON grants (state);
+CREATE TABLE grant_approvals (
+    grant_id TEXT NOT NULL,
+    approver TEXT NOT NULL,
+    at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (grant_id, approver)
+);
 """,
     ),
 )

@@ -21,7 +21,15 @@ import orjson
 from gateway.center.db import Database, Row, Transaction
 from gateway.locks import Lock
 
-__all__ = ["ROLES", "PolicyRevision", "Store", "TokenError", "token_hash"]
+__all__ = [
+    "ROLES",
+    "GrantStateError",
+    "HeadMovedError",
+    "PolicyRevision",
+    "Store",
+    "TokenError",
+    "token_hash",
+]
 
 # Roles and the SPIFFE kind an identity of that role must have. Roles live here, never in certificates.
 ROLES: dict[str, str] = {
@@ -33,6 +41,19 @@ ROLES: dict[str, str] = {
     "agent": "agent",
     "gateway": "gateway",
 }
+
+
+class HeadMovedError(Exception):
+    """Another revision came first: what was composed from the previous one must be composed again."""
+
+
+class GrantStateError(Exception):
+    """A grant that cannot take the step asked for; ``status`` is the HTTP answer."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
 
 
 class TokenError(Exception):
@@ -91,6 +112,11 @@ def _lock(row: Row) -> Lock:
         created_at=float(row["created_at"]),
         expires_at=None if expires is None else float(expires),
     )
+
+
+def _grant_detail(grant: dict[str, Any]) -> dict[str, Any]:
+    keys = ("id", "asset", "protocol", "ops", "not_before", "not_after", "approvers_needed", "reason")
+    return {key: grant[key] for key in keys}
 
 
 def token_hash(token: str) -> str:
@@ -232,48 +258,71 @@ class Store:
         return {str(row["kind"]): int(row["value"]) for row in await self.db.fetch("SELECT * FROM heads")}
 
     async def push_policy(
-        self, text: str, author: str, comment: str = "", rollback_of: int | None = None
+        self,
+        text: str,
+        author: str,
+        comment: str = "",
+        rollback_of: int | None = None,
+        *,
+        after: int | None = None,
+    ) -> PolicyRevision | None:
+        """Store ``text`` (already validated) as the next revision, with its diff against the previous.
+
+        With ``after``, only if the newest revision is still ``after`` (None otherwise): the text was
+        composed from that revision and the grants then in force (gateway/center/grants.py)."""
+        try:
+            async with self.db.transaction() as tx:
+                return await self.push_policy_in(tx, text, author, comment, rollback_of, after=after)
+        except HeadMovedError:
+            return None
+
+    async def push_policy_in(
+        self,
+        tx: Transaction,
+        text: str,
+        author: str,
+        comment: str = "",
+        rollback_of: int | None = None,
+        *,
+        after: int | None = None,
     ) -> PolicyRevision:
-        """Store ``text`` (already validated) as the next revision, with its diff against the previous."""
-        async with self.db.transaction() as tx:
-            row = await tx.fetchone(
-                "UPDATE heads SET value = value + 1 WHERE kind = 'policy' RETURNING value"
-            )
-            assert row is not None
-            revision = int(row["value"])
-            previous = await tx.fetchone(
-                "SELECT policy FROM policy_revisions WHERE revision = ?", revision - 1
-            )
-            before = "" if previous is None else str(previous["policy"])
-            pushed = PolicyRevision(
-                revision=revision,
-                policy=text,
-                sha256=hashlib.sha256(text.encode()).hexdigest(),
-                author=author,
-                created_at=self.clock(),
-                comment=comment,
-                diff=unified_diff(before, text, f"revision {revision - 1}", f"revision {revision}"),
-                rollback_of=rollback_of,
-            )
-            await tx.execute(
-                "INSERT INTO policy_revisions (revision, policy, sha256, author, created_at, comment, diff, "
-                "rollback_of) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                pushed.revision,
-                pushed.policy,
-                pushed.sha256,
-                pushed.author,
-                pushed.created_at,
-                pushed.comment,
-                pushed.diff,
-                pushed.rollback_of,
-            )
-            await self._audit(
-                tx,
-                "policy_rollback" if rollback_of is not None else "policy_pushed",
-                author,
-                {"revision": revision, "sha256": pushed.sha256, "rollback_of": rollback_of},
-            )
-            await tx.notify("policy")
+        """:meth:`push_policy` inside ``tx``; :class:`HeadMovedError` when ``after`` is not the newest."""
+        row = await tx.fetchone("UPDATE heads SET value = value + 1 WHERE kind = 'policy' RETURNING value")
+        assert row is not None
+        revision = int(row["value"])
+        if after is not None and revision - 1 != after:
+            raise HeadMovedError(revision - 1)  # rolls back the transaction, and with it the bump
+        previous = await tx.fetchone("SELECT policy FROM policy_revisions WHERE revision = ?", revision - 1)
+        before = "" if previous is None else str(previous["policy"])
+        pushed = PolicyRevision(
+            revision=revision,
+            policy=text,
+            sha256=hashlib.sha256(text.encode()).hexdigest(),
+            author=author,
+            created_at=self.clock(),
+            comment=comment,
+            diff=unified_diff(before, text, f"revision {revision - 1}", f"revision {revision}"),
+            rollback_of=rollback_of,
+        )
+        await tx.execute(
+            "INSERT INTO policy_revisions (revision, policy, sha256, author, created_at, comment, diff, "
+            "rollback_of) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            pushed.revision,
+            pushed.policy,
+            pushed.sha256,
+            pushed.author,
+            pushed.created_at,
+            pushed.comment,
+            pushed.diff,
+            pushed.rollback_of,
+        )
+        await self._audit(
+            tx,
+            "policy_rollback" if rollback_of is not None else "policy_pushed",
+            author,
+            {"revision": revision, "sha256": pushed.sha256, "rollback_of": rollback_of},
+        )
+        await tx.notify("policy")
         return pushed
 
     async def policy_revision(self, revision: int) -> PolicyRevision | None:
@@ -289,20 +338,23 @@ class Store:
     async def create_lock(self, lock: Lock) -> None:
         """Store ``lock`` (already checked) and announce a new ``locks`` head."""
         async with self.db.transaction() as tx:
-            await tx.execute(
-                "INSERT INTO locks (id, kind, value, reason, created_by, created_at, expires_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                lock.id,
-                lock.kind,
-                lock.value,
-                lock.reason,
-                lock.created_by,
-                lock.created_at,
-                lock.expires_at,
-            )
-            await tx.execute("UPDATE heads SET value = value + 1 WHERE kind = 'locks'")
-            await self._audit(tx, "lock_created", lock.created_by, lock.to_json())
+            await self._insert_lock(tx, lock)
             await tx.notify("locks")
+
+    async def _insert_lock(self, tx: Transaction, lock: Lock) -> None:
+        await tx.execute(
+            "INSERT INTO locks (id, kind, value, reason, created_by, created_at, expires_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            lock.id,
+            lock.kind,
+            lock.value,
+            lock.reason,
+            lock.created_by,
+            lock.created_at,
+            lock.expires_at,
+        )
+        await tx.execute("UPDATE heads SET value = value + 1 WHERE kind = 'locks'")
+        await self._audit(tx, "lock_created", lock.created_by, lock.to_json())
 
     async def remove_lock(self, lock_id: str, by: str) -> Lock | None:
         """Lift a lock in force; None if there is none of that id (unknown, removed or expired)."""
@@ -331,6 +383,173 @@ class Store:
             self.clock(),
         )
         return [_lock(row) for row in rows]
+
+    # ------------------------------------------------------------------------------------ grants
+
+    async def create_grant(self, grant: dict[str, Any]) -> None:
+        """Store a pending grant request (already checked against the policy)."""
+        async with self.db.transaction() as tx:
+            await tx.execute(
+                "INSERT INTO grants (id, requester, asset, protocol, ops, reason, not_before, not_after, "
+                "approvers_needed, state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
+                grant["id"],
+                grant["requester"],
+                grant["asset"],
+                grant["protocol"],
+                grant["ops"],
+                grant["reason"],
+                grant["not_before"],
+                grant["not_after"],
+                grant["approvers_needed"],
+                grant["created_at"],
+            )
+            await self._audit(tx, "grant_requested", grant["requester"], _grant_detail(grant))
+
+    async def grant(self, grant_id: str, tx: Transaction | None = None) -> dict[str, Any] | None:
+        """A grant with its approvals; a pending one whose window has passed reads as ``expired``."""
+        source = tx if tx is not None else self.db
+        row = await source.fetchone("SELECT * FROM grants WHERE id = ?", grant_id)
+        if row is None:
+            return None
+        approvals = await source.fetch(
+            "SELECT approver, at FROM grant_approvals WHERE grant_id = ? ORDER BY at", grant_id
+        )
+        return self._grant(row, approvals)
+
+    def _grant(self, row: Row, approvals: list[Row]) -> dict[str, Any]:
+        grant = dict(row)
+        for key in ("not_before", "not_after", "created_at"):
+            grant[key] = float(grant[key])
+        grant["approvers_needed"] = int(grant["approvers_needed"])
+        grant["approvals"] = [{"approver": a["approver"], "at": float(a["at"])} for a in approvals]
+        if grant["state"] == "pending" and grant["not_after"] <= self.clock():
+            grant["state"] = "expired"
+        return grant
+
+    async def grants(
+        self, states: tuple[str, ...] = (), requester: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Grants, newest first, in any of ``states`` (all when empty), of ``requester`` if given."""
+        rows = await self.db.fetch("SELECT * FROM grants ORDER BY created_at DESC, id LIMIT 1000")
+        approvals: dict[str, list[Row]] = {}
+        for row in await self.db.fetch("SELECT * FROM grant_approvals ORDER BY at"):
+            approvals.setdefault(str(row["grant_id"]), []).append(row)
+        found = [self._grant(row, approvals.get(str(row["id"]), [])) for row in rows]
+        return [
+            grant
+            for grant in found
+            if (not states or grant["state"] in states)
+            and (requester is None or grant["requester"] == requester)
+        ]
+
+    async def grants_in_force(self, tx: Transaction | None = None) -> list[dict[str, Any]]:
+        """Approved grants whose window has not ended, oldest first: the rules every revision carries."""
+        source = tx if tx is not None else self.db
+        rows = await source.fetch(
+            "SELECT * FROM grants WHERE state = 'approved' AND not_after > ? ORDER BY created_at, id",
+            self.clock(),
+        )
+        return [self._grant(row, []) for row in rows]
+
+    async def approve_grant(self, grant_id: str, approver: str) -> dict[str, Any]:
+        """Record ``approver``'s approval of a pending grant; returns the grant with its approvals.
+        Raises :class:`GrantStateError` when the grant cannot take it."""
+        async with self.db.transaction() as tx:
+            grant = await self._pending(tx, grant_id)
+            if grant["requester"] == approver:
+                raise GrantStateError(
+                    403, f"{approver} asked for grant {grant_id}: a requester never approves its own request"
+                )
+            if any(a["approver"] == approver for a in grant["approvals"]):
+                raise GrantStateError(
+                    409, f"{approver} has already approved grant {grant_id}: another approver must"
+                )
+            await tx.execute(
+                "INSERT INTO grant_approvals (grant_id, approver, at) VALUES (?, ?, ?)",
+                grant_id,
+                approver,
+                self.clock(),
+            )
+            grant["approvals"].append({"approver": approver, "at": self.clock()})
+            await self._audit(
+                tx,
+                "grant_approval",
+                approver,
+                {"id": grant_id, "approvals": len(grant["approvals"]), "needed": grant["approvers_needed"]},
+            )
+        return grant
+
+    async def _pending(self, tx: Transaction, grant_id: str) -> dict[str, Any]:
+        # A no-op update takes the row's lock first (PostgreSQL), so two approvers on two replicas
+        # count each other's approval; SQLite runs one transaction at a time anyway.
+        await tx.execute("UPDATE grants SET state = state WHERE id = ?", grant_id)
+        grant = await self.grant(grant_id, tx)
+        if grant is None:
+            raise GrantStateError(404, f"no grant {grant_id[:40]!r}")
+        if grant["state"] != "pending":
+            raise GrantStateError(409, f"grant {grant_id} is {grant['state']}, not pending")
+        return grant
+
+    async def activate_grant(
+        self, grant_id: str, approver: str, text: str, after: int
+    ) -> PolicyRevision | None:
+        """Mark a fully approved grant approved and push ``text`` (composed from revision ``after`` and
+        the grants in force with this one) as the next revision, in one transaction; None when another
+        revision came first (compose again)."""
+        try:
+            async with self.db.transaction() as tx:
+                await self._pending(tx, grant_id)
+                await self._decide(tx, grant_id, "approved", approver, None)
+                pushed = await self.push_policy_in(
+                    tx, text, approver, f"grant {grant_id} approved", after=after
+                )
+                await self._audit(
+                    tx, "grant_approved", approver, {"id": grant_id, "revision": pushed.revision}
+                )
+        except HeadMovedError:
+            return None
+        return pushed
+
+    async def close_grant(
+        self, grant_id: str, state: str, by: str, why: str, detail: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """End a pending grant as ``denied`` or ``refused`` (its revision failed a policy test)."""
+        async with self.db.transaction() as tx:
+            await self._pending(tx, grant_id)
+            await self._decide(tx, grant_id, state, by, why)
+            await self._audit(tx, f"grant_{state}", by, {"id": grant_id, "reason": why, **(detail or {})})
+            grant = await self.grant(grant_id, tx)
+        assert grant is not None
+        return grant
+
+    async def revoke_grant(self, grant_id: str, lock: Lock) -> dict[str, Any]:
+        """End an approved grant early: ``lock`` (target ``grant=ID``) cuts its sessions everywhere."""
+        async with self.db.transaction() as tx:
+            grant = await self.grant(grant_id, tx)
+            if grant is None:
+                raise GrantStateError(404, f"no grant {grant_id[:40]!r}")
+            if grant["state"] != "approved" or grant["not_after"] <= self.clock():
+                raise GrantStateError(409, f"grant {grant_id} is not in force ({grant['state']})")
+            await self._insert_lock(tx, lock)
+            await tx.execute("UPDATE grants SET lock_id = ? WHERE id = ?", lock.id, grant_id)
+            await self._decide(tx, grant_id, "revoked", lock.created_by, lock.reason)
+            await self._audit(
+                tx, "grant_revoked", lock.created_by, {"id": grant_id, "lock": lock.id, "reason": lock.reason}
+            )
+            await tx.notify("locks")
+            revoked = await self.grant(grant_id, tx)
+        assert revoked is not None
+        return revoked
+
+    async def _decide(self, tx: Transaction, grant_id: str, state: str, by: str, why: str | None) -> None:
+        await tx.execute(
+            "UPDATE grants SET state = ?, decided_at = ?, decided_by = ?, decision = ? WHERE id = ?",
+            state,
+            self.clock(),
+            by,
+            why,
+            grant_id,
+        )
 
     # ------------------------------------------------------------------------------------- audit
 

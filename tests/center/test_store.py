@@ -10,11 +10,13 @@ import pytest
 
 from gateway.center.db import PostgresDatabase, SqliteDatabase, StoreError
 from gateway.center.migrations import MIGRATIONS
-from gateway.center.store import Store, TokenError
+from gateway.center.store import GrantStateError, Store, TokenError
 from gateway.locks import Lock
 
 ALICE = "spiffe://plant1.example/user/alice"
 HMI = "spiffe://plant1.example/agent/site1/hmi-3"
+BOB = "spiffe://plant1.example/user/bob"
+ACME = "spiffe://plant1.example/vendor/acme/jo"
 
 
 class Clock:
@@ -167,3 +169,78 @@ async def test_locks_are_kept_removed_and_lift_at_their_ttl(store: Store) -> Non
     assert (await store.heads())["locks"] == 3
     events = [(e["event"], e["detail"]["id"]) for e in await store.audit_log()]
     assert events == [("lock_created", "lk-1"), ("lock_created", "lk-2"), ("lock_removed", "lk-1")]
+
+
+def _grant(clock: Clock, grant_id: str, needed: int = 2) -> dict[str, object]:
+    return {
+        "id": grant_id,
+        "requester": ACME,
+        "asset": "plc-1",
+        "protocol": "modbus",
+        "ops": "read 0-99",
+        "reason": "firmware check",
+        "not_before": clock.now,
+        "not_after": clock.now + 3600,
+        "approvers_needed": needed,
+        "created_at": clock.now,
+    }
+
+
+async def test_grants_take_approvals_once_each_and_become_a_revision_in_one_step(store: Store) -> None:
+    clock = store.clock
+    assert isinstance(clock, Clock)
+    await store.push_policy("base", ALICE)
+    await store.create_grant(_grant(clock, "gr-1"))
+    with pytest.raises(GrantStateError) as own:
+        await store.approve_grant("gr-1", ACME)
+    assert own.value.status == 403
+    after_one = await store.approve_grant("gr-1", ALICE)
+    assert [a["approver"] for a in after_one["approvals"]] == [ALICE]
+    with pytest.raises(GrantStateError) as twice:
+        await store.approve_grant("gr-1", ALICE)
+    assert twice.value.status == 409
+    assert await store.grants_in_force() == []
+    # Composed from revision 1, but another revision came first: nothing changes, compose again.
+    await store.push_policy("base 2", ALICE)
+    assert await store.activate_grant("gr-1", BOB, "base + grant", after=1) is None
+    assert (await store.grant("gr-1") or {})["state"] == "pending"
+    assert (await store.heads())["policy"] == 2
+    pushed = await store.activate_grant("gr-1", BOB, "base 2 + grant", after=2)
+    assert pushed is not None and pushed.revision == 3 and pushed.policy == "base 2 + grant"
+    assert [g["id"] for g in await store.grants_in_force()] == ["gr-1"]
+    assert [g["id"] for g in await store.grants(("approved",), ACME)] == ["gr-1"]
+    clock.now += 3601  # the window passed: no longer in force
+    assert await store.grants_in_force() == []
+
+
+async def test_a_pending_grant_is_denied_or_expires_and_an_approved_one_is_revoked_with_a_lock(
+    store: Store,
+) -> None:
+    clock = store.clock
+    assert isinstance(clock, Clock)
+    await store.push_policy("base", ALICE)
+    await store.create_grant(_grant(clock, "gr-1"))
+    await store.create_grant(_grant(clock, "gr-2", needed=1))
+    denied = await store.close_grant("gr-1", "denied", ALICE, "not today")
+    assert (denied["state"], denied["decided_by"], denied["decision"]) == ("denied", ALICE, "not today")
+    with pytest.raises(GrantStateError):
+        await store.approve_grant("gr-1", BOB)
+    await store.approve_grant("gr-2", BOB)
+    assert await store.activate_grant("gr-2", BOB, "with gr-2", after=1) is not None
+    lock = Lock("lk-9", "grant", "gr-2", "done early", BOB, clock.now, expires_at=clock.now + 3660)
+    revoked = await store.revoke_grant("gr-2", lock)
+    assert (revoked["state"], revoked["lock_id"]) == ("revoked", "lk-9")
+    assert await store.locks() == [lock] and await store.grants_in_force() == []
+    await store.create_grant(_grant(clock, "gr-3"))
+    clock.now += 3601
+    assert [(g["id"], g["state"]) for g in await store.grants(("expired",))] == [("gr-3", "expired")]
+    events = [e["event"] for e in await store.audit_log() if e["event"].startswith("grant")]
+    assert events == [
+        "grant_requested",
+        "grant_requested",
+        "grant_denied",
+        "grant_approval",
+        "grant_approved",
+        "grant_revoked",
+        "grant_requested",
+    ]
