@@ -176,7 +176,11 @@ SESSION_EVENTS: Final[dict[str, tuple[dict[str, Field], ...]]] = {
         _fields(
             ("lock", _STR, "the lock that cut it (docs/access.md)"),
             ("target", _STR, "the lock's target (`identity=...`, `prefix=...`, ...)"),
-            ("rule", _STR, 'the session deny rule that cut it (`scope = "session"`)'),
+            (
+                "rule",
+                _STR,
+                'the session deny rule (`scope = "session"`), or the grant whose period ended, that cut it',
+            ),
             ("reason", _STR, "the lock's or the rule's reason"),
         ),
     ),
