@@ -214,11 +214,13 @@ def test_demo_walkthrough(tmp_path: Path) -> None:
         [sys.executable, "-m", "gateway", "demo", "--walkthrough", "--dir", str(tmp_path / "demo")],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=180,
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "23 of 23 outcomes as the policy says." in result.stdout
+    assert "12 of 12 vendor access steps as promised." in result.stdout
+    assert "ztgate access request --asset plc-1" in result.stdout and "grant_approved" in result.stdout
     assert "8 of 8 center steps as promised." in result.stdout
     assert "token create --role gateway" in result.stdout and "exception 0x01" in result.stdout
     assert "exception 0x03" in result.stdout and "certificate rejected" in result.stdout

@@ -2,8 +2,8 @@
 and one agent per person, all on loopback in one process.
 
 The center is made with ``center init``; the example policy is pushed to it; the gateway, alice (an
-operator) and eve (a vendor) enroll with one-time tokens, and the gateway takes its policy from the
-center as a signed bundle. Only mallory, the intruder, has a certificate from another CA.
+operator), eve (a vendor) and bob (an approver) enroll with one-time tokens, and the gateway takes its
+policy from the center as a signed bundle. Only mallory, the intruder, has a certificate from another CA.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ TRUST_DOMAIN = "plant1.example"
 OPERATOR = f"spiffe://{TRUST_DOMAIN}/user/alice"
 VENDOR = f"spiffe://{TRUST_DOMAIN}/vendor/acme/eve"
 INTRUDER = f"spiffe://{TRUST_DOMAIN}/user/mallory"
+APPROVER = f"spiffe://{TRUST_DOMAIN}/user/bob"
 GATEWAY = f"spiffe://{TRUST_DOMAIN}/gateway/demo/gw-1"
 MODBUS_ASSET = "plc-1"
 ENIP_ASSET = "plc-2"
@@ -144,6 +145,17 @@ effect = "deny"
 subjects = ["spiffe://{TRUST_DOMAIN}/*"]
 assets = ["{ENIP_ASSET}"]
 enip = [{{ service = ["reset", "start", "stop"] }}]
+
+# What the vendor may ask for as a just-in-time grant (ztgate access request; docs/access.md).
+[vendor_access]
+subjects = ["group:vendor-acme"]
+assets = ["{MODBUS_ASSET}"]
+max_window_s = 14400
+approvers = 1
+modbus = [
+  {{ preset = "read-only", address = "0-99" }},
+  {{ fc = [6, 16], address = "{SETPOINT}-{SETPOINT + 9}", value = "0-1500" }},
+]
 
 # Promises the site wrote down: every revision (ztgate policy check, center policy push) must keep them.
 [[tests]]
@@ -292,6 +304,7 @@ async def start_lab(work: Path, *, max_staleness_s: float = 86400.0) -> DemoLab:
     gateway_credentials, gw_line = await _enroll(admin, url, "gateway", GATEWAY, work / "gw-1")
     operator, op_line = await _enroll(admin, url, "user", OPERATOR, work / "alice")
     vendor, ven_line = await _enroll(admin, url, "vendor", VENDOR, work / "eve")
+    _, bob_line = await _enroll(admin, url, "approver", APPROVER, work / "bob")
     audit = AuditLog(
         gateway="demo-gw", file=work / "audit.jsonl", aggregate_reads_s=0.0, flush_interval_s=0.02
     )
@@ -311,7 +324,15 @@ async def start_lab(work: Path, *, max_staleness_s: float = 86400.0) -> DemoLab:
         "intruder": await asyncio.to_thread(_intruder, work),
     }
     lab = DemoLab(
-        work, center, admin, modbus_plc, enip_plc, opcua_plc, gateway, files, [gw_line, op_line, ven_line]
+        work,
+        center,
+        admin,
+        modbus_plc,
+        enip_plc,
+        opcua_plc,
+        gateway,
+        files,
+        [gw_line, op_line, ven_line, bob_line],
     )
     for who in ("operator", "vendor"):
         listeners = tuple(

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -258,6 +260,182 @@ async def _until(check: Callable[[], bool], timeout_s: float) -> bool:
     return True
 
 
+GRANT_WINDOW_S = 25  # the vendor's grant in the walkthrough: long enough for its steps, short to wait out
+POLL_INTERVAL_S = 0.05
+
+
+async def ztgate(who: str, lab: DemoLab, *args: str, show: tuple[str, ...] = ("",)) -> tuple[int, str]:
+    """``ztgate ARGS`` as ``who`` runs it (their credentials in ``$ZTGATE_CREDENTIALS``): prints the
+    command and its output (the lines holding one of ``show``); returns (exit status, output). A
+    child process, so the lab's event loop (gateway, center, agents) keeps running meanwhile."""
+    print(f"  $ ZTGATE_CREDENTIALS={who}/ ztgate {' '.join(_quoted(a) for a in args)}")
+    env = {**os.environ, "ZTGATE_CREDENTIALS": str(lab.work / who)}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=env,
+    )
+    out, _ = await process.communicate()
+    text = out.decode().strip()
+    for line in text.splitlines():
+        if any(word in line for word in show):
+            print(f"    {line}")
+    return process.returncode or 0, text
+
+
+def _quoted(arg: str) -> str:
+    return f'"{arg}"' if " " in arg or "," in arg else arg
+
+
+class Poller:
+    """The vendor's pymodbus client through eve's agent, reading the setpoint every 50 ms until its
+    connection goes: what a lock or the window's end cuts mid-poll."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.reads = 0
+        self.client: Any = None
+        self.task: asyncio.Task[None] | None = None
+        self.stopped_at = 0.0
+
+    async def start(self) -> Outcome:
+        from pymodbus.client import AsyncModbusTcpClient
+
+        self.client = AsyncModbusTcpClient(
+            "127.0.0.1", port=self.port, timeout=3, retries=0, reconnect_delay=0
+        )
+        await self.client.connect()
+        first = await self.call("read_holding_registers", SETPOINT, count=1)
+        if first[0] == 0:
+            self.task = asyncio.get_running_loop().create_task(self._poll())
+        return first
+
+    async def call(self, name: str, *args: Any, **kwargs: Any) -> Outcome:
+        from pymodbus.exceptions import ModbusException
+
+        try:
+            result = await getattr(self.client, name)(*args, device_id=1, **kwargs)
+        except ModbusException as error:
+            return "cut", f"connection closed ({type(error).__name__})"
+        if result.isError():
+            return int(result.exception_code), f"exception 0x{result.exception_code:02X}"
+        return 0, f"ok {getattr(result, 'registers', '')}".strip()
+
+    async def _poll(self) -> None:
+        while True:
+            outcome, _ = await self.call("read_holding_registers", SETPOINT, count=1)
+            if outcome != 0:
+                self.stopped_at = asyncio.get_running_loop().time()
+                return
+            self.reads += 1
+            await asyncio.sleep(POLL_INTERVAL_S)
+
+    async def cut(self, timeout_s: float) -> bool:
+        """Whether the poll stopped (its connection cut) within ``timeout_s``."""
+        if self.task is None:
+            return False
+        done, _ = await asyncio.wait({self.task}, timeout=timeout_s)
+        return bool(done)
+
+    def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        if self.client is not None:
+            self.client.close()
+
+
+def _audit_events(lab: DemoLab, **match: Any) -> list[dict[str, Any]]:
+    lab.gateway.audit.flush()
+    events = [orjson.loads(line) for line in (lab.work / "audit.jsonl").read_bytes().splitlines()]
+    return [e for e in events if all(e.get(k) == v for k, v in match.items())]
+
+
+async def vendor_tour(lab: DemoLab) -> list[bool]:
+    """Just-in-time access through the CLI: eve asks, bob approves, eve's pymodbus client works
+    through her agent, a lock cuts it mid-poll, the lock goes, the window's end cuts it again."""
+    results: list[bool] = []
+
+    def say(ok: bool, text: str) -> None:
+        results.append(ok)
+        print(f"  {text}" + ("" if ok else "   <-- unexpected"))
+
+    port = lab.ports[("vendor", MODBUS_ASSET)]
+    print("\nJust-in-time vendor access (docs/access.md): eve (vendor), bob (approver), through the CLI:")
+    before = Poller(port)
+    await before.start()
+    outcome, text = await before.call("write_register", SETPOINT, 1000)
+    before.close()
+    say(outcome == 1, f"eve writes setpoint HR {SETPOINT} = 1000 without a grant: {text} (vendor-read-only)")
+    ops = f"read 0-99, write {SETPOINT} 0..1500"
+    status, out = await ztgate(
+        "eve", lab, "access", "request", "--asset", MODBUS_ASSET, "--protocol", "modbus", "--ops", ops,
+        "--for", f"{GRANT_WINDOW_S}s", "--reason", "tune the pressure loop",
+    )  # fmt: skip
+    grant = out.split()[0] if status == 0 and out else ""
+    say(grant.startswith("gr-"), f"eve asked: grant {grant or '(none)'} pending")
+    if not grant.startswith("gr-"):
+        return results
+    await ztgate("bob", lab, "access", "ls")
+    status, out = await ztgate("bob", lab, "access", "approve", grant)
+    revision = out.rsplit("policy revision ", 1)[-1].rstrip(")") if "policy revision" in out else ""
+    reached = await _until(lambda: lab.gateway.policy.revision == revision, 10.0)
+    say(
+        status == 0 and reached, f"bob approved: revision {revision} carries rule {grant}, the gateway has it"
+    )
+
+    poller = Poller(port)
+    outcome, text = await poller.start()
+    say(outcome == 0, f"eve polls setpoint HR {SETPOINT} every {POLL_INTERVAL_S * 1000:.0f} ms: {text}")
+    outcome, text = await poller.call("write_register", SETPOINT, 1000)
+    say(outcome == 0, f"eve writes setpoint HR {SETPOINT} = 1000 under the grant: {text}")
+    outcome, text = await poller.call("write_register", SETPOINT, 2000)
+    say(outcome == 3, f"eve writes setpoint HR {SETPOINT} = 2000 (outside the grant): {text}")
+    outcome, text = await poller.call("write_register", SETPOINT + 1, 5)
+    say(outcome == 2, f"eve writes HR {SETPOINT + 1} = 5 (outside the grant): {text}")
+
+    reads = poller.reads
+    status, out = await ztgate(
+        "bob", lab, "lock", "create", "--target", f"grant={grant}", "--reason", "pressure alarm: hands off"
+    )
+    cut = status == 0 and await poller.cut(5.0)
+    say(cut, f"the lock cut eve's session mid-poll (after {poller.reads - reads} more reads)")
+    poller.close()
+    lock = out.split()[0] if out else ""
+    record = _audit_events(lab, event="session_cut", lock=lock)
+    if record:
+        print("    " + orjson.dumps(record[0]).decode())
+    refused = Poller(port)
+    outcome, text = await refused.start()
+    refused.close()
+    say(outcome != 0, f"while locked, eve connects again: {text}")
+
+    await ztgate("bob", lab, "lock", "rm", lock)
+    await _until(lambda: len(lab.gateway.runtime.locks) == 0, 5.0)
+    poller = Poller(port)
+    outcome, text = await poller.start()
+    say(outcome == 0, f"lock removed: eve polls again: {text}")
+    cut = await poller.cut(GRANT_WINDOW_S + 10.0)
+    say(cut, "the window ended: the gateway cut eve's session on its own timer")
+    poller.close()
+    record = _audit_events(lab, event="session_cut", rule=grant)
+    if record:
+        print("    " + orjson.dumps(record[0]).decode())
+    after = Poller(port)
+    await after.start()
+    outcome, text = await after.call("write_register", SETPOINT, 1000)
+    after.close()
+    say(
+        outcome == 1, f"after the window, eve writes setpoint HR {SETPOINT} = 1000: {text} (vendor-read-only)"
+    )
+    print("  The center's audit of it (ztgate center audit, the grant and lock events):")
+    await ztgate("bob", lab, "center", "audit", show=("grant_", "lock_"))
+    return results
+
+
 async def center_tour(lab: DemoLab, clients: Clients) -> list[bool]:
     """A push reaching the gateway; the center stopped, the gateway enforcing what it holds (stale,
     then closing its Modbus and EtherNet/IP PLCs, the OPC UA PLC static); the center back, a new
@@ -368,12 +546,15 @@ async def walkthrough(lab: DemoLab) -> int:
             rows.append((names[step.who], step.text, text, decided))
             as_promised.append(outcome == step.expect)
         _print_table(lab, rows, as_promised)
+        vendor = await vendor_tour(lab)
         tour = await center_tour(lab, clients)
     finally:
         clients.close()
     failures = as_promised.count(False)
     print(f"\n{len(rows) - failures} of {len(rows)} outcomes as the policy says.")
+    vendor_failures = vendor.count(False)
+    print(f"{len(vendor) - vendor_failures} of {len(vendor)} vendor access steps as promised.")
     tour_failures = tour.count(False)
     print(f"{len(tour) - tour_failures} of {len(tour)} center steps as promised.")
     print(f"Audit trail: {lab.work}/audit.jsonl")
-    return 1 if failures or tour_failures else 0
+    return 1 if failures or vendor_failures or tour_failures else 0
