@@ -8,6 +8,7 @@ modbus-proxy, on loopback, in one interleaved run; then the scale figures and a 
     python -m bench report bench/results/latest.json   # re-render the doc from a JSON result
     python -m bench center               # policy push -> two gateways deciding by it (bench/center.py)
     python -m bench fairness             # a poller's p99 idle and while another identity floods
+    python -m bench locks                # lock create -> 50 of 100 live sessions cut (bench/locks.py)
 
 See docs/performance.md for how to read the results.
 """
@@ -455,6 +456,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench import fairness
 
         return fairness.run(argv[1:])
+    if argv[:1] == ["locks"]:  # its own measurement and options (bench/locks.py)
+        from bench import locks
+
+        return locks.run(argv[1:])
     if argv[:1] == ["center"]:  # its own measurement and options (bench/center.py)
         from bench import center
 
