@@ -230,7 +230,7 @@ class Session(asyncio.Protocol):
         self._end_of_grant(grant)
 
     def _end_of_grant(self, rule: Rule) -> None:
-        reason = f"grant {rule.id} ended at {rule.window}"
+        reason = f"grant {rule.id} ended (its period: {rule.window})"
         self.cut(f"rule {rule.id}", reason, {"rule": rule.id})
 
     def extend_certificate(self, identity: str, source: str, not_after: float, policy: Policy) -> bool:
