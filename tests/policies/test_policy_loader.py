@@ -208,7 +208,11 @@ mode = "audit"
 """
 
 EXPECTED = [
-    (2, "colour", 'unknown key "colour" (expected one of: trust_domain, assets, groups, rules, tests, vendor_access)'),
+    (
+        2,
+        "colour",
+        'unknown key "colour" (expected one of: trust_domain, assets, groups, rules, tests, vendor_access)',
+    ),
     (5, "assets.plc-1.protocol", '"modbus-tcp" is not one of: modbus, enip'),
     (6, "assets.plc-1.upstream", '"10.0.0.5": expected "host:port" (or "[v6addr]:port" for IPv6)'),
     (7, "assets.plc-1.unit_ids[1]", "300 is outside 0..255"),
