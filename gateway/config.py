@@ -14,6 +14,7 @@ from functools import partial
 from pathlib import Path
 
 from gateway.admission import DEFAULT_MAX_SESSIONS_PER_IDENTITY, HandshakeLimits
+from gateway.audit_formats import FORMATS
 from gateway.policy_store import DEFAULT_QUIET_S
 from gateway.reassembly import DEFAULT_REASSEMBLY_BUDGET_MIB
 from gateway.sinks import SinkSettings
@@ -381,7 +382,7 @@ def load_gateway_config(path: Path) -> GatewayConfig:
     audit = check.section(
         doc, "audit", ("file", "stdout", "aggregate_reads_s", "queue_limit", "on_failure", "sinks")
     )
-    sinks = _audit_sinks(check, audit, name or "ztgate")
+    sinks = audit_sinks(check, audit, name or "ztgate")
     on_failure = check.optional(
         audit, "on_failure", ("audit",), lambda v, p: check.choice(v, p, ("closed", "open")), "closed"
     )
@@ -459,8 +460,9 @@ _SINK_KEYS: dict[str, tuple[str, ...]] = {
 }  # fmt: skip
 
 
-def _audit_sinks(check: ConfigChecker, audit: dict[str, object], gateway: str) -> tuple[SinkSettings, ...]:
-    """``[[audit.sinks]]``, or the older ``file``/``stdout`` keys (not both): where the records go."""
+def audit_sinks(check: ConfigChecker, audit: dict[str, object], gateway: str) -> tuple[SinkSettings, ...]:
+    """``[[audit.sinks]]``, or the older ``file``/``stdout`` keys (not both): where the records go (the
+    gateway's and the center's ``[audit]``; ``gateway`` names the process, the syslog HOSTNAME)."""
     if "sinks" not in audit:
         path = check.path(audit, "file", ("audit",), required=False)
         # Without a file the audit trail goes to stdout: denies are always recorded somewhere.
@@ -487,7 +489,7 @@ def _audit_sinks(check: ConfigChecker, audit: dict[str, object], gateway: str) -
             if "type" not in table:
                 check.error((*where, "type"), f"required: one of {', '.join(SINK_TYPES)}")
             continue
-        check.keys(table, where, ("type", "name", "queue_limit", *_SINK_KEYS[kind]))
+        check.keys(table, where, ("type", "name", "queue_limit", "format", *_SINK_KEYS[kind]))
         name = check.optional(table, "name", where, check.string, f"{kind}-{index}")
         if name in names:
             check.error((*where, "name"), f"another sink is already named {name!r}")
@@ -495,6 +497,7 @@ def _audit_sinks(check: ConfigChecker, audit: dict[str, object], gateway: str) -
         queue_limit = check.optional(
             table, "queue_limit", where, lambda v, p: check.integer(v, p, 1, 10_000_000), 100_000
         )
+        fmt = check.optional(table, "format", where, lambda v, p: check.choice(v, p, FORMATS), None)
         assert name is not None and queue_limit is not None
         if kind == "file":
             path = check.path(table, "path", where, required=True)
@@ -505,15 +508,21 @@ def _audit_sinks(check: ConfigChecker, audit: dict[str, object], gateway: str) -
             if path is not None and rotate is not None and keep is not None:
                 found.append(
                     SinkSettings(
-                        "file", name, path=path, rotate_mib=rotate, keep=keep, queue_limit=queue_limit
+                        "file",
+                        name,
+                        path=path,
+                        rotate_mib=rotate,
+                        keep=keep,
+                        queue_limit=queue_limit,
+                        format=fmt,
                     )
                 )
         elif kind == "stdout":
-            found.append(SinkSettings("stdout", name, queue_limit=queue_limit))
+            found.append(SinkSettings("stdout", name, queue_limit=queue_limit, format=fmt))
         else:
             syslog = _syslog(check, table, where, gateway)
             if syslog is not None:
-                found.append(SinkSettings("syslog", name, syslog=syslog, queue_limit=queue_limit))
+                found.append(SinkSettings("syslog", name, syslog=syslog, queue_limit=queue_limit, format=fmt))
     return tuple(found)
 
 

@@ -4,7 +4,8 @@ A record's *kind* decides what may be dropped first when something is full:
 
 ============ ===========================================================================================
 ``read``     an allowed read (one read, or an interval's aggregate of them)
-``refusal``  a refused request or session (a deny, a would-deny, ``session_refused``)
+``refusal``  a refused request or session (a deny, a would-deny, ``session_refused``; a center's
+             ``*_refused``)
 ``decision`` every other decision (writes, and reads the device failed)
 ``event``    everything else: session start and end, policy loads, upstream faults, drop reports
 ============ ===========================================================================================
@@ -18,6 +19,10 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Final, NamedTuple
 
+import orjson
+
+from gateway.audit_formats import FORMATS, format_record
+
 __all__ = ["KINDS", "Record", "Sink", "record_kind"]
 
 _log = logging.getLogger(__name__)
@@ -27,8 +32,9 @@ _REFUSED: Final = frozenset(("deny", "would-deny"))
 
 
 class Record(NamedTuple):
-    """One serialised audit event: ``line`` is its JSON text with the newline, ``time`` its RFC 3339
-    stamp and ``event`` its event type (the syslog sink puts both in the header without parsing)."""
+    """One serialised audit event: ``line`` is its JSON text (the flat ``ztgate`` format) with the
+    newline, ``time`` its RFC 3339 stamp and ``event`` its event type (the syslog sink puts both in the
+    header without parsing)."""
 
     kind: str
     time: str
@@ -40,11 +46,34 @@ def record_kind(event: dict[str, Any], read: bool) -> str:
     """The kind of an event; ``read`` is True for the allowed reads the audit log aggregates."""
     if read:
         return "read"
-    if event.get("decision") in _REFUSED or event.get("event") == "session_refused":
+    name = event.get("event")
+    # A refused request or session, and whatever else was refused (a center's enrollment, renewal, call).
+    if event.get("decision") in _REFUSED or (isinstance(name, str) and name.endswith("_refused")):
         return "refusal"
-    if event.get("event") == "decision":
+    if name == "decision":
         return "decision"
     return "event"
+
+
+def _ztgate_line(record: Record) -> bytes:
+    return record.line
+
+
+def line_formatter(fmt: str) -> Callable[[Record], bytes]:
+    """How a sink turns a record into its line (with the newline) in ``fmt`` (gateway/audit_formats.py).
+
+    The other formats start from the serialised flat line, not from the event dict: that line is what
+    was recorded (bytes already hex, an unencodable event already an ``audit_error``), so every format of
+    a record says the same thing as the file."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown audit format {fmt!r}; one of {', '.join(FORMATS)}")
+    if fmt == "ztgate":
+        return _ztgate_line
+
+    def formatted(record: Record) -> bytes:
+        return format_record(orjson.loads(record.line), fmt).encode() + b"\n"
+
+    return formatted
 
 
 # A report of records a sink lost: (reason, count) -> a record to write in-band once the sink works again.
@@ -60,11 +89,21 @@ class Sink:
     """
 
     type_name = "sink"
+    default_format = "ztgate"
 
-    def __init__(self, name: str, *, queue_limit: int = 100_000, flush_interval_s: float = 0.05) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        queue_limit: int = 100_000,
+        flush_interval_s: float = 0.05,
+        format: str | None = None,
+    ) -> None:
         if queue_limit < 1:
             raise ValueError("queue_limit must be >= 1")
         self.name = name
+        self.format = format or self.default_format
+        self.line = line_formatter(self.format)  # called by the writer thread, once per record
         self.queue_limit = queue_limit
         self.flush_interval_s = flush_interval_s
         self.marker: MarkerFactory | None = None
@@ -83,14 +122,21 @@ class Sink:
     # -- the audit log's side ------------------------------------------------------------------------------
 
     def offer(self, records: Sequence[Record]) -> None:
-        """Queue a batch; never blocks. What does not fit is dropped and counted by kind."""
+        """Queue a batch; never blocks. Past ``queue_limit`` allowed reads are dropped (counted by kind);
+        every other record still goes in up to twice that, as in the audit log's own queue, so a burst
+        that fills the queue with reads never costs a refusal or a write decision."""
         queue = self._queue
-        room = self.queue_limit - len(queue)
-        if room >= len(records):
+        if self.queue_limit - len(queue) >= len(records):
             queue.extend(records)
         else:
-            queue.extend(records[: max(room, 0)])
-            self.lose([record.kind for record in records[max(room, 0) :]], "queue_full")
+            lost = []
+            for record in records:
+                limit = self.queue_limit if record.kind == "read" else 2 * self.queue_limit
+                if len(queue) < limit:
+                    queue.append(record)
+                else:
+                    lost.append(record.kind)
+            self.lose(lost, "queue_full")
         self._wake.set()
 
     @property
@@ -99,8 +145,9 @@ class Sink:
 
     @property
     def healthy(self) -> bool:
-        """Whether records given to this sink now reach its destination or its spool."""
-        return not self.failing
+        """Whether records given to this sink now reach its destination or its spool (and its queue has
+        room for more than reads)."""
+        return not self.failing and len(self._queue) < self.queue_limit
 
     @property
     def blocks_new_sessions(self) -> bool:
@@ -110,6 +157,7 @@ class Sink:
         return {
             "name": self.name,
             "type": self.type_name,
+            "format": self.format,
             "ready": self.healthy,
             "state": "ok" if self.healthy else "failing",
             "queued": self.queued,

@@ -25,6 +25,7 @@ class SinkSettings:
     keep: int = 5  # file: rotated files kept
     syslog: SyslogSettings | None = None
     queue_limit: int = 100_000
+    format: str | None = None  # gateway/audit_formats.FORMATS; None: the sink type's default
 
 
 def build_sink(settings: SinkSettings, *, flush_interval_s: float = 0.05) -> Sink:
@@ -37,9 +38,15 @@ def build_sink(settings: SinkSettings, *, flush_interval_s: float = 0.05) -> Sin
             keep=settings.keep,
             queue_limit=settings.queue_limit,
             flush_interval_s=flush_interval_s,
+            format=settings.format,
         )
     if settings.type == "stdout":
-        return StdoutSink(settings.name, queue_limit=settings.queue_limit, flush_interval_s=flush_interval_s)
+        return StdoutSink(
+            settings.name,
+            queue_limit=settings.queue_limit,
+            flush_interval_s=flush_interval_s,
+            format=settings.format,
+        )
     if settings.type == "syslog":
         assert settings.syslog is not None
         return SyslogSink(
@@ -47,5 +54,6 @@ def build_sink(settings: SinkSettings, *, flush_interval_s: float = 0.05) -> Sin
             settings.syslog,
             queue_limit=settings.queue_limit,
             flush_interval_s=flush_interval_s,
+            format=settings.format,
         )
     raise ValueError(f"unknown sink type {settings.type!r}")

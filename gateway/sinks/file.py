@@ -1,4 +1,4 @@
-"""The audit file and stdout sinks: JSON lines, one per record.
+"""The audit file and stdout sinks: one line per record, in the sink's format (JSON lines by default).
 
 The file is created 0640 (the audit trail names identities and values; the group is for log shippers),
 follows logrotate (a renamed or deleted file is noticed at the next batch; SIGHUP reopens it) and can
@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import sys
+from collections.abc import Callable
 
 from gateway.sinks.base import Record, Sink
 
@@ -19,11 +20,11 @@ __all__ = ["FileSink", "StdoutSink"]
 FILE_MODE = 0o640
 
 
-def _join(records: list[Record]) -> bytearray:
+def _join(line: Callable[[Record], bytes], records: list[Record]) -> bytearray:
     # Appending to one bytearray frees each line at once; a join() over a list kept them all alive.
     data = bytearray()
     for record in records:
-        data += record.line
+        data += line(record)
     return data
 
 
@@ -39,8 +40,9 @@ class FileSink(Sink):
         keep: int = 5,
         queue_limit: int = 100_000,
         flush_interval_s: float = 0.05,
+        format: str | None = None,
     ) -> None:
-        super().__init__(name, queue_limit=queue_limit, flush_interval_s=flush_interval_s)
+        super().__init__(name, queue_limit=queue_limit, flush_interval_s=flush_interval_s, format=format)
         if rotate_mib < 0 or keep < 1:
             raise ValueError("rotate_mib must be >= 0 and keep >= 1")
         self.path = os.fspath(path)
@@ -69,7 +71,7 @@ class FileSink(Sink):
         self._close_file()
 
     def _deliver(self, records: list[Record]) -> bool:
-        data = _join(records)
+        data = _join(self.line, records)
         try:
             file = self._ensure_file()
             if self.rotate_bytes and self._size and self._size + len(data) > self.rotate_bytes:
@@ -147,7 +149,7 @@ class StdoutSink(Sink):
 
     def _deliver(self, records: list[Record]) -> bool:
         out = sys.stdout  # looked up per batch: tests and daemons replace it
-        data = _join(records)
+        data = _join(self.line, records)
         try:
             out.flush()  # text already buffered by print() goes first, so lines never interleave
             buffer = getattr(out, "buffer", None)

@@ -2,9 +2,10 @@
 or UDP (RFC 5426).
 
 Each record becomes ``<PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID - MSG``: MSGID is the event type
-(``decision``, ``session_start``, ...), MSG the record's JSON text, TIMESTAMP the record's own time, and
-the severity follows the record's kind (a refusal is a warning, a decision a notice, a read or another
-event informational, a report of lost records an error).
+(``decision``, ``session_start``, ...), MSG the record in the sink's format (ECS ``json`` unless
+``format`` says ``cef``, ``ocsf`` or ``ztgate``: gateway/audit_formats.py), TIMESTAMP the record's own
+time, and the severity follows the record's kind (a refusal is a warning, a decision a notice, a read
+or another event informational, a report of lost records an error).
 
 Over TCP and TLS the writer thread appends every record to the disk spool (:mod:`gateway.sinks.spool`)
 and a sender thread sends from there, in order, octet-counted, and moves the spool's cursor once a batch
@@ -71,8 +72,9 @@ def _header_token(text: str, limit: int) -> bytes:
     return token.encode() if token else b"-"
 
 
-def format_message(settings: SyslogSettings, record: Record, pid: int) -> bytes:
-    """The RFC 5424 message for one record (no framing)."""
+def format_message(settings: SyslogSettings, record: Record, pid: int, line: bytes) -> bytes:
+    """The RFC 5424 message for one record whose MSG is ``line`` (the record in the sink's format); no
+    framing."""
     facility = FACILITIES[settings.facility]
     event = record.event.encode()
     severity = 3 if event in _ERROR_EVENTS else _SEVERITY[record.kind]
@@ -84,11 +86,12 @@ def format_message(settings: SyslogSettings, record: Record, pid: int) -> bytes:
         pid,
         _header_token(record.event, 32),
     )
-    return header + record.line.rstrip(b"\n")
+    return header + line.rstrip(b"\n")
 
 
 class SyslogSink(Sink):
     type_name = "syslog"
+    default_format = "json"  # ECS: what a SIEM parses without a custom mapping
 
     def __init__(
         self,
@@ -97,8 +100,9 @@ class SyslogSink(Sink):
         *,
         queue_limit: int = 100_000,
         flush_interval_s: float = 0.05,
+        format: str | None = None,
     ) -> None:
-        super().__init__(name, queue_limit=queue_limit, flush_interval_s=flush_interval_s)
+        super().__init__(name, queue_limit=queue_limit, flush_interval_s=flush_interval_s, format=format)
         if settings.transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}")
         if settings.facility not in FACILITIES:
@@ -134,7 +138,7 @@ class SyslogSink(Sink):
     @property
     def healthy(self) -> bool:
         spool = self.spool
-        return not self.failing and (spool is None or not spool.full)
+        return super().healthy and (spool is None or not spool.full)
 
     @property
     def blocks_new_sessions(self) -> bool:
@@ -192,16 +196,13 @@ class SyslogSink(Sink):
     # -- writer thread: records into the spool (or datagrams) ----------------------------------------------
 
     def _deliver(self, records: list[Record]) -> bool:
-        settings, pid = self.settings, self._pid
+        settings, pid, line = self.settings, self._pid, self.line
+        messages = [(record.kind, format_message(settings, record, pid, line(record))) for record in records]
         if self.spool is None:
-            return self._send_datagrams(
-                [(record.kind, format_message(settings, record, pid)) for record in records]
-            )
+            return self._send_datagrams(messages)
         evicted = self.spool.evicted
         try:
-            refused = self.spool.append(
-                [(record.kind, format_message(settings, record, pid)) for record in records]
-            )
+            refused = self.spool.append(messages)
         except OSError as exc:
             self.note_failure(exc)
             return False

@@ -8,7 +8,7 @@ import pytest
 
 from gateway.admission import DEFAULT_MAX_SESSIONS_PER_IDENTITY, HandshakeLimits
 from gateway.config import ConfigError, load_agent_config, load_gateway_config, parse_hostport
-from gateway.sinks import SinkSettings
+from gateway.sinks import SinkSettings, build_sink
 from gateway.sinks.syslog import SyslogSettings
 
 
@@ -59,16 +59,20 @@ def test_audit_sinks(tmp_path: Path) -> None:
     path = tmp_path / "gw.toml"
     path.write_text(
         GATEWAY + "[[audit.sinks]]\n"
-        'type = "file"\npath = "audit.jsonl"\nrotate_mib = 100\nkeep = 3\n'
+        'type = "file"\npath = "audit.jsonl"\nrotate_mib = 100\nkeep = 3\nformat = "cef"\n'
         "[[audit.sinks]]\n"
         'name = "siem"\ntype = "syslog"\ntransport = "tls"\naddress = "siem.example:6514"\n'
         'ca = "siem-ca.pem"\ncert = "gw.pem"\nkey = "gw.key"\nspool_dir = "spool"\nspool_mib = 64\n'
         'on_spool_full = "block_new_sessions"\n'
         "[[audit.sinks]]\n"
-        'type = "syslog"\ntransport = "udp"\naddress = "127.0.0.1:514"\nfacility = "auth"\n'
+        'type = "syslog"\ntransport = "udp"\naddress = "127.0.0.1:514"\nfacility = "auth"\nformat = "ocsf"\n'
     )
     file, tls, udp = load_gateway_config(path).audit_sinks
-    assert file == SinkSettings("file", "file-0", path=tmp_path / "audit.jsonl", rotate_mib=100.0, keep=3)
+    assert file == SinkSettings(
+        "file", "file-0", path=tmp_path / "audit.jsonl", rotate_mib=100.0, keep=3, format="cef"
+    )
+    assert (tls.format, udp.format) == (None, "ocsf")  # None: the sink type's default (syslog: json)
+    assert [build_sink(s).format for s in (file, udp)] == ["cef", "ocsf"]
     assert tls.name == "siem" and tls.syslog is not None
     assert tls.syslog == SyslogSettings(
         transport="tls",
@@ -92,6 +96,7 @@ def test_audit_sink_errors_name_the_line(tmp_path: Path) -> None:
         'type = "syslog"\ntransport = "tls"\naddress = "siem.example:6514"\n'
         "[[audit.sinks]]\n"
         'type = "syslog"\ntransport = "udp"\naddress = "127.0.0.1:514"\nspool_dir = "s"\nca = "x"\n'
+        'format = "xml"\n'
         "[[audit.sinks]]\n"
         'type = "carrier-pigeon"\n'
     )
@@ -105,6 +110,7 @@ def test_audit_sink_errors_name_the_line(tmp_path: Path) -> None:
         ":11: audit.sinks[0].ca: required",
         "audit.sinks[1].spool_dir: a UDP sink has no spool",
         "audit.sinks[1].ca: only a sink with transport",
+        ":21: audit.sinks[1].format:",
         "audit.sinks[2].type:",
     ):
         assert expected in text, text

@@ -114,7 +114,7 @@ def syslog_sink(port: int, tmp_path: Path, spool_kib: int, on_full: str) -> Sysl
         spool_mib=spool_kib / 1024,
         on_spool_full=on_full,
     )
-    return SyslogSink("siem", settings, flush_interval_s=0.01)
+    return SyslogSink("siem", settings, flush_interval_s=0.01, format="ztgate")
 
 
 async def reads_and_refusals(lab: Lab, rounds: int) -> None:

@@ -115,6 +115,7 @@ def audit_lines(collector_port: int, spool_mib: float = 256) -> list[str]:
         'name = "siem"',
         'type = "syslog"',
         'transport = "tcp"',
+        'format = "ztgate"',  # the flat record: compared with the file's below
         f'address = "127.0.0.1:{collector_port}"',
         'spool_dir = "spool"',
         f"spool_mib = {spool_mib}",

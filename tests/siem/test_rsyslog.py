@@ -1,7 +1,8 @@
 """The syslog sink against a real rsyslogd: a gateway serving real Modbus clients sends its decisions
 over TCP (octet counting), TLS (gnutls driver, the collector verified against the CA, with and without a
-client certificate) and UDP, and what rsyslog parsed is compared field by field with the records the
-gateway wrote to its file next to it."""
+client certificate) and UDP, in each of the sink's formats (ECS json, CEF, OCSF, the flat record), and
+what rsyslog parsed is checked with the format validators (tests/audit_validators.py) and compared field
+by field with the records the gateway wrote to its file next to it."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ import orjson
 import pytest
 from pymodbus.exceptions import ModbusIOException
 
+from gateway import audit_formats
 from gateway import pki as pki_module
 from gateway.sinks.syslog import FACILITIES, SyslogSettings, SyslogSink
+from tests.audit_validators import ecs_problems, ocsf_problems, parse_cef
 from tests.e2e.harness import TD, Lab, Pki, policy_text
 from tests.siem.rsyslog import RULES, CollectorTls, Rsyslog, until
 
@@ -45,7 +48,87 @@ async def traffic(lab: Lab) -> None:
     client.close()
 
 
-def compare(collector: Rsyslog, lab: Lab, *, transport: str) -> None:
+def epoch_ms(text: str) -> int:
+    return int(datetime.fromisoformat(text).timestamp() * 1000)
+
+
+def check_cef(message: str, event: dict[str, Any]) -> None:
+    header, pairs = parse_cef(message)
+    assert header[:4] == ["0", "ztgate", "ztgate", header[3]]
+    expected_id = event["event"]
+    if event["event"] == "decision":
+        expected_id = f"decision:{event['decision']}"
+    elif event["event"] == "upstream" and event["state"] == "connected":
+        expected_id = "upstream:connected"
+    assert header[4] == expected_id
+    assert int(header[6]) == {"decision:deny": 7}.get(expected_id, 1)
+    extension = dict(pairs)
+    assert len(extension) == len(pairs), "a key twice"
+    assert extension.pop("rt") == str(epoch_ms(event["time"]))
+    for field, value in event.items():  # every field of the record, under its CEF key
+        key = audit_formats.cef_key(field)
+        got = extension.pop(key)
+        if value is None:
+            assert got == "", (field, got)
+        else:
+            assert (got if isinstance(value, str) else orjson.loads(got)) == value, (field, got)
+        if key.startswith("cs"):
+            assert extension.pop(f"{key}Label")
+    assert extension == {}  # nothing else
+    # The ArcSight dictionary keys a SIEM maps without help, for the fields they name.
+    named = dict(pairs)
+    assert named["dvchost"] == event["gateway"]
+    if "identity" in event:
+        assert named["suser"] == event["identity"]
+
+
+def check_ocsf(message: str, event: dict[str, Any]) -> None:
+    document = orjson.loads(message)
+    assert ocsf_problems(document) == []
+    assert document["metadata"]["version"] == "1.8.0"
+    assert document["time"] == epoch_ms(event["time"])
+    category, class_uid, _ = audit_formats.OCSF_CLASSES[event["event"]]
+    assert (document["category_uid"], document["class_uid"]) == (category, class_uid)
+    if event["event"] in ("decision", "session_start", "session_end"):
+        assert document["actor"]["user"]["uid"] == event["identity"]
+        assert document["dst_endpoint"]["name"] == event["asset"]
+    if event["event"] == "decision":
+        denied = event["decision"] == "deny"
+        assert document["action_id"] == (2 if denied else 1)
+        assert document["disposition_id"] == (2 if denied else 1)
+        assert document["activity_id"] == (3 if event["fc"] == 6 else 2)  # Update for a write, Read
+        assert document["api"]["operation"] == event["func"]
+        assert document["src_endpoint"]["uid"] == document["metadata"]["correlation_uid"] == event["session"]
+        assert document["unmapped"]["modbus"]["func_code"] == event["fc"]
+        assert document["unmapped"]["decision"] == event["decision"]
+        assert document["unmapped"].get("rule") == event["rule"]
+    if event["event"] == "session_start":
+        host, port = event["peer"].rsplit(":", 1)
+        assert document["src_endpoint"] == {"ip": host, "port": int(port), "uid": event["session"]}
+
+
+def check_json(message: str, event: dict[str, Any]) -> None:
+    document = orjson.loads(message)
+    assert ecs_problems(event, document) == []  # every flat field at its ECS (or ztgate.*) path
+    assert document["event"]["action"] == event["event"]
+    if event["event"] == "decision":
+        assert document["event"]["outcome"] == ("failure" if event["decision"] == "deny" else "success")
+        assert document["user"]["id"] == event["identity"]
+
+
+def check_ztgate(message: str, event: dict[str, Any]) -> None:
+    assert orjson.loads(message) == event
+
+
+CHECKS = {
+    "ztgate": check_ztgate,
+    "json": check_json,
+    "cef": check_cef,
+    "ocsf": check_ocsf,
+}
+
+
+def compare(collector: Rsyslog, lab: Lab, *, transport: str, fmt: str = "json") -> None:
     assert lab.gateway is not None
     lab.gateway.audit.flush()
     expected = [orjson.loads(line) for line in lab.audit_path.read_bytes().splitlines()]
@@ -56,7 +139,7 @@ def compare(collector: Rsyslog, lab: Lab, *, transport: str) -> None:
     assert len(received) == len(expected), (received, expected)
     # UDP datagrams are not ordered by the protocol, but on loopback they are; TCP and TLS always.
     for got, event in zip(received, expected, strict=True):
-        assert orjson.loads(got["msg"]) == event  # every field, as the file has it
+        CHECKS[fmt](got["msg"], event)  # every field, as the file has it, in the sink's format
         # Reads are written one by one here (no aggregation), so they are decisions like the writes.
         kind = "refusal" if event.get("decision") == "deny" else "decision"
         if event.get("event") != "decision":
@@ -70,6 +153,23 @@ def compare(collector: Rsyslog, lab: Lab, *, transport: str) -> None:
         assert got["msgid"] == event["event"]
         assert datetime.fromisoformat(got["time"]) == datetime.fromisoformat(event["time"])
     assert transport == collector.transport
+
+
+@pytest.mark.parametrize("fmt", ["cef", "ocsf", "ztgate"])
+async def test_each_format_reaches_rsyslog_and_holds_every_field(lab: Lab, tmp_path: Path, fmt: str) -> None:
+    """``format`` chooses what MSG holds (the transport tests below use the default, ECS json)."""
+    collector = Rsyslog(tmp_path / "rsyslog", "tcp")
+    port = collector.start()
+    try:
+        settings = syslog_settings("tcp", port, tmp_path)
+        sink = SyslogSink("siem", settings, flush_interval_s=0.01, format=fmt)
+        device = await lab.start_device()
+        await lab.start_gateway(policy_text(device, RULES), audit_sinks=[sink])
+        await traffic(lab)
+        compare(collector, lab, transport="tcp", fmt=fmt)
+    finally:
+        await lab.close()
+        collector.stop()
 
 
 @pytest.mark.parametrize("transport", ["tcp", "udp"])
