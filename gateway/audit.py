@@ -9,7 +9,8 @@ counted (``dropped``, by kind) and reported in-band with an ``audit_dropped`` ev
 lines again.
 
 The records' fields are the callers'; they are defined once in ``gateway/audit_schema.py`` and documented
-in ``docs/audit.md``. This module adds two: ``gateway`` (the name of this gateway, when absent) and ``time``
+in ``docs/audit.md``. This module adds two: ``gateway`` (the name of this gateway, when absent; ``center``
+in a center's records, ``origin``) and ``time``
 (RFC 3339 UTC with microseconds, always ``YYYY-MM-DDTHH:MM:SS.ffffffZ``; callers may pass an epoch float or
 nothing, and the writer formats it, off the hot path). Unknown keys pass through.
 
@@ -57,6 +58,12 @@ _log = logging.getLogger(__name__)
 
 _DUMPS_OPTIONS: Final = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
 _REPR_LIMIT: Final = 2000
+_REFUSED: Final = frozenset(("deny", "would-deny"))
+# Refusals by rule (a metric): at most this many (rule, decision) series, so a policy of 10,000 rules
+# cannot make 10,000 series; refusals by further rules count under OTHER_RULES.
+RULE_SERIES_LIMIT: Final = 200
+DEFAULT_DENY: Final = "(default deny)"
+OTHER_RULES: Final = "(other rules)"
 
 Event = dict[str, Any]
 
@@ -99,6 +106,7 @@ class AuditLog:
         flush_interval_s: float = 0.05,
         clock: Callable[[], float] = time.time,
         aggregate_key_limit: int = 10_000,
+        origin: str = "gateway",
     ) -> None:
         if aggregate_reads_s < 0 or not math.isfinite(aggregate_reads_s):
             raise ValueError(f"aggregate_reads_s must be a finite number >= 0, not {aggregate_reads_s!r}")
@@ -107,6 +115,7 @@ class AuditLog:
         if not flush_interval_s > 0:
             raise ValueError(f"flush_interval_s must be > 0, not {flush_interval_s!r}")
         self._gateway = gateway
+        self._origin = origin  # the field that names the writing process: "gateway", or "center"
         self.sinks: list[Sink] = list(sinks)
         if file is not None:
             self.sinks.append(FileSink("file", file, flush_interval_s=flush_interval_s))
@@ -131,6 +140,8 @@ class AuditLog:
         self._deadline = self._next_boundary(clock())
 
         # Each counter has one writing thread (the emitting thread or the writer), so += loses no update.
+        # (rule, decision) -> refusals the writer has seen, counted from the records (aggregates by count)
+        self.refusals_by_rule: dict[tuple[str, str], int] = {}
         self._dropped_full = 0  # emit()
         self._dropped_full_kinds: dict[str, int] = dict.fromkeys(KINDS, 0)  # emit()
         self._handed = 0  # writer
@@ -363,11 +374,26 @@ class AuditLog:
         self._full_streak, self._full_seen = new_drops, full
         if not events:
             return
+        self._count_refusals(events)
         records = [self._record(event) for event in events]
         self._handed += len(records)
         self._reported_full = full
         for sink in self.sinks:
             sink.offer(records)
+
+    def _count_refusals(self, events: list[Event]) -> None:
+        counts = self.refusals_by_rule
+        for event in events:
+            decision = event.get("decision")
+            if decision not in _REFUSED:
+                continue
+            rule = event.get("rule")
+            label = rule if isinstance(rule, str) else DEFAULT_DENY
+            if (label, decision) not in counts and len(counts) >= RULE_SERIES_LIMIT:
+                label = OTHER_RULES
+            count = event.get("count", 1) if event.get("aggregated") else 1
+            key = (label, decision)
+            counts[key] = counts.get(key, 0) + (count if isinstance(count, int) else 1)
 
     def _next_boundary(self, now: float) -> float:
         # Boundaries are aligned to multiples of the interval so aggregates from several gateways line up.
@@ -423,7 +449,7 @@ class AuditLog:
     def _drop_event(self, now: float, reason: str, count: int) -> Event:
         return {
             "time": now,
-            "gateway": self._gateway,
+            self._origin: self._gateway,
             "event": "audit_dropped",
             "reason": reason,
             "count": count,
@@ -450,8 +476,8 @@ class AuditLog:
         return Record("event", stamp, "audit_dropped", orjson.dumps(event, option=_DUMPS_OPTIONS))
 
     def _serialise(self, event: Event) -> bytes:
-        if "gateway" not in event:
-            event["gateway"] = self._gateway
+        if self._origin not in event:
+            event[self._origin] = self._gateway
         stamp = event.get("time")
         if isinstance(stamp, (int, float)) and not isinstance(stamp, bool):
             event["time"] = self._format_time(stamp)
@@ -466,7 +492,7 @@ class AuditLog:
                 text = "<unrepresentable>"
             fallback = {
                 "time": event.get("time") if isinstance(event.get("time"), str) else None,
-                "gateway": self._gateway,
+                self._origin: self._gateway,
                 "event": "audit_error",
                 "error": str(exc),
                 "repr": text,

@@ -53,6 +53,11 @@ def watch_audit(runtime: Runtime, audit: AuditLog) -> None:
             for kind, count in sink.dropped.items():
                 yield (sink.name, kind), float(count)
 
+    def refusals_by_rule() -> Iterator[tuple[tuple[str, ...], float]]:
+        for (rule, decision), count in list(audit.refusals_by_rule.items()):
+            yield (rule, decision), float(count)
+
+    metrics.labeled["ztgate_refusals_by_rule"] = ("counter", ("rule", "decision"), refusals_by_rule)
     metrics.labeled["ztgate_audit_dropped_by_kind"] = ("counter", ("kind",), dropped_by_kind)
     metrics.labeled["ztgate_audit_sink_dropped"] = ("counter", ("sink", "kind"), sink_dropped)
     metrics.labeled["ztgate_audit_spool_bytes"] = ("gauge", ("sink",), spool_bytes)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -16,6 +17,7 @@ import pytest
 
 from gateway.admin import watch_center
 from gateway.metrics import Metrics
+from gateway.sinks.syslog import SyslogSettings, SyslogSink
 from tests.e2e.harness import Lab, policy_text
 from tests.e2e.test_admin import RULES
 
@@ -109,7 +111,7 @@ def test_the_parser_finds_metrics_and_refuses_what_promql_does_not_have() -> Non
     assert "ztgate_reqests_total" not in exposed("# TYPE ztgate_requests_total counter\n")
 
 
-async def test_every_metric_the_dashboard_queries_is_exported(lab: Lab) -> None:
+async def test_every_metric_the_dashboard_queries_is_exported(lab: Lab, tmp_path: Path) -> None:
     dashboard = json.loads(DASHBOARD.read_text())
     panel_ids = [p["id"] for p in dashboard["panels"]]
     assert len(panel_ids) == len(set(panel_ids))
@@ -117,14 +119,29 @@ async def test_every_metric_the_dashboard_queries_is_exported(lab: Lab) -> None:
     queried = {name for expr in expressions(dashboard) for name in metric_names(expr)}
 
     port = await lab.start_device()
-    gateway = await lab.start_gateway(policy_text(port, RULES))
-    client = await lab.client("alice")
-    assert not (await client.read_holding_registers(0, count=2, device_id=1)).isError()
-    assert (await client.write_register(1, 1, device_id=1)).isError()
-    url = f"http://127.0.0.1:{gateway.admin_port}/metrics"
-    async with aiohttp.ClientSession() as http, http.get(url) as response:
-        assert response.status == 200
-        live = exposed(await response.text())
+    # A syslog sink whose collector is away (a bound socket that does not listen refuses): it spools.
+    with socket.socket() as away:
+        away.bind(("127.0.0.1", 0))
+        settings = SyslogSettings(
+            "tcp", away.getsockname(), "gw-test", spool_dir=tmp_path / "spool", connect_timeout_s=1
+        )
+        gateway = await lab.start_gateway(
+            policy_text(port, RULES), audit_sinks=[SyslogSink("siem", settings, flush_interval_s=0.01)]
+        )
+        client = await lab.client("alice")
+        assert not (await client.read_holding_registers(0, count=2, device_id=1)).isError()
+        assert (await client.write_register(1, 1, device_id=1)).isError()
+        gateway.audit.flush()
+        url = f"http://127.0.0.1:{gateway.admin_port}/metrics"
+        async with aiohttp.ClientSession() as http, http.get(url) as response:
+            assert response.status == 200
+            text = await response.text()
+    live = exposed(text)
+    # The audit views have series, not only a TYPE line: the spool holds the records, the refusal counts.
+    spooled = re.search(r'^ztgate_audit_spool_bytes\{sink="siem"\} (\S+)$', text, re.MULTILINE)
+    assert spooled is not None and float(spooled.group(1)) > 0
+    refused = 'ztgate_refusals_by_rule_total{decision="deny",rule="(default deny)"} 1.0'
+    assert refused in text.splitlines(), [line for line in text.splitlines() if "refusals" in line]
     center = center_metrics()
     assert center and center.isdisjoint(live)  # a gateway without a center exports none of them
     missing = sorted(queried - live - center)
@@ -135,7 +152,11 @@ async def test_every_metric_the_dashboard_queries_is_exported(lab: Lab) -> None:
         "ztgate_request_latency_seconds_bucket",
         "ztgate_upstream_connections",
         "ztgate_audit_queued",
+        "ztgate_audit_spool_bytes",
+        "ztgate_audit_sink_dropped_total",
+        "ztgate_refusals_by_rule_total",
         "ztgate_certificate_expiry_seconds",
         "ztgate_policy_staleness_seconds",
+        "ztgate_center_connected",
     ):
         assert name in queried, name

@@ -16,8 +16,11 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.audit import AuditLog
+from gateway import audit_formats
+from gateway.audit import RULE_SERIES_LIMIT, AuditLog
+from gateway.sinks import Record
 from gateway.sinks.file import FileSink
+from tests.audit_validators import ecs_problems, ocsf_problems, parse_cef
 
 T0 = 1_700_000_000.0  # a whole second, so interval boundaries fall on T0 + n
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
@@ -476,3 +479,80 @@ def test_file_is_created_0640_and_rotates_by_size(tmp_path: Path, clock: FakeClo
     for name in ("audit.jsonl", "audit.jsonl.1", "audit.jsonl.2"):
         assert (tmp_path / name).stat().st_size <= 1024
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o640
+
+
+@pytest.mark.parametrize("fmt", ["json", "cef", "ocsf"])
+def test_a_sink_writes_its_format_of_the_record_the_file_holds(
+    tmp_path: Path, clock: FakeClock, fmt: str
+) -> None:
+    """``format`` is applied per sink, to the very record the flat file holds (bytes already hex, an
+    unencodable event already an audit_error), so every format says what the file says."""
+    flat = FileSink("flat", tmp_path / "flat.jsonl")
+    other = FileSink(fmt, tmp_path / f"{fmt}.log", format=fmt)
+    log = AuditLog(gateway="gw-1", sinks=[flat, other], clock=clock)
+    log.emit({**read_fields(), "decision": "deny", "rule": None, "values": b"\x01\xff"})
+    log.emit({"event": "decision", "values": [2**70]})
+    log.flush()
+    records = lines(tmp_path / "flat.jsonl")
+    assert [r["event"] for r in records] == ["decision", "audit_error"]
+    written = (tmp_path / f"{fmt}.log").read_text().splitlines()
+    assert written == [audit_formats.format_record(record, fmt) for record in records]
+    if fmt == "cef":
+        header, pairs = parse_cef(written[0])
+        assert header[4] == "decision:deny" and ("ztgateValues", "01ff") in pairs
+    else:
+        document = orjson.loads(written[0])
+        problems = ocsf_problems(document) if fmt == "ocsf" else ecs_problems(records[0], document)
+        assert problems == []
+    assert flat.status()["format"] == "ztgate" and other.status()["format"] == fmt
+
+
+def test_a_sink_refuses_an_unknown_format_by_name(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown audit format 'xml'; one of ztgate, json, cef, ocsf"):
+        FileSink("f", tmp_path / "f.log", format="xml")
+
+
+def test_refusals_are_counted_by_rule_with_a_bounded_number_of_series(path: Path, clock: FakeClock) -> None:
+    log = make(path, clock)
+    log.emit({**read_fields(), "decision": "deny", "rule": "setpoint-limit"})
+    log.emit({**read_fields(), "decision": "deny", "rule": None})
+    log.emit({**read_fields(), "decision": "would-deny", "rule": "setpoint-limit"})
+    # An aggregated refusal stands for `count` of them.
+    log.emit({**read_fields(), "decision": "deny", "rule": None, "aggregated": True, "count": 41})
+    log.emit({**read_fields(), "decision": "allow"})
+    log.flush()
+    assert log.refusals_by_rule == {
+        ("setpoint-limit", "deny"): 1,
+        ("(default deny)", "deny"): 42,
+        ("setpoint-limit", "would-deny"): 1,
+    }
+    for n in range(RULE_SERIES_LIMIT + 50):
+        log.emit({**read_fields(), "decision": "deny", "rule": f"rule-{n}"})
+    log.flush()
+    assert len(log.refusals_by_rule) == RULE_SERIES_LIMIT + 1
+    assert log.refusals_by_rule[("(other rules)", "deny")] == 53
+    assert sum(log.refusals_by_rule.values()) == 44 + RULE_SERIES_LIMIT + 50
+
+
+def test_a_sinks_queue_drops_reads_before_refusals_and_writes(tmp_path: Path) -> None:
+    """A sink's own queue (its writer behind) keeps refusals and write decisions past its limit, up to
+    twice that, and drops the reads; while it is over its limit the sink is not healthy (on_failure)."""
+    sink = FileSink("f", tmp_path / "a.jsonl", queue_limit=3)
+
+    def record(kind: str, n: int) -> Record:
+        return Record(kind, "", "decision", orjson.dumps({"n": n}) + b"\n")
+
+    sink.offer([record("read", n) for n in range(2)])
+    assert sink.healthy
+    sink.offer(
+        [record("read", n) for n in (2, 3)] + [record("refusal", 4), record("decision", 5), record("read", 6)]
+    )
+    assert sink.dropped == {"read": 2, "refusal": 0, "decision": 0, "event": 0}
+    assert not sink.healthy and sink.lost == {"queue_full": 2}
+    sink.offer([record("refusal", n) for n in range(7, 10)])  # 5 queued, twice the limit is 6: one fits
+    assert sink.dropped["refusal"] == 2
+    sink.drain()
+    assert [orjson.loads(line).get("n") for line in (tmp_path / "a.jsonl").read_bytes().splitlines()] == [
+        0, 1, 2, 4, 5, 7,
+    ]  # fmt: skip
+    assert sink.healthy
