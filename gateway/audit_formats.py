@@ -17,6 +17,7 @@ defines it (after the writer has set ``time`` and ``gateway``) and writes the li
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable
 from datetime import datetime
@@ -53,6 +54,35 @@ SEVERITY: Final[dict[str, tuple[int, int]]] = {
 }
 
 
+# The center's records (gateway/center/store.py ``center_record``): each event once, in each schema's
+# terms: (ECS event.category, ECS event.type, CEF and OCSF name, OCSF API Activity activity_id or None
+# for Application Lifecycle). API Activity: Create 1, Read 2, Update 3, Delete 4, Other 99.
+CENTER_EVENTS: Final[dict[str, tuple[str, str, str, int | None]]] = {
+    "center_start": ("process", "start", "Center started", None),
+    "center_init": ("configuration", "creation", "Center set up", None),
+    "credentials_issued": ("iam", "creation", "Credentials issued", 1),
+    "token_created": ("iam", "creation", "Enrollment token created", 1),
+    "enrolled": ("iam", "creation", "Identity enrolled", 1),
+    "enroll_refused": ("authentication", "info", "Enrollment refused", 1),
+    "renewed": ("iam", "change", "Certificate renewed", 3),
+    "renew_refused": ("authentication", "info", "Renewal refused", 3),
+    "role_set": ("iam", "change", "Role set", 3),
+    "policy_pushed": ("configuration", "change", "Policy pushed", 1),
+    "policy_rollback": ("configuration", "change", "Policy rolled back", 3),
+    "lock_created": ("iam", "change", "Lock created", 1),
+    "lock_removed": ("iam", "change", "Lock removed", 4),
+    "subscribed": ("network", "connection", "Gateway subscribed", 2),
+    "api_refused": ("authentication", "info", "API call refused", 99),
+}
+_REFUSED_CENTER: Final = frozenset(e for e in CENTER_EVENTS if e.endswith("_refused"))
+SEVERITY.update(dict.fromkeys(sorted(_REFUSED_CENTER), (5, 3)))  # a refusal at the center
+
+
+def origin(record: Record) -> Any:
+    """The process that wrote the record: a gateway, or a center (its own records have no ``gateway``)."""
+    return record.get("gateway", record.get("center"))
+
+
 def signature(record: Record) -> str:
     """The kind of a record: its event, with the decision or upstream state where those matter."""
     event = str(record.get("event"))
@@ -85,6 +115,7 @@ _FAILURES: Final = frozenset(
         "certificate_load_failed",
         "audit_dropped",
         "audit_error",
+        *_REFUSED_CENTER,
     )
 )
 
@@ -168,11 +199,20 @@ _ECS_KIND: Final[dict[str, tuple[str, str]]] = {
     "renewal_proved": ("authentication", "info"),
     "audit_dropped": ("process", "error"),
     "audit_error": ("process", "error"),
+    **{event: (category, kind) for event, (category, kind, _, _) in CENTER_EVENTS.items()},
 }
+
+
+def _written_by_center(record: Record) -> bool:
+    # ``center`` names the writer only in a center's own records; elsewhere (``ztgate enroll``'s) it is
+    # the center a gateway talked to, and ``gateway`` names the writer.
+    return "center" in record and "gateway" not in record
 
 
 def ecs_path(record: Record, field: str) -> str:
     """Where a flat field goes in the ECS document (ranges excepted: :data:`ECS_RANGES`)."""
+    if field == "center" and _written_by_center(record):
+        return "observer.name"
     target = ICSNPP_PATHS.get(record.get("protocol"), {}).get(field)  # type: ignore[arg-type]
     if target is not None:
         return f"ztgate.{target}"
@@ -187,7 +227,12 @@ def _put(document: dict[str, Any], path: str, value: Any) -> None:
     node[leaf] = value
 
 
-def _split_peer(peer: str) -> tuple[str, int] | None:
+def _split_peer(peer: str) -> tuple[str, int | None] | None:
+    """``host:port`` (``[v6]:port``) or a bare address (the center's ``peer``); None when neither."""
+    try:
+        return str(ipaddress.ip_address(peer)), None
+    except ValueError:
+        pass
     host, _, port = peer.rpartition(":")
     if not host or not port.isdigit():
         return None
@@ -222,7 +267,8 @@ def to_ecs(record: Record) -> dict[str, Any]:
     peer = _split_peer(record["peer"]) if isinstance(record.get("peer"), str) else None
     if peer is not None:
         _put(document, "source.ip", peer[0])
-        _put(document, "source.port", peer[1])
+        if peer[1] is not None:
+            _put(document, "source.port", peer[1])
     latency = record.get("latency_us")
     if isinstance(latency, int) and not isinstance(latency, bool):
         _put(document, "event.duration", latency * 1000)  # ECS durations are nanoseconds
@@ -277,12 +323,16 @@ _CEF_NAMES: Final[dict[str, str]] = {
     "renewal_proved": "Renewed certificate proved",
     "audit_dropped": "Audit records dropped",
     "audit_error": "Audit record not encodable",
+    **{event: name for event, (_, _, name, _) in CENTER_EVENTS.items()},
 }
 _HEADER_ESCAPES: Final = str.maketrans({"\\": "\\\\", "|": "\\|"})
 _EXTENSION_ESCAPES: Final = str.maketrans({"\\": "\\\\", "=": "\\=", "\n": "\\n", "\r": "\\r"})
 
 
-def cef_key(field: str) -> str:
+def cef_key(field: str, record: Record | None = None) -> str:
+    """The extension key of a field (of ``record``: a center's own name goes to ``dvchost`` too)."""
+    if field == "center" and record is not None and _written_by_center(record):
+        return "dvchost"
     key = CEF_KEYS.get(field)
     if key is not None:
         return key
@@ -322,7 +372,7 @@ def to_cef(record: Record) -> tuple[tuple[str, ...], list[tuple[str, str]]]:
     if rt is not None:
         pairs.append(("rt", str(rt)))
     for field, value in record.items():
-        key = cef_key(field)
+        key = cef_key(field, record)
         pairs.append((key, _cef_value(value)))
         if key in _CEF_LABELS:
             pairs.append((f"{key}Label", _CEF_LABELS[key]))
@@ -362,6 +412,11 @@ OCSF_CLASSES: Final[dict[str, tuple[int, int, str]]] = {
     "renewal_proved": (6, 6002, "Application Lifecycle"),
     "audit_dropped": (6, 6002, "Application Lifecycle"),
     "audit_error": (6, 6002, "Application Lifecycle"),
+    # The center's records: calls on its API by an authenticated actor (API Activity), or its own.
+    **{
+        event: (6, 6002, "Application Lifecycle") if activity is None else (6, 6003, "API Activity")
+        for event, (_, _, _, activity) in CENTER_EVENTS.items()
+    },
 }
 _OTHER: Final = 99
 # Network Activity: Open 1, Close 2, Fail 4, Refuse 5; Application Lifecycle: Start 3, Stop 4, Update 8.
@@ -373,6 +428,8 @@ _OCSF_ACTIVITY: Final[dict[str, int]] = {
     "gateway_stop": 4,
     "policy_loaded": 8,
     "certificate_loaded": 8,
+    "center_start": 3,
+    **{event: activity for event, (_, _, _, activity) in CENTER_EVENTS.items() if activity is not None},
 }
 _UPSTREAM_ACTIVITY: Final = {"disconnected": 2, "connect_failed": 4}
 # API Activity: Read 2, Update 3, by the words of the operation's name (Modbus, CIP and OPC UA names).
@@ -400,7 +457,7 @@ def _api_activity(record: Record) -> int:
 
 def _ocsf_activity(record: Record) -> int:
     event = str(record.get("event"))
-    if OCSF_CLASSES.get(event, (0, 0, ""))[1] == 6003:
+    if OCSF_CLASSES.get(event, (0, 0, ""))[1] == 6003 and event not in CENTER_EVENTS:
         return _api_activity(record)
     if event == "upstream":
         state = str(record.get("state"))
@@ -429,7 +486,7 @@ def to_ocsf(record: Record) -> dict[str, Any]:
     }
     if record.get("reason") is not None:
         out["status_detail"] = record["reason"]
-    placed = set(_OCSF_PLACED)
+    placed = set(_OCSF_PLACED) | ({"center"} if _written_by_center(record) else set())
     if record.get("aggregated"):
         placed.update(("count", "time_last"))
         out["count"] = record.get("count")
@@ -447,7 +504,11 @@ def to_ocsf(record: Record) -> dict[str, Any]:
         )
         metadata["profiles"] = ["security_control"]
     if class_uid == 6003:
-        out["status_id"] = 1 if record.get("outcome") == "ok" else 2
+        # A decision's outcome is the device's answer; a record without one failed if it is a refusal.
+        if "outcome" in record:
+            out["status_id"] = 1 if record.get("outcome") == "ok" else 2
+        else:
+            out["status_id"] = 2 if _failed(record) else 1
         if record.get("outcome") is not None:
             out["status"] = record["outcome"]
         if record.get("code_name") is not None:
@@ -460,7 +521,9 @@ def to_ocsf(record: Record) -> dict[str, Any]:
         source: dict[str, Any] = {}
         peer = _split_peer(record["peer"]) if isinstance(record.get("peer"), str) else None
         if peer is not None:
-            source.update(ip=peer[0], port=peer[1])
+            source["ip"] = peer[0]
+            if peer[1] is not None:
+                source["port"] = peer[1]
         # A decision record has no address; its session id joins it to the session_start's endpoint.
         if isinstance(session, str):
             source["uid"] = session
@@ -470,13 +533,16 @@ def to_ocsf(record: Record) -> dict[str, Any]:
             out["dst_endpoint"] = {"name": record["asset"]}
     if class_uid == 6003:
         out["api"] = {"operation": _operation(record)}
-        if "actor" not in out:  # the schema requires an actor; a record without identity names the gateway
-            out["actor"] = {"app_name": str(record.get("gateway"))}
-        out.setdefault("src_endpoint", {"uid": str(session)})
+        if "actor" not in out:  # the schema requires an actor; a record without identity names the process
+            out["actor"] = {"app_name": str(origin(record))}
+        # Required too: a decision's session, else (a center's record without a peer) the process.
+        out.setdefault(
+            "src_endpoint", {"uid": str(session)} if session is not None else {"name": str(origin(record))}
+        )
         if isinstance(record.get("asset"), str):
             out["resources"] = [{"name": record["asset"], "type": "asset"}]
     if class_uid == 6002:
-        out["app"] = {**product, "uid": str(record.get("gateway"))}
+        out["app"] = {**product, "uid": str(origin(record))}
     unmapped = {k: v for k, v in record.items() if k not in placed}
     out["unmapped"] = _ztgate_detail(record, unmapped)
     return out
@@ -565,6 +631,41 @@ EXAMPLES: Final[tuple[Record, ...]] = (
     {**_ENVELOPE, "event": "audit_dropped", "reason": "queue_full", "count": 17},
     {**_ENVELOPE, "event": "audit_error", "error": "Integer exceeds 64-bit range", "repr": "{'event': ...}"},
 )  # fmt: skip
+_CENTER: Final = {"time": "2026-12-07T12:00:00.000000Z", "center": "center-1"}
+_ADMIN: Final = "spiffe://plant1.example/user/admin"
+_GW: Final = "spiffe://plant1.example/gateway/site1/gw-1"
+_LOCK_EXAMPLE: Final = {"id": "lk-7f3a", "target": "identity=spiffe://plant1.example/user/alice"}
+# One record of each of the center's events, as gateway/center/store.py center_record makes them.
+CENTER_EXAMPLES: Final[tuple[Record, ...]] = (
+    {**_CENTER, "event": "center_init", "seq": 1, "admin": _ADMIN, "trust_domain": "plant1.example"},
+    {**_CENTER, "event": "credentials_issued", "seq": 2, "id": _ADMIN, "role": "admin", "out": "admin"},
+    {**_CENTER, "event": "center_start", "seq": 3, "identity": "spiffe://plant1.example/center/center-1",
+     "url": "https://center.plant1.example:8600"},
+    {**_CENTER, "event": "token_created", "seq": 4, "identity": _ADMIN, "id": _GW, "role": "gateway",
+     "ttl_s": 600.0},
+    {**_CENTER, "event": "enroll_refused", "seq": 5, "reason": "expired", "step": "enroll", "id": _GW,
+     "peer": "10.0.4.7"},
+    {**_CENTER, "event": "enrolled", "seq": 6, "identity": _GW, "role": "gateway", "peer": "10.0.4.7"},
+    {**_CENTER, "event": "renewed", "seq": 7, "identity": _GW, "serial": "5d1e0c77a9"},
+    {**_CENTER, "event": "renew_refused", "seq": 8, "identity": "spiffe://plant1.example/user/alice",
+     "lock": "lk-7f3a", "reason": "stolen laptop"},
+    {**_CENTER, "event": "role_set", "seq": 9, "identity": _ADMIN, "id": "spiffe://plant1.example/user/bob",
+     "role": "approver"},
+    {**_CENTER, "event": "policy_pushed", "seq": 10, "identity": _ADMIN, "revision": 12,
+     "sha256": "9f2c4e0b7d1a", "rollback_of": None},
+    {**_CENTER, "event": "policy_rollback", "seq": 11, "identity": _ADMIN, "revision": 13,
+     "sha256": "3b8d5a61c0fe", "rollback_of": 11},
+    {**_CENTER, "event": "lock_created", "seq": 12, "identity": _ADMIN, **_LOCK_EXAMPLE, "kind": "identity",
+     "value": "spiffe://plant1.example/user/alice", "reason": "stolen laptop", "created_by": _ADMIN,
+     "created_at": 1796644800.0, "expires_at": None},
+    {**_CENTER, "event": "lock_removed", "seq": 13, "identity": _ADMIN, **_LOCK_EXAMPLE},
+    {**_CENTER, "event": "subscribed", "seq": 14, "identity": _GW, "held": {"policy": 12, "locks": 4},
+     "peer": "10.0.4.7"},
+    {**_CENTER, "event": "api_refused", "seq": 15, "identity": "spiffe://plant1.example/user/alice",
+     "method": "POST", "path": "/v1/policy", "role": "user"},
+    {**_CENTER, "event": "audit_dropped", "reason": "spool_full", "count": 3},
+    {**_CENTER, "event": "audit_error", "error": "Integer exceeds 64-bit range", "repr": "{'event': ...}"},
+)  # fmt: skip
 
 
 def render_examples() -> str:
@@ -576,8 +677,9 @@ def render_examples() -> str:
     parts.append("|---|---|---|")
     parts += [f"| `{sig}` | {cef} | {ocsf} |" for sig, (cef, ocsf) in SEVERITY.items()]
     parts += [f"| any other | {_INFO[0]} | {_INFO[1]} |", ""]
-    for record in EXAMPLES:
-        parts.append(f"#### `{record['event']}`\n")
+    for record in (*EXAMPLES, *CENTER_EXAMPLES):
+        where = " (center)" if "center" in record else ""
+        parts.append(f"#### `{record['event']}`{where}\n")
         for fmt in FORMATS:
             parts.append(f"{fmt}:\n\n```\n{format_record(record, fmt)}\n```\n")
     return "\n".join(parts)

@@ -261,7 +261,7 @@ GATEWAY_EVENTS: Final[dict[str, dict[str, Field]]] = {
         ("target", _STR, "its target"),
     ),
     "audit_dropped": _fields(
-        ("reason", _STR, "`queue_full` \\| `write_error`"),
+        ("reason", _STR, "`queue_full` \\| `write_error` \\| `spool_full` \\| `evicted` \\| `oversized`"),
         ("count", _INT, "records lost since the last report"),
     ),
     "audit_error": _fields(
@@ -270,10 +270,81 @@ GATEWAY_EVENTS: Final[dict[str, dict[str, Field]]] = {
     ),
 }
 
+# The center's records (gateway/center/store.py ``center_record``): a row of its audit table, flat.
+CENTER_ENVELOPE: Final = _fields(
+    ("time", _STR, "when the center recorded it (RFC 3339 UTC with microseconds)"),
+    ("center", _STR, "name of the center that wrote the record"),
+    ("event", _STR, "what happened (the table below)"),
+    ("seq", _INT, "the record's number in the center's store (`ztgate center audit`)"),
+    ("identity", _STR, "SPIFFE id of who did it (the API caller; the identity enrolled); absent if unknown"),
+)
+_LOCK: Final = _fields(
+    ("id", _STR, "the lock's id"),
+    ("target", _STR, "what it locks (`identity=...`, `asset=...`, ...)"),
+    ("kind", _STR, "the target's kind"),
+    ("value", _STR, "the target's value"),
+    ("reason", _STR, "why (shown in every gateway's record of a cut session)"),
+    ("created_by", _STR, "who created it"),
+    ("created_at", _NUMBER, "when (epoch seconds)"),
+    ("expires_at", (int, float, type(None)), "when its TTL runs out (epoch seconds), or null"),
+)
+_REVISION: Final = _fields(
+    ("revision", _INT, "the new policy revision"),
+    ("sha256", _STR, "the policy text's SHA-256"),
+    ("rollback_of", (int, type(None)), "of a rollback: the revision brought back"),
+)
+_ID_ROLE: Final = _fields(("id", _STR, "the SPIFFE id concerned"), ("role", _STR, "its role"))
+_PEER: Final = _fields(("peer", (str, type(None)), "the address the request came from"))
+CENTER_EVENTS: Final[dict[str, dict[str, Field]]] = {
+    "center_start": _fields(("url", _STR, "how gateways, agents and people reach it")),
+    "center_init": _fields(
+        ("admin", _STR, "the first admin's SPIFFE id"), ("trust_domain", _STR, "the trust domain")
+    ),
+    "credentials_issued": {**_ID_ROLE, **_fields(("out", _STR, "the folder written"))},
+    "token_created": {**_ID_ROLE, **_fields(("ttl_s", _NUMBER, "how long the token may be used"))},
+    "enrolled": {**_fields(("role", _STR, "the role enrolled with")), **_PEER},
+    "enroll_refused": {
+        **_fields(
+            ("reason", _STR, "`unknown` \\| `expired` \\| `used` (the token) \\| `csr`"),
+            ("step", _STR, "`describe` \\| `enroll`"),
+            ("message", _STR, "why the CSR was refused"),
+            ("id", _STR, "the token's SPIFFE id, when known"),
+        ),
+        **_PEER,
+    },
+    "renewed": _fields(("serial", _STR, "the new certificate's serial (hex)")),
+    "renew_refused": _fields(
+        ("lock", _STR, "the lock covering the identity"),
+        ("reason", _STR, "the lock's reason"),
+        ("message", _STR, "why the CSR was refused"),
+    ),
+    "role_set": _ID_ROLE,
+    "policy_pushed": _REVISION,
+    "policy_rollback": _REVISION,
+    "lock_created": _LOCK,
+    "lock_removed": {name: _LOCK[name] for name in ("id", "target")},
+    "subscribed": {**_fields(("held", (dict,), "the revisions the gateway already holds, by kind")), **_PEER},
+    "api_refused": _fields(
+        ("method", _STR, "the HTTP method"),
+        ("path", _STR, "the API path"),
+        ("role", (str, type(None)), "the caller's role (null: none)"),
+    ),
+    "audit_dropped": GATEWAY_EVENTS["audit_dropped"],
+    "audit_error": GATEWAY_EVENTS["audit_error"],
+}
+
+
+def is_center_record(record: dict[str, Any]) -> bool:
+    """A center's own record: named by ``center``, with no ``gateway``."""
+    return "center" in record and "gateway" not in record
+
 
 def allowed_fields(record: dict[str, Any]) -> dict[str, Field] | None:
     """The fields a record of this event (and protocol) may carry; None for an unknown event."""
     event = record.get("event")
+    if is_center_record(record):
+        found = CENTER_EVENTS.get(event)  # type: ignore[arg-type]
+        return None if found is None else {**CENTER_ENVELOPE, **found}
     fields = dict(ENVELOPE)
     if event in GATEWAY_EVENTS:
         fields.update(GATEWAY_EVENTS[event])
@@ -302,7 +373,8 @@ def problems(record: dict[str, Any]) -> list[str]:
         elif not isinstance(value, field.types) or (isinstance(value, bool) and bool not in field.types):
             found.append(f"{record.get('event')}: {name} = {value!r} is not {field.type_text}")
     event = record["event"]
-    for name in ("time", "gateway", *_REQUIRED.get(event, ())):
+    envelope = ("time", "center") if is_center_record(record) else ("time", "gateway")
+    for name in (*envelope, *_REQUIRED.get(event, ())):
         if name not in record:
             found.append(f"{event}: {name!r} missing")
     if record.get("protocol") not in (None, *PROTOCOLS):
@@ -384,7 +456,22 @@ def render() -> str:
         (f"`{event}`", ", ".join(f"`{name}`" for name in fields) or "—")
         for event, fields in GATEWAY_EVENTS.items()
     ]
-    parts += [_table("| event | fields (besides `time`, `gateway`, `event`) |", gateway_rows)]
+    parts += [_table("| event | fields (besides `time`, `gateway`, `event`) |", gateway_rows), ""]
+    parts += ["### Records of the center", ""]
+    parts += [
+        _table(
+            "| field | type | meaning |",
+            [(f"`{f.name}`", f.type_text, f.meaning) for f in CENTER_ENVELOPE.values()],
+        ),
+        "",
+    ]
+    center_rows = [
+        (f"`{event}`", ", ".join(f"`{name}`" for name in fields) or "—")
+        for event, fields in CENTER_EVENTS.items()
+    ]
+    parts += [
+        _table("| event | fields (besides `time`, `center`, `event`, `seq`, `identity`) |", center_rows)
+    ]
     return "\n".join(parts) + "\n"
 
 

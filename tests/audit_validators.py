@@ -150,6 +150,11 @@ def ecs_problems(record: dict[str, Any], document: dict[str, Any]) -> list[str]:
                 found.append(f"{name} {value} is not start {start} quantity {quantity}")
             continue
         path = audit_formats.ecs_path(record, name)
+        if isinstance(value, dict) and name != "latency_us":  # an object: its leaves, under the path
+            wanted = _flatten(value, f"{path}.")
+            if any(flat.get(leaf, flat) != leaf_value for leaf, leaf_value in wanted.items()):
+                found.append(f"{name} {value!r} not under {path}")
+            continue
         if path not in flat or flat[path] != value:
             found.append(f"{name} {value!r} not at {path} (there: {flat.get(path, '<absent>')!r})")
     for path in ("@timestamp", "ecs.version", "event.action", "event.kind", "event.outcome", "observer.name"):

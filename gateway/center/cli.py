@@ -13,6 +13,7 @@ import asyncio
 import os
 import re
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -92,6 +93,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return _fail(f"configuration refused:\n{error}", 2)
     except PkiError as error:
         return _fail(f"keys refused: {error}", 2)
+    except (OSError, ValueError, ssl.SSLError) as error:  # an [audit] sink that cannot be made
+        return _fail(f"cannot start the audit trail: {error}", 1)
 
     async def serve() -> int:
         try:
@@ -104,6 +107,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
+        if center.audit is not None:  # logrotate's postrotate: reopen the audit files
+            loop.add_signal_handler(signal.SIGHUP, center.audit.reopen)
         print(f"center {center.authority.center_id} listening on port {center.port}", flush=True)
         await stop.wait()
         await center.stop()

@@ -11,6 +11,12 @@ keys = "keys"                     # CA, signing key, TLS key (docs/center.md)
 
 [certificates]                    # lifetimes in seconds (docs/architecture.md, "Identity and certificates")
 gateway_s = 604800
+
+[[audit.sinks]]                   # optional: the center's audit to the SIEM too, as a gateway's [audit]
+type = "syslog"                   # (docs/operations.md); the store keeps every record either way
+address = "siem.plant1.example:6514"
+ca = "siem-ca.pem"
+spool_dir = "spool"
 ```
 """
 
@@ -22,8 +28,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from gateway.config import ConfigChecker, raise_problems, read_toml
+from gateway.config import ConfigChecker, audit_sinks, raise_problems, read_toml
 from gateway.pki import PROFILES
+from gateway.sinks import SinkSettings
 from policies.errors import FieldPath
 
 __all__ = ["LIFETIME_KINDS", "CenterConfig", "load_center_config"]
@@ -48,6 +55,8 @@ class CenterConfig:
     heartbeat_s: float = 5.0
     bundle_validity_s: float = 7 * 86400.0
     token_max_ttl_s: float = 7 * 86400.0
+    audit_sinks: tuple[SinkSettings, ...] = ()  # none: the audit stays in the store only
+    audit_queue_limit: int = 100_000
 
     @property
     def base(self) -> Path:
@@ -60,7 +69,7 @@ class CenterConfig:
 def load_center_config(path: Path) -> CenterConfig:
     text, doc = read_toml(path)
     check = ConfigChecker(path.absolute().parent)
-    check.keys(doc, (), ("center", "certificates"))
+    check.keys(doc, (), ("center", "certificates", "audit"))
     center = check.section(
         doc,
         "center",
@@ -111,7 +120,13 @@ def load_center_config(path: Path) -> CenterConfig:
         )
         if value is not None:
             lifetimes[kind] = value
+    audit = check.section(doc, "audit", ("file", "stdout", "sinks", "queue_limit"))
+    sinks = audit_sinks(check, audit, name or "center") if audit else ()
+    queue_limit = check.optional(
+        audit, "queue_limit", ("audit",), lambda v, p: check.integer(v, p, 1, 10_000_000), 100_000
+    )
     raise_problems(path, text, check)
+    assert queue_limit is not None
     assert name is not None and listen is not None and url is not None and store is not None
     assert body is not None and heartbeat is not None and validity is not None and token_ttl is not None
     assert all(math.isfinite(v) for v in lifetimes.values())
@@ -127,4 +142,6 @@ def load_center_config(path: Path) -> CenterConfig:
         heartbeat_s=heartbeat,
         bundle_validity_s=validity,
         token_max_ttl_s=token_ttl,
+        audit_sinks=sinks,
+        audit_queue_limit=queue_limit,
     )

@@ -42,6 +42,13 @@ class StoreError(RuntimeError):
 
 
 class Transaction(abc.ABC):
+    def __init__(self) -> None:
+        self.committed: list[Callable[[], None]] = []  # run once the transaction has committed
+
+    def after_commit(self, action: Callable[[], None]) -> None:
+        """Run ``action`` once this transaction has committed; never if it rolls back."""
+        self.committed.append(action)
+
     @abc.abstractmethod
     async def execute(self, sql: str, *args: Any) -> int:
         """Run a statement; returns the number of rows it changed."""
@@ -128,11 +135,20 @@ class Database(abc.ABC):
         """Keep two replicas starting at once from migrating together."""
 
 
+def _committed(tx: Transaction) -> None:
+    for action in tx.committed:
+        try:
+            action()
+        except Exception:  # the commit stands; one failing follower must not hide it from the others
+            log.exception("after-commit action failed")
+
+
 # --------------------------------------------------------------------------------------------- SQLite
 
 
 class _SqliteTransaction(Transaction):
     def __init__(self, db: SqliteDatabase) -> None:
+        super().__init__()
         self._db = db
         self.topics: list[str] = []
 
@@ -205,6 +221,7 @@ class SqliteDatabase(Database):
                 await self._run(lambda conn: conn.execute("ROLLBACK"))
                 raise
             await self._run(lambda conn: conn.execute("COMMIT"))
+        _committed(tx)
         for topic in tx.topics:
             self._deliver(topic)
 
@@ -219,6 +236,7 @@ def _numbered(sql: str) -> str:
 
 class _PostgresTransaction(Transaction):
     def __init__(self, conn: Any) -> None:
+        super().__init__()
         self._conn = conn
 
     async def execute(self, sql: str, *args: Any) -> int:
@@ -288,8 +306,11 @@ class PostgresDatabase(Database):
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
-        async with self._pool.acquire() as conn, conn.transaction():
-            yield _PostgresTransaction(conn)
+        async with self._pool.acquire() as conn:
+            tx = _PostgresTransaction(conn)
+            async with conn.transaction():
+                yield tx
+        _committed(tx)
 
     async def _lock_schema(self, tx: Transaction) -> None:
         await tx.fetch("SELECT pg_advisory_xact_lock(7023511)")

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from gateway.audit import AuditLog
 from gateway.center.api import Services
 from gateway.center.app import build_app
 from gateway.center.authority import Authority, load_authority
@@ -21,6 +22,7 @@ from gateway.center.db import open_database
 from gateway.center.store import Store
 from gateway.center.stream import Hub, Publisher
 from gateway.runtime import cancel_tasks
+from gateway.sinks import build_sink
 from gateway.tls import CENTER_ROLE, https_server_context, load_files
 
 log = logging.getLogger("ztgate.center")
@@ -34,6 +36,16 @@ class Center:
         self.clock = clock
         self.authority: Authority = load_authority(config.keys, config.name)
         self.store = Store(open_database(config.store, config.base), clock=clock)
+        # The center's audit to the [audit] sinks too (the store keeps every record either way).
+        self.audit: AuditLog | None = None
+        if config.audit_sinks:
+            self.audit = AuditLog(
+                gateway=config.name,
+                origin="center",
+                sinks=[build_sink(settings) for settings in config.audit_sinks],
+                queue_limit=config.audit_queue_limit,
+            )
+            self.store.trail = self.audit
         self.hub = Hub()
         self.publisher = Publisher(
             self.store, self.authority, validity_s=config.bundle_validity_s, clock=clock
@@ -49,6 +61,8 @@ class Center:
         return f"https://{host}:{self.port}"
 
     async def start(self) -> None:
+        if self.audit is not None:
+            self.audit.start()
         applied = await self.store.open()
         if applied:
             log.info("store migrated to schema %d", applied[-1])
@@ -102,3 +116,6 @@ class Center:
         if self._runner is not None:
             await self._runner.cleanup()
         await self.store.close()
+        if self.audit is not None:
+            # Writes what is queued; a syslog sink's spool keeps what the collector has not taken.
+            await asyncio.get_running_loop().run_in_executor(None, self.audit.close)

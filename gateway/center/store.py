@@ -14,10 +14,12 @@ import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import orjson
 
+from gateway.audit import AuditLog
 from gateway.center.db import Database, Row, Transaction
 from gateway.locks import Lock
 
@@ -28,6 +30,7 @@ __all__ = [
     "PolicyRevision",
     "Store",
     "TokenError",
+    "center_record",
     "token_hash",
 ]
 
@@ -132,10 +135,23 @@ def unified_diff(before: str, after: str, from_name: str, to_name: str) -> str:
     return "".join(line if line.endswith("\n") else line + "\n" for line in lines)
 
 
+def center_record(
+    seq: int, at: float, event: str, actor: str | None, detail: dict[str, Any]
+) -> dict[str, Any]:
+    """An audit row as a record for the sinks: the detail's fields, flat, then ``time``, ``event``,
+    ``seq`` (the row's number) and ``identity`` (the actor, when there is one); the audit log adds
+    ``center`` (docs/audit.md, "Records of the center")."""
+    record = {**detail, "time": at, "event": event, "seq": seq}
+    if actor is not None:
+        record["identity"] = actor
+    return record
+
+
 class Store:
     def __init__(self, db: Database, *, clock: Callable[[], float] = time.time) -> None:
         self.db = db
         self.clock = clock
+        self.trail: AuditLog | None = None  # the [audit] sinks, when the center has any
 
     async def open(self) -> list[int]:
         await self.db.open()
@@ -556,6 +572,9 @@ class Store:
     async def audit(
         self, event: str, actor: str | None, detail: dict[str, Any], tx: Transaction | None = None
     ) -> None:
+        """Record what the center did or refused: a row of the store's audit table (``ztgate center
+        audit``) and, once it is committed, a record to the ``[audit]`` sinks (:func:`center_record`).
+        Inside ``tx`` both follow the transaction: a rollback leaves neither."""
         if tx is None:
             async with self.db.transaction() as own:
                 await self._audit(own, event, actor, detail)
@@ -563,13 +582,17 @@ class Store:
             await self._audit(tx, event, actor, detail)
 
     async def _audit(self, tx: Transaction, event: str, actor: str | None, detail: dict[str, Any]) -> None:
-        await tx.execute(
-            "INSERT INTO audit (at, actor, event, detail) VALUES (?, ?, ?, ?)",
-            self.clock(),
+        at = self.clock()
+        row = await tx.fetchone(
+            "INSERT INTO audit (at, actor, event, detail) VALUES (?, ?, ?, ?) RETURNING seq",
+            at,
             actor,
             event,
             orjson.dumps(detail).decode(),
         )
+        trail = self.trail
+        if trail is not None and row is not None:
+            tx.after_commit(partial(trail.emit, center_record(int(row["seq"]), at, event, actor, detail)))
 
     async def audit_log(self, after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
         rows = await self.db.fetch(

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest_asyncio
 
+from tests.center.harness import Site
 from tests.e2e.harness import Lab, Pki
 
 
@@ -15,3 +16,12 @@ async def lab(pki: Pki, tmp_path: Path) -> AsyncIterator[Lab]:
         yield lab
     finally:
         await lab.close()
+
+
+@pytest_asyncio.fixture
+async def site(tmp_path: Path) -> AsyncIterator[Site]:
+    found = Site(tmp_path)
+    try:
+        yield found
+    finally:
+        await found.close()
