@@ -9,6 +9,7 @@ modbus-proxy, on loopback, in one interleaved run; then the scale figures and a 
     python -m bench center               # policy push -> two gateways deciding by it (bench/center.py)
     python -m bench fairness             # a poller's p99 idle and while another identity floods
     python -m bench locks                # lock create -> 50 of 100 live sessions cut (bench/locks.py)
+    python -m bench audit-sinks          # CPU per request: syslog over TLS next to the audit file
 
 See docs/performance.md for how to read the results.
 """
@@ -460,6 +461,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench import locks
 
         return locks.run(argv[1:])
+    if argv[:1] == ["audit-sinks"]:  # the syslog-TLS sink next to the file sink (bench/audit_sinks.py)
+        from bench import audit_sinks
+
+        return audit_sinks.run(argv[1:])
     if argv[:1] == ["center"]:  # its own measurement and options (bench/center.py)
         from bench import center
 

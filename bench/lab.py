@@ -194,10 +194,12 @@ def write_gateway_config(
     aggregate_reads_s: float = 1.0,
     client_max_in_flight: int = 16,
     gateway_extra: str = "",
+    audit_sinks: str | None = None,
 ) -> Path:
-    """A gateway config: overlay and admin/metrics on kernel-chosen loopback ports, audit to a file.
-    ``gateway_extra``: more ``[gateway]`` lines."""
+    """A gateway config: overlay and admin/metrics on kernel-chosen loopback ports, audit to a file (or
+    to ``audit_sinks``, ``[[audit.sinks]]`` tables in TOML). ``gateway_extra``: more ``[gateway]`` lines."""
     path = lab.directory / f"{name}.toml"
+    sinks = f'file = "{audit_file}"' if audit_sinks is None else audit_sinks
     path.write_text(
         f"""[gateway]
 name = "{name}"
@@ -215,8 +217,8 @@ ca = "{lab.ca}"
 listen = "127.0.0.1:0"
 
 [audit]
-file = "{audit_file}"
 aggregate_reads_s = {aggregate_reads_s}
+{sinks}
 """
     )
     return path

@@ -256,6 +256,7 @@ def start_ztgate(
     path_name: str = "ztgate",
     version: str | None = None,
     gateway_extra: str = "",
+    audit_sinks: str | None = None,
 ) -> RunningPath:
     """A gateway process with a generated policy and config (see the module docstring), running the
     code in ``src`` (the working tree, or an exported git ref); ``gateway_extra``: more ``[gateway]``
@@ -268,7 +269,13 @@ def start_ztgate(
     check_policy_allows(policy, [(w.mix, w.address, w.count) for w in ctx.workloads])
     audit = ctx.work / f"{name}-audit.jsonl"
     config = write_gateway_config(
-        lab, name, policy, audit_file=audit, aggregate_reads_s=aggregate_reads_s, gateway_extra=gateway_extra
+        lab,
+        name,
+        policy,
+        audit_file=audit,
+        aggregate_reads_s=aggregate_reads_s,
+        gateway_extra=gateway_extra,
+        audit_sinks=audit_sinks,
     )
     proc, overlay, admin = start_gateway_process(ctx.sup, name, config, src=src)
     label = f"ztgate, mutual TLS 1.3, {rules:,}-rule policy, audit + metrics"

@@ -100,8 +100,16 @@ class Rsyslog:
     """One rsyslogd in ``directory``; start() returns its port. May be stopped and started again on
     the same port (a collector outage)."""
 
-    def __init__(self, directory: Path, transport: str, tls: CollectorTls | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        transport: str,
+        tls: CollectorTls | None = None,
+        *,
+        lifetime_s: float = LIFETIME_S,
+    ) -> None:
         require_rsyslog(transport)
+        self.lifetime_s = lifetime_s
         self.dir = directory
         self.transport = transport
         self.tls = tls
@@ -116,7 +124,16 @@ class Rsyslog:
         config = self.dir / "rsyslog.conf"
         config.write_text(_config(self.dir, self.transport, self.tls, self.port))
         (self.dir / "port").unlink(missing_ok=True)
-        command = ["timeout", str(LIFETIME_S), RSYSLOGD, "-n", "-f", str(config), "-i", str(self.dir / "pid")]
+        command = [
+            "timeout",
+            str(round(self.lifetime_s)),
+            RSYSLOGD,
+            "-n",
+            "-f",
+            str(config),
+            "-i",
+            str(self.dir / "pid"),
+        ]
         with open(self.dir / "stderr", "ab") as stderr:
             self.process = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr
