@@ -17,6 +17,7 @@ defines it (after the writer has set ``time`` and ``gateway``) and writes the li
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Callable
@@ -219,8 +220,22 @@ def ecs_path(record: Record, field: str) -> str:
     return ECS_PATHS.get(field, f"ztgate.{field}")
 
 
-def _put(document: dict[str, Any], path: str, value: Any) -> None:
+@functools.lru_cache(maxsize=4096)
+def _steps(path: str) -> tuple[tuple[str, ...], str]:
+    # Paths repeat from record to record: split each once (a sink formats every record it writes).
     *parents, leaf = path.split(".") if path != "@timestamp" else [path]
+    return tuple(parents), leaf
+
+
+@functools.lru_cache(maxsize=4096)
+def _field_steps(protocol: Any, field: str, by_center: bool) -> tuple[tuple[str, ...], str]:
+    """:func:`ecs_path` of a field, split; the same for every record of a protocol (and writer)."""
+    record: Record = {"protocol": protocol, "center": ""} if by_center else {"protocol": protocol}
+    return _steps(ecs_path(record, field))
+
+
+def _put(document: dict[str, Any], path: str, value: Any) -> None:
+    parents, leaf = _steps(path)
     node = document
     for name in parents:
         node = node.setdefault(name, {})
@@ -245,13 +260,19 @@ def to_ecs(record: Record) -> dict[str, Any]:
     category, kind = _ECS_KIND.get(sig, _ECS_KIND.get(str(record.get("event")), ("process", "info")))
     document: dict[str, Any] = {}
     _put(document, "ecs.version", ECS_VERSION)
+    protocol = record.get("protocol")
+    by_center = _written_by_center(record)
     for name, value in record.items():
         span = ECS_RANGES.get(name)
-        if span is not None and record.get("protocol") == "modbus" and _is_range(value):
+        if span is not None and protocol == "modbus" and _is_range(value):
             _put(document, f"ztgate.{span[0]}", value[0])
             _put(document, f"ztgate.{span[1]}", value[1] - value[0] + 1)
-        else:
-            _put(document, ecs_path(record, name), value)
+            continue
+        parents, leaf = _field_steps(protocol, name, by_center)
+        node = document
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
     _put(document, "event.kind", "event")
     _put(document, "event.category", [category])
     _put(document, "event.type", [kind])
@@ -336,6 +357,11 @@ def cef_key(field: str, record: Record | None = None) -> str:
     key = CEF_KEYS.get(field)
     if key is not None:
         return key
+    return _custom_cef_key(field)
+
+
+@functools.lru_cache(maxsize=4096)
+def _custom_cef_key(field: str) -> str:
     return "ztgate" + "".join(part[:1].upper() + part[1:] for part in re.split(r"[^A-Za-z0-9]+", field))
 
 

@@ -19,8 +19,10 @@ than ``max_datagram_bytes`` is dropped and counted.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import re
 import select
 import socket
 import ssl
@@ -42,7 +44,7 @@ FACILITIES: Final = {
     "local2": 18, "local3": 19, "local4": 20, "local5": 21, "local6": 22, "local7": 23,
 }  # fmt: skip
 _SEVERITY: Final = {"refusal": 4, "decision": 5, "read": 6, "event": 6}
-_ERROR_EVENTS: Final = frozenset((b"audit_dropped", b"audit_error"))
+_ERROR_EVENTS: Final = frozenset(("audit_dropped", "audit_error"))
 SEND_BATCH_BYTES: Final = 256 * 1024
 _BACKOFF_MIN_S: Final = 0.1
 _BACKOFF_MAX_S: Final = 5.0
@@ -66,27 +68,48 @@ class SyslogSettings:
     max_datagram_bytes: int = 8192
 
 
+@functools.lru_cache(maxsize=1024)
 def _header_token(text: str, limit: int) -> bytes:
-    """A header field: printable US-ASCII without spaces, at most ``limit`` characters, or the nil value."""
+    """A header field: printable US-ASCII without spaces, at most ``limit`` characters, or the nil value
+    (cached: hostnames, app names and event types repeat)."""
     token = "".join(c for c in text if "!" <= c <= "~")[:limit]
     return token.encode() if token else b"-"
+
+
+# The audit log's own stamp (YYYY-MM-DDTHH:MM:SS.ffffffZ) is a valid TIMESTAMP as it is.
+_STAMP: Final = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z")
+
+
+def _timestamp(text: str) -> bytes:
+    if not text:
+        return b"-"
+    if _STAMP.fullmatch(text):
+        return text.encode()
+    return "".join(c for c in text if "!" <= c <= "~")[:32].encode() or b"-"
 
 
 def format_message(settings: SyslogSettings, record: Record, pid: int, line: bytes) -> bytes:
     """The RFC 5424 message for one record whose MSG is ``line`` (the record in the sink's format); no
     framing."""
-    facility = FACILITIES[settings.facility]
-    event = record.event.encode()
-    severity = 3 if event in _ERROR_EVENTS else _SEVERITY[record.kind]
-    header = b"<%d>1 %s %s %s %d %s - " % (
+    severity = 3 if record.event in _ERROR_EVENTS else _SEVERITY[record.kind]
+    facility, sender = _sender(settings.facility, settings.hostname, settings.app_name, pid)
+    return b"<%d>1 %s %s %s - %s" % (
         facility * 8 + severity,
-        _header_token(record.time, 32) if record.time else b"-",
-        _header_token(settings.hostname, 255),
-        _header_token(settings.app_name, 48),
-        pid,
+        _timestamp(record.time),
+        sender,
         _header_token(record.event, 32),
+        line.rstrip(b"\n"),
     )
-    return header + line.rstrip(b"\n")
+
+
+@functools.lru_cache(maxsize=64)
+def _sender(facility: str, hostname: str, app_name: str, pid: int) -> tuple[int, bytes]:
+    """The facility's number and ``HOSTNAME APP-NAME PROCID``: the same for every message of a sink."""
+    return FACILITIES[facility], b"%s %s %d" % (
+        _header_token(hostname, 255),
+        _header_token(app_name, 48),
+        pid,
+    )
 
 
 class SyslogSink(Sink):
