@@ -9,7 +9,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from gateway import __version__
+from gateway.build_info import version_text
 
 # Sub-command modules, in the order ``ztgate --help`` lists them.
 COMMANDS = (
@@ -40,12 +40,20 @@ def log_to_stderr(level: str) -> None:
     )
 
 
+class _Version(argparse.Action):
+    """``--version``: the version and the build (compiled or pure, and which modules), unwrapped."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        print(version_text())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ztgate",
         description="Zero Trust gateway for industrial control systems.",
     )
-    parser.add_argument("--version", action="version", version=f"ztgate {__version__}")
+    parser.add_argument("--version", action=_Version, nargs=0, help="show the version and the build")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in (*COMMANDS, *LAB_COMMANDS.values()):
         importlib.import_module(name).configure(subparsers)

@@ -57,14 +57,15 @@ class Decision:
         reason: str,
         monitor_rule_id: str | None = None,
     ) -> None:
-        init = object.__setattr__
-        init(self, "verdict", verdict)
-        init(self, "allowed", verdict != VERDICT_DENY)
-        init(self, "rule_id", rule_id)
-        init(self, "exception_code", exception_code)
-        init(self, "action", action)
-        init(self, "reason", reason)
-        init(self, "monitor_rule_id", monitor_rule_id)
+        # object.__setattr__ by name, not through an alias: mypyc compiles these calls to plain stores,
+        # where an alias would go through object.__setattr__, which refuses a class with its own.
+        object.__setattr__(self, "verdict", verdict)
+        object.__setattr__(self, "allowed", verdict != VERDICT_DENY)
+        object.__setattr__(self, "rule_id", rule_id)
+        object.__setattr__(self, "exception_code", exception_code)
+        object.__setattr__(self, "action", action)
+        object.__setattr__(self, "reason", reason)
+        object.__setattr__(self, "monitor_rule_id", monitor_rule_id)
 
     def __setattr__(self, name: str, value: Any) -> NoReturn:
         raise AttributeError(f"Decision is immutable (tried to set {name})")

@@ -50,11 +50,7 @@ class IntervalSet:
     @classmethod
     def single(cls, low: int, high: int) -> IntervalSet:
         """The set ``low..high`` (the most common field value), built without merging."""
-        new = cls.__new__(cls)
-        new.ranges = ((low, high),)
-        new._starts = [low]
-        new._ends = [high]
-        return new
+        return cls(((low, high),))
 
     def __contains__(self, point: int) -> bool:
         index = bisect_right(self._starts, point) - 1

@@ -4,6 +4,7 @@ Messaging on TCP/IP Implementation Guide V1.0b. Every number the codec checks ag
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import Final
 
 
 class FunctionCode(IntEnum):
@@ -81,41 +82,41 @@ def exception_name(code: int) -> str:
     return _EXCEPTION_NAMES.get(code) or f"0x{code:02X}"
 
 
-EXCEPTION_FLAG = 0x80
+EXCEPTION_FLAG: Final = 0x80
 
 # MBAP (implementation guide §3.1.3): the length field counts the unit id and the PDU.
-MBAP_HEADER_BYTES = 7
-MBAP_LENGTH_MIN = 2
-MBAP_LENGTH_MAX = 254
-PROTOCOL_ID_MODBUS = 0
-ADU_MAX_BYTES = MBAP_HEADER_BYTES - 1 + MBAP_LENGTH_MAX  # 260
-PDU_MAX_BYTES = 253
+MBAP_HEADER_BYTES: Final = 7
+MBAP_LENGTH_MIN: Final = 2
+MBAP_LENGTH_MAX: Final = 254
+PROTOCOL_ID_MODBUS: Final = 0
+ADU_MAX_BYTES: Final = MBAP_HEADER_BYTES - 1 + MBAP_LENGTH_MAX  # 260
+PDU_MAX_BYTES: Final = 253
 
-ADDRESS_SPACE = 0x10000  # a span [address, address + quantity) must stay inside it
+ADDRESS_SPACE: Final = 0x10000  # a span [address, address + quantity) must stay inside it
 
 # Quantity limits (spec §6.1-6.17).
-MAX_READ_BITS = 2000  # FC 1, 2
-MAX_READ_REGISTERS = 125  # FC 3, 4, and the read part of FC 23
-MAX_WRITE_BITS = 1968  # FC 15
-MAX_WRITE_REGISTERS = 123  # FC 16
-MAX_READ_WRITE_WRITE_REGISTERS = 121  # write part of FC 23
-MAX_FIFO_COUNT = 31  # FC 24
+MAX_READ_BITS: Final = 2000  # FC 1, 2
+MAX_READ_REGISTERS: Final = 125  # FC 3, 4, and the read part of FC 23
+MAX_WRITE_BITS: Final = 1968  # FC 15
+MAX_WRITE_REGISTERS: Final = 123  # FC 16
+MAX_READ_WRITE_WRITE_REGISTERS: Final = 121  # write part of FC 23
+MAX_FIFO_COUNT: Final = 31  # FC 24
 
-COIL_ON = 0xFF00
-COIL_OFF = 0x0000
-RESTART_CLEAR_LOG = 0xFF00  # FC 8/01 data: 0x0000 keep the event log, 0xFF00 clear it
+COIL_ON: Final = 0xFF00
+COIL_OFF: Final = 0x0000
+RESTART_CLEAR_LOG: Final = 0xFF00  # FC 8/01 data: 0x0000 keep the event log, 0xFF00 clear it
 DIAGNOSTIC_SUB_FUNCTIONS = frozenset(s.value for s in DiagnosticSubFunction)  # the assigned ones
 # FC 8 sub-functions whose response is "Echo Request Data" (spec §6.8.1; 04 gets no response at all).
 DIAGNOSTIC_ECHO_SUB_FUNCTIONS = frozenset((0x00, 0x01, 0x03, 0x0A, 0x14))
 
 # File records (spec §6.14-6.15).
-FILE_REFERENCE_TYPE = 6
-FILE_MAX_RECORD_NUMBER = 0x270F
-FILE_READ_BYTE_COUNT_MIN = 0x07
-FILE_READ_BYTE_COUNT_MAX = 0xF5
-FILE_WRITE_DATA_LENGTH_MIN = 0x09
-FILE_WRITE_DATA_LENGTH_MAX = 0xFB
-FILE_SUB_REQUEST_BYTES = 7
+FILE_REFERENCE_TYPE: Final = 6
+FILE_MAX_RECORD_NUMBER: Final = 0x270F
+FILE_READ_BYTE_COUNT_MIN: Final = 0x07
+FILE_READ_BYTE_COUNT_MAX: Final = 0xF5
+FILE_WRITE_DATA_LENGTH_MIN: Final = 0x09
+FILE_WRITE_DATA_LENGTH_MAX: Final = 0xFB
+FILE_SUB_REQUEST_BYTES: Final = 7
 
 # Read Device Identification (spec §6.21).
 READ_DEVICE_ID_CODES = (1, 2, 3, 4)  # basic, regular, extended, one specific object
