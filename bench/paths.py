@@ -30,12 +30,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 from typing import Any
 
 from bench.lab import Lab, Pool, check_policy_allows, policy_text, write_gateway_config
 from bench.loadgen import REPO, Workload
 from bench.procs import Proc, ProcessError, Supervisor, free_port, wait_listening
+from gateway.build_info import current_build
 
 __all__ = [
     "PATHS",
@@ -46,9 +48,11 @@ __all__ = [
     "start_gateway_process",
     "start_path",
     "start_ztgate",
+    "start_ztgate_pure",
 ]
 
 MODBUS_PROXY_VERSION = "0.8.0"
+PURE_DIR = REPO / ".cache" / "bench" / "ztgate-pure"  # git-ignored
 VENDOR_DIR = REPO / ".cache" / "bench" / "modbus-proxy"  # git-ignored
 
 
@@ -278,7 +282,9 @@ def start_ztgate(
         audit_sinks=audit_sinks,
     )
     proc, overlay, admin = start_gateway_process(ctx.sup, name, config, src=src)
-    label = f"ztgate, mutual TLS 1.3, {rules:,}-rule policy, audit + metrics"
+    # What `python -m gateway` imports from src: compiled modules beside the sources, or none.
+    build = "compiled" if current_build(src).compiled else "pure Python"
+    label = f"ztgate ({build}), mutual TLS 1.3, {rules:,}-rule policy, audit + metrics"
     return RunningPath(
         path_name,
         label if path_name == "ztgate" else f"{path_name}: {label}",
@@ -369,6 +375,24 @@ def start_ztgate_ref(ctx: PathContext, ref: str) -> RunningPath:
     return start_ztgate(ctx, name=f"ztgate-{sha}", src=export, path_name=f"ztgate@{sha[:8]}", version=sha)
 
 
+def pure_tree(dest: Path = PURE_DIR) -> Path:
+    """The working tree's packages without their compiled modules: ``python -m gateway`` run from there
+    imports the sources, as a build without a C compiler (or with ZTGATE_PURE=1) does."""
+    shutil.rmtree(dest, ignore_errors=True)
+    ignore = shutil.ignore_patterns("__pycache__", *(f"*{suffix}" for suffix in EXTENSION_SUFFIXES))
+    for package in ("protocols", "policies", "gateway"):
+        shutil.copytree(REPO / package, dest / package, ignore=ignore)
+    return dest
+
+
+def start_ztgate_pure(ctx: PathContext) -> RunningPath:
+    """The same gateway, settings and policy as the ztgate path, on the pure-Python build."""
+    src = pure_tree()
+    if current_build(src).compiled:
+        raise PathUnavailableError(f"{src} still holds compiled modules")
+    return start_ztgate(ctx, name="ztgate-pure", src=src, path_name="ztgate-pure")
+
+
 def _ztgate_version() -> str:
     try:
         done = subprocess.run(
@@ -440,6 +464,7 @@ PATHS: dict[str, Callable[[PathContext], RunningPath]] = {
     "haproxy": start_haproxy,
     "stunnel": start_stunnel,
     "ztgate": start_ztgate,
+    "ztgate-pure": start_ztgate_pure,
     "modbus-proxy": start_modbus_proxy,
 }
 
