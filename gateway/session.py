@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from time import monotonic
 from typing import Any, ClassVar, cast
 
+from mypy_extensions import mypyc_attr
+
 from gateway.locks import Lock, LockSet
 from gateway.pacing import TokenBucket
 from gateway.refusals import SessionRefusals
@@ -71,6 +73,9 @@ class SessionInfo:
     source: str = ""  # the peer's address as admission counts it (IPv4, or an IPv6 /64)
 
 
+# Compiled with mypyc (pyproject.toml [tool.ztgate] compiled); the EtherNet/IP and OPC UA sessions
+# subclass it in Python.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Session(asyncio.Protocol):
     """Base of the protocol session engines. Subclasses implement ``data_received`` and
     ``_view_changed``; they call :meth:`pause_requests` / :meth:`resume_requests` for in-flight caps.

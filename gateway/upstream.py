@@ -31,6 +31,8 @@ from enum import Enum
 from time import monotonic
 from typing import Any, ClassVar, Generic, Protocol, TypeVar, cast
 
+from mypy_extensions import mypyc_attr
+
 from gateway.metrics import UpstreamState
 from gateway.runtime import Runtime
 from policies import Asset
@@ -72,6 +74,9 @@ class Client(Protocol):
     def flush(self) -> None: ...
 
 
+# Compiled with mypyc (pyproject.toml [tool.ztgate] compiled): the protocols' pools, links and requests
+# that are not compiled subclass these in Python, which a compiled class must allow.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Pending:
     """A client request on its way to the device and back; protocols add their own fields."""
 
@@ -87,6 +92,7 @@ class Pending:
 P = TypeVar("P", bound=Pending)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Link(asyncio.Protocol, Generic[P]):
     """One connection to the device. Owns the id space of that connection."""
 
@@ -373,6 +379,7 @@ class FairQueue:
         return out
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class UpstreamPool:
     """Links to one asset's device, the queue in front of them, and their reconnection."""
 

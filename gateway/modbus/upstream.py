@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import random
 from time import monotonic
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, cast
 
 from gateway.upstream import NOT_IN_FLIGHT, Client, Failure, Link, Pending, UpstreamPool
 from policies import Decision
@@ -31,8 +31,6 @@ class PendingRequest(Pending):
     """A Modbus request on its way to the device and back."""
 
     __slots__ = ("decision", "device_unit", "reply", "request", "revision")
-
-    session: ModbusClient
 
     def __init__(
         self,
@@ -60,8 +58,6 @@ class ModbusLink(Link[PendingRequest]):
 
     def partial_reply_bytes(self) -> int:
         return self._codec.buffered_bytes
-
-    pool: ModbusUpstreamPool
 
     def __init__(self, pool: UpstreamPool) -> None:
         super().__init__(pool)
@@ -115,7 +111,9 @@ class ModbusLink(Link[PendingRequest]):
                 self.unmatched(tid)  # late, or the device is out of step
                 continue
             pending.key = NOT_IN_FLIGHT
-            session = pending.session
+            # Pending.session is any Client; a Modbus request's is a ModbusClient (mypyc does not let a
+            # subclass narrow an attribute's type, so it is said here).
+            session = cast(ModbusClient, pending.session)
             request = pending.request
             if unit != pending.device_unit:
                 pool.upstream_fault(f"reply for unit {unit} to a request for unit {pending.device_unit}")
