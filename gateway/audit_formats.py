@@ -74,6 +74,14 @@ CENTER_EVENTS: Final[dict[str, tuple[str, str, str, int | None]]] = {
     "lock_removed": ("iam", "change", "Lock removed", 4),
     "subscribed": ("network", "connection", "Gateway subscribed", 2),
     "api_refused": ("authentication", "info", "API call refused", 99),
+    "grant_requested": ("iam", "creation", "Access requested", 1),
+    "grant_request_refused": ("iam", "info", "Access request refused", 1),
+    "grant_approval": ("iam", "change", "Access approval", 3),
+    "grant_approved": ("iam", "change", "Access granted", 3),
+    "grant_denied": ("iam", "change", "Access denied", 3),
+    "grant_refused": ("iam", "info", "Access grant refused", 3),
+    "grant_revoked": ("iam", "deletion", "Access revoked", 4),
+    "grant_certificate": ("iam", "creation", "Grant certificate issued", 1),
 }
 _REFUSED_CENTER: Final = frozenset(e for e in CENTER_EVENTS if e.endswith("_refused"))
 SEVERITY.update(dict.fromkeys(sorted(_REFUSED_CENTER), (5, 3)))  # a refusal at the center
@@ -661,6 +669,8 @@ _CENTER: Final = {"time": "2026-12-07T12:00:00.000000Z", "center": "center-1"}
 _ADMIN: Final = "spiffe://plant1.example/user/admin"
 _GW: Final = "spiffe://plant1.example/gateway/site1/gw-1"
 _LOCK_EXAMPLE: Final = {"id": "lk-7f3a", "target": "identity=spiffe://plant1.example/user/alice"}
+_VENDOR: Final = "spiffe://plant1.example/vendor/acme/eve"
+_GRANT_EXAMPLE: Final = {"id": "gr-3a9c51e07b2d"}
 # One record of each of the center's events, as gateway/center/store.py center_record makes them.
 CENTER_EXAMPLES: Final[tuple[Record, ...]] = (
     {**_CENTER, "event": "center_init", "seq": 1, "admin": _ADMIN, "trust_domain": "plant1.example"},
@@ -689,6 +699,27 @@ CENTER_EXAMPLES: Final[tuple[Record, ...]] = (
      "peer": "10.0.4.7"},
     {**_CENTER, "event": "api_refused", "seq": 15, "identity": "spiffe://plant1.example/user/alice",
      "method": "POST", "path": "/v1/policy", "role": "user"},
+    {**_CENTER, "event": "grant_requested", "seq": 16, "identity": _VENDOR, **_GRANT_EXAMPLE,
+     "asset": "plc-1", "protocol": "modbus", "ops": "read 40001-40100, write 40010 0..1500",
+     "not_before": 1796644800.0, "not_after": 1796652000.0, "approvers_needed": 2,
+     "reason": "pump 3 commissioning"},
+    {**_CENTER, "event": "grant_request_refused", "seq": 17, "identity": _VENDOR, "asset": "plc-1",
+     "ops": "write 0-99", "for_s": 7200.0,
+     "reason": "write 0-99 is not among the operations vendors may ask for"},
+    {**_CENTER, "event": "grant_approval", "seq": 18, "identity": "spiffe://plant1.example/user/bob",
+     **_GRANT_EXAMPLE, "approvals": 1, "needed": 2},
+    {**_CENTER, "event": "grant_approved", "seq": 19, "identity": "spiffe://plant1.example/user/carol",
+     **_GRANT_EXAMPLE, "revision": 14},
+    {**_CENTER, "event": "grant_denied", "seq": 20, "identity": "spiffe://plant1.example/user/bob",
+     **_GRANT_EXAMPLE, "reason": "not during the shutdown"},
+    {**_CENTER, "event": "grant_refused", "seq": 21, "identity": "spiffe://plant1.example/user/carol",
+     **_GRANT_EXAMPLE, "reason": "policy test 'no vendor writes coils 0-99' failed",
+     "tests": [{"name": "no vendor writes coils 0-99", "index": 1, "expect": "deny", "expect_rule": None,
+                "got": "allow", "rule": "gr-3a9c51e07b2d", "note": ""}], "revision": 14},
+    {**_CENTER, "event": "grant_revoked", "seq": 22, "identity": "spiffe://plant1.example/user/bob",
+     **_GRANT_EXAMPLE, "lock": "lk-9c41", "reason": "work finished early"},
+    {**_CENTER, "event": "grant_certificate", "seq": 23, "identity": _VENDOR, **_GRANT_EXAMPLE,
+     "serial": "5e1f0c22a9", "not_after": 1796652000.0},
     {**_CENTER, "event": "audit_dropped", "reason": "spool_full", "count": 3},
     {**_CENTER, "event": "audit_error", "error": "Integer exceeds 64-bit range", "repr": "{'event': ...}"},
 )  # fmt: skip

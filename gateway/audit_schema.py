@@ -295,6 +295,7 @@ _REVISION: Final = _fields(
 )
 _ID_ROLE: Final = _fields(("id", _STR, "the SPIFFE id concerned"), ("role", _STR, "its role"))
 _PEER: Final = _fields(("peer", (str, type(None)), "the address the request came from"))
+_GRANT_ID: Final = _fields(("id", _STR, "the grant's id (also the id of the rule it becomes)"))
 CENTER_EVENTS: Final[dict[str, dict[str, Field]]] = {
     "center_start": _fields(("url", _STR, "how gateways, agents and people reach it")),
     "center_init": _fields(
@@ -329,6 +330,49 @@ CENTER_EVENTS: Final[dict[str, dict[str, Field]]] = {
         ("path", _STR, "the API path"),
         ("role", (str, type(None)), "the caller's role (null: none)"),
     ),
+    "grant_requested": {
+        **_GRANT_ID,
+        **_fields(
+            ("asset", _STR, "the asset asked for"),
+            ("protocol", _STR, "its protocol"),
+            ("ops", _STR, "the operations asked for, in the policy's vocabulary"),
+            ("not_before", _NUMBER, "the window's start (epoch seconds)"),
+            ("not_after", _NUMBER, "the window's end (epoch seconds)"),
+            ("approvers_needed", _INT, "approvals the policy's [vendor_access] asks for"),
+            ("reason", _STR, "why the vendor asks"),
+        ),
+    },
+    "grant_request_refused": _fields(
+        ("asset", _STR, "the asset asked for"),
+        ("ops", _STR, "the operations asked for"),
+        ("for_s", _NUMBER, "the window asked for (seconds)"),
+        ("reason", _STR, "why [vendor_access] refuses it"),
+    ),
+    "grant_approval": {
+        **_GRANT_ID,
+        **_fields(("approvals", _INT, "approvals so far"), ("needed", _INT, "approvals needed")),
+    },
+    "grant_approved": {**_GRANT_ID, **_fields(("revision", _INT, "the policy revision that carries it"))},
+    "grant_denied": {**_GRANT_ID, **_fields(("reason", _STR, "the approver's reason"))},
+    "grant_refused": {
+        **_GRANT_ID,
+        **_fields(
+            ("reason", _STR, "why its revision was refused"),
+            ("tests", (list,), "the policy tests that failed (name, expect, got, the deciding rule)"),
+            ("revision", _INT, "the revision it was composed on"),
+        ),
+    },
+    "grant_revoked": {
+        **_GRANT_ID,
+        **_fields(("lock", _STR, "the grant lock that revokes it"), ("reason", _STR, "why")),
+    },
+    "grant_certificate": {
+        **_GRANT_ID,
+        **_fields(
+            ("serial", _STR, "the certificate's serial (hex)"),
+            ("not_after", _NUMBER, "the grant's end, which the certificate does not outlive"),
+        ),
+    },
     "audit_dropped": GATEWAY_EVENTS["audit_dropped"],
     "audit_error": GATEWAY_EVENTS["audit_error"],
 }

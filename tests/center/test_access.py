@@ -8,6 +8,7 @@ lock. Every step is in the center's audit; bad input changes nothing."""
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,9 @@ import pytest
 from cryptography import x509
 from pymodbus.client import AsyncModbusTlsClient
 
+from gateway.audit_schema import problems
 from gateway.center.client import CenterClient, CenterError
+from gateway.center.store import center_record
 from gateway.credentials import Credentials, make_csr
 from gateway.server import Gateway
 from gateway.tls import client_context
@@ -26,6 +29,18 @@ BOB = f"spiffe://{TD}/user/bob"
 CAROL = f"spiffe://{TD}/user/carol"
 DAVE = f"spiffe://{TD}/user/dave"
 READ_WRITE = "read 0-99, write 10 0..1500"
+
+
+@pytest.fixture(autouse=True)
+async def _grant_records_follow_the_schema(site: Site) -> AsyncIterator[None]:
+    """Whatever a test did, each grant record the center wrote is what docs/audit.md says it is."""
+    yield
+    for row in await site.audit():
+        if row["event"].startswith("grant_"):
+            record = center_record(row["seq"], row["at"], row["event"], row["actor"], row["detail"])
+            # The sinks' writer adds the center's name and formats the time (gateway/audit.py).
+            record.update(center="center", time="2026-12-07T00:00:00.000000Z")
+            assert problems(record) == [], record
 
 
 def _policy(device_port: int, approvers: int = 1, extra: str = "") -> str:
