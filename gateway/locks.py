@@ -69,10 +69,12 @@ def _checked_id(text: str, trust_domain: str) -> Any:
     return sid
 
 
-def check_reason(reason: str) -> str:
+def check_reason(reason: str, needs: str = "a lock") -> str:
+    """A reason a person gives (for a lock; also for a grant request and its denial): not blank, and at
+    most MAX_REASON_CHARS, since every gateway's record of a cut session carries it."""
     reason = reason.strip()
     if not reason:
-        raise LockError("a lock needs a reason")
+        raise LockError(f"{needs} needs a reason")
     if len(reason) > MAX_REASON_CHARS:
         raise LockError(f"reason of {len(reason)} characters: at most {MAX_REASON_CHARS}")
     return reason

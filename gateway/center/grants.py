@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 
-from gateway.locks import MAX_REASON_CHARS
+from gateway.locks import LockError, check_reason
 from policies import Policy
 from policies.model import ModbusEntry
 
@@ -71,12 +71,10 @@ class GrantError(ValueError):
 
 
 def check_grant_reason(reason: str) -> str:
-    reason = reason.strip()
-    if not reason:
-        raise GrantError("a grant request (and a denial) needs a reason")
-    if len(reason) > MAX_REASON_CHARS:
-        raise GrantError(f"reason of {len(reason)} characters: at most {MAX_REASON_CHARS}")
-    return reason
+    try:
+        return check_reason(reason, needs="a grant request (and a denial)")
+    except LockError as exc:
+        raise GrantError(str(exc)) from None
 
 
 @dataclass(frozen=True)
