@@ -17,7 +17,7 @@ import math
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
@@ -485,29 +485,35 @@ async def diff_policy(request: web.Request, caller: Caller | None) -> web.Respon
 # -------------------------------------------------------------------------------------- locks
 
 
-async def create_lock(request: web.Request, caller: Caller | None) -> web.Response:
-    s = _services(request)
-    body = await read_body(
-        request, {"target": (str,), "reason": (str,), "ttl_s": (int, float)}, ("target", "reason")
-    )
+def _new_lock(s: Services, caller: Caller | None, target: str, reason: str) -> Lock:
+    """A lock the caller makes now, with no end yet: its target and reason checked (400 otherwise)."""
     try:
-        kind, value = parse_target(body["target"], s.authority.trust_domain)
-        reason = check_reason(body["reason"])
+        kind, value = parse_target(target, s.authority.trust_domain)
+        reason = check_reason(reason)
     except LockError as exc:
         raise ApiError(400, str(exc)) from None
-    ttl_s = body.get("ttl_s")
-    if ttl_s is not None and not 0 < float(ttl_s) <= MAX_LOCK_TTL_S:
-        raise ApiError(400, f"ttl_s must be in (0, {MAX_LOCK_TTL_S:g}]")
-    now = s.store.clock()
-    lock = Lock(
+    return Lock(
         id="lk-" + secrets.token_hex(6),
         kind=kind,
         value=value,
         reason=reason,
         created_by=_who(caller).identity,
-        created_at=now,
-        expires_at=None if ttl_s is None else now + float(ttl_s),
+        created_at=s.store.clock(),
+        expires_at=None,
     )
+
+
+async def create_lock(request: web.Request, caller: Caller | None) -> web.Response:
+    s = _services(request)
+    body = await read_body(
+        request, {"target": (str,), "reason": (str,), "ttl_s": (int, float)}, ("target", "reason")
+    )
+    lock = _new_lock(s, caller, body["target"], body["reason"])
+    ttl_s = body.get("ttl_s")
+    if ttl_s is not None:
+        if not 0 < float(ttl_s) <= MAX_LOCK_TTL_S:
+            raise ApiError(400, f"ttl_s must be in (0, {MAX_LOCK_TTL_S:g}]")
+        lock = replace(lock, expires_at=lock.created_at + float(ttl_s))
     await s.store.create_lock(lock)
     return json_response(lock.to_json(), 201)
 
@@ -664,25 +670,12 @@ async def revoke_access(request: web.Request, caller: Caller | None) -> web.Resp
     s = _services(request)
     body = await read_body(request, {"reason": (str,)}, ("reason",))
     grant_id = request.match_info["grant"]
-    try:
-        reason = check_reason(body["reason"])
-        kind, value = parse_target(f"grant={grant_id}", s.authority.trust_domain)
-    except LockError as exc:
-        raise ApiError(400, str(exc)) from None
+    lock = _new_lock(s, caller, f"grant={grant_id}", body["reason"])
     found = await s.store.grant(grant_id)
     if found is None:
         raise ApiError(404, f"no grant {grant_id[:40]!r}")
-    now = s.store.clock()
-    lock = Lock(
-        id="lk-" + secrets.token_hex(6),
-        kind=kind,
-        value=value,
-        reason=reason,
-        created_by=_who(caller).identity,
-        created_at=now,
-        # Until the grant's rule can no longer let anyone in; then the lock lifts itself.
-        expires_at=max(found["not_after"], now) + 60.0,
-    )
+    # Until the grant's rule can no longer let anyone in; then the lock lifts itself.
+    lock = replace(lock, expires_at=max(found["not_after"], lock.created_at) + 60.0)
     try:
         revoked = await s.store.revoke_grant(grant_id, lock)
     except GrantStateError as exc:
