@@ -97,8 +97,65 @@ class SimProcess:
             await _stop(self.process)
 
 
-class GatewayProcess:
+class _LoggedProcess:
+    """A ztgate subprocess whose stderr is kept in :attr:`log` and scanned, line by line, for what its
+    start-up announces (:meth:`_scan` sets the ready future)."""
+
+    what = "process"
+
+    def __init__(self) -> None:
+        self.log: list[bytes] = []
+        self.process: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    async def _spawn(self, command: Sequence[str]) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            *command, cwd=REPO_ROOT, env=_env(), stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        ready = asyncio.get_running_loop().create_future()
+        self._reader = asyncio.get_running_loop().create_task(self._read_log(ready))
+        try:
+            async with asyncio.timeout(START_TIMEOUT_S):
+                await ready
+        except BaseException:
+            await self.stop()
+            raise RuntimeError(f"the {self.what} did not start:\n" + self.log_text()) from None
+
+    async def _read_log(self, ready: asyncio.Future[None]) -> None:
+        assert self.process is not None and self.process.stderr is not None
+        async for line in self.process.stderr:
+            self.log.append(line)
+            self._scan(line, ready)
+        if not ready.done():
+            ready.set_exception(RuntimeError(f"the {self.what} exited"))
+
+    def _scan(self, line: bytes, ready: asyncio.Future[None]) -> None:
+        raise NotImplementedError
+
+    def log_text(self) -> str:
+        return b"".join(self.log).decode(errors="replace")
+
+    async def stop(self) -> int | None:
+        if self.process is None:
+            return None
+        status = await _stop(self.process)
+        if self._reader is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(STOP_TIMEOUT_S):
+                    await self._reader
+        return status
+
+
+class GatewayProcess(_LoggedProcess):
     """``ztgate gateway --config`` with a config written from the arguments; :attr:`port` once started."""
+
+    what = "gateway"
 
     def __init__(
         self,
@@ -134,53 +191,19 @@ class GatewayProcess:
         self.prefix = tuple(prefix)
         self.port = 0
         self.admin_port = 0
-        self.log: list[bytes] = []
-        self.process: asyncio.subprocess.Process | None = None
-        self._reader: asyncio.Task[None] | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
+        super().__init__()
 
     async def start(self) -> int:
-        command = [
-            *self.prefix,
-            sys.executable,
-            "-m",
-            "gateway",
-            "gateway",
-            "--config",
-            str(self.config_path),
-        ]
-        self.process = await asyncio.create_subprocess_exec(
-            *command, *self.extra_args, cwd=REPO_ROOT, env=_env(), stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        ready = asyncio.get_running_loop().create_future()
-        self._reader = asyncio.get_running_loop().create_task(self._read_log(ready))
-        try:
-            async with asyncio.timeout(START_TIMEOUT_S):
-                await ready
-        except BaseException:
-            await self.stop()
-            raise RuntimeError("the gateway did not start:\n" + self.log_text()) from None
+        command = [sys.executable, "-m", "gateway", "gateway", "--config", str(self.config_path)]
+        await self._spawn([*self.prefix, *command, *self.extra_args])
         return self.port
 
-    async def _read_log(self, ready: asyncio.Future[None]) -> None:
-        assert self.process is not None and self.process.stderr is not None
-        async for line in self.process.stderr:
-            self.log.append(line)
-            if not ready.done() and (found := _OVERLAY_LINE.search(line)):
-                self.port = int(found.group(2))
-                admin = _ADMIN_LINE.search(line)
-                self.admin_port = int(admin.group(1)) if admin else 0
-                ready.set_result(None)
-        if not ready.done():
-            ready.set_exception(RuntimeError("the gateway exited"))
-
-    def log_text(self) -> str:
-        return b"".join(self.log).decode(errors="replace")
+    def _scan(self, line: bytes, ready: asyncio.Future[None]) -> None:
+        if not ready.done() and (found := _OVERLAY_LINE.search(line)):
+            self.port = int(found.group(2))
+            admin = _ADMIN_LINE.search(line)
+            self.admin_port = int(admin.group(1)) if admin else 0
+            ready.set_result(None)
 
     def rss_bytes(self) -> int:
         """The gateway's resident memory now."""
@@ -189,20 +212,12 @@ class GatewayProcess:
                 return int(line.split()[1]) * 1024
         raise RuntimeError("no VmRSS")
 
-    async def stop(self) -> int | None:
-        if self.process is None:
-            return None
-        status = await _stop(self.process)
-        if self._reader is not None:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(STOP_TIMEOUT_S):
-                    await self._reader
-        return status
 
-
-class AgentProcess:
+class AgentProcess(_LoggedProcess):
     """``ztgate agent --config`` with an admin listener on a port the system picks; :attr:`admin_port`
     once started. Its log is kept in :attr:`log`."""
+
+    what = "agent"
 
     def __init__(
         self, directory: Path, tls: TlsFiles, *, gateway: str = "localhost:1", asset: str = "plc-1"
@@ -218,52 +233,15 @@ class AgentProcess:
         self.config_path.write_text("\n".join(lines) + "\n")
         self.admin_port = 0
         self.listen_port = 0
-        self.log: list[bytes] = []
-        self.process: asyncio.subprocess.Process | None = None
-        self._reader: asyncio.Task[None] | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
+        super().__init__()
 
     async def start(self) -> int:
-        command = [sys.executable, "-m", "gateway", "agent", "--config", str(self.config_path)]
-        self.process = await asyncio.create_subprocess_exec(
-            *command, cwd=REPO_ROOT, env=_env(), stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        ready = asyncio.get_running_loop().create_future()
-        self._reader = asyncio.get_running_loop().create_task(self._read_log(ready))
-        try:
-            async with asyncio.timeout(START_TIMEOUT_S):
-                await ready
-        except BaseException:
-            await self.stop()
-            raise RuntimeError("the agent did not start:\n" + self.log_text()) from None
+        await self._spawn([sys.executable, "-m", "gateway", "agent", "--config", str(self.config_path)])
         return self.admin_port
 
-    async def _read_log(self, ready: asyncio.Future[None]) -> None:
-        assert self.process is not None and self.process.stderr is not None
-        async for line in self.process.stderr:
-            self.log.append(line)
-            if not self.listen_port and (found := _AGENT_LISTENER_LINE.search(line)):
-                self.listen_port = int(found.group(1))
-            if not ready.done() and (found := _ADMIN_LINE.search(line)):
-                self.admin_port = int(found.group(1))
-                ready.set_result(None)
-        if not ready.done():
-            ready.set_exception(RuntimeError("the agent exited"))
-
-    def log_text(self) -> str:
-        return b"".join(self.log).decode(errors="replace")
-
-    async def stop(self) -> int | None:
-        if self.process is None:
-            return None
-        status = await _stop(self.process)
-        if self._reader is not None:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(STOP_TIMEOUT_S):
-                    await self._reader
-        return status
+    def _scan(self, line: bytes, ready: asyncio.Future[None]) -> None:
+        if not self.listen_port and (found := _AGENT_LISTENER_LINE.search(line)):
+            self.listen_port = int(found.group(1))
+        if not ready.done() and (found := _ADMIN_LINE.search(line)):
+            self.admin_port = int(found.group(1))
+            ready.set_result(None)
