@@ -28,6 +28,9 @@ from policies.model import (
     MODES,
     SCOPES,
     TEST_EXPECTATIONS,
+    EnipEntry,
+    ModbusEntry,
+    OpcuaEntry,
     PolicyModel,
     PolicyTest,
     Rule,
@@ -45,14 +48,23 @@ from policies.timewindow import (
     parse_time_zone,
 )
 
-__all__ = ["parse_model"]
+__all__ = ["check_entry", "parse_model"]
 
 T = TypeVar("T")
+Entry = ModbusEntry | EnipEntry | OpcuaEntry
 
 _TOP_KEYS = ("trust_domain", "assets", "groups", "rules", "tests", "vendor_access")
-_VENDOR_KEYS = ("subjects", "assets", "max_window_s", "approvers", "modbus")
-# What a vendor may ask for is checked entry by entry against these fields alone (gateway/grants.py).
-_VENDOR_ENTRY_KEYS = frozenset(("fc", "preset", "address", "value"))
+_VENDOR_KEYS = ("subjects", "assets", "max_window_s", "approvers", "modbus", "enip", "opcua")
+# What a vendor may ask for, per protocol: the fields an operation of a grant names
+# (gateway/center/grant_ops.py), which are all a grant is checked against, and an example entry.
+_VENDOR_ENTRY_KEYS: dict[str, tuple[tuple[str, ...], str]] = {
+    "modbus": (("fc", "preset", "address", "value"), '[{ fc = 3, address = "0-99" }]'),
+    "enip": (("service", "preset", "tag", "value"), '[{ preset = "read-only", tag = "Line1.*" }]'),
+    "opcua": (
+        ("service", "service_set", "preset", "namespace", "node", "value"),
+        '[{ service = "Read", node = "nsu=urn:plant1:line1;s=Line1.*" }]',
+    ),
+}
 MAX_APPROVERS = 5
 MAX_GRANT_WINDOW_S = 31 * 86400
 _TEST_KEYS = ("name", "subject", "asset", "request", "expect", "rule", "at")
@@ -95,6 +107,20 @@ def parse_model(text: str, source: str) -> PolicyModel:
         )
     assert model is not None
     return model
+
+
+def check_entry(protocol: str, table: dict[str, object]) -> tuple[Entry | None, list[str]]:
+    """One ``modbus``, ``enip`` or ``opcua`` entry, checked as a rule's entry is: the model's entry, or
+    the problems, each ``field: message`` (a just-in-time grant's operations become such entries)."""
+    loader = _Loader()
+    checks: dict[str, Callable[[object, FieldPath], Entry | None]] = {
+        "modbus": loader.modbus_entry,
+        "enip": loader.enip_entry,
+        "opcua": loader.opcua_entry,
+    }
+    entry = checks[protocol](table, ())
+    problems = [f"{format_path(path)}: {message}" if path else message for path, message in loader.problems]
+    return (entry if not problems else None), problems
 
 
 class _Loader(AssetChecks, ModbusEntryChecks, EnipEntryChecks, OpcuaEntryChecks):
@@ -172,19 +198,38 @@ class _Loader(AssetChecks, ModbusEntryChecks, EnipEntryChecks, OpcuaEntryChecks)
             else None
         )
         approvers = self.integer(table.get("approvers", 1), (*path, "approvers"), 1, MAX_APPROVERS)
-        modbus = self.entry_list(table, path, "modbus", self.modbus_entry, '[{ fc = 3, address = "0-99" }]')
-        given = table.get("modbus")
-        for index, entry in enumerate(given if isinstance(given, list) else []):
-            if isinstance(entry, dict) and not entry.keys() <= _VENDOR_ENTRY_KEYS:
-                extra = ", ".join(sorted(entry.keys() - _VENDOR_ENTRY_KEYS))
-                self.error(
-                    (*path, "modbus", index),
-                    f"{extra}: what a vendor may ask for names fc, preset, address and value only",
-                )
+        modbus = self.vendor_entries(table, "modbus", self.modbus_entry)
+        enip = self.vendor_entries(table, "enip", self.enip_entry)
+        opcua = self.vendor_entries(table, "opcua", self.opcua_entry)
         if len(self.problems) > before:
             return None
         assert max_window_s is not None and approvers is not None
-        return VendorAccess(tuple(subjects), tuple(names), float(max_window_s), approvers, tuple(modbus))
+        return VendorAccess(
+            tuple(subjects),
+            tuple(names),
+            float(max_window_s),
+            approvers,
+            tuple(modbus),
+            tuple(enip),
+            tuple(opcua),
+        )
+
+    def vendor_entries(
+        self, table: dict[str, object], protocol: str, check: Callable[[object, FieldPath], T | None]
+    ) -> list[T]:
+        """``[vendor_access].<protocol>``: the protocol's own entries, naming only the fields that an
+        operation of a grant can name."""
+        path: FieldPath = ("vendor_access",)
+        keys, example = _VENDOR_ENTRY_KEYS[protocol]
+        given = table.get(protocol)
+        for index, entry in enumerate(given if isinstance(given, list) else []):
+            if isinstance(entry, dict) and not entry.keys() <= frozenset(keys):
+                extra = ", ".join(sorted(entry.keys() - frozenset(keys)))
+                self.error(
+                    (*path, protocol, index),
+                    f"{extra}: what a vendor may ask for names {', '.join(keys[:-1])} and {keys[-1]} only",
+                )
+        return self.entry_list(table, path, protocol, check, example)
 
     # ------------------------------------------------------------------------------------- tests
 

@@ -353,17 +353,19 @@ class PolicyTest:
 
 @dataclass(frozen=True, slots=True)
 class VendorAccess:
-    """``[vendor_access]``: what a vendor may ask for as a just-in-time grant (gateway/grants.py).
+    """``[vendor_access]``: what a vendor may ask for as a just-in-time grant (gateway/center/grants.py).
 
-    ``subjects`` may ask; ``assets`` may be asked for; each operation asked for must lie inside one
-    of the ``modbus`` entries; a grant lasts at most ``max_window_s``; ``approvers`` people other
-    than the vendor must approve it."""
+    ``subjects`` may ask; ``assets`` may be asked for; each operation asked for must lie inside the
+    entries of its asset's protocol (``modbus``, ``enip``, ``opcua``); a grant lasts at most
+    ``max_window_s``; ``approvers`` people other than the vendor must approve it."""
 
     subjects: tuple[str, ...]
     assets: tuple[str, ...]
     max_window_s: float
     approvers: int = 1
     modbus: tuple[ModbusEntry, ...] = ()
+    enip: tuple[EnipEntry, ...] = ()
+    opcua: tuple[OpcuaEntry, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -60,6 +60,13 @@ class ValueBounds:
             return True
         return all(value in self for value in values)
 
+    def includes(self, other: ValueBounds) -> bool:
+        """Whether every value inside ``other`` is inside these bounds."""
+        return all(
+            any(low <= other_low and other_high <= high for low, high in self.ranges)
+            for other_low, other_high in other.ranges
+        )
+
     def touches(self, values: Sequence[Number]) -> bool:
         """Whether any value is inside, or is NaN or infinite (it could stand for anything)."""
         return any(value in self or not _finite(value) for value in values)

@@ -127,6 +127,29 @@ class TagPattern:
         # The names agree on every level both have: one's data contains the other's.
         return True
 
+    def includes(self, other: TagPattern) -> bool:
+        """Whether every tag ``other`` stands for is inside this pattern (an operation a vendor asks
+        for, inside what ``[vendor_access]`` lets be asked for). False when that cannot be told: an
+        index range against a whole array, names that differ."""
+        if self.first is None:
+            return True
+        mine, theirs = self.parts, other.parts
+        if other.first is None or len(theirs) < len(mine):
+            return False
+        if self.wildcard and len(theirs) == len(mine) and not other.wildcard:
+            return False  # "Motor.*" is every member of Motor, not Motor as a whole
+        for (name, dims), (have, index) in zip(mine, theirs, strict=False):
+            if name != have:
+                return False
+            if dims is None:
+                continue
+            if index is None or len(index) != len(dims):
+                return False
+            for allowed, asked in zip(dims, index, strict=True):
+                if not all(allowed.contains_span(low, high) for low, high in asked.ranges):
+                    return False
+        return True
+
     def __str__(self) -> str:
         return self.text
 

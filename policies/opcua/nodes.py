@@ -104,6 +104,23 @@ class IdPattern:
             return isinstance(identifier, uuid.UUID) and identifier == self.exact
         return type(identifier) is bytes and identifier == self.exact
 
+    def includes(self, other: IdPattern) -> bool:
+        """Whether every identifier ``other`` matches, this pattern matches too. A string pattern with
+        ``*`` inside another only by a shared prefix, or when both are the same."""
+        if self.kind != other.kind:
+            return False
+        if self.kind == "i":
+            assert self.numbers is not None and other.numbers is not None
+            return all(self.numbers.contains_span(low, high) for low, high in other.numbers.ranges)
+        if self.kind != "s":
+            return bool(self.exact == other.exact)
+        if "*" not in other.text:
+            return self.matches(other.text)
+        if self.prefix is not None:
+            # Every id ``other`` matches starts with its text before the first "*".
+            return other.text.startswith(self.prefix)
+        return self.text == other.text
+
     def __str__(self) -> str:
         return f"{self.kind}={self.text}"
 
@@ -126,6 +143,12 @@ class NodePattern:
 
     def matches(self, uri: str, identifier: object) -> bool:
         return uri == self.uri and (self.ids is None or self.ids.matches(identifier))
+
+    def includes(self, other: NodePattern) -> bool:
+        """Whether every node ``other`` matches, this pattern matches too."""
+        if self.uri != other.uri:
+            return False
+        return self.ids is None or (other.ids is not None and self.ids.includes(other.ids))
 
     def __str__(self) -> str:
         if self.ids is None:
