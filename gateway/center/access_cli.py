@@ -15,6 +15,7 @@ from typing import Any
 
 from gateway.center.cli import CREDENTIALS_ENV, parse_duration, when, with_api
 from gateway.center.client import CenterClient
+from gateway.center.grant_ops import PROTOCOLS, VOCABULARIES, usage
 from gateway.credentials import Credentials, make_csr
 
 __all__ = ["configure", "parse_start"]
@@ -89,6 +90,19 @@ async def _certificate(client: CenterClient, args: argparse.Namespace) -> None:
     print(f"credentials for grant {answer['grant']} in {args.out}, valid until {when(answer['not_after'])}")
 
 
+def _ops_help() -> str:
+    """The operations of each protocol, from the vocabularies themselves (gateway/center/grant_ops.py)."""
+    protocols = "; ".join(
+        f'{protocol}: {", ".join(usage(vocabulary))} (e.g. "{vocabulary.example}")'
+        for protocol, vocabulary in VOCABULARIES.items()
+    )
+    return (
+        "the operations, comma-separated, in the policy's words for the asset's protocol: VERB TARGET"
+        f" [LOW..HIGH]; targets without a verb join the operation before them. {protocols}"
+        " (docs/access.md)"
+    )
+
+
 def configure(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     access = subparsers.add_parser(
         "access",
@@ -99,12 +113,8 @@ def configure(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
     actions = access.add_subparsers(dest="access_action", metavar="ACTION", required=True)
     request = actions.add_parser("request", help="ask for a grant (as the vendor)")
     request.add_argument("--asset", required=True)
-    request.add_argument("--protocol", required=True, choices=("modbus", "enip", "opcua"))
-    request.add_argument(
-        "--ops",
-        required=True,
-        help='operations, e.g. "read 40001-40100, write 40010 0..1500" (docs/access.md)',
-    )
+    request.add_argument("--protocol", required=True, choices=PROTOCOLS, help="the asset's protocol")
+    request.add_argument("--ops", required=True, help=_ops_help())
     request.add_argument(
         "--from", dest="start", type=parse_start, help="when it starts: now (default), +30m, or an ISO time"
     )

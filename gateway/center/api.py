@@ -34,7 +34,6 @@ from gateway.center.grants import (
     check_grant_reason,
     check_request,
     compose,
-    parse_ops,
 )
 from gateway.center.store import (
     ROLES,
@@ -571,14 +570,15 @@ async def request_access(request: web.Request, caller: Caller | None) -> web.Res
         raise ApiError(400, f"malformed window: it starts more than {MAX_GRANT_LEAD_S / 86400:g} days ahead")
     try:
         reason = check_grant_reason(body["reason"])
-        operations = parse_ops(body["ops"])
     except GrantError as exc:
         raise ApiError(400, str(exc)) from None
     if _NAME.fullmatch(body["asset"]) is None:
         raise ApiError(400, f"unknown asset {body['asset'][:80]!r}")
     _, policy = await _current_policy(s)
     try:
-        needed = check_request(policy, requester, body["asset"], body["protocol"], operations, window_s)
+        needed, operations = check_request(
+            policy, requester, body["asset"], body["protocol"], body["ops"], window_s
+        )
     except GrantError as exc:
         if exc.status == 403:
             detail = {"asset": body["asset"], "ops": body["ops"], "for_s": window_s, "reason": str(exc)}

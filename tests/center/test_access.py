@@ -213,9 +213,9 @@ async def test_requests_outside_vendor_access_are_refused_with_the_reason(site: 
     lab = await _lab(site)
     for who, fields, reason in (
         ("acme", {"asset": "plc-2"}, "asset plc-2 is not among the [vendor_access] assets"),
-        ("acme", {"ops": "write 30 0..10"}, "'write 30 0..10': FC 6 there is outside"),
-        ("acme", {"ops": "write 10 0..2000"}, "'write 10 0..2000': FC 6 there is outside"),
-        ("acme", {"ops": "write-coils 0-9"}, "'write-coils 0-9': FC 5 there is outside"),
+        ("acme", {"ops": "write 30 0..10"}, "'write 30 0..10': FC 6, FC 16 there is outside"),
+        ("acme", {"ops": "write 10 0..2000"}, "'write 10 0..2000': FC 6, FC 16 there is outside"),
+        ("acme", {"ops": "write-coils 0-9"}, "'write-coils 0-9': FC 5, FC 15 there is outside"),
         ("acme", {"for_s": 7201}, "a window of 7201 s is longer than [vendor_access] allows (7200 s)"),
         ("alice", {}, f"{ALICE} is not among the [vendor_access] subjects"),
     ):
@@ -240,8 +240,11 @@ async def test_bad_input_gets_a_4xx_and_changes_nothing(site: Site) -> None:
         ({"from": time.time() + 400 * 86400}, 400, "malformed window: it starts more than"),
         ({"reason": "x" * 501}, 400, "reason of 501 characters: at most 500"),
         ({"reason": "  "}, 400, "needs a reason"),
-        ({"ops": "format the disk"}, 400, "expected read, write or write-coils"),
-        ({"ops": "read 10-5"}, 400, "must be a range"),
+        ({"ops": "format the disk"}, 400, "'format' is no operation on modbus assets; expected one of"),
+        ({"ops": "read 10-5"}, 400, "'read 10-5': address: \"10-5\": range start 10 is above its end 5"),
+        ({"ops": "fc 6,x 10"}, 400, "'fc 6,x 10': fc[1]: 'x': a function code is a number"),
+        ({"ops": "write 10 0..1500 7"}, 400, "is more than a target and its bounds"),
+        ({"protocol": "profinet"}, 400, "speaks modbus, not profinet"),
         ({"ops": "read 0-99 0..5"}, 400, "value bounds go with writes only"),
         ({"protocol": "enip"}, 400, "speaks modbus, not enip"),
         ({"extra": 1}, 400, "unknown fields: extra"),
