@@ -438,15 +438,21 @@ def sign_leaf(
 
 
 def issue_for_key(
-    ca: CertificateAuthority, sid: SpiffeId, public_key: ec.EllipticCurvePublicKey, lifetime: timedelta
+    ca: CertificateAuthority,
+    sid: SpiffeId,
+    public_key: ec.EllipticCurvePublicKey,
+    lifetime: timedelta | None,
+    *,
+    not_after: datetime | None = None,
 ) -> x509.Certificate:
     """A certificate for a key made elsewhere (a CSR's): ``lifetime`` from now, at most the profile's
-    maximum and never past the CA's own expiry."""
+    maximum, or until ``not_after`` (a whole second, as X.509 keeps it); never past the CA's own
+    expiry."""
     profile = PROFILES.get(sid.kind)
     if profile is None:
         raise PkiError(f'SPIFFE id "{sid}" is of kind "{sid.kind}"; allowed kinds are {", ".join(PROFILES)}')
     now = datetime.now(UTC)
-    valid_from, valid_until = _validity(profile, sid.kind, lifetime, None, None, now)
+    valid_from, valid_until = _validity(profile, sid.kind, lifetime, None, not_after, now)
     ca_expiry = ca.certificate.not_valid_after_utc
     if valid_until > ca_expiry:
         raise PkiError(f"the certificate would outlive the CA, which expires {_format_time(ca_expiry)}")

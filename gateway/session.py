@@ -198,15 +198,17 @@ class Session(asyncio.Protocol):
             self._expiry = loop.call_later(delay_s, self._certificate_expired)
 
     def _certificate_expired(self) -> None:
-        # A grant's certificate ends with the grant, up to the second it was rounded down to: that
-        # end is the grant's, and audited as such.
-        grant = open_grant(grants_of(self.view.rules), self.runtime.clock())
-        if (
-            grant is not None
-            and cast(Period, grant.window).end - self.runtime.clock() <= _CERTIFICATE_ROUNDING_S
-        ):
-            self._end_of_grant(grant)
+        # A grant's certificate ends with the grant, or up to a second before it (X.509 keeps whole
+        # seconds): the session ends at the grant's end, by the grant's timer, audited as the grant's.
+        now = self.runtime.clock()
+        grants = grants_of(self.view.rules)
+        grant = open_grant(grants, now)
+        if grant is not None and cast(Period, grant.window).end - now <= _CERTIFICATE_ROUNDING_S:
             return
+        for rule in grants:
+            if 0.0 <= now - cast(Period, rule.window).end <= _CERTIFICATE_ROUNDING_S:
+                self._end_of_grant(rule)  # both ended at once, and this timer came first
+                return
         self.close("client certificate expired")
 
     def _schedule_grant_end(self) -> None:

@@ -18,7 +18,7 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -584,6 +584,11 @@ async def request_access(request: web.Request, caller: Caller | None) -> web.Res
             detail = {"asset": body["asset"], "ops": body["ops"], "for_s": window_s, "reason": str(exc)}
             await s.store.audit("grant_request_refused", requester, detail)
         raise ApiError(exc.status, str(exc)) from None
+    # The window ends on a whole second, as the certificate for it does (X.509 times are whole
+    # seconds): the gateway's cut at the grant's end and the certificate's end are the same instant.
+    not_after = float(math.floor(max(start, now) + window_s))
+    if not_after <= max(start, now):
+        raise ApiError(400, "malformed window: it ends before its first whole second")
     grant = {
         "id": "gr-" + secrets.token_hex(6),
         "requester": requester,
@@ -592,7 +597,7 @@ async def request_access(request: web.Request, caller: Caller | None) -> web.Res
         "ops": ", ".join(op.text for op in operations),
         "reason": reason,
         "not_before": max(start, now),
-        "not_after": max(start, now) + window_s,
+        "not_after": not_after,
         "approvers_needed": needed,
         "created_at": now,
     }
@@ -701,8 +706,14 @@ async def grant_certificate(request: web.Request, caller: Caller | None) -> web.
         sid, key = s.authority.check_csr(body["csr"], who.identity)
     except CsrError as exc:
         raise ApiError(400, f"CSR refused: {exc}") from None
-    lifetime_s = min(s.config.lifetimes_s[sid.kind], grant["not_after"] - now)
-    certificate = s.authority.issue(sid, key, timedelta(seconds=lifetime_s))
+    # The grant ends on a whole second (request_access) and X.509 keeps whole seconds: the
+    # certificate ends with the grant exactly, never after it, unless the kind's lifetime ends sooner.
+    lifetime_s = s.config.lifetimes_s[sid.kind]
+    if lifetime_s < grant["not_after"] - now:
+        certificate = s.authority.issue(sid, key, timedelta(seconds=lifetime_s))
+    else:
+        grant_end = datetime.fromtimestamp(math.floor(grant["not_after"]), UTC)
+        certificate = s.authority.issue(sid, key, None, not_after=grant_end)
     async with s.store.db.transaction() as tx:
         await _record(s, certificate, who.identity, f"grant {grant['id']}", tx)
         detail = {

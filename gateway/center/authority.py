@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
@@ -164,8 +164,15 @@ class Authority:
             raise CsrError(str(exc)) from None
         return sid, key
 
-    def issue(self, sid: SpiffeId, key: ec.EllipticCurvePublicKey, lifetime: timedelta) -> x509.Certificate:
-        return pki.issue_for_key(self.ca, sid, key, lifetime)
+    def issue(
+        self,
+        sid: SpiffeId,
+        key: ec.EllipticCurvePublicKey,
+        lifetime: timedelta | None,
+        *,
+        not_after: datetime | None = None,
+    ) -> x509.Certificate:
+        return pki.issue_for_key(self.ca, sid, key, lifetime, not_after=not_after)
 
     def ensure_tls_certificate(self, lifetime: timedelta, *, now: float) -> bool:
         """(Re)issue the center's own TLS certificate, same key, when it is missing, names another id or

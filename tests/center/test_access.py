@@ -169,7 +169,9 @@ async def test_a_grant_lets_the_vendor_in_for_its_window_and_the_gateway_cuts_it
 
     credentials = await lab.certificate(grant["id"])
     certificate = x509.load_pem_x509_certificate(credentials.tls.cert.read_bytes())
-    assert certificate.not_valid_after_utc.timestamp() <= grant["not_after"]
+    # The window ends on a whole second, and the certificate with it: X.509 keeps whole seconds.
+    assert grant["not_after"] == int(grant["not_after"])
+    assert certificate.not_valid_after_utc.timestamp() == grant["not_after"]
 
     vendor = await lab.modbus(credentials)
     assert await _reads(vendor)
@@ -186,8 +188,8 @@ async def test_a_grant_lets_the_vendor_in_for_its_window_and_the_gateway_cuts_it
         what="the session cut at the window's end",
     )
     assert cut[0]["rule"] == grant["id"] and "ended" in cut[0]["reason"]
-    # Not before the certificate for the grant ended (it ends with the grant, rounded down to the second).
-    assert time.time() >= certificate.not_valid_after_utc.timestamp()
+    # At the grant's end, not before it (the certificate's end is the same instant, not a second early).
+    assert time.time() >= grant["not_after"]
     assert not await _reads(vendor)
     # A new session that only the ended grant would let in is refused at the handshake (with the
     # vendor's enrolled certificate: the grant's own has ended with it).

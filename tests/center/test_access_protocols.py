@@ -160,6 +160,7 @@ class Lab:
             timeout_s=grant["not_after"] - time.time() + 15,
             what="the session cut at the window's end",
         )
+        assert time.time() >= grant["not_after"]  # the grant's end, not a second early
         assert cut[0]["rule"] == grant["id"] and f"grant {grant['id']} ended" in cut[0]["reason"]
         started = self.site.events(self.gateway, event="session_start", identity=ACME, protocol=protocol)
         assert {e.get("grant") for e in started} == {grant["id"]}

@@ -1,0 +1,67 @@
+"""A just-in-time grant's session ends at the grant's end, not at its certificate's: X.509 keeps whole
+seconds, so a certificate for a grant whose period ends inside a second ends up to a second before it,
+and the gateway must not cut the session early on that account (docs/access.md, "The end of the
+window")."""
+
+from __future__ import annotations
+
+import math
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pymodbus.client import AsyncModbusTlsClient
+
+from gateway import pki as pki_module
+from gateway.tls import client_context
+from tests.e2e.harness import TD, Lab, policy_text
+
+VENDOR = f"spiffe://{TD}/vendor/acme/jo"
+
+
+def _instant(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat()
+
+
+async def test_the_cut_follows_the_grants_end_when_its_certificate_ends_a_fraction_earlier(
+    lab: Lab, tmp_path: Path
+) -> None:
+    port = await lab.start_device()
+    now = time.time()
+    end = math.ceil(now) + 3.5  # a period ending half-way through a second
+    rules = f"""
+[[rules]]
+id = "gr-0a1b2c3d4e5f"
+subjects = ["{VENDOR}"]
+assets = ["plc-1"]
+when = {{ from = {_instant(now - 60)}, until = {_instant(end)} }}
+modbus = [{{ fc = [3], address = "0-9" }}]
+"""
+    await lab.start_gateway(policy_text(port, rules))
+    issued = pki_module.issue(
+        lab.pki.ca.parent,
+        VENDOR,
+        out_dir=tmp_path,
+        name="vendor",
+        not_before=datetime.fromtimestamp(now - 60, UTC),
+        not_after=datetime.fromtimestamp(math.floor(end), UTC),  # the second before the grant's end
+    )
+    client = AsyncModbusTlsClient(
+        "127.0.0.1",
+        port=lab.gateway.port if lab.gateway else 0,
+        sslctx=client_context(issued.cert, issued.key, lab.pki.ca, server_name="plc-1"),
+        timeout=3,
+        retries=0,
+        reconnect_delay=0,
+    )
+    try:
+        assert await client.connect()
+        assert not (await client.read_holding_registers(0, count=1, device_id=1)).isError()
+        cut = await lab.wait_for_event(timeout_s=end - time.time() + 10, event="session_cut")
+    finally:
+        client.close()
+    assert cut["rule"] == "gr-0a1b2c3d4e5f" and "grant gr-0a1b2c3d4e5f ended" in cut["reason"]
+    # At the grant's end, half a second after the certificate's.
+    assert datetime.fromisoformat(cut["time"].replace("Z", "+00:00")).timestamp() >= end
+    ended = await lab.wait_for_event(event="session_end")
+    assert "certificate" not in ended["reason"]
