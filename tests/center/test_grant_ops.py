@@ -8,21 +8,9 @@ import pytest
 from gateway.center.grant_ops import VOCABULARIES, GrantError, parse_ops
 from gateway.center.grants import compose
 from policies import parse_policy
+from tests.policies.test_grant_policy import HEAD
 
-ADMIN = """trust_domain = "plant1.example"
-
-[assets.plc-1]
-protocol = "modbus"
-upstream = "127.0.0.1:502"
-
-[assets.logix-1]
-protocol = "enip"
-upstream = "127.0.0.1"
-
-[assets.opc-1]
-protocol = "opcua"
-upstream = "opc.tcp://127.0.0.1:4840/"
-"""
+ADMIN = HEAD  # a Modbus, an EtherNet/IP and an OPC UA asset
 VENDOR = "spiffe://plant1.example/vendor/acme/jo"
 U = "nsu=urn:plant1:line1;s=Line1"
 
