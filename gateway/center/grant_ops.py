@@ -9,7 +9,7 @@ mean. ``--ops`` is a comma-separated list of operations, each ``VERB [ARGUMENT] 
   (``fc 6,16``, ``service write_tag``, ``service Read,HistoryRead``);
 - the target goes into the protocol's target field (Modbus ``address``, EtherNet/IP ``tag``, OPC UA
   ``node``); items that follow without a verb add targets to the operation before them (``read
-  Setpoint, Tank1_*``);
+  Setpoint, Line1.*``);
 - bounds, last, go into ``value``, for verbs that write.
 
 The entry is then checked by the policy loader's own check of a rule's entry (:func:`check_entry`), so

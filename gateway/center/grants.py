@@ -2,7 +2,7 @@
 the rule an approved grant becomes in the policy the center signs.
 
 A request names its operations in the policy's vocabulary of the asset's protocol (gateway/center/
-grant_ops.py): ``read 40001-40100, write 40010 0..1500`` on a Modbus asset, ``read Setpoint, Tank1_*,
+grant_ops.py): ``read 40001-40100, write 40010 0..1500`` on a Modbus asset, ``read Setpoint, Line1.*,
 write Setpoint 0..1500`` on an EtherNet/IP one, ``read nsu=urn:plant1:line1;s=Line1.*, browse,
 subscribe`` on an OPC UA one. Each operation must lie inside ``[vendor_access]``'s entries of that
 protocol; the assets, the subjects, the longest window and the approvers are checked the same way for
