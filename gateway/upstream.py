@@ -283,17 +283,24 @@ class FairQueue:
     identity holding the most, which is refused instead: it was never sent. So a greedy identity fills
     only its own share, and the others never wait behind more than one of its requests per turn.
 
+    A lane that was empty is served before the turn goes on (as FQ-CoDel serves its new flows first),
+    once; if it still holds requests after that it takes its place in the turn. A client that sends one
+    request at a time (a poller, an HMI) then waits only for what is already on its way to the device,
+    not for a greedy identity's next request as well. An identity that keeps its lane full never gets
+    this: its lane is never empty.
+
     Every request's deadline follows from its arrival, so the oldest waiting request is the first to
     expire: ``arrivals`` keeps that order for the pool's single queue timer (sent and refused entries
     are skipped when they reach its front).
     """
 
-    __slots__ = ("_lanes", "arrivals", "limit", "size")
+    __slots__ = ("_fresh", "_lanes", "arrivals", "limit", "size")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.size = 0
         self._lanes: dict[str, deque[Pending]] = {}  # in turn order: the next lane to serve first
+        self._fresh: dict[str, None] = {}  # lanes that were empty and have not been served since
         self.arrivals: deque[Pending] = deque()
 
     def __len__(self) -> int:
@@ -317,9 +324,10 @@ class FairQueue:
             pushed_out.key = NOT_IN_FLIGHT
             self.size -= 1
             if not fullest:
-                del lanes[next(name for name, q in lanes.items() if q is fullest)]
+                self._remove(next(name for name, q in lanes.items() if q is fullest))
         if queued is None:
             queued = lanes[lane] = deque()
+            self._fresh[lane] = None
         pending.key = QUEUED
         queued.append(pending)
         self.arrivals.append(pending)
@@ -331,11 +339,20 @@ class FairQueue:
         lanes = self._lanes
         if not lanes:
             return None
-        lane = next(iter(lanes))
-        queued = lanes.pop(lane)
-        pending = queued.popleft()
-        if queued:
-            lanes[lane] = queued  # to the back of the turn
+        fresh = self._fresh
+        if fresh:
+            lane = next(iter(fresh))
+            del fresh[lane]
+            queued = lanes[lane]
+            pending = queued.popleft()
+            if not queued:
+                del lanes[lane]  # else it keeps its place in the turn, at the back since it came
+        else:
+            lane = next(iter(lanes))
+            queued = lanes.pop(lane)
+            pending = queued.popleft()
+            if queued:
+                lanes[lane] = queued  # to the back of the turn
         self.size -= 1
         pending.key = NOT_IN_FLIGHT
         return pending
@@ -356,7 +373,7 @@ class FairQueue:
             queued = self._lanes[lane]
             queued.remove(pending)  # at or near the front: every lane is in arrival order
             if not queued:
-                del self._lanes[lane]
+                self._remove(lane)
             pending.key = NOT_IN_FLIGHT
             self.size -= 1
             expired.append(pending)
@@ -374,9 +391,15 @@ class FairQueue:
         for pending in out:
             pending.key = NOT_IN_FLIGHT
         self._lanes.clear()
+        self._fresh.clear()
         self.arrivals.clear()
         self.size = 0
         return out
+
+    def _remove(self, lane: str) -> None:
+        """``lane`` is empty: out of the turn."""
+        del self._lanes[lane]
+        self._fresh.pop(lane, None)
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)
