@@ -8,8 +8,14 @@ registers back to back. It takes ``--samples`` reads with the asset idle, then a
 flooder (``bench.modbus_load`` as ``user/flooder``: ``--connections`` x ``--depth`` reads in flight,
 far more than the queue holds) runs at full speed. Printed and written to
 ``bench/results/raw/fairness-<time>.json``: the poller's p50 and p99 in both phases, its failures, and
-what the flooder got (answers, exception 0x0A for what exceeded its share). docs/performance.md keeps
-the figures by hand.
+what the flooder got (answers, exception 0x0A for what exceeded its share), and the gateway's CPU in
+each phase (the share of one core it used). docs/performance.md keeps the figures by hand.
+
+On a plant the flooder's load generator and the device run on other machines; on a small bench machine
+they compete with the gateway for its cores. ``--idle-priority`` runs both under ``chrt --idle 0``
+(SCHED_IDLE): they get only the CPU the gateway and the poller leave, so what remains of the poller's
+wait is the gateway's own. The flood itself is not slowed by the option beyond what the gateway's
+own CPU needs leave it: it still has ``--connections`` x ``--depth`` reads in flight.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.loadgen import REPO, start_server
-from bench.procs import Supervisor, listening_ports, wait_listening
+from bench.procs import Supervisor, cpu_times, listening_ports, wait_listening
 
 TD = "bench.example"
 POLLER = f"spiffe://{TD}/user/poller"
@@ -55,9 +61,20 @@ def _percentile(values: list[float], share: float) -> float:
     return ordered[index]
 
 
-async def _poll(client: Any, samples: int) -> tuple[list[float], int]:
+IDLE_PRIORITY = ("chrt", "--idle", "0")  # SCHED_IDLE: only the CPU nothing else wants
+
+
+def _cpu_s(pid: int) -> float:
+    times = cpu_times(pid)
+    return sum(times) if times is not None else float("nan")
+
+
+async def _poll(client: Any, samples: int, gateway_pid: int) -> tuple[list[float], int, float]:
+    """``samples`` reads: their latencies, the failures, and the gateway's CPU meanwhile as a share of
+    one core."""
     latencies: list[float] = []
     failures = 0
+    cpu_before, wall_before = _cpu_s(gateway_pid), time.perf_counter()
     for _ in range(samples):
         started = time.perf_counter()
         try:
@@ -67,16 +84,18 @@ async def _poll(client: Any, samples: int) -> tuple[list[float], int]:
             failed = True
         latencies.append(time.perf_counter() - started)
         failures += failed
-    return latencies, failures
+    cpu_share = (_cpu_s(gateway_pid) - cpu_before) / (time.perf_counter() - wall_before)
+    return latencies, failures, cpu_share
 
 
-def _summary(latencies: list[float], failures: int) -> dict[str, Any]:
+def _summary(latencies: list[float], failures: int, cpu_share: float) -> dict[str, Any]:
     return {
         "samples": len(latencies),
         "failures": failures,
         "p50_ms": round(statistics.median(latencies) * 1000, 3),
         "p99_ms": round(_percentile(latencies, 0.99) * 1000, 3),
         "max_ms": round(max(latencies) * 1000, 3),
+        "gateway_cpu_share": round(cpu_share, 3),
     }
 
 
@@ -93,7 +112,8 @@ async def _measure(work: Path, args: argparse.Namespace, supervisor: Supervisor)
     )
     poller = pki.issue(ca_dir, POLLER, out_dir=work, name="poller")
     flooder = pki.issue(ca_dir, FLOODER, out_dir=work, name="flooder")
-    _, device_port = start_server(supervisor)
+    prefix = IDLE_PRIORITY if args.idle_priority else ()
+    _, device_port = start_server(supervisor, prefix)
     (work / "policy.toml").write_text(_policy(device_port))
     config = work / "gateway.toml"
     config.write_text(
@@ -110,11 +130,11 @@ async def _measure(work: Path, args: argparse.Namespace, supervisor: Supervisor)
     client = AsyncModbusTlsClient("127.0.0.1", port=gw_port, sslctx=context, timeout=5, retries=0)
     if not await client.connect():
         raise RuntimeError(f"cannot connect to the gateway on port {gw_port}")
-    await _poll(client, 200)  # warm-up
-    idle = await _poll(client, args.samples)
+    await _poll(client, 200, gateway.pid)  # warm-up
+    idle = await _poll(client, args.samples, gateway.pid)
 
     flood_argv = [
-        sys.executable, "-m", "bench.modbus_load", "--port", str(gw_port), "--tls",
+        *prefix, sys.executable, "-m", "bench.modbus_load", "--port", str(gw_port), "--tls",
         "--cafile", str(ca.cert), "--cert", str(flooder.cert), "--key", str(flooder.key), "--sni", "plc-1",
         "-c", str(args.connections), "-d", str(args.depth), "--fc", "3", "--address", "40",
         "--warmup", "1", "--duration", str(args.flood_s), "--compact",
@@ -122,7 +142,7 @@ async def _measure(work: Path, args: argparse.Namespace, supervisor: Supervisor)
     flood = supervisor.spawn("flooder", flood_argv, cwd=REPO, pipes=True)
     await asyncio.sleep(1.0)  # the flooder's warm-up: its connections are up and the queue full
     polled = time.perf_counter()
-    loaded = await _poll(client, args.samples)
+    loaded = await _poll(client, args.samples, gateway.pid)
     if not flood.alive():
         raise RuntimeError(
             f"the flood ended before the poll ({time.perf_counter() - polled:.1f} s, exit status"
@@ -147,6 +167,7 @@ async def _measure(work: Path, args: argparse.Namespace, supervisor: Supervisor)
         "idle": _summary(*idle),
         "flood": _summary(*loaded),
         "flooder": flood_summary,
+        "idle_priority": args.idle_priority,
         "latencies_idle_s": idle[0],
         "latencies_flood_s": loaded[0],
     }
@@ -159,6 +180,11 @@ def run(argv: list[str]) -> int:
     parser.add_argument("--depth", type=int, default=32, help="flooder reads in flight per connection")
     parser.add_argument(
         "--flood-s", type=float, default=30.0, help="the flood's measured window, longer than the poll"
+    )
+    parser.add_argument(
+        "--idle-priority",
+        action="store_true",
+        help="run the flooder and the device under chrt --idle 0: CPU the gateway and poller leave only",
     )
     args = parser.parse_args(argv)
     started = datetime.now(UTC)
@@ -174,6 +200,8 @@ def run(argv: list[str]) -> int:
     print(
         f"poller idle: p50 {idle['p50_ms']} ms, p99 {idle['p99_ms']} ms, {idle['failures']} failures; "
         f"under flood: p50 {flood['p50_ms']} ms, p99 {flood['p99_ms']} ms, {flood['failures']} failures "
-        f"(p99 {ratio}x idle); flooder {found['flooder']}; {out}"
+        f"(p99 {ratio}x idle); gateway CPU idle {idle['gateway_cpu_share']}, under flood"
+        f" {flood['gateway_cpu_share']} of a core; flooder {found['flooder']}"
+        f"{' (flooder and device under chrt --idle 0)' if args.idle_priority else ''}; {out}"
     )
     return 0

@@ -18,6 +18,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,11 +100,12 @@ def find_independent(explicit: str | None = None) -> tuple[Generator | None, str
     return None, f"no independent load generator at {where}"
 
 
-def start_server(sup: Supervisor) -> tuple[Proc, int]:
-    """The bench's fast Modbus server on a kernel-chosen loopback port."""
+def start_server(sup: Supervisor, prefix: Sequence[str] = ()) -> tuple[Proc, int]:
+    """The bench's fast Modbus server on a kernel-chosen loopback port; ``prefix`` runs it under
+    another command (``chrt --idle 0``)."""
     proc = sup.spawn(
         "modbus-server",
-        [sys.executable, "-m", "bench.modbus_server", "--host", "127.0.0.1", "--port", "0"],
+        [*prefix, sys.executable, "-m", "bench.modbus_server", "--host", "127.0.0.1", "--port", "0"],
         cwd=REPO,
     )
     ports = wait_listening(proc)
