@@ -18,7 +18,6 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,12 +99,11 @@ def find_independent(explicit: str | None = None) -> tuple[Generator | None, str
     return None, f"no independent load generator at {where}"
 
 
-def start_server(sup: Supervisor, prefix: Sequence[str] = ()) -> tuple[Proc, int]:
-    """The bench's fast Modbus server on a kernel-chosen loopback port; ``prefix`` runs it under
-    another command (``chrt --idle 0``)."""
+def start_server(sup: Supervisor) -> tuple[Proc, int]:
+    """The bench's fast Modbus server on a kernel-chosen loopback port."""
     proc = sup.spawn(
         "modbus-server",
-        [*prefix, sys.executable, "-m", "bench.modbus_server", "--host", "127.0.0.1", "--port", "0"],
+        [sys.executable, "-m", "bench.modbus_server", "--host", "127.0.0.1", "--port", "0"],
         cwd=REPO,
     )
     ports = wait_listening(proc)
