@@ -8,6 +8,7 @@ modbus-proxy, on loopback, in one interleaved run; then the scale figures and a 
     python -m bench report bench/results/latest.json   # re-render the doc from a JSON result
     python -m bench center               # policy push -> two gateways deciding by it (bench/center.py)
     python -m bench fairness             # a poller's p99 idle and while another identity floods
+    python -m bench opcua-memory         # the gateway's RSS under issue 16's OPC UA chunk attack
     python -m bench locks                # lock create -> 50 of 100 live sessions cut (bench/locks.py)
     python -m bench audit-sinks          # CPU per request: syslog over TLS next to the audit file
 
@@ -457,6 +458,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench import fairness
 
         return fairness.run(argv[1:])
+    if argv[:1] == ["opcua-memory"]:  # its own measurement and options (bench/opcua_memory.py)
+        from bench import opcua_memory
+
+        return opcua_memory.run(argv[1:])
     if argv[:1] == ["locks"]:  # its own measurement and options (bench/locks.py)
         from bench import locks
 
