@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import cast
 
 import pytest
 
-from gateway.reassembly import ReassemblyBudget
+from gateway.reassembly import MIB, TRIM_AFTER_RELEASED_BYTES, TRIM_DELAY_S, ReassemblyBudget, _malloc_trim
 from gateway.runtime import LiveSession, SessionRegistry
 
 
@@ -41,3 +42,24 @@ def test_the_registry_counts_live_sessions_per_identity() -> None:
     registry.remove(b1)
     assert (registry.of_identity("a"), registry.of_identity("b")) == (1, 0)
     assert len(registry) == 1
+
+
+async def test_free_heap_pages_go_back_once_the_budget_is_empty_after_a_large_release() -> None:
+    if _malloc_trim() is None:
+        pytest.skip("this C library has no malloc_trim")
+    budget = ReassemblyBudget(64 * MIB)
+    small = budget.charge(0, TRIM_AFTER_RELEASED_BYTES // 2)
+    budget.charge(small, 0)
+    assert not budget.trim_scheduled  # empty again, but too little was given back to be worth a trim
+    big = budget.charge(0, TRIM_AFTER_RELEASED_BYTES)
+    other = budget.charge(0, 1)
+    budget.charge(big, 0)
+    assert not budget.trim_scheduled  # enough given back, but a partial message is still held
+    budget.charge(other, 0)
+    assert budget.trim_scheduled  # empty: a trim, a moment later
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + TRIM_DELAY_S + 10
+    while budget.trims == 0:
+        assert loop.time() < deadline, "no trim after the budget emptied"
+        await asyncio.sleep(0.05)
+    assert budget.trims == 1 and not budget.trim_scheduled
