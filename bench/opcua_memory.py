@@ -111,6 +111,8 @@ class Channel:
                 sequence=self.sequence,
                 request_id=ATTACK_REQUEST_ID,
             )
+            if self.writer.is_closing() or self.reader.at_eof():
+                return sent  # the gateway ended the channel
             try:
                 self.writer.write(chunk)
                 await self.writer.drain()
@@ -122,8 +124,10 @@ class Channel:
         """The status of the Error message that ended the channel, by name."""
         try:
             kind, data = await self.message()
-        except (asyncio.IncompleteReadError, ConnectionError, OSError) as exc:
-            return f"closed without an Error message ({exc.__class__.__name__})"
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            # Closed with our chunks unread in its socket, the gateway's kernel resets the connection,
+            # which may take its Error message with it.
+            return "reset"
         if kind != b"ERRF":
             return f"unexpected {kind!r}"
         status = struct.unpack_from("<I", data, 8)[0]
