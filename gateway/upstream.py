@@ -283,24 +283,29 @@ class FairQueue:
     identity holding the most, which is refused instead: it was never sent. So a greedy identity fills
     only its own share, and the others never wait behind more than one of its requests per turn.
 
-    A lane that was empty is served before the turn goes on (as FQ-CoDel serves its new flows first),
-    once; if it still holds requests after that it takes its place in the turn. A client that sends one
-    request at a time (a poller, an HMI) then waits only for what is already on its way to the device,
-    not for a greedy identity's next request as well. An identity that keeps its lane full never gets
-    this: its lane is never empty.
+    A new lane (an identity with nothing waiting) is served before the turn goes on, once, as FQ-CoDel
+    serves its new flows first: a client that sends one request at a time (a poller, an HMI) then waits
+    only for what is already on its way to the device, not for a greedy identity's next request as well.
+    Also as in FQ-CoDel, a new lane emptied that way keeps its place in the turn until the turn reaches
+    it: its identity's next request, if it comes before that, waits its turn like any other. So however
+    many identities send one request at a time, an identity with a full lane is still served once per
+    turn. An identity that keeps its lane full is never new.
 
     Every request's deadline follows from its arrival, so the oldest waiting request is the first to
     expire: ``arrivals`` keeps that order for the pool's single queue timer (sent and refused entries
     are skipped when they reach its front).
     """
 
-    __slots__ = ("_fresh", "_lanes", "arrivals", "limit", "size")
+    __slots__ = ("_active", "_fresh", "_lanes", "arrivals", "limit", "size")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.size = 0
-        self._lanes: dict[str, deque[Pending]] = {}  # in turn order: the next lane to serve first
-        self._fresh: dict[str, None] = {}  # lanes that were empty and have not been served since
+        # In turn order, the next lane to serve first; a new lane served and emptied stays, empty,
+        # until the turn reaches it.
+        self._lanes: dict[str, deque[Pending]] = {}
+        self._fresh: dict[str, None] = {}  # new lanes not yet served, in arrival order
+        self._active = 0  # lanes holding requests: the identities waiting
         self.arrivals: deque[Pending] = deque()
 
     def __len__(self) -> int:
@@ -308,7 +313,7 @@ class FairQueue:
 
     def share(self, lane: str) -> int:
         """How many places ``lane`` may hold now."""
-        waiting = len(self._lanes) + (lane not in self._lanes)
+        waiting = self._active + (not self._lanes.get(lane))
         return -(-self.limit // waiting)
 
     def offer(self, pending: Pending, lane: str) -> tuple[bool, Pending | None]:
@@ -324,10 +329,13 @@ class FairQueue:
             pushed_out.key = NOT_IN_FLIGHT
             self.size -= 1
             if not fullest:
+                self._active -= 1
                 self._remove(next(name for name, q in lanes.items() if q is fullest))
         if queued is None:
             queued = lanes[lane] = deque()
             self._fresh[lane] = None
+        if not queued:
+            self._active += 1
         pending.key = QUEUED
         queued.append(pending)
         self.arrivals.append(pending)
@@ -336,24 +344,29 @@ class FairQueue:
 
     def pop(self) -> Pending | None:
         """The next request in turn, or None."""
-        lanes = self._lanes
-        if not lanes:
+        if not self.size:
             return None
+        lanes = self._lanes
         fresh = self._fresh
         if fresh:
             lane = next(iter(fresh))
             del fresh[lane]
             queued = lanes[lane]
             pending = queued.popleft()
-            if not queued:
-                del lanes[lane]  # else it keeps its place in the turn, at the back since it came
         else:
-            lane = next(iter(lanes))
-            queued = lanes.pop(lane)
+            while True:
+                lane = next(iter(lanes))
+                queued = lanes.pop(lane)
+                if queued:
+                    break  # else a new lane served and emptied: the turn reached it, it goes
             pending = queued.popleft()
             if queued:
                 lanes[lane] = queued  # to the back of the turn
+        if not queued:
+            self._active -= 1
         self.size -= 1
+        if not self.size:
+            lanes.clear()  # only emptied lanes were left
         pending.key = NOT_IN_FLIGHT
         return pending
 
@@ -373,10 +386,13 @@ class FairQueue:
             queued = self._lanes[lane]
             queued.remove(pending)  # at or near the front: every lane is in arrival order
             if not queued:
+                self._active -= 1
                 self._remove(lane)
             pending.key = NOT_IN_FLIGHT
             self.size -= 1
             expired.append(pending)
+        if not self.size:
+            self._lanes.clear()  # only emptied lanes were left
         return expired
 
     def next_deadline(self) -> float | None:
@@ -392,6 +408,7 @@ class FairQueue:
             pending.key = NOT_IN_FLIGHT
         self._lanes.clear()
         self._fresh.clear()
+        self._active = 0
         self.arrivals.clear()
         self.size = 0
         return out

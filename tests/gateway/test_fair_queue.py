@@ -23,6 +23,15 @@ def _requests(identity: str, count: int, deadline: float = 100.0) -> list[Pendin
     return out
 
 
+def _identities(queue: FairQueue, count: int) -> list[str]:
+    out = []
+    for _ in range(count):
+        pending = queue.pop()
+        assert pending is not None
+        out.append(pending.session.identity)
+    return out
+
+
 def _order(queue: FairQueue) -> list[str]:
     out = []
     while (pending := queue.pop()) is not None:
@@ -40,7 +49,7 @@ def test_lanes_take_turns_one_request_each() -> None:
     assert len(queue) == 0
 
 
-def test_a_lane_that_was_empty_is_served_before_a_full_lane_goes_on() -> None:
+def test_a_new_lane_is_served_before_a_full_lane_goes_on() -> None:
     queue = FairQueue(64)
     flood = _requests("flooder", 40)
     for pending in flood[:32]:
@@ -50,11 +59,28 @@ def test_a_lane_that_was_empty_is_served_before_a_full_lane_goes_on() -> None:
     assert queue.offer(poll, "poller") == (True, None)
     assert poll.key == QUEUED
     assert queue.pop() is poll  # not behind the flooder's next request
-    # And again, each time the poller's lane comes back from empty.
-    queue.pop()
+    assert queue.pop() is flood[1]
+    # The turn reached the poller's emptied lane and dropped it: its next request is new again.
+    assert queue.pop() is flood[2]
     (again,) = _requests("poller", 1)
     queue.offer(again, "poller")
     assert queue.pop() is again
+
+
+def test_an_identity_back_before_its_turn_waits_its_turn_so_full_lanes_are_not_starved() -> None:
+    queue = FairQueue(64)
+    for pending in _requests("flooder", 32):
+        queue.offer(pending, "flooder")
+    queue.pop()
+    for poller in ("a", "b", "c"):
+        for pending in _requests(poller, 1):
+            queue.offer(pending, poller)
+    assert _identities(queue, 3) == ["a", "b", "c"]  # new lanes, each served first once
+    # Back before the turn reached their emptied lanes: in the turn, behind the flooder's lane.
+    for poller in ("a", "b", "c"):
+        for pending in _requests(poller, 1):
+            queue.offer(pending, poller)
+    assert _identities(queue, 4) == ["flooder", "a", "b", "c"]
 
 
 def test_a_lane_served_first_then_waits_its_turn() -> None:
