@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from gateway.modbus.upstream import ModbusUpstreamPool, PendingRequest
 from gateway.runtime import Runtime
 from gateway.session import Session, SessionInfo
-from gateway.upstream import Failure
+from gateway.upstream import NOT_IN_FLIGHT, Failure
 from policies import Decision, SubjectView
 from protocols.modbus import ModbusProtocolError, Request, ServerConnection, encode_exception
 from protocols.modbus.spec import ExceptionCode, exception_name, function_name
@@ -143,6 +143,17 @@ class ModbusSession(Session):
                 if self._ordered is not None:
                     self._ordered.append(pending)
                 pool.submit(pending)
+                if pending.key == NOT_IN_FLIGHT:
+                    # Answered at once: the asset's queue holds this identity's share. The next request
+                    # would fare the same, so read no more until one of this session's requests is
+                    # answered (or next turn, with none in flight): one busy answer per turn at most,
+                    # never a burst of them as deep as the client pipelines.
+                    local += 1
+                    if codec.buffered_bytes and not self.closing:
+                        self.pause_requests(IN_FLIGHT_LIMIT)
+                        if not self._in_flight:
+                            self._maybe_resume()
+                    break
             else:
                 self._refuse(request, decision)
                 local += 1

@@ -1,7 +1,8 @@
 """What the gateway answers itself (issues 11 and 16): an unknown unit id, the order of pipelined
-answers, and a fair share of the device's queue when one identity floods it. Real pymodbus clients and
-the lab's soft PLC; the order test uses a client of its own that checks order, since pymodbus matches
-answers by transaction id."""
+answers, a fair share of the device's queue when one identity floods it, and no burst of busy answers
+to a client pipelining past its share. Real pymodbus clients and the lab's soft PLC; the order and
+burst tests use a client of their own that sees the order of answers, since pymodbus matches answers by
+transaction id."""
 
 from __future__ import annotations
 
@@ -108,4 +109,28 @@ async def test_a_flooding_identity_fills_only_its_share_of_the_queue(lab: Lab) -
     assert outcomes["alice"] == {"ok": 40}
     assert outcomes["bob"].get(0x0A, 0) > 0 and outcomes["bob"].get("ok", 0) > 0
     refused = lab.audit_events(event="decision", identity="spiffe://plant1.example/user/bob", code=0x0A)
+    assert refused and all(e["outcome"].startswith("upstream queue full: ") for e in refused)
+
+
+async def test_a_client_pipelining_past_its_share_gets_no_burst_of_busy_answers(lab: Lab) -> None:
+    # Every reply 50 ms late, one request at a time at the device, a queue of 4: of 40 reads sent in one
+    # write, one goes out, four wait and the sixth is answered 0x0A. The session then reads no more until
+    # one of its requests is answered, so no second 0x0A comes before the first reply (before, all 35
+    # came at once, as many as the client pipelined).
+    fault = Fault("late", replies=None, delay_s=0.05)
+    await _sim_lab(lab, "queue_limit = 4\nqueue_timeout_s = 10\nresponse_timeout_s = 10", fault)
+    reader, writer = await lab.raw_connection("alice")
+    count = 40
+    writer.write(b"".join(struct.pack(">HHHBBHH", tid, 0, 6, 1, 4, 7, 1) for tid in range(1, count + 1)))
+    answers = []
+    for _ in range(count):
+        header = await asyncio.wait_for(reader.readexactly(7), 10)
+        tid, _, length, _ = struct.unpack(">HHHB", header)
+        answers.append((tid, await reader.readexactly(length - 1)))
+    busy = [pdu == bytes((0x84, 0x0A)) for _, pdu in answers]
+    assert busy.index(False) == 1  # one busy answer, then the first reply
+    ok = [pdu for _, pdu in answers if pdu[0] == 4]
+    assert len(ok) + sum(busy) == count and all(pdu == bytes((4, 2, 0, 1)) for pdu in ok)
+    assert sorted(tid for tid, _ in answers) == list(range(1, count + 1))
+    refused = lab.audit_events(event="decision", code=0x0A)
     assert refused and all(e["outcome"].startswith("upstream queue full: ") for e in refused)
