@@ -134,8 +134,9 @@ class Channel:
         return STATUS_NAMES.get(status, f"0x{status:08X}")
 
 
-async def _read_values(url: str, stop: asyncio.Event) -> dict[str, Any]:
-    """Another session of the same identity, through the agent: back-to-back Reads until ``stop``."""
+async def _read_values(url: str, reading: asyncio.Event, stop: asyncio.Event) -> dict[str, Any]:
+    """Another session of the same identity, through the agent: back-to-back Reads until ``stop``;
+    ``reading`` is set once the first has been answered."""
     client = Client(url, timeout=10)
     await client.connect()
     latencies: list[float] = []
@@ -151,6 +152,7 @@ async def _read_values(url: str, stop: asyncio.Event) -> dict[str, Any]:
             except Exception as exc:  # a failed Read is what this counts
                 failures.append(repr(exc))
             latencies.append(time.perf_counter() - started)
+            reading.set()
     finally:
         await client.disconnect()
     ordered = sorted(latencies)
@@ -175,8 +177,8 @@ async def _attack(
     lab: Lab, args: argparse.Namespace, gateway_pid: int, overlay: int, admin: int, agent_port: int
 ) -> dict[str, Any]:
     context = client_context(lab.client_cert, lab.client_key, lab.ca, server_name=OPCUA_ASSET)
-    stop_reading = asyncio.Event()
-    reader = asyncio.create_task(_read_values(f"opc.tcp://127.0.0.1:{agent_port}/", stop_reading))
+    reading, stop_reading = asyncio.Event(), asyncio.Event()
+    reader = asyncio.create_task(_read_values(f"opc.tcp://127.0.0.1:{agent_port}/", reading, stop_reading))
     samples: list[tuple[float, int]] = []
 
     async def sample_rss() -> None:
@@ -190,7 +192,7 @@ async def _attack(
         channel = Channel(*stream)
         await channel.open()
         channels.append(channel)
-    await asyncio.sleep(1.0)  # the reader's session is up and reading
+    await asyncio.wait_for(reading.wait(), 30)  # the reader's session is up and reading
     before_kib = _proc_status_kib(gateway_pid, "VmRSS")
     hwm_before_kib = _proc_status_kib(gateway_pid, "VmHWM")
     sampler = asyncio.create_task(sample_rss())
