@@ -115,8 +115,8 @@ async def test_a_flooding_identity_fills_only_its_share_of_the_queue(lab: Lab) -
 async def test_a_client_pipelining_past_its_share_gets_no_burst_of_busy_answers(lab: Lab) -> None:
     # Every reply 50 ms late, one request at a time at the device, a queue of 4: of 40 reads sent in one
     # write, one goes out, four wait and the sixth is answered 0x0A. The session then reads no more until
-    # one of its requests is answered, so no second 0x0A comes before the first reply (before, all 35
-    # came at once, as many as the client pipelined).
+    # one of its requests is answered, so no second 0x0A comes before the first reply (the code before
+    # read on and answered all 35 past the share at once).
     fault = Fault("late", replies=None, delay_s=0.05)
     await _sim_lab(lab, "queue_limit = 4\nqueue_timeout_s = 10\nresponse_timeout_s = 10", fault)
     reader, writer = await lab.raw_connection("alice")
