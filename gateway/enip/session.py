@@ -30,19 +30,21 @@ from protocols.enip import (
     IdentityItem,
     MessageRouterRequest,
     MessageRouterResponse,
+    RepeatCache,
+    Unwrapped,
+    connected_body,
     connected_message,
     flatten,
-    join_replies,
+    frame_send_rr_data,
+    frame_send_unit_data,
     list_identity_data,
     list_interfaces_data,
     list_services_data,
     parse_register_session,
     parse_send_data,
-    rebuild,
     refusal,
     register_session_data,
-    send_rr_data,
-    send_unit_data,
+    unconnected_body,
     unconnected_message,
 )
 from protocols.enip.message_router import parse_request, reply_to
@@ -93,7 +95,7 @@ class _Forwarded:
     """What deliver() needs to answer a forwarded request: the client's request and the local replies."""
 
     answer: _Answer
-    request: MessageRouterRequest
+    unwrapped: Unwrapped
     leaves: list[CipRequest]
     local: list[MessageRouterResponse | None]
     decisions: list[Decision | None]
@@ -154,6 +156,7 @@ class EnipSession(Session):
         self._codec = EncapsulationConnection()
         self._handle = 0
         self._connections: dict[int, _ClientConnection] = {}
+        self._repeats = RepeatCache()
         self._tasks: set[asyncio.Task[None]] = set()
         self._bind_view()
 
@@ -268,13 +271,18 @@ class EnipSession(Session):
     def _send_rr_data(self, message: EncapsulationMessage) -> None:
         if not self._registered(message):
             return
-        body = unconnected_message(message, parse_send_data(message))
+        body = unconnected_body(message.data)
+        if body is None:
+            body = unconnected_message(message, parse_send_data(message))
         self._request(body, _Answer(message.sender_context))
 
     def _send_unit_data(self, message: EncapsulationMessage) -> None:
         if not self._registered(message):
             return
-        connection_id, sequence, body = connected_message(message, parse_send_data(message))
+        connected = connected_body(message.data)
+        if connected is None:
+            connected = connected_message(message, parse_send_data(message))
+        connection_id, sequence, body = connected
         connection = self._connections.get(connection_id)
         if connection is None:
             # Data on a connection that does not exist is dropped, as a target does (Vol 2 §2-6); the
@@ -298,58 +306,77 @@ class EnipSession(Session):
         _Command.SEND_UNIT_DATA: _send_unit_data,
     }
 
-    def _answer(self, answer: _Answer, response: MessageRouterResponse) -> None:
-        body = response.encode()
-        if answer.connection_id is None:
-            data = send_rr_data(body)
-            message = EncapsulationMessage(_Command.SEND_RR_DATA, self._handle, 0, answer.context, 0, data)
+    def _answer(self, answer: _Answer, response: MessageRouterResponse, body: bytes | None = None) -> None:
+        """Answer with ``response`` (whose encoding ``body`` is, when the caller has it)."""
+        if body is None:
+            body = response.encode()
+        connection_id = answer.connection_id
+        if connection_id is None:
+            self._out.append(frame_send_rr_data(self._handle, answer.context, body))
         else:
-            data = send_unit_data(answer.connection_id, answer.sequence, body)
-            message = EncapsulationMessage(_Command.SEND_UNIT_DATA, self._handle, 0, answer.context, 0, data)
-        self._reply(message)
+            self._out.append(
+                frame_send_unit_data(self._handle, answer.context, connection_id, answer.sequence, body)
+            )
 
     # ---------------------------------------------------------------------- message router
 
-    def _request(self, body: bytes, answer: _Answer) -> None:
-        started = monotonic()
+    def _unwrap(self, body: bytes, answer: _Answer) -> Unwrapped | None:
+        """The client's request, from the repeat cache when its bytes were seen before; ``None`` when it
+        was answered already (malformed, or a Connection Manager request the gateway answers itself)."""
+        unwrapped = self._repeats.get(body)
+        if unwrapped is not None:
+            return unwrapped
         try:
             request = parse_request(body)
         except CipProtocolError as error:
             self._answer(answer, reply_for_error(error, body[0] & 0x7F if body else 0))
             self.protocol_error(str(error))
-            return
+            return None
         if request.service in _LOCAL and request.path.class_id == ClassCode.CONNECTION_MANAGER:
             self._connection_manager(request, answer)
-            return
+            return None
         try:
-            leaves = flatten(request)
+            unwrapped = Unwrapped(request)
         except CipProtocolError as error:
             self._answer(answer, reply_for_error(error, request.service))
             self.protocol_error(str(error))
+            return None
+        self._repeats.keep(body, unwrapped)
+        return unwrapped
+
+    def _request(self, body: bytes, answer: _Answer) -> None:
+        started = monotonic()
+        unwrapped = self._unwrap(body, answer)
+        if unwrapped is None:
             return
+        leaves = unwrapped.leaves
         now = self.runtime.clock()
         revision = self.view.policy_revision
         decide = self.view.decide_enip
         local: list[MessageRouterResponse | None] = []
         decisions: list[Decision | None] = []
         drop = False
+        refused = False
         for leaf in leaves:
             self.requests += 1
             reply = error_reply(leaf)
             if reply is not None:
                 local.append(reply)
                 decisions.append(None)
+                refused = True
                 self.protocol_error(f"embedded request: {leaf.error}")
                 continue
             if leaf.class_id == ClassCode.CONNECTION_MANAGER and leaf.service in _LOCAL:
                 local.append(refusal(leaf, _Status.SERVICE_NOT_SUPPORTED))
                 decisions.append(None)
+                refused = True
                 continue
             decision = decide(leaf, now)
             decisions.append(decision)
             if decision.allowed:
                 local.append(None)
                 continue
+            refused = True
             action = self.refuse(leaf.name or leaf.service, leaf_fields(leaf), decision)
             drop |= action != "exception"
             local.append(refusal(leaf, decision.exception_code))
@@ -357,27 +384,32 @@ class EnipSession(Session):
             # A refusal the client must not hear about (drop; close after what is already answered):
             # no reply for the whole message.
             return
-        upstream = rebuild(request, local)
-        if upstream is None:
-            self._answer(answer, join_replies(request, local, None))
-            return
+        message = None if refused else unwrapped.forward_all()
+        if message is None:
+            upstream = unwrapped.rebuild(local)
+            if upstream is None:
+                self._answer(answer, unwrapped.join(local, None))
+                return
+            message = upstream.encode()
         self._in_flight += 1
-        record = _Forwarded(answer, request, leaves, local, decisions, revision)
-        self._pool.submit(
-            EnipPending(self, upstream.encode(), answer.connection_id is not None, record, started)
-        )
+        record = _Forwarded(answer, unwrapped, leaves, local, decisions, revision)
+        self._pool.submit(EnipPending(self, message, answer.connection_id is not None, record, started))
 
-    def deliver(self, pending: EnipPending, response: MessageRouterResponse, now: float) -> bool:
-        """The device answered the forwarded part of a request. True when this session has to flush."""
+    def deliver(self, pending: EnipPending, response: MessageRouterResponse, body: bytes, now: float) -> bool:
+        """The device answered the forwarded part of a request with ``response`` (``body`` its bytes).
+        True when this session has to flush."""
         first = not self._out
         self._in_flight -= 1
         record: _Forwarded = pending.reply
         try:
-            final = join_replies(record.request, record.local, response)
+            final = record.unwrapped.join(record.local, response)
         except CipProtocolError as error:
-            final = reply_to(record.request.service, error.general_status or _Status.INVALID_REPLY_RECEIVED)
+            final = reply_to(
+                record.unwrapped.request.service, error.general_status or _Status.INVALID_REPLY_RECEIVED
+            )
             self._pool.upstream_fault(f"reply does not fit the request: {error}")
-        self._answer(record.answer, final)
+        # The device's own bytes when the join proved them the client's reply as they are.
+        self._answer(record.answer, final, body if final is response else None)
         outcome = "ok" if response.ok else f"device status 0x{response.general_status:02X}"
         self._finish(pending, record, outcome, now, 0)
         return first and not self.closing
@@ -399,7 +431,7 @@ class EnipSession(Session):
             reply if reply is not None else reply_to(leaf.service, status)
             for leaf, reply in zip(record.leaves, record.local, strict=True)
         ]
-        self._answer(record.answer, join_replies(record.request, local, None))
+        self._answer(record.answer, record.unwrapped.join(local, None))
         if failure.overload:
             self._overloaded(pending, record, reason, now, status)
         else:

@@ -31,12 +31,15 @@ from protocols.enip import (
     LogicalType,
     MessageRouterRequest,
     MessageRouterResponse,
+    connected_body,
     connected_message,
+    frame_send_rr_data,
+    frame_send_unit_data,
     parse_register_session,
     parse_send_data,
     register_session_data,
     send_rr_data,
-    send_unit_data,
+    unconnected_body,
     unconnected_message,
 )
 from protocols.enip.message_router import parse_response
@@ -53,6 +56,7 @@ log = logging.getLogger("ztgate.enip.upstream")
 
 _Command = EncapsulationCommand
 _CONTEXT = struct.Struct("<Q")
+_NO_CONTEXT = bytes(8)  # connected requests are matched by sequence count
 FIRST_CONTEXT = 0x10000  # sender contexts count from here: sequence counts (< 0x10000) never collide
 ORIGINATOR_VENDOR_ID = 0xFFFE  # "unassigned" in the CIP vendor list: the gateway is no product of one
 RPI_US = 2_000_000  # class 3 explicit connections are driven by requests; the RPI only sizes the timeout
@@ -76,9 +80,9 @@ class EnipClient(Client, Protocol):
     """What the pool calls on the session that submitted a request (``gateway/enip/session.py``): the
     upstream side knows sessions only by this protocol, so it never imports them."""
 
-    def deliver(self, pending: EnipPending, response: MessageRouterResponse, now: float) -> bool:
-        """Answer the client with the device's ``response``; true when the session has replies to
-        flush at the end of the batch."""
+    def deliver(self, pending: EnipPending, response: MessageRouterResponse, body: bytes, now: float) -> bool:
+        """Answer the client with the device's ``response`` (``body``: its bytes as they came); true when
+        the session has replies to flush at the end of the batch."""
         ...
 
     def fail(self, pending: EnipPending, failure: Failure, reason: str, now: float) -> bool:
@@ -228,17 +232,15 @@ class EnipLink(Link[EnipPending]):
         # Messages keep the kind the client chose: an Unconnected Send, say, means nothing on a connection.
         if pending.connected and self.o_t_connection_id is not None:
             sequence = self._sequence = (self._sequence + 1) & 0xFFFF
-            data = send_unit_data(self.o_t_connection_id, sequence, pending.message)
-            message = EncapsulationMessage(_Command.SEND_UNIT_DATA, self.session_handle, data=data)
-            self.track(pending, sequence, message.encode(), now)
+            data = frame_send_unit_data(
+                self.session_handle, _NO_CONTEXT, self.o_t_connection_id, sequence, pending.message
+            )
+            self.track(pending, sequence, data, now)
             return
         context = self._next_context
         self._next_context = context + 1 if context < 0xFFFF_FFFF_FFFF else FIRST_CONTEXT
-        message = EncapsulationMessage(
-            _Command.SEND_RR_DATA, self.session_handle, sender_context=_CONTEXT.pack(context),
-            data=send_rr_data(pending.message),
-        )  # fmt: skip
-        self.track(pending, context, message.encode(), now)
+        data = frame_send_rr_data(self.session_handle, _CONTEXT.pack(context), pending.message)
+        self.track(pending, context, data, now)
 
     # ---------------------------------------------------------------------------- receiving
 
@@ -294,9 +296,11 @@ class EnipLink(Link[EnipPending]):
             self.abort(f"device answered with encapsulation status 0x{message.status:X}")
             return
         try:
-            send = parse_send_data(message)
             if message.command == _Command.SEND_UNIT_DATA:
-                connection_id, key, body = connected_message(message, send)
+                connected = connected_body(message.data)
+                if connected is None:
+                    connected = connected_message(message, parse_send_data(message))
+                connection_id, key, body = connected
                 # Targets answer under the T->O id; some (cpppo) under the O->T id we send to. Either names
                 # this link's one connection.
                 if connection_id not in (self.t_o_connection_id, self.o_t_connection_id):
@@ -304,7 +308,10 @@ class EnipLink(Link[EnipPending]):
                     return
             else:
                 key = _CONTEXT.unpack(message.sender_context)[0]
-                body = unconnected_message(message, send)
+                unconnected = unconnected_body(message.data)
+                if unconnected is None:
+                    unconnected = unconnected_message(message, parse_send_data(message))
+                body = unconnected
         except CipProtocolError as error:
             self._out_of_step(f"malformed reply: {error}")
             return
@@ -319,7 +326,7 @@ class EnipLink(Link[EnipPending]):
             if session.fail(pending, Failure.MALFORMED_REPLY, f"malformed reply: {error}", now):
                 pool.touched.append(session)
             return
-        if session.deliver(pending, response, now):
+        if session.deliver(pending, response, body, now):
             pool.touched.append(session)
 
 

@@ -38,6 +38,7 @@ from protocols.enip.spec import (
     MAX_ENCAPSULATION_DATA_BYTES,
     SENDER_CONTEXT_BYTES,
     CipLimits,
+    CpfItemType,
     EncapsulationCommand,
     EncapsulationStatus,
 )
@@ -47,6 +48,15 @@ _Status = EncapsulationStatus
 HEADER = struct.Struct("<HHII8sI")
 _REGISTER_SESSION = struct.Struct("<HH")
 _SEND_DATA = struct.Struct("<IH")
+# The item lists of nearly every SendRRData and SendUnitData, read and written in one go: interface
+# handle, timeout, item count 2, then a null address item and an unconnected data item (its length),
+# or a connected address item (its connection id) and a connected data item (its length, sequence count).
+_UNCONNECTED_ITEMS = struct.Struct("<IHHHHHH")
+_CONNECTED_ITEMS = struct.Struct("<IHHHHIHHH")
+_UNCONNECTED_FRAME = struct.Struct(HEADER.format + _UNCONNECTED_ITEMS.format[1:])
+_CONNECTED_FRAME = struct.Struct(HEADER.format + _CONNECTED_ITEMS.format[1:])
+_NULL, _UNCONNECTED = CpfItemType.NULL_ADDRESS, CpfItemType.UNCONNECTED_DATA
+_CONNECTED_ADDRESS, _CONNECTED = CpfItemType.CONNECTED_ADDRESS, CpfItemType.CONNECTED_DATA
 _COMMANDS = frozenset(EncapsulationCommand)
 # Commands whose request carries no data at all (Vol 2 §2-4).
 _EMPTY_REQUESTS = frozenset(
@@ -241,6 +251,76 @@ def connected_message(message: EncapsulationMessage, send: SendData) -> tuple[in
     return items[0].connection_id, items[1].sequence, items[1].message
 
 
+def unconnected_body(data: bytes) -> bytes | None:
+    """The message router request or reply of SendRRData ``data`` laid out as nearly all are (interface
+    handle 0, a null address item, an unconnected data item filling the rest), read in one unpack; ``None``
+    for any other layout, which :func:`parse_send_data` and :func:`unconnected_message` then read (or
+    refuse). Where this gives bytes, those two give the same."""
+    if len(data) < _UNCONNECTED_ITEMS.size:
+        return None
+    handle, _, count, null, null_length, kind, length = _UNCONNECTED_ITEMS.unpack_from(data)
+    if (
+        handle != CIP_INTERFACE_HANDLE
+        or count != 2
+        or null != _NULL
+        or null_length
+        or kind != _UNCONNECTED
+        or length != len(data) - _UNCONNECTED_ITEMS.size
+    ):
+        return None
+    return data[_UNCONNECTED_ITEMS.size :]
+
+
+def connected_body(data: bytes) -> tuple[int, int, bytes] | None:
+    """Connection id, sequence count and message of SendUnitData ``data`` laid out as nearly all are,
+    read in one unpack; ``None`` for any other layout (see :func:`unconnected_body`)."""
+    if len(data) < _CONNECTED_ITEMS.size:
+        return None
+    handle, _, count, address, address_length, connection_id, kind, length, sequence = (
+        _CONNECTED_ITEMS.unpack_from(data)
+    )
+    if (
+        handle != CIP_INTERFACE_HANDLE
+        or count != 2
+        or address != _CONNECTED_ADDRESS
+        or address_length != 4
+        or kind != _CONNECTED
+        or length != len(data) - _CONNECTED_ITEMS.size + 2
+    ):
+        return None
+    return connection_id, sequence, data[_CONNECTED_ITEMS.size :]
+
+
+def frame_send_rr_data(session_handle: int, sender_context: bytes, message: bytes) -> bytes:
+    """A whole SendRRData encapsulation message carrying one unconnected ``message``, in one pack: the
+    bytes ``EncapsulationMessage(SEND_RR_DATA, session_handle, 0, sender_context, 0,
+    send_rr_data(message)).encode()`` gives."""
+    length = _UNCONNECTED_ITEMS.size + len(message)
+    if length > MAX_ENCAPSULATION_DATA_BYTES or len(sender_context) != SENDER_CONTEXT_BYTES:
+        raise ValueError("encapsulation data above 65511 bytes or a sender context not of 8 bytes")
+    head = _UNCONNECTED_FRAME.pack(
+        EncapsulationCommand.SEND_RR_DATA, length, session_handle, _Status.SUCCESS, sender_context, 0,
+        CIP_INTERFACE_HANDLE, 0, 2, _NULL, 0, _UNCONNECTED, len(message),
+    )  # fmt: skip
+    return head + message
+
+
+def frame_send_unit_data(
+    session_handle: int, sender_context: bytes, connection_id: int, sequence: int, message: bytes
+) -> bytes:
+    """A whole SendUnitData encapsulation message carrying one connected ``message``, in one pack (see
+    :func:`frame_send_rr_data`)."""
+    length = _CONNECTED_ITEMS.size + len(message)
+    if length > MAX_ENCAPSULATION_DATA_BYTES or len(sender_context) != SENDER_CONTEXT_BYTES:
+        raise ValueError("encapsulation data above 65511 bytes or a sender context not of 8 bytes")
+    head = _CONNECTED_FRAME.pack(
+        EncapsulationCommand.SEND_UNIT_DATA, length, session_handle, _Status.SUCCESS, sender_context, 0,
+        CIP_INTERFACE_HANDLE, 0, 2, _CONNECTED_ADDRESS, 4, connection_id, _CONNECTED, len(message) + 2,
+        sequence,
+    )  # fmt: skip
+    return head + message
+
+
 def send_rr_data(message: bytes, *, timeout: int = 0, sockaddrs: tuple[SockaddrItem, ...] = ()) -> bytes:
     """SendRRData data for one unconnected message router request or reply."""
     return SendData((NullAddressItem(), UnconnectedDataItem(message), *sockaddrs), timeout).encode()
@@ -275,8 +355,11 @@ __all__ = [
     "EncapsulationMessage",
     "SendData",
     "check_empty_request",
+    "connected_body",
     "connected_message",
     "encapsulation_error",
+    "frame_send_rr_data",
+    "frame_send_unit_data",
     "list_identity_data",
     "list_interfaces_data",
     "list_services_data",
@@ -285,6 +368,7 @@ __all__ = [
     "register_session_data",
     "send_rr_data",
     "send_unit_data",
+    "unconnected_body",
     "unconnected_message",
     "with_session",
 ]

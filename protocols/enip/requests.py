@@ -311,17 +311,176 @@ def _describe(
     )
 
 
-def _build(request: MessageRouterRequest, limits: CipLimits) -> tuple[_Node, list[CipRequest]]:
-    builder = _Builder(limits)
-    return builder.node(request, 0, (), ()), builder.leaves
-
-
 def _limits(limits: CipLimits, max_depth: int | None, max_services: int | None) -> CipLimits:
+    if max_depth is None and max_services is None:
+        return limits
     return replace(
         limits,
         max_depth=limits.max_depth if max_depth is None else max_depth,
         max_services=limits.max_services if max_services is None else max_services,
     )
+
+
+_LocalReplies = Sequence[MessageRouterResponse | None]
+
+
+class Unwrapped:
+    """A client's message router request unwrapped once: its tree of wrappers, the flat requests a policy
+    decides on (``leaves``), and the way back from there. A session keeps one per distinct request it
+    sees (see :class:`RepeatCache`), so that a polling client's repeated request is not decoded again."""
+
+    __slots__ = ("_forward_all", "leaves", "limits", "request", "tree")
+
+    def __init__(self, request: MessageRouterRequest, limits: CipLimits = DEFAULT_LIMITS) -> None:
+        builder = _Builder(limits)
+        self.request = request
+        self.tree = builder.node(request, 0, (), ())
+        self.leaves = builder.leaves
+        self.limits = limits
+        self._forward_all: bytes | None = None
+
+    def _plan(self, local_replies: _LocalReplies) -> _Plan:
+        if len(local_replies) != len(self.leaves):
+            raise ValueError(f"{len(local_replies)} local replies for {len(self.leaves)} requests")
+        local = [reply or error_reply(leaf) for reply, leaf in zip(local_replies, self.leaves, strict=True)]
+        return _Plan(self, local)
+
+    def forward_all(self) -> bytes | None:
+        """The encoded request to forward when every leaf goes to the device (``None`` when a leaf did
+        not parse and so never goes): what :meth:`rebuild` encodes then, built once."""
+        if self._forward_all is None:
+            if any(leaf.error is not None for leaf in self.leaves):
+                return None
+            rebuilt = self.rebuild([None] * len(self.leaves))
+            assert rebuilt is not None  # every leaf is forwarded
+            self._forward_all = rebuilt.encode()
+        return self._forward_all
+
+    def rebuild(self, local_replies: _LocalReplies) -> MessageRouterRequest | None:
+        """The request with only the embedded requests whose local reply is ``None`` (and that parsed)."""
+        plan = self._plan(local_replies)
+
+        def build(node: _Node) -> MessageRouterRequest | None:
+            if isinstance(node, _Leaf):
+                return plan.leaves[node.index].request if plan.local[node.index] is None else None
+            if isinstance(node, _Routed):
+                child = build(node.child)
+                if child is None:
+                    return None
+                send = UnconnectedSend(
+                    child, node.send.route, node.send.priority_time_tick, node.send.timeout_ticks
+                )
+                return MessageRouterRequest(node.request.service, node.request.path, send.encode())
+            kept = [built for built in map(build, node.children) if built is not None]
+            if not kept:
+                return None
+            return MessageRouterRequest(node.request.service, node.request.path, join_requests(kept))
+
+        return build(self.tree)
+
+    def join(
+        self, local_replies: _LocalReplies, upstream: MessageRouterResponse | None
+    ) -> MessageRouterResponse:
+        """The reply to the client: see :func:`join_replies`. When the device's reply already is that
+        reply, byte for byte, it is returned itself (the caller may then relay the device's bytes)."""
+        if upstream is not None and not any(local_replies) and self._as_is(self.tree, upstream):
+            return upstream
+        plan = self._plan(local_replies)
+
+        def join(node: _Node, reply: MessageRouterResponse | None) -> MessageRouterResponse:
+            if isinstance(node, _Leaf):
+                local = plan.local[node.index]
+                if local is not None:
+                    return local
+                if reply is None:
+                    raise ValueError("a forwarded request has no device reply")
+                return reply
+            if isinstance(node, _Routed):
+                return join(node.child, reply)
+            forwarded = [child for child in node.children if plan.forwarded(child)]
+            device: dict[int, MessageRouterResponse] = {}
+            if forwarded:
+                if reply is None:
+                    raise ValueError("forwarded requests have no device reply")
+                if reply.service != node.request.service | REPLY_FLAG:
+                    return reply
+                device = _device_replies(plan, node, forwarded, reply)
+            replies = [join(child, device.get(id(child))) for child in node.children]
+            whole = reply if reply is not None and plan.forwarded(node, every=True) else None
+            return _multiple_reply(node, replies, whole)
+
+        return join(self.tree, upstream)
+
+    def _as_is(self, node: _Node, reply: MessageRouterResponse) -> bool:
+        """The general join of ``reply`` to ``node``, with every leaf that parsed forwarded, gives
+        ``reply`` back with the same bytes. A leaf's reply is the device's own. A Multiple Service
+        Packet's is the device's when its service is not the packet's; else it is re-joined from its
+        parsed parts, which encode back to the same bytes when every leaf went, the packet was not
+        refused as a whole, and each part parses (``_split`` holds them contiguous and in order)."""
+        if isinstance(node, _Leaf):
+            return self.leaves[node.index].error is None
+        if isinstance(node, _Routed):
+            return self._as_is(node.child, reply)
+        if reply.service != node.request.service | REPLY_FLAG:
+            return self._forwarded(node, every=False)
+        if not self._forwarded(node, every=True):
+            return False
+        if not reply.data and reply.general_status not in (_Status.SUCCESS, _Status.EMBEDDED_SERVICE_ERROR):
+            return False  # refused as a whole: each request gets a reply of its own
+        try:
+            parts = split_multiple_service_reply(reply.data, limits=self.limits)
+            if len(parts) != len(node.children):
+                return False  # the general join says how it fails
+            return all(
+                self._as_is(child, parse_response(part))
+                for child, part in zip(node.children, parts, strict=True)
+            )
+        except CipProtocolError:
+            return False
+
+    def _forwarded(self, node: _Node, *, every: bool) -> bool:
+        """Some (or ``every``) leaf under ``node`` parsed, and so goes when nothing is refused."""
+        if isinstance(node, _Leaf):
+            return self.leaves[node.index].error is None
+        if isinstance(node, _Routed):
+            return self._forwarded(node.child, every=every)
+        found = (self._forwarded(child, every=every) for child in node.children)
+        return all(found) if every else any(found)
+
+
+class RepeatCache:
+    """The requests a session has unwrapped, by their bytes. A polling client sends the same message
+    router request over and over: what changes between two polls (the encapsulation's sender context,
+    the connected sequence count) lies outside these bytes, so the request is decoded once. Only bytes
+    equal to a kept request's find it; any other request goes the general way (``parse_request``, then
+    :class:`Unwrapped`), and is kept in turn when small enough. Bounded: the oldest entry goes first."""
+
+    __slots__ = ("_entries", "max_body_bytes", "max_entries")
+
+    MAX_ENTRIES = 32
+    MAX_BODY_BYTES = 2048  # a polled Multiple Service Packet of a few dozen tags; larger is decoded each time
+
+    def __init__(self, max_entries: int = MAX_ENTRIES, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+        self._entries: dict[bytes, Unwrapped] = {}
+        self.max_entries = max_entries
+        self.max_body_bytes = max_body_bytes
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, body: bytes) -> Unwrapped | None:
+        return self._entries.get(body)
+
+    def keep(self, body: bytes, unwrapped: Unwrapped) -> None:
+        if len(body) > self.max_body_bytes or self.max_entries <= 0:
+            return
+        entries = self._entries
+        if body not in entries and len(entries) >= self.max_entries:
+            del entries[next(iter(entries))]
+        entries[bytes(body)] = unwrapped
+
+    def clear(self) -> None:
+        self._entries.clear()
 
 
 def flatten(
@@ -333,27 +492,22 @@ def flatten(
 ) -> list[CipRequest]:
     """Every request inside ``request``, in order. Raises :class:`CipProtocolError` (with the general
     status to answer ``request`` with) when a wrapper is malformed or a cap is exceeded."""
-    return _build(request, _limits(limits, max_depth, max_services))[1]
+    return Unwrapped(request, _limits(limits, max_depth, max_services)).leaves
 
 
 # --------------------------------------------------------------------------------------- the way back
-
-_LocalReplies = Sequence[MessageRouterResponse | None]
 
 
 class _Plan:
     """A request's tree with the caller's local replies: which leaves go to the device."""
 
-    def __init__(
-        self, request: MessageRouterRequest, local_replies: _LocalReplies, limits: CipLimits
-    ) -> None:
-        self.tree, self.leaves = _build(request, limits)
-        if len(local_replies) != len(self.leaves):
-            raise ValueError(f"{len(local_replies)} local replies for {len(self.leaves)} requests")
-        self.local = [
-            reply or error_reply(leaf) for reply, leaf in zip(local_replies, self.leaves, strict=True)
-        ]
-        self.limits = limits
+    __slots__ = ("leaves", "limits", "local", "tree")
+
+    def __init__(self, unwrapped: Unwrapped, local: list[MessageRouterResponse | None]) -> None:
+        self.tree = unwrapped.tree
+        self.leaves = unwrapped.leaves
+        self.limits = unwrapped.limits
+        self.local = local
 
     def forwarded(self, node: _Node, *, every: bool = False) -> bool:
         """Some (or ``every``) leaf under ``node`` goes to the device."""
@@ -378,25 +532,7 @@ def rebuild(
 ) -> MessageRouterRequest | None:
     """``request`` with only the embedded requests whose local reply is ``None`` (and that parsed).
     The caps must be those :func:`flatten` was given, so that both see the same requests."""
-    plan = _Plan(request, local_replies, _limits(limits, max_depth, max_services))
-
-    def build(node: _Node) -> MessageRouterRequest | None:
-        if isinstance(node, _Leaf):
-            return plan.leaves[node.index].request if plan.local[node.index] is None else None
-        if isinstance(node, _Routed):
-            child = build(node.child)
-            if child is None:
-                return None
-            send = UnconnectedSend(
-                child, node.send.route, node.send.priority_time_tick, node.send.timeout_ticks
-            )
-            return MessageRouterRequest(node.request.service, node.request.path, send.encode())
-        kept = [built for built in map(build, node.children) if built is not None]
-        if not kept:
-            return None
-        return MessageRouterRequest(node.request.service, node.request.path, join_requests(kept))
-
-    return build(plan.tree)
+    return Unwrapped(request, _limits(limits, max_depth, max_services)).rebuild(local_replies)
 
 
 def join_replies(
@@ -417,31 +553,7 @@ def join_replies(
     Send that could not be routed) stands for the whole wrapper. A packet's general status is the device's
     when everything in it was forwarded, else 0x1E (embedded service error) when any reply failed.
     """
-    plan = _Plan(request, local_replies, _limits(limits, max_depth, max_services))
-
-    def join(node: _Node, reply: MessageRouterResponse | None) -> MessageRouterResponse:
-        if isinstance(node, _Leaf):
-            local = plan.local[node.index]
-            if local is not None:
-                return local
-            if reply is None:
-                raise ValueError("a forwarded request has no device reply")
-            return reply
-        if isinstance(node, _Routed):
-            return join(node.child, reply)
-        forwarded = [child for child in node.children if plan.forwarded(child)]
-        device: dict[int, MessageRouterResponse] = {}
-        if forwarded:
-            if reply is None:
-                raise ValueError("forwarded requests have no device reply")
-            if reply.service != node.request.service | REPLY_FLAG:
-                return reply
-            device = _device_replies(plan, node, forwarded, reply)
-        replies = [join(child, device.get(id(child))) for child in node.children]
-        whole = reply if reply is not None and plan.forwarded(node, every=True) else None
-        return _multiple_reply(node, replies, whole)
-
-    return join(plan.tree, upstream)
+    return Unwrapped(request, _limits(limits, max_depth, max_services)).join(local_replies, upstream)
 
 
 def _device_replies(
@@ -474,4 +586,14 @@ def _multiple_reply(
     return reply_to(node.request.service, status, extended, join_responses(replies))
 
 
-__all__ = ["CipRequest", "error_reply", "flatten", "join_replies", "rebuild", "refusal", "reply_for_error"]
+__all__ = [
+    "CipRequest",
+    "RepeatCache",
+    "Unwrapped",
+    "error_reply",
+    "flatten",
+    "join_replies",
+    "rebuild",
+    "refusal",
+    "reply_for_error",
+]
