@@ -73,6 +73,9 @@ _Status = GeneralStatus
 _CM = ConnectionManagerStatus
 MAX_CLIENT_CONNECTIONS = 8  # class-3 connections one client session may hold at the gateway
 MAX_AUDITED_VALUES = 32
+# Aggregation records of allowed reads kept per session, for the leaves of repeated requests: a few per
+# cached request (RepeatCache keeps 32); past this many they are all dropped and built again.
+MAX_READ_RECORDS = 256
 READ_SERVICES = frozenset(
     ("read_tag", "read_tag_fragmented", "get_attribute_single", "get_attribute_list", "get_attributes_all")
 )
@@ -100,6 +103,9 @@ class _Forwarded:
     local: list[MessageRouterResponse | None]
     decisions: list[Decision | None]
     revision: str
+
+
+_ReadRecord = tuple[tuple[Any, ...], dict[str, Any]]  # an allowed read's aggregation key and record
 
 
 @dataclass(slots=True)
@@ -157,6 +163,7 @@ class EnipSession(Session):
         self._handle = 0
         self._connections: dict[int, _ClientConnection] = {}
         self._repeats = RepeatCache()
+        self._read_records: dict[int, tuple[CipRequest, Decision, str, tuple[Any, ...], dict[str, Any]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._bind_view()
 
@@ -464,21 +471,26 @@ class EnipSession(Session):
                 and leaf.name in READ_SERVICES
                 and self.runtime.audit.aggregates_reads
             ):
-                target = leaf_fields(leaf)
-                target.pop("values", None)
-                fields = self.decision_record(target, decision, record.revision, "ok")
-                key = (
-                    self.id,
-                    leaf.name,
-                    leaf.tag,
-                    leaf.class_id,
-                    leaf.instance_id,
-                    decision.rule_id,
-                    record.revision,
-                )
+                key, fields = self._read_record(leaf, decision, record.revision)
                 self.runtime.audit.aggregate_read(key, fields, None, latency_s)
                 continue
             self._audit(leaf, decision, record.revision, outcome, latency_s, status)
+
+    def _read_record(self, leaf: CipRequest, decision: Decision, revision: str) -> _ReadRecord:
+        """The aggregation key and record of an allowed read. A repeated request brings the same leaf
+        (from the repeat cache), decided the same way: its record is built once, not per read."""
+        kept = self._read_records.get(id(leaf))
+        # The entry holds the leaf, so no other object can take its id while it is kept.
+        if kept is not None and kept[0] is leaf and kept[1] is decision and kept[2] == revision:
+            return kept[3], kept[4]
+        target = leaf_fields(leaf)
+        target.pop("values", None)
+        fields = self.decision_record(target, decision, revision, "ok")
+        key = (self.id, leaf.name, leaf.tag, leaf.class_id, leaf.instance_id, decision.rule_id, revision)
+        if len(self._read_records) >= MAX_READ_RECORDS:
+            self._read_records.clear()
+        self._read_records[id(leaf)] = (leaf, decision, revision, key, fields)
+        return key, fields
 
     # -------------------------------------------------------------- Connection Manager (local)
 

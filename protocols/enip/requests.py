@@ -385,6 +385,12 @@ class Unwrapped:
         reply, byte for byte, it is returned itself (the caller may then relay the device's bytes)."""
         if upstream is not None and not any(local_replies) and self._as_is(self.tree, upstream):
             return upstream
+        return self.join_in_full(local_replies, upstream)
+
+    def join_in_full(
+        self, local_replies: _LocalReplies, upstream: MessageRouterResponse | None
+    ) -> MessageRouterResponse:
+        """:meth:`join` without its shortcut: every reply taken apart and put together again."""
         plan = self._plan(local_replies)
 
         def join(node: _Node, reply: MessageRouterResponse | None) -> MessageRouterResponse:

@@ -354,3 +354,61 @@ async def test_generic_get_attribute_list_with_trailing_bytes_is_decided_and_for
     assert not [r for r in plc.received if r.class_id == 0xF5]
     denied = lab.audit_events(event="decision", decision="deny", service="get_attribute_list")
     assert [(e["class"], e["instance"]) for e in denied] == [(0xF5, 1)]
+
+
+async def test_repeated_requests_get_what_a_fresh_connection_gets(lab: Lab, plc: EnipSim) -> None:
+    """A polling client's repeated requests are decoded once per session (the repeat cache); a request
+    that differs in a byte (another value) is decoded afresh. The same requests, each on a connection of
+    its own (no repeats, so every one decoded afresh), must get the same replies and the same decisions."""
+    port = await _lab(lab, plc)
+    steps: list[tuple[str, tuple[Any, ...]]] = [
+        ("read", ("Setpoint",)),
+        ("read", ("Setpoint",)),
+        ("read", ("Batch_ID",)),
+        ("read", ("Batch_ID",)),
+        ("read", ("Setpoint", "Recipe[2]", "Batch_ID")),
+        ("read", ("Setpoint", "Recipe[2]", "Batch_ID")),
+        ("write", (("Setpoint", 1200),)),
+        ("write", (("Setpoint", 1600),)),  # one value byte apart, and out of 0..1500
+        ("write", (("Setpoint", 1200),)),
+        ("read", ("Setpoint",)),
+        ("write", (("Setpoint", 1000),)),  # back where the second pass starts
+    ]
+
+    def step(driver: LogixDriver, kind: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        results = driver.read(*args) if kind == "read" else driver.write(*args)
+        results = results if isinstance(results, list) else [results]
+        return [(t.tag, t.value, bool(t.error), privileged(t.error)) for t in results]
+
+    def one_connection() -> list[list[tuple[Any, ...]]]:
+        with LogixDriver(f"127.0.0.1:{port}") as driver:
+            return [step(driver, kind, args) for kind, args in steps]
+
+    def fresh_connections() -> list[list[tuple[Any, ...]]]:
+        out = []
+        for kind, args in steps:
+            with LogixDriver(f"127.0.0.1:{port}") as driver:
+                out.append(step(driver, kind, args))
+        return out
+
+    def decisions(events: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        return [
+            (e["service"], e.get("tag"), e["decision"], e["rule"], e.get("values"))
+            for e in events
+            if e["decision"] == "deny" or e["service"] == "write_tag"
+        ]
+
+    repeated = await in_thread(one_connection)
+    seen = len(lab.audit_events(event="decision"))
+    fresh = await in_thread(fresh_connections)
+    assert repeated == fresh
+    assert repeated[1] == [("Setpoint", 1000, False, False)]
+    assert repeated[3][0][3] and repeated[7][0][3]  # Batch_ID and the write of 1600 refused, each time
+    assert repeated[9] == [("Setpoint", 1200, False, False)]
+    events = lab.audit_events(event="decision")
+    assert decisions(events[:seen]) == decisions(events[seen:])
+    assert [e[2] for e in decisions(events[:seen])].count("deny") == 5
+    # The refused write never reached the device, on either pass.
+    assert [w.data[-4:] for w in plc.writes("Setpoint")] == [
+        struct.pack("<i", v) for v in (1200, 1200, 1000)
+    ] * 2
