@@ -86,6 +86,17 @@ def parse_request(data: bytes, *, limits: CipLimits = DEFAULT_LIMITS) -> Message
     return MessageRouterRequest(service, path, data[end:])
 
 
+def response_fits(data: bytes) -> bool:
+    """``data`` is one reply :func:`parse_response` takes (without building it): the reply bit set, the
+    reserved byte zero, the additional status within the data."""
+    return (
+        len(data) >= _REPLY_HEADER.size
+        and data[0] & REPLY_FLAG != 0
+        and data[1] == 0
+        and _REPLY_HEADER.size + 2 * data[3] <= len(data)
+    )
+
+
 def parse_response(data: bytes) -> MessageRouterResponse:
     """Parse one reply; a reply that breaks the layout raises :class:`CipProtocolError` with general status
     0x22 (invalid reply received), the status a gateway gives its client for a broken device reply."""
@@ -103,4 +114,11 @@ def parse_response(data: bytes) -> MessageRouterResponse:
     return MessageRouterResponse(service, general_status, extended, data[end:])
 
 
-__all__ = ["MessageRouterRequest", "MessageRouterResponse", "parse_request", "parse_response", "reply_to"]
+__all__ = [
+    "MessageRouterRequest",
+    "MessageRouterResponse",
+    "parse_request",
+    "parse_response",
+    "reply_to",
+    "response_fits",
+]

@@ -38,6 +38,7 @@ from protocols.enip.message_router import (
     parse_request,
     parse_response,
     reply_to,
+    response_fits,
 )
 from protocols.enip.services import (
     ForwardClose,
@@ -329,7 +330,7 @@ class Unwrapped:
     decides on (``leaves``), and the way back from there. A session keeps one per distinct request it
     sees (see :class:`RepeatCache`), so that a polling client's repeated request is not decoded again."""
 
-    __slots__ = ("_forward_all", "leaves", "limits", "request", "tree")
+    __slots__ = ("_all_parsed", "_forward_all", "leaves", "limits", "request", "tree")
 
     def __init__(self, request: MessageRouterRequest, limits: CipLimits = DEFAULT_LIMITS) -> None:
         builder = _Builder(limits)
@@ -337,6 +338,7 @@ class Unwrapped:
         self.tree = builder.node(request, 0, (), ())
         self.leaves = builder.leaves
         self.limits = limits
+        self._all_parsed = all(leaf.error is None for leaf in self.leaves)
         self._forward_all: bytes | None = None
 
     def _plan(self, local_replies: _LocalReplies) -> _Plan:
@@ -349,7 +351,7 @@ class Unwrapped:
         """The encoded request to forward when every leaf goes to the device (``None`` when a leaf did
         not parse and so never goes): what :meth:`rebuild` encodes then, built once."""
         if self._forward_all is None:
-            if any(leaf.error is not None for leaf in self.leaves):
+            if not self._all_parsed:
                 return None
             rebuilt = self.rebuild([None] * len(self.leaves))
             assert rebuilt is not None  # every leaf is forwarded
@@ -383,7 +385,12 @@ class Unwrapped:
     ) -> MessageRouterResponse:
         """The reply to the client: see :func:`join_replies`. When the device's reply already is that
         reply, byte for byte, it is returned itself (the caller may then relay the device's bytes)."""
-        if upstream is not None and not any(local_replies) and self._as_is(self.tree, upstream):
+        if (
+            upstream is not None
+            and self._all_parsed
+            and not any(local_replies)
+            and self._as_is(self.tree, upstream)
+        ):
             return upstream
         return self.join_in_full(local_replies, upstream)
 
@@ -418,40 +425,36 @@ class Unwrapped:
         return join(self.tree, upstream)
 
     def _as_is(self, node: _Node, reply: MessageRouterResponse) -> bool:
-        """The general join of ``reply`` to ``node``, with every leaf that parsed forwarded, gives
-        ``reply`` back with the same bytes. A leaf's reply is the device's own. A Multiple Service
-        Packet's is the device's when its service is not the packet's; else it is re-joined from its
-        parsed parts, which encode back to the same bytes when every leaf went, the packet was not
-        refused as a whole, and each part parses (``_split`` holds them contiguous and in order)."""
+        """The general join of ``reply`` to ``node``, every leaf parsed and forwarded, gives ``reply``
+        back with the same bytes. A leaf's reply is the device's own. A Multiple Service Packet's is the
+        device's when its service is not the packet's; else it is re-joined from its parts, which encode
+        back to the same bytes when the packet was not refused as a whole and each part is a well-formed
+        reply (``_split`` holds them contiguous and in order)."""
         if isinstance(node, _Leaf):
-            return self.leaves[node.index].error is None
+            return True
         if isinstance(node, _Routed):
             return self._as_is(node.child, reply)
         if reply.service != node.request.service | REPLY_FLAG:
-            return self._forwarded(node, every=False)
-        if not self._forwarded(node, every=True):
-            return False
+            return True
         if not reply.data and reply.general_status not in (_Status.SUCCESS, _Status.EMBEDDED_SERVICE_ERROR):
             return False  # refused as a whole: each request gets a reply of its own
         try:
             parts = split_multiple_service_reply(reply.data, limits=self.limits)
-            if len(parts) != len(node.children):
-                return False  # the general join says how it fails
-            return all(
-                self._as_is(child, parse_response(part))
-                for child, part in zip(node.children, parts, strict=True)
-            )
         except CipProtocolError:
+            return False  # the general join says how it fails
+        if len(parts) != len(node.children):
             return False
-
-    def _forwarded(self, node: _Node, *, every: bool) -> bool:
-        """Some (or ``every``) leaf under ``node`` parsed, and so goes when nothing is refused."""
-        if isinstance(node, _Leaf):
-            return self.leaves[node.index].error is None
-        if isinstance(node, _Routed):
-            return self._forwarded(node.child, every=every)
-        found = (self._forwarded(child, every=every) for child in node.children)
-        return all(found) if every else any(found)
+        for child, part in zip(node.children, parts, strict=True):
+            if isinstance(child, _Leaf):
+                if not response_fits(part):
+                    return False
+                continue
+            try:
+                if not self._as_is(child, parse_response(part)):
+                    return False
+            except CipProtocolError:
+                return False
+        return True
 
 
 class RepeatCache:

@@ -32,6 +32,7 @@ from protocols.enip import (
     unconnected_body,
     unconnected_message,
 )
+from protocols.enip.message_router import response_fits
 from tests.protocols.enip.cip_samples import (
     captured_frames,
     device,
@@ -46,6 +47,11 @@ from tests.protocols.enip.test_cip_fuzz import damaged
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 CAPTURED = [(direction, frame) for _, direction, frame in captured_frames()]
+CAPTURED_REPLIES = [
+    message_of(frame)
+    for direction, frame in CAPTURED
+    if direction == "reply" and struct.unpack_from("<H", frame)[0] in (0x6F, 0x70) and len(frame) > 40
+]
 POLLED = [
     read_tag("Setpoint"),
     multiple(*(read_tag(f"Recipe[{i}]") for i in range(5))),
@@ -251,3 +257,14 @@ def test_captured_item_lists_read_in_one_go() -> None:
 @given(st.sampled_from([frame for _, frame in CAPTURED]).flatmap(damaged))
 def test_damaged_item_lists_read_in_one_go_as_in_general(frame: bytes) -> None:
     _check_one_go(frame)
+
+
+@SETTINGS
+@given(st.one_of(st.binary(max_size=24), st.sampled_from(CAPTURED_REPLIES).flatmap(damaged)))
+def test_a_reply_fits_exactly_when_it_parses(data: bytes) -> None:
+    try:
+        parse_response(data)
+    except CipProtocolError:
+        assert not response_fits(data)
+    else:
+        assert response_fits(data)
