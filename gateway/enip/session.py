@@ -69,6 +69,7 @@ from protocols.enip.spec import (
 )
 
 _Command = EncapsulationCommand
+_CONNECTION_MANAGER = int(ClassCode.CONNECTION_MANAGER)
 _Status = GeneralStatus
 _CM = ConnectionManagerStatus
 MAX_CLIENT_CONNECTIONS = 8  # class-3 connections one client session may hold at the gateway
@@ -364,16 +365,15 @@ class EnipSession(Session):
         decisions: list[Decision | None] = []
         drop = False
         refused = False
+        self.requests += len(leaves)
         for leaf in leaves:
-            self.requests += 1
-            reply = error_reply(leaf)
-            if reply is not None:
-                local.append(reply)
+            if leaf.error is not None:
+                local.append(error_reply(leaf))
                 decisions.append(None)
                 refused = True
                 self.protocol_error(f"embedded request: {leaf.error}")
                 continue
-            if leaf.class_id == ClassCode.CONNECTION_MANAGER and leaf.service in _LOCAL:
+            if leaf.class_id == _CONNECTION_MANAGER and leaf.service in _LOCAL:
                 local.append(refusal(leaf, _Status.SERVICE_NOT_SUPPORTED))
                 decisions.append(None)
                 refused = True
@@ -460,19 +460,15 @@ class EnipSession(Session):
     ) -> None:
         latency_s = now - pending.started
         self._histogram.observe(latency_s)
+        audit = self.runtime.audit
+        aggregate = not status and outcome == "ok" and audit.aggregates_reads
         for leaf, reply, decision in zip(record.leaves, record.local, record.decisions, strict=True):
             if reply is not None or decision is None:
                 continue  # refused or malformed: counted and audited when decided
             self._count(leaf.name or leaf.service, decision.verdict)
-            if (
-                not status
-                and outcome == "ok"
-                and decision.verdict == "allow"
-                and leaf.name in READ_SERVICES
-                and self.runtime.audit.aggregates_reads
-            ):
+            if aggregate and decision.verdict == "allow" and leaf.name in READ_SERVICES:
                 key, fields = self._read_record(leaf, decision, record.revision)
-                self.runtime.audit.aggregate_read(key, fields, None, latency_s)
+                audit.aggregate_read(key, fields, None, latency_s)
                 continue
             self._audit(leaf, decision, record.revision, outcome, latency_s, status)
 
