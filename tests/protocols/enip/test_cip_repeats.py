@@ -157,7 +157,8 @@ def test_the_device_reply_is_relayed_as_it_is_only_when_the_full_join_gives_its_
         return
     local = [None] * len(unwrapped.leaves)
     forwarded = unwrapped.rebuild(local)
-    assert forwarded is not None
+    if forwarded is None:
+        return  # nothing parsed within the caps: nothing goes to the device
     upstream = data.draw(_replies(forwarded))
     shortcut = _outcome(unwrapped.join, local, upstream)
     assert shortcut == _outcome(unwrapped.join_in_full, local, upstream)
