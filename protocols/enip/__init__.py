@@ -13,6 +13,9 @@ The usual path of a client's request through the gateway::
     upstream_request = rebuild(request, local)             # None: nothing to forward
     reply = join_replies(request, local, device_reply)     # the client's reply, in its order
 
+A session does the last three on one :class:`Unwrapped` (``.leaves``, ``.rebuild``, ``.join``), which
+it keeps in a :class:`RepeatCache` by the request's bytes, so that a polled request is decoded once.
+
 Only :class:`CipProtocolError` escapes a parser; it says how to answer (see its docstring).
 """
 
