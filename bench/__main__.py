@@ -60,7 +60,13 @@ CHART = REPO / "docs" / "performance.png"
 PROTO_CHART = REPO / "docs" / "performance-protocols.png"
 LATEST = RESULTS_DIR / "latest.json"
 
-SHORT = {"direct": "direct", "haproxy": "HAProxy", "stunnel": "stunnel", "ztgate": "ztgate"}
+SHORT = {
+    "direct": "direct",
+    "haproxy": "HAProxy",
+    "stunnel": "stunnel",
+    "ztgate": "ztgate",
+    "stunnel-client": "stunnel client",
+}
 
 
 def log(message: str) -> None:

@@ -8,6 +8,10 @@
   policy, every request parsed, decided, re-encoded on a shared upstream pool, audited (allowed reads
   aggregated per second) and counted in metrics.
 - ``modbus-proxy``: the PyPI package (optional): a plain Python Modbus TCP proxy without TLS or policy.
+- ``agent`` and ``stunnel-client``: the HMI side instead of the gateway's. The load generator speaks
+  plain Modbus TCP to a local port; ztgate's agent, or stunnel in client mode, carries it over mutual
+  TLS 1.3 (the bench identity, SNI = the asset) to a stunnel server in front of the server. The CPU
+  these rows report is the relay's.
 
 HAProxy and stunnel open one upstream connection per client connection; ztgate and modbus-proxy share
 upstream connections between clients (ztgate: the asset's pool from the policy).
@@ -34,9 +38,17 @@ from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 from typing import Any
 
-from bench.lab import Lab, Pool, check_policy_allows, policy_text, write_gateway_config
+from bench.lab import (
+    ASSET,
+    Lab,
+    Pool,
+    check_policy_allows,
+    policy_text,
+    write_agent_config,
+    write_gateway_config,
+)
 from bench.loadgen import REPO, Workload
-from bench.procs import Proc, ProcessError, Supervisor, free_port, wait_listening
+from bench.procs import Proc, ProcessError, Supervisor, free_port, port_from_log, wait_listening
 from gateway.build_info import current_build
 
 __all__ = [
@@ -45,8 +57,10 @@ __all__ = [
     "PathUnavailableError",
     "RunningPath",
     "gateway_health",
+    "start_agent",
     "start_gateway_process",
     "start_path",
+    "start_stunnel_client",
     "start_ztgate",
     "start_ztgate_pure",
 ]
@@ -162,24 +176,35 @@ backend server
     )
 
 
-def start_stunnel(ctx: PathContext) -> RunningPath:
+def _stunnel_exe() -> str:
     exe = shutil.which("stunnel4") or shutil.which("stunnel")
     if exe is None:
         raise PathUnavailableError("stunnel is not installed (apt-get install stunnel4)")
-    lab = ctx.lab
+    return exe
+
+
+def _start_stunnel(ctx: PathContext, name: str, service: Callable[[int], str]) -> tuple[Proc, int]:
+    """stunnel in the foreground with one service, ``service(port)``: its lines after the header."""
+    exe = _stunnel_exe()
 
     def config(port: int) -> list[str]:
-        path = ctx.work / "stunnel.conf"
-        # Same TLS terms as the gateway: TLS 1.3 only, client certificate required and its chain
-        # verified against the ztgate CA, no session tickets, no Nagle on either side.
-        path.write_text(
-            f"""foreground = yes
-pid =
-syslog = no
-debug = 4
+        path = ctx.work / f"{name}.conf"
+        path.write_text(f"foreground = yes\npid =\nsyslog = no\ndebug = 4\n\n[{name}]\n{service(port)}")
+        return [exe, str(path)]
 
-[modbus]
-accept = 127.0.0.1:{port}
+    return _start_on_free_port(ctx, name, config)
+
+
+def _stunnel_server(ctx: PathContext, name: str) -> tuple[Proc, int]:
+    """stunnel terminating mutual TLS in front of the server."""
+    lab = ctx.lab
+    # Same TLS terms as the gateway: TLS 1.3 only, client certificate required and its chain verified
+    # against the ztgate CA, no session tickets, no Nagle on either side.
+    return _start_stunnel(
+        ctx,
+        name,
+        lambda port: (
+            f"""accept = 127.0.0.1:{port}
 connect = 127.0.0.1:{ctx.server_port}
 cert = {lab.server_cert}
 key = {lab.server_key}
@@ -191,19 +216,86 @@ options = NO_TICKET
 socket = l:TCP_NODELAY=1
 socket = r:TCP_NODELAY=1
 """
-        )
-        return [exe, str(path)]
+        ),
+    )
 
-    proc, port = _start_on_free_port(ctx, "stunnel", config)
-    version = _version([exe, "-version"], r"stunnel (\S+)")
+
+def _stunnel_version() -> str:
+    return _version([_stunnel_exe(), "-version"], r"stunnel (\S+)")
+
+
+def start_stunnel(ctx: PathContext) -> RunningPath:
+    proc, port = _stunnel_server(ctx, "stunnel")
     return RunningPath(
         "stunnel",
         "stunnel, mutual TLS 1.3",
         port,
         proc,
-        version,
+        _stunnel_version(),
         "1 upstream connection per client connection",
-        tls_args=lab.client_tls_args(),
+        tls_args=ctx.lab.client_tls_args(),
+    )
+
+
+# The HMI side: a plain local port relayed over mutual TLS to a TLS end in front of the server, by the
+# agent or by stunnel in client mode. The load generator speaks plain Modbus TCP to the relay; the far end
+# is a stunnel server of its own per path (C, threads: never the bottleneck), so the process measured,
+# the path's, is the relay alone.
+RELAY_UPSTREAM = "1 TLS connection per local connection, to a stunnel server in front of the server"
+
+
+def start_agent(ctx: PathContext) -> RunningPath:
+    """``python -m gateway agent`` with the bench identity, relaying a local port to the TLS end (which
+    presents the gateway's certificate, so the agent's pin on the gateway's SPIFFE id holds)."""
+    _, far_port = _stunnel_server(ctx, "agent-tls-end")
+    config = write_agent_config(ctx.lab, "agent-modbus", far_port, ASSET, "modbus")
+    proc = ctx.sup.spawn(
+        "agent-modbus", [sys.executable, "-m", "gateway", "agent", "--config", str(config)], cwd=REPO
+    )
+    port = port_from_log(proc, r"127\.0\.0\.1:(\d+) -> ")
+    build = "compiled" if current_build(REPO).compiled else "pure Python"
+    return RunningPath(
+        "agent",
+        f"agent ({build}): plain local port -> mutual TLS 1.3 (CPU: the agent's)",
+        port,
+        proc,
+        _ztgate_version(),
+        RELAY_UPSTREAM,
+    )
+
+
+def start_stunnel_client(ctx: PathContext) -> RunningPath:
+    """stunnel in client mode doing the agent's job: the bench identity's certificate, SNI = the asset,
+    the far end's chain verified against the CA and its name checked."""
+    _, far_port = _stunnel_server(ctx, "stunnel-client-tls-end")
+    lab = ctx.lab
+    proc, port = _start_stunnel(
+        ctx,
+        "stunnel-client",
+        lambda port: (
+            f"""client = yes
+accept = 127.0.0.1:{port}
+connect = 127.0.0.1:{far_port}
+cert = {lab.client_cert}
+key = {lab.client_key}
+CAfile = {lab.ca}
+verifyChain = yes
+checkHost = {ASSET}
+sni = {ASSET}
+sslVersionMin = TLSv1.3
+options = NO_TICKET
+socket = l:TCP_NODELAY=1
+socket = r:TCP_NODELAY=1
+"""
+        ),
+    )
+    return RunningPath(
+        "stunnel-client",
+        "stunnel client mode: plain local port -> mutual TLS 1.3 (CPU: stunnel's)",
+        port,
+        proc,
+        _stunnel_version(),
+        RELAY_UPSTREAM,
     )
 
 
@@ -466,6 +558,8 @@ PATHS: dict[str, Callable[[PathContext], RunningPath]] = {
     "ztgate": start_ztgate,
     "ztgate-pure": start_ztgate_pure,
     "modbus-proxy": start_modbus_proxy,
+    "agent": start_agent,
+    "stunnel-client": start_stunnel_client,
 }
 
 

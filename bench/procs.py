@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import resource
 import signal
 import socket
@@ -26,6 +27,7 @@ __all__ = [
     "host_cpu_jiffies",
     "io_syscalls",
     "listening_ports",
+    "port_from_log",
     "raise_fd_limit",
     "rss_bytes",
     "tree_cpu_times",
@@ -235,6 +237,19 @@ def wait_listening(
 
 
 # ------------------------------------------------------------------------------------- resources
+
+
+def port_from_log(proc: Proc, pattern: str, timeout_s: float = 30.0) -> int:
+    """The port a process says it listens on (checked against /proc)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        ports = wait_listening(proc, timeout_s=max(0.1, deadline - time.monotonic()))
+        found = re.findall(pattern, proc.log_tail(20))  # the last: a log file may be appended to
+        if found and int(found[-1]) in ports:
+            return int(found[-1])
+        if time.monotonic() > deadline:
+            raise ProcessError(f"{proc.name}: cannot tell its port among {sorted(ports)}:\n{proc.log_tail()}")
+        time.sleep(0.05)
 
 
 def rss_bytes(pid: int) -> int:

@@ -23,7 +23,6 @@ figures per run are those of the Modbus rows, with the CPU of the gateway and of
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 import time
@@ -43,7 +42,7 @@ from bench.lab import (
 )
 from bench.loadgen import REPO
 from bench.paths import gateway_health, start_gateway_process
-from bench.procs import Proc, ProcessError, Supervisor, wait_listening
+from bench.procs import Proc, ProcessError, Supervisor, port_from_log
 
 __all__ = [
     "PROTOCOLS",
@@ -140,23 +139,10 @@ class ProtoPath:
     options: dict[str, str] = field(default_factory=dict)  # the clients' --option KEY=VALUE
 
 
-def _port_from_log(proc: Proc, pattern: str, timeout_s: float = 30.0) -> int:
-    """The port a process says it listens on (checked against /proc)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        ports = wait_listening(proc, timeout_s=max(0.1, deadline - time.monotonic()))
-        found = re.findall(pattern, proc.log_tail(20))  # the last: a log file may be appended to
-        if found and int(found[-1]) in ports:
-            return int(found[-1])
-        if time.monotonic() > deadline:
-            raise ProcessError(f"{proc.name}: cannot tell its port among {sorted(ports)}:\n{proc.log_tail()}")
-        time.sleep(0.05)
-
-
 def start_simulator(sup: Supervisor, protocol: str) -> tuple[Proc, int]:
     argv = [sys.executable, "-m", "gateway", "sim", protocol, "--static", "--listen", "127.0.0.1:0"]
     proc = sup.spawn(f"sim-{protocol}", argv, cwd=REPO)
-    return proc, _port_from_log(proc, r"listening on (?:opc\.tcp://)?127\.0\.0\.1:(\d+)")
+    return proc, port_from_log(proc, r"listening on (?:opc\.tcp://)?127\.0\.0\.1:(\d+)")
 
 
 def start_ztgate_path(
@@ -195,7 +181,7 @@ def start_ztgate_path(
         [sys.executable, "-m", "gateway", "agent", "--config", str(agent_config)],
         cwd=REPO,
     )
-    port = _port_from_log(agent, r"127\.0\.0\.1:(\d+) -> ")
+    port = port_from_log(agent, r"127\.0\.0\.1:(\d+) -> ")
     return ProtoPath(
         "ztgate",
         f"agent -> ztgate (mutual TLS 1.3, {described}, audit + metrics)",

@@ -97,6 +97,25 @@ def test_without_an_independent_generator_the_crosscheck_is_skipped(tmp_path: Pa
     assert "**Load generator cross-check:** not run: no independent load generator at" in section
 
 
+def test_the_agent_and_stunnel_in_client_mode_relay_every_request(tmp_path: Path) -> None:
+    """The HMI-side rows: plain Modbus TCP into the agent, and into stunnel in client mode, each carried
+    over mutual TLS to a TLS end in front of the server; every reply checked, the relay's CPU read."""
+    argv = [sys.executable, "-m", "bench", "--quick", "--only", "agent,stunnel-client", "--workloads", "8x4"]
+    argv += ["--skip-scale", "--no-profile", "--repeat", "1", "--duration", "0.5", "--warmup", "0.2"]
+    argv += ["--out", str(tmp_path), "--no-docs", "--no-crosscheck"]
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results["paths"]) == {"agent", "stunnel-client"}
+    for sample in results["samples"]:
+        assert "failed" not in sample, sample
+        assert sample["errors"] == sample["mismatches"] == sample["exception_responses"] == 0, sample
+        assert sample["req_per_s"] > 0 and sample["proxy_cpu_us_per_req"] > 0, sample
+    by_name = {t["target"]: t for t in results["targets"]}
+    assert by_name["8x4: agent CPU per relayed request"]["limit"] == "<= 1.0 x stunnel client"
+    assert by_name["8x4: agent CPU per relayed request"]["measured"] > 0
+
+
 def _sample(path: str, workload: str, rep: int, rps: float, p50: float, cpu: float | None) -> dict[str, Any]:
     return {
         "path": path,
@@ -178,6 +197,7 @@ def test_targets_from_medians() -> None:
     assert by_name["decision cost at 10,000 rules"]["pass"] is False  # 1.71 x
     assert by_name["load + compile a 10,000-rule policy"]["pass"] is True
     assert by_name["no errors, no mismatched replies"]["pass"] is True
+    assert "8x4: agent CPU per relayed request" not in by_name  # no agent row in this run
 
     results.update(
         meta={
@@ -211,6 +231,19 @@ def test_targets_from_medians() -> None:
         targets=evaluate_targets(results),
     )
     text = render_markdown(results, None)
+    assert "8x4: agent" not in text
     assert "**MISSED**" in text and "| ztgate | 85,000 <sub>85,000-85,000</sub> |" in text
     assert "| OPC UA | - | - | - | - | not yet: later |" in text
     assert "| 1,000 | 50.0 | 89.0 | **40.0** |" in text and "| 10,000 | 690 | 10.0 | **700** |" in text
+
+
+def test_the_agent_target_is_its_cpu_against_stunnel_in_client_mode() -> None:
+    samples = []
+    for rep, (agent_cpu, client_cpu) in enumerate([(8.0, 10.0), (9.0, 9.5), (12.0, 10.0)]):
+        samples.append(_sample("stunnel-client", "8x4", rep, 60_000, 450, client_cpu))
+        samples.append(_sample("agent", "8x4", rep, 55_000, 520, agent_cpu))
+    results: dict[str, Any] = {"samples": samples, "summary": summarize_samples(samples)}
+    target = {t["target"]: t for t in evaluate_targets(results)}["8x4: agent CPU per relayed request"]
+    assert target["measured"] == pytest.approx(9.0 / 10.0) and target["pass"] is True
+    assert target["limit"] == "<= 1.0 x stunnel client"
+    assert "per repetition 0.80-1.20" in target["shown"]
