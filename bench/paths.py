@@ -464,7 +464,34 @@ def start_ztgate_ref(ctx: PathContext, ref: str) -> RunningPath:
             check=True,
         ).stdout
         subprocess.run(["tar", "-x", "-C", str(export)], input=archive, timeout=60, check=True)
+    if current_build(REPO).compiled:
+        export = _compiled_copy(export)
     return start_ztgate(ctx, name=f"ztgate-{sha}", src=export, path_name=f"ztgate@{sha[:8]}", version=sha)
+
+
+def _compiled_copy(export: Path) -> Path:
+    """The exported tree installed (``pip install --target``, in pip's isolated build environment) into
+    a directory beside it, with its compiled modules: an A/B compares the same build of both. Kept per
+    commit, as the export is."""
+    target = export.with_name(export.name + "-compiled")
+    if current_build(target).compiled:
+        return target
+    shutil.rmtree(target, ignore_errors=True)
+    print(f"  building {export.name} with its compiled modules (pip, mypyc: a minute or two) ...", flush=True)
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"),
+            *("--no-deps", "--no-compile", "--target", str(target), str(export)),
+        ],
+        env={k: v for k, v in os.environ.items() if k != "ZTGATE_PURE"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    if done.returncode != 0 or not current_build(target).compiled:
+        raise PathUnavailableError(f"cannot build {export.name}: {(done.stdout + done.stderr)[-1500:]}")
+    return target
 
 
 def pure_tree(dest: Path = PURE_DIR) -> Path:
