@@ -253,10 +253,9 @@ def start_agent(ctx: PathContext) -> RunningPath:
         "agent-modbus", [sys.executable, "-m", "gateway", "agent", "--config", str(config)], cwd=REPO
     )
     port = port_from_log(proc, r"127\.0\.0\.1:(\d+) -> ")
-    build = "compiled" if current_build(REPO).compiled else "pure Python"
     return RunningPath(
         "agent",
-        f"agent ({build}): plain local port -> mutual TLS 1.3 (CPU: the agent's)",
+        "ztgate agent (not compiled): plain local port -> mutual TLS 1.3 (CPU: the agent's)",
         port,
         proc,
         _ztgate_version(),
