@@ -141,6 +141,12 @@ class SubjectView:
             return table.tables[bisect_right(table.starts, request.sub_function) - 1]
         return table
 
+    def modbus_tables(self) -> tuple[frozenset[int], dict[int, KeyTable | SubFunctionTable]]:
+        """The unit ids and the per-function-code tables :meth:`decide_modbus` consults: the compiled
+        Modbus session decides a request of a known unit and function code with the table itself
+        (compiled code calling compiled code), and leaves the rest to :meth:`decide_modbus`."""
+        return self._unit_ids, self._tables
+
     def decide_modbus(self, request: Request, now: float) -> Decision:
         """Decide one parsed Modbus request at time ``now`` (epoch seconds)."""
         if request.unit_id not in self._unit_ids:

@@ -78,6 +78,7 @@ class ModbusSession(Session):
         assert isinstance(pool, ModbusUpstreamPool)
         self._pool = pool
         self._decide = self.view.decide_modbus
+        self._unit_ids, self._tables = self.view.modbus_tables()
         self._unit_map = asset.unit_map
         self._histogram = self.runtime.metrics.histogram("modbus", asset.name)
         self._aggregates = self.runtime.audit.aggregates_reads
@@ -108,6 +109,8 @@ class ModbusSession(Session):
     def _process(self) -> None:
         codec = self._codec
         decide = self._decide
+        unit_ids = self._unit_ids
+        tables = self._tables
         pool = self._pool
         unit_map = self._unit_map
         revision = self.view.policy_revision
@@ -134,7 +137,8 @@ class ModbusSession(Session):
             if request is None:
                 break
             self.requests += 1
-            decision = decide(request, now)
+            table = tables.get(request.function_code) if request.unit_id in unit_ids else None
+            decision = decide(request, now) if table is None else table.decide(request, now)
             if decision.allowed:
                 self._in_flight += 1
                 pending = PendingRequest(

@@ -97,15 +97,16 @@ class ModbusLink(Link[PendingRequest]):
         now = self.last_data_at = monotonic()
         while self.abort_reason is None:
             try:
-                frame = codec.next_frame()
+                pdu = codec.next_pdu()
             except ModbusProtocolError as exc:
                 # Framing is lost: nothing more on this connection can be matched safely.
                 pool.upstream_fault(f"malformed reply framing: {exc}")
                 self.abort("malformed reply framing")
                 break
-            if frame is None:
+            if pdu is None:
                 break
-            tid, unit, pdu = frame
+            tid = codec.transaction_id
+            unit = codec.unit_id
             pending = in_flight.pop(tid, None)  # Link.answered, written out
             if pending is None:
                 self.unmatched(tid)  # late, or the device is out of step

@@ -22,8 +22,7 @@ from protocols.modbus.pdu import (
     parse_request,
 )
 
-# Implementation guide §3.1.3: transaction id, protocol id, length (unit id + PDU), unit id.
-_MBAP_UNPACK = struct.Struct(">HHHB").unpack_from
+# Implementation guide §3.1.3: transaction id, protocol id, length (unit id + PDU), unit id; big-endian.
 _HEADER = spec.MBAP_HEADER_BYTES
 _PARSERS_GET = REQUEST_PARSERS.get
 
@@ -31,13 +30,19 @@ Frame = tuple[int, int, bytes]  # transaction id, unit id, PDU
 
 
 class MbapFramer:
-    """Splits a byte stream into MBAP frames (transaction id, unit id, PDU)."""
+    """Splits a byte stream into MBAP frames (transaction id, unit id, PDU).
 
-    __slots__ = ("_buffer", "_offset")
+    :meth:`next_pdu` is the per-request form: the PDU, with its header's transaction id and unit id
+    left in :attr:`transaction_id` and :attr:`unit_id` rather than packed with it into a tuple (the
+    gateway frames every request and every reply: two objects less each)."""
+
+    __slots__ = ("_buffer", "_offset", "transaction_id", "unit_id")
 
     def __init__(self) -> None:
         self._buffer = b""
         self._offset = 0
+        self.transaction_id = 0  # of the frame the last next_pdu returned
+        self.unit_id = 0
 
     @property
     def buffered_bytes(self) -> int:
@@ -50,13 +55,17 @@ class MbapFramer:
             self._buffer = data
         self._offset = 0
 
-    def next_frame(self) -> Frame | None:
+    def next_pdu(self) -> bytes | None:
+        """The next frame's PDU (its header in :attr:`transaction_id` and :attr:`unit_id`), or None
+        while the frame is incomplete."""
         buffer, offset = self._buffer, self._offset
         if len(buffer) - offset < _HEADER:
             return None
-        transaction_id, protocol_id, length, unit_id = _MBAP_UNPACK(buffer, offset)
+        # The header read byte by byte: compiled, each is an index, and no tuple as struct's unpack makes.
+        protocol_id = buffer[offset + 2] << 8 | buffer[offset + 3]
         if protocol_id != spec.PROTOCOL_ID_MODBUS:
             raise ModbusProtocolError(f"MBAP protocol id {protocol_id}, expected 0")
+        length = buffer[offset + 4] << 8 | buffer[offset + 5]
         if not spec.MBAP_LENGTH_MIN <= length <= spec.MBAP_LENGTH_MAX:
             raise ModbusProtocolError(
                 f"MBAP length {length} outside {spec.MBAP_LENGTH_MIN}..{spec.MBAP_LENGTH_MAX}"
@@ -65,7 +74,15 @@ class MbapFramer:
         if end > len(buffer):
             return None
         self._offset = end
-        return transaction_id, unit_id, buffer[offset + _HEADER : end]
+        self.transaction_id = buffer[offset] << 8 | buffer[offset + 1]
+        self.unit_id = buffer[offset + 6]
+        return buffer[offset + _HEADER : end]
+
+    def next_frame(self) -> Frame | None:
+        pdu = self.next_pdu()
+        if pdu is None:
+            return None
+        return self.transaction_id, self.unit_id, pdu
 
 
 class ServerConnection(MbapFramer):
@@ -74,13 +91,13 @@ class ServerConnection(MbapFramer):
     __slots__ = ()
 
     def next_request(self) -> Request | None:
-        frame = self.next_frame()
-        if frame is None:
+        pdu = self.next_pdu()
+        if pdu is None:
             return None
-        transaction_id, unit_id, pdu = frame
         if pdu[0] & spec.EXCEPTION_FLAG:
-            return parse_request(transaction_id, unit_id, pdu)  # refused there, with the right message
-        return _PARSERS_GET(pdu[0], parse_opaque)(transaction_id, unit_id, pdu)
+            # Refused there, with the right message.
+            return parse_request(self.transaction_id, self.unit_id, pdu)
+        return _PARSERS_GET(pdu[0], parse_opaque)(self.transaction_id, self.unit_id, pdu)
 
 
 class ClientConnection(MbapFramer):
