@@ -149,6 +149,17 @@ class Spool:
         refused: list[str] = []
         with self._lock:
             used = self.pending_bytes
+            size = len(records) * _HEADER.size + sum(len(message) for _kind, message in records)
+            seq = self._write_seq
+            if used + size <= self.limit_bytes and self._sizes[seq] + size < self.segment_bytes:
+                # The common case: the batch fits the spool and the segment, and goes in one write.
+                pack, codes = _HEADER.pack, KIND_CODES
+                self._write(b"".join([pack(len(m), codes[k]) + m for k, m in records]))
+                self._counts[seq] += len(records)
+                os.fsync(self._file.fileno())
+                if records:
+                    self.data_ready.set()
+                return refused
             buffer = bytearray()
             for kind, message in records:
                 size = _HEADER.size + len(message)
@@ -176,7 +187,7 @@ class Spool:
             self.data_ready.set()
         return refused
 
-    def _write(self, buffer: bytearray) -> None:
+    def _write(self, buffer: bytes | bytearray) -> None:
         if buffer:
             self._file.write(buffer)
             self._file.flush()

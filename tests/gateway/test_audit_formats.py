@@ -211,3 +211,47 @@ def test_ocsf_keeps_every_field_it_does_not_place_in_unmapped(record: dict[str, 
         path = audit_formats.ecs_path(record, name)
         key = path.removeprefix("ztgate.").split(".")[0] if path.startswith("ztgate.") else name
         assert key in unmapped, name
+
+
+# Values that change which steps an ECS document takes: a range or not, a peer with or without a port or
+# none, a latency that is an int, a bool or absent, hostile text, and keys that collide with ECS paths
+# (``event`` stays the record's: it is always a string, and to_ecs looks it up).
+SHAPE_VALUES = st.one_of(
+    st.sampled_from(
+        [[3, 7], [7, 3], [1, 2, 3], [True, 2], 812, True, None, 1.5, "127.0.0.1:502", "::1", "[::1]:5"]
+    ),
+    HOSTILE,
+    st.dictionaries(HOSTILE, st.integers(-(2**63), 2**63 - 1), max_size=2),
+)
+SHAPE_KEYS = st.sampled_from(
+    ["write", "read", "address", "peer", "latency_us", "asset", "decision", "state", "center",
+     "gateway", "kind", "ztgate", "source", "tls", "values"]
+)  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.sampled_from(ALL_EXAMPLES),
+    st.dictionaries(SHAPE_KEYS, SHAPE_VALUES, max_size=4),
+    st.sampled_from(["modbus", "enip", "opcua", "other", None]),
+)
+def test_the_compiled_ecs_document_is_to_ecs_byte_for_byte(
+    record: dict[str, Any], changes: dict[str, Any], protocol: str | None
+) -> None:
+    """ecs_json builds each record shape's document with a compiled builder; to_ecs is the reference.
+    Each record twice: once compiling its shape's builder, once from the cache."""
+    changed = {**record, **changes}
+    if "protocol" in record:
+        changed["protocol"] = protocol
+    for _ in range(2):
+        assert audit_formats.ecs_json(changed) == orjson.dumps(audit_formats.to_ecs(changed))
+
+
+def test_records_of_one_shape_share_a_builder_and_keep_their_own_values() -> None:
+    first, second = dict(EXAMPLES[1]), {**EXAMPLES[1], "write": [41, 44], "values": [1, 2, 3, 4], "tid": 8}
+    assert orjson.loads(audit_formats.ecs_json(first))["ztgate"]["modbus"]["write_quantity"] == 1
+    found = orjson.loads(audit_formats.ecs_json(second))
+    assert found["ztgate"]["modbus"]["write_start_address"] == 41
+    assert found["ztgate"]["modbus"]["write_quantity"] == 4
+    assert found["ztgate"]["modbus"]["tid"] == 8
+    assert audit_formats.ecs_json(second) == orjson.dumps(audit_formats.to_ecs(second))
