@@ -27,7 +27,9 @@ and ``repr`` (a truncated repr of the event).
 
 Bounds: the queue holds ``queue_limit`` events; past it ``emit`` refuses the *newest* allowed read and counts
 it, and every other event (refusals, writes, session events) still goes in, up to twice ``queue_limit``; only
-beyond that are they refused and counted too. At most ``aggregate_key_limit`` keys are aggregated per
+beyond that are they refused and counted too. The sinks have bounds of their own (:meth:`Sink.offer`): a
+spooling sink never drops a refusal or a write decision while its spool has room; the writer thread here
+waits for it instead. At most ``aggregate_key_limit`` keys are aggregated per
 interval; reads under further keys are written one by one.
 
 Threading: ``emit`` may be called from any thread (the queue-full counter is exact when only one does).

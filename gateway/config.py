@@ -455,7 +455,7 @@ _SINK_KEYS: dict[str, tuple[str, ...]] = {
     "stdout": (),
     "syslog": (
         "transport", "address", "hostname", "app_name", "facility", "ca", "cert", "key", "server_name",
-        "spool_dir", "spool_mib", "on_spool_full", "connect_timeout_s", "max_datagram_bytes",
+        "spool_dir", "spool_mib", "on_spool_full", "hold_mib", "connect_timeout_s", "max_datagram_bytes",
     ),
 }  # fmt: skip
 
@@ -560,6 +560,9 @@ def _syslog(
             where,
             lambda v, p: check.choice(v, p, ON_FULL_POLICIES),
             "drop_oldest_reads",
+        ),
+        "hold_mib": check.optional(
+            table, "hold_mib", where, lambda v, p: check.number(v, p, 0.001, 100_000), 64.0
         ),
         "connect_timeout_s": check.optional(
             table, "connect_timeout_s", where, lambda v, p: check.number(v, p, 0.1, 600), 5.0

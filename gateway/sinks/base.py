@@ -21,7 +21,7 @@ from typing import Any, Final, NamedTuple
 
 import orjson
 
-from gateway.audit_formats import FORMATS, format_record
+from gateway.audit_formats import FORMATS, format_line
 
 __all__ = ["KINDS", "Record", "Sink", "record_kind"]
 
@@ -29,6 +29,8 @@ _log = logging.getLogger(__name__)
 
 KINDS: Final = ("read", "refusal", "decision", "event")
 _REFUSED: Final = frozenset(("deny", "would-deny"))
+# What a queued record costs in memory besides its line: the tuple, its two strings and the bytes header.
+RECORD_OVERHEAD_BYTES: Final = 200
 
 
 class Record(NamedTuple):
@@ -55,6 +57,11 @@ def record_kind(event: dict[str, Any], read: bool) -> str:
     return "event"
 
 
+def _size(records: Sequence[Record]) -> int:
+    """Records' bytes as a sink's queue counts them against ``hold_bytes``."""
+    return sum(len(record.line) for record in records) + RECORD_OVERHEAD_BYTES * len(records)
+
+
 def _ztgate_line(record: Record) -> bytes:
     return record.line
 
@@ -71,7 +78,7 @@ def line_formatter(fmt: str) -> Callable[[Record], bytes]:
         return _ztgate_line
 
     def formatted(record: Record) -> bytes:
-        return format_record(orjson.loads(record.line), fmt).encode() + b"\n"
+        return format_line(orjson.loads(record.line), fmt) + b"\n"
 
     return formatted
 
@@ -98,13 +105,22 @@ class Sink:
         queue_limit: int = 100_000,
         flush_interval_s: float = 0.05,
         format: str | None = None,
+        hold_bytes: int | None = None,
     ) -> None:
         if queue_limit < 1:
             raise ValueError("queue_limit must be >= 1")
+        if hold_bytes is not None and hold_bytes < 1:
+            raise ValueError("hold_bytes must be >= 1")
         self.name = name
         self.format = format or self.default_format
         self.line = line_formatter(self.format)  # called by the writer thread, once per record
         self.queue_limit = queue_limit
+        self.hold_bytes = hold_bytes
+        self.held = 0  # times the audit log's writer waited for this sink's queue to go to the spool
+        # The queue's bytes are offered minus taken: each counter has one writing thread at a time (offer,
+        # and the writer cycle under _lock), so neither loses an update.
+        self._offered_bytes = 0
+        self._taken_bytes = 0
         self.flush_interval_s = flush_interval_s
         self.marker: MarkerFactory | None = None
         self._queue: collections.deque[Record] = collections.deque()
@@ -122,11 +138,15 @@ class Sink:
     # -- the audit log's side ------------------------------------------------------------------------------
 
     def offer(self, records: Sequence[Record]) -> None:
-        """Queue a batch; never blocks. Past ``queue_limit`` allowed reads are dropped (counted by kind);
-        every other record still goes in up to twice that, as in the audit log's own queue, so a burst
-        that fills the queue with reads never costs a refusal or a write decision."""
+        """Queue a batch; never blocks the caller unless the sink holds (below). Past ``queue_limit`` allowed
+        reads are dropped (counted by kind). Every other record goes in: a sink without ``hold_bytes`` takes
+        them up to twice ``queue_limit`` and drops the rest; a sink with ``hold_bytes`` (a spooling sink)
+        never drops one: once its queue holds that many bytes, the caller waits while the queue goes to the
+        spool (:meth:`_hold`)."""
         queue = self._queue
-        if self.queue_limit - len(queue) >= len(records):
+        if self.hold_bytes is not None:
+            self._offer_held(records)
+        elif self.queue_limit - len(queue) >= len(records):
             queue.extend(records)
         else:
             lost = []
@@ -139,14 +159,53 @@ class Sink:
             self.lose(lost, "queue_full")
         self._wake.set()
 
+    def _offer_held(self, records: Sequence[Record]) -> None:
+        queue, limit, hold_bytes = self._queue, self.queue_limit, self.hold_bytes
+        assert hold_bytes is not None
+        total = _size(records)
+        if len(queue) + len(records) <= limit and self.queued_bytes + total <= hold_bytes:
+            queue.extend(records)
+            self._offered_bytes += total
+            return
+        lost = []
+        for record in records:
+            size = len(record.line) + RECORD_OVERHEAD_BYTES
+            if record.kind == "read":
+                if len(queue) >= limit or self.queued_bytes + size > hold_bytes:
+                    lost.append("read")
+                    continue
+            elif self.queued_bytes + size > hold_bytes and not self._hold():
+                lost.append(record.kind)
+                continue
+            queue.append(record)
+            self._offered_bytes += size
+        self.lose(lost, "queue_full")
+
+    def _hold(self) -> bool:
+        """Write the queue out in the calling thread (the audit log's writer), in order, so that the next
+        record has room; False once the sink is closed."""
+        with self._lock:
+            if self._closed:
+                return False
+            self._cycle()
+        self.held += 1
+        return True
+
     @property
     def queued(self) -> int:
         return len(self._queue)
 
     @property
+    def queued_bytes(self) -> int:
+        """The queue's records, in bytes as counted against ``hold_bytes``."""
+        return self._offered_bytes - self._taken_bytes
+
+    @property
     def healthy(self) -> bool:
         """Whether records given to this sink now reach its destination or its spool (and its queue has
         room for more than reads)."""
+        if self.hold_bytes is not None:  # a holding sink loses no record past queue_limit but reads
+            return not self.failing
         return not self.failing and len(self._queue) < self.queue_limit
 
     @property
@@ -161,6 +220,8 @@ class Sink:
             "ready": self.healthy,
             "state": "ok" if self.healthy else "failing",
             "queued": self.queued,
+            "queued_bytes": self.queued_bytes,
+            "held": self.held,
             "written": self.written,
             "dropped": dict(self.dropped),
             "lost": dict(self.lost),
@@ -214,6 +275,8 @@ class Sink:
     def _cycle(self) -> None:
         queue = self._queue
         records = [queue.popleft() for _ in range(len(queue))]
+        if self.hold_bytes is not None:
+            self._taken_bytes += _size(records)
         reported = dict(self._unreported)
         markers = self._markers(reported)
         if not records and not markers:

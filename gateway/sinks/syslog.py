@@ -64,6 +64,9 @@ class SyslogSettings:
     spool_dir: Path | None = None
     spool_mib: float = 256.0
     on_spool_full: str = "drop_oldest_reads"
+    # A spooling sink's queue in memory: past this the audit writer waits for the spool rather than drop a
+    # refusal, a write decision or a session event (reads are dropped past queue_limit).
+    hold_mib: float = 64.0
     connect_timeout_s: float = 5.0
     max_datagram_bytes: int = 8192
 
@@ -125,7 +128,14 @@ class SyslogSink(Sink):
         flush_interval_s: float = 0.05,
         format: str | None = None,
     ) -> None:
-        super().__init__(name, queue_limit=queue_limit, flush_interval_s=flush_interval_s, format=format)
+        spooled = settings.transport != "udp"
+        super().__init__(
+            name,
+            queue_limit=queue_limit,
+            flush_interval_s=flush_interval_s,
+            format=format,
+            hold_bytes=max(1, int(settings.hold_mib * 1024 * 1024)) if spooled else None,
+        )
         if settings.transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}")
         if settings.facility not in FACILITIES:
@@ -137,7 +147,7 @@ class SyslogSink(Sink):
         self._pid = os.getpid()
         self._context = self._tls_context() if settings.transport == "tls" else None
         self.spool: Spool | None = None
-        if settings.transport != "udp":
+        if spooled:
             if settings.spool_dir is None:
                 raise ValueError("a syslog sink over TCP or TLS needs a spool_dir")
             self.spool = Spool(
