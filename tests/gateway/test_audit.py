@@ -19,7 +19,9 @@ import pytest
 from gateway import audit_formats
 from gateway.audit import RULE_SERIES_LIMIT, AuditLog
 from gateway.sinks import Record
+from gateway.sinks.base import RECORD_OVERHEAD_BYTES
 from gateway.sinks.file import FileSink
+from gateway.sinks.syslog import SyslogSettings, SyslogSink
 from tests.audit_validators import ecs_problems, ocsf_problems, parse_cef
 
 T0 = 1_700_000_000.0  # a whole second, so interval boundaries fall on T0 + n
@@ -556,3 +558,36 @@ def test_a_sinks_queue_drops_reads_before_refusals_and_writes(tmp_path: Path) ->
         0, 1, 2, 4, 5, 7,
     ]  # fmt: skip
     assert sink.healthy
+
+
+def test_a_spooling_sinks_queue_drops_reads_only_and_holds_the_rest_for_the_spool(tmp_path: Path) -> None:
+    """A syslog sink over TCP (spooled; its writer and sender not started) with a queue of 3 records and
+    room for 3 of these records' bytes: past 3, reads are dropped; every other record goes in, and when
+    the queue's bytes are full the caller writes the queue to the spool, in order, before it goes on."""
+    line_bytes = 20  # each record's line below, padded: 3 fit in hold_bytes, a fourth does not
+    settings = SyslogSettings("tcp", ("127.0.0.1", 9), "gw", spool_dir=tmp_path / "spool")
+    sink = SyslogSink("s", settings, queue_limit=3, format="ztgate")
+    sink.hold_bytes = 3 * (line_bytes + RECORD_OVERHEAD_BYTES)
+
+    def record(kind: str, n: int) -> Record:
+        return Record(kind, "", "decision", orjson.dumps({"n": n}).ljust(line_bytes - 1) + b"\n")
+
+    sink.offer([record("read", 0), record("refusal", 1), record("read", 2), record("read", 3)])
+    assert sink.dropped == {"read": 1, "refusal": 0, "decision": 0, "event": 0}  # 3: past the limit
+    assert sink.healthy and sink.held == 0 and sink.queued == 3
+    sink.offer([record("decision", 4), record("read", 5), record("refusal", 6), record("event", 7)])
+    # 4 found the queue's bytes full: 0, 1, 2 went to the spool first; 7 found 4, 5, 6 there.
+    assert sink.held == 2
+    assert sink.dropped == {"read": 1, "refusal": 0, "decision": 0, "event": 0}  # 5 had room again
+    assert sink.healthy and sink.lost == {"queue_full": 1}
+    assert sink.queued == 1 and sink.queued_bytes == line_bytes + RECORD_OVERHEAD_BYTES
+    sink.offer([record("refusal", n) for n in range(8, 12)])
+    assert sink.held == 3 and sink.dropped["refusal"] == 0
+    sink.drain()
+    assert sink.queued == sink.queued_bytes == 0
+    assert sink.spool is not None
+    batch, _ = sink.spool.read(1 << 20)
+    assert [int(message.rsplit(b'"n":', 1)[1].split(b"}")[0]) for _, message in batch] == [
+        0, 1, 2, 4, 5, 6, 7, 8, 9, 10, 11,
+    ]  # fmt: skip
+    sink.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -63,7 +64,7 @@ def test_audit_sinks(tmp_path: Path) -> None:
         "[[audit.sinks]]\n"
         'name = "siem"\ntype = "syslog"\ntransport = "tls"\naddress = "siem.example:6514"\n'
         'ca = "siem-ca.pem"\ncert = "gw.pem"\nkey = "gw.key"\nspool_dir = "spool"\nspool_mib = 64\n'
-        'on_spool_full = "block_new_sessions"\n'
+        'on_spool_full = "block_new_sessions"\nhold_mib = 8\n'
         "[[audit.sinks]]\n"
         'type = "syslog"\ntransport = "udp"\naddress = "127.0.0.1:514"\nfacility = "auth"\nformat = "ocsf"\n'
     )
@@ -84,7 +85,12 @@ def test_audit_sinks(tmp_path: Path) -> None:
         spool_dir=tmp_path / "spool",
         spool_mib=64.0,
         on_spool_full="block_new_sessions",
+        hold_mib=8.0,
     )
+    tcp = build_sink(replace(tls, syslog=replace(tls.syslog, transport="tcp")))
+    assert tcp.hold_bytes == 8 * 1024 * 1024  # a spooling sink holds what is not a read
+    tcp.close()
+    assert build_sink(udp).hold_bytes is None  # UDP is lossy: its queue drops past twice its limit
     assert udp.syslog is not None and udp.syslog.spool_dir is None and udp.syslog.facility == "auth"
 
 
@@ -96,7 +102,7 @@ def test_audit_sink_errors_name_the_line(tmp_path: Path) -> None:
         'type = "syslog"\ntransport = "tls"\naddress = "siem.example:6514"\n'
         "[[audit.sinks]]\n"
         'type = "syslog"\ntransport = "udp"\naddress = "127.0.0.1:514"\nspool_dir = "s"\nca = "x"\n'
-        'format = "xml"\n'
+        'format = "xml"\nhold_mib = 0\n'
         "[[audit.sinks]]\n"
         'type = "carrier-pigeon"\n'
     )
@@ -111,6 +117,7 @@ def test_audit_sink_errors_name_the_line(tmp_path: Path) -> None:
         "audit.sinks[1].spool_dir: a UDP sink has no spool",
         "audit.sinks[1].ca: only a sink with transport",
         ":21: audit.sinks[1].format:",
+        ":22: audit.sinks[1].hold_mib:",
         "audit.sinks[2].type:",
     ):
         assert expected in text, text
