@@ -354,34 +354,38 @@ def to_ecs(record: Record) -> dict[str, Any]:
 #
 # A sink formats every record it sends, and records of one kind have the same fields in the same order
 # (a session's writes, reads, refusals). So the ECS document of each record *shape* (its field names,
-# protocol, and what decides the optional steps) is compiled once into a function that builds the whole
-# nested document in one dict display, from the record and its verdict: a few hundred nanoseconds
-# instead of a setdefault walk per field. The generated code holds only field names (as repr() literals)
-# and indexes into the record, the verdict, the peer and a tuple of constants; to_ecs stays the
-# reference, and tests hold ecs_json to orjson.dumps(to_ecs(record)) byte for byte.
+# protocol, and what decides the optional steps) is compiled once into a function that checks the shape
+# and builds the whole nested document in one dict display, from the record and its verdict: a few
+# hundred nanoseconds instead of a setdefault walk per field. The generated code holds only field names
+# (as repr() literals) and indexes into the record, the verdict, the peer and a tuple of constants;
+# to_ecs stays the reference, and tests hold ecs_json to orjson.dumps(to_ecs(record)) byte for byte.
 
-_EcsBuilder = Callable[[Record, tuple[Any, ...], Any], dict[str, Any]]
+_EcsBuilder = Callable[[Record, tuple[Any, ...], Any], dict[str, Any] | None]
 _ECS_SHAPES_LIMIT: Final = 1024
 _ecs_builders: dict[Hashable, _EcsBuilder | None] = {}
 _ecs_verdicts: dict[Hashable, tuple[str, str, str, int]] = {}
 _UNCOMPILED: Final[Any] = object()
 
 
-def _ecs_shape(record: Record) -> Hashable:
-    """What decides a record's steps besides the values (TypeError when a deciding value is unhashable)."""
-    # The same tests as _ecs_steps makes, or two records of one shape could need different steps.
-    get = record.get
-    protocol = get("protocol")
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _shape_tests(record: Record) -> list[str]:
+    """What else than the field names and the protocol decides the steps (the tests _ecs_steps makes), as
+    expressions that hold for this record: a builder checks them and leaves other records to to_ecs."""
+    tests = []
+    if record.get("protocol") == "modbus":
+        tests += [f"{'' if _is_range(record[n]) else 'not '}ok(r[{n!r}])" for n in ECS_RANGES if n in record]
+    if "asset" in record:
+        tests.append(f"{'' if isinstance(record['asset'], str) else 'not '}isinstance(r['asset'], str)")
+    if "latency_us" in record:
+        tests.append(f"{'' if _integer(record['latency_us']) else 'not '}integer(r['latency_us'])")
     peer = _peer_of(record)
-    latency = get("latency_us")
-    return (
-        tuple(record),
-        protocol,
-        tuple(_is_range(get(name)) for name in ECS_RANGES) if protocol == "modbus" else (),
-        isinstance(get("asset"), str),
-        0 if peer is None else 1 if peer[1] is None else 2,
-        isinstance(latency, int) and not isinstance(latency, bool),
+    tests.append(
+        "p is None" if peer is None else f"p is not None and p[1] is {'' if peer[1] is None else 'not '}None"
     )
+    return tests
 
 
 def _expression(source: str, argument: Any, constants: list[Any]) -> str:
@@ -402,8 +406,9 @@ def _expression(source: str, argument: Any, constants: list[Any]) -> str:
 
 
 def _compile_ecs(record: Record) -> _EcsBuilder | None:
-    """The builder of this record's shape, or None when its steps do not make a plain tree (a value and
-    an object on one path): to_ecs handles those."""
+    """The builder of records with this record's field names, protocol and shape (:func:`_shape_tests`;
+    it returns None for another shape), or None when the steps do not make a plain tree (a value and an
+    object on one path): to_ecs handles those."""
     tree: dict[str, Any] = {}
     constants: list[Any] = []
     for parents, leaf, source, argument in _ecs_steps(record):
@@ -420,17 +425,20 @@ def _compile_ecs(record: Record) -> _EcsBuilder | None:
         items = (f"{key!r}: {render(v) if isinstance(v, dict) else v}" for key, v in node.items())
         return "{" + ", ".join(items) + "}"
 
-    namespace: dict[str, Any] = {"c": tuple(constants)}
-    exec(f"def build(r, v, p, c=c):\n    return {render(tree)}\n", namespace)  # the code: see above
+    namespace: dict[str, Any] = {"c": tuple(constants), "ok": _is_range, "integer": _integer}
+    test = " and ".join(f"({t})" for t in _shape_tests(record))
+    code = f"def build(r, v, p):\n    if not ({test}):\n        return None\n    return {render(tree)}\n"
+    exec(code, namespace)  # the code: see above
     builder: _EcsBuilder = namespace["build"]
     return builder
 
 
 def ecs_json(record: Record) -> bytes:
-    """``orjson.dumps(to_ecs(record))``, built by the compiled builder of the record's shape."""
+    """``orjson.dumps(to_ecs(record))``, built by the compiled builder of the record's field names and
+    protocol when the record has that builder's shape (to_ecs builds the others)."""
     try:
-        shape = _ecs_shape(record)
-        builder = _ecs_builders.get(shape, _UNCOMPILED)
+        key = (tuple(record), record.get("protocol"))
+        builder = _ecs_builders.get(key, _UNCOMPILED)
         verdict_key = (record.get("event"), record.get("decision"), record.get("state"))
         verdict = _ecs_verdicts.get(verdict_key)
     except TypeError:  # an unhashable protocol, event, decision or state: not a shape we cache
@@ -438,14 +446,13 @@ def ecs_json(record: Record) -> bytes:
     if builder is _UNCOMPILED:
         if len(_ecs_builders) >= _ECS_SHAPES_LIMIT:
             _ecs_builders.clear()
-        builder = _ecs_builders[shape] = _compile_ecs(record)
-    if builder is None:
-        return orjson.dumps(to_ecs(record))
+        builder = _ecs_builders[key] = _compile_ecs(record)
     if verdict is None:
         if len(_ecs_verdicts) >= _ECS_SHAPES_LIMIT:
             _ecs_verdicts.clear()
         verdict = _ecs_verdicts[verdict_key] = _ecs_verdict(record)
-    return orjson.dumps(builder(record, verdict, _peer_of(record)))
+    document = None if builder is None else builder(record, verdict, _peer_of(record))
+    return orjson.dumps(to_ecs(record) if document is None else document)
 
 
 def _is_range(value: Any) -> bool:
