@@ -535,6 +535,8 @@ def _syslog(
     spool_dir = check.path(table, "spool_dir", where, required=spooled)
     if not spooled and spool_dir is not None:
         check.error((*where, "spool_dir"), "a UDP sink has no spool: UDP is lossy by design (RFC 5426)")
+    if not spooled and "hold_mib" in table:
+        check.error((*where, "hold_mib"), "a UDP sink holds nothing: past its queue_limit it drops records")
     ca = check.path(table, "ca", where, required=transport == "tls")
     cert = check.path(table, "cert", where, required=False)
     key = check.path(table, "key", where, required=cert is not None)
