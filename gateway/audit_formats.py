@@ -409,6 +409,8 @@ def _compile_ecs(record: Record) -> _EcsBuilder | None:
     """The builder of records with this record's field names, protocol and shape (:func:`_shape_tests`;
     it returns None for another shape), or None when the steps do not make a plain tree (a value and an
     object on one path): to_ecs handles those."""
+    if not all(isinstance(name, str) for name in record):  # JSON's are; the generated code indexes by str
+        return None
     tree: dict[str, Any] = {}
     constants: list[Any] = []
     for parents, leaf, source, argument in _ecs_steps(record):

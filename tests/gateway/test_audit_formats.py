@@ -247,6 +247,11 @@ def test_the_compiled_ecs_document_is_to_ecs_byte_for_byte(
         assert audit_formats.ecs_json(changed) == orjson.dumps(audit_formats.to_ecs(changed))
 
 
+def test_a_record_with_a_key_that_is_not_text_is_built_by_to_ecs() -> None:
+    record = {**EXAMPLES[0], 5: "five"}
+    assert audit_formats.ecs_json(record) == orjson.dumps(audit_formats.to_ecs(record))  # at ztgate.5
+
+
 def test_records_of_one_shape_share_a_builder_and_keep_their_own_values() -> None:
     first, second = dict(EXAMPLES[1]), {**EXAMPLES[1], "write": [41, 44], "values": [1, 2, 3, 4], "tid": 8}
     assert orjson.loads(audit_formats.ecs_json(first))["ztgate"]["modbus"]["write_quantity"] == 1
