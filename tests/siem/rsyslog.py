@@ -201,7 +201,8 @@ class Rsyslog:
     def messages(self) -> list[dict[str, Any]]:
         if not self.out.exists():
             return []
-        return [orjson.loads(line) for line in self.out.read_bytes().splitlines() if line.strip()]
+        # Complete lines only: rsyslog may be in the middle of writing the last one.
+        return [orjson.loads(line) for line in self.out.read_bytes().split(b"\n")[:-1] if line.strip()]
 
     def count(self) -> int:
         """Messages written so far (lines, without parsing them)."""

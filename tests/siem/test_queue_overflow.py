@@ -117,9 +117,7 @@ def sink_status(gateway: GatewayProcess) -> dict[str, Any]:
 
 def starts(collector: Rsyslog) -> list[int]:
     """Where the gateway_start records are among the messages the collector received."""
-    # Complete lines only: rsyslog may be writing the last one.
-    lines = collector.out.read_bytes().split(b"\n")[:-1] if collector.out.exists() else []
-    found = (orjson.loads(orjson.loads(line)["msg"]).get("event") for line in lines if line.strip())
+    found = (orjson.loads(message["msg"]).get("event") for message in collector.messages())
     return [index for index, event in enumerate(found) if event == "gateway_start"]
 
 
