@@ -206,7 +206,9 @@ async def test_an_unmatched_reply_is_dropped_and_counted(lab: Lab) -> None:
 async def test_max_connections_spreads_requests_over_that_many_upstream_connections(lab: Lab) -> None:
     # Each reply waits a little, so concurrent requests need more than one connection.
     device = ScriptedDevice(echo_read(), delay_s=lambda _: 0.05)
-    await _lab_with(lab, device, "max_connections = 3")
+    # A queued request waits one or two replies (0.05-0.1 s) here, but a loaded machine that stalls this
+    # process past the default queue_timeout_s (0.4 s) would answer it 0x0B: not what this test is about.
+    await _lab_with(lab, device, "max_connections = 3\nqueue_timeout_s = 5")
     clients = [await lab.client("alice") for _ in range(6)]
 
     async def reads(index: int, client: object) -> list[list[int]]:
