@@ -8,11 +8,11 @@ the middle of an append) is cut off, and sending resumes at the cursor, so a res
 what it had not sent, in order. The cursor is not fsynced: after an operating-system crash a few records
 already sent may be sent again; none is lost.
 
-The size limit counts the records not yet sent. When a record does not fit, ``drop_oldest_reads``
-rewrites the oldest segments without their allowed-read records until it fits (every refusal and every
-other decision stays); when there is no read left to drop, or under ``block_new_sessions``, the new
-record is refused, counted by kind, and :attr:`Spool.full` stays set until the sender has brought the
-spool down to three quarters of its limit.
+The size limit counts the records not yet sent. When a batch does not fit, ``drop_oldest_reads`` drops
+the oldest allowed-read records, one by one, until it fits, and rewrites the segments that held them
+(every refusal and every other decision stays, and so does every newer read); when there is no read left
+to drop, or under ``block_new_sessions``, the new record is refused, counted by kind, and
+:attr:`Spool.full` stays set until the sender has brought the spool down to three quarters of its limit.
 """
 
 from __future__ import annotations
@@ -70,8 +70,9 @@ class Spool:
         self.directory = Path(directory)
         self.limit_bytes = int(limit_mib * 1024 * 1024)
         self.on_full = on_full
-        # Small enough that dropping reads rewrites little at a time, large enough to keep files few.
-        self.segment_bytes = segment_bytes or max(4096, min(self.limit_bytes // 16, 16 * 1024 * 1024))
+        # Small enough that dropping reads (a rewrite of the oldest segments that hold them, once per batch
+        # while the spool is full) rewrites little at a time, large enough to keep files few.
+        self.segment_bytes = segment_bytes or max(4096, min(self.limit_bytes // 16, 1024 * 1024))
         # Once full, the spool takes records again when the sender has brought it down to 3/4 of the limit,
         # so a collector that trickles does not make it flap between full and not.
         self.resume_bytes = self.limit_bytes * 3 // 4
@@ -161,13 +162,16 @@ class Spool:
                     self.data_ready.set()
                 return refused
             buffer = bytearray()
+            remaining = size  # this record and the ones after it in the batch
             for kind, message in records:
                 size = _HEADER.size + len(message)
+                remaining -= size
                 if used + size > self.limit_bytes:
                     if self.on_full == "drop_oldest_reads" and size <= self.limit_bytes:
                         self._write(buffer)
                         buffer = bytearray()
-                        self._evict_reads(used + size - self.limit_bytes)
+                        # Room for the rest of the batch in one pass, so a segment is rewritten once.
+                        self._evict_reads(used + size + remaining - self.limit_bytes)
                         used = self.pending_bytes
                     if used + size > self.limit_bytes:
                         refused.append(kind)
@@ -203,7 +207,8 @@ class Spool:
         os.chmod(self._path(self._write_seq), 0o640)
 
     def _evict_reads(self, needed_bytes: int) -> None:
-        """Rewrite the oldest segments without their read records until ``needed_bytes`` are free."""
+        """Drop the oldest unsent read records, one by one, until ``needed_bytes`` are free (or no read is
+        left); each segment that loses some is rewritten without them."""
         freed = 0
         for seq in sorted(self._sizes):
             if freed >= needed_bytes:
@@ -218,8 +223,9 @@ class Spool:
             for end, kind, message in _records(data):
                 if end <= start:
                     continue
-                if kind == KIND_CODES["read"]:
+                if kind == KIND_CODES["read"] and freed < needed_bytes:
                     dropped += 1
+                    freed += _HEADER.size + len(message)
                 else:
                     kept += _HEADER.pack(len(message), kind)
                     kept += message
@@ -237,7 +243,6 @@ class Spool:
             os.replace(temporary, path)
             if writing:
                 self._file = open(path, "ab")  # noqa: SIM115 - closed by close()
-            freed += self._sizes[seq] - len(kept)
             self._sizes[seq] = len(kept)
             self._counts[seq] -= dropped
             self.evicted += dropped

@@ -76,16 +76,31 @@ def test_drop_oldest_reads_keeps_every_refusal_and_decision(tmp_path: Path) -> N
     for n in range(100):  # 10,000 bytes: a read, a refusal, a decision, a read, ...
         records.append(message(("read", "refusal", "decision", "read")[n % 4], n))
     assert spool.append(records) == []
-    more = [message("refusal", n) for n in range(100, 130)]  # 3,000 bytes more than fit
+    more = [message("refusal", n) for n in range(100, 130)]  # 3,000 bytes: 2,515 more than fit
     assert spool.append(more) == []
-    assert spool.evicted == 30 and not spool.full
+    assert spool.evicted == 26 and not spool.full  # 2,600 bytes of reads, not one more
     out = drain(spool)
     kept = [payload for kind, payload in records if kind != "read"]
     reads = [payload for kind, payload in records if kind == "read"]
     # The oldest reads went, the newest stayed; everything else is there, in its order.
     assert [p for p in out if not p.startswith(b"read")] == kept + [payload for _kind, payload in more]
-    assert [p for p in out if p.startswith(b"read")] == reads[30:]
-    assert out == [p for _kind, p in records + more if not (p.startswith(b"read") and p in reads[:30])]
+    assert [p for p in out if p.startswith(b"read")] == reads[26:]
+    assert out == [p for _kind, p in records + more if not (p.startswith(b"read") and p in reads[:26])]
+
+
+def test_drop_oldest_reads_drops_only_as_many_reads_as_needed_oldest_first(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, limit_mib=LIMIT_MIB, segment_bytes=1000)
+    # 10,400 bytes, 85 short of the limit; the last segment, the one being written, holds the only reads.
+    records = [message("refusal", n) for n in range(100)] + [message("read", n) for n in range(100, 104)]
+    assert spool.append(records) == []
+    assert spool.append([message("refusal", 104)]) == []  # 15 bytes short: one read, the oldest, goes
+    assert spool.evicted == 1
+    assert spool.append([message("decision", 105), message("refusal", 106)]) == []  # one batch, two reads
+    assert spool.evicted == 3 and not spool.full
+    out = drain(spool)
+    assert out == [p for _kind, p in records[:100]] + [message("read", 103)[1]] + [
+        message(kind, n)[1] for kind, n in (("refusal", 104), ("decision", 105), ("refusal", 106))
+    ]
 
 
 def test_drop_oldest_reads_refuses_new_records_once_no_read_is_left(tmp_path: Path) -> None:
