@@ -132,12 +132,20 @@ async def test_a_full_spool_drops_the_oldest_reads_and_keeps_every_refusal(lab: 
     port = collector.start()
     collector.stop()
     try:
-        sink = syslog_sink(port, tmp_path, 40, "drop_oldest_reads")
+        # On disk a refusal takes about 590 bytes, a read aggregate 555, a drop report 190, the session and
+        # start events about 1,500 in all. 60 rounds are about 68 KiB, so reads must go; the refusals, the
+        # events and at most one report per dropped read (each reports at least one) take under 48 KiB,
+        # so the newest reads that fit in the last 4 KiB, at least seven, must stay.
+        sink = syslog_sink(port, tmp_path, 52, "drop_oldest_reads")
         device = await lab.start_device()
         await lab.start_gateway(policy_text(device, RULES), audit_sinks=[sink], aggregate_reads_s=0.02)
         await reads_and_refusals(lab, 60)
+        await lab.wait_for_event(event="session_end")  # the last record, after the last read aggregate
         assert lab.gateway is not None
-        lab.gateway.audit.flush()
+        dropped = -1
+        while dropped != sink.dropped["read"]:  # until a report of drops drops nothing more (<= 60 rounds)
+            dropped = sink.dropped["read"]
+            lab.gateway.audit.flush()
         assert sink.dropped["read"] > 0 and sink.lost["evicted"] == sink.dropped["read"]
         assert sink.dropped["refusal"] == sink.dropped["decision"] == 0
         assert sink.healthy and not lab.gateway.audit.blocks_new_sessions
@@ -153,13 +161,17 @@ async def test_a_full_spool_drops_the_oldest_reads_and_keeps_every_refusal(lab: 
         await until(lambda: sink.spool is not None and sink.spool.pending_records == 0, 30)
         expected = [e for e in lab.audit_events() if e.get("decision") == "deny"]
         assert len(expected) == 60
-        # Everything the sink sent (the reads that survived come last): more than the refusals alone.
+        # Everything the sink sent.
         received = [orjson.loads(m["msg"]) for m in collector.wait_for(sink.sent)]
         assert [e for e in received if e.get("decision") == "deny"] == expected  # every refusal, in order
         reads = [e for e in received if e.get("aggregated")]
-        assert 0 < len(reads) < len([e for e in lab.audit_events() if e.get("aggregated")])
-        report = next(e for e in received if e.get("event") == "audit_dropped")
-        assert report["reason"] == "evicted"
+        aggregates = [e for e in lab.audit_events() if e.get("aggregated")]
+        # The oldest reads went, exactly as many as the sink counted; the newest are there, in order.
+        assert 0 < len(reads) < len(aggregates) and reads == aggregates[len(aggregates) - len(reads) :]
+        assert sink.dropped["read"] == len(aggregates) - len(reads)
+        reports = [e for e in received if e.get("event") == "audit_dropped"]
+        assert reports and {e["reason"] for e in reports} == {"evicted"}
+        assert sum(e["count"] for e in reports) == sink.dropped["read"]  # every drop reported in-band
     finally:
         collector.stop()
 
