@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from policies.decision import VERDICT_DENY, Decision
+from policies.modbus.evaluate import KeyTable, SubFunctionTable
 from policies.view import SubjectView
 from protocols.enip.requests import CipRequest
 from protocols.modbus.pdu import Request
@@ -40,6 +41,11 @@ class RefusingView(SubjectView):
         self.base = base
         # Reads go on as the rules decide them (Modbus only so far; CIP and OPC UA refuse everything).
         self.reads = reads
+
+    def modbus_tables(self) -> tuple[frozenset[int], dict[int, KeyTable | SubFunctionTable]]:
+        # The Modbus session decides with these tables directly where it can: none here, so every
+        # request comes to decide_modbus below, whatever a subclass of the base view installs.
+        return frozenset(), {}
 
     def decide_modbus(self, request: Request, now: float) -> Decision:
         if self.reads and request.function_code in READ_FUNCTION_CODES:

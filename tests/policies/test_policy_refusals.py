@@ -49,6 +49,16 @@ def test_a_refused_asset_refuses_every_request_with_the_reason_and_keeps_access(
     assert base.view(ALICE, "plc-1") is not closed.view(ALICE, "plc-1")
 
 
+def test_a_refusing_view_gives_the_modbus_session_no_table_to_decide_with() -> None:
+    # The Modbus session decides a known unit and function code with the view's table itself; a
+    # refusing view must leave every request to its own decide_modbus.
+    base = policy(RULES)
+    assert base.view(BOB, "plc-1").modbus_tables()[1]  # the rules' tables: fc 3 and 6
+    for closed in (base.with_refusals({"plc-1": "policy stale"}), base.with_refusals({}, {"plc-1": "audit"})):
+        view = closed.view(BOB, "plc-1")
+        assert isinstance(view, RefusingView) and view.modbus_tables() == (frozenset(), {})
+
+
 def test_a_refused_asset_in_monitor_mode_still_refuses_with_its_own_code() -> None:
     extra = 'mode = "monitor"\ndeny = { action = "exception", function = 4 }'
     closed = policy(RULES, asset_extra=extra).with_refusals({"plc-1": "policy stale"})
