@@ -161,16 +161,19 @@ class Rsyslog:
             return self.port if self.port in ports else 0
         return ports[0] if ports else 0
 
-    def _listening_ports(self) -> list[int]:
-        """The ports rsyslogd (the child of ``timeout``) listens on: TCP sockets in LISTEN, or UDP."""
+    def _daemon_pids(self) -> list[int]:
+        """rsyslogd's pid: the child of ``timeout`` (none before it has started or after it ended)."""
         assert self.process is not None
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
         try:
-            pids = children.read_text().split()
+            return [int(pid) for pid in children.read_text().split()]
         except OSError:
             return []
+
+    def _listening_ports(self) -> list[int]:
+        """The ports rsyslogd listens on: TCP sockets in LISTEN, or UDP."""
         inodes: set[str] = set()
-        for pid in pids:
+        for pid in self._daemon_pids():
             with contextlib.suppress(OSError):
                 for fd in os.listdir(f"/proc/{pid}/fd"):
                     with contextlib.suppress(OSError):
@@ -186,17 +189,30 @@ class Rsyslog:
         return ports
 
     def stop(self) -> None:
-        process, self.process = self.process, None
+        process = self.process
         if process is None:
             return
-        # SIGTERM to timeout, which passes it on to rsyslogd; rsyslogd flushes its output and exits.
+        daemons = self._daemon_pids()
+        self.process = None
+        # SIGTERM to rsyslogd itself, which flushes its output and exits; timeout then exits with it.
+        # Signalling only timeout is not enough: if timeout had to be killed, rsyslogd would live on,
+        # holding the port and its pidfile, and the next start on this port would fail.
         with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
+            for pid in daemons:
+                os.kill(pid, signal.SIGTERM)
+            if not daemons:  # not started yet, or already gone: timeout passes the signal on
+                process.send_signal(signal.SIGTERM)
         try:
             process.wait(10)
         except subprocess.TimeoutExpired:
+            for pid in daemons:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             process.kill()
             process.wait(10)
+        # rsyslogd refuses to start while its pidfile names a live process; a daemon ended before it
+        # could remove the file leaves it behind, and its pid may since belong to another process.
+        (self.dir / "pid").unlink(missing_ok=True)
 
     def messages(self) -> list[dict[str, Any]]:
         if not self.out.exists():
