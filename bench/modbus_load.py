@@ -40,7 +40,14 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from bench.modbus_server import coil_value, loop_factory, register_value
-from bench.procs import cpu_times, host_cpu_jiffies, tree_cpu_times
+from bench.procs import (
+    context_switches,
+    cpu_times,
+    host_cpu_jiffies,
+    io_syscalls,
+    tree_context_switches,
+    tree_cpu_times,
+)
 from protocols.modbus import (
     ModbusProtocolError,
     Request,
@@ -383,19 +390,38 @@ class Snapshot:
     own_cpu_s: float
     host: tuple[int, int]
     watched: dict[str, tuple[float, int] | None]  # CPU seconds and process count per --pid / --pid-tree
+    own_io: tuple[int, int] | None  # this generator's read and write system calls so far
+    own_switches: tuple[int, int]  # and its (voluntary, involuntary) context switches
+    own_user_s: float  # of own_cpu_s, the part in user space
+    # (voluntary, involuntary) context switches per --pid / --pid-tree, taken in the window: a relay's
+    # threads per connection are gone by the time the run ends
+    watched_switches: dict[str, tuple[int, int] | None]
 
     @classmethod
     def take(cls, watch: tuple[tuple[str, int], ...]) -> Snapshot:
         watched: dict[str, tuple[float, int] | None] = {}
+        switches: dict[str, tuple[int, int] | None] = {}
         for kind, pid in watch:
             if kind == "tree":
                 tree = tree_cpu_times(pid)
                 watched[f"tree:{pid}"] = None if tree is None else (tree[0] + tree[1], tree[2])
+                switches[f"tree:{pid}"] = tree_context_switches(pid)
             else:
                 times = cpu_times(pid)
                 watched[f"pid:{pid}"] = None if times is None else (times[0] + times[1], 1)
+                switches[f"pid:{pid}"] = context_switches(pid)
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        return cls(time.monotonic(), usage.ru_utime + usage.ru_stime, host_cpu_jiffies(), watched)
+        own_io = io_syscalls(os.getpid())
+        return cls(
+            time.monotonic(),
+            usage.ru_utime + usage.ru_stime,
+            host_cpu_jiffies(),
+            watched,
+            own_io,
+            (usage.ru_nvcsw, usage.ru_nivcsw),
+            usage.ru_utime,
+            switches,
+        )
 
 
 # ------------------------------------------------------------------------------------- the report
@@ -407,6 +433,14 @@ def _percentile_us(ordered: list[int], q: float) -> float | None:
         return None
     rank = max(1, -(-len(ordered) * q // 1))
     return round(ordered[int(rank) - 1] / 1000, 1)
+
+
+def _per_request(
+    before: tuple[int, int] | None, after: tuple[int, int] | None, i: int, requests: int
+) -> float | None:
+    if before is None or after is None or not requests:
+        return None
+    return round((after[i] - before[i]) / requests, 3)
 
 
 def _report(run: Run, before: Snapshot, after: Snapshot, unanswered: int) -> dict[str, Any]:
@@ -425,7 +459,11 @@ def _report(run: Run, before: Snapshot, after: Snapshot, unanswered: int) -> dic
             continue
         used = end[0] - start[0]
         own_s += used
+        a, b = before.watched_switches.get(key), after.watched_switches.get(key)
         processes[key] = {
+            "switches_per_request": None
+            if a is None or b is None or not requests
+            else [round((b[0] - a[0]) / requests, 3), round((b[1] - a[1]) / requests, 3)],
             "cpu_seconds": round(used, 3),
             "cpu_us_per_request": round(used * 1e6 / requests, 2) if requests else None,
             "cpu_util_pct": round(100 * used / window_s, 1),
@@ -463,6 +501,16 @@ def _report(run: Run, before: Snapshot, after: Snapshot, unanswered: int) -> dic
         "after_window": {**run.phases["after_window"].summary(), "unanswered_at_close": unanswered},
         "mismatch_examples": {k: v for p in run.phases.values() for k, v in p.examples.items()},
         "loadgen_cpu_us_per_request": per_us(after.own_cpu_s - before.own_cpu_s),
+        # How many replies a read brings the generator (and how many requests a write sends): the
+        # batching a path hands its clients, which sets what they spend per request.
+        "loadgen_reads_per_request": _per_request(before.own_io, after.own_io, 0, requests),
+        "loadgen_writes_per_request": _per_request(before.own_io, after.own_io, 1, requests),
+        "loadgen_user_us_per_request": per_us(after.own_user_s - before.own_user_s),
+        "loadgen_switches_per_request": [
+            round((b - a) / requests, 3) for a, b in zip(before.own_switches, after.own_switches, strict=True)
+        ]
+        if requests
+        else None,
         "host_cpu_busy_pct": round(100 * busy / total, 1) if total else None,
         "processes": processes,
     }

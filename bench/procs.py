@@ -327,6 +327,42 @@ def io_syscalls(pid: int) -> tuple[int, int] | None:
         return None
 
 
+def context_switches(pid: int) -> tuple[int, int] | None:
+    """(voluntary, involuntary) context switches of the process so far, all its threads
+    (/proc/PID/task/*/status): how often it went to sleep waiting for something (roughly its wake-ups),
+    and how often the scheduler took the CPU from it while it had work."""
+    voluntary = involuntary = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as file:
+                for line in file:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        voluntary += int(line.split()[1])
+                    elif line.startswith("nonvoluntary_ctxt_switches:"):
+                        involuntary += int(line.split()[1])
+        except (OSError, ValueError):
+            continue
+    return voluntary, involuntary
+
+
+def tree_context_switches(pid: int) -> tuple[int, int] | None:
+    """:func:`context_switches` of the process and its live descendants (the threads of a relay that
+    runs one per connection are counted only while they live: sample while its connections are open)."""
+    own = context_switches(pid)
+    if own is None:
+        return None
+    voluntary, involuntary = own
+    for child in _descendants(pid):
+        switches = context_switches(child)
+        if switches is not None:
+            voluntary, involuntary = voluntary + switches[0], involuntary + switches[1]
+    return voluntary, involuntary
+
+
 def raise_fd_limit(wanted: int) -> int:
     """Raise this process's soft RLIMIT_NOFILE towards ``wanted`` (capped by the hard limit); children
     inherit it. Returns the soft limit now in force."""

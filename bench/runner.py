@@ -34,6 +34,7 @@ def measure(
     """One bounded load run on one path; the figures of the measured window, and every error seen."""
     watch_tree = [path.proc.pid] if path.proc is not None else []
     io_before = io_syscalls(path.proc.pid) if path.proc is not None else None
+    server_io_before = io_syscalls(server.pid)
     times_before = cpu_times(path.proc.pid) if path.proc is not None else None
     report = run_load(
         generator,
@@ -46,6 +47,7 @@ def measure(
         watch_pid=[server.pid],
     )
     io_after = io_syscalls(path.proc.pid) if path.proc is not None else None
+    server_io_after = io_syscalls(server.pid)
     times_after = cpu_times(path.proc.pid) if path.proc is not None else None
     latency = report.get("latency_us", {})
     warm = report.get("warmup", {})
@@ -58,6 +60,17 @@ def measure(
     if io_before is not None and io_after is not None and all_requests:
         reads_per_req = round((io_after[0] - io_before[0]) / all_requests, 3)
         writes_per_req = round((io_after[1] - io_before[1]) / all_requests, 3)
+    server_reads_per_req = None
+    if server_io_before is not None and server_io_after is not None and all_requests:
+        server_reads_per_req = round((server_io_after[0] - server_io_before[0]) / all_requests, 3)
+    # Context switches per request in the window, the proxy's and the server's: voluntary (its wake-ups)
+    # and involuntary (preempted while it had work: more processes runnable than cores).
+    processes = report.get("processes", {})
+    proxy_switches = (
+        processes.get(f"tree:{path.proc.pid}", {}).get("switches_per_request")
+        if path.proc is not None
+        else None
+    )
     user_us = sys_us = None
     if times_before is not None and times_after is not None and all_requests:
         user_us = round((times_after[0] - times_before[0]) * 1e6 / all_requests, 2)
@@ -92,6 +105,14 @@ def measure(
         "proxy_writes_per_req": writes_per_req,
         "server_cpu_us_per_req": proc_cpu(report, "pid", server.pid),
         "loadgen_cpu_us_per_req": report.get("loadgen_cpu_us_per_request"),
+        # Reads per request at the two ends: the inverse of the batches the path hands them.
+        "server_reads_per_req": server_reads_per_req,
+        "loadgen_reads_per_req": report.get("loadgen_reads_per_request"),
+        "loadgen_writes_per_req": report.get("loadgen_writes_per_request"),
+        "proxy_switches_per_req": proxy_switches,
+        "server_switches_per_req": processes.get(f"pid:{server.pid}", {}).get("switches_per_request"),
+        "loadgen_switches_per_req": report.get("loadgen_switches_per_request"),
+        "loadgen_user_us_per_req": report.get("loadgen_user_us_per_request"),
         "requests": report.get("requests"),
         "window_s": report.get("window_s"),
         # Every reply is checked, warm-up and drain included; a refusal (exception reply) is an error

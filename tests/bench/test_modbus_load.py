@@ -51,6 +51,15 @@ def test_a_short_run_against_the_server_checks_every_reply() -> None:
     assert len(report["workload"]["kinds"]) == 8  # every function code it sends, each checked
     assert 0 < report["latency_us"]["p50"] <= report["latency_us"]["p99"] <= report["latency_us"]["max"]
     assert report["processes"][f"pid:{server.pid}"]["cpu_us_per_request"] > 0  # read from /proc
+    # Its own system calls and context switches, and the server's switches, over the window (from /proc and
+    # getrusage): every reply was read and every request written, so neither count is zero.
+    assert report["loadgen_reads_per_request"] > 0 and report["loadgen_writes_per_request"] > 0
+    assert 0 < report["loadgen_user_us_per_request"] <= report["loadgen_cpu_us_per_request"]
+    for switches in (
+        report["loadgen_switches_per_request"],
+        report["processes"][f"pid:{server.pid}"]["switches_per_request"],
+    ):
+        assert len(switches) == 2 and min(switches) >= 0, switches
 
 
 async def _exchange(port: int, request: bytes) -> bytes:
