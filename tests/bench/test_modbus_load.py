@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import socket
 import subprocess
@@ -208,3 +209,33 @@ def test_no_server_is_a_setup_failure(capsys: pytest.CaptureFixture[str]) -> Non
         port = bound.getsockname()[1]
         assert modbus_load.main(["--port", str(port), "--duration", "0.2", "--loop", "asyncio"]) == 2
     assert "cannot connect to 127.0.0.1" in capsys.readouterr().err
+
+
+_MAPPINGS_SCRIPT = """
+import ctypes, sys
+from bench.modbus_load import keep_read_buffers_on_the_heap
+if sys.argv[1] == "fixed" and not keep_read_buffers_on_the_heap():
+    print("unsupported")
+    raise SystemExit
+block = bytearray(256 * 1024)  # uvloop's TLS read buffer
+address = ctypes.addressof((ctypes.c_char * len(block)).from_buffer(block))
+with open("/proc/self/maps") as file:
+    heap = [line.split()[0].split("-") for line in file if line.rstrip().endswith("[heap]")]
+print(any(int(lo, 16) <= address < int(hi, 16) for lo, hi in heap))
+"""
+
+
+@pytest.mark.parametrize(("mode", "on_the_heap"), [("default", "False"), ("fixed", "True")])
+def test_a_tls_read_buffer_comes_from_the_heap_once_the_thresholds_are_fixed(
+    mode: str, on_the_heap: str
+) -> None:
+    """With glibc's mmap threshold at its initial 128 KiB a 256 KiB block is a mapping of its own (mmap,
+    then munmap when freed: system calls per TLS read); after keep_read_buffers_on_the_heap it comes from
+    the heap. Whether glibc has raised the threshold by itself depends on the process's history, so the
+    test pins the initial value."""
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
+    argv = [sys.executable, "-c", _MAPPINGS_SCRIPT, mode]
+    done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=30, check=True)
+    if done.stdout.strip() == "unsupported":
+        pytest.skip("not glibc")
+    assert done.stdout.strip() == on_the_heap, done.stdout + done.stderr
