@@ -27,6 +27,7 @@ from policies.timewindow import Period
 
 _CERTIFICATE_ROUNDING_S = 1.0  # X.509 times are whole seconds
 PACED = "local answers budget"  # why a session stopped reading, while it pays for its local answers
+QUEUE_SHARE = "queue share"  # why it stopped reading, while a request waits past its identity's share
 # The fields of a refusal record that are the same for every request of its kind: what an aggregate of
 # refusals carries, with the protocol's kind fields (Session.kind_fields).
 _KIND_SUMMARY = ("event", "session", "identity", "asset", "protocol", "policy_revision", "decision", "rule",
@@ -121,6 +122,7 @@ class Session(asyncio.Protocol):
         self._budget = TokenBucket(limits.local_answers_per_s)
         self._identity_budget: TokenBucket | None = None
         self.paced = False  # stopped reading until its local answers are paid for (gateway/pacing.py)
+        self.held = False  # stopped reading while a request waits past its identity's share (FairQueue)
 
     # ------------------------------------------------------------------------------- lifecycle
 
@@ -459,6 +461,25 @@ class Session(asyncio.Protocol):
         self._read_buffered()
         if not self.paced:
             self.resume_requests(PACED)
+
+    def hold(self) -> None:
+        """A request of this session waits past its identity's share of the asset's queue: read nothing
+        more from the client until the queue takes it in (back-pressure, not a busy answer)."""
+        if not self.held and not self.closing:
+            self.held = True
+            self.pause_requests(QUEUE_SHARE)
+
+    def unhold(self) -> None:
+        """The queue took this session's held requests in: read on, what the codec holds first."""
+        if not self.held:
+            return
+        self.held = False
+        if self.closing:
+            return
+        self._paused_by.discard(QUEUE_SHARE)
+        self._read_buffered()
+        if not self.held:
+            self.resume_requests(QUEUE_SHARE)
 
     def _read_buffered(self) -> None:
         """Process the requests the codec already holds; subclasses say how."""

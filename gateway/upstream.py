@@ -8,8 +8,11 @@ flight on it fails; only requests still queued — never sent — move on to ano
 
 Bounds: ``max_connections`` links, ``max_in_flight`` requests on each, ``queue_limit`` requests waiting
 beyond that, shared fairly between identities (:class:`FairQueue`), ``queue_timeout_s`` from the moment
-the gateway read a request until it must have left the queue (or it is answered as not sent, never sent
-late), and ``response_timeout_s`` for the device to answer once it is sent. Writes are batched per turn
+a request entered the queue until it must have left it (or it is answered as not sent, never sent
+late), and ``response_timeout_s`` for the device to answer once it is sent. A request past its
+identity's share is not answered busy: it is held, and its session reads nothing more from its client
+until the queue takes it in (back-pressure: the surplus waits in TCP, as in front of a PLC that reads
+one request at a time). Writes are batched per turn
 of the event loop; replies to each client are flushed once per batch of device bytes.
 
 A device out of step: on a link with one request in flight, a reply under an id that is neither that
@@ -43,13 +46,13 @@ BACKOFF_INITIAL_S = 0.05
 BACKOFF_MAX_S = 2.0
 NOT_IN_FLIGHT = -1  # Pending.key once answered, failed or expired
 QUEUED = -2  # Pending.key while it waits in the pool's queue
+HELD = -3  # Pending.key while it waits past its identity's share, its session reading nothing meanwhile
 RECENTLY_EXPIRED_KEYS = 256  # per link: ids whose reply, if it still comes, is late rather than out of step
 
 
 class Failure(Enum):
     """Why the device could not answer a request; each protocol turns it into its own error."""
 
-    QUEUE_FULL = "upstream queue full"
     RECONFIGURED = "asset reconfigured"
     TIMEOUT = "device did not answer in time"
     QUEUE_TIMEOUT = "not sent within queue_timeout_s"
@@ -61,7 +64,7 @@ class Failure(Enum):
     @property
     def overload(self) -> bool:
         """The gateway, not the device, could not take the request (Modbus answers 0x0A for these)."""
-        return self in (Failure.QUEUE_FULL, Failure.RECONFIGURED)
+        return self is Failure.RECONFIGURED
 
 
 class Client(Protocol):
@@ -72,6 +75,12 @@ class Client(Protocol):
     def fail(self, pending: Any, failure: Failure, reason: str, now: float) -> bool: ...
 
     def flush(self) -> None: ...
+
+    def hold(self) -> None:
+        """One of its requests waits past its identity's share: read nothing more from the client."""
+
+    def unhold(self) -> None:
+        """Its held requests are in the queue (or answered): read on."""
 
 
 # Compiled with mypyc (pyproject.toml [tool.ztgate] compiled): the protocols' pools, links and requests
@@ -278,10 +287,15 @@ class FairQueue:
 
     Each identity has a lane; links take from the lanes in turn, one request each (deficit round-robin
     in which every request costs the same quantum). Of ``limit`` places an identity may hold its share,
-    ``limit`` divided by the identities waiting (rounded up). Beyond that it is refused, and when the
-    queue is full an identity still under its share takes the place of the newest request of the
-    identity holding the most, which is refused instead: it was never sent. So a greedy identity fills
-    only its own share, and the others never wait behind more than one of its requests per turn.
+    ``limit`` divided by the identities waiting (rounded up). A request beyond that is *held*, not
+    refused: it waits outside the queue, in its lane's order, and its session reads nothing more from
+    its client (:meth:`Client.hold`) until the request is taken in, when one of its identity's requests
+    leaves the queue (or the queue has room again under its share). Its queue timeout runs from then.
+    When the queue is full, an identity still under its share takes the place of the newest request of
+    the identity holding the most, which is held in turn (first in its lane's order: it was read
+    first), its session stopped as well. So a greedy identity fills only its own share, the others
+    never wait behind more than one of its requests per turn, and what it sends past its share waits in
+    its own TCP connections, unread, costing the gateway nothing.
 
     A new lane (an identity with nothing waiting) is served before the turn goes on, once, as FQ-CoDel
     serves its new flows first: a client that sends one request at a time (a poller, an HMI) then waits
@@ -291,15 +305,20 @@ class FairQueue:
     many identities send one request at a time, an identity with a full lane is still served once per
     turn. An identity that keeps its lane full is never new.
 
-    Every request's deadline follows from its arrival, so the oldest waiting request is the first to
-    expire: ``arrivals`` keeps that order for the pool's single queue timer (sent and refused entries
-    are skipped when they reach its front).
+    Every request's deadline follows from when it entered the queue, so the oldest waiting request is
+    the first to expire: ``arrivals`` keeps that order for the pool's single queue timer (sent and
+    refused entries are skipped when they reach its front).
+
+    Sessions whose held requests have all been taken in (or drained) are listed in ``released``: the
+    pool lets them read on once its batch is done.
     """
 
-    __slots__ = ("_active", "_fresh", "_lanes", "arrivals", "limit", "size")
+    __slots__ = ("_active", "_fresh", "_held", "_held_by", "_lanes", "arrivals", "limit", "released",
+                 "size", "timeout_s")  # fmt: skip
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, timeout_s: float = 0.0) -> None:
         self.limit = limit
+        self.timeout_s = timeout_s  # a request taken in from its hold waits at most this long in the queue
         self.size = 0
         # In turn order, the next lane to serve first; a new lane served and emptied stays, empty,
         # until the turn reaches it.
@@ -307,9 +326,19 @@ class FairQueue:
         self._fresh: dict[str, None] = {}  # new lanes not yet served, in arrival order
         self._active = 0  # lanes holding requests: the identities waiting
         self.arrivals: deque[Pending] = deque()
+        # Requests past their identity's share, per lane in the order they were read, and how many
+        # each session has there (it reads on when none is left).
+        self._held: dict[str, deque[Pending]] = {}
+        self._held_by: dict[Any, int] = {}
+        self.released: list[Client] = []
 
     def __len__(self) -> int:
         return self.size
+
+    @property
+    def held(self) -> int:
+        """Requests held past their identity's share."""
+        return sum(len(waiting) for waiting in self._held.values())
 
     def share(self, lane: str) -> int:
         """How many places ``lane`` may hold now."""
@@ -317,33 +346,29 @@ class FairQueue:
         return -(-self.limit // waiting)
 
     def offer(self, pending: Pending, lane: str) -> tuple[bool, Pending | None]:
-        """Queue ``pending`` in ``lane``: (accepted, the request pushed out to make room, if any)."""
+        """Queue ``pending`` in ``lane``: (accepted, the request pushed out to make room, if any). Not
+        accepted, it is held (``key`` HELD) until :meth:`pop` or :meth:`expire` takes it in."""
         lanes = self._lanes
         queued = lanes.get(lane)
-        if len(queued or ()) >= self.share(lane):
+        if self._held.get(lane) or len(queued or ()) >= self.share(lane):
+            self._hold(pending, lane, first=False)
             return False, None
         pushed_out = None
         if self.size >= self.limit:
             fullest = max(lanes.values(), key=len)
+            if fullest is queued or len(fullest) < 2:
+                # Nobody to give way (only when there are more identities than places): wait in turn.
+                self._hold(pending, lane, first=False)
+                return False, None
             pushed_out = fullest.pop()
-            pushed_out.key = NOT_IN_FLIGHT
             self.size -= 1
-            if not fullest:
-                self._active -= 1
-                self._remove(next(name for name, q in lanes.items() if q is fullest))
-        if queued is None:
-            queued = lanes[lane] = deque()
-            self._fresh[lane] = None
-        if not queued:
-            self._active += 1
-        pending.key = QUEUED
-        queued.append(pending)
-        self.arrivals.append(pending)
-        self.size += 1
+            self.arrivals.remove(pushed_out)  # near the back; it gets a new deadline when taken in again
+            self._hold(pushed_out, pushed_out.session.identity, first=True)
+        self._enqueue(pending, lane)
         return True, pushed_out
 
-    def pop(self) -> Pending | None:
-        """The next request in turn, or None."""
+    def pop(self, now: float = 0.0) -> Pending | None:
+        """The next request in turn, or None. Held requests it makes room for are taken in at ``now``."""
         if not self.size:
             return None
         lanes = self._lanes
@@ -368,6 +393,8 @@ class FairQueue:
         if not self.size:
             lanes.clear()  # only emptied lanes were left
         pending.key = NOT_IN_FLIGHT
+        if self._held:
+            self._take_in(now)
         return pending
 
     def expire(self, now: float) -> list[Pending]:
@@ -393,6 +420,8 @@ class FairQueue:
             expired.append(pending)
         if not self.size:
             self._lanes.clear()  # only emptied lanes were left
+        if expired and self._held:
+            self._take_in(now)
         return expired
 
     def next_deadline(self) -> float | None:
@@ -402,16 +431,69 @@ class FairQueue:
         return arrivals[0].deadline if arrivals else None
 
     def drain(self) -> list[Pending]:
-        """Everything waiting, emptied out."""
-        out = [p for queued in self._lanes.values() for p in queued]
+        """Everything waiting, held or queued, emptied out (their sessions are released)."""
+        out = [p for waiting in self._held.values() for p in waiting]
+        out.extend(p for queued in self._lanes.values() for p in queued)
         for pending in out:
             pending.key = NOT_IN_FLIGHT
+        self.released.extend(self._held_by)
+        self._held.clear()
+        self._held_by.clear()
         self._lanes.clear()
         self._fresh.clear()
         self._active = 0
         self.arrivals.clear()
         self.size = 0
         return out
+
+    def _enqueue(self, pending: Pending, lane: str) -> None:
+        lanes = self._lanes
+        queued = lanes.get(lane)
+        if queued is None:
+            queued = lanes[lane] = deque()
+            self._fresh[lane] = None
+        if not queued:
+            self._active += 1
+        pending.key = QUEUED
+        queued.append(pending)
+        self.arrivals.append(pending)
+        self.size += 1
+
+    def _hold(self, pending: Pending, lane: str, first: bool) -> None:
+        pending.key = HELD
+        waiting = self._held.get(lane)
+        if waiting is None:
+            waiting = self._held[lane] = deque()
+        if first:
+            waiting.appendleft(pending)
+        else:
+            waiting.append(pending)
+        held_by = self._held_by
+        held_by[pending.session] = held_by.get(pending.session, 0) + 1
+
+    def _take_in(self, now: float) -> None:
+        """Move held requests into the queue while their lanes are under their share and there is room,
+        lane by lane in the order they were first held."""
+        held = self._held
+        emptied: list[str] = []
+        for lane, waiting in held.items():
+            if self.size >= self.limit:
+                break
+            while waiting and self.size < self.limit and len(self._lanes.get(lane) or ()) < self.share(lane):
+                pending = waiting.popleft()
+                pending.deadline = now + self.timeout_s
+                self._enqueue(pending, lane)
+                session = pending.session
+                left = self._held_by[session] - 1
+                if left:
+                    self._held_by[session] = left
+                else:
+                    del self._held_by[session]
+                    self.released.append(session)
+            if not waiting:
+                emptied.append(lane)
+        for lane in emptied:
+            del held[lane]
 
     def _remove(self, lane: str) -> None:
         """``lane`` is empty: out of the turn."""
@@ -435,7 +517,7 @@ class UpstreamPool:
         self.max_in_flight = asset.max_in_flight
         self.max_connections = asset.max_connections
         self.connections: list[Link[Any]] = []
-        self.queue = FairQueue(asset.queue_limit)
+        self.queue = FairQueue(asset.queue_limit, asset.queue_timeout_s)
         # Per batch: links with unsent output, sessions with unsent replies.
         self.dirty: list[Link[Any]] = []
         self.touched: list[Client] = []
@@ -469,6 +551,7 @@ class UpstreamPool:
         now = monotonic()
         for pending in self.queue.drain():
             self._fail(pending, Failure.RECONFIGURED, Failure.RECONFIGURED.value, now)
+        self._release_held()
         self.flush()
         for link in list(self.connections):
             if not link.in_flight:
@@ -506,22 +589,12 @@ class UpstreamPool:
             return
         # The deadline runs from the moment the gateway read the request, not from when it is sent.
         pending.deadline = now + self.queue_timeout_s
-        lane = pending.session.identity
-        accepted, pushed_out = self.queue.offer(pending, lane)
+        accepted, pushed_out = self.queue.offer(pending, pending.session.identity)
         if not accepted:
-            queue = self.queue
-            reason = (
-                f"{Failure.QUEUE_FULL.value}: this identity holds its share"
-                f" ({queue.share(lane)} of queue_limit {queue.limit})"
-            )
-            self._fail(pending, Failure.QUEUE_FULL, reason, now)
+            pending.session.hold()  # held past its identity's share: its session stops reading
             return
         if pushed_out is not None:
-            reason = (
-                f"{Failure.QUEUE_FULL.value}: its place went to another identity under its share"
-                f" (queue_limit {self.queue.limit})"
-            )
-            self._fail(pushed_out, Failure.QUEUE_FULL, reason, now)
+            pushed_out.session.hold()  # another identity took its place: that session stops reading too
         if self._queue_timer is None:
             self._queue_timer = self.loop.call_at(pending.deadline, self._expire_queue)
         if len(self.connections) + self._connecting < self.max_connections and self._reconnect is None:
@@ -539,12 +612,14 @@ class UpstreamPool:
             return
         now = monotonic()
         while queue.size and len(link.in_flight) < self.max_in_flight:
-            pending = queue.pop()
+            pending = queue.pop(now)
             assert pending is not None
             if pending.deadline <= now:
                 self._queue_timed_out(pending, now)
             else:
                 link.send(pending, now)
+        if queue.released:
+            self._release_held()
 
     def mark_dirty(self, link: Link[Any]) -> None:
         """``link`` has requests to write. They leave at the end of this turn of the event loop, so the
@@ -573,10 +648,21 @@ class UpstreamPool:
         now = monotonic()
         for pending in self.queue.expire(now):
             self._queue_timed_out(pending, now)
+        if self.queue.released:
+            self._release_held()
         deadline = self.queue.next_deadline()
         if deadline is not None:
             self._queue_timer = self.loop.call_at(deadline, self._expire_queue)
         self.flush()
+
+    def _release_held(self) -> None:
+        """Sessions whose held requests are all in the queue (or answered) read on, after this batch:
+        reading now would re-enter the pool in the middle of it."""
+        released = self.queue.released
+        call_soon = self.loop.call_soon
+        for session in released:
+            call_soon(session.unhold)
+        released.clear()
 
     def _queue_timed_out(self, pending: Pending, now: float) -> None:
         """Never sent: say what held it up."""
@@ -646,6 +732,7 @@ class UpstreamPool:
             now = monotonic()
             for pending in self.queue.drain():
                 self._fail(pending, Failure.UNREACHABLE, f"device unreachable: {reason}", now)
+            self._release_held()
             self.flush()
         self._schedule_reconnect()
 

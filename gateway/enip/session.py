@@ -192,7 +192,8 @@ class EnipSession(Session):
 
     def _read_buffered(self) -> None:
         codec = self._codec
-        while not self.closing and not self.paced:
+        # held: a request waits past its identity's share of the asset's queue (gateway/upstream.py).
+        while not self.closing and not self.paced and not self.held:
             try:
                 message = codec.next_message()
             except CipProtocolError as error:

@@ -126,6 +126,7 @@ class ModbusSession(Session):
             self._in_flight + local < limit
             and not self.closing
             and not self.paced
+            and not self.held
             and (ordered is None or len(ordered) < limit)
         ):
             try:
@@ -146,12 +147,12 @@ class ModbusSession(Session):
                 )
                 if self._ordered is not None:
                     self._ordered.append(pending)
+                # Past its identity's share of the asset's queue, the request is held and the session
+                # with it (self.held): the rest waits unread in TCP until the queue takes it in.
                 pool.submit(pending)
                 if pending.key == NOT_IN_FLIGHT:
-                    # Answered at once: the asset's queue holds this identity's share. The next request
-                    # would fare the same, so read no more until one of this session's requests is
-                    # answered (or next turn, with none in flight): one busy answer per turn at most,
-                    # never a burst of them as deep as the client pipelines.
+                    # Answered at once (the asset reconfigured): read no more until one of this
+                    # session's requests is answered (or next turn, with none in flight).
                     local += 1
                     if codec.buffered_bytes and not self.closing:
                         self.pause_requests(IN_FLIGHT_LIMIT)
@@ -263,7 +264,7 @@ class ModbusSession(Session):
 
     def fail(self, pending: PendingRequest, failure: Failure, reason: str, now: float) -> bool:
         """The device cannot answer the request: exception 0x0A when the gateway could not take it
-        (queue full, asset reconfigured), 0x0B when the device did not (timeout, lost, unreachable,
+        (asset reconfigured), 0x0B when the device did not (timeout, lost, unreachable,
         malformed reply)."""
         code = GATEWAY_PATH_UNAVAILABLE if failure.overload else TARGET_FAILED_TO_RESPOND
         first = not self._out

@@ -1,11 +1,13 @@
 """The upstream pools' fair queue (gateway/upstream.py ``FairQueue``): the order in which identities'
-requests leave it for the device, and what a lane that was empty gets (issue 16, point 2)."""
+requests leave it for the device, what a lane that was empty gets, and what happens to a request past
+its identity's share: held, its session stopped, and taken in when its identity's requests leave
+(issue 16, point 2)."""
 
 from __future__ import annotations
 
 from typing import cast
 
-from gateway.upstream import QUEUED, Client, FairQueue, Pending
+from gateway.upstream import HELD, QUEUED, Client, FairQueue, Pending
 
 
 class _Session:
@@ -13,8 +15,10 @@ class _Session:
         self.identity = identity  # all the queue reads of a session
 
 
-def _requests(identity: str, count: int, deadline: float = 100.0) -> list[Pending]:
-    session = cast(Client, _Session(identity))
+def _requests(
+    identity: str, count: int, deadline: float = 100.0, session: Client | None = None
+) -> list[Pending]:
+    session = session or cast(Client, _Session(identity))
     out = []
     for _ in range(count):
         pending = Pending(session, 0.0)
@@ -95,7 +99,7 @@ def test_a_lane_served_first_then_waits_its_turn() -> None:
     assert _order(queue) == ["poller", "flooder", "poller", "flooder", "poller", "flooder"]
 
 
-def test_a_lane_emptied_by_expiry_or_push_out_is_no_longer_waiting_to_be_served() -> None:
+def test_a_lane_emptied_by_expiry_is_no_longer_waiting_to_be_served() -> None:
     queue = FairQueue(4)
     (early,) = _requests("poller", 1, deadline=1.0)
     queue.offer(early, "poller")
@@ -104,15 +108,69 @@ def test_a_lane_emptied_by_expiry_or_push_out_is_no_longer_waiting_to_be_served(
         queue.offer(pending, "flooder")
     assert queue.expire(2.0) == [early]
     assert _order(queue) == ["flooder", "flooder"]
-    # Push-out: the queue is full, and a newcomer under its share takes the place of the fullest lane's
-    # newest request. A lane emptied that way is out of the turn too.
-    queue = FairQueue(2)
-    (lone,) = _requests("a", 1)
-    queue.offer(lone, "a")
-    for pending in _requests("b", 1):
-        queue.offer(pending, "b")
-    (newcomer,) = _requests("c", 1)
-    accepted, pushed_out = queue.offer(newcomer, "c")
-    assert accepted and pushed_out is lone  # the lanes held one each: the first fullest gives way
-    assert _order(queue) == ["b", "c"]
     assert queue.drain() == [] and queue.pop() is None
+
+
+def test_past_its_share_a_request_is_held_not_refused_and_taken_in_when_its_identity_is_served() -> None:
+    queue = FairQueue(4, timeout_s=0.4)
+    session = cast(Client, _Session("flooder"))
+    flood = _requests("flooder", 6, session=session)
+    assert [queue.offer(pending, "flooder")[0] for pending in flood] == [True] * 4 + [False] * 2
+    assert [p.key for p in flood[4:]] == [HELD, HELD] and len(queue) == 4 and queue.held == 2
+    # One of the flooder's requests leaves: its oldest held one is taken in, with a deadline from now.
+    assert queue.pop(now=7.0) is flood[0]
+    assert flood[4].key == QUEUED and flood[4].deadline == 7.4 and flood[5].key == HELD
+    assert queue.released == []  # the session still has one held: it reads nothing yet
+    assert queue.pop(now=8.0) is flood[1]
+    assert queue.released == [session] and queue.held == 0
+    assert [queue.pop() for _ in range(4)] == flood[2:]
+
+
+def test_a_newcomer_to_a_full_queue_takes_the_place_of_the_fullest_lanes_newest_which_is_held() -> None:
+    queue = FairQueue(4, timeout_s=0.4)
+    flood = _requests("flooder", 5)
+    for pending in flood:
+        queue.offer(pending, "flooder")
+    assert queue.pop(now=0.5) is flood[0]  # and flood[4] is taken in: the queue is full again
+    assert queue.released == [flood[4].session]
+    queue.released.clear()  # as the pool does once it has let the session read on
+    (poll,) = _requests("poller", 1)
+    accepted, pushed_out = queue.offer(poll, "poller")
+    assert accepted and pushed_out is flood[4] and flood[4].key == HELD and queue.held == 1
+    assert queue.pop(now=1.0) is poll  # the new lane first
+    # The poller's lane is empty again: the flooder's share is the whole queue, and its held request is
+    # taken in, with a deadline from now, and its session released.
+    assert flood[4].key == QUEUED and flood[4].deadline == 1.4
+    assert queue.released == [flood[4].session]
+    assert [queue.pop() for _ in range(4)] == flood[1:]
+
+
+def test_many_identities_in_a_small_queue_are_held_in_turn_and_all_get_through() -> None:
+    # More identities than places: nobody can give way, so the newcomers wait, held, in arrival order.
+    queue = FairQueue(2, timeout_s=1.0)
+    first = _requests("a", 1) + _requests("b", 1)
+    for pending in first:
+        assert queue.offer(pending, pending.session.identity) == (True, None)
+    later = _requests("c", 1) + _requests("d", 1)
+    for pending in later:
+        assert queue.offer(pending, pending.session.identity) == (False, None)
+    assert _order(queue) == ["a", "b", "c", "d"]
+    assert len(queue.released) == 2 and queue.held == 0
+
+
+def test_expiry_and_drain_take_in_or_release_the_held() -> None:
+    queue = FairQueue(2, timeout_s=5.0)
+    early = _requests("flooder", 2, deadline=1.0)
+    for pending in early:
+        queue.offer(pending, "flooder")
+    (held,) = _requests("flooder", 1)
+    assert queue.offer(held, "flooder") == (False, None)
+    assert queue.expire(2.0) == early
+    assert held.key == QUEUED and held.deadline == 7.0 and queue.next_deadline() == 7.0
+    (more,) = _requests("other", 1)
+    queue.offer(more, "other")
+    (last,) = _requests("other", 1)
+    queue.offer(last, "other")  # the queue is full and no lane can give way: held
+    assert last.key == HELD
+    assert sorted(id(p) for p in queue.drain()) == sorted(id(p) for p in (held, more, last))
+    assert len(queue.released) == 2 and queue.held == 0 and len(queue) == 0
