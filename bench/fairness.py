@@ -8,8 +8,12 @@ registers back to back. It takes ``--samples`` reads with the asset idle, then a
 flooder (``bench.modbus_load`` as ``user/flooder``: ``--connections`` x ``--depth`` reads in flight,
 far more than the queue holds) runs at full speed. Printed and written to
 ``bench/results/raw/fairness-<time>.json``: the poller's p50 and p99 in both phases, its failures, and
-what the flooder got (answers, exception 0x0A for what exceeded its share), and the gateway's CPU in
-each phase (the share of one core it used). docs/performance.md keeps the figures by hand.
+what the flooder got (answers, and any exception codes), and the gateway's CPU in each phase (the share
+of one core it used). docs/performance.md keeps the figures by hand.
+
+``--ref REF`` makes it an A/B: the same measurement with the gateway as it was at git ``REF`` (exported,
+built as the working tree is) and with the working tree's, alternately, ``--rounds`` times each, each
+with a device and a gateway of its own.
 
 On a plant the attacker's load generator runs on another machine; on a small bench machine it competes
 with the gateway for its cores. ``--idle-priority`` runs it under ``chrt --idle 0`` (SCHED_IDLE): it
@@ -33,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.loadgen import REPO, start_server
+from bench.paths import ref_tree
 from bench.procs import Supervisor, cpu_times, listening_ports, wait_listening
 
 TD = "bench.example"
@@ -100,7 +105,7 @@ def _summary(latencies: list[float], failures: int, cpu_share: float) -> dict[st
     }
 
 
-async def _measure(work: Path, args: argparse.Namespace, supervisor: Supervisor) -> dict[str, Any]:
+async def _measure(work: Path, args: argparse.Namespace, supervisor: Supervisor, src: Path) -> dict[str, Any]:
     from pymodbus.client import AsyncModbusTlsClient
 
     from gateway import pki
@@ -117,12 +122,12 @@ async def _measure(work: Path, args: argparse.Namespace, supervisor: Supervisor)
     (work / "policy.toml").write_text(_policy(device_port))
     config = work / "gateway.toml"
     config.write_text(
-        f'[gateway]\nname = "gw-1"\nlisten = "127.0.0.1:0"\npolicy = "policy.toml"\n'
+        f'[gateway]\nname = "gw-1"\nlisten = "127.0.0.1:0"\npolicy = "{work / "policy.toml"}"\n'
         f'[tls]\ncert = "{gateway_files.cert}"\nkey = "{gateway_files.key}"\nca = "{ca.cert}"\n'
-        f'[admin]\nlisten = ""\n[audit]\nfile = "audit.jsonl"\naggregate_reads_s = 1.0\n'
+        f'[admin]\nlisten = ""\n[audit]\nfile = "{work / "audit.jsonl"}"\naggregate_reads_s = 1.0\n'
     )
     gateway_argv = [sys.executable, "-m", "gateway", "gateway", "--config", str(config)]
-    gateway = supervisor.spawn("gateway", gateway_argv)
+    gateway = supervisor.spawn("gateway", gateway_argv, cwd=src)  # python -m imports from its cwd
     wait_listening(gateway)
     (gw_port,) = listening_ports(gateway.pid)
 
@@ -187,22 +192,34 @@ def run(argv: list[str]) -> int:
         action="store_true",
         help="run the flooder under chrt --idle 0: only the CPU the gateway, device and poller leave",
     )
+    parser.add_argument("--ref", help="also measure the gateway as it was at this git ref: an A/B")
+    parser.add_argument("--rounds", type=int, default=1, help="with --ref: measurements of each, alternately")
     args = parser.parse_args(argv)
     started = datetime.now(UTC)
-    with tempfile.TemporaryDirectory(prefix="ztgate-bench-fairness-") as tmp:
-        work = Path(tmp)
-        with Supervisor(work / "logs") as supervisor:
-            found = asyncio.run(_measure(work, args, supervisor))
-    idle, flood = found["idle"], found["flood"]
-    ratio = round(flood["p99_ms"] / idle["p99_ms"], 2)
+    variants: list[tuple[str, Path]] = [("working tree", REPO)]
+    if args.ref:
+        sha, export = ref_tree(args.ref)
+        variants = [(f"{args.ref} ({sha[:8]})", export), *variants] * args.rounds
+    runs = []
+    for name, src in variants:
+        with tempfile.TemporaryDirectory(prefix="ztgate-bench-fairness-") as tmp:
+            work = Path(tmp)
+            with Supervisor(work / "logs") as supervisor:
+                found = asyncio.run(_measure(work, args, supervisor, src))
+        idle, flood = found["idle"], found["flood"]
+        ratio = round(flood["p99_ms"] / idle["p99_ms"], 2)
+        runs.append({"gateway": name, "p99_ratio": ratio, **found})
+        print(
+            f"{name}: poller idle: p50 {idle['p50_ms']} ms, p99 {idle['p99_ms']} ms,"
+            f" {idle['failures']} failures;"
+            f" under flood: p50 {flood['p50_ms']} ms, p99 {flood['p99_ms']} ms, {flood['failures']} failures"
+            f" (p99 {ratio}x idle); gateway CPU idle {idle['gateway_cpu_share']}, under flood"
+            f" {flood['gateway_cpu_share']} of a core; flooder {found['flooder']}"
+            f"{' (flooder under chrt --idle 0)' if args.idle_priority else ''}",
+            flush=True,
+        )
     out = REPO / "bench" / "results" / "raw" / f"fairness-{started:%Y%m%dT%H%M%SZ}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"started": started.isoformat(), "p99_ratio": ratio, **found}, indent=1))
-    print(
-        f"poller idle: p50 {idle['p50_ms']} ms, p99 {idle['p99_ms']} ms, {idle['failures']} failures; "
-        f"under flood: p50 {flood['p50_ms']} ms, p99 {flood['p99_ms']} ms, {flood['failures']} failures "
-        f"(p99 {ratio}x idle); gateway CPU idle {idle['gateway_cpu_share']}, under flood"
-        f" {flood['gateway_cpu_share']} of a core; flooder {found['flooder']}"
-        f"{' (flooder under chrt --idle 0)' if args.idle_priority else ''}; {out}"
-    )
+    out.write_text(json.dumps({"started": started.isoformat(), "argv": argv, "runs": runs}, indent=1))
+    print(out)
     return 0

@@ -442,6 +442,13 @@ def gateway_health(admin_port: int | None, audit_file: Path | None) -> dict[str,
 def start_ztgate_ref(ctx: PathContext, ref: str) -> RunningPath:
     """The gateway as it was at git ``ref``, exported (``git archive``) into .cache/bench/ and run
     from there with the same policy and settings: an A/B against the working tree in one run."""
+    sha, export = ref_tree(ref)
+    return start_ztgate(ctx, name=f"ztgate-{sha}", src=export, path_name=f"ztgate@{sha[:8]}", version=sha)
+
+
+def ref_tree(ref: str) -> tuple[str, Path]:
+    """Git ``ref``'s commit and its tree, exported into .cache/bench/ (with its compiled modules when
+    the working tree has them): ``python -m gateway`` run from there is the gateway at ``ref``."""
     try:
         sha = subprocess.run(
             ["git", "-C", str(REPO), "rev-parse", "--short=12", f"{ref}^{{commit}}"],
@@ -465,7 +472,7 @@ def start_ztgate_ref(ctx: PathContext, ref: str) -> RunningPath:
         subprocess.run(["tar", "-x", "-C", str(export)], input=archive, timeout=60, check=True)
     if current_build(REPO).compiled:
         export = _compiled_copy(export)
-    return start_ztgate(ctx, name=f"ztgate-{sha}", src=export, path_name=f"ztgate@{sha[:8]}", version=sha)
+    return sha, export
 
 
 def _compiled_copy(export: Path) -> Path:
