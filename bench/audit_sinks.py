@@ -16,6 +16,10 @@ gateway's CPU per request (its process tree, from /proc), median over the repeti
 syslog-tls / file of each repetition and their median. After the run the collector must have received
 every record the sink sent, with nothing dropped and the spool empty, or the run fails.
 
+``--ref REF`` adds a third gateway, the syslog-tls one as it was at git ``REF`` (exported as the main
+bench's ``--ref`` does, its own spool, the same collector): an A/B of a change to the sink in one
+interleaved run, each repetition's ratio to the file path given for both.
+
 Results go to ``bench/results/raw/audit-sinks-<time>.json``; docs/performance.md keeps the figures by
 hand. Run it under ``/work/bin/cpu-exclusive`` (or on an otherwise idle machine).
 """
@@ -36,7 +40,7 @@ from typing import Any
 from bench.lab import TRUST_DOMAIN, Lab, Pool, make_lab
 from bench.loadgen import OWN_GENERATOR, REPO, WORKLOADS, start_server
 from bench.machine import describe_machine
-from bench.paths import PathContext, RunningPath, gateway_health, start_ztgate
+from bench.paths import PathContext, RunningPath, gateway_health, ref_tree, start_ztgate
 from bench.procs import Supervisor, raise_fd_limit
 from bench.runner import run_matrix
 from gateway import pki
@@ -73,35 +77,42 @@ def _sink_status(path: RunningPath) -> dict[str, Any]:
     return status
 
 
-def _check_delivery(path: RunningPath, collector: Any) -> dict[str, Any]:
-    """Wait (bounded) until the spool is empty and rsyslog has written every record the sink sent."""
+def _check_delivery(paths: list[RunningPath], collector: Any) -> dict[str, Any]:
+    """Wait (bounded) until every sink's spool is empty and rsyslog has written every record the sinks
+    sent (one collector for all of them)."""
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
     while True:
-        status = _sink_status(path)
-        spooled = status["spool"]["records"]
+        statuses = [_sink_status(path) for path in paths]
+        spooled = sum(status["spool"]["records"] for status in statuses)
+        sent = sum(status["sent"] for status in statuses)
         received = collector.count()
-        if (spooled == 0 and received >= status["sent"]) or time.monotonic() > deadline:
+        if (spooled == 0 and received >= sent) or time.monotonic() > deadline:
             break
         time.sleep(0.2)
+    dropped = {path.name: status["dropped"] for path, status in zip(paths, statuses, strict=True)}
     found = {
-        "sent": status["sent"],
+        "sent": sent,
         "received": received,
         "spooled": spooled,
-        "dropped": status["dropped"],
-        "connect_failures": status["connect_failures"],
+        "dropped": dropped,
+        "connect_failures": sum(status["connect_failures"] for status in statuses),
     }
-    if spooled or received != status["sent"] or any(status["dropped"].values()):
+    if spooled or received != sent or any(any(d.values()) for d in dropped.values()):
         raise RuntimeError(f"the collector did not get every record: {found}")
     return found
 
 
-def _ratios(samples: list[dict[str, Any]], workload: str) -> dict[str, Any]:
+def _ratios(samples: list[dict[str, Any]], workload: str, ref: str | None = None) -> dict[str, Any]:
     by_rep: dict[int, dict[str, float]] = {}
     for sample in samples:
         cpu = sample.get("proxy_cpu_us_per_req")
         if sample["workload"] == workload and cpu is not None and "failed" not in sample:
             by_rep.setdefault(sample["rep"], {})[sample["path"]] = cpu
-    ratios = [rep["syslog-tls"] / rep["file"] for rep in by_rep.values() if len(rep) == 2]
+
+    def per_rep(path: str) -> list[float]:
+        return [rep[path] / rep["file"] for rep in by_rep.values() if path in rep and "file" in rep]
+
+    ratios = per_rep("syslog-tls")
 
     def median(path: str, metric: str) -> float | None:
         values = [
@@ -111,7 +122,7 @@ def _ratios(samples: list[dict[str, Any]], workload: str) -> dict[str, Any]:
         ]
         return round(statistics.median(values), 2) if values else None
 
-    return {
+    row = {
         "file_cpu_us_per_req": median("file", "proxy_cpu_us_per_req"),
         "syslog_cpu_us_per_req": median("syslog-tls", "proxy_cpu_us_per_req"),
         "file_req_per_s": median("file", "req_per_s"),
@@ -119,9 +130,18 @@ def _ratios(samples: list[dict[str, Any]], workload: str) -> dict[str, Any]:
         "ratios": [round(r, 3) for r in ratios],
         "median_ratio": round(statistics.median(ratios), 3) if ratios else None,
     }
+    if ref is not None:
+        ref_ratios = per_rep(ref)
+        row.update(
+            ref_cpu_us_per_req=median(ref, "proxy_cpu_us_per_req"),
+            ref_req_per_s=median(ref, "req_per_s"),
+            ref_ratios=[round(r, 3) for r in ref_ratios],
+            ref_median_ratio=round(statistics.median(ref_ratios), 3) if ref_ratios else None,
+        )
+    return row
 
 
-def _table(rows: dict[str, dict[str, Any]]) -> list[str]:
+def _table(rows: dict[str, dict[str, Any]], ref: str | None = None) -> list[str]:
     lines = [
         "| workload | file: CPU µs/req | syslog-tls: CPU µs/req | ratio (median of reps) | per repetition "
         "| req/s file / syslog-tls |",
@@ -134,6 +154,15 @@ def _table(rows: dict[str, dict[str, Any]]) -> list[str]:
             f"| {name} | {row['file_cpu_us_per_req']} | {row['syslog_cpu_us_per_req']} | "
             f"{row['median_ratio']} | {reps} | {rates} |"
         )
+    if ref is not None:
+        lines += ["", f"| workload | {ref}: CPU µs/req | ratio to file (median) | per repetition | req/s |"]
+        lines.append("|---|---|---|---|---|")
+        for name, row in rows.items():
+            reps = ", ".join(f"{r:.2f}" for r in row["ref_ratios"])
+            lines.append(
+                f"| {name} | {row['ref_cpu_us_per_req']} | {row['ref_median_ratio']} | {reps} | "
+                f"{row['ref_req_per_s'] or 0:,.0f} |"
+            )
     return lines
 
 
@@ -145,6 +174,7 @@ def run(argv: list[str]) -> int:
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated (default all)")
     parser.add_argument("--format", default="json", help="the syslog sink's format (default json: ECS)")
     parser.add_argument("--rules", type=int, default=1000, help="rules in the policy (default 1,000)")
+    parser.add_argument("--ref", help="also run the syslog-tls gateway as it was at this git ref: an A/B")
     args = parser.parse_args(argv)
     workloads = [WORKLOADS[w.strip()] for w in args.workloads.split(",") if w.strip()]
     # Imported here: the collector helper lives with the SIEM tests, which start the same rsyslogd.
@@ -163,7 +193,8 @@ def run(argv: list[str]) -> int:
             "settings": {**vars(args), "pool": pool.describe(), "aggregate_reads_s": 1.0},
         }
     }
-    lifetime_s = 120 + args.repeat * len(workloads) * 2 * (args.warmup + args.duration + 3)
+    paths = 3 if args.ref else 2
+    lifetime_s = 120 + args.repeat * len(workloads) * paths * (args.warmup + args.duration + 3)
     with Supervisor(raw / "logs") as sup:
         lab = make_lab(raw / "lab")
         files = pki.issue(
@@ -194,10 +225,23 @@ def run(argv: list[str]) -> int:
                 path_name="syslog-tls",
                 audit_sinks=_syslog_sink(collector_port, lab, raw / "spool", args.format),
             )
+            syslogs = [syslog]
+            if args.ref:
+                sha, export = ref_tree(args.ref)
+                syslogs.append(
+                    start_ztgate(
+                        ctx,
+                        name="gw-syslog-ref",
+                        path_name=f"syslog-tls@{sha[:8]}",
+                        audit_sinks=_syslog_sink(collector_port, lab, raw / "spool-ref", args.format),
+                        src=export,
+                        version=sha,
+                    )
+                )
             log(f"bench audit-sinks: rsyslogd (TLS) on 127.0.0.1:{collector_port}; results in {raw}")
             samples, _ = run_matrix(
                 OWN_GENERATOR,
-                [file_path, syslog],
+                [file_path, *syslogs],
                 server,
                 workloads,
                 repeat=args.repeat,
@@ -205,17 +249,18 @@ def run(argv: list[str]) -> int:
                 duration_s=args.duration,
                 log=log,
             )
-            results["delivery"] = _check_delivery(syslog, collector)
+            results["delivery"] = _check_delivery(syslogs, collector)
             results["health"] = {
-                p.name: gateway_health(p.admin_port, p.audit_file) for p in (file_path, syslog)
+                p.name: gateway_health(p.admin_port, p.audit_file) for p in (file_path, *syslogs)
             }
         finally:
             collector.stop()
     results["samples"] = samples
-    results["rows"] = {w.name: _ratios(samples, w.name) for w in workloads}
+    ref = syslogs[1].name if len(syslogs) > 1 else None
+    results["rows"] = {w.name: _ratios(samples, w.name, ref) for w in workloads}
     (raw / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
     log("")
-    for line in _table(results["rows"]):
+    for line in _table(results["rows"], ref):
         log(line)
     log(f"delivery: {results['delivery']}")
     worst = max((row["median_ratio"] or 0.0) for row in results["rows"].values())

@@ -57,6 +57,7 @@ __all__ = [
     "PathUnavailableError",
     "RunningPath",
     "gateway_health",
+    "ref_tree",
     "start_agent",
     "start_gateway_process",
     "start_path",
