@@ -66,8 +66,14 @@ def _ztgate_line(record: Record) -> bytes:
     return record.line
 
 
-def line_formatter(fmt: str) -> Callable[[Record], bytes]:
-    """How a sink turns a record into its line (with the newline) in ``fmt`` (gateway/audit_formats.py).
+def _ztgate_text(record: Record) -> bytes:
+    return record.line.rstrip(b"\n")
+
+
+def line_formatter(fmt: str, *, newline: bool = True) -> Callable[[Record], bytes]:
+    """How a sink turns a record into its line in ``fmt`` (gateway/audit_formats.py): with the newline
+    (a file's line), or without it (``newline=False``: a syslog message's MSG, with no copy to add and
+    then strip it).
 
     The other formats start from the serialised flat line, not from the event dict: that line is what
     was recorded (bytes already hex, an unencodable event already an ``audit_error``), so every format of
@@ -75,12 +81,15 @@ def line_formatter(fmt: str) -> Callable[[Record], bytes]:
     if fmt not in FORMATS:
         raise ValueError(f"unknown audit format {fmt!r}; one of {', '.join(FORMATS)}")
     if fmt == "ztgate":
-        return _ztgate_line
+        return _ztgate_line if newline else _ztgate_text
 
     def formatted(record: Record) -> bytes:
         return format_line(orjson.loads(record.line), fmt) + b"\n"
 
-    return formatted
+    def text(record: Record) -> bytes:
+        return format_line(orjson.loads(record.line), fmt)
+
+    return formatted if newline else text
 
 
 # A report of records a sink lost: (reason, count) -> a record to write in-band once the sink works again.

@@ -1,12 +1,14 @@
 """A syslog sink's disk spool: a bounded, append-only directory of segments, read in order by the sender.
 
 Layout: ``<dir>/<seq>.seg`` files, each a run of records ``length (u32, big-endian) | kind (u8) | message``,
-and ``<dir>/cursor`` (``seq, offset`` as two u64): where the next record to send starts. Appends are
-written and fsynced once per batch; the cursor is rewritten (by rename) after every batch the collector
-took, and segments behind it are deleted. At start the spool is scanned, a torn last record (a crash in
-the middle of an append) is cut off, and sending resumes at the cursor, so a restarted gateway replays
-what it had not sent, in order. The cursor is not fsynced: after an operating-system crash a few records
-already sent may be sent again; none is lost.
+and ``<dir>/cursor`` (``seq, offset`` as two u64, then their CRC-32 as a u32): where the next record to
+send starts. Appends are written and synced (``fdatasync``: the records and the file's size, which is
+all a read after a crash needs) once per batch; the cursor is overwritten in place (one ``pwrite``)
+after every batch the collector took, and segments behind it are deleted. At start the spool is
+scanned, a torn last record (a crash in the middle of an append) is cut off, and sending resumes at the
+cursor, so a restarted gateway replays what it had not sent, in order. The cursor is not synced: after
+an operating-system crash a few records already sent may be sent again, and a cursor that does not
+match its checksum replays the spool from its oldest segment; none is lost.
 
 The size limit counts the records not yet sent. When a batch does not fit, ``drop_oldest_reads`` drops
 the oldest allowed-read records, one by one, until it fits, and rewrites the segments that held them
@@ -20,6 +22,7 @@ from __future__ import annotations
 import os
 import struct
 import threading
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Final
@@ -30,10 +33,15 @@ ON_FULL_POLICIES: Final = ("drop_oldest_reads", "block_new_sessions")
 KIND_CODES: Final = {"read": 0, "refusal": 1, "decision": 2, "event": 3}
 KIND_NAMES: Final = {code: name for name, code in KIND_CODES.items()}
 _HEADER = struct.Struct(">IB")
-_CURSOR = struct.Struct(">QQ")
+_CURSOR = struct.Struct(">QQI")  # seq, offset, crc32 of the two
+_POSITION = struct.Struct(">QQ")
 _SUFFIX = ".seg"
 
 SpoolCursor = tuple[int, int]  # (segment seq, offset just past the last record of a batch)
+
+# What an append's durability needs is the data and the file's size; fdatasync skips the timestamps
+# (fsync where the platform has no fdatasync).
+_sync = getattr(os, "fdatasync", os.fsync)
 
 
 def _segment_name(seq: int) -> str:
@@ -119,6 +127,8 @@ class Spool:
             self._path(seq).touch(mode=0o640)
         self._write_seq = max(self._sizes)
         self._file = open(self._path(self._write_seq), "ab")  # noqa: SIM115 - closed by close()
+        # Kept open: the sender overwrites it after every batch, one pwrite instead of a file and a rename.
+        self._cursor_fd = os.open(self.directory / "cursor", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
         if self.pending_records:
             self.data_ready.set()
 
@@ -127,9 +137,14 @@ class Spool:
             raw = (self.directory / "cursor").read_bytes()
         except FileNotFoundError:
             return (0, 0)
+        if len(raw) == _POSITION.size:  # written before the checksum: taken as it is
+            seq, offset = _POSITION.unpack(raw)
+            return seq, offset
         if len(raw) != _CURSOR.size:
             return (0, 0)
-        seq, offset = _CURSOR.unpack(raw)
+        seq, offset, crc = _CURSOR.unpack(raw)
+        if zlib.crc32(raw[: _POSITION.size]) != crc:
+            return (0, 0)  # torn or stale after a crash: replay from the oldest segment
         return seq, offset
 
     def _path(self, seq: int) -> Path:
@@ -146,7 +161,7 @@ class Spool:
     # -- writer side ---------------------------------------------------------------------------------------
 
     def append(self, records: Sequence[tuple[str, bytes]]) -> list[str]:
-        """Append (kind, message) records and fsync; returns the kinds of the records refused for room."""
+        """Append (kind, message) records and sync them; returns the kinds of the records refused for room."""
         refused: list[str] = []
         with self._lock:
             used = self.pending_bytes
@@ -157,7 +172,7 @@ class Spool:
                 pack, codes = _HEADER.pack, KIND_CODES
                 self._write(b"".join([pack(len(m), codes[k]) + m for k, m in records]))
                 self._counts[seq] += len(records)
-                os.fsync(self._file.fileno())
+                _sync(self._file.fileno())
                 if records:
                     self.data_ready.set()
                 return refused
@@ -186,7 +201,7 @@ class Spool:
                 used += size
                 self._counts[self._write_seq] += 1
             self._write(buffer)
-            os.fsync(self._file.fileno())
+            _sync(self._file.fileno())
         if len(refused) < len(records):
             self.data_ready.set()
         return refused
@@ -198,7 +213,7 @@ class Spool:
             self._sizes[self._write_seq] += len(buffer)
 
     def _roll(self) -> None:
-        os.fsync(self._file.fileno())
+        _sync(self._file.fileno())
         self._file.close()
         self._write_seq += 1
         self._sizes[self._write_seq] = 0
@@ -301,13 +316,15 @@ class Spool:
         self._cursor = (min(self._sizes), 0)
 
     def _save_cursor(self) -> None:
-        temporary = self.directory / "cursor.tmp"
-        temporary.write_bytes(_CURSOR.pack(*self._cursor))
-        os.replace(temporary, self.directory / "cursor")
+        position = _POSITION.pack(*self._cursor)
+        os.pwrite(self._cursor_fd, position + zlib.crc32(position).to_bytes(4, "big"), 0)
 
     def close(self) -> None:
         with self._lock:
             if not self._file.closed:
                 self._file.flush()
-                os.fsync(self._file.fileno())
+                _sync(self._file.fileno())
                 self._file.close()
+            if self._cursor_fd >= 0:
+                os.close(self._cursor_fd)
+                self._cursor_fd = -1

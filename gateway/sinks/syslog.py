@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from gateway.sinks.base import Record, Sink
+from gateway.sinks.base import Record, Sink, line_formatter
 from gateway.sinks.spool import Spool
 
 __all__ = ["FACILITIES", "TRANSPORTS", "SyslogSettings", "SyslogSink", "format_message"]
@@ -46,6 +46,7 @@ FACILITIES: Final = {
 _SEVERITY: Final = {"refusal": 4, "decision": 5, "read": 6, "event": 6}
 _ERROR_EVENTS: Final = frozenset(("audit_dropped", "audit_error"))
 SEND_BATCH_BYTES: Final = 256 * 1024
+_ENVELOPES_LIMIT: Final = 1024
 _BACKOFF_MIN_S: Final = 0.1
 _BACKOFF_MAX_S: Final = 5.0
 
@@ -93,16 +94,17 @@ def _timestamp(text: str) -> bytes:
 
 def format_message(settings: SyslogSettings, record: Record, pid: int, line: bytes) -> bytes:
     """The RFC 5424 message for one record whose MSG is ``line`` (the record in the sink's format); no
-    framing."""
-    severity = 3 if record.event in _ERROR_EVENTS else _SEVERITY[record.kind]
+    framing. (The sink builds the same bytes from its cached envelopes: :meth:`SyslogSink._message`.)"""
+    pri, rest = _envelope(settings, pid, record.kind, record.event)
+    return b"%s%s%s%s" % (pri, _timestamp(record.time), rest, line.rstrip(b"\n"))
+
+
+def _envelope(settings: SyslogSettings, pid: int, kind: str, event: str) -> tuple[bytes, bytes]:
+    """What surrounds TIMESTAMP in a message of this kind and event: ``<PRI>1 `` before it,
+    `` HOSTNAME APP-NAME PROCID MSGID - `` after it (no STRUCTURED-DATA)."""
+    severity = 3 if event in _ERROR_EVENTS else _SEVERITY[kind]
     facility, sender = _sender(settings.facility, settings.hostname, settings.app_name, pid)
-    return b"<%d>1 %s %s %s - %s" % (
-        facility * 8 + severity,
-        _timestamp(record.time),
-        sender,
-        _header_token(record.event, 32),
-        line.rstrip(b"\n"),
-    )
+    return b"<%d>1 " % (facility * 8 + severity), b" %s %s - " % (sender, _header_token(event, 32))
 
 
 @functools.lru_cache(maxsize=64)
@@ -145,6 +147,9 @@ class SyslogSink(Sink):
         self.connected = False
         self.connect_failures = 0
         self._pid = os.getpid()
+        self._text = line_formatter(self.format, newline=False)
+        # (kind, event) -> the message's envelope: a handful of pairs per sink (event types x kinds).
+        self._envelopes: dict[tuple[str, str], tuple[bytes, bytes]] = {}
         self._context = self._tls_context() if settings.transport == "tls" else None
         self.spool: Spool | None = None
         if spooled:
@@ -228,9 +233,19 @@ class SyslogSink(Sink):
 
     # -- writer thread: records into the spool (or datagrams) ----------------------------------------------
 
+    def _message(self, record: Record) -> bytes:
+        """format_message(settings, record, pid, the record in the sink's format), the envelope cached."""
+        key = (record.kind, record.event)
+        envelope = self._envelopes.get(key)
+        if envelope is None:
+            if len(self._envelopes) >= _ENVELOPES_LIMIT:
+                self._envelopes.clear()
+            envelope = self._envelopes[key] = _envelope(self.settings, self._pid, *key)
+        return b"%s%s%s%s" % (envelope[0], _timestamp(record.time), envelope[1], self._text(record))
+
     def _deliver(self, records: list[Record]) -> bool:
-        settings, pid, line = self.settings, self._pid, self.line
-        messages = [(record.kind, format_message(settings, record, pid, line(record))) for record in records]
+        message = self._message
+        messages = [(record.kind, message(record)) for record in records]
         if self.spool is None:
             return self._send_datagrams(messages)
         evicted = self.spool.evicted

@@ -149,7 +149,7 @@ def spool_is_empty(gateway: GatewayProcess) -> bool:
     segments = sorted((gateway.dir / "spool").glob("*.seg"))
     if not cursor.exists() or len(segments) != 1:
         return False
-    seq, offset = struct.unpack(">QQ", cursor.read_bytes())
+    seq, offset = struct.unpack_from(">QQ", cursor.read_bytes())  # then its checksum
     return segments[0].name == f"{seq:016d}.seg" and segments[0].stat().st_size == offset
 
 
