@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final, NamedTuple
 
@@ -136,9 +137,14 @@ class Sink:
         self.dropped: dict[str, int] = dict.fromkeys(KINDS, 0)  # by kind
         self.lost: dict[str, int] = {}  # by reason: queue_full, write_error, spool_full, oversized
         self.written = 0
+        self.cpu_s = 0.0  # the writer's CPU time in _deliver (formatting and writing), all batches
         self._unreported: dict[str, int] = {}  # reason -> records lost and not yet reported in-band
         self.failing = False
         self._lock = threading.Lock()  # one writer cycle at a time: the thread, drain() and close()
+        # The loss counters change together (dropped, lost, _unreported) from two threads: the caller of
+        # offer() and the writer cycle. Under one lock, a reader (losses(), status()) never sees a record
+        # counted by kind and not yet by reason, and neither thread loses the other's update.
+        self._counters = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -221,7 +227,13 @@ class Sink:
     def blocks_new_sessions(self) -> bool:
         return False
 
+    def losses(self) -> tuple[dict[str, int], dict[str, int]]:
+        """The records lost so far, by kind and by reason, at one instant: the two add up to the same."""
+        with self._counters:
+            return dict(self.dropped), dict(self.lost)
+
     def status(self) -> dict[str, Any]:
+        dropped, lost = self.losses()
         return {
             "name": self.name,
             "type": self.type_name,
@@ -232,8 +244,9 @@ class Sink:
             "queued_bytes": self.queued_bytes,
             "held": self.held,
             "written": self.written,
-            "dropped": dict(self.dropped),
-            "lost": dict(self.lost),
+            "cpu_s": round(self.cpu_s, 6),
+            "dropped": dropped,
+            "lost": lost,
         }
 
     # -- lifecycle -----------------------------------------------------------------------------------------
@@ -286,16 +299,21 @@ class Sink:
         records = [queue.popleft() for _ in range(len(queue))]
         if self.hold_bytes is not None:
             self._taken_bytes += _size(records)
-        reported = dict(self._unreported)
+        with self._counters:
+            reported = dict(self._unreported)
         markers = self._markers(reported)
         if not records and not markers:
             return
         batch = records + markers
-        if self._deliver(batch):
+        started_s = time.thread_time()
+        delivered = self._deliver(batch)
+        self.cpu_s += time.thread_time() - started_s
+        if delivered:
             self.written += len(batch)
             # _deliver may itself have lost records (a full spool): those are reported next time.
-            for reason, count in reported.items():
-                self._unreported[reason] -= count
+            with self._counters:
+                for reason, count in reported.items():
+                    self._unreported[reason] -= count
             if self.failing:
                 self.failing = False
                 _log.warning("audit sink %s writable again", self.name)
@@ -312,11 +330,12 @@ class Sink:
         """Count records of these kinds as lost for ``reason``, to be reported in-band."""
         if not kinds:
             return
-        dropped = self.dropped
-        for kind in kinds:
-            dropped[kind] += 1
-        self.lost[reason] = self.lost.get(reason, 0) + len(kinds)
-        self._unreported[reason] = self._unreported.get(reason, 0) + len(kinds)
+        with self._counters:
+            dropped = self.dropped
+            for kind in kinds:
+                dropped[kind] += 1
+            self.lost[reason] = self.lost.get(reason, 0) + len(kinds)
+            self._unreported[reason] = self._unreported.get(reason, 0) + len(kinds)
 
     def note_failure(self, exc: BaseException) -> None:
         # Log once per failure streak: a full disk would otherwise log twenty lines a second.
