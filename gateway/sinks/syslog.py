@@ -118,6 +118,13 @@ def _sender(facility: str, hostname: str, app_name: str, pid: int) -> tuple[int,
     )
 
 
+def _connected_to_itself(sock: socket.socket) -> bool:
+    try:
+        return bool(sock.getsockname() == sock.getpeername())
+    except OSError:
+        return False
+
+
 class SyslogSink(Sink):
     type_name = "syslog"
     default_format = "json"  # ECS: what a SIEM parses without a custom mapping
@@ -330,6 +337,10 @@ class SyslogSink(Sink):
         settings = self.settings
         sock = socket.create_connection(settings.address, timeout=settings.connect_timeout_s)
         try:
+            if _connected_to_itself(sock):
+                # With no collector listening, a connect on loopback can pick the collector's port as its
+                # own and meet itself (TCP simultaneous open): what it sent would be read by nobody.
+                raise ConnectionRefusedError(f"no collector on port {settings.address[1]} (self-connect)")
             if self._context is not None:
                 sock = self._context.wrap_socket(
                     sock, server_hostname=settings.server_name or settings.address[0]

@@ -3,8 +3,10 @@ format_message's, in every format, and its loss counters add up while two thread
 
 from __future__ import annotations
 
+import socket
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import orjson
@@ -66,3 +68,18 @@ def test_the_loss_counters_add_up_while_another_thread_counts(tmp_path: Path) ->
     )
     status = sink.status()
     assert sum(status["dropped"].values()) == status["lost"]["spool_full"]
+
+
+def test_a_connect_that_meets_itself_is_no_collector(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # With nothing listening on a loopback port, a connect whose source port is that port meets itself
+    # (TCP simultaneous open). Made here on purpose; the sink must not take it for its collector.
+    itself = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    itself.bind(("127.0.0.1", 0))
+    port = itself.getsockname()[1]
+    itself.connect(("127.0.0.1", port))
+    assert itself.getpeername() == itself.getsockname()
+    sink = SyslogSink("siem", replace(settings(tmp_path), address=("127.0.0.1", port)))
+    monkeypatch.setattr(socket, "create_connection", lambda *args, **kwargs: itself)
+    with pytest.raises(ConnectionRefusedError, match="self-connect"):
+        sink._connect()
+    assert itself.fileno() == -1 and sink._sock is None and not sink.connected  # closed, not kept
