@@ -10,6 +10,12 @@ cursor, so a restarted gateway replays what it had not sent, in order. The curso
 an operating-system crash a few records already sent may be sent again, and a cursor that does not
 match its checksum replays the spool from its oldest segment; none is lost.
 
+The sender reads what the writer appended last from memory, not from the file: the spool keeps the
+records of its newest appends (up to :data:`TAIL_BYTES`, each batch as the writer gave it) while they
+are contiguous with the segment's end, and a read that starts where they start takes them as they are
+(no read, no parse). Anything else, a replay after an outage or a restart among them, is read from the
+segments.
+
 The size limit counts the records not yet sent. When a batch does not fit, ``drop_oldest_reads`` drops
 the oldest allowed-read records, one by one, until it fits, and rewrites the segments that held them
 (every refusal and every other decision stays, and so does every newer read); when there is no read left
@@ -19,6 +25,7 @@ to drop, or under ``block_new_sessions``, the new record is refused, counted by 
 
 from __future__ import annotations
 
+import collections
 import os
 import struct
 import threading
@@ -38,6 +45,8 @@ _POSITION = struct.Struct(">QQ")
 _SUFFIX = ".seg"
 
 SpoolCursor = tuple[int, int]  # (segment seq, offset just past the last record of a batch)
+# The newest appends kept in memory for the sender, at most this many bytes of records.
+TAIL_BYTES: Final = 4 * 1024 * 1024
 
 # What an append's durability needs is the data and the file's size; fdatasync skips the timestamps
 # (fsync where the platform has no fdatasync).
@@ -89,6 +98,9 @@ class Spool:
         self._lock = threading.Lock()
         self.data_ready = threading.Event()
         self._outstanding: SpoolCursor | None = None
+        # (seq, start, end, records) of the newest appends, contiguous in one segment.
+        self._tail: collections.deque[tuple[int, int, int, Sequence[tuple[str, bytes]]]] = collections.deque()
+        self._tail_bytes = 0
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o750)
         self._sizes: dict[int, int] = {}
         self._counts: dict[int, int] = {}
@@ -170,12 +182,16 @@ class Spool:
             if used + size <= self.limit_bytes and self._sizes[seq] + size < self.segment_bytes:
                 # The common case: the batch fits the spool and the segment, and goes in one write.
                 pack, codes = _HEADER.pack, KIND_CODES
+                start = self._sizes[seq]
                 self._write(b"".join([pack(len(m), codes[k]) + m for k, m in records]))
                 self._counts[seq] += len(records)
                 _sync(self._file.fileno())
                 if records:
+                    self._keep(seq, start, records)
                     self.data_ready.set()
                 return refused
+            self._tail.clear()  # a roll or a rewrite of segments may follow: read those from the files
+            self._tail_bytes = 0
             buffer = bytearray()
             remaining = size  # this record and the ones after it in the batch
             for kind, message in records:
@@ -205,6 +221,52 @@ class Spool:
         if len(refused) < len(records):
             self.data_ready.set()
         return refused
+
+    def _keep(self, seq: int, start: int, records: Sequence[tuple[str, bytes]]) -> None:
+        tail, end = self._tail, self._sizes[seq]
+        if tail and (
+            tail[-1][0] != seq or tail[-1][2] != start or self._tail_bytes + end - start > TAIL_BYTES
+        ):
+            tail.clear()  # not contiguous, or too much held: start again from this batch
+            self._tail_bytes = 0
+        tail.append((seq, start, end, records))
+        self._tail_bytes += end - start
+
+    def _from_tail(self, seq: int, offset: int, max_bytes: int) -> list[tuple[str, bytes]] | None:
+        """The records from (seq, offset) on, up to about ``max_bytes`` (at least one), when the tail
+        holds that offset; None when it does not (read the segment)."""
+        tail = self._tail
+        while tail and (tail[0][0] < seq or (tail[0][0] == seq and tail[0][2] <= offset)):
+            _seq, start, end, _records = tail.popleft()  # sent already
+            self._tail_bytes -= end - start
+        if not tail or tail[0][0] != seq or not tail[0][1] <= offset:
+            return None
+        batch: list[tuple[str, bytes]] = []
+        end = offset
+        for chunk_seq, chunk_start, chunk_end, records in tail:
+            if chunk_seq != seq or chunk_start > end:
+                break
+            if chunk_start == end and chunk_end - offset <= max_bytes:  # the whole append, as given
+                batch += records
+                end = chunk_end
+                continue
+            position = chunk_start  # record by record: the cursor is inside it, or it is too big
+            for kind, message in records:
+                following = position + _HEADER.size + len(message)
+                if position == end:
+                    if batch and following - offset > max_bytes:
+                        break
+                    batch.append((kind, message))
+                    end = following
+                elif position > end:
+                    break
+                position = following
+            if end != chunk_end:
+                break
+        if not batch:
+            return None
+        self._outstanding = (seq, end)
+        return batch
 
     def _write(self, buffer: bytes | bytearray) -> None:
         if buffer:
@@ -274,6 +336,10 @@ class Spool:
             if offset >= self._sizes[seq]:
                 self.data_ready.clear()
                 return [], self._cursor
+            kept = self._from_tail(seq, offset, max_bytes)
+            if kept is not None:
+                assert self._outstanding is not None
+                return kept, self._outstanding
             with open(self._path(seq), "rb") as file:
                 file.seek(offset)
                 data = file.read(min(max_bytes, self._sizes[seq] - offset))

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from gateway.sinks import spool as spool_module
 from gateway.sinks.spool import Spool
 
 LIMIT_MIB = 0.01  # 10,485 bytes
@@ -173,3 +175,35 @@ def test_a_cursor_written_before_its_checksum_is_taken_as_it_is(tmp_path: Path) 
     # The layout of the cursor before the checksum: seq and offset only, here just past 4 records.
     (tmp_path / "cursor").write_bytes(struct.pack(">QQ", 0, 4 * RECORD_BYTES))
     assert drain(Spool(tmp_path, limit_mib=1)) == [payload for _kind, payload in sent[4:]]
+
+
+def test_the_sender_reads_the_newest_appends_from_memory_in_batches_of_its_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = Spool(tmp_path, limit_mib=1)
+    appends = [[message("decision", 10 * b + n) for n in range(10)] for b in range(5)]  # 1,000 bytes each
+    for records in appends:
+        spool.append(records)
+    opened: list[object] = []
+
+    def counting_open(*args: Any, **kwargs: Any) -> Any:
+        opened.append(args[0])
+        return open(*args, **kwargs)
+
+    monkeypatch.setattr(spool_module, "open", counting_open, raising=False)
+    out = []
+    # As from the segment: whole records up to max_bytes (two appends and half of one), then part of an
+    # append, then the rest.
+    for max_bytes, expected in ((2500, 25), (450, 4), (10_000, 21)):
+        batch, cursor = spool.read(max_bytes)
+        assert len(batch) == expected
+        out += batch
+        spool.commit(cursor, len(batch))
+    assert out == [record for records in appends for record in records]
+    assert opened == []  # none of it read back from the segment
+    assert spool.read(10_000)[0] == [] and spool.pending_records == 0
+
+    spool.append(appends[0])
+    spool.close()
+    again = Spool(tmp_path, limit_mib=1)  # a restart: the same records, from the segment
+    assert again.read(10_000)[0] == appends[0] and opened
