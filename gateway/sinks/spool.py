@@ -229,8 +229,9 @@ class Spool:
         ):
             tail.clear()  # not contiguous, or too much held: start again from this batch
             self._tail_bytes = 0
-        tail.append((seq, start, end, records))
-        self._tail_bytes += end - start
+        if end - start <= TAIL_BYTES:  # a larger batch alone (a hold's) is read back from the segment
+            tail.append((seq, start, end, records))
+            self._tail_bytes += end - start
 
     def _from_tail(self, seq: int, offset: int, max_bytes: int) -> list[tuple[str, bytes]] | None:
         """The records from (seq, offset) on, up to about ``max_bytes`` (at least one), when the tail

@@ -207,3 +207,17 @@ def test_the_sender_reads_the_newest_appends_from_memory_in_batches_of_its_size(
     spool.close()
     again = Spool(tmp_path, limit_mib=1)  # a restart: the same records, from the segment
     assert again.read(10_000)[0] == appends[0] and opened
+
+
+def test_the_records_held_for_the_sender_stay_within_their_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(spool_module, "TAIL_BYTES", 1500)
+    spool = Spool(tmp_path, limit_mib=1)
+    appends = [[message("decision", 10 * b + n) for n in range(10 if b != 2 else 20)] for b in range(4)]
+    for records in appends:  # 1,000 bytes each, but the third: 2,000, more than may be held at all
+        spool.append(records)
+        assert spool._tail_bytes <= 1500
+    assert spool._tail_bytes == 1000  # only the last append: the one before it was too large
+    # All of it, in order, from the segment as far as the tail does not reach, then from the tail.
+    assert drain(spool) == [payload for records in appends for _kind, payload in records]
