@@ -141,6 +141,7 @@ class Spool:
         self._file = open(self._path(self._write_seq), "ab")  # noqa: SIM115 - closed by close()
         # Kept open: the sender overwrites it after every batch, one pwrite instead of a file and a rename.
         self._cursor_fd = os.open(self.directory / "cursor", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        self._save_cursor()  # never an empty file, and a cursor from before the checksum gets one
         if self.pending_records:
             self.data_ready.set()
 
