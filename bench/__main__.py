@@ -42,7 +42,14 @@ from bench.paths import (
 )
 from bench.procs import Proc, ProcessError, Supervisor, raise_fd_limit
 from bench.profiling import find_py_spy, profile_gateway
-from bench.proto_rows import PROTO_PATHS, PROTO_WORKLOADS, PROTOCOLS, ProtoWorkload, run_protocol
+from bench.proto_rows import (
+    PROTO_DEFAULT_PATHS,
+    PROTO_PATHS,
+    PROTO_WORKLOADS,
+    PROTOCOLS,
+    ProtoWorkload,
+    run_protocol,
+)
 from bench.report import (
     evaluate_targets,
     render_markdown,
@@ -163,7 +170,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.no_modbus_proxy or (quick and args.only is None):
         selected = [p for p in selected if p != "modbus-proxy"]
     args.paths = [p for p in selected if p in PATHS]
-    args.proto_paths = [p for p in PROTO_PATHS if p in selected]
+    args.proto_paths = [
+        p for p in PROTO_PATHS if p in selected and (args.only is not None or p in PROTO_DEFAULT_PATHS)
+    ]
     protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
     if any(p not in ALL_PROTOCOLS for p in protocols):
         parser.error(f"--protocols: choose from {', '.join(ALL_PROTOCOLS)}")

@@ -14,7 +14,10 @@ Per protocol, one lab on loopback, on kernel-chosen ports:
 - ``ztgate-mtls`` (OPC UA only): the same gateway, reached by clients that speak the overlay themselves
   (mutual TLS 1.3 as the bench identity, SNI = the asset), as the Modbus rows' load generator does: the
   gateway alone between client and server. pycomm3 has no way to put TLS under its socket, so
-  EtherNet/IP has no such row.
+  EtherNet/IP has no such row;
+- ``ztgate-pure`` (only when ``--only`` names it): the ``ztgate`` path with a gateway of its own running
+  the same sources as pure Python (:func:`bench.paths.pure_tree`), interleaved with the compiled one: an
+  A/B of the two builds.
 
 The load is :mod:`bench.proto_load` (one worker process per client, one request in flight each). The
 figures per run are those of the Modbus rows, with the CPU of the gateway and of the agent apart.
@@ -41,11 +44,13 @@ from bench.lab import (
     write_gateway_config,
 )
 from bench.loadgen import REPO
-from bench.paths import gateway_health, start_gateway_process
+from bench.paths import PURE_DIR, gateway_health, pure_tree, start_gateway_process
 from bench.procs import Proc, ProcessError, Supervisor, port_from_log
+from gateway.build_info import current_build
 
 __all__ = [
     "PROTOCOLS",
+    "PROTO_DEFAULT_PATHS",
     "PROTO_PATHS",
     "PROTO_WORKLOADS",
     "ProtoPath",
@@ -57,7 +62,10 @@ Log = Callable[[str], None]
 Sample = dict[str, Any]
 
 PROTOCOLS: dict[str, str] = {"enip": "EtherNet/IP (CIP)", "opcua": "OPC UA"}
-PROTO_PATHS = ("direct", "ztgate", "ztgate-mtls")
+PROTO_PATHS = ("direct", "ztgate", "ztgate-mtls", "ztgate-pure")
+# What runs unless --only names paths: the pure build's row is an A/B for who works on the compiled
+# modules, not a figure of the page.
+PROTO_DEFAULT_PATHS = ("direct", "ztgate", "ztgate-mtls")
 # Protocols whose bench client can speak the overlay itself, and the asset it names in SNI.
 OVERLAY_CLIENTS: dict[str, str] = {"opcua": OPCUA_ASSET}
 
@@ -146,10 +154,22 @@ def start_simulator(sup: Supervisor, protocol: str) -> tuple[Proc, int]:
 
 
 def start_ztgate_path(
-    sup: Supervisor, lab: Lab, work: Path, protocol: str, server: Proc, server_port: int, rules: int
+    sup: Supervisor,
+    lab: Lab,
+    work: Path,
+    protocol: str,
+    server: Proc,
+    server_port: int,
+    rules: int,
+    *,
+    pure: bool = False,
 ) -> ProtoPath:
-    """Gateway + agent for the protocol's asset; the policy is checked by the gateway at start-up."""
-    name = f"ztgate-{protocol}"
+    """Gateway + agent for the protocol's asset; the policy is checked by the gateway at start-up.
+    ``pure``: the gateway runs the working tree's sources without their compiled modules."""
+    name = f"ztgate-pure-{protocol}" if pure else f"ztgate-{protocol}"
+    src = pure_tree(PURE_DIR.with_name(name)) if pure else REPO
+    if pure and current_build(src).compiled:
+        raise RuntimeError(f"{src} still holds compiled modules")
     policy = work / f"{name}-policy.toml"
     if protocol == "enip":
         asset = ENIP_ASSET
@@ -174,17 +194,18 @@ def start_ztgate_path(
         )
     audit = work / f"{name}-audit.jsonl"
     config = write_gateway_config(lab, name, policy, audit_file=audit, aggregate_reads_s=1.0)
-    gateway, overlay, admin = start_gateway_process(sup, name, config)
-    agent_config = write_agent_config(lab, f"agent-{protocol}", overlay, asset, protocol)
+    gateway, overlay, admin = start_gateway_process(sup, name, config, src=src)
+    agent_config = write_agent_config(lab, f"agent-{name}", overlay, asset, protocol)
     agent = sup.spawn(
-        f"agent-{protocol}",
+        f"agent-{name}",
         [sys.executable, "-m", "gateway", "agent", "--config", str(agent_config)],
         cwd=REPO,
     )
     port = port_from_log(agent, r"127\.0\.0\.1:(\d+) -> ")
+    build = "compiled" if current_build(src).compiled else "pure Python"
     return ProtoPath(
-        "ztgate",
-        f"agent -> ztgate (mutual TLS 1.3, {described}, audit + metrics)",
+        "ztgate-pure" if pure else "ztgate",
+        f"agent -> ztgate ({build}; mutual TLS 1.3, {described}, audit + metrics)",
         port,
         {"server": server.pid, "gateway": gateway.pid, "agent": agent.pid},
         [gateway, agent],
@@ -347,6 +368,19 @@ def run_protocol(
                 )
                 continue
             if name == "ztgate-mtls" and protocol not in OVERLAY_CLIENTS:
+                continue
+            if name == "ztgate-pure":  # a gateway (and agent) of its own
+                try:
+                    pure_path = start_ztgate_path(
+                        sup, lab, work, protocol, server, server_port, rules, pure=True
+                    )
+                except (ProcessError, RuntimeError, OSError) as exc:
+                    out["unavailable"]["ztgate-pure"] = str(exc).strip()[:1500]
+                    log(f"bench: {protocol}: ztgate-pure skipped: {str(exc).splitlines()[0]}")
+                    continue
+                started.extend(pure_path.procs)
+                running.append(pure_path)
+                log(f"bench: {protocol}: {name} on 127.0.0.1:{pure_path.port} - {pure_path.label}")
                 continue
             if gateway_path is None:  # one gateway (and agent) serves both ztgate paths
                 try:

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from time import monotonic
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 from gateway.enip.upstream import EnipPending, EnipUpstreamPool
 from gateway.runtime import Runtime
@@ -202,7 +203,7 @@ class EnipSession(Session):
                 continue
             if message is None:
                 break
-            handler = self._HANDLERS.get(message.command)
+            handler = _HANDLERS.get(message.command)
             if handler is None:
                 self._reply(message.reply(status=EncapsulationStatus.INVALID_COMMAND))
                 continue
@@ -303,17 +304,6 @@ class EnipSession(Session):
             self.runtime.audit.emit(record)
             return
         self._request(body, _Answer(message.sender_context, connection.t_o_connection_id, sequence))
-
-    _HANDLERS: ClassVar[dict[int, Any]] = {
-        _Command.NOP: _nop,
-        _Command.LIST_SERVICES: _list_services,
-        _Command.LIST_IDENTITY: _list_identity,
-        _Command.LIST_INTERFACES: _list_interfaces,
-        _Command.REGISTER_SESSION: _register_session,
-        _Command.UNREGISTER_SESSION: _unregister_session,
-        _Command.SEND_RR_DATA: _send_rr_data,
-        _Command.SEND_UNIT_DATA: _send_unit_data,
-    }
 
     def _answer(self, answer: _Answer, response: MessageRouterResponse, body: bytes | None = None) -> None:
         """Answer with ``response`` (whose encoding ``body`` is, when the caller has it)."""
@@ -614,3 +604,18 @@ class EnipSession(Session):
         info = super().describe()
         info["connections"] = len(self._connections)
         return info
+
+
+# The encapsulation commands the gateway answers as a target, by command code. Beside the class rather
+# than in its body: a table of the class's own functions built while the class is being defined cannot
+# be compiled with mypyc (pyproject.toml [tool.ztgate] compiled).
+_HANDLERS: Final[dict[int, Callable[[EnipSession, EncapsulationMessage], None]]] = {
+    _Command.NOP: EnipSession._nop,
+    _Command.LIST_SERVICES: EnipSession._list_services,
+    _Command.LIST_IDENTITY: EnipSession._list_identity,
+    _Command.LIST_INTERFACES: EnipSession._list_interfaces,
+    _Command.REGISTER_SESSION: EnipSession._register_session,
+    _Command.UNREGISTER_SESSION: EnipSession._unregister_session,
+    _Command.SEND_RR_DATA: EnipSession._send_rr_data,
+    _Command.SEND_UNIT_DATA: EnipSession._send_unit_data,
+}

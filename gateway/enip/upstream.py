@@ -17,7 +17,7 @@ import logging
 import random
 import struct
 from time import monotonic
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, cast
 
 from gateway.runtime import Runtime
 from gateway.upstream import Client, Failure, Link, Pending, UpstreamPool
@@ -96,8 +96,6 @@ class EnipPending(Pending):
 
     __slots__ = ("connected", "message", "reply")
 
-    session: EnipClient
-
     def __init__(
         self, session: EnipClient, message: bytes, connected: bool, reply: Any, started: float
     ) -> None:
@@ -119,8 +117,6 @@ def _size_offered(response: MessageRouterResponse) -> int | None:
 
 class EnipLink(Link[EnipPending]):
     """One TCP connection to the device with its encapsulation session and CIP connection."""
-
-    pool: EnipUpstreamPool
 
     def __init__(self, pool: UpstreamPool) -> None:
         super().__init__(pool)
@@ -318,7 +314,9 @@ class EnipLink(Link[EnipPending]):
         pending = self.answered(key)
         if pending is None:
             return
-        session = pending.session
+        # The session that submitted an EnipPending is an EnipClient (compiled code lets no subclass
+        # narrow an attribute's type, so it is said here).
+        session = cast(EnipClient, pending.session)
         try:
             response = parse_response(body)
         except CipProtocolError as error:

@@ -39,7 +39,9 @@ def _bad(message: str) -> CipProtocolError:
 
 @dataclass(frozen=True, slots=True)
 class NullAddressItem:
-    type_id = CpfItemType.NULL_ADDRESS
+    @property
+    def type_id(self) -> int:
+        return CpfItemType.NULL_ADDRESS
 
     def encode_data(self) -> bytes:
         return b""
@@ -48,7 +50,10 @@ class NullAddressItem:
 @dataclass(frozen=True, slots=True)
 class ConnectedAddressItem:
     connection_id: int
-    type_id = CpfItemType.CONNECTED_ADDRESS
+
+    @property
+    def type_id(self) -> int:
+        return CpfItemType.CONNECTED_ADDRESS
 
     def encode_data(self) -> bytes:
         return _CONNECTED_ADDRESS.pack(self.connection_id)
@@ -58,7 +63,10 @@ class ConnectedAddressItem:
 class SequencedAddressItem:
     connection_id: int
     sequence: int
-    type_id = CpfItemType.SEQUENCED_ADDRESS
+
+    @property
+    def type_id(self) -> int:
+        return CpfItemType.SEQUENCED_ADDRESS
 
     def encode_data(self) -> bytes:
         return _SEQUENCED_ADDRESS.pack(self.connection_id, self.sequence)
@@ -69,7 +77,10 @@ class UnconnectedDataItem:
     """An unconnected message: one message router request or reply."""
 
     message: bytes
-    type_id = CpfItemType.UNCONNECTED_DATA
+
+    @property
+    def type_id(self) -> int:
+        return CpfItemType.UNCONNECTED_DATA
 
     def encode_data(self) -> bytes:
         return self.message
@@ -81,7 +92,10 @@ class ConnectedDataItem:
 
     sequence: int
     message: bytes
-    type_id = CpfItemType.CONNECTED_DATA
+
+    @property
+    def type_id(self) -> int:
+        return CpfItemType.CONNECTED_DATA
 
     def encode_data(self) -> bytes:
         return _U16.pack(self.sequence) + self.message
@@ -117,7 +131,10 @@ class IdentityItem:
     sin_family: int = 2  # AF_INET
     sin_port: int = 44818
     sin_addr: int = 0
-    type_id = CpfItemType.LIST_IDENTITY
+
+    @property
+    def type_id(self) -> int:
+        return CpfItemType.LIST_IDENTITY
 
     def encode_data(self) -> bytes:
         name = self.product_name.encode("latin-1")
@@ -148,7 +165,10 @@ class ServiceItem:
     capability_flags: int
     name: str = "Communications"
     protocol_version: int = 1
-    type_id = CpfItemType.LIST_SERVICES
+
+    @property
+    def type_id(self) -> int:
+        return CpfItemType.LIST_SERVICES
 
     def encode_data(self) -> bytes:
         return _SERVICE.pack(self.protocol_version, self.capability_flags, self.name.encode("ascii"))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Final
 
 from protocols.enip.epath import LogicalSegment, LogicalType, PortSegment
 from protocols.enip.errors import CipProtocolError, cip_error
@@ -457,6 +458,13 @@ class Unwrapped:
         return True
 
 
+# A session's repeat cache (beside the class, not in its body: a compiled class body cannot name its own
+# constants in a signature).
+REPEATS_MAX_ENTRIES: Final = 32
+# A polled Multiple Service Packet of a few dozen tags; a larger request is decoded each time.
+REPEATS_MAX_BODY_BYTES: Final = 2048
+
+
 class RepeatCache:
     """The requests a session has unwrapped, by their bytes. A polling client sends the same message
     router request over and over: what changes between two polls (the encapsulation's sender context,
@@ -466,10 +474,9 @@ class RepeatCache:
 
     __slots__ = ("_entries", "max_body_bytes", "max_entries")
 
-    MAX_ENTRIES = 32
-    MAX_BODY_BYTES = 2048  # a polled Multiple Service Packet of a few dozen tags; larger is decoded each time
-
-    def __init__(self, max_entries: int = MAX_ENTRIES, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+    def __init__(
+        self, max_entries: int = REPEATS_MAX_ENTRIES, max_body_bytes: int = REPEATS_MAX_BODY_BYTES
+    ) -> None:
         self._entries: dict[bytes, Unwrapped] = {}
         self.max_entries = max_entries
         self.max_body_bytes = max_body_bytes
@@ -524,8 +531,9 @@ class _Plan:
             return self.local[node.index] is None
         if isinstance(node, _Routed):
             return self.forwarded(node.child, every=every)
-        found = (self.forwarded(child, every=every) for child in node.children)
-        return all(found) if every else any(found)
+        if every:
+            return all(self.forwarded(child, every=True) for child in node.children)
+        return any(self.forwarded(child) for child in node.children)
 
     def service(self, node: _Node) -> int:
         return self.leaves[node.index].service if isinstance(node, _Leaf) else node.request.service
