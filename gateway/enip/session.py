@@ -86,25 +86,39 @@ _LOCAL = {Service.FORWARD_OPEN: "forward_open", Service.LARGE_FORWARD_OPEN: "lar
           Service.FORWARD_CLOSE: "forward_close"}  # fmt: skip
 
 
-@dataclass(slots=True)
+# Plain classes, not dataclasses: each request builds one of each, and the __init__ a dataclass gets
+# stays interpreted under mypyc (docs/build.md).
 class _Answer:
     """How to wrap the reply to one client message: SendRRData (by sender context) or SendUnitData."""
 
-    context: bytes
-    connection_id: int | None = None  # the client's T->O id for a connected reply
-    sequence: int = 0
+    __slots__ = ("connection_id", "context", "sequence")
+
+    def __init__(self, context: bytes, connection_id: int | None = None, sequence: int = 0) -> None:
+        self.context = context
+        self.connection_id = connection_id  # the client's T->O id for a connected reply
+        self.sequence = sequence
 
 
-@dataclass(slots=True)
 class _Forwarded:
     """What deliver() needs to answer a forwarded request: the client's request and the local replies."""
 
-    answer: _Answer
-    unwrapped: Unwrapped
-    leaves: list[CipRequest]
-    local: list[MessageRouterResponse | None]
-    decisions: list[Decision | None]
-    revision: str
+    __slots__ = ("answer", "decisions", "leaves", "local", "revision", "unwrapped")
+
+    def __init__(
+        self,
+        answer: _Answer,
+        unwrapped: Unwrapped,
+        leaves: list[CipRequest],
+        local: list[MessageRouterResponse | None],
+        decisions: list[Decision | None],
+        revision: str,
+    ) -> None:
+        self.answer = answer
+        self.unwrapped = unwrapped
+        self.leaves = leaves
+        self.local = local
+        self.decisions = decisions
+        self.revision = revision
 
 
 _ReadRecord = tuple[tuple[Any, ...], dict[str, Any]]  # an allowed read's aggregation key and record

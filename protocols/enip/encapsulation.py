@@ -68,14 +68,36 @@ _EMPTY_REQUESTS = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
+_NO_CONTEXT = bytes(SENDER_CONTEXT_BYTES)
+
+
+# init=False and an __init__ of its own: the one the dataclasses module writes stays interpreted under
+# mypyc, and this class is built twice per relayed request (docs/build.md). object.__setattr__ written
+# out is how a frozen dataclass sets its fields; compiled, it is a plain store.
+@dataclass(frozen=True, slots=True, init=False)
 class EncapsulationMessage:
     command: int
-    session_handle: int = 0
-    status: int = _Status.SUCCESS
-    sender_context: bytes = bytes(SENDER_CONTEXT_BYTES)
-    options: int = 0
-    data: bytes = b""
+    session_handle: int
+    status: int
+    sender_context: bytes
+    options: int
+    data: bytes
+
+    def __init__(
+        self,
+        command: int,
+        session_handle: int = 0,
+        status: int = _Status.SUCCESS,
+        sender_context: bytes = _NO_CONTEXT,
+        options: int = 0,
+        data: bytes = b"",
+    ) -> None:
+        object.__setattr__(self, "command", command)
+        object.__setattr__(self, "session_handle", session_handle)
+        object.__setattr__(self, "status", status)
+        object.__setattr__(self, "sender_context", sender_context)
+        object.__setattr__(self, "options", options)
+        object.__setattr__(self, "data", data)
 
     @property
     def length(self) -> int:

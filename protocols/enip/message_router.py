@@ -30,14 +30,27 @@ class MessageRouterRequest:
         return bytes((self.service, len(path) // 2)) + path + self.data
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class MessageRouterResponse:
-    """``service`` is the reply service as on the wire: the request's service | 0x80."""
+    """``service`` is the reply service as on the wire: the request's service | 0x80. Its own
+    ``__init__``, as :class:`~protocols.enip.encapsulation.EncapsulationMessage` has, for the same reason."""
 
     service: int
-    general_status: int = GeneralStatus.SUCCESS
-    extended_status: tuple[int, ...] = ()
-    data: bytes = b""
+    general_status: int
+    extended_status: tuple[int, ...]
+    data: bytes
+
+    def __init__(
+        self,
+        service: int,
+        general_status: int = GeneralStatus.SUCCESS,
+        extended_status: tuple[int, ...] = (),
+        data: bytes = b"",
+    ) -> None:
+        object.__setattr__(self, "service", service)
+        object.__setattr__(self, "general_status", general_status)
+        object.__setattr__(self, "extended_status", extended_status)
+        object.__setattr__(self, "data", data)
 
     @property
     def request_service(self) -> int:
