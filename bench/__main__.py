@@ -37,6 +37,7 @@ from bench.paths import (
     PathUnavailableError,
     RunningPath,
     gateway_health,
+    ref_tree,
     start_path,
     start_ztgate_ref,
 )
@@ -364,6 +365,12 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
                         log(f"bench: cross-check of the direct and ztgate paths with {found}")
                         results["crosscheck"] = {"generator": found}
                     _run_modbus(args, ctx, server, crosscheck, results, raw)
+            ref: tuple[str, Path] | None = None
+            if args.ref and proto_workloads:
+                try:
+                    ref = ref_tree(args.ref)
+                except PathUnavailableError as exc:
+                    log(f"bench: ztgate@{args.ref} skipped in the protocol rows: {exc}")
             for protocol, chosen in proto_workloads.items():
                 log(f"bench: {PROTOCOLS[protocol]}: {', '.join(w.name for w in chosen)}")
                 results["protocols"][protocol] = run_protocol(
@@ -378,6 +385,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
                     duration_s=args.proto_duration,
                     rules=args.rules,
                     log=log,
+                    ref=ref,
                 )
             if need_modbus and (args.command == "scale" or not args.skip_scale):
                 settings = ScaleSettings(

@@ -163,13 +163,20 @@ def start_ztgate_path(
     rules: int,
     *,
     pure: bool = False,
+    ref: tuple[str, Path] | None = None,
 ) -> ProtoPath:
     """Gateway + agent for the protocol's asset; the policy is checked by the gateway at start-up.
-    ``pure``: the gateway runs the working tree's sources without their compiled modules."""
-    name = f"ztgate-pure-{protocol}" if pure else f"ztgate-{protocol}"
-    src = pure_tree(PURE_DIR.with_name(name)) if pure else REPO
-    if pure and current_build(src).compiled:
-        raise RuntimeError(f"{src} still holds compiled modules")
+    ``pure``: the gateway runs the working tree's sources without their compiled modules. ``ref``:
+    (commit, exported tree) to run both from instead of the working tree (path ``ztgate@commit``)."""
+    tag = "" if ref is None else f"@{ref[0][:8]}"
+    if pure:
+        name = f"ztgate-pure-{protocol}"
+        src = pure_tree(PURE_DIR.with_name(name))
+        if current_build(src).compiled:
+            raise RuntimeError(f"{src} still holds compiled modules")
+    else:
+        name = f"ztgate-{protocol}" + ("" if ref is None else f"-{ref[0][:8]}")
+        src = REPO if ref is None else ref[1]
     policy = work / f"{name}-policy.toml"
     if protocol == "enip":
         asset = ENIP_ASSET
@@ -199,13 +206,13 @@ def start_ztgate_path(
     agent = sup.spawn(
         f"agent-{name}",
         [sys.executable, "-m", "gateway", "agent", "--config", str(agent_config)],
-        cwd=REPO,
+        cwd=REPO if pure else src,  # the pure path compares gateways: the same agent as the others
     )
     port = port_from_log(agent, r"127\.0\.0\.1:(\d+) -> ")
     build = "compiled" if current_build(src).compiled else "pure Python"
     return ProtoPath(
-        "ztgate-pure" if pure else "ztgate",
-        f"agent -> ztgate ({build}; mutual TLS 1.3, {described}, audit + metrics)",
+        "ztgate-pure" if pure else f"ztgate{tag}",
+        f"agent -> ztgate{tag} ({build}; mutual TLS 1.3, {described}, audit + metrics)",
         port,
         {"server": server.pid, "gateway": gateway.pid, "agent": agent.pid},
         [gateway, agent],
@@ -219,9 +226,9 @@ def overlay_client_path(lab: Lab, via_agent: ProtoPath, protocol: str) -> ProtoP
     """The gateway of ``via_agent``, reached straight over its overlay by clients with the bench identity."""
     assert via_agent.overlay_port is not None
     asset = OVERLAY_CLIENTS[protocol]
-    label = via_agent.label.replace("agent -> ztgate (", "client with its own identity -> ztgate (", 1)
+    label = via_agent.label.replace("agent -> ", "client with its own identity -> ", 1)
     return ProtoPath(
-        "ztgate-mtls",
+        via_agent.name.replace("ztgate", "ztgate-mtls", 1),
         label,
         via_agent.overlay_port,
         {k: v for k, v in via_agent.watch.items() if k != "agent"},
@@ -333,9 +340,12 @@ def run_protocol(
     duration_s: float,
     rules: int,
     log: Log = print,
+    ref: tuple[str, Path] | None = None,
 ) -> dict[str, Any]:
     """One protocol's lab and its interleaved repetitions; the results' ``protocols.<protocol>`` part
-    (summarized later, by :func:`bench.report.summarize_protocol`)."""
+    (summarized later, by :func:`bench.report.summarize_protocol`). ``ref``: (commit, exported tree) of
+    a second gateway and agent whose ztgate paths (``ztgate@commit``, ``ztgate-mtls@commit``) run
+    interleaved with the others: an A/B in one run."""
     out: dict[str, Any] = {
         "name": PROTOCOLS[protocol],
         "paths": {},
@@ -359,6 +369,7 @@ def run_protocol(
         log(f"bench: {protocol}: simulator on 127.0.0.1:{server_port} (pid {server.pid})")
         running: list[ProtoPath] = []
         gateway_path: ProtoPath | None = None
+        ref_path: ProtoPath | None = None
         for name in paths:
             if name == "direct":
                 running.append(
@@ -393,6 +404,22 @@ def run_protocol(
             path = gateway_path if name == "ztgate" else overlay_client_path(lab, gateway_path, protocol)
             running.append(path)
             log(f"bench: {protocol}: {name} on 127.0.0.1:{path.port} - {path.label}")
+            if ref is None:
+                continue
+            if ref_path is None:
+                try:
+                    ref_path = start_ztgate_path(
+                        sup, lab, work, protocol, server, server_port, rules, ref=ref
+                    )
+                except (ProcessError, RuntimeError, OSError) as exc:
+                    out["unavailable"][f"ztgate@{ref[0][:8]}"] = str(exc).strip()[:1500]
+                    log(f"bench: {protocol}: ztgate@{ref[0][:8]} skipped: {str(exc).splitlines()[0]}")
+                    ref = None
+                    continue
+                started.extend(ref_path.procs)
+            path = ref_path if name == "ztgate" else overlay_client_path(lab, ref_path, protocol)
+            running.append(path)
+            log(f"bench: {protocol}: {path.name} on 127.0.0.1:{path.port} - {path.label}")
         out["paths"] = {p.name: {"label": p.label, "short": p.name} for p in running}
         out["samples"] = _interleave(running, workloads, repeat, warmup_s, duration_s, started, log)
         if gateway_path is not None:
