@@ -309,7 +309,7 @@ class OpcUaSession(Session):
     def _service(self, event: ServiceRequest, now: float) -> None:
         self.requests += 1
         name = event.service.name
-        local = self._LOCAL_SERVICES.get(name)
+        local = _LOCAL_SERVICES.get(name)
         if local is not None:
             local(self, event)
             return
@@ -575,19 +575,6 @@ class OpcUaSession(Session):
     def _unregister_nodes(self, event: ServiceRequest) -> None:
         self._respond(event, ua.UnregisterNodesResponse())
 
-    # Services the gateway answers itself (the Session and Discovery sets, RegisterNodes without aliases).
-    _LOCAL_SERVICES: ClassVar[dict[str, Callable[[OpcUaSession, ServiceRequest], None]]] = {
-        "CreateSession": _create_session,
-        "ActivateSession": _activate_session,
-        "CloseSession": _close_session,
-        "GetEndpoints": _get_endpoints,
-        "FindServers": _find_servers,
-        "FindServersOnNetwork": _unsupported,
-        "RegisterNodes": _register_nodes,
-        "UnregisterNodes": _unregister_nodes,
-        "Cancel": _cancel,
-    }
-
     # ------------------------------------------------------------------------------------ audit
 
     def code_name(self, code: int) -> str:
@@ -640,3 +627,18 @@ class OpcUaSession(Session):
         device = self._forwarding.device
         info["device_session"] = device is not None and device.alive
         return info
+
+
+# Services the gateway answers itself (the Session and Discovery sets, RegisterNodes without aliases).
+# Outside the class body: a compiled (mypyc) class cannot hold a table of its own methods there.
+_LOCAL_SERVICES: Final[dict[str, Callable[[OpcUaSession, ServiceRequest], None]]] = {
+    "CreateSession": OpcUaSession._create_session,
+    "ActivateSession": OpcUaSession._activate_session,
+    "CloseSession": OpcUaSession._close_session,
+    "GetEndpoints": OpcUaSession._get_endpoints,
+    "FindServers": OpcUaSession._find_servers,
+    "FindServersOnNetwork": OpcUaSession._unsupported,
+    "RegisterNodes": OpcUaSession._register_nodes,
+    "UnregisterNodes": OpcUaSession._unregister_nodes,
+    "Cancel": OpcUaSession._cancel,
+}
