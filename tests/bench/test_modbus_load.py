@@ -217,25 +217,28 @@ from bench.modbus_load import keep_read_buffers_on_the_heap
 if sys.argv[1] == "fixed" and not keep_read_buffers_on_the_heap():
     print("unsupported")
     raise SystemExit
-block = bytearray(256 * 1024)  # uvloop's TLS read buffer
-address = ctypes.addressof((ctypes.c_char * len(block)).from_buffer(block))
+blocks = [bytearray(256 * 1024) for _ in range(8)]  # uvloop's TLS read buffer, eight held at once
+addresses = [ctypes.addressof((ctypes.c_char * len(b)).from_buffer(b)) for b in blocks]
 with open("/proc/self/maps") as file:
     heap = [line.split()[0].split("-") for line in file if line.rstrip().endswith("[heap]")]
-print(any(int(lo, 16) <= address < int(hi, 16) for lo, hi in heap))
+print(sum(any(int(lo, 16) <= a < int(hi, 16) for lo, hi in heap) for a in addresses))
 """
 
 
-@pytest.mark.parametrize(("mode", "on_the_heap"), [("default", "False"), ("fixed", "True")])
+@pytest.mark.parametrize(("mode", "all_on_the_heap"), [("default", False), ("fixed", True)])
 def test_a_tls_read_buffer_comes_from_the_heap_once_the_thresholds_are_fixed(
-    mode: str, on_the_heap: str
+    mode: str, all_on_the_heap: bool
 ) -> None:
     """With glibc's mmap threshold at its initial 128 KiB a 256 KiB block is a mapping of its own (mmap,
     then munmap when freed: system calls per TLS read); after keep_read_buffers_on_the_heap it comes from
     the heap. Whether glibc has raised the threshold by itself depends on the process's history, so the
-    test pins the initial value."""
+    test pins the initial value. One block may still come from the heap by default, from a free chunk
+    that the imports left (it depends on the hash seed: seen once in a full run), so it takes eight held
+    at once: the heap of a fresh interpreter does not have 2 MiB free in such chunks."""
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
     argv = [sys.executable, "-c", _MAPPINGS_SCRIPT, mode]
     done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=30, check=True)
     if done.stdout.strip() == "unsupported":
         pytest.skip("not glibc")
-    assert done.stdout.strip() == on_the_heap, done.stdout + done.stderr
+    on_the_heap = int(done.stdout)
+    assert (on_the_heap == 8) is all_on_the_heap, done.stdout + done.stderr
