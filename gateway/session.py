@@ -232,9 +232,16 @@ class Session(asyncio.Protocol):
             self._end_of_grant(max(grants, key=lambda rule: cast(Period, rule.window).end))
 
     def _grant_ended(self, grant: Rule) -> None:
-        # The loop's timer and the wall clock may disagree by a hair: cut only once the period is over.
-        if grant.window is not None and grant.window.is_open(self.runtime.clock()):
-            self._schedule_grant_end()
+        # The loop's timer and the wall clock may disagree by a hair (uvloop's timers keep whole
+        # milliseconds): cut only once the period is over, and until then wait again for this grant,
+        # on the same reading of the clock. Choosing again (_schedule_grant_end) would read the clock a
+        # second time: a reading past the end would find no open grant and, for a session that a
+        # standing rule also lets in, set no timer at all, leaving it uncut.
+        now = self.runtime.clock()
+        window = grant.window
+        if window is not None and window.is_open(now):
+            delay_s = cast(Period, window).end - now
+            self._grant_end = asyncio.get_running_loop().call_later(delay_s, self._grant_ended, grant)
             return
         self._end_of_grant(grant)
 

@@ -9,10 +9,12 @@ import math
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from pymodbus.client import AsyncModbusTlsClient
 
 from gateway import pki as pki_module
+from gateway.session import grants_of
 from gateway.tls import client_context
 from tests.e2e.harness import TD, Lab, policy_text
 
@@ -65,3 +67,71 @@ modbus = [{{ fc = [3], address = "0-9" }}]
     assert datetime.fromisoformat(cut["time"].replace("Z", "+00:00")).timestamp() >= end
     ended = await lab.wait_for_event(event="session_end")
     assert "certificate" not in ended["reason"]
+
+
+class _SteppingClock:
+    """The gateway's wall clock: the readings a test sets, one per call, the last one kept; until then
+    the real time."""
+
+    def __init__(self) -> None:
+        self.readings: list[float] = []
+
+    def __call__(self) -> float:
+        if not self.readings:
+            return time.time()
+        return self.readings.pop(0) if len(self.readings) > 1 else self.readings[0]
+
+
+async def test_a_grant_timer_a_hair_early_still_cuts_a_session_a_standing_rule_also_lets_in(
+    lab: Lab, tmp_path: Path
+) -> None:
+    # The timer of the grant's end may fire a fraction of a millisecond before the wall clock reaches
+    # it; the next reading of the clock may then be past the end. The session must be cut all the
+    # same, although its standing rule alone would keep it open (seen once in the demo's walkthrough).
+    port = await lab.start_device()
+    now = time.time()
+    end = math.ceil(now) + 600  # far off: the test reads the clock across the end itself
+    rules = f"""
+[[rules]]
+id = "gr-0a1b2c3d4e60"
+subjects = ["{VENDOR}"]
+assets = ["plc-1"]
+when = {{ from = {_instant(now - 60)}, until = {_instant(end)} }}
+modbus = [{{ fc = [3, 6], address = "0-9" }}]
+
+[[rules]]
+id = "vendor-reads"
+subjects = ["{VENDOR}"]
+assets = ["plc-1"]
+modbus = [{{ fc = [3], address = "0-9" }}]
+"""
+    clock = _SteppingClock()
+    await lab.start_gateway(policy_text(port, rules), clock=clock)
+    issued = pki_module.issue(
+        lab.pki.ca.parent,
+        VENDOR,
+        out_dir=tmp_path,
+        name="vendor",
+        not_before=datetime.fromtimestamp(now - 60, UTC),
+        not_after=datetime.fromtimestamp(end + 600, UTC),
+    )
+    client = AsyncModbusTlsClient(
+        "127.0.0.1",
+        port=lab.gateway.port if lab.gateway else 0,
+        sslctx=client_context(issued.cert, issued.key, lab.pki.ca, server_name="plc-1"),
+        timeout=3,
+        retries=0,
+        reconnect_delay=0,
+    )
+    try:
+        assert await client.connect()
+        assert not (await client.read_holding_registers(0, count=1, device_id=1)).isError()
+        assert lab.gateway is not None
+        session: Any = next(s for s in lab.gateway.runtime.sessions if s.identity == VENDOR)
+        grant = next(rule for rule in grants_of(session.view.rules) if rule.id == "gr-0a1b2c3d4e60")
+        clock.readings += [end - 0.0005, end + 0.0005]
+        session._grant_ended(grant)  # the grant's timer, firing half a millisecond early
+        cut = await lab.wait_for_event(timeout_s=10, event="session_cut")
+    finally:
+        client.close()
+    assert cut["rule"] == "gr-0a1b2c3d4e60" and "grant gr-0a1b2c3d4e60 ended" in cut["reason"]
