@@ -25,6 +25,26 @@ def _instant(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat()
 
 
+def _vendor_client(lab: Lab, tmp_path: Path, not_before: float, not_after: float) -> AsyncModbusTlsClient:
+    """A Modbus client to plc-1 with a vendor certificate valid from ``not_before`` to ``not_after``."""
+    issued = pki_module.issue(
+        lab.pki.ca.parent,
+        VENDOR,
+        out_dir=tmp_path,
+        name="vendor",
+        not_before=datetime.fromtimestamp(not_before, UTC),
+        not_after=datetime.fromtimestamp(not_after, UTC),
+    )
+    return AsyncModbusTlsClient(
+        "127.0.0.1",
+        port=lab.gateway.port if lab.gateway else 0,
+        sslctx=client_context(issued.cert, issued.key, lab.pki.ca, server_name="plc-1"),
+        timeout=3,
+        retries=0,
+        reconnect_delay=0,
+    )
+
+
 async def test_the_cut_follows_the_grants_end_when_its_certificate_ends_a_fraction_earlier(
     lab: Lab, tmp_path: Path
 ) -> None:
@@ -40,22 +60,8 @@ when = {{ from = {_instant(now - 60)}, until = {_instant(end)} }}
 modbus = [{{ fc = [3], address = "0-9" }}]
 """
     await lab.start_gateway(policy_text(port, rules))
-    issued = pki_module.issue(
-        lab.pki.ca.parent,
-        VENDOR,
-        out_dir=tmp_path,
-        name="vendor",
-        not_before=datetime.fromtimestamp(now - 60, UTC),
-        not_after=datetime.fromtimestamp(math.floor(end), UTC),  # the second before the grant's end
-    )
-    client = AsyncModbusTlsClient(
-        "127.0.0.1",
-        port=lab.gateway.port if lab.gateway else 0,
-        sslctx=client_context(issued.cert, issued.key, lab.pki.ca, server_name="plc-1"),
-        timeout=3,
-        retries=0,
-        reconnect_delay=0,
-    )
+    # The second before the grant's end.
+    client = _vendor_client(lab, tmp_path, now - 60, math.floor(end))
     try:
         assert await client.connect()
         assert not (await client.read_holding_registers(0, count=1, device_id=1)).isError()
@@ -107,22 +113,7 @@ modbus = [{{ fc = [3], address = "0-9" }}]
 """
     clock = _SteppingClock()
     await lab.start_gateway(policy_text(port, rules), clock=clock)
-    issued = pki_module.issue(
-        lab.pki.ca.parent,
-        VENDOR,
-        out_dir=tmp_path,
-        name="vendor",
-        not_before=datetime.fromtimestamp(now - 60, UTC),
-        not_after=datetime.fromtimestamp(end + 600, UTC),
-    )
-    client = AsyncModbusTlsClient(
-        "127.0.0.1",
-        port=lab.gateway.port if lab.gateway else 0,
-        sslctx=client_context(issued.cert, issued.key, lab.pki.ca, server_name="plc-1"),
-        timeout=3,
-        retries=0,
-        reconnect_delay=0,
-    )
+    client = _vendor_client(lab, tmp_path, now - 60, end + 600)
     try:
         assert await client.connect()
         assert not (await client.read_holding_registers(0, count=1, device_id=1)).isError()
