@@ -8,6 +8,17 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.harness import Lab, Pki
+from tests.peers.cpppo_server import CpppoProcess
+
+
+@pytest.fixture
+async def cpppo() -> AsyncIterator[CpppoProcess]:
+    server = CpppoProcess()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
 
 
 @pytest.fixture

@@ -4,11 +4,11 @@ agents, all on loopback, all on ports chosen by the kernel."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from cryptography import x509
@@ -28,6 +28,15 @@ from gateway.server import Gateway
 from gateway.sinks import Sink
 from gateway.tls import client_context
 from tests.peers.modbus_server import InProcessServer, ServerProcess
+
+T = TypeVar("T")
+
+
+async def in_thread(function: Callable[[], T], timeout_s: float = 60.0) -> T:
+    """A blocking client (pycomm3, pylogix, cpppo) run off the event loop the gateway shares, bounded."""
+    async with asyncio.timeout(timeout_s):
+        return await asyncio.to_thread(function)
+
 
 TD = "plant1.example"
 ALICE = f"spiffe://{TD}/user/alice"

@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from pycomm3 import LogixDriver
 from pycomm3.cip.data_types import Array, DataTypes
 from pylogix import PLC  # type: ignore[import-untyped]
 
-from tests.e2e.harness import Lab, enip_policy_text
+from tests.e2e.harness import Lab, enip_policy_text, in_thread
 from tests.peers.cpppo_server import TAGS, CpppoProcess
-
-T = TypeVar("T")
 
 RULES = """
 [[rules]]
@@ -33,21 +30,6 @@ enip = [
 @pytest.fixture(autouse=True)
 def quiet_clients(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.CRITICAL, logger="pycomm3")
-
-
-@pytest.fixture
-async def cpppo() -> AsyncIterator[CpppoProcess]:
-    server = CpppoProcess()
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
-async def in_thread(function: Callable[[], T]) -> T:
-    async with asyncio.timeout(60):
-        return await asyncio.to_thread(function)
 
 
 def _atomic(name: str, type_name: str, dimensions: int = 0) -> dict[str, Any]:

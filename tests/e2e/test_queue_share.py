@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from asyncua import Client
@@ -17,13 +16,11 @@ from pylogix import PLC  # type: ignore[import-untyped]
 
 from gateway.lab.sim.opcua import OpcUaSim
 from gateway.session import Session
-from tests.e2e.harness import Lab, enip_policy_text, opcua_policy_text
+from tests.e2e.harness import Lab, enip_policy_text, in_thread, opcua_policy_text
 from tests.e2e.test_opcua import PLANT, tank
 from tests.e2e.test_opcua import RULES as OPCUA_RULES
 from tests.e2e.test_opcua_sessions import wait_until
 from tests.peers.cpppo_server import CpppoProcess
-
-T = TypeVar("T")
 
 ENIP_RULES = """
 [[rules]]
@@ -39,21 +36,6 @@ DEPTH = 32  # in flight at once on his one connection
 @pytest.fixture(autouse=True)
 def quiet_clients(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.CRITICAL, logger="cpppo")
-
-
-@pytest.fixture
-async def cpppo() -> AsyncIterator[CpppoProcess]:
-    server = CpppoProcess()
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
-async def in_thread(function: Callable[[], T]) -> T:
-    async with asyncio.timeout(120):
-        return await asyncio.to_thread(function)
 
 
 def paused_by(lab: Lab, identity: str, why: str) -> bool:
@@ -91,9 +73,9 @@ async def test_enip_a_client_pipelining_past_its_share_is_slowed_not_refused(
         with PLC("127.0.0.1", port=alice_port) as comm:
             return [comm.Read("SCADA[0]").Status for _ in range(40)]
 
-    flood = asyncio.ensure_future(in_thread(pipeline))
+    flood = asyncio.ensure_future(in_thread(pipeline, timeout_s=120))
     await wait_until(lambda: paused_by(lab, "/bob", "queue share"), 30)
-    polled = await in_thread(poll)
+    polled = await in_thread(poll, timeout_s=120)
     stop = True
     bob = await flood
     assert polled == ["Success"] * 40
