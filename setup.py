@@ -76,8 +76,13 @@ def ext_modules() -> list[Any]:
     print(f"ztgate: compiling {len(sources)} modules with mypyc", file=sys.stderr)
     # mypyc reads the type hints with the project's mypy settings (pyproject.toml [tool.mypy]); the
     # modules it only imports are checked by ./run test's mypy, where every dependency is installed,
-    # while the build environment has only the build requirements.
-    return mypycify(["--follow-imports=silent", *sources], opt_level="3", group_name=GROUP)
+    # while the build environment has only the build requirements. Its own cache directory: the one
+    # ./run test's mypy leaves in the checkout knows the dependencies' types, so a build that read it
+    # would pass here and fail on a fresh checkout, where those types are Any.
+    cache = ROOT / "build" / "mypyc-cache"
+    return mypycify(
+        ["--follow-imports=silent", f"--cache-dir={cache}", *sources], opt_level="3", group_name=GROUP
+    )
 
 
 setup(ext_modules=ext_modules())

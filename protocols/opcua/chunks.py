@@ -53,7 +53,7 @@ _SEQUENCE_PACK = SEQUENCE_HEADER.pack
 
 # The AsymmetricAlgorithmHeader every OPN response carries under policy None: the policy URI and two null
 # ByteStrings (no sender certificate, no receiver thumbprint).
-_NONE_ASYMMETRIC_HEADER: Final = struct_to_binary(
+_NONE_ASYMMETRIC_HEADER: Final[bytes] = struct_to_binary(
     ua.AsymmetricAlgorithmHeader(SecurityPolicyURI=ua.String(SECURITY_POLICY_NONE))
 )
 # The chunk types each message type may carry: OPN and CLO are never split (Part 6, 6.7.2.1), HEL/ACK/ERR
@@ -367,7 +367,7 @@ def encode_open_chunk(channel_id: int, request_id: int, body: bytes, sequence_nu
 def encode_acknowledge(
     receive_buffer_size: int, send_buffer_size: int, max_message_size: int, max_chunk_count: int
 ) -> bytes:
-    body = struct_to_binary(
+    body: bytes = struct_to_binary(
         ua.Acknowledge(
             ProtocolVersion=ua.UInt32(0),
             ReceiveBufferSize=ua.UInt32(receive_buffer_size),
@@ -383,7 +383,9 @@ def encode_error(status: int, reason: str) -> bytes:
     """An Error message (Part 6, 7.1.2.5); the reason is cut to the 4096 bytes a client reads."""
     # surrogateescape both ways, as asyncua encodes: peer strings may hold bytes that are not UTF-8.
     text = reason.encode("utf-8", "surrogateescape")[:MAX_REASON_BYTES].decode("utf-8", "surrogateescape")
-    body = struct_to_binary(ua.ErrorMessage(Error=ua.StatusCode(ua.UInt32(status)), Reason=ua.String(text)))
+    body: bytes = struct_to_binary(
+        ua.ErrorMessage(Error=ua.StatusCode(ua.UInt32(status)), Reason=ua.String(text))
+    )
     return MESSAGE_HEADER.pack(ERR, FINAL, MESSAGE_HEADER_BYTES + len(body)) + body
 
 

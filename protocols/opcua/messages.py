@@ -273,7 +273,9 @@ def decode_request_through(body: bytes, cache: RepeatCache | None) -> DecodedReq
 def encode_message(message: Any) -> bytes:
     """asyncua's encoding of a response (or request) object, type id first."""
     try:
-        return struct_to_binary(message)
+        # Annotated, not returned bare: the build environment has no asyncua, where this is Any.
+        encoded: bytes = struct_to_binary(message)
+        return encoded
     except Exception as exc:  # asyncua raises whatever its encoders hit on bad values
         raise OpcUaProtocolError(
             Status.BAD_ENCODING_ERROR, f"{type(message).__name__}: {exc!r}", close=False
