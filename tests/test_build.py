@@ -76,3 +76,28 @@ def test_a_source_edited_after_the_build_is_reported_stale(tmp_path: Path) -> No
     assert stale.stale == ("protocols.modbus.pdu",)
     assert "STALE" in stale.describe() and "protocols.modbus.pdu" in stale.describe()
     assert current_build(tmp_path / "empty").describe() == "pure Python"
+
+
+def test_the_compiled_modules_type_check_as_the_build_environment_sees_them(tmp_path: Path) -> None:
+    """pip builds in an environment with only the build requirements: there, every dependency's value
+    is Any, and a compiled module that returns one bare as a typed value fails the build (CI's fresh
+    checkout did, while every local build passed). mypy without site-packages and with an empty cache
+    sees what that build sees."""
+    sources = [module.replace(".", "/") + ".py" for module in listed_modules()]
+    checked = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--no-site-packages",
+            "--follow-imports=silent",
+            f"--cache-dir={tmp_path}",
+            *sources,
+        ],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
