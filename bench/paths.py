@@ -62,8 +62,10 @@ __all__ = [
     "start_gateway_process",
     "start_path",
     "start_stunnel_client",
+    "start_stunnel_process",
     "start_ztgate",
     "start_ztgate_pure",
+    "stunnel_client_service",
 ]
 
 MODBUS_PROXY_VERSION = "0.8.0"
@@ -114,7 +116,7 @@ def _version(argv: list[str], pattern: str) -> str:
 
 
 def _start_on_free_port(
-    ctx: PathContext,
+    sup: Supervisor,
     name: str,
     argv_for_port: Callable[[int], list[str]],
     *,
@@ -125,13 +127,13 @@ def _start_on_free_port(
     last: ProcessError | None = None
     for _ in range(attempts):
         port = free_port()
-        proc = ctx.sup.spawn(name, argv_for_port(port), env=env)
+        proc = sup.spawn(name, argv_for_port(port), env=env)
         try:
             wait_listening(proc, port=port, timeout_s=10)
             return proc, port
         except ProcessError as exc:
             last = exc
-            ctx.sup.stop(proc)
+            sup.stop(proc)
     assert last is not None
     raise last
 
@@ -170,7 +172,7 @@ backend server
         )
         return [exe, "-db", "-f", str(path)]
 
-    proc, port = _start_on_free_port(ctx, "haproxy", config)
+    proc, port = _start_on_free_port(ctx.sup, "haproxy", config)
     version = _version([exe, "-v"], r"HAProxy version (\S+)")
     return RunningPath(
         "haproxy", "HAProxy, tcp mode", port, proc, version, "1 upstream connection per client connection"
@@ -184,16 +186,18 @@ def _stunnel_exe() -> str:
     return exe
 
 
-def _start_stunnel(ctx: PathContext, name: str, service: Callable[[int], str]) -> tuple[Proc, int]:
+def start_stunnel_process(
+    sup: Supervisor, work: Path, name: str, service: Callable[[int], str]
+) -> tuple[Proc, int]:
     """stunnel in the foreground with one service, ``service(port)``: its lines after the header."""
     exe = _stunnel_exe()
 
     def config(port: int) -> list[str]:
-        path = ctx.work / f"{name}.conf"
+        path = work / f"{name}.conf"
         path.write_text(f"foreground = yes\npid =\nsyslog = no\ndebug = 4\n\n[{name}]\n{service(port)}")
         return [exe, str(path)]
 
-    return _start_on_free_port(ctx, name, config)
+    return _start_on_free_port(sup, name, config)
 
 
 def _stunnel_server(ctx: PathContext, name: str) -> tuple[Proc, int]:
@@ -201,8 +205,9 @@ def _stunnel_server(ctx: PathContext, name: str) -> tuple[Proc, int]:
     lab = ctx.lab
     # Same TLS terms as the gateway: TLS 1.3 only, client certificate required and its chain verified
     # against the ztgate CA, no session tickets, no Nagle on either side.
-    return _start_stunnel(
-        ctx,
+    return start_stunnel_process(
+        ctx.sup,
+        ctx.work,
         name,
         lambda port: (
             f"""accept = 127.0.0.1:{port}
@@ -264,30 +269,36 @@ def start_agent(ctx: PathContext) -> RunningPath:
     )
 
 
-def start_stunnel_client(ctx: PathContext) -> RunningPath:
-    """stunnel in client mode doing the agent's job: the bench identity's certificate, SNI = the asset,
-    the far end's chain verified against the CA and its name checked."""
-    _, far_port = _stunnel_server(ctx, "stunnel-client-tls-end")
-    lab = ctx.lab
-    proc, port = _start_stunnel(
-        ctx,
-        "stunnel-client",
-        lambda port: (
-            f"""client = yes
+def stunnel_client_service(lab: Lab, far_port: int, *, sni: str, check_host: str) -> Callable[[int], str]:
+    """stunnel in client mode as the agent runs: a plain local port carried over mutual TLS 1.3 as the
+    bench identity to ``far_port``, SNI ``sni``, the far end's chain verified and its name checked."""
+    return lambda port: (
+        f"""client = yes
 accept = 127.0.0.1:{port}
 connect = 127.0.0.1:{far_port}
 cert = {lab.client_cert}
 key = {lab.client_key}
 CAfile = {lab.ca}
 verifyChain = yes
-checkHost = {ASSET}
-sni = {ASSET}
+checkHost = {check_host}
+sni = {sni}
 sslVersionMin = TLSv1.3
 options = NO_TICKET
 socket = l:TCP_NODELAY=1
 socket = r:TCP_NODELAY=1
 """
-        ),
+    )
+
+
+def start_stunnel_client(ctx: PathContext) -> RunningPath:
+    """stunnel in client mode doing the agent's job: the bench identity's certificate, SNI = the asset,
+    the far end's chain verified against the CA and its name checked."""
+    _, far_port = _stunnel_server(ctx, "stunnel-client-tls-end")
+    proc, port = start_stunnel_process(
+        ctx.sup,
+        ctx.work,
+        "stunnel-client",
+        stunnel_client_service(ctx.lab, far_port, sni=ASSET, check_host=ASSET),
     )
     return RunningPath(
         "stunnel-client",
@@ -574,7 +585,7 @@ def start_modbus_proxy(ctx: PathContext) -> RunningPath:
         upstream = f"tcp://127.0.0.1:{ctx.server_port}"
         return [sys.executable, "-m", "modbus_proxy", "-b", f"127.0.0.1:{port}", "--modbus", upstream]
 
-    proc, port = _start_on_free_port(ctx, "modbus-proxy", argv, env=env)
+    proc, port = _start_on_free_port(ctx.sup, "modbus-proxy", argv, env=env)
     return RunningPath(
         "modbus-proxy",
         f"modbus-proxy {MODBUS_PROXY_VERSION} (PyPI)",

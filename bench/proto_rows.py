@@ -17,7 +17,11 @@ Per protocol, one lab on loopback, on kernel-chosen ports:
   EtherNet/IP has no such row;
 - ``ztgate-pure`` (only when ``--only`` names it): the ``ztgate`` path with a gateway of its own running
   the same sources as pure Python (:func:`bench.paths.pure_tree`), interleaved with the compiled one: an
-  A/B of the two builds.
+  A/B of the two builds;
+- ``stunnel-client`` (only when ``--only`` names it): the ``ztgate`` path's gateway, reached through
+  stunnel in client mode doing the agent's job (the bench identity, SNI = the asset, TLS 1.3 only, the
+  gateway's chain and name checked): the agent against a relay in C on the same row, its CPU in the
+  agent's column.
 
 The load is :mod:`bench.proto_load` (one worker process per client, one request in flight each). The
 figures per run are those of the Modbus rows, with the CPU of the gateway and of the agent apart.
@@ -44,7 +48,14 @@ from bench.lab import (
     write_gateway_config,
 )
 from bench.loadgen import REPO
-from bench.paths import PURE_DIR, gateway_health, pure_tree, start_gateway_process
+from bench.paths import (
+    PURE_DIR,
+    gateway_health,
+    pure_tree,
+    start_gateway_process,
+    start_stunnel_process,
+    stunnel_client_service,
+)
 from bench.procs import Proc, ProcessError, Supervisor, port_from_log
 from gateway.build_info import current_build
 
@@ -62,9 +73,9 @@ Log = Callable[[str], None]
 Sample = dict[str, Any]
 
 PROTOCOLS: dict[str, str] = {"enip": "EtherNet/IP (CIP)", "opcua": "OPC UA"}
-PROTO_PATHS = ("direct", "ztgate", "ztgate-mtls", "ztgate-pure")
+PROTO_PATHS = ("direct", "ztgate", "ztgate-mtls", "ztgate-pure", "stunnel-client")
 # What runs unless --only names paths: the pure build's row is an A/B for who works on the compiled
-# modules, not a figure of the page.
+# modules, and stunnel-client one for who works on the agent, not figures of the page.
 PROTO_DEFAULT_PATHS = ("direct", "ztgate", "ztgate-mtls")
 # Protocols whose bench client can speak the overlay itself, and the asset it names in SNI.
 OVERLAY_CLIENTS: dict[str, str] = {"opcua": OPCUA_ASSET}
@@ -244,6 +255,27 @@ def overlay_client_path(lab: Lab, via_agent: ProtoPath, protocol: str) -> ProtoP
     )
 
 
+def stunnel_client_path(
+    sup: Supervisor, lab: Lab, work: Path, via_agent: ProtoPath, protocol: str
+) -> ProtoPath:
+    """The gateway of ``via_agent``, reached through stunnel in client mode in the agent's place. The
+    gateway's certificate names ``localhost``, the name stunnel checks (the agent checks its SPIFFE id)."""
+    assert via_agent.overlay_port is not None
+    asset = ENIP_ASSET if protocol == "enip" else OPCUA_ASSET
+    service = stunnel_client_service(lab, via_agent.overlay_port, sni=asset, check_host="localhost")
+    proc, port = start_stunnel_process(sup, work, f"stunnel-client-{protocol}", service)
+    return ProtoPath(
+        "stunnel-client",
+        via_agent.label.replace("agent -> ", "stunnel client mode (its CPU in the agent's column) -> ", 1),
+        port,
+        {**via_agent.watch, "agent": proc.pid},
+        [proc],
+        admin_port=via_agent.admin_port,
+        audit_file=via_agent.audit_file,
+        overlay_port=via_agent.overlay_port,
+    )
+
+
 def _sample(path: ProtoPath, workload: ProtoWorkload, report: dict[str, Any]) -> Sample:
     processes = report.get("processes") or {}
 
@@ -393,7 +425,7 @@ def run_protocol(
                 running.append(pure_path)
                 log(f"bench: {protocol}: {name} on 127.0.0.1:{pure_path.port} - {pure_path.label}")
                 continue
-            if gateway_path is None:  # one gateway (and agent) serves both ztgate paths
+            if gateway_path is None:  # one gateway (and agent) serves every ztgate path
                 try:
                     gateway_path = start_ztgate_path(sup, lab, work, protocol, server, server_port, rules)
                 except (ProcessError, RuntimeError, OSError) as exc:
@@ -401,6 +433,17 @@ def run_protocol(
                     log(f"bench: {protocol}: ztgate skipped: {str(exc).splitlines()[0]}")
                     break
                 started.extend(gateway_path.procs)
+            if name == "stunnel-client":
+                try:
+                    path = stunnel_client_path(sup, lab, work, gateway_path, protocol)
+                except (ProcessError, RuntimeError, OSError) as exc:
+                    out["unavailable"]["stunnel-client"] = str(exc).strip()[:1500]
+                    log(f"bench: {protocol}: stunnel-client skipped: {str(exc).splitlines()[0]}")
+                    continue
+                started.extend(path.procs)
+                running.append(path)
+                log(f"bench: {protocol}: {name} on 127.0.0.1:{path.port} - {path.label}")
+                continue
             path = gateway_path if name == "ztgate" else overlay_client_path(lab, gateway_path, protocol)
             running.append(path)
             log(f"bench: {protocol}: {name} on 127.0.0.1:{path.port} - {path.label}")
