@@ -122,6 +122,27 @@ def _results(samples: list[dict[str, Any]]) -> dict[str, Any]:
     return results
 
 
+def test_stunnel_in_client_mode_in_the_agents_place_relays_every_request(tmp_path: Path) -> None:
+    """The opt-in stunnel-client path: pycomm3 and asyncua clients into stunnel in client mode, carried
+    over mutual TLS to the same gateway; every reply checked, the relay's CPU in the agent's column."""
+    argv = [sys.executable, "-m", "bench", "--quick", "--protocols", "enip,opcua", "--only", "stunnel-client"]
+    argv += ["--workloads", "enip-1tag,opcua-1x1", "--duration", "0.5", "--warmup", "0.2"]
+    argv += ["--out", str(tmp_path), "--no-docs"]
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=180, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    for protocol in ("enip", "opcua"):
+        rows = results["protocols"][protocol]
+        assert set(rows["paths"]) == {"stunnel-client"}, rows["unavailable"]
+        assert rows["paths"]["stunnel-client"]["label"].startswith("stunnel client mode")
+        assert rows["samples"], protocol
+        for sample in rows["samples"]:
+            assert "failed" not in sample and sample["errors"] == sample["mismatches"] == 0, sample
+            assert sample["req_per_s"] > 0, sample
+            assert sample["gateway_cpu_us_per_req"] > 0 and sample["agent_cpu_us_per_req"] > 0, sample
+        assert rows["ztgate_after_run"]["metrics"]["ztgate_requests_total"] > 0
+
+
 def test_opcua_targets_and_markdown() -> None:
     samples = []
     for rep, (direct, through, cpu) in enumerate(
