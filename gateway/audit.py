@@ -33,9 +33,9 @@ waits for it instead. At most ``aggregate_key_limit`` keys are aggregated per
 interval; reads under further keys are written one by one.
 
 Threading: ``emit`` may be called from any thread (the queue-full counter is exact when only one does).
-``aggregate_read`` must be called from one thread only (the event loop): its per-key counters are updated
-without a lock. The event dict passed to ``emit`` belongs to the audit log afterwards: the writer adds
-``gateway`` and formats ``time`` in place.
+``aggregate_read`` (and ``reads.add``, which the Modbus session calls directly) must be called from one
+thread only (the event loop): its per-key counters are updated without a lock. The event dict passed to
+``emit`` belongs to the audit log afterwards: the writer adds ``gateway`` and formats ``time`` in place.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ from typing import Any, Final
 
 import orjson
 
+from gateway.read_aggregates import NO_SPAN, ReadAggregate, ReadAggregates
 from gateway.sinks import KINDS, Record, Sink, record_kind
 from gateway.sinks.file import FileSink, StdoutSink
 
@@ -74,23 +75,6 @@ class ReadEvent(dict[str, Any]):
     """An allowed read's event (one read, or an interval's aggregate): the first to go when room runs out."""
 
     __slots__ = ()
-
-
-class _Aggregate:
-    """Running totals of one aggregation key within one interval."""
-
-    __slots__ = ("count", "fields", "first", "hi", "last", "latency_max", "latency_sum", "lo")
-
-    def __init__(self, fields: Event, span: tuple[int, int] | None, latency_s: float, now: float) -> None:
-        self.fields = fields
-        self.count = 1
-        self.first = now
-        self.last = now
-        # (inf, -1) is the empty span, so the hot path needs no None test on the stored bounds.
-        self.lo: float = span[0] if span is not None else math.inf
-        self.hi: float = span[1] if span is not None else -1
-        self.latency_sum = latency_s
-        self.latency_max = latency_s
 
 
 class AuditLog:
@@ -135,10 +119,11 @@ class AuditLog:
         # A deque with a bound we check ourselves: deque(maxlen) would evict the *oldest* events without
         # telling us. We refuse the newest instead and count it, so what is on disk is a gap-free prefix.
         self._queue: collections.deque[Event] = collections.deque()
-        self._aggregates: dict[Hashable, _Aggregate] = {}
-        # Odd while aggregate_read runs; see _collect_aggregates for why the writer needs it.
-        self._agg_seq = 0
-        self._retired: tuple[dict[Hashable, _Aggregate], int] | None = None
+        # Allowed reads counted per interval (gateway/read_aggregates.py, compiled): the sessions add to
+        # it directly, the writer rotates and drains it.
+        self.reads = ReadAggregates(clock, aggregate_key_limit, self._emit_read)
+        self.reads.off = self._aggregate_off
+        self._retired: tuple[dict[Hashable, ReadAggregate], int] | None = None
         self._deadline = self._next_boundary(clock())
 
         # Each counter has one writing thread (the emitting thread or the writer), so += loses no update.
@@ -186,45 +171,17 @@ class AuditLog:
         count: int = 1,
     ) -> None:
         """Count ``count`` allowed reads (the operations of one request) under ``key``; ``fields`` is
-        copied at the interval's end, never mutated."""
-        if self._aggregate_off:
-            for _ in range(count):
-                self._emit_read(fields, span, latency_s)
-            return
-        self._agg_seq += 1
-        try:
-            aggregates = self._aggregates
-            now = self._clock()
-            agg = aggregates.get(key)
-            if agg is None:
-                if len(aggregates) >= self._key_limit:
-                    # Bounded memory beats aggregation: the overflow goes through the bounded queue.
-                    self._emit_read(fields, span, latency_s)
-                else:
-                    aggregates[key] = agg = _Aggregate(fields, span, latency_s, now)
-                    agg.count = count
-                    agg.latency_sum = latency_s * count
-                return
-            agg.count += count
-            agg.last = now
-            agg.latency_sum += latency_s * count
-            # Compare-and-store, not max()/min(): a builtin call costs ~90 ns here against ~10 ns.
-            if latency_s > agg.latency_max:  # noqa: PLR1730
-                agg.latency_max = latency_s
-            if span is not None:
-                lo, hi = span
-                if lo < agg.lo:  # noqa: PLR1730
-                    agg.lo = lo
-                if hi > agg.hi:  # noqa: PLR1730
-                    agg.hi = hi
-        finally:
-            self._agg_seq += 1
+        copied at the interval's end, never mutated. (:attr:`reads` takes the span's ends apart.)"""
+        if span is None:
+            self.reads.add(key, fields, 0, NO_SPAN, latency_s, count)
+        else:
+            self.reads.add(key, fields, span[0], span[1], latency_s, count)
 
-    def _emit_read(self, fields: Event, span: tuple[int, int] | None, latency_s: float) -> None:
+    def _emit_read(self, fields: Event, lo: int, hi: int, latency_s: float) -> None:
         event = ReadEvent(fields)  # the caller may reuse one fields dict for many reads
         event.setdefault("event", "decision")
-        if span is not None:
-            event["address"] = [span[0], span[1]]
+        if hi != NO_SPAN:
+            event["address"] = [lo, hi]
         event["latency_us"] = round(latency_s * 1e6)
         self.emit(event)
 
@@ -322,6 +279,7 @@ class AuditLog:
         self._closed = True
         # From here on both entry points drop and count: nothing would ever write what they queue.
         self._aggregate_off = True
+        self.reads.off = True
         self._queue_limit = 0
         thread = self._thread
         if thread is None:
@@ -404,34 +362,35 @@ class AuditLog:
         return (math.floor(now / self._aggregate_s) + 1) * self._aggregate_s
 
     def _collect_aggregates(self, now: float, final: bool, events: list[Event]) -> None:
-        # The hot path mutates self._aggregates without a lock. The writer rotates it by rebinding the
-        # attribute to a fresh dict, which is atomic under the GIL, so every aggregate_read that starts
+        # The hot path (ReadAggregates.add) mutates reads.current without a lock. The writer rotates it by
+        # rebinding the attribute to a fresh dict, which is atomic under the GIL, so every add that starts
         # afterwards uses the new dict. One call may already hold the old dict in a local, though, if the
-        # GIL switched threads inside it. _agg_seq is odd exactly while a call is in progress (only the hot
+        # GIL switched threads inside it. reads.seq is odd exactly while a call is in progress (only the hot
         # path writes it): if it is even after the rebind, nobody can touch the old dict again and we drain
         # it now; if it is odd, we park the old dict until the sequence number has moved on, i.e. that call
         # has returned. This keeps counts exact without a lock or a syscall on the hot path. It relies on the
         # GIL; a free-threaded build would need a lock here.
+        reads = self.reads
         if self._retired is not None:
             old, seq = self._retired
-            if not final and self._agg_seq == seq:
+            if not final and reads.seq == seq:
                 return
             self._retired = None
             self._drain_aggregates(old, events)
         if not final and now < self._deadline:
             return
         self._deadline = self._next_boundary(now)
-        old = self._aggregates
+        old = reads.current
         if not old:
             return
-        self._aggregates = {}
-        seq = self._agg_seq
+        reads.current = {}
+        seq = reads.seq
         if seq & 1 and not final:
             self._retired = (old, seq)
         else:
             self._drain_aggregates(old, events)
 
-    def _drain_aggregates(self, aggregates: dict[Hashable, _Aggregate], events: list[Event]) -> None:
+    def _drain_aggregates(self, aggregates: dict[Hashable, ReadAggregate], events: list[Event]) -> None:
         for agg in list(aggregates.values()):
             event = ReadEvent(agg.fields)
             event.setdefault("event", "decision")

@@ -113,7 +113,12 @@ class Session(asyncio.Protocol):
         self._idle_check: asyncio.TimerHandle | None = None
         self._idle_s = 0.0
         self._requests_at_idle_check = 0
-        self._out: list[bytes] = []
+        self._out: list[bytes | bytearray] = []
+        # The reply being gathered, _span[_span_start:_span_end]: replies queued one after the other that
+        # lie next to each other in one buffer (a batch of the device's bytes) leave as one slice of it.
+        self._span: bytes | bytearray | None = None
+        self._span_start = 0
+        self._span_end = 0
         self._in_flight = 0
         self._close_after_flush: str | None = None
         limits = runtime.limits
@@ -167,6 +172,7 @@ class Session(asyncio.Protocol):
         self.runtime.metrics.add_requests(self.request_counts())
         self.counts.clear()
         self._out.clear()
+        self._span = None
         self._release()
         self.runtime.audit.emit(
             {
@@ -303,9 +309,41 @@ class Session(asyncio.Protocol):
         """Whether requests of this session are still on their way to the device."""
         return self._in_flight > 0
 
+    def queue_reply(self, data: bytes | bytearray, start: int = 0, end: int = -1) -> bool:
+        """Queue ``data[start:end]`` (all of ``data`` by default) for the next :meth:`flush`, after what
+        is queued already; true when nothing was. The caller leaves those bytes of ``data`` as they are
+        until then."""
+        if end < 0:
+            end = len(data)
+        span = self._span
+        if span is data and start == self._span_end:
+            self._span_end = end
+            return False
+        first = span is None and not self._out
+        if span is not None:
+            self._close_span()
+        self._span = data
+        self._span_start = start
+        self._span_end = end
+        return first
+
+    def has_replies(self) -> bool:
+        """Whether replies are queued for the next :meth:`flush`."""
+        return self._span is not None or bool(self._out)
+
+    def _close_span(self) -> None:
+        span = self._span
+        if span is None:
+            return
+        self._span = None
+        start, end = self._span_start, self._span_end
+        self._out.append(span if start == 0 and end == len(span) else span[start:end])
+
     def flush(self) -> None:
         """Write the replies gathered in ``_out`` in one write; then end the session if a refusal with
         ``action = "close"`` asked for it (the replies before it still go out)."""
+        if self._span is not None:
+            self._close_span()
         out = self._out
         if out:
             if self.transport is not None and not self.closing:
@@ -425,7 +463,7 @@ class Session(asyncio.Protocol):
             reason = f"refused by rule {decision.rule_id}"
             last = self._last_words(decision.exception_code, reason)
             if last is not None:
-                self._out.append(last)
+                self.queue_reply(last)
             self._close_after_flush = reason
             self.flush()
         return action

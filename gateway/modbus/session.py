@@ -14,6 +14,7 @@ from time import monotonic
 from typing import Any, ClassVar
 
 from gateway.modbus.upstream import ModbusUpstreamPool, PendingRequest
+from gateway.read_aggregates import ReadAggregates
 from gateway.runtime import Runtime
 from gateway.session import Session, SessionInfo
 from gateway.upstream import NOT_IN_FLIGHT, Failure
@@ -81,13 +82,15 @@ class ModbusSession(Session):
         self._unit_ids, self._tables = self.view.modbus_tables()
         self._unit_map = asset.unit_map
         self._histogram = self.runtime.metrics.histogram("modbus", asset.name)
-        self._aggregates = self.runtime.audit.aggregates_reads
-        self._aggregate_read = self.runtime.audit.aggregate_read
-        # The fast path of deliver(): the last aggregated read's decision, kind and audit key.
+        audit = self.runtime.audit
+        self._aggregates = audit.aggregates_reads
+        self._reads: ReadAggregates = audit.reads
+        # The fast path of deliver(): the last aggregated read's decision, kind, audit key and fields.
         self._last_decision: Decision | None = None
         self._last_fc = -1
         self._last_unit = -1
-        self._last_aggregate: tuple[tuple[Any, ...], dict[str, Any]] | None = None
+        self._last_key: tuple[Any, ...] = ()
+        self._last_fields: dict[str, Any] = {}
 
     def _view_changed(self) -> None:
         self._bind_view()
@@ -202,36 +205,43 @@ class ModbusSession(Session):
         if ordered:
             ordered.append(reply)
         else:
-            self._out.append(reply)
+            self.queue_reply(reply)
 
     def _answer_in_order(self) -> None:
         """preserve_order: move every answer now complete at the front of the order to the output."""
         ordered = self._ordered
         assert ordered is not None
-        out = self._out
         while ordered:
             head = ordered[0]
             if isinstance(head, bytes):
-                out.append(head)
+                self.queue_reply(head)
             elif head.reply is not None:
-                out.append(head.reply)
+                self.queue_reply(head.reply)
             else:
                 break
             ordered.popleft()
 
     # -------------------------------------------------------------------------- upstream side
 
-    def deliver(self, pending: PendingRequest, reply: bytes, device_exception: int, now: float) -> bool:
-        """The device answered. Returns True when this session has a batch to flush.
+    def deliver(
+        self,
+        pending: PendingRequest,
+        frames: bytes | bytearray,
+        start: int,
+        end: int,
+        device_exception: int,
+        now: float,
+    ) -> bool:
+        """The device answered with ``frames[start:end]``. Returns True when this session has a batch to
+        flush.
 
         The common case — an allowed read answered normally, audited by aggregation — is written out
         here without calls: it runs once per request at full load."""
-        out = self._out
-        first = not out
         if self._ordered is None:
-            out.append(reply)
+            first = self.queue_reply(frames, start, end)
         else:
-            pending.reply = reply
+            first = not self.has_replies()
+            pending.reply = bytes(frames[start:end])
             self._answer_in_order()
         self._in_flight -= 1
         if self._paused_by:
@@ -250,28 +260,23 @@ class ModbusSession(Session):
         else:
             counts = self.counts  # the allow key of Session._count, inlined
             counts[fc] = counts.get(fc, 0) + 1
-            if self._last_aggregate is None or fc != self._last_fc or request.unit_id != self._last_unit:
+            if fc != self._last_fc or request.unit_id != self._last_unit:
                 self._account(pending, latency_s, "ok", counted=True)
             else:
                 lo = request.read_address
-                self._aggregate_read(
-                    self._last_aggregate[0],
-                    self._last_aggregate[1],
-                    (lo, lo + request.read_count - 1),
-                    latency_s,
-                )
-        return first and bool(out) and not self.closing
+                self._reads.add(self._last_key, self._last_fields, lo, lo + request.read_count - 1, latency_s)
+        return first and self.has_replies() and not self.closing
 
     def fail(self, pending: PendingRequest, failure: Failure, reason: str, now: float) -> bool:
         """The device cannot answer the request: exception 0x0A when the gateway could not take it
         (asset reconfigured), 0x0B when the device did not (timeout, lost, unreachable,
         malformed reply)."""
         code = GATEWAY_PATH_UNAVAILABLE if failure.overload else TARGET_FAILED_TO_RESPOND
-        first = not self._out
+        first = not self.has_replies()
         request = pending.request
         reply = encode_exception(request.transaction_id, request.unit_id, request.function_code, code)
         if self._ordered is None:
-            self._out.append(reply)
+            self.queue_reply(reply)
         else:
             pending.reply = reply
             self._answer_in_order()
@@ -287,7 +292,7 @@ class ModbusSession(Session):
             )
         else:
             self._account(pending, latency_s, reason, gateway_exception=code)
-        return first and bool(self._out) and not self.closing
+        return first and self.has_replies() and not self.closing
 
     def _maybe_resume(self) -> None:
         if IN_FLIGHT_LIMIT in self._paused_by and not self._resume_scheduled:
@@ -323,9 +328,10 @@ class ModbusSession(Session):
             self._last_decision = decision
             self._last_fc = fc
             self._last_unit = request.unit_id
-            self._last_aggregate = (key, fields)
+            self._last_key = key
+            self._last_fields = fields
             lo = request.read_address
-            self._aggregate_read(key, fields, (lo, lo + request.read_count - 1), latency_s)
+            self._reads.add(key, fields, lo, lo + request.read_count - 1, latency_s)
             return
         self._audit(request, decision, pending.revision, outcome, latency_s, gateway_exception)
 

@@ -10,16 +10,33 @@ from typing import Any, ClassVar, Protocol, cast
 
 from gateway.upstream import NOT_IN_FLIGHT, Client, Failure, Link, Pending, UpstreamPool
 from policies import Decision
-from protocols.modbus import ClientConnection, ModbusProtocolError, Request, check_response, encode_adu
+from protocols.modbus import (
+    ClientConnection,
+    ModbusProtocolError,
+    Request,
+    check_response,
+    encode_adu,
+    is_read_reply,
+)
+from protocols.modbus.spec import MBAP_HEADER_BYTES
 
 
 class ModbusClient(Client, Protocol):
     """What the pool calls on the session that submitted a request (``gateway/modbus/session.py``):
     the upstream side knows sessions only by this protocol, so it never imports them."""
 
-    def deliver(self, pending: PendingRequest, reply: bytes, device_exception: int, now: float) -> bool:
-        """Answer the client with the device's ``reply`` (already under the client's id and unit);
-        true when the session has replies to flush at the end of the batch."""
+    def deliver(
+        self,
+        pending: PendingRequest,
+        frames: bytes | bytearray,
+        start: int,
+        end: int,
+        device_exception: int,
+        now: float,
+    ) -> bool:
+        """Answer the client with the device's reply, ``frames[start:end]`` (already under the client's
+        id and unit); true when the session has replies to flush at the end of the batch. Those bytes
+        of ``frames`` stay as they are: the session may keep ``frames`` until then."""
         ...
 
     def fail(self, pending: PendingRequest, failure: Failure, reason: str, now: float) -> bool:
@@ -91,22 +108,28 @@ class ModbusLink(Link[PendingRequest]):
     def data_received(self, data: bytes) -> None:
         codec = self._codec
         codec.receive_data(data)
+        frames = codec.buffer
+        # The replies relabelled in place (client's transaction id and unit over the gateway's): a copy
+        # of the device's bytes, made at the first such reply of this batch. A session's replies that
+        # lie next to each other in it leave as one slice (Session.queue_reply).
+        relabelled: bytearray | None = None
         pool = self.pool
         touched = pool.touched
         in_flight = self.in_flight
         now = self.last_data_at = monotonic()
         while self.abort_reason is None:
             try:
-                pdu = codec.next_pdu()
+                end = codec.next_frame_end()
             except ModbusProtocolError as exc:
                 # Framing is lost: nothing more on this connection can be matched safely.
                 pool.upstream_fault(f"malformed reply framing: {exc}")
                 self.abort("malformed reply framing")
                 break
-            if pdu is None:
+            if end < 0:
                 break
             tid = codec.transaction_id
             unit = codec.unit_id
+            start = codec.frame_start
             pending = in_flight.pop(tid, None)  # Link.answered, written out
             if pending is None:
                 self.unmatched(tid)  # late, or the device is out of step
@@ -121,6 +144,19 @@ class ModbusLink(Link[PendingRequest]):
                 if session.fail(pending, Failure.MALFORMED_REPLY, "malformed reply", now):
                     touched.append(session)
                 continue
+            if is_read_reply(request, frames, start, end):
+                # The common reply: the device's frame is the one encode_adu would write for the client
+                # but for its header's transaction id and unit, which are written over.
+                if relabelled is None:
+                    relabelled = bytearray(frames)
+                client_tid = request.transaction_id
+                relabelled[start] = client_tid >> 8
+                relabelled[start + 1] = client_tid & 0xFF
+                relabelled[start + 6] = request.unit_id
+                if session.deliver(pending, relabelled, start, end, 0, now):
+                    touched.append(session)
+                continue
+            pdu = frames[start + MBAP_HEADER_BYTES : end]
             try:
                 device_exception = check_response(request, pdu)
             except ModbusProtocolError as exc:
@@ -131,7 +167,7 @@ class ModbusLink(Link[PendingRequest]):
             if request.received_pdu is not request.pdu and pdu == request.pdu:
                 pdu = request.received_pdu  # the device echoed our canonical rewrite: echo the client's own
             reply = encode_adu(request.transaction_id, request.unit_id, pdu)
-            if session.deliver(pending, reply, device_exception, now):
+            if session.deliver(pending, reply, 0, len(reply), device_exception, now):
                 touched.append(session)
         self.batch_done()
 

@@ -8,7 +8,7 @@ from protocols.modbus.connection import (
     encode_exception,
 )
 from protocols.modbus.pdu import ModbusProtocolError, Request, encode_request_pdu, parse_request
-from protocols.modbus.responses import check_response
+from protocols.modbus.responses import check_response, is_read_reply
 from protocols.modbus.spec import DiagnosticSubFunction, ExceptionCode, FunctionCode
 
 __all__ = [
@@ -24,5 +24,6 @@ __all__ = [
     "encode_adu",
     "encode_exception",
     "encode_request_pdu",
+    "is_read_reply",
     "parse_request",
 ]

@@ -36,17 +36,24 @@ class MbapFramer:
     left in :attr:`transaction_id` and :attr:`unit_id` rather than packed with it into a tuple (the
     gateway frames every request and every reply: two objects less each)."""
 
-    __slots__ = ("_buffer", "_offset", "transaction_id", "unit_id")
+    __slots__ = ("_buffer", "_offset", "frame_start", "transaction_id", "unit_id")
 
     def __init__(self) -> None:
         self._buffer = b""
         self._offset = 0
-        self.transaction_id = 0  # of the frame the last next_pdu returned
+        self.transaction_id = 0  # of the frame the last next_pdu / next_frame_end returned
         self.unit_id = 0
+        self.frame_start = 0  # where that frame starts in :attr:`buffer`
 
     @property
     def buffered_bytes(self) -> int:
         return len(self._buffer) - self._offset
+
+    @property
+    def buffer(self) -> bytes:
+        """The bytes the offsets of :meth:`next_frame_end` and :attr:`frame_start` point into; the same
+        object from one :meth:`receive_data` to the next."""
+        return self._buffer
 
     def receive_data(self, data: bytes) -> None:
         if self._offset < len(self._buffer):
@@ -58,9 +65,19 @@ class MbapFramer:
     def next_pdu(self) -> bytes | None:
         """The next frame's PDU (its header in :attr:`transaction_id` and :attr:`unit_id`), or None
         while the frame is incomplete."""
+        end = self.next_frame_end()
+        if end < 0:
+            return None
+        return self._buffer[self.frame_start + _HEADER : end]
+
+    def next_frame_end(self) -> int:
+        """Where the next whole frame ends in :attr:`buffer` (it starts at :attr:`frame_start`, its
+        header in :attr:`transaction_id` and :attr:`unit_id`), or -1 while it is incomplete. The frame
+        is checked and consumed as by :meth:`next_pdu`, without copying it out: a caller that forwards
+        the frame as it came takes its bytes from the buffer."""
         buffer, offset = self._buffer, self._offset
         if len(buffer) - offset < _HEADER:
-            return None
+            return -1
         # The header read byte by byte: compiled, each is an index, and no tuple as struct's unpack makes.
         protocol_id = buffer[offset + 2] << 8 | buffer[offset + 3]
         if protocol_id != spec.PROTOCOL_ID_MODBUS:
@@ -72,11 +89,12 @@ class MbapFramer:
             )
         end = offset + _HEADER - 1 + length
         if end > len(buffer):
-            return None
+            return -1
         self._offset = end
+        self.frame_start = offset
         self.transaction_id = buffer[offset] << 8 | buffer[offset + 1]
         self.unit_id = buffer[offset + 6]
-        return buffer[offset + _HEADER : end]
+        return end
 
     def next_frame(self) -> Frame | None:
         pdu = self.next_pdu()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from typing import Final
 
 from protocols.modbus import spec
 from protocols.modbus.pdu import ModbusProtocolError, Request
@@ -169,4 +170,21 @@ def check_response(request: Request, pdu: bytes) -> int:
     return 0
 
 
-__all__ = ["check_response"]
+_MBAP_HEADER: Final = spec.MBAP_HEADER_BYTES
+
+
+def is_read_reply(request: Request, frame: bytes, start: int, end: int) -> bool:
+    """Whether the MBAP frame ``frame[start:end]`` carries a normal reply to ``request`` that is a
+    read of bits or registers (FC 1-4) with exactly the byte count its quantity asks for: one that
+    :func:`check_response` passes and whose PDU needs no rewriting. Looked at in place, without
+    copying the PDU out; anything else (an exception reply, another function code, a wrong length)
+    answers False and goes through :func:`check_response`."""
+    fc = request.function_code
+    if fc > 4 or fc < 1 or frame[start + _MBAP_HEADER] != fc:
+        return False
+    count = request.read_count
+    expected = (count + 7) >> 3 if fc <= 2 else 2 * count
+    return end - start == _MBAP_HEADER + 2 + expected and frame[start + _MBAP_HEADER + 1] == expected
+
+
+__all__ = ["check_response", "is_read_reply"]

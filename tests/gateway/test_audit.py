@@ -409,7 +409,7 @@ def test_rollover_waits_for_a_read_in_progress(path: Path) -> None:
             return clock.now
 
     preempting = PreemptingClock()
-    log._clock = preempting  # the clock read inside aggregate_read is the preemption point
+    log.reads.clock = preempting  # the clock read inside aggregate_read is the preemption point
     preempting.armed = True
     log.aggregate_read(key, read_fields(), (5, 5), 0.0001)
     assert lines(path) == []  # parked: the call was still running when the writer swapped

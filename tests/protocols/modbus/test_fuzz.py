@@ -16,7 +16,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pymodbus.pdu import DecodePDU
 
-from protocols.modbus import ClientConnection, ModbusProtocolError, Request, check_response, parse_request
+from protocols.modbus import (
+    ClientConnection,
+    ModbusProtocolError,
+    Request,
+    check_response,
+    encode_adu,
+    is_read_reply,
+    parse_request,
+)
 from tests.protocols.modbus.modbus_samples import (
     PDU_MAX,
     PUBLIC_FUNCTION_CODES,
@@ -246,6 +254,46 @@ def test_client_connection_and_check_response(exchange: tuple[Request, bytes], c
                 assert pdu == bytes((request.function_code | 0x80, result))
             else:
                 assert pdu[0] == request.function_code
+
+
+@FUZZ
+@given(exchange=exchanges(), before=st.binary(min_size=1, max_size=12), cuts=cuts)
+def test_a_reply_forwarded_from_the_devices_bytes_is_the_one_check_and_encode_make(
+    exchange: tuple[Request, bytes], before: bytes, cuts: list[int]
+) -> None:
+    # The gateway's fast path (gateway/modbus/upstream.py): a reply is_read_reply accepts is forwarded
+    # as the device's frame with the client's transaction id and unit written over its header. It must
+    # accept exactly the normal replies to reads that check_response passes, and the bytes must be
+    # encode_adu's. A frame before it puts it further into the framer's buffer.
+    request, frame = exchange
+    stream = mbap(7, 1, before) + frame
+    connection = ClientConnection()
+    seen = 0
+    for chunk in split(stream, cuts):
+        connection.receive_data(chunk)
+        while True:
+            try:
+                end = connection.next_frame_end()
+            except ModbusProtocolError:
+                return
+            if end < 0:
+                break
+            seen += 1
+            buffer, start = connection.buffer, connection.frame_start
+            if seen == 1:
+                continue
+            pdu = buffer[start + 7 : end]
+            fast = is_read_reply(request, buffer, start, end)
+            try:
+                normal = check_response(request, pdu) == 0
+            except ModbusProtocolError:
+                normal = False
+            assert fast == (normal and request.function_code in (1, 2, 3, 4))
+            if fast:
+                relabelled = bytearray(buffer)
+                relabelled[start : start + 2] = request.transaction_id.to_bytes(2, "big")
+                relabelled[start + 6] = request.unit_id
+                assert relabelled[start:end] == encode_adu(request.transaction_id, request.unit_id, pdu)
 
 
 @FUZZ
