@@ -19,6 +19,7 @@ from protocols.modbus.pdu import (
     ModbusProtocolError,
     Request,
     parse_opaque,
+    parse_read,
     parse_request,
 )
 
@@ -112,10 +113,13 @@ class ServerConnection(MbapFramer):
         pdu = self.next_pdu()
         if pdu is None:
             return None
-        if pdu[0] & spec.EXCEPTION_FLAG:
+        fc = pdu[0]
+        if 1 <= fc <= 4:  # the reads: called directly, not through the table
+            return parse_read(self.transaction_id, self.unit_id, pdu)
+        if fc & spec.EXCEPTION_FLAG:
             # Refused there, with the right message.
             return parse_request(self.transaction_id, self.unit_id, pdu)
-        return _PARSERS_GET(pdu[0], parse_opaque)(self.transaction_id, self.unit_id, pdu)
+        return _PARSERS_GET(fc, parse_opaque)(self.transaction_id, self.unit_id, pdu)
 
 
 class ClientConnection(MbapFramer):
