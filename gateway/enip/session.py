@@ -122,6 +122,25 @@ class _Forwarded:
 
 
 _ReadRecord = tuple[tuple[Any, ...], dict[str, Any]]  # an allowed read's aggregation key and record
+# Decisions kept per session for repeated requests: a few per cached request (RepeatCache keeps 32);
+# past this many they are all dropped and made again.
+MAX_DECIDED = 64
+
+
+class _Decided:
+    """Every leaf of a cached request allowed, under a view that decides it the same at any time: what
+    a repeat of the same bytes is forwarded with, without deciding each leaf again."""
+
+    __slots__ = ("decisions", "local", "message", "view")
+
+    def __init__(
+        self, view: SubjectView, decisions: list[Decision | None], local: list[MessageRouterResponse | None],
+        message: bytes,
+    ) -> None:  # fmt: skip
+        self.view = view
+        self.decisions = decisions
+        self.local = local  # all None: nothing answered by the gateway (read, never changed)
+        self.message = message
 
 
 @dataclass(slots=True)
@@ -180,6 +199,8 @@ class EnipSession(Session):
         self._connections: dict[int, _ClientConnection] = {}
         self._repeats = RepeatCache()
         self._read_records: dict[int, tuple[CipRequest, Decision, str, tuple[Any, ...], dict[str, Any]]] = {}
+        self._decided: dict[Unwrapped, _Decided] = {}
+        self._timeless = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._bind_view()
 
@@ -188,6 +209,10 @@ class EnipSession(Session):
         assert isinstance(pool, EnipUpstreamPool)
         self._pool = pool
         self._histogram = self.runtime.metrics.histogram("enip", self.view.asset.name)
+        # A view whose rules have no time window decides a request the same at any time: the decisions
+        # of a repeated request can be kept (under this view only: a new view decides afresh).
+        self._timeless = all(rule.window is None for rule in self.view.rules)
+        self._decided.clear()
 
     def _view_changed(self) -> None:
         self._bind_view()
@@ -209,6 +234,18 @@ class EnipSession(Session):
         codec = self._codec
         # held: a request waits past its identity's share of the asset's queue (gateway/upstream.py).
         while not self.closing and not self.paced and not self.held:
+            if self._handle:
+                # A connected request (the polled Read Tag) read without a message object; anything
+                # else, or any other layout, the general way below.
+                connected = codec.next_connected(self._handle)
+                if connected is not None:
+                    context, connection_id, sequence, body = connected
+                    try:
+                        self._connected(context, connection_id, sequence, body)
+                    except CipProtocolError as error:
+                        if self._malformed(error):
+                            return
+                    continue
             try:
                 message = codec.next_message()
             except CipProtocolError as error:
@@ -307,6 +344,10 @@ class EnipSession(Session):
         if connected is None:
             connected = connected_message(message, parse_send_data(message))
         connection_id, sequence, body = connected
+        self._connected(message.sender_context, connection_id, sequence, body)
+
+    def _connected(self, context: bytes, connection_id: int, sequence: int, body: bytes) -> None:
+        """A registered client's connected request ``body`` on ``connection_id``."""
         connection = self._connections.get(connection_id)
         if connection is None:
             # Data on a connection that does not exist is dropped, as a target does (Vol 2 §2-6); the
@@ -317,7 +358,7 @@ class EnipSession(Session):
             )
             self.runtime.audit.emit(record)
             return
-        self._request(body, _Answer(message.sender_context, connection.t_o_connection_id, sequence))
+        self._request(body, _Answer(context, connection.t_o_connection_id, sequence))
 
     def _answer(self, answer: _Answer, response: MessageRouterResponse, body: bytes | None = None) -> None:
         """Answer with ``response`` (whose encoding ``body`` is, when the caller has it)."""
@@ -363,8 +404,17 @@ class EnipSession(Session):
         if unwrapped is None:
             return
         leaves = unwrapped.leaves
-        now = self.runtime.clock()
         revision = self.view.policy_revision
+        kept = self._decided.get(unwrapped)
+        if kept is not None and kept.view is self.view:
+            # Decided under this very view, which decides it the same at any time: allowed then, now.
+            self.requests += len(leaves)
+            self._in_flight += 1
+            record = _Forwarded(answer, unwrapped, leaves, kept.local, kept.decisions, revision)
+            connected = answer.connection_id is not None
+            self._pool.submit(EnipPending(self, kept.message, connected, record, started))
+            return
+        now = self.runtime.clock()
         decide = self.view.decide_enip
         local: list[MessageRouterResponse | None] = []
         decisions: list[Decision | None] = []
@@ -403,6 +453,11 @@ class EnipSession(Session):
                 self._answer(answer, unwrapped.join(local, None))
                 return
             message = upstream.encode()
+        elif self._timeless and self._repeats.takes(body):
+            decided = self._decided
+            if len(decided) >= MAX_DECIDED:
+                decided.clear()
+            decided[unwrapped] = _Decided(self.view, decisions, local, message)
         self._in_flight += 1
         record = _Forwarded(answer, unwrapped, leaves, local, decisions, revision)
         self._pool.submit(EnipPending(self, message, answer.connection_id is not None, record, started))
@@ -467,8 +522,11 @@ class EnipSession(Session):
         self._histogram.observe(latency_s)
         audit = self.runtime.audit
         aggregate = not status and outcome == "ok" and audit.aggregates_reads
-        for leaf, reply, decision in zip(record.leaves, record.local, record.decisions, strict=True):
-            if reply is not None or decision is None:
+        leaves, local, decisions = record.leaves, record.local, record.decisions
+        # By index, not zip(): compiled, zip(strict=True) is a generic call and a tuple per leaf.
+        for i in range(len(leaves)):
+            leaf, decision = leaves[i], decisions[i]
+            if local[i] is not None or decision is None:
                 continue  # refused or malformed: counted and audited when decided
             self._count(leaf.name or leaf.service, decision.verdict)
             if aggregate and decision.verdict == "allow" and leaf.name in READ_SERVICES:

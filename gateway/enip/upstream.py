@@ -245,6 +245,16 @@ class EnipLink(Link[EnipPending]):
         codec.receive_data(data)
         now = monotonic()
         while True:
+            if self.ready:
+                # A reply on our connection (the polled Read Tag's) read without a message object;
+                # anything else, or any other layout, the general way below.
+                connected = codec.next_connected(self.session_handle)
+                if connected is not None:
+                    _, connection_id, key, body = connected
+                    self._connected_reply(connection_id, key, body, now)
+                    if self.transport is None or self.transport.is_closing():
+                        return
+                    continue
             try:
                 message = codec.next_message()
             except CipProtocolError as error:
@@ -291,17 +301,12 @@ class EnipLink(Link[EnipPending]):
             pool.upstream_fault(f"encapsulation status 0x{message.status:X}")
             self.abort(f"device answered with encapsulation status 0x{message.status:X}")
             return
+        connected: tuple[int, int, bytes] | None = None
         try:
             if message.command == _Command.SEND_UNIT_DATA:
                 connected = connected_body(message.data)
                 if connected is None:
                     connected = connected_message(message, parse_send_data(message))
-                connection_id, key, body = connected
-                # Targets answer under the T->O id; some (cpppo) under the O->T id we send to. Either names
-                # this link's one connection.
-                if connection_id not in (self.t_o_connection_id, self.o_t_connection_id):
-                    pool.late_replies += 1
-                    return
             else:
                 key = _CONTEXT.unpack(message.sender_context)[0]
                 unconnected = unconnected_body(message.data)
@@ -311,6 +316,23 @@ class EnipLink(Link[EnipPending]):
         except CipProtocolError as error:
             self._out_of_step(f"malformed reply: {error}")
             return
+        if connected is not None:
+            self._connected_reply(*connected, now)
+            return
+        self._matched(key, body, now)
+
+    def _connected_reply(self, connection_id: int, key: int, body: bytes, now: float) -> None:
+        """A reply on a connection (``key``: its sequence count)."""
+        # Targets answer under the T->O id; some (cpppo) under the O->T id we send to. Either names this
+        # link's one connection.
+        if connection_id not in (self.t_o_connection_id, self.o_t_connection_id):
+            self.pool.late_replies += 1
+            return
+        self._matched(key, body, now)
+
+    def _matched(self, key: int, body: bytes, now: float) -> None:
+        """The reply ``body`` under ``key``, to the request in flight under it (if any)."""
+        pool = self.pool
         pending = self.answered(key)
         if pending is None:
             return

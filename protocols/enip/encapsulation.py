@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, replace
+from typing import Final
 
 from protocols.enip.cpf import (
     ConnectedAddressItem,
@@ -55,8 +56,14 @@ _UNCONNECTED_ITEMS = struct.Struct("<IHHHHHH")
 _CONNECTED_ITEMS = struct.Struct("<IHHHHIHHH")
 _UNCONNECTED_FRAME = struct.Struct(HEADER.format + _UNCONNECTED_ITEMS.format[1:])
 _CONNECTED_FRAME = struct.Struct(HEADER.format + _CONNECTED_ITEMS.format[1:])
-_NULL, _UNCONNECTED = CpfItemType.NULL_ADDRESS, CpfItemType.UNCONNECTED_DATA
-_CONNECTED_ADDRESS, _CONNECTED = CpfItemType.CONNECTED_ADDRESS, CpfItemType.CONNECTED_DATA
+# Plain ints, not the enums' members: compiled, a member is a look-up and an attribute read per use.
+_NULL: Final = int(CpfItemType.NULL_ADDRESS)
+_UNCONNECTED: Final = int(CpfItemType.UNCONNECTED_DATA)
+_CONNECTED_ADDRESS: Final = int(CpfItemType.CONNECTED_ADDRESS)
+_CONNECTED: Final = int(CpfItemType.CONNECTED_DATA)
+_SEND_RR_DATA: Final = int(EncapsulationCommand.SEND_RR_DATA)
+_SEND_UNIT_DATA: Final = int(EncapsulationCommand.SEND_UNIT_DATA)
+_SUCCESS: Final = int(EncapsulationStatus.SUCCESS)
 _COMMANDS = frozenset(EncapsulationCommand)
 # Commands whose request carries no data at all (Vol 2 §2-4).
 _EMPTY_REQUESTS = frozenset(
@@ -183,6 +190,38 @@ class EncapsulationConnection:
         if command not in _COMMANDS:
             raise encapsulation_error(message, _Status.INVALID_COMMAND, f"command 0x{command:04X}")
         return message
+
+    def next_connected(self, session_handle: int) -> tuple[bytes, int, int, bytes] | None:
+        """The next message when it is a whole SendUnitData under ``session_handle`` with status and
+        options 0, laid out as nearly all are (see :func:`connected_body`), read in one unpack without an
+        :class:`EncapsulationMessage`: (sender context, connection id, sequence count, message). ``None``,
+        with nothing consumed, for anything else: :meth:`next_message` then reads it, and gives the same
+        where this gives a message."""
+        buffer, offset = self._buffer, self._offset
+        if len(buffer) - offset < _CONNECTED_FRAME.size:
+            return None
+        (
+            command, length, session, status, context, options,
+            handle, _, count, address, address_length, connection_id, kind, item_length, sequence,
+        ) = _CONNECTED_FRAME.unpack_from(buffer, offset)  # fmt: skip
+        end = offset + ENCAPSULATION_HEADER_BYTES + length
+        if (
+            command != _SEND_UNIT_DATA
+            or session != session_handle
+            or status
+            or options
+            or length > self._limits.max_data_bytes
+            or end > len(buffer)
+            or handle != CIP_INTERFACE_HANDLE
+            or count != 2
+            or address != _CONNECTED_ADDRESS
+            or address_length != 4
+            or kind != _CONNECTED
+            or item_length != length - _CONNECTED_ITEMS.size + 2
+        ):
+            return None
+        self._offset = end
+        return context, connection_id, sequence, buffer[offset + _CONNECTED_FRAME.size : end]
 
     @staticmethod
     def send(message: EncapsulationMessage) -> bytes:
@@ -321,7 +360,7 @@ def frame_send_rr_data(session_handle: int, sender_context: bytes, message: byte
     if length > MAX_ENCAPSULATION_DATA_BYTES or len(sender_context) != SENDER_CONTEXT_BYTES:
         raise ValueError("encapsulation data above 65511 bytes or a sender context not of 8 bytes")
     head = _UNCONNECTED_FRAME.pack(
-        EncapsulationCommand.SEND_RR_DATA, length, session_handle, _Status.SUCCESS, sender_context, 0,
+        _SEND_RR_DATA, length, session_handle, _SUCCESS, sender_context, 0,
         CIP_INTERFACE_HANDLE, 0, 2, _NULL, 0, _UNCONNECTED, len(message),
     )  # fmt: skip
     return head + message
@@ -336,7 +375,7 @@ def frame_send_unit_data(
     if length > MAX_ENCAPSULATION_DATA_BYTES or len(sender_context) != SENDER_CONTEXT_BYTES:
         raise ValueError("encapsulation data above 65511 bytes or a sender context not of 8 bytes")
     head = _CONNECTED_FRAME.pack(
-        EncapsulationCommand.SEND_UNIT_DATA, length, session_handle, _Status.SUCCESS, sender_context, 0,
+        _SEND_UNIT_DATA, length, session_handle, _SUCCESS, sender_context, 0,
         CIP_INTERFACE_HANDLE, 0, 2, _CONNECTED_ADDRESS, 4, connection_id, _CONNECTED, len(message) + 2,
         sequence,
     )  # fmt: skip

@@ -123,7 +123,8 @@ def parse_response(data: bytes) -> MessageRouterResponse:
     end = _REPLY_HEADER.size + 2 * words
     if end > len(data):
         raise cip_error(_Status.INVALID_REPLY_RECEIVED, "additional status runs past the reply")
-    extended = struct.unpack_from(f"<{words}H", data, _REPLY_HEADER.size)
+    # Nearly every reply carries no additional status: no format string to build for it.
+    extended: tuple[int, ...] = struct.unpack_from(f"<{words}H", data, _REPLY_HEADER.size) if words else ()
     return MessageRouterResponse(service, general_status, extended, data[end:])
 
 

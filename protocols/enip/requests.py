@@ -487,8 +487,12 @@ class RepeatCache:
     def get(self, body: bytes) -> Unwrapped | None:
         return self._entries.get(body)
 
+    def takes(self, body: bytes) -> bool:
+        """Whether :meth:`keep` keeps a request of these bytes (small enough, and a cache at all)."""
+        return len(body) <= self.max_body_bytes and self.max_entries > 0
+
     def keep(self, body: bytes, unwrapped: Unwrapped) -> None:
-        if len(body) > self.max_body_bytes or self.max_entries <= 0:
+        if not self.takes(body):
             return
         entries = self._entries
         if body not in entries and len(entries) >= self.max_entries:

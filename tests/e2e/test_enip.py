@@ -8,14 +8,18 @@ import asyncio
 import logging
 import struct
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
 
 import pytest
 from pycomm3 import CIPDriver, LogixDriver, Services
 from pylogix import PLC  # type: ignore[import-untyped]
 
 from gateway.lab.sim.enip import EnipSim
-from tests.e2e.harness import ALICE, Lab, enip_policy_text
+from policies.view import SubjectView
+from protocols.enip import CipRequest
+from tests.e2e.harness import ALICE, FakeClock, Lab, enip_policy_text
 
 T = TypeVar("T")
 
@@ -412,3 +416,77 @@ async def test_repeated_requests_get_what_a_fresh_connection_gets(lab: Lab, plc:
     assert [w.data[-4:] for w in plc.writes("Setpoint")] == [
         struct.pack("<i", v) for v in (1200, 1200, 1000)
     ] * 2
+
+
+def _setpoint_reads(plc: EnipSim) -> int:
+    """Read Tags of Setpoint that reached the simulator."""
+    return len([r for r in plc.received if r.service in (0x4C, 0x52) and (r.tag or "").lower() == "setpoint"])
+
+
+def _count_decisions(monkeypatch: pytest.MonkeyPatch, tag: str) -> list[str]:
+    """The decisions the gateway makes on Read Tags of ``tag`` from now on (their verdicts)."""
+    made: list[str] = []
+    decide = SubjectView.decide_enip
+
+    def counting(view: SubjectView, request: CipRequest, now: float) -> Any:
+        decision = decide(view, request, now)
+        if request.tag == tag:
+            made.append(decision.verdict)
+        return decision
+
+    monkeypatch.setattr(SubjectView, "decide_enip", counting)
+    return made
+
+
+async def test_a_repeated_read_is_decided_once_per_view(
+    lab: Lab, plc: EnipSim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under a policy without time windows, a polled Read Tag's decision is kept for its repeats on the
+    session (the same bytes decide the same under the same view), and made again under a new view."""
+    made = _count_decisions(monkeypatch, "Setpoint")
+    port = await _lab(lab, plc)
+    assert lab.gateway is not None
+
+    def reads(n: int) -> list[tuple[Any, ...]]:
+        return [(t.value, t.error) for t in (driver.read("Setpoint") for _ in range(n))]
+
+    driver = LogixDriver(f"127.0.0.1:{port}")
+    await in_thread(driver.open)
+    try:
+        assert await in_thread(lambda: reads(5)) == [(1000, None)] * 5
+        assert made == ["allow"]
+        # Refused now: a new view decides afresh, and the refusal reaches the client.
+        lab.policy_path.write_text(enip_policy_text(plc.port, RULES.replace('tag = "Batch_ID"', 'tag = "*"')))
+        assert await lab.gateway.reload_policy("test")
+        assert [privileged(error) for _, error in await in_thread(lambda: reads(2))] == [True, True]
+        assert made == ["allow", "deny", "deny"]
+    finally:
+        await in_thread(driver.close)
+    assert _setpoint_reads(plc) == 5
+
+
+async def test_a_repeated_read_is_decided_each_time_when_a_window_can_change_it(
+    lab: Lab, plc: EnipSim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rule with a time window may decide the same bytes otherwise a moment later: every repeat is
+    decided, and the read stops at the window's end on the same connection."""
+    berlin = ZoneInfo("Europe/Berlin")
+    clock = FakeClock(datetime(2026, 11, 25, 10, 0, tzinfo=berlin))  # a Wednesday, on shift
+    when = 'when = { days = "mon-fri", hours = "06:00-18:00", tz = "Europe/Berlin" }'
+    shift = RULES.replace(
+        'enip = [{ preset = "read-only" }]', f'enip = [{{ preset = "read-only" }}]\n{when}', 1
+    )
+    made = _count_decisions(monkeypatch, "Setpoint")
+    await lab.start_gateway(enip_policy_text(plc.port, shift), clock=clock)
+    port = await lab.start_agent("alice", "plc-2", "enip")
+
+    def poll() -> list[tuple[Any, bool]]:
+        with LogixDriver(f"127.0.0.1:{port}") as driver:
+            out = [(driver.read("Setpoint").value, False) for _ in range(3)]
+            clock.set(datetime(2026, 11, 25, 19, 0, tzinfo=berlin))  # the shift is over
+            out += [(t.value, privileged(t.error)) for t in (driver.read("Setpoint") for _ in range(2))]
+            return out
+
+    assert await in_thread(poll) == [(1000, False)] * 3 + [(None, True)] * 2
+    assert made == ["allow"] * 3 + ["deny"] * 2
+    assert _setpoint_reads(plc) == 3

@@ -4,6 +4,7 @@ client's reply, and the SendRRData / SendUnitData item lists read and framed in 
 
 from __future__ import annotations
 
+import itertools
 import struct
 
 import pytest
@@ -269,3 +270,100 @@ def test_a_reply_fits_exactly_when_it_parses(data: bytes) -> None:
         assert not response_fits(data)
     else:
         assert response_fits(data)
+
+
+# ---------------------------------------------------------------- SendUnitData without a message object
+
+CONNECTED_FRAMES = [frame for _, frame in CAPTURED if struct.unpack_from("<H", frame)[0] == 0x70]
+
+
+def _stream_both_ways(stream: bytes, cuts: list[int], handle: int) -> tuple[list[object], int]:
+    """``stream`` fed in pieces (cut at ``cuts``) to two connections: one reads with next_connected
+    first and next_message when it gives nothing, the other with next_message alone and the general
+    parse. Returns what the general reader read, each SendUnitData as the fast reader must give it, and
+    how many of them the fast reader read in one go; asserts that both read the same."""
+    fast, general = EncapsulationConnection(), EncapsulationConnection()
+    fast_out: list[object] = []
+    general_out: list[object] = []
+    one_go = 0
+
+    def drain(connection: EncapsulationConnection, out: list[object], first: bool) -> bool:
+        nonlocal one_go
+        while True:
+            if first:
+                connected = connection.next_connected(handle)
+                if connected is not None:
+                    out.append(("unit data", *connected))
+                    one_go += 1
+                    continue
+            try:
+                message = connection.next_message()
+            except CipProtocolError as error:
+                out.append(("error", str(error), error.close))
+                if error.close:
+                    return False
+                continue
+            if message is None:
+                return True
+            general = _general(message) if message.command == 0x70 else None
+            plain = message.session_handle == handle and not message.status and not message.options
+            if message.command == 0x70 and plain and isinstance(general, tuple):
+                # What next_connected stands in for: the general parse of the same message.
+                out.append(("unit data", message.sender_context, *general))
+            else:
+                out.append(("message", message.command, message.session_handle, message.status, message.data))
+
+    bounds = [0, *sorted(c % (len(stream) + 1) for c in cuts), len(stream)]
+    going = [True, True]
+    for start, end in itertools.pairwise(bounds):
+        piece = stream[start:end]
+        if going[0]:
+            fast.receive_data(piece)
+            going[0] = drain(fast, fast_out, True)
+        if going[1]:
+            general.receive_data(piece)
+            going[1] = drain(general, general_out, False)
+    assert fast_out == general_out
+    assert fast.buffered_bytes == general.buffered_bytes
+    return general_out, one_go
+
+
+def test_captured_send_unit_data_reads_without_a_message_as_in_general() -> None:
+    # Every captured connected exchange (pycomm3, pylogix, cpppo) that carries items takes the shortcut,
+    # whole or cut; the few without any (a SendUnitData with no data) go the general way.
+    with_items = 0
+    for frame in CONNECTED_FRAMES:
+        handle = struct.unpack_from("<I", frame, 4)[0]
+        expected = 3 if isinstance(_general(_messages(frame)[0]), tuple) else 0
+        with_items += bool(expected)
+        _, one_go = _stream_both_ways(frame * 3, [], handle)
+        assert one_go == expected
+        _, one_go = _stream_both_ways(frame * 3, [1, 30, 31, len(frame) + 5], handle)
+        assert one_go == expected
+    assert with_items > 10
+
+
+def test_send_unit_data_of_another_session_or_status_takes_the_general_path() -> None:
+    frame = CONNECTED_FRAMES[0]
+    handle = struct.unpack_from("<I", frame, 4)[0]
+    status = frame[:8] + struct.pack("<I", 1) + frame[12:]
+    options = frame[:20] + struct.pack("<I", 1) + frame[24:]
+    for stream, who in ((frame, handle ^ 1), (status, handle), (options, handle)):
+        out, one_go = _stream_both_ways(stream, [], who)
+        assert one_go == 0 and len(out) == 1
+
+
+@SETTINGS
+@given(
+    st.lists(
+        st.sampled_from(CONNECTED_FRAMES).flatmap(damaged) | st.sampled_from(CONNECTED_FRAMES), max_size=4
+    ),
+    st.lists(st.integers(0, 1000), max_size=4),
+    st.booleans(),
+)
+def test_damaged_send_unit_data_reads_without_a_message_as_in_general(
+    frames: list[bytes], cuts: list[int], own_handle: bool
+) -> None:
+    stream = b"".join(frames)
+    handle = struct.unpack_from("<I", CONNECTED_FRAMES[0], 4)[0] if own_handle else 0x5A5A5A5A
+    _stream_both_ways(stream, cuts, handle)
