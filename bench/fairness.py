@@ -21,6 +21,20 @@ gets only the CPU the gateway, the device and the poller leave, so what remains 
 the gateway's and the device's own. The device keeps its normal priority: it serves the poller in both
 phases. The flood is not made lighter: it still keeps ``--connections`` x ``--depth`` reads in flight,
 and the gateway still gets them as fast as it takes them.
+
+``--pin`` goes further and keeps the load generator off the gateway's core altogether: the gateway and
+the poller (this process) run on CPU 0, the device and the flooder on CPU 1 (``sched_setaffinity`` on
+every thread of each; threads started later inherit it). On a plant the gateway has its cores to itself
+and the device is a PLC of its own; two cores cannot give each its own, so this keeps the flood's
+generator where only the device can feel it (with ``--idle-priority``, not even the device). Other
+processes on the machine are not pinned. Without ``--pin`` the scheduler places everything, as before.
+
+``--sched-trace`` records the scheduler (``perf sched record``, all CPUs, CLOCK_MONOTONIC, the clock of
+the poller's own timestamps) while the poller reads under flood, and says what its slow reads (over 1 ms)
+were made of: how long the gateway, the device and the poller, each runnable, waited for a core during
+each one, and the longest the gateway ran at a stretch (an upper bound of its longest event-loop turn:
+a turn cannot outlast the stretch it runs in). It needs ``perf`` and the right to trace the scheduler;
+perf's own CPU counts against the measurement, so its figures are for the diagnosis, not the table.
 """
 
 from __future__ import annotations
@@ -28,7 +42,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import re
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -68,6 +86,22 @@ def _percentile(values: list[float], share: float) -> float:
 
 
 IDLE_PRIORITY = ("chrt", "--idle", "0")  # SCHED_IDLE: only the CPU nothing else wants
+GATEWAY_CPUS = {0}  # with --pin: the gateway and the poller
+DEVICE_CPUS = {1}  # ... the device and the flooder's load generator
+SLOW_S = 0.001  # a poller read slower than this is one the scheduler trace explains
+
+
+def _pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of ``pid`` onto ``cpus``; threads it starts later inherit their creator's set."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        os.sched_setaffinity(int(tid), cpus)
+
+
+def _tids(pid: int) -> set[int]:
+    try:
+        return {int(tid) for tid in os.listdir(f"/proc/{pid}/task")}
+    except OSError:
+        return set()
 
 
 def _cpu_s(pid: int) -> float:
@@ -75,14 +109,18 @@ def _cpu_s(pid: int) -> float:
     return sum(times) if times is not None else float("nan")
 
 
-async def _poll(client: Any, samples: int, gateway_pid: int) -> tuple[list[float], int, float]:
+async def _poll(
+    client: Any, samples: int, gateway_pid: int, starts: list[float] | None = None
+) -> tuple[list[float], int, float]:
     """``samples`` reads: their latencies, the failures, and the gateway's CPU meanwhile as a share of
-    one core."""
+    one core. ``starts`` gets when each read began (perf_counter: CLOCK_MONOTONIC on Linux)."""
     latencies: list[float] = []
     failures = 0
     cpu_before, wall_before = _cpu_s(gateway_pid), time.perf_counter()
     for _ in range(samples):
         started = time.perf_counter()
+        if starts is not None:
+            starts.append(started)
         try:
             result = await client.read_holding_registers(0, count=10, device_id=1)
             failed = result.isError()
@@ -92,6 +130,99 @@ async def _poll(client: Any, samples: int, gateway_pid: int) -> tuple[list[float
         failures += failed
     cpu_share = (_cpu_s(gateway_pid) - cpu_before) / (time.perf_counter() - wall_before)
     return latencies, failures, cpu_share
+
+
+# A line of ``perf sched timehist``: a task switched out at TIME, after waiting, runnable, SCH DELAY ms
+# for a core and then running RUN ms.
+_TIMEHIST = re.compile(r"^\s*(\d+\.\d+)\s+\[\d+\]\s+.*\[(\d+)(?:/\d+)?\]\s+[\d.]+\s+([\d.]+)\s+([\d.]+)\s*$")
+
+
+def _start_sched_record(path: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        ["perf", "sched", "record", "-k", "CLOCK_MONOTONIC", "-o", str(path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def _stop_sched_record(record: subprocess.Popen[bytes]) -> None:
+    record.send_signal(signal.SIGINT)
+    try:
+        record.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        record.kill()
+        record.wait()
+
+
+def _overlap(
+    spans: list[tuple[float, float]], starts: list[float], lo: float, hi: float
+) -> tuple[float, float]:
+    """Of ``spans`` (sorted by start), the time inside [lo, hi] and the longest single span there."""
+    import bisect
+
+    total = longest = 0.0
+    index = max(0, bisect.bisect_left(starts, lo) - 1)
+    while index < len(spans) and spans[index][0] < hi:
+        start, end = spans[index]
+        inside = min(end, hi) - max(start, lo)
+        if inside > 0:
+            total += inside
+            longest = max(longest, inside)
+        index += 1
+    return total, longest
+
+
+def _sched_explain(
+    data: Path, starts: list[float], latencies: list[float], tasks: dict[str, set[int]]
+) -> dict[str, Any]:
+    """What the slow reads were made of, from the scheduler trace: per process, the time it waited
+    runnable for a core during them, and the longest stretch the gateway ran."""
+    text = subprocess.run(
+        ["perf", "sched", "timehist", "-i", str(data)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    ).stdout
+    owner = {tid: name for name, tids in tasks.items() for tid in tids}
+    waits: dict[str, list[tuple[float, float]]] = {name: [] for name in tasks}
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in tasks}
+    for line in text.splitlines():
+        match = _TIMEHIST.match(line)
+        name = owner.get(int(match[2])) if match else None
+        if match is None or name is None:
+            continue
+        end, delay_s, run_s = float(match[1]), float(match[3]) / 1000, float(match[4]) / 1000
+        runs[name].append((end - run_s, end))
+        if delay_s:
+            waits[name].append((end - run_s - delay_s, end - run_s))
+    reads = [(start, start + latency) for start, latency in zip(starts, latencies, strict=True)]
+    slow = [(lo, hi) for lo, hi in reads if hi - lo > SLOW_S]
+    out: dict[str, Any] = {
+        "slow_reads": len(slow),
+        "slow_read_ms_total": round(sum(hi - lo for lo, hi in slow) * 1000, 1),
+    }
+    for name in tasks:
+        waits[name].sort()
+        runs[name].sort()
+        wait_starts = [span[0] for span in waits[name]]
+        run_starts = [span[0] for span in runs[name]]
+        waited = [_overlap(waits[name], wait_starts, lo, hi) for lo, hi in slow]
+        ran = [_overlap(runs[name], run_starts, lo, hi) for lo, hi in slow]
+        all_waits = sorted(end - start for start, end in waits[name])
+        all_runs = sorted(end - start for start, end in runs[name])
+        out[name] = {
+            "switches": len(runs[name]),
+            "wait_for_core_p99_ms": round(_percentile(all_waits, 0.99) * 1000, 3) if all_waits else 0.0,
+            "wait_for_core_max_ms": round(all_waits[-1] * 1000, 3) if all_waits else 0.0,
+            "run_stretch_p99_ms": round(_percentile(all_runs, 0.99) * 1000, 3) if all_runs else 0.0,
+            "run_stretch_max_ms": round(all_runs[-1] * 1000, 3) if all_runs else 0.0,
+            "in_slow_reads_waited_ms_total": round(sum(total for total, _ in waited) * 1000, 3),
+            "in_slow_reads_longest_wait_ms": round(max((most for _, most in waited), default=0.0) * 1000, 3),
+            "in_slow_reads_longest_run_ms": round(max((most for _, most in ran), default=0.0) * 1000, 3),
+        }
+    return out
 
 
 def _summary(latencies: list[float], failures: int, cpu_share: float) -> dict[str, Any]:
@@ -118,7 +249,7 @@ async def _measure(work: Path, args: argparse.Namespace, supervisor: Supervisor,
     )
     poller = pki.issue(ca_dir, POLLER, out_dir=work, name="poller")
     flooder = pki.issue(ca_dir, FLOODER, out_dir=work, name="flooder")
-    _, device_port = start_server(supervisor)
+    device, device_port = start_server(supervisor)
     (work / "policy.toml").write_text(_policy(device_port))
     config = work / "gateway.toml"
     config.write_text(
@@ -130,6 +261,10 @@ async def _measure(work: Path, args: argparse.Namespace, supervisor: Supervisor,
     gateway = supervisor.spawn("gateway", gateway_argv, cwd=src)  # python -m imports from its cwd
     wait_listening(gateway)
     (gw_port,) = listening_ports(gateway.pid)
+    if args.pin:
+        _pin(gateway.pid, GATEWAY_CPUS)
+        _pin(device.pid, DEVICE_CPUS)
+        _pin(os.getpid(), GATEWAY_CPUS)  # the poller; restored by run()
 
     context = client_context(poller.cert, poller.key, ca.cert, server_name="plc-1")
     client = AsyncModbusTlsClient("127.0.0.1", port=gw_port, sslctx=context, timeout=5, retries=0)
@@ -139,6 +274,7 @@ async def _measure(work: Path, args: argparse.Namespace, supervisor: Supervisor,
     idle = await _poll(client, args.samples, gateway.pid)
 
     flood_argv = [
+        *(("taskset", "--cpu-list", ",".join(map(str, sorted(DEVICE_CPUS)))) if args.pin else ()),
         *(IDLE_PRIORITY if args.idle_priority else ()),
         sys.executable, "-m", "bench.modbus_load", "--port", str(gw_port), "--tls",
         "--cafile", str(ca.cert), "--cert", str(flooder.cert), "--key", str(flooder.key), "--sni", "plc-1",
@@ -148,7 +284,17 @@ async def _measure(work: Path, args: argparse.Namespace, supervisor: Supervisor,
     flood = supervisor.spawn("flooder", flood_argv, cwd=REPO, pipes=True)
     await asyncio.sleep(1.0)  # the flooder's warm-up: its connections are up and the queue full
     polled = time.perf_counter()
-    loaded = await _poll(client, args.samples, gateway.pid)
+    starts: list[float] = []
+    record = _start_sched_record(work / "sched.data") if args.sched_trace else None
+    try:
+        if record is not None:
+            await asyncio.sleep(1.0)  # perf is recording
+        loaded = await _poll(client, args.samples, gateway.pid, starts)
+        tasks = {"gateway": _tids(gateway.pid), "device": _tids(device.pid), "poller": _tids(os.getpid()),
+                 "flooder": _tids(flood.pid)}  # fmt: skip
+    finally:
+        if record is not None:
+            _stop_sched_record(record)
     if not flood.alive():
         raise RuntimeError(
             f"the flood ended before the poll ({time.perf_counter() - polled:.1f} s, exit status"
@@ -169,11 +315,16 @@ async def _measure(work: Path, args: argparse.Namespace, supervisor: Supervisor,
         "exception_codes": report["exception_codes"],
         "errors": report["errors"],
     }
+    explained = None
+    if record is not None:
+        explained = await asyncio.to_thread(_sched_explain, work / "sched.data", starts, loaded[0], tasks)
     return {
         "idle": _summary(*idle),
         "flood": _summary(*loaded),
         "flooder": flood_summary,
         "idle_priority": args.idle_priority,
+        "pinned": args.pin,
+        "sched_trace": explained,
         "latencies_idle_s": idle[0],
         "latencies_flood_s": loaded[0],
     }
@@ -192,6 +343,16 @@ def run(argv: list[str]) -> int:
         action="store_true",
         help="run the flooder under chrt --idle 0: only the CPU the gateway, device and poller leave",
     )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="gateway and poller on CPU 0, device and flooder on CPU 1 (the flood off the gateway's core)",
+    )
+    parser.add_argument(
+        "--sched-trace",
+        action="store_true",
+        help="perf sched record under flood: what the poller's reads over 1 ms waited for (a diagnosis)",
+    )
     parser.add_argument("--ref", help="also measure the gateway as it was at this git ref: an A/B")
     parser.add_argument("--rounds", type=int, default=1, help="with --ref: measurements of each, alternately")
     args = parser.parse_args(argv)
@@ -201,11 +362,15 @@ def run(argv: list[str]) -> int:
         sha, export = ref_tree(args.ref)
         variants = [(f"{args.ref} ({sha[:8]})", export), *variants] * args.rounds
     runs = []
+    all_cpus = os.sched_getaffinity(0)
     for name, src in variants:
         with tempfile.TemporaryDirectory(prefix="ztgate-bench-fairness-") as tmp:
             work = Path(tmp)
             with Supervisor(work / "logs") as supervisor:
-                found = asyncio.run(_measure(work, args, supervisor, src))
+                try:
+                    found = asyncio.run(_measure(work, args, supervisor, src))
+                finally:
+                    _pin(os.getpid(), all_cpus)
         idle, flood = found["idle"], found["flood"]
         ratio = round(flood["p99_ms"] / idle["p99_ms"], 2)
         runs.append({"gateway": name, "p99_ratio": ratio, **found})
@@ -215,9 +380,12 @@ def run(argv: list[str]) -> int:
             f" under flood: p50 {flood['p50_ms']} ms, p99 {flood['p99_ms']} ms, {flood['failures']} failures"
             f" (p99 {ratio}x idle); gateway CPU idle {idle['gateway_cpu_share']}, under flood"
             f" {flood['gateway_cpu_share']} of a core; flooder {found['flooder']}"
-            f"{' (flooder under chrt --idle 0)' if args.idle_priority else ''}",
+            f"{' (flooder under chrt --idle 0)' if args.idle_priority else ''}"
+            f"{' (pinned: gateway and poller on CPU 0, device and flooder on CPU 1)' if args.pin else ''}",
             flush=True,
         )
+        if found["sched_trace"] is not None:
+            print(f"  scheduler trace under flood: {json.dumps(found['sched_trace'])}", flush=True)
     out = REPO / "bench" / "results" / "raw" / f"fairness-{started:%Y%m%dT%H%M%SZ}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"started": started.isoformat(), "argv": argv, "runs": runs}, indent=1))
