@@ -168,6 +168,7 @@ class Session(asyncio.Protocol):
         if self._identity_budget is not None:
             self.runtime.identity_buckets.release(self.info.identity)
             self._identity_budget = None
+        self._withdraw()  # before the last counts: what it had waiting is audited with them
         self._refusals.close()  # the last counts, exact, before the session's end
         self.runtime.metrics.add_requests(self.request_counts())
         self.counts.clear()
@@ -295,6 +296,10 @@ class Session(asyncio.Protocol):
 
     def _release(self) -> None:
         """Drop references to shared resources; subclasses extend."""
+
+    def _withdraw(self) -> None:
+        """The session ended: take what it still has waiting for the device out of the asset's queue
+        (:meth:`UpstreamPool.withdraw`); protocols with a shared queue say which."""
 
     def _check_idle(self) -> None:
         # Compare request counts between checks instead of stamping a clock on every read: the data
@@ -476,10 +481,19 @@ class Session(asyncio.Protocol):
         outcome: str,
         latency_s: float,
         code: int,
+        kind: str | None = None,
     ) -> None:
         """Audit an allowed request the gateway answered itself because it could not take it (the asset's
-        queue full, the asset reconfigured): aggregated and paced like a refusal."""
-        key = (*[target.get(name) for name in self.kind_fields], decision.rule_id, code, outcome, revision)
+        queue full, the asset reconfigured, not sent within the queue timeout, its client gone):
+        aggregated and paced like a refusal. ``kind`` stands for ``outcome`` in the aggregate's kind when
+        the outcome says more than the kind (what held a queue timeout up)."""
+        key = (
+            *[target.get(name) for name in self.kind_fields],
+            decision.rule_id,
+            code,
+            kind or outcome,
+            revision,
+        )
         record = self.decision_record(target, decision, revision, outcome, latency_s, code)
         self._refusals.note(("overload", *key), record, self._summary_keys)
         self.local_answer()

@@ -12,7 +12,8 @@ a request entered the queue until it must have left it (or it is answered as not
 late), and ``response_timeout_s`` for the device to answer once it is sent. A request past its
 identity's share is not answered busy: it is held, and its session reads nothing more from its client
 until the queue takes it in (back-pressure: the surplus waits in TCP, as in front of a PLC that reads
-one request at a time). Writes are batched per turn
+one request at a time). A session that ends takes what it still has waiting with it: never sent,
+since nobody waits for the reply. Writes are batched per turn
 of the event loop; replies to each client are flushed once per batch of device bytes.
 
 A device out of step: on a link with one request in flight, a reply under an id that is neither that
@@ -60,11 +61,18 @@ class Failure(Enum):
     CONNECTION_LOST = "upstream connection lost"
     UNREACHABLE = "device unreachable"
     MALFORMED_REPLY = "malformed reply"
+    CLIENT_GONE = "client gone before it was sent"
 
     @property
     def overload(self) -> bool:
         """The gateway, not the device, could not take the request (Modbus answers 0x0A for these)."""
         return self is Failure.RECONFIGURED
+
+    @property
+    def aggregated(self) -> bool:
+        """Answered by the gateway without a word from the device, so a flood can make as many of them
+        as it sends: audited per session, kind and interval like refusals (gateway/refusals.py)."""
+        return self is Failure.RECONFIGURED or self is Failure.QUEUE_TIMEOUT or self is Failure.CLIENT_GONE
 
 
 class Client(Protocol):
@@ -310,7 +318,9 @@ class FairQueue:
     refused entries are skipped when they reach its front).
 
     Sessions whose held requests have all been taken in (or drained) are listed in ``released``: the
-    pool lets them read on once its batch is done.
+    pool lets them read on once its batch is done. A session that ends has what it still has waiting,
+    queued or held, taken out (:meth:`withdraw`): nobody waits for those replies, and nothing may go to
+    the device for a client that is gone.
     """
 
     __slots__ = ("_active", "_fresh", "_held", "_held_by", "_lanes", "arrivals", "limit", "released",
@@ -423,6 +433,39 @@ class FairQueue:
         if expired and self._held:
             self._take_in(now)
         return expired
+
+    def withdraw(self, session: Client, now: float) -> list[Pending]:
+        """Take out every request of ``session``, queued or held; its places go to the requests held
+        behind it (taken in at ``now``)."""
+        lane = session.identity
+        out: list[Pending] = []
+        waiting = self._held.get(lane)
+        if waiting is not None and self._held_by.pop(session, 0):
+            out.extend(pending for pending in waiting if pending.session is session)
+            kept = deque(pending for pending in waiting if pending.session is not session)
+            if kept:
+                self._held[lane] = kept
+            else:
+                del self._held[lane]
+        queued = self._lanes.get(lane)
+        if queued:
+            mine = [pending for pending in queued if pending.session is session]
+            if mine:
+                out.extend(mine)
+                kept = deque(pending for pending in queued if pending.session is not session)
+                self.size -= len(mine)
+                if kept:
+                    self._lanes[lane] = kept  # keeps its place in the turn
+                else:
+                    self._active -= 1
+                    self._remove(lane)
+                if not self.size:
+                    self._lanes.clear()  # only emptied lanes were left
+        for pending in out:
+            pending.key = NOT_IN_FLIGHT  # ``arrivals`` skips it
+        if out and self._held:
+            self._take_in(now)
+        return out
 
     def next_deadline(self) -> float | None:
         arrivals = self.arrivals
@@ -568,6 +611,7 @@ class UpstreamPool:
             max_connections=self.max_connections,
             in_flight=sum(len(link.in_flight) for link in self.connections),
             queued=len(self.queue),
+            held=self.queue.held,
             late_replies=self.late_replies,
             timeouts=self.timeouts,
             connect_failures=self.connect_failures,
@@ -599,6 +643,16 @@ class UpstreamPool:
             self._queue_timer = self.loop.call_at(pending.deadline, self._expire_queue)
         if len(self.connections) + self._connecting < self.max_connections and self._reconnect is None:
             self._open()
+
+    def withdraw(self, session: Client) -> None:
+        """``session`` ended: what it still has waiting, queued or held, is never sent, and answered
+        (to nobody: the session is closed) as :attr:`Failure.CLIENT_GONE`, so its audit says so."""
+        now = monotonic()
+        withdrawn = self.queue.withdraw(session, now)
+        for pending in withdrawn:
+            self._fail(pending, Failure.CLIENT_GONE, Failure.CLIENT_GONE.value, now)
+        if self.queue.released:
+            self._release_held()
 
     def _fail(self, pending: Pending, failure: Failure, reason: str, now: float) -> None:
         if pending.session.fail(pending, failure, reason, now):

@@ -224,6 +224,9 @@ class EnipSession(Session):
         for task in self._tasks:
             task.cancel()
 
+    def _withdraw(self) -> None:
+        self._pool.withdraw(self)
+
     # ---------------------------------------------------------------------- encapsulation
 
     def data_received(self, data: bytes) -> None:
@@ -499,21 +502,21 @@ class EnipSession(Session):
             for leaf, reply in zip(record.leaves, record.local, strict=True)
         ]
         self._answer(record.answer, record.unwrapped.join(local, None))
-        if failure.overload:
-            self._overloaded(pending, record, reason, now, status)
+        if failure.aggregated:  # answered here, not by the device: a flood of them is aggregated
+            self._overloaded(pending, record, reason, now, status, failure.value)
         else:
             self._finish(pending, record, reason, now, status)
         return first and not self.closing
 
     def _overloaded(
-        self, pending: EnipPending, record: _Forwarded, reason: str, now: float, status: int
+        self, pending: EnipPending, record: _Forwarded, reason: str, now: float, status: int, kind: str
     ) -> None:
         latency_s = now - pending.started
         self._histogram.observe(latency_s)
         for leaf, reply, decision in zip(record.leaves, record.local, record.decisions, strict=True):
             if reply is None and decision is not None:
                 self._count(leaf.name or leaf.service, decision.verdict)
-                self.overloaded(leaf_fields(leaf), decision, record.revision, reason, latency_s, status)
+                self.overloaded(leaf_fields(leaf), decision, record.revision, reason, latency_s, status, kind)
 
     def _finish(
         self, pending: EnipPending, record: _Forwarded, outcome: str, now: float, status: int

@@ -103,6 +103,9 @@ class ModbusSession(Session):
         if self._ordered is not None:
             self._ordered.clear()
 
+    def _withdraw(self) -> None:
+        self._pool.withdraw(self)
+
     # ---------------------------------------------------------------------------- client side
 
     def data_received(self, data: bytes) -> None:
@@ -285,10 +288,11 @@ class ModbusSession(Session):
             self._maybe_resume()
         latency_s = now - pending.started
         self._histogram.observe(latency_s)
-        if failure.overload:
+        if failure.aggregated:  # answered here, not by the device: a flood of them is aggregated
             self._count(request.function_code, pending.decision.verdict)
+            fields = request_fields(request)
             self.overloaded(
-                request_fields(request), pending.decision, pending.revision, reason, latency_s, code
+                fields, pending.decision, pending.revision, reason, latency_s, code, failure.value
             )
         else:
             self._account(pending, latency_s, reason, gateway_exception=code)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import cast
 
-from gateway.upstream import HELD, QUEUED, Client, FairQueue, Pending
+from gateway.upstream import HELD, NOT_IN_FLIGHT, QUEUED, Client, FairQueue, Pending
 
 
 class _Session:
@@ -174,3 +174,34 @@ def test_expiry_and_drain_take_in_or_release_the_held() -> None:
     assert last.key == HELD
     assert sorted(id(p) for p in queue.drain()) == sorted(id(p) for p in (held, more, last))
     assert len(queue.released) == 2 and queue.held == 0 and len(queue) == 0
+
+
+def test_a_session_that_ends_has_its_queued_and_held_requests_taken_out_and_its_places_go_on() -> None:
+    # Two sessions of one identity: the first holds the queue's four places and one held request, the
+    # second one held behind it. The first ends: nothing of it may leave for the device, and the
+    # second's request takes a place at once, its session released.
+    queue = FairQueue(4, timeout_s=0.4)
+    gone, other = cast(Client, _Session("flooder")), cast(Client, _Session("flooder"))
+    mine = _requests("flooder", 5, session=gone)
+    (theirs,) = _requests("flooder", 1, session=other)
+    for pending in [*mine, theirs]:
+        queue.offer(pending, "flooder")
+    (poll,) = _requests("poller", 1)
+    queue.offer(poll, "poller")  # takes the place of mine[3], held first in its lane
+    assert queue.held == 3 and len(queue) == 4
+    withdrawn = queue.withdraw(gone, now=3.0)
+    assert sorted(id(p) for p in withdrawn) == sorted(id(p) for p in mine)
+    assert all(p.key == NOT_IN_FLIGHT for p in mine)
+    assert theirs.key == QUEUED and theirs.deadline == 3.4 and queue.released == [other]
+    assert queue.held == 0 and len(queue) == 2 and queue.next_deadline() == poll.deadline
+    assert queue.withdraw(gone, now=4.0) == []
+    assert _order(queue) == ["poller", "flooder"] and queue.pop() is None
+
+
+def test_a_session_that_ends_with_nothing_waiting_changes_nothing() -> None:
+    queue = FairQueue(4, timeout_s=0.4)
+    flood = _requests("flooder", 3)
+    for pending in flood:
+        queue.offer(pending, "flooder")
+    assert queue.withdraw(cast(Client, _Session("flooder")), now=1.0) == []
+    assert [queue.pop() for _ in range(3)] == flood
