@@ -58,6 +58,7 @@ class UpstreamState:
     connect_failures: int
     not_answering: int = 0  # open connections on which the device let a request time out, silent since
     last_error: str | None = None  # why the last connection attempt failed or the last one was lost
+    held: int = 0  # requests held past their identity's share of the queue, their sessions not reading
 
 
 class ProcessMetrics:
@@ -197,6 +198,11 @@ class Metrics(ProcessMetrics):
             ),
             "queued": GaugeMetricFamily(
                 "ztgate_upstream_queued", "Requests waiting for an upstream slot", labels=labels
+            ),
+            "held": GaugeMetricFamily(
+                "ztgate_upstream_held",
+                "Requests held past their identity's share of the queue, their sessions not reading",
+                labels=labels,
             ),
             "late_replies": CounterMetricFamily(
                 "ztgate_upstream_late_replies", "Replies that matched no waiting request", labels=labels
