@@ -219,7 +219,9 @@ def _sched_explain(
             "run_stretch_p99_ms": round(_percentile(all_runs, 0.99) * 1000, 3) if all_runs else 0.0,
             "run_stretch_max_ms": round(all_runs[-1] * 1000, 3) if all_runs else 0.0,
             "in_slow_reads_waited_ms_total": round(sum(total for total, _ in waited) * 1000, 3),
+            "slow_reads_it_waited_over_half_a_ms": sum(most > 0.0005 for _, most in waited),
             "in_slow_reads_longest_wait_ms": round(max((most for _, most in waited), default=0.0) * 1000, 3),
+            "in_slow_reads_ran_ms_total": round(sum(total for total, _ in ran) * 1000, 3),
             "in_slow_reads_longest_run_ms": round(max((most for _, most in ran), default=0.0) * 1000, 3),
         }
     return out
