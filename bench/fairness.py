@@ -22,11 +22,13 @@ the gateway's and the device's own. The device keeps its normal priority: it ser
 phases. The flood is not made lighter: it still keeps ``--connections`` x ``--depth`` reads in flight,
 and the gateway still gets them as fast as it takes them.
 
-``--pin`` goes further and keeps the load generator off the gateway's core altogether: the gateway and
-the poller (this process) run on CPU 0, the device and the flooder on CPU 1 (``sched_setaffinity`` on
-every thread of each; threads started later inherit it). On a plant the gateway has its cores to itself
-and the device is a PLC of its own; two cores cannot give each its own, so this keeps the flood's
-generator where only the device can feel it (with ``--idle-priority``, not even the device). Other
+``--pin`` goes further and keeps the load generator off the gateway's core altogether: the gateway runs
+alone on CPU 0, the device, the flooder and the poller (this process) on CPU 1 (``sched_setaffinity`` on
+every thread of each; threads started later inherit it). On a plant the gateway has its cores to itself,
+and the device, the attacker's machine and the HMI are machines of their own; two cores cannot give each
+its own, so this keeps everything but the gateway on the other core (with ``--idle-priority`` the flood's
+generator takes only what the device and the poller leave of it). ``--pin with-poller`` puts the poller
+on the gateway's core instead, where it waits for a core while the gateway works for the flood. Other
 processes on the machine are not pinned. Without ``--pin`` the scheduler places everything, as before.
 
 ``--sched-trace`` records the scheduler (``perf sched record``, all CPUs, CLOCK_MONOTONIC, the clock of
@@ -86,8 +88,8 @@ def _percentile(values: list[float], share: float) -> float:
 
 
 IDLE_PRIORITY = ("chrt", "--idle", "0")  # SCHED_IDLE: only the CPU nothing else wants
-GATEWAY_CPUS = {0}  # with --pin: the gateway and the poller
-DEVICE_CPUS = {1}  # ... the device and the flooder's load generator
+GATEWAY_CPUS = {0}  # with --pin: the gateway (and with-poller, the poller)
+DEVICE_CPUS = {1}  # ... the device, the flooder's load generator (and alone, the poller)
 SLOW_S = 0.001  # a poller read slower than this is one the scheduler trace explains
 
 
@@ -266,7 +268,7 @@ async def _measure(work: Path, args: argparse.Namespace, supervisor: Supervisor,
     if args.pin:
         _pin(gateway.pid, GATEWAY_CPUS)
         _pin(device.pid, DEVICE_CPUS)
-        _pin(os.getpid(), GATEWAY_CPUS)  # the poller; restored by run()
+        _pin(os.getpid(), GATEWAY_CPUS if args.pin == "with-poller" else DEVICE_CPUS)  # restored by run()
 
     context = client_context(poller.cert, poller.key, ca.cert, server_name="plc-1")
     client = AsyncModbusTlsClient("127.0.0.1", port=gw_port, sslctx=context, timeout=5, retries=0)
@@ -347,8 +349,10 @@ def run(argv: list[str]) -> int:
     )
     parser.add_argument(
         "--pin",
-        action="store_true",
-        help="gateway and poller on CPU 0, device and flooder on CPU 1 (the flood off the gateway's core)",
+        nargs="?",
+        const="alone",
+        choices=("alone", "with-poller"),
+        help="the gateway alone on CPU 0, the rest on CPU 1 (with-poller: the poller on CPU 0 too)",
     )
     parser.add_argument(
         "--sched-trace",
@@ -383,7 +387,7 @@ def run(argv: list[str]) -> int:
             f" (p99 {ratio}x idle); gateway CPU idle {idle['gateway_cpu_share']}, under flood"
             f" {flood['gateway_cpu_share']} of a core; flooder {found['flooder']}"
             f"{' (flooder under chrt --idle 0)' if args.idle_priority else ''}"
-            f"{' (pinned: gateway and poller on CPU 0, device and flooder on CPU 1)' if args.pin else ''}",
+            f"{f' (pinned: {args.pin})' if args.pin else ''}",
             flush=True,
         )
         if found["sched_trace"] is not None:
