@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import json
 import os
 import re
@@ -161,8 +162,6 @@ def _overlap(
     spans: list[tuple[float, float]], starts: list[float], lo: float, hi: float
 ) -> tuple[float, float]:
     """Of ``spans`` (sorted by start), the time inside [lo, hi] and the longest single span there."""
-    import bisect
-
     total = longest = 0.0
     index = max(0, bisect.bisect_left(starts, lo) - 1)
     while index < len(spans) and spans[index][0] < hi:
