@@ -186,10 +186,11 @@ async def test_opcua_a_client_pipelining_past_its_limit_is_slowed_not_refused(la
     # bob sends 400 Reads at once on one session; alice, another identity, reads meanwhile.
     # Everything (clients, agents, gateway, device) shares this one event loop, and the device works
     # through up to 32 of bob's Reads for every one of alice's: on a loaded machine a Read can take
-    # seconds. So the timeouts are generous (the asset's response timeout, 2 s by default, once answered
-    # one of bob's Reads BadTimeout under `-n 2` beside mypy): a failure here comes from the session's
-    # back-pressure, not from this machine's speed. The pause is seen by polling; it lasts while bob's
-    # backlog exceeds the limit (the session pauses again at once after each answer it reads on for).
+    # seconds. So the timeouts are generous (the asset's response timeout, 2 s by default, could answer
+    # one of bob's Reads BadTimeout: the likeliest cause of the one failure seen under `-n 2` beside
+    # mypy, whose assertion was not kept): a failure here comes from the back-pressure, not the machine.
+    # The pause is seen by polling; it lasts while bob's backlog exceeds the limit (the session pauses
+    # again at once after each answer it reads on for).
     async with OpcUaSim(static=True) as plc:
         await lab.start_gateway(
             opcua_policy_text(plc.port, OPCUA_RULES, asset_extra="response_timeout_s = 60")
