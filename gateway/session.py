@@ -106,6 +106,9 @@ class Session(asyncio.Protocol):
         # (the hot path's key: no tuple to build), others under (operation, verdict).
         self.counts: dict[int | str | tuple[int | str, str], int] = {}
         self._paused_by: set[str] = set()
+        # Times this session stopped reading, by reason: a pause can last a single turn, too short for
+        # a status poll to see, and the count says that back-pressure acted at all.
+        self.pauses: dict[str, int] = {}
         self._expiry: asyncio.TimerHandle | None = None
         self._grant_end: asyncio.TimerHandle | None = None  # the end of the grant it stands on, if any
         # Moves later when the identity proves a renewed certificate (gateway/renewal_proof.py).
@@ -583,7 +586,9 @@ class Session(asyncio.Protocol):
     def pause_requests(self, why: str) -> None:
         if not self._paused_by and self.transport is not None:
             self.transport.pause_reading()
-        self._paused_by.add(why)
+        if why not in self._paused_by:
+            self._paused_by.add(why)
+            self.pauses[why] = self.pauses.get(why, 0) + 1
 
     def resume_requests(self, why: str) -> None:
         self._paused_by.discard(why)
@@ -611,6 +616,7 @@ class Session(asyncio.Protocol):
             "denied": self.denied,
             "policy_revision": self.view.policy_revision,
             "paused": sorted(self._paused_by),
+            "pauses": dict(self.pauses),
             "certificate_not_after": None
             if self.certificate_not_after is None
             else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.certificate_not_after)),
