@@ -109,6 +109,8 @@ class AuditLog:
             self.sinks.append(StdoutSink("stdout", flush_interval_s=flush_interval_s))
         for sink in self.sinks:
             sink.marker = self._marker
+        # Hand each record's event on to the sinks when one of them formats from it (not the flat line).
+        self._hand_fields = any(sink.wants_fields for sink in self.sinks)
         self._aggregate_s = aggregate_reads_s
         self._aggregate_off = aggregate_reads_s == 0
         self._queue_limit = queue_limit
@@ -417,6 +419,7 @@ class AuditLog:
         }
 
     def _record(self, event: Event) -> Record:
+        converted = self._unserialisable
         line = self._serialise(event)
         stamp = event.get("time")
         name = event.get("event")
@@ -425,6 +428,9 @@ class AuditLog:
             stamp if isinstance(stamp, str) else "",
             name if isinstance(name, str) else "",
             line,
+            # The event itself, unless the line says something else: a value converted (bytes as hex) or
+            # the event replaced by an audit_error. The sink checks the rest (gateway/sinks/plain.py).
+            event if self._hand_fields and converted == self._unserialisable else None,
         )
 
     def _marker(self, reason: str, count: int) -> Record:

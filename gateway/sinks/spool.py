@@ -184,7 +184,12 @@ class Spool:
                 # The common case: the batch fits the spool and the segment, and goes in one write.
                 pack, codes = _HEADER.pack, KIND_CODES
                 start = self._sizes[seq]
-                self._write(b"".join([pack(len(m), codes[k]) + m for k, m in records]))
+                # Each message copied once, into the buffer (header + message concatenated first was two).
+                buffer = bytearray()
+                for kind, message in records:
+                    buffer += pack(len(message), codes[kind])
+                    buffer += message
+                self._write(buffer)
                 self._counts[seq] += len(records)
                 _sync(self._file.fileno())
                 if records:

@@ -316,7 +316,10 @@ class SyslogSink(Sink):
                 if self._peer_closed():
                     self._disconnect()
                 continue
-            data = b"".join(b"%d %s" % (len(message), message) for _kind, message in batch)
+            data = bytearray()  # each message copied once: "%d %s" and then join() copied it twice
+            for _kind, message in batch:
+                data += b"%d " % len(message)
+                data += message
             try:
                 if self._peer_closed():
                     raise ConnectionResetError("the collector closed the connection")
