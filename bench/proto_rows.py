@@ -35,6 +35,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -359,6 +360,19 @@ def sample_line(sample: Sample) -> str:
     )
 
 
+def _start_path(
+    out: dict[str, Any], protocol: str, name: str, start: Callable[[], ProtoPath], log: Callable[[str], None]
+) -> ProtoPath | None:
+    """``start()``, or None with the reason kept under ``out["unavailable"][name]``: the other paths
+    still run."""
+    try:
+        return start()
+    except (ProcessError, RuntimeError, OSError) as exc:
+        out["unavailable"][name] = str(exc).strip()[:1500]
+        log(f"bench: {protocol}: {name} skipped: {str(exc).splitlines()[0]}")
+        return None
+
+
 def run_protocol(
     protocol: str,
     *,
@@ -413,33 +427,43 @@ def run_protocol(
             if name == "ztgate-mtls" and protocol not in OVERLAY_CLIENTS:
                 continue
             if name == "ztgate-pure":  # a gateway (and agent) of its own
-                try:
-                    pure_path = start_ztgate_path(
-                        sup, lab, work, protocol, server, server_port, rules, pure=True
-                    )
-                except (ProcessError, RuntimeError, OSError) as exc:
-                    out["unavailable"]["ztgate-pure"] = str(exc).strip()[:1500]
-                    log(f"bench: {protocol}: ztgate-pure skipped: {str(exc).splitlines()[0]}")
+                pure_path = _start_path(
+                    out,
+                    protocol,
+                    name,
+                    partial(
+                        start_ztgate_path, sup, lab, work, protocol, server, server_port, rules, pure=True
+                    ),
+                    log,
+                )
+                if pure_path is None:
                     continue
                 started.extend(pure_path.procs)
                 running.append(pure_path)
                 log(f"bench: {protocol}: {name} on 127.0.0.1:{pure_path.port} - {pure_path.label}")
                 continue
             if gateway_path is None:  # one gateway (and agent) serves every ztgate path
-                try:
-                    gateway_path = start_ztgate_path(sup, lab, work, protocol, server, server_port, rules)
-                except (ProcessError, RuntimeError, OSError) as exc:
-                    out["unavailable"]["ztgate"] = str(exc).strip()[:1500]
-                    log(f"bench: {protocol}: ztgate skipped: {str(exc).splitlines()[0]}")
+                gateway_path = _start_path(
+                    out,
+                    protocol,
+                    "ztgate",
+                    partial(start_ztgate_path, sup, lab, work, protocol, server, server_port, rules),
+                    log,
+                )
+                if gateway_path is None:
                     break
                 started.extend(gateway_path.procs)
             if name == "stunnel-client":
-                try:
-                    path = stunnel_client_path(sup, lab, work, gateway_path, protocol)
-                except (ProcessError, RuntimeError, OSError) as exc:
-                    out["unavailable"]["stunnel-client"] = str(exc).strip()[:1500]
-                    log(f"bench: {protocol}: stunnel-client skipped: {str(exc).splitlines()[0]}")
+                stunnel = _start_path(
+                    out,
+                    protocol,
+                    name,
+                    partial(stunnel_client_path, sup, lab, work, gateway_path, protocol),
+                    log,
+                )
+                if stunnel is None:
                     continue
+                path = stunnel
                 started.extend(path.procs)
                 running.append(path)
                 log(f"bench: {protocol}: {name} on 127.0.0.1:{path.port} - {path.label}")
@@ -450,13 +474,14 @@ def run_protocol(
             if ref is None:
                 continue
             if ref_path is None:
-                try:
-                    ref_path = start_ztgate_path(
-                        sup, lab, work, protocol, server, server_port, rules, ref=ref
-                    )
-                except (ProcessError, RuntimeError, OSError) as exc:
-                    out["unavailable"][f"ztgate@{ref[0][:8]}"] = str(exc).strip()[:1500]
-                    log(f"bench: {protocol}: ztgate@{ref[0][:8]} skipped: {str(exc).splitlines()[0]}")
+                ref_path = _start_path(
+                    out,
+                    protocol,
+                    f"ztgate@{ref[0][:8]}",
+                    partial(start_ztgate_path, sup, lab, work, protocol, server, server_port, rules, ref=ref),
+                    log,
+                )
+                if ref_path is None:
                     ref = None
                     continue
                 started.extend(ref_path.procs)
