@@ -75,7 +75,7 @@ async def test_a_write_queued_behind_a_slow_request_is_answered_at_its_deadline_
     lab: Lab,
 ) -> None:
     # The device answers the first request 1 s late, after a C client's usual 0.5 s timeout.
-    sim = await _faulty_lab(lab, Fault("late", delay_s=1.0), "response_timeout_s = 5")
+    sim = await _faulty_lab(lab, Fault("late", delay_s=1.0), "response_timeout_s = 5\nqueue_timeout_s = 0.4")
     assert sim.front is not None
     slow = await lab.client("alice", timeout_s=0.5)
     writer = await lab.client("bob", timeout_s=3.0)

@@ -72,11 +72,11 @@ async def test_hot_reload_under_live_traffic_loses_and_misdecides_nothing(lab: L
     for fc, address, tid, code in outcomes:
         event = decisions.pop((fc, address, tid))  # exactly one decision per request
         if fc == 3:
-            assert code == 0 and event["decision"] == "allow"
+            assert code == 0 and event["decision"] == "allow", event  # its outcome says what failed
             continue
         allowed_by_revision = revisions[event["policy_revision"]]
         if allowed_by_revision:
-            assert code == 0 and event["decision"] == "allow" and event["rule"] == "write"
+            assert code == 0 and event["decision"] == "allow" and event["rule"] == "write", event
             writes_allowed += 1
         else:
             assert code == 1 and event["decision"] == "deny"
