@@ -41,7 +41,7 @@ from bench.paths import (
     start_path,
     start_ztgate_ref,
 )
-from bench.procs import Proc, ProcessError, Supervisor, raise_fd_limit
+from bench.procs import Proc, ProcessError, Supervisor, raise_fd_limit, run_dir
 from bench.profiling import find_py_spy, profile_gateway
 from bench.proto_rows import (
     PROTO_DEFAULT_PATHS,
@@ -299,8 +299,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         crosscheck, found = None, "--no-crosscheck"
     raise_fd_limit(25_000)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    raw = RAW_DIR / stamp
-    raw.mkdir(parents=True, exist_ok=True)
+    raw = run_dir(RAW_DIR, stamp)
     started = time.monotonic()
     workloads = [WORKLOADS[w] for w in args.workload_list] if args.command == "run" else []
     proto_workloads: dict[str, list[ProtoWorkload]] = args.proto_workloads if args.command == "run" else {}

@@ -41,7 +41,7 @@ from bench.lab import TRUST_DOMAIN, Lab, Pool, make_lab
 from bench.loadgen import OWN_GENERATOR, REPO, WORKLOADS, start_server
 from bench.machine import describe_machine
 from bench.paths import PathContext, RunningPath, gateway_health, ref_tree, start_ztgate
-from bench.procs import Supervisor, raise_fd_limit
+from bench.procs import Supervisor, raise_fd_limit, run_dir
 from bench.runner import run_matrix
 from gateway import pki
 
@@ -194,8 +194,7 @@ def run(argv: list[str]) -> int:
 
     raise_fd_limit(25_000)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    raw = RAW_DIR / f"audit-sinks-{stamp}"
-    raw.mkdir(parents=True, exist_ok=True)
+    raw = run_dir(RAW_DIR, f"audit-sinks-{stamp}")
     pool = Pool(max_connections=1, max_in_flight=64, queue_limit=128)
     results: dict[str, Any] = {
         "meta": {

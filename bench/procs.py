@@ -30,6 +30,7 @@ __all__ = [
     "port_from_log",
     "raise_fd_limit",
     "rss_bytes",
+    "run_dir",
     "tree_cpu_times",
     "wait_listening",
 ]
@@ -237,6 +238,22 @@ def wait_listening(
 
 
 # ------------------------------------------------------------------------------------- resources
+
+
+def run_dir(parent: Path, name: str) -> Path:
+    """A new directory for one run's logs and lab files: ``parent/name``, or ``name-2``, ``name-3``...
+    when that exists. Names carry the second a run started, and two runs started in the same second (the
+    test suite's workers do) would otherwise read each other's logs for their ports."""
+    parent.mkdir(parents=True, exist_ok=True)
+    suffix = ""
+    for attempt in range(2, 1000):
+        try:
+            (parent / f"{name}{suffix}").mkdir()
+        except FileExistsError:
+            suffix = f"-{attempt}"
+            continue
+        return parent / f"{name}{suffix}"
+    raise FileExistsError(f"{parent / name}: 1,000 runs in the same second?")
 
 
 def port_from_log(proc: Proc, pattern: str, timeout_s: float = 30.0) -> int:
