@@ -78,8 +78,10 @@ class ReadAggregates:
             agg = aggregates.get(key)
             if agg is None:
                 if len(aggregates) >= self._key_limit:
-                    # Bounded memory beats aggregation: the overflow goes through the bounded queue.
-                    self._overflow(fields, lo, hi, latency_s)
+                    # Bounded memory beats aggregation: the overflow goes through the bounded queue, one
+                    # event per read, as with aggregation off (an OPC UA Read of 10 nodes is 10).
+                    for _ in range(count):
+                        self._overflow(fields, lo, hi, latency_s)
                 else:
                     aggregates[key] = ReadAggregate(fields, lo, hi, latency_s, now, count)
                 return

@@ -389,6 +389,16 @@ def test_aggregate_key_limit_falls_back_to_single_events(path: Path, clock: Fake
     ]
 
 
+def test_past_the_key_limit_every_read_of_a_request_is_its_own_event(path: Path, clock: FakeClock) -> None:
+    log = make(path, clock, aggregate_key_limit=1)
+    log.aggregate_read(("s1", 0), read_fields() | {"unit": 0}, None, 0.0001, count=10)
+    log.aggregate_read(("s1", 1), read_fields() | {"unit": 1}, None, 0.0001, count=10)
+    log.close()
+    events = lines(path)
+    assert [(e["unit"], e.get("count")) for e in events if e.get("aggregated")] == [(0, 10)]
+    assert [e["unit"] for e in events if not e.get("aggregated")] == [1] * 10
+
+
 def test_rollover_waits_for_a_read_in_progress(path: Path) -> None:
     # The writer swaps the aggregation dict while aggregate_read holds the old one (a GIL switch inside
     # the call, simulated by running a writer cycle from the clock the call reads): that read must not be
