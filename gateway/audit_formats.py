@@ -362,9 +362,8 @@ def to_ecs(record: Record) -> dict[str, Any]:
 
 _EcsBuilder = Callable[[Record, tuple[Any, ...], Any], dict[str, Any] | None]
 _ECS_SHAPES_LIMIT: Final = 1024
-_ecs_builders: dict[Hashable, _EcsBuilder | None] = {}
-_ecs_verdicts: dict[Hashable, tuple[str, str, str, int]] = {}
-_UNCOMPILED: Final[Any] = object()
+# (field names, protocol, event, decision, state) -> the shape's builder and the records' verdict.
+_ecs_shapes: dict[Hashable, tuple[_EcsBuilder | None, tuple[str, str, str, int]]] = {}
 
 
 def _integer(value: Any) -> bool:
@@ -438,21 +437,18 @@ def _compile_ecs(record: Record) -> _EcsBuilder | None:
 def ecs_json(record: Record) -> bytes:
     """``orjson.dumps(to_ecs(record))``, built by the compiled builder of the record's field names and
     protocol when the record has that builder's shape (to_ecs builds the others)."""
+    get = record.get
     try:
-        key = (tuple(record), record.get("protocol"))
-        builder = _ecs_builders.get(key, _UNCOMPILED)
-        verdict_key = (record.get("event"), record.get("decision"), record.get("state"))
-        verdict = _ecs_verdicts.get(verdict_key)
+        # One key, one lookup: the shape (field names, protocol) and what decides the verdict.
+        key = (tuple(record), get("protocol"), get("event"), get("decision"), get("state"))
+        found = _ecs_shapes.get(key)
     except TypeError:  # an unhashable protocol, event, decision or state: not a shape we cache
         return orjson.dumps(to_ecs(record))
-    if builder is _UNCOMPILED:
-        if len(_ecs_builders) >= _ECS_SHAPES_LIMIT:
-            _ecs_builders.clear()
-        builder = _ecs_builders[key] = _compile_ecs(record)
-    if verdict is None:
-        if len(_ecs_verdicts) >= _ECS_SHAPES_LIMIT:
-            _ecs_verdicts.clear()
-        verdict = _ecs_verdicts[verdict_key] = _ecs_verdict(record)
+    if found is None:
+        if len(_ecs_shapes) >= _ECS_SHAPES_LIMIT:
+            _ecs_shapes.clear()
+        found = _ecs_shapes[key] = (_compile_ecs(record), _ecs_verdict(record))
+    builder, verdict = found
     document = None if builder is None else builder(record, verdict, _peer_of(record))
     return orjson.dumps(to_ecs(record) if document is None else document)
 
@@ -757,16 +753,21 @@ _FORMATTERS: Final[dict[str, Callable[[Record], bytes]]] = {
 }
 
 
+def formatter(fmt: str) -> Callable[[Record], bytes]:
+    """What :func:`format_line` calls for ``fmt`` (a sink looks it up once, not once per record)."""
+    found = _FORMATTERS.get(fmt)
+    if found is None:
+        raise ValueError(f"unknown audit format {fmt!r}; one of {', '.join(FORMATS)}")
+    return found
+
+
 def format_line(record: Record, fmt: str) -> bytes:
     """One record as one line (UTF-8, no newline) in ``fmt``; ValueError names the formats for an unknown
     one.
 
     Text from the record never ends a line: JSON escapes control characters, CEF escapes CR and LF.
     """
-    formatter = _FORMATTERS.get(fmt)
-    if formatter is None:
-        raise ValueError(f"unknown audit format {fmt!r}; one of {', '.join(FORMATS)}")
-    return formatter(record)
+    return formatter(fmt)(record)
 
 
 def format_record(record: Record, fmt: str) -> str:
