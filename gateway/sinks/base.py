@@ -105,11 +105,7 @@ def line_formatter(fmt: str, *, newline: bool = True) -> Callable[[Record], byte
     format_event = formatter(fmt)  # looked up once: the writer calls text() for every record
 
     def text(record: Record) -> bytes:
-        # recorded(record), inlined: one call less a record.
-        fields = record.fields
-        if fields is None or not json_plain(fields):
-            fields = orjson.loads(record.line)
-        return format_event(fields)
+        return format_event(recorded(record))
 
     def formatted(record: Record) -> bytes:
         return text(record) + b"\n"
