@@ -66,6 +66,14 @@ class TimeWindow:
         """The same answer as :meth:`is_open`, computed from scratch (for explanations and tests)."""
         return self._state_and_next_change(math.floor(now))[0]
 
+    def steady_until(self, now: float) -> float:
+        """The first instant after ``now`` at which :meth:`is_open` may answer otherwise (epoch seconds):
+        it gives ``now``'s answer for every instant from ``now`` up to, not including, this one."""
+        first, after, _ = self._cache
+        if not first <= now < after:
+            self._refresh(now)
+        return self._cache[1]
+
     def _refresh(self, now: float) -> bool:
         second = math.floor(now)
         state, after = self._state_and_next_change(second)
@@ -125,6 +133,12 @@ class Period:
 
     def open_at(self, now: float) -> bool:
         return self.start <= now < self.end
+
+    def steady_until(self, now: float) -> float:
+        """As :meth:`TimeWindow.steady_until`: the start, the end, or never once it has ended."""
+        if now < self.start:
+            return self.start
+        return self.end if now < self.end else math.inf
 
     def __str__(self) -> str:
         return f"{_utc(self.start)} until {_utc(self.end)}"

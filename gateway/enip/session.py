@@ -12,6 +12,7 @@ same wrappers and forwarded on the pool, and the device's replies joined with th
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from gateway.runtime import Runtime
 from gateway.session import Session, SessionInfo
 from gateway.upstream import Failure
 from policies import Decision, SubjectView
+from policies.timewindow import Window
 from protocols.enip import (
     CipProtocolError,
     CipRequest,
@@ -128,8 +130,8 @@ MAX_DECIDED = 64
 
 
 class _Decided:
-    """Every leaf of a cached request allowed, under a view that decides it the same at any time: what
-    a repeat of the same bytes is forwarded with, without deciding each leaf again."""
+    """Every leaf of a cached request allowed, under a view whose time windows have not changed since:
+    what a repeat of the same bytes is forwarded with, without deciding each leaf again."""
 
     __slots__ = ("decisions", "local", "message", "view")
 
@@ -200,7 +202,11 @@ class EnipSession(Session):
         self._repeats = RepeatCache()
         self._read_records: dict[int, tuple[CipRequest, Decision, str, tuple[Any, ...], dict[str, Any]]] = {}
         self._decided: dict[Unwrapped, _Decided] = {}
-        self._timeless = False
+        self._windows: list[Window] = []
+        # The span of instants over which no window of the view opens or closes: the decisions in
+        # _decided were made inside it, and the view decides the same anywhere inside it.
+        self._steady_from = 0.0
+        self._steady_until = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         self._bind_view()
 
@@ -209,10 +215,22 @@ class EnipSession(Session):
         assert isinstance(pool, EnipUpstreamPool)
         self._pool = pool
         self._histogram = self.runtime.metrics.histogram("enip", self.view.asset.name)
-        # A view whose rules have no time window decides a request the same at any time: the decisions
-        # of a repeated request can be kept (under this view only: a new view decides afresh).
-        self._timeless = all(rule.window is None for rule in self.view.rules)
+        # A view decides a request the same at any two instants between which none of its rules' time
+        # windows opens or closes (and at any time when it has none): the decisions of a repeated
+        # request are kept for that long, under this view only (a new view decides afresh).
+        self._windows = [rule.window for rule in self.view.rules if rule.window is not None]
+        self._steady_from = -math.inf
+        self._steady_until = -math.inf if self._windows else math.inf
         self._decided.clear()
+
+    def _steady(self, now: float) -> None:
+        """Make ``now`` fall in the kept decisions' span: past its end (or before its start: the clock
+        was set back), what was kept is dropped and a new span starts at ``now``."""
+        if self._steady_from <= now < self._steady_until:
+            return
+        self._decided.clear()
+        self._steady_from = now
+        self._steady_until = min(window.steady_until(now) for window in self._windows)
 
     def _view_changed(self) -> None:
         self._bind_view()
@@ -408,16 +426,17 @@ class EnipSession(Session):
             return
         leaves = unwrapped.leaves
         revision = self.view.policy_revision
+        now = self.runtime.clock()
+        self._steady(now)
         kept = self._decided.get(unwrapped)
         if kept is not None and kept.view is self.view:
-            # Decided under this very view, which decides it the same at any time: allowed then, now.
+            # Decided under this very view, in this span of no window change: allowed then, now.
             self.requests += len(leaves)
             self._in_flight += 1
             record = _Forwarded(answer, unwrapped, leaves, kept.local, kept.decisions, revision)
             connected = answer.connection_id is not None
             self._pool.submit(EnipPending(self, kept.message, connected, record, started))
             return
-        now = self.runtime.clock()
         decide = self.view.decide_enip
         local: list[MessageRouterResponse | None] = []
         decisions: list[Decision | None] = []
@@ -456,7 +475,7 @@ class EnipSession(Session):
                 self._answer(answer, unwrapped.join(local, None))
                 return
             message = upstream.encode()
-        elif self._timeless and self._repeats.takes(body):
+        elif self._repeats.takes(body):
             decided = self._decided
             if len(decided) >= MAX_DECIDED:
                 decided.clear()

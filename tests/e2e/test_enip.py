@@ -465,11 +465,12 @@ async def test_a_repeated_read_is_decided_once_per_view(
     assert _setpoint_reads(plc) == 5
 
 
-async def test_a_repeated_read_is_decided_each_time_when_a_window_can_change_it(
+async def test_a_repeated_read_is_decided_again_when_a_window_opens_or_closes(
     lab: Lab, plc: EnipSim, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A rule with a time window may decide the same bytes otherwise a moment later: every repeat is
-    decided, and the read stops at the window's end on the same connection."""
+    """A rule with a time window may decide the same bytes otherwise a moment later: a repeat's decision
+    is kept only until the next instant a window of the view opens or closes (or the clock is set back
+    before the decision), and the read stops at the window's end on the same connection."""
     berlin = ZoneInfo("Europe/Berlin")
     clock = FakeClock(datetime(2026, 11, 25, 10, 0, tzinfo=berlin))  # a Wednesday, on shift
     when = 'when = { days = "mon-fri", hours = "06:00-18:00", tz = "Europe/Berlin" }'
@@ -480,13 +481,25 @@ async def test_a_repeated_read_is_decided_each_time_when_a_window_can_change_it(
     await lab.start_gateway(enip_policy_text(plc.port, shift), clock=clock)
     port = await lab.start_agent("alice", "plc-2", "enip")
 
+    def at(hour: int, minute: int = 0, second: float = 0.0) -> None:
+        clock.set(datetime(2026, 11, 25, hour, minute, tzinfo=berlin))
+        clock.now += second
+
+    def read(driver: LogixDriver) -> tuple[Any, bool]:
+        tag = driver.read("Setpoint")
+        return tag.value, privileged(tag.error)
+
     def poll() -> list[tuple[Any, bool]]:
         with LogixDriver(f"127.0.0.1:{port}") as driver:
-            out = [(driver.read("Setpoint").value, False) for _ in range(3)]
-            clock.set(datetime(2026, 11, 25, 19, 0, tzinfo=berlin))  # the shift is over
-            out += [(t.value, privileged(t.error)) for t in (driver.read("Setpoint") for _ in range(2))]
+            out = [read(driver) for _ in range(3)]  # 10:00, on shift: decided once
+            at(17, 59, 59.875)  # the last moment of the shift: still the same span
+            out.append(read(driver))
+            at(9, 0)  # the clock set back: decided again
+            out.append(read(driver))
+            at(19, 0)  # the shift is over
+            out += [read(driver) for _ in range(2)]
             return out
 
-    assert await in_thread(poll) == [(1000, False)] * 3 + [(None, True)] * 2
-    assert made == ["allow"] * 3 + ["deny"] * 2
-    assert _setpoint_reads(plc) == 3
+    assert await in_thread(poll) == [(1000, False)] * 5 + [(None, True)] * 2
+    assert made == ["allow", "allow", "deny", "deny"]
+    assert _setpoint_reads(plc) == 5

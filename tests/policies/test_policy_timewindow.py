@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policies.timewindow import TimeWindow, parse_days, parse_hours, parse_time_zone
+from policies.timewindow import Period, TimeWindow, parse_days, parse_hours, parse_time_zone
 
 
 def naive_open(window: TimeWindow, now: float) -> bool:
@@ -129,3 +129,28 @@ def test_cache_is_invisible_whatever_order_time_is_asked_in(
     for step in steps:
         now += step + 0.5
         assert w.is_open(now) == naive_open(w, now) == w.open_at(now)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    w=windows_drawn, start=instants, fractions=st.lists(st.floats(0.0, 1.0, exclude_max=True), max_size=20)
+)
+def test_a_window_answers_the_same_until_the_instant_it_names(
+    w: TimeWindow, start: float, fractions: list[float]
+) -> None:
+    """What a session keeps decisions by: ``steady_until(now)`` is later than ``now``, and every instant
+    before it gets ``now``'s answer, asked in any order and from scratch."""
+    now = start + 0.25
+    until = w.steady_until(now)
+    assert until > now
+    assert until - now <= 86_400  # a window's answer is checked again at least every local day
+    state = naive_open(w, now)
+    for at in [until - 0.125, *(min(now + f * (until - now), until - 0.125) for f in fractions)]:
+        assert w.is_open(at) == naive_open(w, at) == state, datetime.fromtimestamp(at, UTC)
+    assert w.steady_until(until - 0.125) == until
+
+
+def test_a_period_answers_the_same_until_it_starts_and_until_it_ends() -> None:
+    period = Period(1_000.0, 2_000.0)
+    assert [period.steady_until(t) for t in (0.0, 999.5, 1_000.0, 1_999.5)] == [1_000.0] * 2 + [2_000.0] * 2
+    assert period.steady_until(2_000.0) == period.steady_until(1e12) == float("inf")
