@@ -20,6 +20,7 @@ from time import monotonic
 from typing import Any, ClassVar, Final
 
 from gateway.enip.upstream import EnipPending, EnipUpstreamPool
+from gateway.read_aggregates import NO_SPAN, ReadAggregates
 from gateway.runtime import Runtime
 from gateway.session import Session, SessionInfo
 from gateway.upstream import Failure
@@ -215,6 +216,9 @@ class EnipSession(Session):
         assert isinstance(pool, EnipUpstreamPool)
         self._pool = pool
         self._histogram = self.runtime.metrics.histogram("enip", self.view.asset.name)
+        audit = self.runtime.audit
+        self._aggregates = audit.aggregates_reads
+        self._reads: ReadAggregates = audit.reads
         # A view decides a request the same at any two instants between which none of its rules' time
         # windows opens or closes (and at any time when it has none): the decisions of a repeated
         # request are kept for that long, under this view only (a new view decides afresh).
@@ -542,8 +546,7 @@ class EnipSession(Session):
     ) -> None:
         latency_s = now - pending.started
         self._histogram.observe(latency_s)
-        audit = self.runtime.audit
-        aggregate = not status and outcome == "ok" and audit.aggregates_reads
+        aggregate = not status and outcome == "ok" and self._aggregates
         leaves, local, decisions = record.leaves, record.local, record.decisions
         # By index, not zip(): compiled, zip(strict=True) is a generic call and a tuple per leaf.
         for i in range(len(leaves)):
@@ -553,7 +556,7 @@ class EnipSession(Session):
             self._count(leaf.name or leaf.service, decision.verdict)
             if aggregate and decision.verdict == "allow" and leaf.name in READ_SERVICES:
                 key, fields = self._read_record(leaf, decision, record.revision)
-                audit.aggregate_read(key, fields, None, latency_s)
+                self._reads.add(key, fields, 0, NO_SPAN, latency_s)
                 continue
             self._audit(leaf, decision, record.revision, outcome, latency_s, status)
 

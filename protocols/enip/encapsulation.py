@@ -160,7 +160,8 @@ class EncapsulationConnection:
         if self._offset < len(self._buffer):
             self._buffer = self._buffer[self._offset :] + data
         else:
-            self._buffer = bytes(data)
+            # bytes() of bytes is the same object, but only after a look-up of __bytes__ and a call.
+            self._buffer = data if type(data) is bytes else bytes(data)
         self._offset = 0
 
     def next_message(self) -> EncapsulationMessage | None:

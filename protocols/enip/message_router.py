@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Final
 
 from protocols.enip.epath import EPath, check_request_path, parse_epath
 from protocols.enip.errors import CipProtocolError, cip_error
@@ -17,6 +18,7 @@ from protocols.enip.spec import DEFAULT_LIMITS, REPLY_FLAG, CipLimits, GeneralSt
 
 _REPLY_HEADER = struct.Struct("<BBBB")
 _Status = GeneralStatus
+_SUCCESS: Final = int(GeneralStatus.SUCCESS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +60,7 @@ class MessageRouterResponse:
 
     @property
     def ok(self) -> bool:
-        return self.general_status == _Status.SUCCESS
+        return self.general_status == _SUCCESS  # a plain int: compiled, an enum member is a generic compare
 
     def encode(self) -> bytes:
         header = _REPLY_HEADER.pack(self.service, 0, self.general_status, len(self.extended_status))

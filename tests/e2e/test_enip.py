@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
+import orjson
 import pytest
 from pycomm3 import CIPDriver, LogixDriver, Services
 from pylogix import PLC  # type: ignore[import-untyped]
@@ -416,6 +417,41 @@ async def test_repeated_requests_get_what_a_fresh_connection_gets(lab: Lab, plc:
     assert [w.data[-4:] for w in plc.writes("Setpoint")] == [
         struct.pack("<i", v) for v in (1200, 1200, 1000)
     ] * 2
+
+
+async def test_allowed_reads_are_aggregated_refused_ones_are_not(lab: Lab, plc: EnipSim) -> None:
+    """With read aggregation on, a polled Read Tag (decided once, its decision kept) is audited as one
+    aggregated record per tag, rule and interval with its count; every refusal has a record of its own."""
+    await lab.start_gateway(enip_policy_text(plc.port, RULES), aggregate_reads_s=1.0)
+    port = await lab.start_agent("alice", "plc-2", "enip")
+
+    def poll() -> list[tuple[Any, bool]]:
+        with LogixDriver(f"127.0.0.1:{port}") as driver:
+            out = [(driver.read("Setpoint").value, False) for _ in range(6)]
+            for _ in range(2):  # one Multiple Service Packet each
+                out += [(t.value, t.error is not None) for t in driver.read("Setpoint", "Mode")]
+            out += [(None, privileged(driver.read("Batch_ID").error)) for _ in range(3)]
+            return out
+
+    values = await in_thread(poll)
+    assert values[:6] == [(1000, False)] * 6 and all(not failed for _, failed in values[6:10])
+    assert values[6] == (1000, False)
+    assert values[10:] == [(None, True)] * 3
+    assert lab.gateway is not None
+    await lab.gateway.stop()  # a clean stop writes the interval's aggregates
+    lab.gateway = None
+    logged = [orjson.loads(line) for line in lab.audit_path.read_bytes().splitlines() if line]
+    events = [
+        e for e in logged if e.get("event") == "decision" and e.get("tag") in ("Setpoint", "Mode", "Batch_ID")
+    ]
+    setpoint = [e for e in events if e["tag"] == "Setpoint"]
+    assert len(setpoint) == 1 and setpoint[0]["aggregated"] is True and setpoint[0]["count"] == 8
+    assert setpoint[0]["decision"] == "allow" and setpoint[0]["identity"] == ALICE
+    mode = [e for e in events if e["tag"] == "Mode"]
+    assert len(mode) == 1 and mode[0]["count"] == 2
+    refused = [e for e in events if e["tag"] == "Batch_ID"]
+    assert len(refused) == 3 and all(e["decision"] == "deny" and e["rule"] == "no-secrets" for e in refused)
+    assert not any(e.get("aggregated") for e in refused)
 
 
 def _setpoint_reads(plc: EnipSim) -> int:
