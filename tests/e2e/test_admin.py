@@ -64,6 +64,16 @@ async def test_health_readiness_metrics_sessions(lab: Lab) -> None:
         assert "ztgate_sessions_live 1.0" in lines
         assert "ztgate_audit_dropped_total 0.0" in lines
         assert any(line.startswith("ztgate_request_latency_seconds_bucket{") for line in lines)
+        # The one forwarded read is counted in the latency histogram, and its latency summed.
+        latency = {
+            line.split("{")[0]: float(line.rsplit(" ", 1)[1])
+            for line in lines
+            if line.startswith("ztgate_request_latency_seconds_")
+            and 'asset="plc-1"' in line
+            and "_bucket" not in line
+        }
+        assert latency["ztgate_request_latency_seconds_count"] == 1.0
+        assert latency["ztgate_request_latency_seconds_sum"] > 0.0
 
         assert lab.device is not None
         await lab.device.stop()
