@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import shlex
 import shutil
 import socket
 import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -63,6 +67,33 @@ PREFERRED_PORTS = {
     ("vendor", OPCUA_ASSET): 4841,
 }
 ASSETS = ((MODBUS_ASSET, "modbus"), (ENIP_ASSET, "enip"), (OPCUA_ASSET, "opcua"))
+
+
+# Held from the first port probe until every listener is bound: two demos started together (the tests run
+# them side by side) would otherwise both find a preferred port free and one of them fail to bind it.
+PORTS_LOCK = Path(tempfile.gettempdir()) / "ztgate-demo-ports.lock"
+PORTS_LOCK_WAIT_S = 60.0  # a demo starts in seconds; past this the lock's holder is stuck, not starting
+PORTS_LOCK_POLL_S = 0.05
+
+
+@contextlib.asynccontextmanager
+async def _ports_held() -> AsyncIterator[None]:
+    fd = os.open(PORTS_LOCK, os.O_RDONLY | os.O_CREAT, 0o644)
+    try:
+        deadline_s = time.monotonic() + PORTS_LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline_s:
+                    stuck = f"{PORTS_LOCK}: held by a demo that does not finish starting; going on"
+                    print(stuck, file=sys.stderr)
+                    break
+                await asyncio.sleep(PORTS_LOCK_POLL_S)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def _free(port: int) -> int:
@@ -288,6 +319,11 @@ async def _enroll(
 
 
 async def start_lab(work: Path, *, max_staleness_s: float = 86400.0) -> DemoLab:
+    async with _ports_held():
+        return await _start_lab(work, max_staleness_s)
+
+
+async def _start_lab(work: Path, max_staleness_s: float) -> DemoLab:
     center, admin = await _start_center(work)
     url = center.config.url
     modbus_plc = ModbusSim("127.0.0.1", _free(PREFERRED_PORTS["modbus-plc"]), units=(1,))
