@@ -161,15 +161,18 @@ def opcua_policy_text(n_rules: int, upstream_port: int) -> str:
     )
 
 
-def write_agent_config(lab: Lab, name: str, gateway_port: int, asset: str, protocol: str) -> Path:
+def write_agent_config(
+    lab: Lab, name: str, gateway_port: int, asset: str, protocol: str, *, pin_gateway: bool = True
+) -> Path:
     """An agent with the bench identity: one plain local listener on a kernel-chosen loopback port for
-    ``asset``, relayed over mutual TLS to the gateway on ``gateway_port``."""
+    ``asset``, relayed over mutual TLS to the gateway on ``gateway_port``. ``pin_gateway``: the agent
+    checks the gateway's SPIFFE id (``gateway_id``; agents from before 2026-12 do not know the key)."""
     path = lab.directory / f"{name}.toml"
+    pin = f'gateway_id = "{GATEWAY_ID}"\n' if pin_gateway else ""
     path.write_text(
         f"""[agent]
 gateway = "127.0.0.1:{gateway_port}"
-gateway_id = "{GATEWAY_ID}"
-connect_timeout_s = 5
+{pin}connect_timeout_s = 5
 
 [tls]
 cert = "{lab.client_cert}"

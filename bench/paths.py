@@ -30,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -483,8 +484,18 @@ def ref_tree(ref: str) -> tuple[str, Path]:
         ).stdout
         subprocess.run(["tar", "-x", "-C", str(export)], input=archive, timeout=60, check=True)
     if current_build(REPO).compiled:
-        export = _compiled_copy(export)
+        if _compiles(export):
+            export = _compiled_copy(export)
+        else:
+            print(f"  {sha} predates the compiled build: it runs as pure Python", flush=True)
     return sha, export
+
+
+def _compiles(export: Path) -> bool:
+    """Whether the exported tree names modules to compile (``[tool.ztgate] compiled``, for its setup.py)."""
+    with (export / "pyproject.toml").open("rb") as f:
+        project = tomllib.load(f)
+    return bool(project.get("tool", {}).get("ztgate", {}).get("compiled"))
 
 
 def _compiled_copy(export: Path) -> Path:

@@ -214,7 +214,9 @@ def start_ztgate_path(
     audit = work / f"{name}-audit.jsonl"
     config = write_gateway_config(lab, name, policy, audit_file=audit, aggregate_reads_s=1.0)
     gateway, overlay, admin = start_gateway_process(sup, name, config, src=src)
-    agent_config = write_agent_config(lab, f"agent-{name}", overlay, asset, protocol)
+    # A ref from before the agent pinned the gateway's identity refuses the key: leave it out for that one.
+    pin = ref is None or '"gateway_id"' in (src / "gateway" / "config.py").read_text()
+    agent_config = write_agent_config(lab, f"agent-{name}", overlay, asset, protocol, pin_gateway=pin)
     agent = sup.spawn(
         f"agent-{name}",
         [sys.executable, "-m", "gateway", "agent", "--config", str(agent_config)],
