@@ -2,7 +2,8 @@
 
 Pipeline per request: decode (sans-IO codec) → decide (the compiled policy view) → forward on the
 asset's shared upstream pool, or refuse in Modbus terms → audit and metrics. Replies gathered while
-one batch of client bytes (or of device bytes) is processed leave in one write.
+one batch of client bytes (or of device bytes) is processed leave in one write; a forwarded request is
+audited and measured after its reply has left (:meth:`ModbusSession.settle`), off the client's wait.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ class ModbusSession(Session):
         audit = self.runtime.audit
         self._aggregates = audit.aggregates_reads
         self._reads: ReadAggregates = audit.reads
-        # The fast path of deliver(): the last aggregated read's decision, kind, audit key and fields.
+        # The fast path of settle(): the last aggregated read's decision, kind, audit key and fields.
         self._last_decision: Decision | None = None
         self._last_fc = -1
         self._last_unit = -1
@@ -232,14 +233,10 @@ class ModbusSession(Session):
         frames: bytes | bytearray,
         start: int,
         end: int,
-        device_exception: int,
-        now: float,
     ) -> bool:
-        """The device answered with ``frames[start:end]``. Returns True when this session has a batch to
-        flush.
-
-        The common case — an allowed read answered normally, audited by aggregation — is written out
-        here without calls: it runs once per request at full load."""
+        """The device answered with ``frames[start:end]``: queue it for the client. Returns True when this
+        session has a batch to flush. What is left to do for the request (latency, counts, audit) waits
+        for :meth:`settle`, after the batch's replies have left."""
         if self._ordered is None:
             first = self.queue_reply(frames, start, end)
         else:
@@ -249,7 +246,16 @@ class ModbusSession(Session):
         self._in_flight -= 1
         if self._paused_by:
             self._maybe_resume()
+        return first and self.has_replies() and not self.closing
+
+    def settle(self, pending: PendingRequest, now: float) -> None:
+        """Account a request the device answered (:meth:`deliver`) at ``now``: its latency, counts and
+        audit.
+
+        The common case — an allowed read answered normally, audited by aggregation — is written out
+        here without calls: it runs once per request at full load."""
         latency_s = now - pending.started
+        device_exception = pending.device_exception
         histogram = self._histogram
         histogram.counts[bisect_left(histogram.bounds, latency_s)] += 1
         histogram.total_s += latency_s
@@ -268,7 +274,6 @@ class ModbusSession(Session):
             else:
                 lo = request.read_address
                 self._reads.add(self._last_key, self._last_fields, lo, lo + request.read_count - 1, latency_s)
-        return first and self.has_replies() and not self.closing
 
     def fail(self, pending: PendingRequest, failure: Failure, reason: str, now: float) -> bool:
         """The device cannot answer the request: exception 0x0A when the gateway could not take it
@@ -313,7 +318,7 @@ class ModbusSession(Session):
         gateway_exception: int = 0,
         counted: bool = False,
     ) -> None:
-        """Count and audit a finished request (every case but the fast path in :meth:`deliver`)."""
+        """Count and audit a finished request (every case but the fast path in :meth:`settle`)."""
         request = pending.request
         decision = pending.decision
         fc = request.function_code

@@ -25,18 +25,14 @@ class ModbusClient(Client, Protocol):
     """What the pool calls on the session that submitted a request (``gateway/modbus/session.py``):
     the upstream side knows sessions only by this protocol, so it never imports them."""
 
-    def deliver(
-        self,
-        pending: PendingRequest,
-        frames: bytes | bytearray,
-        start: int,
-        end: int,
-        device_exception: int,
-        now: float,
-    ) -> bool:
-        """Answer the client with the device's reply, ``frames[start:end]`` (already under the client's
-        id and unit); true when the session has replies to flush at the end of the batch. Those bytes
-        of ``frames`` stay as they are: the session may keep ``frames`` until then."""
+    def deliver(self, pending: PendingRequest, frames: bytes | bytearray, start: int, end: int) -> bool:
+        """Queue the device's reply, ``frames[start:end]`` (already under the client's id and unit), for
+        the client; true when the session has replies to flush at the end of the batch. Those bytes of
+        ``frames`` stay as they are: the session may keep ``frames`` until then."""
+        ...
+
+    def settle(self, pending: PendingRequest, now: float) -> None:
+        """Account ``pending``, answered by :meth:`deliver`, once the batch's replies have left."""
         ...
 
     def fail(self, pending: PendingRequest, failure: Failure, reason: str, now: float) -> bool:
@@ -47,7 +43,7 @@ class ModbusClient(Client, Protocol):
 class PendingRequest(Pending):
     """A Modbus request on its way to the device and back."""
 
-    __slots__ = ("decision", "device_unit", "reply", "request", "revision")
+    __slots__ = ("decision", "device_exception", "device_unit", "reply", "request", "revision")
 
     def __init__(
         self,
@@ -68,6 +64,7 @@ class PendingRequest(Pending):
         self.revision = revision  # of the policy that decided: the audit names it, not a later one
         self.device_unit = device_unit
         self.reply: bytes | None = None  # the answer, held while earlier ones are awaited (preserve_order)
+        self.device_exception = 0  # the exception code of the device's reply; 0: a normal reply
 
 
 class ModbusLink(Link[PendingRequest]):
@@ -89,21 +86,23 @@ class ModbusLink(Link[PendingRequest]):
             tid = tid % 0xFFFF + 1
         self._next_tid = tid % 0xFFFF + 1
         pending.key = tid
-        pending.deadline = now + self.pool.response_timeout_s
         in_flight[tid] = pending
-        self._deadlines.append(pending)
-        if self._timer is None:
-            self._timer = self.pool.loop.call_at(pending.deadline, self._expire)
         # request.pdu is the canonical encoding of the fields the policy decided on (protocols.modbus.pdu).
         data = encode_adu(tid, pending.device_unit, pending.request.pdu)
         out = self._out
-        if not out:
-            if len(in_flight) == 1 and self.transport is not None:
-                # Alone on its way to the device: there is no batch to wait for, only latency to lose.
-                self.transport.write(data)
-                return
+        if out:
+            out.append(data)
+        elif len(in_flight) == 1 and self.transport is not None:
+            # Alone on its way to the device: there is no batch to wait for, only latency to lose.
+            self.transport.write(data)
+        else:
             self.pool.mark_dirty(self)
-        out.append(data)
+            out.append(data)
+        # The deadline after the write: no reply can be read before this turn of the loop ends.
+        pending.deadline = now + self.pool.response_timeout_s
+        self._deadlines.append(pending)
+        if self._timer is None:
+            self._timer = self.pool.loop.call_at(pending.deadline, self._expire)
 
     def data_received(self, data: bytes) -> None:
         codec = self._codec
@@ -113,6 +112,8 @@ class ModbusLink(Link[PendingRequest]):
         # of the device's bytes, made at the first such reply of this batch. A session's replies that
         # lie next to each other in it leave as one slice (Session.queue_reply).
         relabelled: bytearray | None = None
+        # Requests answered in this batch: accounted (Session.settle) once the replies have left.
+        answered: list[PendingRequest] = []
         pool = self.pool
         touched = pool.touched
         in_flight = self.in_flight
@@ -153,8 +154,9 @@ class ModbusLink(Link[PendingRequest]):
                 relabelled[start] = client_tid >> 8
                 relabelled[start + 1] = client_tid & 0xFF
                 relabelled[start + 6] = request.unit_id
-                if session.deliver(pending, relabelled, start, end, 0, now):
+                if session.deliver(pending, relabelled, start, end):
                     touched.append(session)
+                answered.append(pending)
                 continue
             pdu = frames[start + MBAP_HEADER_BYTES : end]
             try:
@@ -167,8 +169,15 @@ class ModbusLink(Link[PendingRequest]):
             if request.received_pdu is not request.pdu and pdu == request.pdu:
                 pdu = request.received_pdu  # the device echoed our canonical rewrite: echo the client's own
             reply = encode_adu(request.transaction_id, request.unit_id, pdu)
-            if session.deliver(pending, reply, 0, len(reply), device_exception, now):
+            pending.device_exception = device_exception
+            if session.deliver(pending, reply, 0, len(reply)):
                 touched.append(session)
+            answered.append(pending)
+        if answered:
+            # The replies leave first: with one request in flight, the client waits for nothing else.
+            pool.flush()
+            for answer in answered:
+                cast(ModbusClient, answer.session).settle(answer, now)
         self.batch_done()
 
 
