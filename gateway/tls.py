@@ -153,7 +153,17 @@ class _ServerContext(ssl.SSLContext):
     ) -> ssl.SSLObject:
         ssl_object = super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
         setattr(ssl_object, _OUTGOING_ATTRIBUTE, outgoing)
+        _bind_record_calls(ssl_object)
         return ssl_object
+
+
+def _bind_record_calls(ssl_object: ssl.SSLObject) -> None:
+    """Have ``ssl_object``'s ``read``, ``write`` and ``pending`` be the C object's own methods: the event
+    loop's TLS layer calls them for every record, and ``ssl.SSLObject``'s are Python functions that only
+    pass their arguments on (one interpreted frame each, three per Modbus round trip)."""
+    inner = ssl_object._sslobj  # type: ignore[attr-defined]  # the _ssl object every SSLObject wraps
+    for name in ("read", "write", "pending"):
+        setattr(ssl_object, name, getattr(inner, name))
 
 
 def _remember_server_name(ssl_object: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> None:
