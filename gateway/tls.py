@@ -157,13 +157,20 @@ class _ServerContext(ssl.SSLContext):
         return ssl_object
 
 
+_RECORD_CALLS = ("read", "write", "pending")
+
+
 def _bind_record_calls(ssl_object: ssl.SSLObject) -> None:
     """Have ``ssl_object``'s ``read``, ``write`` and ``pending`` be the C object's own methods: the event
     loop's TLS layer calls them for every record, and ``ssl.SSLObject``'s are Python functions that only
     pass their arguments on (one interpreted frame each, three per Modbus round trip)."""
-    inner = ssl_object._sslobj  # type: ignore[attr-defined]  # the _ssl object every SSLObject wraps
-    for name in ("read", "write", "pending"):
-        setattr(ssl_object, name, getattr(inner, name))
+    # The _ssl object every SSLObject of CPython 3.11 wraps. A private name: should a later Python not have
+    # it (or its methods), the SSLObject keeps its own, which do the same a frame slower.
+    inner = getattr(ssl_object, "_sslobj", None)
+    calls = [getattr(inner, name, None) for name in _RECORD_CALLS]
+    if all(callable(call) for call in calls):
+        for name, call in zip(_RECORD_CALLS, calls, strict=True):
+            setattr(ssl_object, name, call)
 
 
 def _remember_server_name(ssl_object: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> None:

@@ -171,3 +171,42 @@ def test_a_certificate_of_another_role_is_refused_and_not_reloaded(ca: Path, tmp
     with pytest.raises(CertificateRoleError, match=rf"^{gw.cert} holds a user certificate"):
         material.reload("test")
     assert str(material.identity) == f"spiffe://{TD}/gateway/s/gw"
+
+
+def _pump(source: ssl.MemoryBIO, sink: ssl.MemoryBIO) -> None:
+    data = source.read()
+    if data:
+        sink.write(data)
+
+
+def test_the_overlays_ssl_objects_read_and_write_records_through_the_c_methods(
+    ca: Path, tmp_path: Path
+) -> None:
+    gw = pki.issue(ca, f"spiffe://{TD}/gateway/s/gw", out_dir=tmp_path / "gw", name="gw")
+    alice = pki.issue(ca, f"spiffe://{TD}/user/alice", out_dir=tmp_path / "alice", name="alice")
+    ca_file = ca / "ca.pem"
+    server_in, server_out, client_in, client_out = (ssl.MemoryBIO() for _ in range(4))
+    server = _serving(TlsFiles(gw.cert, gw.key, ca_file)).wrap_bio(server_in, server_out, server_side=True)
+    client = client_context(alice.cert, alice.key, ca_file).wrap_bio(client_in, client_out)
+    # uvloop's TLS layer calls these for every record: bound to the _ssl object, no Python frame between.
+    for name in ("read", "write", "pending"):
+        assert getattr(server, name).__self__ is server._sslobj  # type: ignore[attr-defined]
+    for _ in range(10):  # the handshake, in memory
+        for side in (client, server):
+            try:
+                side.do_handshake()
+            except ssl.SSLWantReadError:
+                pass
+        _pump(client_out, server_in)
+        _pump(server_out, client_in)
+    assert server.getpeercert() is not None
+    client.write(b"\x00\x01\x00\x00\x00\x06\x01\x03\x00\x28\x00\x0a")
+    _pump(client_out, server_in)
+    assert server.read(256 * 1024) == b"\x00\x01\x00\x00\x00\x06\x01\x03\x00\x28\x00\x0a"
+    assert server.pending() == 0
+    assert server.write(b"reply") == 5
+    _pump(server_out, client_in)
+    assert client.read(1024) == b"reply"
+    server_in.write(b"\x17\x03\x03\x00\x05garbage")
+    with pytest.raises(ssl.SSLError):  # a broken record fails as the SSLObject's own read fails
+        server.read(1024)
